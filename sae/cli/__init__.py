@@ -1,0 +1,62 @@
+"""The `attnscope` subcommands. Each module here registers one command group and only prints:
+the computation lives in `sae/` functions, which return plain data turned into a table, JSON or markdown."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sae.cli.common import UsageError, fail
+
+# module name -> registers its subcommands with `register(subparsers)`
+COMMAND_MODULES = [
+    "train",
+    "evaluate",
+    "bench",
+    "zoo",
+    "features",
+    "trace",
+    "dashboards",
+    "heads",
+    "families",
+    "induction",
+    "ioi",
+]
+
+
+def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnscope",
+        description="Interpret attention layers with sparse autoencoders. With no command, opens the workbench.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"sae.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"sae.cli.{name}":  # a command not written yet
+                continue
+            raise
+        mod.register(sub)
+    for mod in extra_modules:
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
+    parser = build_parser(extra_modules)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted", code=130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""What every command shares: model/SAE flags, output flags, one-line errors, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+out = Console(soft_wrap=True)
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line `attnscope: error: ...`, exit code 2."""
+
+
+def fail(message: str, code: int = 2) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    print(f"attnscope: error: {first}", file=sys.stderr)
+    return code
+
+
+def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:
+    p.add_argument("--model", default="default", help="HF name or local dir (default: the embedded default)")
+    if saes:
+        p.add_argument(
+            "--saes", default="default", help="SAE dir, dir of SAE dirs, or release id (default: the embedded SAEs)"
+        )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    g.add_argument("--md", action="store_true", help="print markdown (for notes)")
+
+
+def emit(args: argparse.Namespace, data: Any, markdown: Callable[[Any], str], pretty: Callable[[Any], None] | None = None) -> None:
+    """One computation, three faces: JSON, markdown, or a rich rendering (markdown when no pretty form)."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=_json_default))
+    elif getattr(args, "md", False) or pretty is None:
+        print(markdown(data))
+    else:
+        pretty(data)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(o)
+    return str(o)
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
+    return v
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None, unit: str = "tokens") -> Iterator[Callable[[float, str | None], None]]:
+    """A rich bar on stderr with rate (`unit`/s) and ETA; yields `advance(n, note=None)`."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+    ]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as prog:
+        task = prog.add_task(description, total=total, rate="", note="")
+
+        def advance(n: float, note: str | None = None) -> None:
+            prog.advance(task, n)
+            t = prog.tasks[0]
+            speed = t.speed
+            fields = {"rate": f"{speed:,.0f} {unit}/s" if speed else ""}
+            if note is not None:
+                fields["note"] = note
+            prog.update(task, **fields)
+
+        yield advance

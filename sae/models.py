@@ -1,0 +1,262 @@
+"""Loading causal LMs through TransformerLens 4 and reading attention outputs from them.
+
+Numerics choice (documented in the README): attnscope's `z` for layer L is the input of the attention output
+projection (`blocks.L.attn.hook_z`, `[batch, pos, head, d_head]`) **minus the per-head value bias** `b_V[L]`.
+Because every attention row sums to 1, `b_V` contributes exactly `b_V` to each head's z, independent of the
+prompt; TransformerLens' HookedTransformer folds it into `b_O` (`fold_value_biases`), and the paper's SAEs were
+trained on that folded z. Raw Hugging Face models (what `TransformerBridge` wraps) keep `b_V` inside z, so we
+subtract it when capturing and add it back when splicing a reconstruction into the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from sae import zoo
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message is one line meant for the user."""
+
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError as exc:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(DTYPES))}") from exc
+
+
+def z_hook_name(layer: int) -> str:
+    """The TransformerLens hook name of a layer's concatenated per-head attention outputs."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def layer_of_hook(hook_name: str) -> int:
+    """`blocks.5.attn.hook_z` -> 5."""
+    parts = hook_name.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"hook name {hook_name!r} does not name a layer (expected blocks.L....)")
+    return int(parts[1])
+
+
+@dataclass
+class LoadedModel:
+    """A TransformerBridge plus the facts attnscope needs about it.
+
+    Weight tensors follow TransformerLens' shapes: `W_V[layer]` is `[head, d_model, d_head]`,
+    `W_O[layer]` is `[head, d_head, d_model]`, `W_U` is `[d_model, d_vocab]`.
+    """
+
+    bridge: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.cfg.n_heads)
+
+    @property
+    def d_head(self) -> int:
+        return int(self.cfg.d_head)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def d_z(self) -> int:
+        """Width of a flattened hook_z: n_heads * d_head."""
+        return self.n_heads * self.d_head
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.cfg.n_ctx)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.cfg.d_vocab)
+
+    @property
+    def tokenizer(self):
+        return self.bridge.tokenizer
+
+    @property
+    def bos_token_id(self) -> int:
+        tok = self.tokenizer
+        bos = getattr(tok, "bos_token_id", None)
+        if bos is None:
+            bos = getattr(tok, "eos_token_id", None)
+        return int(bos if bos is not None else 0)
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} is outside the model ({self.name} has layers 0..{self.n_layers - 1})")
+
+    def value_bias(self, layer: int) -> torch.Tensor:
+        """Per-head value bias `b_V[layer]`, `[head, d_head]` (zeros for models without one)."""
+        self.check_layer(layer)
+        b_v = getattr(self.bridge, "b_V", None)
+        if b_v is None:
+            return torch.zeros(self.n_heads, self.d_head, device=self.device)
+        return b_v[layer].detach()
+
+    # ---- tokens ---------------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without BOS."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def to_tokens(self, text: str, prepend_bos: bool = True, truncate: bool = True) -> tuple[torch.Tensor, bool]:
+        """`[1, pos]` token ids with BOS at position 0, cut to the model's context; also whether it was cut."""
+        ids = self.encode(text)
+        if prepend_bos:
+            ids = [self.bos_token_id] + ids
+        truncated = len(ids) > self.n_ctx
+        if truncated:
+            if not truncate:
+                raise ValueError(f"prompt has {len(ids)} tokens; the model's context is {self.n_ctx}")
+            ids = ids[: self.n_ctx]
+        return torch.tensor([ids], dtype=torch.long, device=self.device), truncated
+
+    def token_strs(self, tokens: torch.Tensor | Iterable[int]) -> list[str]:
+        """One display string per token id (byte-level BPE pieces decoded one at a time)."""
+        ids = tokens.flatten().tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    # ---- forward passes -------------------------------------------------------------------------------
+
+    def capture_z(self, tokens: torch.Tensor, layers: Iterable[int]) -> dict[int, torch.Tensor]:
+        """Run the model on `tokens [batch, pos]` up to the last layer needed.
+
+        Returns `{layer: z [batch, pos, n_heads * d_head]}` (head-major flatten, value bias removed),
+        in the model's dtype. The forward pass stops after the last requested layer's block.
+        """
+        layers = sorted(set(layers))
+        for layer in layers:
+            self.check_layer(layer)
+        out: dict[int, torch.Tensor] = {}
+
+        def grab(z: torch.Tensor, hook) -> torch.Tensor:
+            layer = layer_of_hook(hook.name)
+            out[layer] = (z - self.value_bias(layer)).flatten(-2).detach()
+            return z
+
+        # hook names in the bridge resolve aliases; register under the canonical TL name.
+        hooks = [(z_hook_name(layer), grab) for layer in layers]
+        stop = layers[-1] + 1
+        with torch.no_grad():
+            if stop >= self.n_layers:
+                self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+            else:
+                self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop, return_type=None)
+        # the bridge reports the hook's own name (e.g. blocks.L.attn.o.hook_in); layer_of_hook only reads L
+        return out
+
+    def logits_with_z_hooks(
+        self, tokens: torch.Tensor, z_fns: dict[int, Callable[[torch.Tensor], torch.Tensor]]
+    ) -> torch.Tensor:
+        """Logits `[batch, pos, d_vocab]` with each `z_fns[layer]` replacing that layer's z.
+
+        Each function receives and returns z in attnscope's convention, `[batch, pos, n_heads * d_head]`
+        with the value bias removed; the bias is added back before the output projection.
+        """
+
+        def make(layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+            def hook(z: torch.Tensor, hook) -> torch.Tensor:
+                b_v = self.value_bias(layer)
+                flat = (z - b_v).flatten(-2)
+                new = fn(flat).to(z.dtype).reshape(z.shape)
+                return new + b_v
+
+            return hook
+
+        hooks = [(z_hook_name(layer), make(layer, fn)) for layer, fn in z_fns.items()]
+        return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists()
+
+
+def load_model(name: str = "default", device: str = "auto", dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """Load a causal LM by Hugging Face name or local directory (Hugging Face layout) through TransformerBridge.
+
+    `name="default"` opens the embedded default shipped inside the package. A local directory never touches
+    the network (HF_HUB_OFFLINE is set for the duration of the load).
+    """
+    path = zoo.resolve_model(name)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    local = _is_local(path)
+    if local:
+        p = Path(path).expanduser()
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{p} has no config.json: not a model directory in Hugging Face layout")
+        path = str(p.resolve())
+    elif name == "default":
+        raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
+
+    old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if local:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)
+    except Exception as exc:  # the hub, transformers and TL raise many kinds; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if local:
+            raise ModelLoadError(f"could not load model from {path}: {first}") from exc
+        raise ModelLoadError(
+            f"could not load model {name!r}: not a local directory, and the Hugging Face hub did not provide it "
+            f"({first[:160]})"
+        ) from exc
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    bridge.eval()
+    display = zoo.DEFAULT_NAME if Path(path) == zoo.DEFAULT_MODEL_DIR.resolve() else name
+    return LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)

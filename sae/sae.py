@@ -1,0 +1,147 @@
+"""The sparse autoencoder module: `standard` (ReLU), `topk` and `jumprelu` architectures.
+
+Shapes: `W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]`, `b_enc [d_sae]`, `b_dec [d_in]`, `threshold [d_sae]`
+(jumprelu only). Inputs are flattened hook_z activations `[..., d_in]` with `d_in = n_heads * d_head`
+(head-major); `[..., n_heads, d_head]` is accepted and flattened.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+
+
+@dataclass
+class SAEConfig:
+    """What an SAE is and where it reads from; saved as `cfg.json` (SAELens keys) beside the weights."""
+
+    d_in: int
+    d_sae: int
+    hook_name: str
+    architecture: str = "standard"
+    model_name: str = ""
+    k: int | None = None  # topk only
+    n_heads: int | None = None  # lets W_enc / W_dec be split per head; d_in == n_heads * d_head
+    context_size: int = 128
+    prepend_bos: bool = True
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    dtype: str = "float32"
+    extra: dict[str, Any] = field(default_factory=dict)  # training hyperparameters, eval metrics, provenance
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown SAE architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
+        if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
+            raise ValueError(f"topk SAE needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae})")
+        if self.n_heads is not None and self.d_in % self.n_heads:
+            raise ValueError(f"d_in={self.d_in} is not divisible by n_heads={self.n_heads}")
+
+    @property
+    def layer(self) -> int:
+        from sae.models import layer_of_hook
+
+        return layer_of_hook(self.hook_name)
+
+    @property
+    def d_head(self) -> int | None:
+        return self.d_in // self.n_heads if self.n_heads else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = dict(known.pop("extra", {}) or {})
+        extra.update({k: v for k, v in d.items() if k not in names})
+        return cls(**known, extra=extra)
+
+
+class SAE(nn.Module):
+    """x_cent = x - b_dec; pre = x_cent @ W_enc + b_enc; f = act(pre); x_hat = f @ W_dec + b_dec."""
+
+    def __init__(self, cfg: SAEConfig, init: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(d_sae))
+        else:
+            self.threshold = None
+        if init:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's init: independent Kaiming-uniform W_enc and W_dec, decoder rows at unit norm, zero biases."""
+        nn.init.kaiming_uniform_(self.W_enc, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.W_dec, a=math.sqrt(5))
+        with torch.no_grad():
+            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    # ---- shapes ---------------------------------------------------------------------------------------
+
+    def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`[..., d_in]` stays; `[..., n_heads, d_head]` is flattened head-major. Anything else is an error."""
+        if x.shape[-1] == self.cfg.d_in:
+            return x
+        if x.dim() >= 2 and x.shape[-2] * x.shape[-1] == self.cfg.d_in:
+            return x.flatten(-2)
+        raise ValueError(f"activations of shape {tuple(x.shape)} do not fit an SAE with d_in={self.cfg.d_in}")
+
+    # ---- forward --------------------------------------------------------------------------------------
+
+    def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations `[..., d_sae]`."""
+        x = self.flatten_input(x).to(self.W_enc.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        arch = self.cfg.architecture
+        if arch == "standard":
+            return torch.relu(pre)
+        if arch == "topk":
+            vals, idx = pre.topk(int(self.cfg.k), dim=-1)
+            return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        return pre * (pre > self.threshold).to(pre.dtype)  # jumprelu
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations `[..., d_sae]`."""
+        return self.activation(self.encode_pre(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction `[..., d_in]`."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # ---- helpers used by analyses ---------------------------------------------------------------------
+
+    @property
+    def encoder_bias_total(self) -> torch.Tensor:
+        """`[d_sae]`: the part of every pre-activation that no head contributes, `b_enc - b_dec @ W_enc`."""
+        if self.cfg.apply_b_dec_to_input:
+            return self.b_enc - self.b_dec @ self.W_enc
+        return self.b_enc
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)

@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny GPT-2-architecture model in Hugging Face layout, built on the fly.
+
+Tests never touch the network. The tiny model has random weights; tests that need the embedded default's
+phenomena load the shipped artefacts instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+TINY_TEXT = (
+    "When Mary and John went to the store, John gave a drink to Mary. "
+    "The quick brown fox jumps over the lazy dog. def foo(x): return x + 1\n"
+    "import os, sys\nclass Thing(object):\n    pass\n"
+) * 20
+
+
+def build_tiny_model_dir(path: Path, n_layer: int = 3, d_model: int = 64, n_head: int = 4, n_ctx: int = 64, seed: int = 0) -> Path:
+    """Write a random GPT-2 (config.json, model.safetensors, tokenizer.json) into `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([TINY_TEXT], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    fast.save_pretrained(path)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=n_ctx, vocab_size=tok.get_vocab_size(),
+        bos_token_id=0, eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # non-zero biases so bias handling is exercised
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from sae.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard", seed: int = 0, k: int | None = None):
+    """An SAE for `model`'s layer with random weights and non-zero biases."""
+    from sae.models import z_hook_name
+    from sae.sae import SAE, SAEConfig
+
+    torch.manual_seed(seed)
+    cfg = SAEConfig(
+        d_in=model.d_z, d_sae=d_sae, hook_name=z_hook_name(layer), architecture=architecture,
+        model_name=model.name, n_heads=model.n_heads, k=k,
+    )
+    sae = SAE(cfg)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+        if sae.threshold is not None:
+            sae.threshold.uniform_(0, 0.1)
+    return sae

@@ -1,0 +1,48 @@
+"""The model loader and the value-bias convention of z."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae.models import ModelLoadError, load_model
+
+
+def test_z_is_pre_c_proj_input_minus_value_bias(tiny_model, tiny_model_dir):
+    """Independent path: hook GPT-2's c_proj input in plain transformers, subtract b_V per head."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
+    toks = torch.randint(1, tiny_model.d_vocab, (2, 12))
+    grabbed = {}
+    layer = 1
+    handle = hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(lambda m, a: grabbed.setdefault("z", a[0]))
+    with torch.no_grad():
+        hf(toks)
+    handle.remove()
+    d = hf.config.n_embd
+    b_v = hf.transformer.h[layer].attn.c_attn.bias[2 * d :]  # [n_head * d_head], head-major
+    expected = grabbed["z"] - b_v
+    got = tiny_model.capture_z(toks, [layer])[layer]
+    assert got.shape == (2, 12, tiny_model.d_z)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert b_v.abs().max() > 0.01  # the test would be vacuous without a value bias
+
+
+def test_identity_splice_keeps_logits(tiny_model):
+    toks = torch.randint(1, tiny_model.d_vocab, (1, 10))
+    with torch.no_grad():
+        clean = tiny_model.bridge(toks)
+        spliced = tiny_model.logits_with_z_hooks(toks, {0: lambda z: z, 2: lambda z: z})
+    torch.testing.assert_close(clean, spliced)
+
+
+def test_missing_local_dir_is_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(str(tmp_path / "empty"), device="cpu")
+
+
+def test_unknown_hub_name_offline_fails_cleanly():
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        load_model("no-such-org/no-such-model-xyz", device="cpu")

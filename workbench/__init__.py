@@ -1,0 +1,1 @@
+"""attnscope's Textual workbench: it draws what `sae/` computes and never computes science itself."""
