@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -37,3 +39,273 @@ def pack_tokens(
     if not rows:
         return torch.empty(0, context_size, dtype=torch.long)
     return torch.tensor(rows, dtype=torch.long)
+
+
+# ---- corpora ----------------------------------------------------------------------------------------------
+
+CORPUS_SUFFIXES = (".txt", ".py", ".md")
+
+
+class CorpusError(Exception):
+    """A corpus could not be read or is too small; the message is one line meant for the user."""
+
+
+def read_corpus(spec: str, split: str = "train") -> list[str]:
+    """Documents of a corpus: "default" (the embedded corpus, `sae.corpus.documents(split)`), a .txt/.py/.md
+    file (one document), or a directory searched recursively for such files (sorted, one document each)."""
+    if spec == "default":
+        try:
+            from sae import corpus  # written alongside the embedded default model
+        except ImportError:
+            raise CorpusError("the embedded corpus is not available in this install; pass --corpus PATH") from None
+        docs = list(corpus.documents(split))
+        if not docs:
+            raise CorpusError(f"the embedded corpus has no {split!r} documents")
+        return docs
+    path = Path(spec).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
+        if not files:
+            raise CorpusError(f"{path} holds no {'/'.join(CORPUS_SUFFIXES)} files")
+    else:
+        raise CorpusError(f"corpus {spec!r} is neither 'default' nor an existing file or directory")
+    docs = []
+    for f in files:
+        try:
+            docs.append(f.read_text(encoding="utf-8", errors="replace"))
+        except OSError as exc:
+            raise CorpusError(f"could not read {f}: {exc.strerror or exc}") from exc
+    return docs
+
+
+def corpus_token_rows(model, spec: str, context_size: int, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
+    """Read a corpus and pack it into `[rows, context_size]` token ids for `model` (BOS at position 0)."""
+    if context_size > model.n_ctx:
+        raise CorpusError(f"context size {context_size} exceeds the model's context ({model.n_ctx})")
+    docs = read_corpus(spec, split)
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    rows = pack_tokens(docs, model.encode, context_size, model.bos_token_id, eos_id=eos, max_rows=max_rows)
+    if rows.shape[0] == 0:
+        raise CorpusError(f"corpus {spec!r} is shorter than one row of {context_size} tokens")
+    return rows
+
+
+def rows_digest(rows: torch.Tensor) -> str:
+    """A short fingerprint of token rows, stored in checkpoints so a resumed run notices a changed corpus."""
+    return hashlib.sha256(rows.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+# ---- activations from the model -----------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised from the last needed hook: nothing after the last layer's hook_z is computed."""
+
+
+class ZSource:
+    """Runs the model over packed token rows and returns hook_z of several layers from one forward pass.
+
+    Each call to `next_chunk()` takes the next `rows_per_pass` rows (in an order reshuffled every epoch from
+    `seed`), runs the model once and returns `[n_layers, rows_per_pass * context, d_in]` float32 on `device`,
+    layers in `self.layers` order. z follows attnscope's convention (value bias removed: the z that
+    HookedTransformer gives with value biases folded into b_O). The pass is cut right after the last needed
+    layer's hook_z, so that layer's output projection, MLP and everything above are never computed.
+    """
+
+    def __init__(
+        self,
+        model,
+        token_rows: torch.Tensor,
+        layers: list[int],
+        rows_per_pass: int = 32,
+        seed: int = 0,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if token_rows.dim() != 2 or token_rows.shape[0] == 0:
+            raise CorpusError("no token rows to read activations from")
+        for layer in layers:
+            model.check_layer(layer)
+        self.model = model
+        self.rows = token_rows
+        self.layers = list(layers)
+        self.rows_per_pass = max(1, min(rows_per_pass, token_rows.shape[0]))
+        self.seed = seed
+        self.autocast_dtype = autocast_dtype
+        self.epoch = 0
+        self.pos = 0
+        self._order = self._epoch_order(0)
+        # value biases flattened head-major, once: [n_layers, d_in]
+        self._b_v = torch.stack([model.value_bias(layer).reshape(-1).float() for layer in self.layers])
+
+    @property
+    def context_size(self) -> int:
+        return int(self.rows.shape[1])
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.rows_per_pass * self.context_size
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.rows.shape[0], generator=g)
+
+    def _next_rows(self) -> torch.Tensor:
+        picked: list[torch.Tensor] = []
+        need = self.rows_per_pass
+        while need:
+            take = self._order[self.pos : self.pos + need]
+            picked.append(take)
+            need -= take.numel()
+            self.pos += take.numel()
+            if self.pos >= self._order.numel():
+                self.epoch += 1
+                self.pos = 0
+                self._order = self._epoch_order(self.epoch)
+        return self.rows[torch.cat(picked)]
+
+    def next_chunk(self) -> torch.Tensor:
+        """`[n_layers, rows_per_pass * context, d_in]` float32 activations of the next rows."""
+        tokens = self._next_rows().to(self.model.device)
+        n_tok = tokens.numel()
+        out = torch.empty(len(self.layers), n_tok, self.model.d_z, device=self.model.device)
+        b_v = self._b_v.to(out.device)
+        slot = {layer: i for i, layer in enumerate(self.layers)}
+        last = max(self.layers)
+        done: set[int] = set()
+
+        def grab(z: torch.Tensor, hook) -> torch.Tensor:
+            from sae.models import layer_of_hook
+
+            layer = layer_of_hook(hook.name)
+            i = slot[layer]
+            # one fused write: flatten heads, remove the value bias, cast to float32
+            torch.sub(z.reshape(n_tok, -1), b_v[i], out=out[i])
+            done.add(layer)
+            if layer == last:
+                raise _StopForward
+            return z
+
+        from sae.models import z_hook_name
+
+        hooks = [(z_hook_name(layer), grab) for layer in self.layers]
+        dev_type = self.model.device.type
+        with torch.no_grad(), torch.autocast(
+            dev_type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
+        ):
+            try:
+                self.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+            except _StopForward:
+                pass
+        if len(done) != len(self.layers):
+            raise RuntimeError(f"hook_z was not reached for layers {sorted(set(self.layers) - done)}")
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self.pos = int(state["pos"])
+        self._order = self._epoch_order(self.epoch)
+
+
+class ActivationBuffer:
+    """A shuffling buffer of activations for several layers at once, `[n_layers, capacity, d_in]` on device.
+
+    Batches are drawn in a random order; once half of the buffer has been consumed, exactly the consumed
+    slots are overwritten with fresh activations and the whole buffer is reshuffled (the paper's "refill half
+    when half is consumed"), so consecutive SAE batches mix tokens from many model passes. All layers share
+    the slot order: a batch holds the same tokens for every layer.
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[], torch.Tensor],
+        n_layers: int,
+        d_in: int,
+        capacity: int,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if capacity < 2 * batch_size:
+            raise ValueError(f"buffer capacity {capacity} must hold at least two batches of {batch_size}")
+        self.produce = produce
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.generator = generator or torch.Generator()
+        self.storage = torch.empty(n_layers, capacity, d_in, device=self.device)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.ptr = 0
+        self.filled = False
+        self.pending = torch.empty(n_layers, 0, d_in, device=self.device)  # produced but not yet stored
+        self.refills = 0
+
+    def _take(self, n: int) -> torch.Tensor:
+        parts = [self.pending]
+        have = self.pending.shape[1]
+        while have < n:
+            chunk = self.produce().to(self.device)
+            parts.append(chunk)
+            have += chunk.shape[1]
+        allv = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        self.pending = allv[:, n:].clone()
+        return allv[:, :n]
+
+    def _shuffle(self) -> None:
+        self.perm = torch.randperm(self.capacity, generator=self.generator)
+        self.ptr = 0
+
+    def fill(self) -> None:
+        """First fill: the whole buffer."""
+        self.storage.copy_(self._take(self.capacity))
+        self.filled = True
+        self._shuffle()
+
+    def refill(self) -> None:
+        """Overwrite the consumed slots with fresh activations, then reshuffle everything."""
+        used = self.perm[: self.ptr].to(self.device)
+        self.storage.index_copy_(1, used, self._take(used.numel()))
+        self.refills += 1
+        self._shuffle()
+
+    def next_batch(self) -> torch.Tensor:
+        """`[n_layers, batch_size, d_in]`: the next shuffled batch (same tokens for every layer)."""
+        if not self.filled:
+            self.fill()
+        elif self.ptr + self.batch_size > self.capacity // 2:
+            self.refill()
+        idx = self.perm[self.ptr : self.ptr + self.batch_size].to(self.device)
+        self.ptr += self.batch_size
+        return self.storage.index_select(1, idx)
+
+    def sample(self, n: int, layer_index: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`[n, d_in]` random activations of one layer from the buffer (for resampling dead features)."""
+        if not self.filled:
+            self.fill()
+        idx = torch.randperm(self.capacity, generator=generator or self.generator)[:n].to(self.device)
+        return self.storage[layer_index].index_select(0, idx)
+
+    def state_dict(self) -> dict:
+        return {
+            "storage": self.storage,
+            "perm": self.perm,
+            "ptr": self.ptr,
+            "filled": self.filled,
+            "pending": self.pending,
+            "refills": self.refills,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.storage.copy_(state["storage"])
+        self.perm = state["perm"].clone()
+        self.ptr = int(state["ptr"])
+        self.filled = bool(state["filled"])
+        self.pending = state["pending"].to(self.device).clone()
+        self.refills = int(state["refills"])
+        self.generator.set_state(state["generator"])

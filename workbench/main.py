@@ -12,6 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser()
     commands = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # noqa: SLF001
     workbench_cmds = {"screenshots", "export"}
+    if argv[:2] == ["bench", "tui"]:  # the workbench's own benchmark lives beside it (workbench/bench_tui.py)
+        from workbench import launch
+
+        return launch.main(argv)
     if argv and (argv[0] in commands or argv[0] in ("-h", "--help")) and argv[0] not in workbench_cmds:
         return cli.main(argv)
     from workbench import launch  # Textual is imported only when the workbench is wanted

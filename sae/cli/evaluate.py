@@ -1,0 +1,112 @@
+"""`attnscope eval`: standard SAE metrics (L0, explained variance, CE loss recovered, KL, dead/dense)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sae.cli.common import UsageError, add_output_flags, console, emit, out, positive_int, progress_bar
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate SAEs: L0, explained variance, CE loss recovered, KL, dead/dense features",
+        description="Evaluate SAEs on held-out text through the model: reconstruction (L0, explained variance, "
+        "NMSE), CE loss clean / with the reconstruction spliced into hook_z / with hook_z zero-ablated, CE loss "
+        "recovered, KL, dead and dense feature fractions.",
+    )
+    p.add_argument("saes", nargs="*", metavar="SAE_DIR",
+                   help="SAE directories/files, dirs of them, or release ids (default: --saes)")
+    p.add_argument("--model", default="default", help="HF name or local dir (default: the embedded default)")
+    p.add_argument("--saes", dest="saes_flag", default="default", help="used when no SAE_DIR is given (default: embedded)")
+    p.add_argument("--corpus", default="default", help="'default' (embedded held-out split) or a .txt file / dir")
+    p.add_argument("--tokens", type=positive_int, default=65_536, help="tokens to evaluate on (default 65536)")
+    p.add_argument("--context-size", type=positive_int, default=None, help="row length (default: the SAE's, capped by the model)")
+    p.add_argument("--batch-rows", type=positive_int, default=8, help="rows per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--write", action="store_true", help="store the metrics in each SAELens dir's cfg.json and sparsity file")
+    add_output_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae.activations import CorpusError, corpus_token_rows
+    from sae.formats import SAEFormatError, load_sae_set, save_sae
+    from sae.metrics import evaluate_saes
+    from sae.models import ModelLoadError, load_model
+
+    try:
+        model = load_model(args.model, device=args.device)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+    specs = args.saes or [args.saes_flag]
+    saes: dict = {}
+    try:
+        for spec in specs:
+            for layer, sae in load_sae_set(spec, model=model, device=model.device).items():
+                if layer in saes:
+                    raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
+                saes[layer] = sae
+    except SAEFormatError as exc:
+        raise UsageError(str(exc)) from None
+    ctx = args.context_size or min(sae.cfg.context_size for sae in saes.values())
+    ctx = min(ctx, model.n_ctx)
+    n_rows = max(1, args.tokens // ctx)
+    try:
+        rows = corpus_token_rows(model, args.corpus, ctx, split="heldout", max_rows=n_rows)
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+    with progress_bar("eval", rows.shape[0], unit="rows") as advance:
+        done = {"rows": 0}
+
+        def on_progress(info: dict) -> None:
+            advance(info["rows"] - done["rows"])
+            done["rows"] = info["rows"]
+
+        results = evaluate_saes(model, saes, rows, batch_rows=args.batch_rows, on_progress=on_progress)
+    if args.write:
+        for r in results:
+            sae = saes[r.layer]
+            path = sae.cfg.extra.get("path")
+            if path and sae.cfg.extra.get("source_format") is None:
+                sae.cfg.extra["eval"] = {k: v for k, v in r.to_dict().items() if k not in ("path",)}
+                save_sae(sae, path, r.log10_density)
+            else:
+                console.print(f"not writing metrics into {path}: not a SAELens directory")
+    emit(args, [r.to_dict() for r in results], _markdown, _pretty)
+    return 0
+
+
+COLUMNS = [
+    ("layer", "{}"), ("d_sae", "{}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("nmse", "{:.3f}"),
+    ("ce_clean", "{:.3f}"), ("ce_sae", "{:.3f}"), ("ce_zero_abl", "{:.3f}"), ("ce_loss_recovered", "{:.3f}"),
+    ("kl", "{:.4f}"), ("dead_fraction", "{:.3f}"), ("dense_fraction", "{:.3f}"), ("tokens", "{:,}"),
+]
+
+
+def _fmt(fmt: str, v: Any) -> str:
+    if v is None:
+        return "n/a"
+    try:
+        return fmt.format(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(f, r[c]) for c, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _pretty(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    t = Table(title="SAE evaluation")
+    for c, _ in COLUMNS:
+        t.add_column(c.replace("_", " "), justify="right")
+    for r in rows:
+        t.add_row(*(_fmt(f, r[c]) for c, f in COLUMNS))
+    out.print(t)

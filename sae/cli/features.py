@@ -1,0 +1,149 @@
+"""`attnscope features "PROMPT" --layer L`: each token's top features with DFA by head and by source.
+
+Also holds what the analysis commands share: opening the model and its SAEs with one-line errors, and a
+markdown table helper."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
+
+
+# ---- shared by the analysis commands ------------------------------------------------------------------
+
+
+def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
+    """(LoadedModel, {layer: SAE}) from --model/--saes/--device/--dtype; UsageError on any failure, including a
+    `layer` that has no SAE."""
+    from sae.formats import SAEFormatError, load_sae_set
+    from sae.models import ModelLoadError, load_model
+
+    try:
+        model = load_model(args.model, device=args.device, dtype=getattr(args, "dtype", "float32"))
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        saes = load_sae_set(args.saes, model=model, device=model.device)
+    except (SAEFormatError, OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if layer is not None:
+        check_layer(model, saes, layer)
+    return model, saes
+
+
+def check_layer(model, saes: dict, layer: int) -> None:
+    if not 0 <= layer < model.n_layers:
+        raise UsageError(f"layer {layer} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
+    if layer not in saes:
+        raise UsageError(f"no SAE for layer {layer}; the SAEs given cover layers {sorted(saes) or 'none'}")
+
+
+def check_feature(sae, layer: int, feature: int) -> None:
+    if not 0 <= feature < sae.cfg.d_sae:
+        raise UsageError(f"feature {feature} is outside the layer-{layer} SAE (ids 0..{sae.cfg.d_sae - 1})")
+
+
+def warn(message: str) -> None:
+    print(f"attnscope: warning: {message}", file=sys.stderr)
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        return str(v).replace("|", "\\|").replace("\n", "\\n")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def show_token(t: str) -> str:
+    """A token as printable text (newlines and tabs escaped, spaces visible at the ends)."""
+    return repr(t)[1:-1] if t.strip() != t or any(c in t for c in "\n\t\r") else t
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+# ---- the command --------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "features",
+        help="each token's top SAE features, with DFA by head and by source position",
+        description="Run PROMPT once and list each token's top-K active features at --layer with activation, "
+        "pre-activation, DFA by head (exact: sum + bias = pre-activation) and DFA by source position.",
+    )
+    p.add_argument("prompt", help="the text to analyse")
+    p.add_argument("--layer", type=non_negative_int, required=True, help="attention layer whose SAE to use")
+    p.add_argument("--top", type=positive_int, default=5, help="features per token (default 5)")
+    add_model_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae.dfa import PromptError, prompt_features
+
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty")
+    model, saes = open_model_and_saes(args, args.layer)
+    try:
+        res = prompt_features(model, saes[args.layer], args.prompt, args.top, layer=args.layer)
+    except PromptError as exc:
+        raise UsageError(str(exc)) from None
+    if res.truncated:
+        warn(f"the prompt is longer than the model's context; analysed its first {model.n_ctx} tokens")
+    emit(args, res.to_dict(), markdown, pretty)
+    return 0
+
+
+def _rows(d: dict) -> list[list[Any]]:
+    rows = []
+    for p in d["positions"]:
+        for f in p["features"]:
+            heads = f["dfa_heads"]
+            h = max(range(len(heads)), key=lambda i: heads[i]) if heads else 0
+            src = f["dfa_src"]
+            s = max(range(len(src)), key=lambda i: src[i]) if src else 0
+            rows.append([p["pos"], show_token(p["token"]), f["id"], f["act"], f["pre_act"], f"H{h} {heads[h]:+.3g}",
+                         f"{s} {show_token(d['tokens'][s])} {src[s]:+.3g}"])
+    return rows
+
+
+HEADERS = ["pos", "token", "feature", "act", "pre-act", "top head (DFA)", "top source (DFA)"]
+
+
+def markdown(d: dict) -> str:
+    head = f"## Features of {d['model']} layer {d['layer']}\n\n"
+    note = "(prompt truncated to the model's context)\n\n" if d.get("truncated") else ""
+    return head + note + md_table(HEADERS, _rows(d))
+
+
+def pretty(d: dict) -> None:
+    t = Table(title=f"{d['model']} · layer {d['layer']} · top features per token", header_style="bold")
+    for h in HEADERS:
+        t.add_column(h, justify="right" if h in ("pos", "feature", "act", "pre-act") else "left", overflow="fold")
+    last = None
+    for r in _rows(d):
+        pos, tok = r[0], r[1]
+        first = pos != last
+        last = pos
+        t.add_row(str(pos) if first else "", escape(tok) if first else "", str(r[2]), f"{r[3]:.3f}", f"{r[4]:.3f}",
+                  r[5], escape(r[6]))
+    out.print(t)

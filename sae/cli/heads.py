@@ -1,0 +1,88 @@
+"""`attnscope heads [--layer L]`: each head's top features, their families, and a mono/polysemantic verdict."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
+from sae.cli.features import md_table, non_negative_int
+
+SHORT = {"induction": "ind", "short-range context": "short", "long-range context": "long", "other": "other"}
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v}")
+    return v
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "heads", help="head survey: top features per head, their families, monosemantic or polysemantic",
+        description="For every head: its top features by decoder-norm share and by DFA on the corpus, their "
+        "families, and a verdict with the criterion stated; the fraction of polysemantic heads per layer and "
+        "overall. Needs the layers' dashboards (`attnscope dashboards build`).",
+    )
+    p.add_argument("--layer", type=non_negative_int, default=None, help="one layer (default: every layer with an SAE)")
+    p.add_argument("--top", type=positive_int, default=10, help="top features per head (default 10, as in the paper)")
+    p.add_argument("--agree", type=_fraction, default=1.0,
+                   help="share of the top features that must share a family for 'monosemantic' (default 1.0 = all)")
+    add_model_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae.cli.dashboards import built_dirs
+    from sae.heads import survey_heads
+
+    name, dirs = built_dirs(args, None if args.layer is None else [args.layer])
+    if not dirs:
+        raise UsageError("no SAEs were given")
+    survey = survey_heads(dirs, model=name, n_top=args.top, agree=args.agree)
+    emit(args, survey.to_dict(), markdown, pretty)
+    return 0
+
+
+def _feats(fs: list[dict], key: str) -> str:
+    return ", ".join(f"{f['id']}:{SHORT[f['family']]}({f[key]:.0%})" for f in fs)
+
+
+def markdown(d: dict) -> str:
+    lines = [f"## Head survey of {d['model']}", "", f"**Criterion:** {d['criterion']}", "",
+             f"_{d['dfa_note']}_", "", "Family rules:", ""] + [f"- {r}" for r in d["family_rules"]]
+    for lh in d["layers"]:
+        lines += ["", f"### Layer {lh['layer']}: {lh['polysemantic_fraction']:.0%} polysemantic", ""]
+        lines.append(md_table(
+            ["head", "verdict", "families (top by decoder share)", "top by decoder share", "top by DFA"],
+            [[f"L{h['layer']}H{h['head']}", h["verdict"], ", ".join(f"{k} {v}" for k, v in h["families"].items()),
+              _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share")] for h in lh["heads"]]))
+    lines += ["", f"**Overall: {d['polysemantic_fraction']:.0%} of heads polysemantic.**"]
+    return "\n".join(lines)
+
+
+def pretty(d: dict) -> None:
+    out.print(f"[bold]Head survey[/] · {escape(d['model'])}")
+    out.print(f"[dim]criterion: {escape(d['criterion'])}[/]")
+    for lh in d["layers"]:
+        t = Table(title=f"layer {lh['layer']} · {lh['polysemantic_fraction']:.0%} polysemantic", header_style="bold")
+        t.add_column("head")
+        t.add_column("verdict")
+        t.add_column("families")
+        t.add_column("top by decoder share (id:family(share))", overflow="fold")
+        t.add_column("top by DFA", overflow="fold")
+        for h in lh["heads"]:
+            v = "[green]mono[/]" if h["verdict"] == "monosemantic" else "[yellow]poly[/]"
+            t.add_row(f"L{h['layer']}H{h['head']}", v, ", ".join(f"{SHORT[k]} {n}" for k, n in h["families"].items()),
+                      _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share"))
+        out.print(t)
+    out.print(f"[bold]overall: {d['polysemantic_fraction']:.0%} of heads polysemantic[/]")
+    out.print(f"[dim]{escape(d['dfa_note'])} Family rules: `attnscope families --layer L`.[/]")

@@ -1,0 +1,204 @@
+"""`attnscope ioi`: the IOI runner (clean, splice, heads, features, path, noising)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out
+
+
+def register(subparsers) -> None:
+    from sae.ioi import EXPERIMENTS
+
+    p = subparsers.add_parser(
+        "ioi",
+        help="indirect object identification: logit diff, SAE splicing, head/feature/path ablations, noising",
+        description="Run one IOI experiment on Wang et al.'s prompts. Experiments: "
+        + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()),
+    )
+    p.add_argument("--experiment", "-e", default="clean", help=f"one of {', '.join(EXPERIMENTS)} (default clean)")
+    p.add_argument("--n", type=int, default=100, help="number of prompts, ABBA and BABA alternating (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
+    p.add_argument("--split", default="heldout", help="heldout (templates and name pairs unseen by the embedded default), train or all")
+    p.add_argument("--layer", type=int, default=None, help="SAE layer for features/path (default the middle layer)")
+    p.add_argument("--layers", default=None, help="layers to noise, e.g. 1,2 (default the middle layer and the next)")
+    p.add_argument("--features", default=None, help="path: feature ids, e.g. 12,40 (default the top 3 by effect)")
+    p.add_argument("--heads", default=None, help="path: later heads as L.H, e.g. 2.0,2.3 (default every later head)")
+    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs")
+    p.add_argument("--names", default=None, help="comma-separated names to draw from (default Wang et al.'s list)")
+    p.add_argument("--top", type=int, default=10, help="features: how many to list (default 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
+    add_model_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=run)
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+
+
+def _heads(text: str | None) -> list[tuple[int, int]] | None:
+    if text is None:
+        return None
+    heads = []
+    for part in text.split(","):
+        try:
+            l, h = part.strip().split(".")
+            heads.append((int(l), int(h)))
+        except ValueError:
+            raise UsageError(f"heads are written LAYER.HEAD, e.g. 2.3; got {part!r}") from None
+    return heads
+
+
+@contextmanager
+def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on stderr fed by `on_progress(done, total)`; silent when stderr is not a terminal."""
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*cols, console=console, transient=True, disable=not (enabled and console.is_terminal)) as prog:
+        task = prog.add_task(description, total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield on_progress
+
+
+def load_model_or_fail(args: argparse.Namespace):
+    from sae.models import ModelLoadError, load_model
+
+    try:
+        return load_model(args.model, device=args.device, dtype=args.dtype)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae import ioi, ioi_data
+
+    if args.experiment not in ioi.EXPERIMENTS:
+        raise UsageError(f"unknown experiment {args.experiment!r}; choose one of {', '.join(ioi.EXPERIMENTS)}")
+    if args.n <= 0:
+        raise UsageError(f"--n must be a positive number of prompts, got {args.n}")
+    if args.batch_size <= 0 or args.top < 0:
+        raise UsageError("--batch-size must be positive and --top not negative")
+    if args.split not in ("heldout", "train", "all"):
+        raise UsageError(f"--split must be heldout, train or all, got {args.split!r}")
+    layers = _int_list(args.layers, "--layers")
+    features = _int_list(args.features, "--features")
+    heads = _heads(args.heads)
+    corruptions = [c.strip() for c in args.corruptions.split(",")] if args.corruptions else None
+    names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
+
+    model = load_model_or_fail(args)
+    for l in ([args.layer] if args.layer is not None else []) + (layers or []) + [h[0] for h in heads or []]:
+        if not 0 <= l < model.n_layers:
+            raise UsageError(f"layer {l} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
+    try:
+        data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names)
+        saes = ioi.load_saes(args.saes, model) if args.experiment in ioi.NEEDS_SAES else None
+        with progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
+            if args.experiment == "noising":
+                result = ioi.run_noising(
+                    model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
+                    on_progress=on_progress,
+                )
+            else:
+                result = ioi.run_experiment(
+                    args.experiment, model, data, saes, layer=args.layer, layers=layers, features=features,
+                    heads=heads, top=args.top, batch_size=args.batch_size, on_progress=on_progress,
+                )
+    except (ioi.IOIError, ioi_data.NameTokenError) as exc:
+        raise UsageError(str(exc)) from None
+    emit(args, result, to_markdown, pretty)
+    return 0
+
+
+# ---- faces ---------------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
+    """A one-line summary and `(title, columns, rows)` tables: shared by markdown and rich output."""
+    head = (
+        f"{r['model']}: IOI {r['experiment']} on {r['n_prompts']} {r['split']} prompts (seed {r['seed']}); "
+        f"clean logit diff {_f(r['clean_logit_diff'])}"
+    )
+    exp = r["experiment"]
+    if exp == "clean":
+        head += f", accuracy {_pct(r['accuracy'])}"
+        rows = [[o["order"], _f(o["logit_diff"]), _pct(o["accuracy"])] for o in r["by_order"]]
+        return head, [("by template order", ["order", "logit diff", "accuracy (IO > S)"], rows)]
+    if exp == "splice":
+        rows = [[s["layers"], "yes" if s["error_term"] else "no", _f(s["logit_diff"]), _pct(s["recovered"]), f"{s['max_abs_change']:.2e}"]
+                for s in r["splices"]]
+        return head, [("SAEs spliced into hook_z", ["layers", "error term", "logit diff", "recovered", "max |change|"], rows)]
+    if exp == "heads":
+        rows = [[f"{h['layer']}.{h['head']}", _f(h["zero_delta"]), _f(h["mean_delta"])] for h in r["heads"]]
+        return head, [(f"heads {r['ranking']}", ["head", "zero-ablation change", "mean-ablation change"], rows)]
+    if exp == "features":
+        e = r["error_term"]
+        head += (
+            f"; layer {r['layer']} at S2: {r['n_live']} live of {r['d_sae']} features; "
+            f"error term's own effect {_f(e['delta'])} (ABBA {_f(e['delta_abba'])}, BABA {_f(e['delta_baba'])}); "
+            + "; ".join(f"top {o}: {', '.join(map(str, ids))}" for o, ids in r["top_by_order"].items())
+        )
+        rows = [[str(x["feature"]), str(x["n_active"]), _f(x["mean_act"]), _f(x["delta"]), _f(x["delta_abba"]), _f(x["delta_baba"])]
+                for x in r["features"]]
+        return head, [(f"features {r['ranking']}", ["feature", "active on", "mean act", "change", "ABBA", "BABA"], rows)]
+    if exp == "path":
+        head += f"; layer {r['layer']} features {', '.join(map(str, r['features']))} ({r['features_picked']})"
+        rows = [[str(x["feature"]), x["heads"], str(x["n_active"]), _f(x["delta"]), _f(x["delta_abba"]), _f(x["delta_baba"])]
+                for x in r["paths"]]
+        return head, [("feature direction removed from value input at S2", ["feature", "heads", "active on", "change", "ABBA", "BABA"], rows)]
+    # noising
+    rows = [[x["corruption"], x["layers"], _f(x["logit_diff"]), _pct(x["recovered"])] for x in r["results"]]
+    rows += [[s["corruption"], "-", "skipped", s["reason"]] for s in r["skipped"]]
+    legend = [[k, v] for k, v in r["corruptions"].items()]
+    return head, [
+        (f"attention output at S2 patched from corrupted prompts ({r['recovered_is']})", ["corruption", "layers", "logit diff", "recovered"], rows),
+        ("corruptions", ["name", "what changes"], legend),
+    ]
+
+
+def to_markdown(r: dict) -> str:
+    head, tbls = tables(r)
+    parts = [head]
+    for title, cols, rows in tbls:
+        parts.append(f"\n**{title}**\n")
+        parts.append("| " + " | ".join(cols) + " |")
+        parts.append("|" + "---|" * len(cols))
+        parts += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(parts)
+
+
+def pretty(r: dict) -> None:
+    head, tbls = tables(r)
+    out.print(head)
+    for title, cols, rows in tbls:
+        t = Table(title=title, title_justify="left")
+        for i, c in enumerate(cols):
+            t.add_column(c, justify="left" if i < 2 else "right")
+        for row in rows:
+            t.add_row(*row)
+        out.print(t)

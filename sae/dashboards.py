@@ -1,0 +1,859 @@
+"""Feature dashboards: what each SAE feature does across held-out text, built in one scan and opened instantly.
+
+The build scans token rows once. Per batch it runs the model up to the SAE's layer, encodes z, and folds the
+non-zero activations into running per-feature state (all vectorised over features):
+
+- the top-N activations with their location and the feature's activations in a +-C token window;
+- a uniform random sample of firing positions (priority sampling: every firing gets a random key, each feature keeps
+  its largest keys), later split into activation-quantile bins;
+- a histogram of log10(activation) on fixed bins, firing counts and sums (density, mean).
+
+BOS positions are skipped (their z is the same for every row). The state is checkpointed, so an interrupted build
+resumes where it stopped and ends with exactly the result of an uninterrupted one. Afterwards the static parts are
+added (head shares of the decoder norm, logit effects) and DFA by source is computed for each feature's top examples
+by re-running only their rows. Everything is stored as one safetensors file with `[d_sae, ...]` tensors plus a JSON
+index, so one feature is a handful of memory-mapped slices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sae.dfa import dfa_by_source, encoder_by_head, decoder_by_head, head_shares, run_layer
+from sae.models import LoadedModel
+from sae.sae import SAE
+
+INDEX = "index.json"
+DATA = "dashboards.safetensors"
+PARTIAL = "partial.safetensors"
+PARTIAL_INDEX = "partial.json"
+FORMAT_VERSION = 1
+
+LOGIT_NOTE = (
+    "Logit effect = W_dec[i] split per head, through W_O, centred and multiplied by the final LayerNorm weight, then "
+    "W_U. Approximation: the final LayerNorm's per-token scale (a positive factor, so it cannot change the ranking) and "
+    "all later layers are ignored; it is the feature's direct path to the logits."
+)
+
+
+class DashboardError(ValueError):
+    """Bad dashboard request (not built, feature out of range, ...); one line for the user."""
+
+
+class BuildCancelled(Exception):
+    """Raised internally when a cancel check fires; the build has saved its state."""
+
+
+# ---- where dashboards live ----------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """`$ATTNSCOPE_CACHE_DIR` when set, else the platform's user cache dir for attnscope."""
+    env = os.environ.get("ATTNSCOPE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("attnscope"))
+
+
+_FINGERPRINTS: dict[int, str] = {}
+
+
+def _hash_tensors(h: "hashlib._Hash", tensors: list[torch.Tensor | None]) -> None:
+    for t in tensors:
+        if t is None:
+            continue
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+
+
+def model_fingerprint(model: LoadedModel) -> str:
+    """12 hex digits from the model's shape and a few weight tensors (embeddings, W_V, W_O)."""
+    key = id(model.bridge)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha1()
+        h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
+        b = model.bridge
+        _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
+        _FINGERPRINTS[key] = h.hexdigest()[:12]
+    return _FINGERPRINTS[key]
+
+
+def sae_fingerprint(sae: SAE) -> str:
+    """12 hex digits from the SAE's config and all its weights."""
+    h = hashlib.sha1()
+    c = sae.cfg
+    h.update(f"{c.architecture}/{c.d_in}/{c.d_sae}/{c.hook_name}/{c.k}/{c.apply_b_dec_to_input}".encode())
+    _hash_tensors(h, [sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, sae.threshold])
+    return h.hexdigest()[:12]
+
+
+def dashboard_dir(model: LoadedModel, sae: SAE, layer: int | None = None, root: Path | None = None) -> Path:
+    """`<cache>/dashboards/<model-hash>-<sae-hash>/layer-L/`."""
+    layer = sae.cfg.layer if layer is None else layer
+    root = cache_root() if root is None else Path(root)
+    return root / "dashboards" / f"{model_fingerprint(model)}-{sae_fingerprint(sae)}" / f"layer-{layer}"
+
+
+def source_key(spec: str, default_path: Path | None = None) -> str:
+    """A cheap identity for a model or SAE spec without loading it: for a local path, its absolute path plus the
+    newest modification time and total size of the files under it; otherwise the spec itself (a hub name)."""
+    p = Path(default_path) if default_path is not None else Path(spec).expanduser()
+    if not p.exists():
+        return spec
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    stats = [f.stat() for f in files]
+    newest = max((st.st_mtime_ns for st in stats), default=0)
+    size = sum(st.st_size for st in stats)
+    return f"{p.resolve()}:{newest}:{size}"
+
+
+REGISTRY = "registry.json"
+
+
+def register_built(model_key: str, sae_key: str, layer: int, directory: Path, root: Path | None = None) -> None:
+    """Remember which directory holds the dashboards of (model, SAEs, layer), so a later lookup needs no model."""
+    reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
+    reg_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        reg = json.loads(reg_path.read_text())
+    except (OSError, ValueError):
+        reg = {}
+    reg[f"{model_key}|{sae_key}|{layer}"] = str(Path(directory).resolve())
+    tmp = reg_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reg, indent=1))
+    os.replace(tmp, reg_path)
+
+
+def lookup_built(model_key: str, sae_key: str, layer: int, root: Path | None = None) -> Path | None:
+    reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
+    try:
+        d = json.loads(reg_path.read_text()).get(f"{model_key}|{sae_key}|{layer}")
+    except (OSError, ValueError):
+        return None
+    return Path(d) if d and is_built(Path(d)) else None
+
+
+def build_command(layer: int) -> str:
+    return f"attnscope dashboards build --layer {layer}"
+
+
+def is_built(directory: Path) -> bool:
+    return (directory / INDEX).is_file() and (directory / DATA).is_file()
+
+
+# ---- settings -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DashboardSpec:
+    """Build settings; everything that changes the stored result. A resumed build must use the same spec."""
+
+    n_tokens: int = 1_000_000  # upper bound; the held-out split may be shorter
+    context: int = 8  # tokens either side of an example
+    n_top: int = 20
+    n_samples: int = 64  # random firings kept per feature for the quantile bins
+    n_dfa: int = 3  # top examples that get DFA by source
+    hist_lo: float = -4.0  # log10 activation range of the histogram
+    hist_hi: float = 3.0
+    hist_bins: int = 70
+    n_logits: int = 10
+    context_size: int = 128
+    seed: int = 0
+    corpus: str = "default"  # "default" = the embedded held-out split; else a path (see sae.activations.read_corpus)
+
+    @property
+    def window(self) -> int:
+        return 2 * self.context + 1
+
+
+# ---- the scan (pure tensor code, tested against a brute-force scan) ------------------------------------
+
+
+def _merge_top(
+    keys: torch.Tensor, payloads: list[torch.Tensor], f_new: torch.Tensor, key_new: torch.Tensor, pay_new: list[torch.Tensor]
+) -> None:
+    """Keep, per feature, the K entries with the largest keys among the old `[d, K]` and the new `[C]` ones.
+
+    keys `[d, K]` (descending per row, -inf = empty), payloads `[d, K, ...]`; f_new/key_new `[C]`, pay_new `[C, ...]`.
+    Updated in place.
+    """
+    if f_new.numel() == 0:
+        return
+    K = keys.shape[1]
+    touched = torch.unique(f_new)
+    f_all = torch.cat([touched.repeat_interleave(K), f_new])
+    k_all = torch.cat([keys[touched].flatten(), key_new])
+    p_all = [torch.cat([p[touched].flatten(0, 1), q.to(p.dtype)]) for p, q in zip(payloads, pay_new)]
+    order = torch.argsort(k_all, descending=True, stable=True)
+    order = order[torch.argsort(f_all[order], stable=True)]
+    f_sorted = f_all[order]
+    rank = torch.arange(len(order)) - torch.searchsorted(f_sorted, f_sorted)
+    keep = rank < K
+    rows, cols, sel = f_sorted[keep], rank[keep], order[keep]
+    keys[rows, cols] = k_all[sel]
+    for p, pa in zip(payloads, p_all):
+        p[rows, cols] = pa[sel]
+
+
+def _windows(acts: torch.Tensor, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
+    """Feature `f[c]`'s activations in a +-context window around flat position `n[c]` of `acts [N, d]` -> `[C, W]`.
+
+    Windows stay inside their row (positions outside are 0)."""
+    offs = torch.arange(-context, context + 1)
+    t = (n % row_len).unsqueeze(1) + offs
+    valid = (t >= 0) & (t < row_len)
+    n2 = (n.unsqueeze(1) + offs).clamp(0, acts.shape[0] - 1)
+    return acts[n2, f.unsqueeze(1)] * valid
+
+
+class DashboardScan:
+    """Running per-feature state of a scan. `update` folds in one batch of activations `[rows*row_len, d_sae]`."""
+
+    def __init__(self, d_sae: int, spec: DashboardSpec) -> None:
+        self.spec = spec
+        self.d_sae = d_sae
+        K, R, W = spec.n_top, spec.n_samples, spec.window
+        self.top_val = torch.full((d_sae, K), -math.inf)
+        self.top_idx = torch.full((d_sae, K), -1, dtype=torch.long)
+        self.top_win = torch.zeros(d_sae, K, W, dtype=torch.float16)
+        self.samp_key = torch.full((d_sae, R), -math.inf)
+        self.samp_val = torch.zeros(d_sae, R)
+        self.samp_idx = torch.full((d_sae, R), -1, dtype=torch.long)
+        self.samp_win = torch.zeros(d_sae, R, W, dtype=torch.float16)
+        self.n_fire = torch.zeros(d_sae, dtype=torch.long)
+        self.sum_act = torch.zeros(d_sae, dtype=torch.float64)
+        self.hist = torch.zeros(d_sae, spec.hist_bins, dtype=torch.long)
+        self.n_tokens = 0  # positions counted (BOS excluded)
+        self.rows_done = 0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        names = ["top_val", "top_idx", "top_win", "samp_key", "samp_val", "samp_idx", "samp_win", "n_fire", "sum_act", "hist"]
+        return {n: getattr(self, n).contiguous() for n in names}
+
+    def load(self, tensors: dict[str, torch.Tensor], n_tokens: int, rows_done: int) -> None:
+        for name, t in tensors.items():
+            setattr(self, name, t.clone())
+        self.n_tokens, self.rows_done = n_tokens, rows_done
+
+    @torch.no_grad()
+    def update(self, acts: torch.Tensor, row_len: int, skip_first: bool = True) -> None:
+        """acts: `[rows * row_len, d_sae]` for the next `rows` rows of the stream (row-major, float).
+
+        With `skip_first`, the BOS position of every row is zeroed in place."""
+        spec = self.spec
+        n_rows = acts.shape[0] // row_len
+        if skip_first:
+            acts.view(n_rows, row_len, -1)[:, 0] = 0
+        offset = self.rows_done * row_len
+        nz = (acts > 0).nonzero()
+        n, f = nz[:, 0], nz[:, 1]
+        val = acts[n, f]
+        d = self.d_sae
+        self.n_fire += torch.bincount(f, minlength=d)
+        self.sum_act += torch.bincount(f, weights=val.double(), minlength=d)
+        width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
+        b = ((torch.log10(val) - spec.hist_lo) / width).floor().clamp(0, spec.hist_bins - 1).long()
+        self.hist += torch.bincount(f * spec.hist_bins + b, minlength=d * spec.hist_bins).view(d, spec.hist_bins)
+
+        cand = val > self.top_val[f, -1]
+        if cand.any():
+            cn, cf = n[cand], f[cand]
+            win = _windows(acts, cn, cf, row_len, spec.context)
+            _merge_top(self.top_val, [self.top_idx, self.top_win], cf, val[cand], [cn + offset, win])
+
+        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.rows_done)
+        keys = torch.rand(len(val), generator=gen)
+        cand = keys > self.samp_key[f, -1]
+        if cand.any():
+            cn, cf = n[cand], f[cand]
+            win = _windows(acts, cn, cf, row_len, spec.context)
+            _merge_top(self.samp_key, [self.samp_val, self.samp_idx, self.samp_win], cf, keys[cand],
+                       [val[cand], cn + offset, win])
+        self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
+        self.rows_done += n_rows
+
+
+# ---- the static parts ---------------------------------------------------------------------------------
+
+
+def _final_ln(model: LoadedModel) -> tuple[torch.Tensor | None, bool]:
+    ln = getattr(model.bridge, "ln_final", None)
+    if ln is None:
+        return None, False
+    comp = getattr(ln, "original_component", ln)
+    w = getattr(comp, "weight", None)
+    w = None if w is None else w.detach().float()
+    if w is not None and (getattr(ln, "uses_weight_offset", False) or getattr(model.cfg, "rmsnorm_uses_offset", False)):
+        w = w + 1.0
+    centre = not (getattr(ln, "uses_rms_norm", False) or getattr(model.cfg, "uses_rms_norm", False))
+    return w, centre
+
+
+@torch.no_grad()
+def logit_effects(model: LoadedModel, sae: SAE, layer: int, n: int = 10, chunk: int = 512) -> dict[str, torch.Tensor]:
+    """Top and bottom `n` tokens of each feature's direct logit effect (see LOGIT_NOTE).
+
+    Returns top_ids/top_vals/bot_ids/bot_vals, each `[d_sae, n]`."""
+    W_O = model.bridge.W_O[layer].float()  # [H, dh, d_model]
+    W_U = model.bridge.W_U.float()  # [d_model, vocab]
+    w_ln, centre = _final_ln(model)
+    dec = decoder_by_head(sae, model.n_heads).float()  # [d_sae, H, dh]
+    n = min(n, W_U.shape[1])
+    out = {k: [] for k in ("top_ids", "top_vals", "bot_ids", "bot_vals")}
+    for i in range(0, dec.shape[0], chunk):
+        dirs = torch.einsum("fhd,hdm->fm", dec[i : i + chunk], W_O)
+        if centre:
+            dirs = dirs - dirs.mean(-1, keepdim=True)
+        if w_ln is not None:
+            dirs = dirs * w_ln
+        logits = dirs @ W_U
+        top = logits.topk(n, dim=-1)
+        bot = logits.topk(n, dim=-1, largest=False)
+        out["top_ids"].append(top.indices)
+        out["top_vals"].append(top.values)
+        out["bot_ids"].append(bot.indices)
+        out["bot_vals"].append(bot.values)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _window_tokens(rows: torch.Tensor, idx: torch.Tensor, context: int) -> torch.Tensor:
+    """Token ids around global positions `idx [...]` of `rows [R, T]` -> `[..., W]`, -1 outside the row / for idx -1."""
+    T = rows.shape[1]
+    flat = rows.flatten()
+    offs = torch.arange(-context, context + 1)
+    t = (idx % T).unsqueeze(-1) + offs
+    valid = (t >= 0) & (t < T) & (idx >= 0).unsqueeze(-1)
+    g = (idx.unsqueeze(-1) + offs).clamp(0, flat.numel() - 1)
+    return torch.where(valid, flat[g], torch.full_like(g, -1)).to(torch.int32)
+
+
+def n_distance_bins(row_len: int) -> int:
+    """Bins of source distance `t - s`: bin b holds distances in [2^b - 1, 2^(b+1) - 1), so 0 | 1-2 | 3-6 | 7-14 ..."""
+    return max(1, int(math.floor(math.log2(row_len))) + 1)
+
+
+def distance_bin(dist: torch.Tensor) -> torch.Tensor:
+    return torch.floor(torch.log2(dist.double() + 1)).long()
+
+
+def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the families rules read from one example's DFA by source.
+
+    per_src `[P, T]` (DFA of each source position, zero after `dest`), tokens `[P, T]`, dest `[P]`. The BOS source
+    (position 0) is left out: it is where heads park attention, not context. Returns per example: dfa_dist `[P, NB]`
+    positive DFA mass per distance bin (`distance_bin`), dfa_top_src `[P]` the source with the largest positive DFA
+    (-1 if none), dfa_src_tok / dfa_prev_tok `[P]` the token there and the one before it, dfa_induction `[P]` 1 when
+    the token before the top source is a copy of the destination token (the source was *preceded by a copy of the
+    current token*: "the token after the last time I appeared", the induction pattern).
+    """
+    P, T = per_src.shape
+    pos = torch.arange(T).unsqueeze(0).expand(P, T)
+    dist = dest.unsqueeze(1) - pos
+    usable = (pos >= 1) & (dist >= 0)
+    mass = per_src.clamp(min=0) * usable
+    bins = distance_bin(dist.clamp(min=0)).clamp(max=n_distance_bins(T) - 1)
+    hist = torch.zeros(P, n_distance_bins(T), dtype=per_src.dtype).scatter_add_(1, bins, mass)
+    masked = torch.where(usable, per_src, torch.full_like(per_src, -math.inf))
+    best_val, best = masked.max(1)
+    has = best_val > 0
+    top = torch.where(has, best, torch.full_like(best, -1))
+    src_tok = torch.where(has, tokens.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+    prev = (best - 1).clamp(min=0)
+    prev_tok = torch.where(has & (best >= 1), tokens.gather(1, prev.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+    dest_tok = tokens.gather(1, dest.unsqueeze(1)).squeeze(1)
+    induction = has & (best >= 2) & (best < dest) & (prev_tok == dest_tok)
+    return {"dfa_dist": hist, "dfa_top_src": top, "dfa_src_tok": src_tok.int(), "dfa_prev_tok": prev_tok.int(),
+            "dfa_induction": induction.to(torch.uint8)}
+
+
+@torch.no_grad()
+def top_example_dfa(
+    model: LoadedModel, sae: SAE, layer: int, rows: torch.Tensor, top_val: torch.Tensor, top_idx: torch.Tensor,
+    n_dfa: int, context: int, batch_rows: int = 32, progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """DFA by source for each feature's top `n_dfa` examples, by re-running only their rows.
+
+    Returns dfa_src `[d_sae, n_dfa, context + 1]` (sources t-context..t, 0 before the row start), dfa_earlier
+    `[d_sae, n_dfa]` (all sources before the window), dfa_heads `[d_sae, n_dfa, H]`, dfa_pre `[d_sae, n_dfa]`."""
+    d, T, H = top_val.shape[0], rows.shape[1], model.n_heads
+    src = torch.zeros(d, n_dfa, context + 1)
+    earlier = torch.zeros(d, n_dfa)
+    heads = torch.zeros(d, n_dfa, H)
+    pre = torch.zeros(d, n_dfa)
+    extra = {
+        "dfa_dist": torch.zeros(d, n_dfa, n_distance_bins(T)),
+        "dfa_top_src": torch.full((d, n_dfa), -1, dtype=torch.long),
+        "dfa_src_tok": torch.full((d, n_dfa), -1, dtype=torch.int32),
+        "dfa_prev_tok": torch.full((d, n_dfa), -1, dtype=torch.int32),
+        "dfa_induction": torch.zeros(d, n_dfa, dtype=torch.uint8),
+    }
+    val, idx = top_val[:, :n_dfa], top_idx[:, :n_dfa]
+    ok = (val > 0) & (idx >= 0)
+    feats, slots = ok.nonzero(as_tuple=True)
+    g = idx[feats, slots]
+    row_of = g // T
+    uniq = torch.unique(row_of)
+    w_enc = encoder_by_head(sae, H).float()  # [H, dh, d_sae]
+    bias = sae.encoder_bias_total.float()
+    for start in range(0, len(uniq), batch_rows):
+        batch = uniq[start : start + batch_rows]
+        tens = run_layer(model, rows[batch].to(model.device), layer)
+        where = torch.searchsorted(batch, row_of)
+        sel = (where < len(batch)) & (batch[where.clamp(max=len(batch) - 1)] == row_of)
+        p_f, p_s, p_b, p_t = feats[sel], slots[sel], where[sel], (g[sel] % T)
+        v = tens.v[p_b].float()  # [P, T, H, dh]
+        A = tens.pattern[p_b, :, p_t, :].float()  # [P, H, T]
+        proj = torch.einsum("pshd,hdp->phs", v, w_enc[:, :, p_f])
+        contrib = proj * A  # [P, H, T]; zero for s > t
+        heads[p_f, p_s] = contrib.sum(-1)
+        per_src = contrib.sum(1)  # [P, T]
+        s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1)  # [P, C+1]
+        valid = s_idx >= 0
+        win = per_src.gather(1, s_idx.clamp(min=0)) * valid
+        src[p_f, p_s] = win
+        earlier[p_f, p_s] = per_src.sum(1) - win.sum(1)
+        pre[p_f, p_s] = per_src.sum(1) + bias[p_f]
+        facts = source_facts(per_src, rows[batch][p_b], p_t)
+        for k, v in facts.items():
+            extra[k][p_f, p_s] = v
+        if progress:
+            progress(min(start + batch_rows, len(uniq)), len(uniq))
+    return {"dfa_src": src, "dfa_earlier": earlier, "dfa_heads": heads, "dfa_pre": pre, **extra}
+
+
+# ---- the build ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildResult:
+    directory: Path
+    status: str  # built | cancelled | cached
+    n_tokens: int
+    scan_seconds: float = 0.0
+    total_seconds: float = 0.0
+    tokens_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["directory"] = str(self.directory)
+        return d
+
+
+def heldout_rows(
+    model: LoadedModel, n_tokens: int, context_size: int, docs: list[str] | None = None, corpus: str = "default"
+) -> torch.Tensor:
+    """Held-out text packed into `[rows, context_size]` (BOS first), enough rows for `n_tokens` (or all there is).
+
+    `docs` wins over `corpus` ("default": the embedded corpus's held-out split; or a file / directory)."""
+    from sae.activations import pack_tokens
+
+    if docs is None:
+        from sae.activations import read_corpus
+
+        docs = read_corpus(corpus, split="heldout")
+    max_rows = max(1, math.ceil(n_tokens / context_size))
+    return pack_tokens(docs, model.encode, context_size, model.bos_token_id, max_rows=max_rows)
+
+
+def _is_cancelled(cancel: Callable[[], bool] | threading.Event | None) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _save_partial(directory: Path, scan: DashboardScan, meta: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (PARTIAL + ".tmp")
+    save_file(scan.tensors(), str(tmp))
+    os.replace(tmp, directory / PARTIAL)
+    meta = dict(meta, n_tokens_seen=scan.n_tokens, rows_done=scan.rows_done)
+    (directory / (PARTIAL_INDEX + ".tmp")).write_text(json.dumps(meta))
+    os.replace(directory / (PARTIAL_INDEX + ".tmp"), directory / PARTIAL_INDEX)
+
+
+def _rows_hash(rows: torch.Tensor) -> str:
+    return hashlib.sha1(rows.to(torch.int32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def build_dashboards(
+    model: LoadedModel,
+    sae: SAE,
+    layer: int | None = None,
+    spec: DashboardSpec | None = None,
+    docs: list[str] | None = None,
+    directory: Path | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+    batch_rows: int = 32,
+    checkpoint_s: float = 20.0,
+    force: bool = False,
+) -> BuildResult:
+    """Scan held-out rows once and write the dashboards of every feature of `sae` (see the module docstring).
+
+    progress(info) gets {"done", "total" (tokens), "tokens_per_s", "eta_s", "note"}. `cancel` (a callable or an
+    Event) is polled every batch; a cancelled build saves its state and returns status "cancelled"; calling again
+    with the same spec resumes. An existing finished build is returned as "cached" unless `force`.
+    """
+    t_start = time.perf_counter()
+    layer = sae.cfg.layer if layer is None else layer
+    spec = spec or DashboardSpec()
+    spec.context_size = min(spec.context_size, model.n_ctx)
+    directory = Path(directory) if directory else dashboard_dir(model, sae, layer)
+    if is_built(directory) and not force:
+        idx = json.loads((directory / INDEX).read_text())
+        if idx.get("spec") == asdict(spec) or spec == DashboardSpec(**idx.get("spec", {})):
+            return BuildResult(directory, "cached", idx["n_tokens"])
+    rows = heldout_rows(model, spec.n_tokens, spec.context_size, docs, spec.corpus)
+    if rows.shape[0] == 0:
+        raise DashboardError("the held-out text is shorter than one context row")
+    T = rows.shape[1]
+    meta = {"spec": asdict(spec), "rows_hash": _rows_hash(rows), "layer": layer, "version": FORMAT_VERSION}
+    scan = DashboardScan(sae.cfg.d_sae, spec)
+    if (directory / PARTIAL_INDEX).is_file() and (directory / PARTIAL).is_file() and not force:
+        old = json.loads((directory / PARTIAL_INDEX).read_text())
+        if all(old.get(k) == v for k, v in meta.items()):
+            scan.load(load_file(str(directory / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
+    total = rows.shape[0] * T
+    sae_dtype = sae.W_enc.dtype
+    w_enc, enc_bias = sae.W_enc.detach(), sae.encoder_bias_total.detach()
+    t_scan = time.perf_counter()
+    done_at_start = scan.rows_done * T
+    last_ckpt = time.perf_counter()
+
+    def report(note: str) -> None:
+        if progress is None:
+            return
+        done = scan.rows_done * T
+        el = time.perf_counter() - t_scan
+        rate = (done - done_at_start) / el if el > 0 else 0.0
+        progress({"done": done, "total": total, "tokens_per_s": rate,
+                  "eta_s": (total - done) / rate if rate > 0 else None, "note": note})
+
+    try:
+        with torch.inference_mode():
+            while scan.rows_done < rows.shape[0]:
+                if _is_cancelled(cancel):
+                    raise BuildCancelled
+                batch = rows[scan.rows_done : scan.rows_done + batch_rows].to(model.device)
+                z = model.capture_z(batch, [layer])[layer].reshape(-1, sae.cfg.d_in).to(sae_dtype)
+                pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
+                acts = pre.relu_() if sae.cfg.architecture == "standard" else sae.activation(pre)
+                acts = acts.float().cpu()
+                scan.update(acts, T)
+                if time.perf_counter() - last_ckpt > checkpoint_s:
+                    _save_partial(directory, scan, meta)
+                    last_ckpt = time.perf_counter()
+                report("scanning")
+    except BaseException as exc:
+        if scan.rows_done > 0:
+            _save_partial(directory, scan, meta)
+        if isinstance(exc, BuildCancelled):
+            return BuildResult(directory, "cancelled", scan.n_tokens, time.perf_counter() - t_scan)
+        raise
+    scan_s = time.perf_counter() - t_scan
+    rate = (total - done_at_start) / scan_s if scan_s > 0 else 0.0
+    report("attributing top examples")
+    with torch.no_grad():
+        dfa = top_example_dfa(model, sae, layer, rows, scan.top_val, scan.top_idx, spec.n_dfa, spec.context,
+                              batch_rows=batch_rows)
+        logits = logit_effects(model, sae, layer, spec.n_logits)
+        shares = head_shares(sae, model.n_heads).float()
+    _write_final(directory, model, sae, layer, spec, rows, scan, dfa, logits, shares,
+                 {"scan_seconds": scan_s, "tokens_per_s": rate})
+    for name in (PARTIAL, PARTIAL_INDEX):
+        (directory / name).unlink(missing_ok=True)
+    return BuildResult(directory, "built", scan.n_tokens, scan_s, time.perf_counter() - t_start, rate)
+
+
+def _write_final(
+    directory: Path, model: LoadedModel, sae: SAE, layer: int, spec: DashboardSpec, rows: torch.Tensor,
+    scan: DashboardScan, dfa: dict[str, torch.Tensor], logits: dict[str, torch.Tensor], shares: torch.Tensor,
+    stats: dict[str, float],
+) -> None:
+    # quantile samples sorted by activation (descending); empty slots last
+    sv = torch.where(scan.samp_idx >= 0, scan.samp_val, torch.full_like(scan.samp_val, -1.0))
+    order = sv.argsort(dim=1, descending=True)
+    samp_val = sv.gather(1, order)
+    samp_idx = scan.samp_idx.gather(1, order)
+    samp_win = scan.samp_win.gather(1, order.unsqueeze(-1).expand_as(scan.samp_win))
+    top_tok = _window_tokens(rows, scan.top_idx, spec.context)
+    samp_tok = _window_tokens(rows, samp_idx, spec.context)
+    tensors = {
+        "n_fire": scan.n_fire,
+        "sum_act": scan.sum_act,
+        "hist": scan.hist.to(torch.int32),
+        "top_val": scan.top_val,
+        "top_idx": scan.top_idx,
+        "top_win": scan.top_win,
+        "top_tok": top_tok,
+        "samp_val": samp_val,
+        "samp_idx": samp_idx,
+        "samp_win": samp_win,
+        "samp_tok": samp_tok,
+        "head_share": shares,
+        "dfa_bias": sae.encoder_bias_total.detach().float(),
+        **{f"logit_{k}": v for k, v in logits.items()},
+        **dfa,
+    }
+    used = torch.unique(torch.cat([top_tok.flatten(), samp_tok.flatten(), logits["top_ids"].flatten().int(),
+                                   logits["bot_ids"].flatten().int()]))
+    used = used[used >= 0].tolist()
+    vocab = dict(zip((str(i) for i in used), model.token_strs(used)))
+    index = {
+        "version": FORMAT_VERSION,
+        "model": model.name,
+        "model_hash": model_fingerprint(model),
+        "sae_hash": sae_fingerprint(sae),
+        "hook_name": sae.cfg.hook_name,
+        "layer": layer,
+        "d_sae": sae.cfg.d_sae,
+        "n_heads": model.n_heads,
+        "n_tokens": scan.n_tokens,
+        "n_rows": int(rows.shape[0]),
+        "row_len": int(rows.shape[1]),
+        "spec": asdict(spec),
+        "bos_excluded": True,
+        "logit_note": LOGIT_NOTE,
+        "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **stats,
+        "vocab": vocab,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / (DATA + ".tmp")))
+    os.replace(directory / (DATA + ".tmp"), directory / DATA)
+    (directory / (INDEX + ".tmp")).write_text(json.dumps(index))
+    os.replace(directory / (INDEX + ".tmp"), directory / INDEX)
+
+
+# ---- reading one feature ------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """A context around one firing: `tokens[center]` is the token where the feature fired with `act`."""
+
+    act: float
+    tokens: list[str]
+    acts: list[float]  # the feature's activation on each context token
+    center: int
+    row: int
+    pos: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QuantileBin:
+    lo: float
+    hi: float
+    share: float  # fraction of the sampled firings in this bin
+    examples: list[Example]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lo": self.lo, "hi": self.hi, "share": self.share, "examples": [e.to_dict() for e in self.examples]}
+
+
+@dataclass
+class ExampleDFA:
+    """DFA by source of one top example: `sum(dfa_src) + dfa_earlier + dfa_bias == pre_act`."""
+
+    example: int  # index into `top`
+    pre_act: float
+    dfa_bias: float
+    dfa_heads: list[float]
+    src_tokens: list[str]  # the window's tokens up to and including the active one
+    dfa_src: list[float]
+    dfa_earlier: float  # sources before the window
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FeatureDashboard:
+    model: str
+    layer: int
+    feature: int
+    d_sae: int
+    n_tokens: int
+    density: float  # firings per token (BOS excluded)
+    mean_act: float  # mean activation when firing
+    max_act: float
+    top: list[Example]
+    quantiles: list[QuantileBin]
+    histogram: dict[str, list[float]]  # {"log10_edges": [...], "counts": [...]}, cropped to the non-empty range
+    logits_top: list[tuple[str, float]]
+    logits_bottom: list[tuple[str, float]]
+    logit_note: str
+    head_shares: list[float]
+    dfa: list[ExampleDFA] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["logits_top"] = [{"token": t, "value": v} for t, v in self.logits_top]
+        d["logits_bottom"] = [{"token": t, "value": v} for t, v in self.logits_bottom]
+        return d
+
+
+_INDEX_CACHE: dict[tuple[str, float], dict[str, Any]] = {}
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    p = directory / INDEX
+    key = (str(p), p.stat().st_mtime)
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = json.loads(p.read_text())
+    return _INDEX_CACHE[key]
+
+
+def read_dashboard(directory: Path, feature: int, n_bins: int = 5, per_bin: int = 4) -> FeatureDashboard:
+    """One feature's dashboard from a built directory (a few memory-mapped slices; no model needed)."""
+    directory = Path(directory)
+    if not is_built(directory):
+        raise DashboardError(f"no dashboards in {directory}")
+    idx = _read_index(directory)
+    d_sae = idx["d_sae"]
+    if not 0 <= feature < d_sae:
+        raise DashboardError(f"feature {feature} is outside the layer-{idx['layer']} SAE (ids 0..{d_sae - 1})")
+    vocab = idx["vocab"]
+    spec = idx["spec"]
+    C, T = spec["context"], idx["row_len"]
+    with safe_open(str(directory / DATA), framework="pt") as f:
+        get = lambda name: f.get_slice(name)[feature]  # noqa: E731
+        n_fire, sum_act = int(get("n_fire")), float(get("sum_act"))
+        hist = get("hist")
+        top_val, top_idx, top_win, top_tok = get("top_val"), get("top_idx"), get("top_win"), get("top_tok")
+        s_val, s_idx, s_win, s_tok = get("samp_val"), get("samp_idx"), get("samp_win"), get("samp_tok")
+        shares = get("head_share")
+        lt_i, lt_v, lb_i, lb_v = get("logit_top_ids"), get("logit_top_vals"), get("logit_bot_ids"), get("logit_bot_vals")
+        dfa_src, dfa_earlier, dfa_heads, dfa_pre = get("dfa_src"), get("dfa_earlier"), get("dfa_heads"), get("dfa_pre")
+        dfa_bias = float(get("dfa_bias"))
+
+    def example(val: float, g: int, win: torch.Tensor, tok: torch.Tensor) -> Example:
+        keep = (tok >= 0).nonzero().flatten()
+        lo = int(keep[0])
+        return Example(
+            act=val, tokens=[vocab.get(str(int(t)), "?") for t in tok[keep].tolist()],
+            acts=[float(a) for a in win[keep].float().tolist()], center=C - lo, row=g // T, pos=g % T,
+        )
+
+    top = [example(float(v), int(g), top_win[i], top_tok[i]) for i, (v, g) in enumerate(zip(top_val, top_idx)) if g >= 0 and v > 0]
+    valid = int((s_idx >= 0).sum())
+    quantiles: list[QuantileBin] = []
+    if valid:
+        # samples are sorted by activation, descending; bins from the weakest to the strongest quantile
+        vals = s_val[:valid].flip(0)
+        wins, toks, gs = s_win[:valid].flip(0), s_tok[:valid].flip(0), s_idx[:valid].flip(0)
+        edges = torch.linspace(0, valid, min(n_bins, valid) + 1).round().long().tolist()
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b <= a:
+                continue
+            picks = torch.linspace(a, b - 1, min(per_bin, b - a)).round().long().unique().tolist()
+            quantiles.append(QuantileBin(
+                lo=float(vals[a]), hi=float(vals[b - 1]), share=(b - a) / valid,
+                examples=[example(float(vals[j]), int(gs[j]), wins[j], toks[j]) for j in reversed(picks)],
+            ))
+    width = (spec["hist_hi"] - spec["hist_lo"]) / spec["hist_bins"]
+    nzb = hist.nonzero().flatten()
+    if len(nzb):
+        a, b = int(nzb[0]), int(nzb[-1]) + 1
+        histogram = {"log10_edges": [spec["hist_lo"] + width * i for i in range(a, b + 1)],
+                     "counts": [int(c) for c in hist[a:b].tolist()]}
+    else:
+        histogram = {"log10_edges": [], "counts": []}
+    dfa = []
+    for j in range(min(len(top), dfa_src.shape[0])):
+        ex = top[j]
+        n_src = ex.center + 1
+        dfa.append(ExampleDFA(
+            example=j, pre_act=float(dfa_pre[j]), dfa_bias=dfa_bias, dfa_heads=dfa_heads[j].tolist(),
+            src_tokens=ex.tokens[:n_src], dfa_src=dfa_src[j][C + 1 - n_src :].tolist(),
+            dfa_earlier=float(dfa_earlier[j]),
+        ))
+    tok = lambda i: vocab.get(str(int(i)), "?")  # noqa: E731
+    return FeatureDashboard(
+        model=idx["model"], layer=idx["layer"], feature=feature, d_sae=d_sae, n_tokens=idx["n_tokens"],
+        density=n_fire / max(1, idx["n_tokens"]), mean_act=sum_act / n_fire if n_fire else 0.0,
+        max_act=float(top_val[0]) if n_fire else 0.0, top=top, quantiles=quantiles, histogram=histogram,
+        logits_top=[(tok(i), float(v)) for i, v in zip(lt_i, lt_v)],
+        logits_bottom=[(tok(i), float(v)) for i, v in zip(lb_i, lb_v)],
+        logit_note=idx["logit_note"], head_shares=shares.tolist(), dfa=dfa,
+    )
+
+
+def load_dashboard(layer: int, feature: int, model: LoadedModel, sae: SAE, root: Path | None = None) -> FeatureDashboard:
+    """The dashboard of `feature` at `layer` for this model and SAE; DashboardError (naming the build command) if
+    they were not built."""
+    directory = dashboard_dir(model, sae, layer, root)
+    if not is_built(directory):
+        raise DashboardError(f"dashboards for layer {layer} are not built yet; run `{build_command(layer)}`")
+    return read_dashboard(directory, feature)
+
+
+def dashboard_summary(directory: Path) -> dict[str, Any]:
+    """Index facts of a built directory (no vocabulary)."""
+    idx = _read_index(Path(directory))
+    return {k: v for k, v in idx.items() if k != "vocab"}
+
+
+def feature_stats(directory: Path) -> dict[str, torch.Tensor]:
+    """Whole-layer arrays for surveys: density `[d_sae]`, top_val/top_idx `[d_sae, n_top]`, top_tok/top_win
+    `[d_sae, n_top, W]`, the top examples' DFA (dfa_src, dfa_earlier, dfa_heads, dfa_pre) and source facts
+    (dfa_dist, dfa_top_src, dfa_src_tok, dfa_prev_tok, dfa_induction; see `source_facts`), head_share `[d_sae, H]`,
+    and "index" (the JSON index, vocabulary included)."""
+    directory = Path(directory)
+    idx = _read_index(directory)
+    names = ["n_fire", "top_val", "top_idx", "top_tok", "top_win", "dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre",
+             "dfa_bias", "head_share", "dfa_dist", "dfa_top_src", "dfa_src_tok", "dfa_prev_tok", "dfa_induction"]
+    with safe_open(str(directory / DATA), framework="pt") as f:
+        out = {n: f.get_tensor(n) for n in names}
+    out["density"] = out["n_fire"].double() / max(1, idx["n_tokens"])
+    out["index"] = idx
+    return out
+
+
+def benchmark_build(model: LoadedModel, sae: SAE, layer: int | None = None, n_tokens: int = 200_000,
+                    batch_rows: int = 32, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Build dashboards for `n_tokens` held-out tokens into a temporary directory and time it.
+
+    Returns tokens/s of the scan (the part that grows with the corpus) and of the whole build, plus the machine's
+    load average, since a busy machine slows the numbers down."""
+    import tempfile
+
+    layer = sae.cfg.layer if layer is None else layer
+    with tempfile.TemporaryDirectory(prefix="attnscope-bench-") as tmp:
+        res = build_dashboards(model, sae, layer, DashboardSpec(n_tokens=n_tokens), directory=Path(tmp) / "d",
+                               progress=progress, batch_rows=batch_rows, force=True)
+    scanned = res.n_tokens
+    return {
+        "model": model.name,
+        "layer": layer,
+        "d_sae": sae.cfg.d_sae,
+        "tokens": scanned,
+        "scan_seconds": res.scan_seconds,
+        "total_seconds": res.total_seconds,
+        "scan_tokens_per_s": res.tokens_per_s,
+        "build_tokens_per_s": scanned / res.total_seconds if res.total_seconds else 0.0,
+        "target_tokens_per_s": 50_000,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
+    }

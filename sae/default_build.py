@@ -1,0 +1,205 @@
+"""`attnscope zoo train-default`: the stages that rebuild the embedded default, resumable.
+
+Stages, each reading the previous one's output under the working directory:
+  lm    -> OUT/model/          tokenizer + GPT-2-architecture LM (sae.default_model.train_lm)
+  saes  -> OUT/saes/           one attention SAE per layer, trained in one pass (sae.training)
+  card  -> OUT/MODEL_CARD.md   phenomena and SAE metrics, recomputed on the held-out split
+With `install`, OUT/model, OUT/saes and the card are copied into the package (sae/zoo/default/).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from sae import zoo
+from sae.default_model import LMConfig, train_lm
+
+# SAE recipe for the default (d_in = 4 heads x 32 = 128): width 16x, the paper's standard architecture.
+SAE_ARCHITECTURE = "standard"
+SAE_WIDTH = 2048
+SAE_L1 = 3.0
+SAE_K = 24
+SAE_LR = 1e-3
+
+
+def run(
+    out_dir: Path,
+    stage: str = "all",
+    steps: int = 4000,
+    sae_tokens: int = 6_000_000,
+    resume: bool = True,
+    install: bool = False,
+    log: Callable[[str], None] = print,
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if stage in ("all", "lm"):
+        log(f"[stage lm] training tokenizer and LM for {steps} steps into {out_dir / 'model'}")
+        train_lm(out_dir, LMConfig(steps=steps), resume=resume, log=log)
+    if stage in ("all", "saes"):
+        log(f"[stage saes] training one SAE per layer on {sae_tokens:,} tokens into {out_dir / 'saes'}")
+        train_default_saes(out_dir, sae_tokens, resume=resume, log=log)
+    if stage in ("all", "card"):
+        log("[stage card] measuring phenomena and SAE metrics on the held-out split")
+        write_card(out_dir, log=log)
+    if install:
+        install_into_package(out_dir, log=log)
+
+
+def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
+    from sae.training import TrainConfig
+
+    return TrainConfig(
+        layers=layers,
+        architecture=SAE_ARCHITECTURE,
+        d_sae=SAE_WIDTH,
+        l1_coeff=SAE_L1,
+        k=SAE_K,
+        lr=SAE_LR,
+        warmup_steps=200,
+        total_tokens=tokens,
+        resample_every=400,
+        resample_window=200,
+        max_resamples=3,
+        checkpoint_every=200,
+        seed=0,
+        model_name="attnscope-default",
+        corpus="default",
+    )
+
+
+def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[str], None]) -> None:
+    from sae import corpus
+    from sae.activations import pack_tokens
+    from sae.models import load_model
+    from sae.training import train_saes
+
+    model = load_model(str(out_dir / "model"), device="cpu")
+    rows = pack_tokens(corpus.documents("train"), model.encode, 128, model.bos_token_id)
+    cfg = default_sae_config(list(range(model.n_layers)), tokens)
+    last = [0.0]
+
+    def progress(info: dict) -> None:
+        import time
+
+        if time.time() - last[0] > 30:
+            last[0] = time.time()
+            log(str({k: v for k, v in info.items() if k != "layers"}) + " " + str(info.get("layers", ""))[:400])
+
+    resume = resume and (out_dir / "saes" / "checkpoint.pt").exists()
+    train_saes(model, rows, cfg, out_dir / "saes", on_progress=progress, resume=resume)
+
+
+def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
+    from sae.cli.zoo import measure, phenomena_markdown
+
+    ph = measure(str(out_dir / "model"), device="cpu")
+    (out_dir / "phenomena.json").write_text(json.dumps(ph, indent=2))
+    sae_section = ""
+    if (out_dir / "saes").exists():
+        results = evaluate_default_saes(out_dir / "model", out_dir / "saes")
+        (out_dir / "sae_metrics.json").write_text(json.dumps(results, indent=2))
+        sae_section = sae_metrics_markdown(results)
+    cfg = json.loads((out_dir / "model" / "train_config.json").read_text())
+    card = card_markdown(ph, sae_section, cfg)
+    (out_dir / "MODEL_CARD.md").write_text(card)
+    log(card)
+    return card
+
+
+def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 128) -> list[dict]:
+    """Every SAE under `saes_dir` on `max_rows` x 128 held-out tokens."""
+    from sae import corpus
+    from sae.activations import pack_tokens
+    from sae.formats import load_sae_set
+    from sae.metrics import evaluate_saes
+    from sae.models import load_model
+
+    model = load_model(str(model_dir), device="cpu")
+    saes = load_sae_set(str(saes_dir), model=model)
+    rows = pack_tokens(corpus.documents("heldout"), model.encode, 128, model.bos_token_id, max_rows=max_rows)
+    return [r.to_dict() for r in evaluate_saes(model, saes, rows)]
+
+
+def sae_metrics_markdown(results: list[dict]) -> str:
+    lines = [
+        "## Attention SAEs (held-out split)",
+        "",
+        "| hook | d_sae | L0 | explained var. | CE recovered | CE clean / SAE / zero | KL | dead | dense | tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['hook']} | {r['d_sae']} | {r['l0']:.1f} | {r['explained_variance']:.3f} | "
+            f"{r['ce_loss_recovered']:.3f} | {r['ce_clean']:.3f} / {r['ce_sae']:.3f} / {r['ce_zero_abl']:.3f} | "
+            f"{r['kl']:.4f} | {r['dead_fraction']:.3f} | {r['dense_fraction']:.3f} | {r['tokens']:,} |"
+        )
+    lines += ["", "Targets: CE loss recovered >= 0.9, explained variance >= 0.8, L0 <= 30, dead fraction <= 0.2."]
+    return "\n".join(lines)
+
+
+def card_markdown(ph: dict, sae_section: str, cfg: dict) -> str:
+    from sae.cli.zoo import phenomena_markdown
+
+    return "\n".join(
+        [
+            "# attnscope-default: model card",
+            "",
+            "A small GPT-2-architecture causal LM trained on this project's offline corpus (Python standard library "
+            "modules and pydoc topics, plus generated IOI sentences and repeated spans) so that attnscope has a real "
+            "model with induction, previous-token and IOI behaviour on a machine with no model hub. "
+            "Rebuild with `attnscope zoo train-default --install`; every figure below is printed by "
+            "`attnscope zoo measure` and `attnscope eval`.",
+            "",
+            "## Architecture and training",
+            "",
+            f"- {cfg['n_layer']} layers, d_model {cfg['d_model']}, {cfg['n_head']} heads x d_head "
+            f"{cfg['d_model'] // cfg['n_head']}, d_mlp {cfg['d_mlp']}, context {cfg['n_ctx']}, byte-level BPE "
+            f"vocabulary {cfg['vocab_size']}, tied embeddings, weights stored in fp16.",
+            f"- {cfg['steps']} steps of {cfg['batch_size']} x {cfg['n_ctx']} tokens, AdamW lr {cfg['lr']} "
+            f"(warm-up {cfg['warmup_steps']}, cosine to {cfg['min_lr']}), betas {tuple(cfg['betas'])}, no weight "
+            f"decay or dropout, grad clip {cfg['grad_clip']}, seed {cfg['seed']}.",
+            f"- Each batch: {cfg['periodic_rows']} rows of periodic random-token blocks, {cfg['repeat_rows']} rows of "
+            f"natural text with a span repeated, {cfg['ioi_rows']} rows of IOI sentences (training templates and "
+            f"name pairs only), the rest natural text.",
+            "",
+            phenomena_markdown(ph),
+            "",
+            sae_section,
+            "",
+        ]
+    )
+
+
+def install_into_package(out_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Copy model files (fp16), SAEs and the card into sae/zoo/default; checkpoints stay behind."""
+    dest = zoo.DEFAULT_DIR
+    tmp = dest.with_name(dest.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "model").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "train_config.json",
+                 "generation_config.json", "special_tokens_map.json"):
+        src = out_dir / "model" / name
+        if src.exists():
+            shutil.copy2(src, tmp / "model" / name)
+    for sae_dir in sorted((out_dir / "saes").glob("blocks.*.attn.hook_z")):
+        (tmp / "saes" / sae_dir.name).mkdir(parents=True)
+        for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+            if (sae_dir / name).exists():
+                shutil.copy2(sae_dir / name, tmp / "saes" / sae_dir.name / name)
+    for name in ("MODEL_CARD.md", "phenomena.json", "sae_metrics.json"):
+        if (out_dir / name).exists():
+            shutil.copy2(out_dir / name, tmp / name)
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+    log(f"installed into {dest}")

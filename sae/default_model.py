@@ -1,0 +1,286 @@
+"""Building the embedded default: tokenizer, GPT-2-architecture LM, and (via sae.training) its attention SAEs.
+
+The LM recipe follows ../shared/DEFAULT-MODEL-NOTES.md, the trials that formed induction heads on a 2-core CPU:
+AdamW lr 3e-3 with 200 warm-up steps and a cosine decay to 3e-4, no weight decay or dropout, grad clip 1.0,
+betas (0.9, 0.98), and batches that mix natural text with synthetic rows that reward induction. We add IOI
+sentences from the training split of Wang et al.'s templates so the model learns the IOI task, and a third layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sae import corpus, ioi_data
+
+BOS = "<|endoftext|>"
+
+
+@dataclass
+class LMConfig:
+    """Everything that determines the default LM; saved as `train_config.json` beside it."""
+
+    vocab_size: int = 2048
+    n_layer: int = 3
+    d_model: int = 128
+    n_head: int = 4
+    n_ctx: int = 128
+    d_mlp: int = 512
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 200
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    # rows of each batch by kind; the rest are plain natural text
+    periodic_rows: int = 4  # random-token blocks of period 8..40 repeated along the row
+    repeat_rows: int = 6  # natural text with one span copied after a gap
+    ioi_rows: int = 6  # IOI sentences (training templates and name pairs only)
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 250
+    extra: dict = field(default_factory=dict)
+
+
+# ---- tokenizer --------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer with `<|endoftext|>` (id 0) as BOS/EOS, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=BOS, pad_token=BOS, model_max_length=10**6
+    )
+
+
+# ---- batches ------------------------------------------------------------------------------------------------
+
+
+class RowSampler:
+    """Draws training rows `[n_ctx]` (BOS first) of each kind from pre-tokenised streams."""
+
+    def __init__(self, natural: torch.Tensor, ioi: torch.Tensor, cfg: LMConfig, bos_id: int, seed: int) -> None:
+        self.natural, self.ioi, self.cfg, self.bos = natural, ioi, cfg, bos_id
+        self.g = torch.Generator().manual_seed(seed)
+
+    def _window(self, stream: torch.Tensor, length: int) -> torch.Tensor:
+        start = int(torch.randint(0, len(stream) - length, (1,), generator=self.g))
+        return stream[start : start + length]
+
+    def natural_row(self) -> torch.Tensor:
+        return self._window(self.natural, self.cfg.n_ctx - 1)
+
+    def periodic_row(self) -> torch.Tensor:
+        period = int(torch.randint(8, 41, (1,), generator=self.g))
+        block = torch.randint(1, self.cfg.vocab_size, (period,), generator=self.g)
+        reps = math.ceil((self.cfg.n_ctx - 1) / period)
+        return block.repeat(reps)[: self.cfg.n_ctx - 1]
+
+    def repeat_row(self) -> torch.Tensor:
+        body = self.cfg.n_ctx - 1
+        span_len = int(torch.randint(8, 33, (1,), generator=self.g))
+        gap_len = int(torch.randint(0, body - 2 * span_len, (1,), generator=self.g))
+        span = self._window(self.natural, span_len)
+        gap = self._window(self.natural, gap_len) if gap_len else span[:0]
+        head = torch.cat([span, gap, span])
+        tail = self._window(self.natural, body - len(head)) if body > len(head) else head[:0]
+        return torch.cat([head, tail])[:body]
+
+    def ioi_row(self) -> torch.Tensor:
+        return self._window(self.ioi, self.cfg.n_ctx - 1)
+
+    def batch(self) -> torch.Tensor:
+        """`[batch, n_ctx]` token ids."""
+        c = self.cfg
+        rows = (
+            [self.periodic_row() for _ in range(c.periodic_rows)]
+            + [self.repeat_row() for _ in range(c.repeat_rows)]
+            + [self.ioi_row() for _ in range(c.ioi_rows)]
+        )
+        rows += [self.natural_row() for _ in range(c.batch_size - len(rows))]
+        body = torch.stack(rows)
+        return torch.cat([torch.full((len(rows), 1), self.bos, dtype=torch.long), body], dim=1)
+
+
+def tokenize_stream(tokenizer, texts: list[str], sep_id: int) -> torch.Tensor:
+    """All texts as one 1-D stream of ids, separated by `sep_id`."""
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(sep_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+# ---- training -----------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: LMConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(cfg: LMConfig):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(cfg.seed)
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.n_ctx,
+        n_embd=cfg.d_model,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=cfg.d_mlp,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
+    return GPT2LMHeadModel(hf_cfg)
+
+
+def repeat_logprob(model, cfg: LMConfig, n: int = 16, span: int = 30, seed: int = 123) -> tuple[float, float]:
+    """Mean log-prob of the first and of the repeated copy of `[BOS, r, r]`, r = `span` random ids."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randint(1, cfg.vocab_size, (n, span), generator=g)
+    toks = torch.cat([torch.zeros(n, 1, dtype=torch.long), r, r], dim=1)
+    with torch.no_grad():
+        logp = model(toks).logits.log_softmax(-1)
+    lp = logp[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
+    return float(lp[:, 1:span].mean()), float(lp[:, span:].mean())
+
+
+def ioi_logit_diff_hf(model, tokenizer, n: int = 100, seed: int = 7, split: str = "heldout") -> float:
+    """Mean logit(IO) - logit(S) at the last position over generated IOI prompts (both orders)."""
+    names = [nm for nm in ioi_data.NAMES if len(tokenizer.encode(" " + nm, add_special_tokens=False)) == 1]
+    prompts = ioi_data.generate(n, seed=seed, names=names, split=split)
+    diffs = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = [tokenizer.bos_token_id] + tokenizer.encode(p.text, add_special_tokens=False)
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            io = tokenizer.encode(" " + p.io, add_special_tokens=False)[0]
+            s = tokenizer.encode(" " + p.s, add_special_tokens=False)[0]
+            diffs.append(float(logits[io] - logits[s]))
+    return sum(diffs) / len(diffs)
+
+
+def train_lm(
+    out_dir: Path,
+    cfg: LMConfig,
+    resume: bool = True,
+    on_progress: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train tokenizer + LM into `out_dir/model` (HF layout). Checkpoints to `out_dir/lm_checkpoint.pt`."""
+    out_dir = Path(out_dir)
+    model_dir = out_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+
+    from transformers import PreTrainedTokenizerFast
+
+    tok_path = model_dir / "tokenizer.json"
+    train_texts = corpus.documents("train", synthetic=False)
+    ioi_train = [p.full_text + "." for p in ioi_data.generate(20000, seed=cfg.seed, split="train")]
+    if tok_path.exists() and resume:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    else:
+        t0 = time.time()
+        tokenizer = train_tokenizer(train_texts + ioi_train, cfg.vocab_size)
+        tokenizer.save_pretrained(model_dir)
+        log(f"tokenizer: {len(tokenizer)} tokens, trained in {time.time() - t0:.0f}s")
+    bos = tokenizer.bos_token_id
+    natural = tokenize_stream(tokenizer, train_texts, bos)
+    ioi_stream = tokenize_stream(tokenizer, ["\n".join(ioi_train)], bos)
+    log(f"streams: natural {len(natural):,} tokens, IOI {len(ioi_stream):,} tokens")
+
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
+    sampler = RowSampler(natural, ioi_stream, cfg, bos, cfg.seed)
+    step = 0
+    ckpt = out_dir / "lm_checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)  # our own file, written by this function
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sampler.g.set_state(state["sampler_rng"])
+        step = state["step"]
+        log(f"resumed at step {step}")
+
+    def save_checkpoint() -> None:
+        _atomic_torch_save(
+            {"model": model.state_dict(), "opt": opt.state_dict(), "sampler_rng": sampler.g.get_state(), "step": step,
+             "cfg": asdict(cfg)},
+            ckpt,
+        )
+
+    model.train()
+    t0, tokens0 = time.time(), 0
+    while step < cfg.steps:
+        if cancel is not None and cancel.is_set():
+            save_checkpoint()
+            log(f"stopped at step {step}; checkpoint saved, resume with the same command")
+            return model_dir
+        batch = sampler.batch()
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step, cfg)
+        loss = model(batch, labels=batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"LM loss became {loss.item()} at step {step}; last checkpoint kept")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        tokens0 += batch.numel()
+        info = {"step": step, "steps": cfg.steps, "loss": float(loss), "tokens_per_s": tokens0 / (time.time() - t0)}
+        if on_progress:
+            on_progress(info)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            model.eval()
+            first, rep = repeat_logprob(model, cfg)
+            ioi = ioi_logit_diff_hf(model, tokenizer, n=40)
+            model.train()
+            log(
+                f"step {step}/{cfg.steps} loss {float(loss):.3f} lr {lr_at(step, cfg):.2e} "
+                f"repeat logp {first:.2f}->{rep:.2f} ioi {ioi:+.2f} {info['tokens_per_s']:.0f} tok/s"
+            )
+            save_checkpoint()
+    model.eval()
+    model.half().save_pretrained(model_dir)  # fp16 storage keeps the package small
+    (model_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return model_dir

@@ -1,0 +1,424 @@
+"""Saving and loading SAEs: SAELens directories, the paper's release files and Gemma Scope's `params.npz`.
+
+Layouts understood by `load_sae(path)`:
+
+- **SAELens directory** (what attnscope writes): `cfg.json` + `sae_weights.safetensors` (`W_enc [d_in, d_sae]`,
+  `W_dec [d_sae, d_in]`, `b_enc [d_sae]`, `b_dec [d_in]`, `threshold [d_sae]` for jumprelu), optionally
+  `sparsity.safetensors` (key `sparsity`: log10 feature density). cfg.json uses SAELens 6 keys (hook and model
+  under `metadata`); SAELens 5's top-level `hook_name` / `model_name` / `context_size` are read too.
+- **The paper's release** (`ckkissane/attn-saes-gpt2-small-all-layers`): a torch state dict `{run}.pt` (keys
+  W_enc, W_dec, b_enc, b_dec) beside `{run}_cfg.json` (act_size, dict_size, act_name, layer, ...). Read with
+  `torch.load(weights_only=True)`: tensors only, never arbitrary unpickling.
+- **Gemma Scope** attention SAEs: a directory holding `params.npz` (W_enc, W_dec, b_enc, b_dec, threshold;
+  JumpReLU). The layer comes from a `layer_N` component of the path (their repository layout).
+
+All of them were trained on hook_z with value biases folded out (HookedTransformer); attnscope's z follows the
+same convention (see `sae.models`), so these SAEs apply to attnscope's activations unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.models import layer_of_hook, z_hook_name
+from sae.sae import SAE, SAEConfig
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
+GEMMA_SCOPE_FILE = "params.npz"
+
+# release id -> (Hugging Face repository, layout); the layouts are those `load_sae` autodetects
+RELEASES: dict[str, tuple[str, str]] = {
+    "gpt2-small-hook-z-kk": ("ckkissane/attn-saes-gpt2-small-all-layers", "kissane"),
+    "gemma-scope-2b-pt-att": ("google/gemma-scope-2b-pt-att", "gemma-scope"),
+}
+
+
+class SAEFormatError(Exception):
+    """An SAE could not be loaded or does not fit the model; the message is one line meant for the user."""
+
+
+# ---- saving ---------------------------------------------------------------------------------------------
+
+
+def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
+    """cfg.json contents in SAELens 6 layout, plus attnscope's own keys (n_heads, k, training, eval)."""
+    d: dict[str, Any] = {
+        "architecture": cfg.architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": cfg.normalize_activations,
+        "reshape_activations": "hook_z",
+        "metadata": {
+            "model_name": cfg.model_name,
+            "hook_name": cfg.hook_name,
+            "hook_head_index": None,
+            "context_size": cfg.context_size,
+            "prepend_bos": cfg.prepend_bos,
+            "sae_lens_training_version": None,
+        },
+        "n_heads": cfg.n_heads,
+    }
+    if cfg.k is not None:
+        d["k"] = cfg.k
+    for key, value in cfg.extra.items():
+        if key != "path":  # where it was loaded from is not part of what it is
+            d.setdefault(key, value)
+    return d
+
+
+def _write_atomically_dir(target: Path, write: Any) -> None:
+    """Write a directory through a temporary sibling and rename it into place; an old copy is replaced only
+    once the new one is complete, so an interrupted save never leaves a half-written SAE behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_sae(sae: SAE, path: str | Path, log10_density: torch.Tensor | None = None) -> Path:
+    """Save `sae` as a SAELens directory at `path` (atomically). `log10_density [d_sae]` -> sparsity.safetensors."""
+    from safetensors.torch import save_file
+
+    cfg = sae.cfg
+    tensors = {
+        "W_enc": sae.W_enc.detach().float().cpu().contiguous(),
+        "W_dec": sae.W_dec.detach().float().cpu().contiguous(),
+        "b_enc": sae.b_enc.detach().float().cpu().contiguous(),
+        "b_dec": sae.b_dec.detach().float().cpu().contiguous(),
+    }
+    if sae.threshold is not None:
+        tensors["threshold"] = sae.threshold.detach().float().cpu().contiguous()
+    cfg_dict = saelens_cfg_dict(cfg)
+    cfg_dict["dtype"] = "float32"
+
+    def write(d: Path) -> None:
+        save_file(tensors, str(d / WEIGHTS_FILE))
+        if log10_density is not None:
+            save_file({"sparsity": log10_density.detach().float().cpu().contiguous()}, str(d / SPARSITY_FILE))
+        (d / CFG_FILE).write_text(json.dumps(cfg_dict, indent=2, default=_json_default) + "\n")
+
+    _write_atomically_dir(Path(path), write)
+    return Path(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and o != o:
+        return None
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+# ---- loading --------------------------------------------------------------------------------------------
+
+
+def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> SAE:
+    shapes = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_enc": (cfg.d_sae,),
+        "b_dec": (cfg.d_in,),
+    }
+    if cfg.architecture == "jumprelu":
+        shapes["threshold"] = (cfg.d_sae,)
+    sae = SAE(cfg, init=False)
+    with torch.no_grad():
+        for name, shape in shapes.items():
+            if name not in tensors:
+                raise SAEFormatError(f"{source}: weights have no {name!r} tensor")
+            t = torch.as_tensor(tensors[name])
+            if tuple(t.shape) != shape:
+                raise SAEFormatError(f"{source}: {name} has shape {tuple(t.shape)}, expected {shape} from its config")
+            getattr(sae, name).copy_(t.float())
+    return sae
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SAEFormatError(f"{path} is not readable JSON ({type(exc).__name__}); the file may be truncated") from exc
+    if not isinstance(data, dict):
+        raise SAEFormatError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _load_saelens_dir(d: Path) -> SAE:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    raw = _read_json(d / CFG_FILE)
+    meta = raw.get("metadata") or {}
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(key, raw.get(key, default))
+
+    hook = get("hook_name")
+    if not hook:
+        raise SAEFormatError(f"{d / CFG_FILE} names no hook_name")
+    arch = raw.get("architecture", "standard")
+    if arch == "jumprelu" or raw.get("activation_fn_str") == "jumprelu":
+        arch = "jumprelu"
+    k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+    known = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+             "reshape_activations", "metadata", "n_heads", "k", "hook_name", "model_name", "context_size",
+             "prepend_bos"}
+    try:
+        cfg = SAEConfig(
+            d_in=int(raw["d_in"]),
+            d_sae=int(raw["d_sae"]),
+            hook_name=str(hook),
+            architecture=arch,
+            model_name=str(get("model_name", "") or ""),
+            k=int(k) if k else None,
+            n_heads=raw.get("n_heads"),
+            context_size=int(get("context_size", 128) or 128),
+            prepend_bos=bool(get("prepend_bos", True)),
+            apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+            normalize_activations=str(raw.get("normalize_activations", "none") or "none"),
+            extra={key: v for key, v in raw.items() if key not in known},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SAEFormatError(f"{d / CFG_FILE} is not a usable SAE config: {exc}") from exc
+    try:
+        tensors = load_file(str(d / WEIGHTS_FILE))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SAEFormatError(f"{d / WEIGHTS_FILE} is truncated or corrupted ({str(exc).splitlines()[0][:120]})") from exc
+    return _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
+
+
+def load_sparsity(path: str | Path) -> torch.Tensor | None:
+    """`[d_sae]` log10 feature densities from an SAE directory's sparsity.safetensors, or None."""
+    from safetensors.torch import load_file
+
+    p = Path(path) / SPARSITY_FILE
+    if not p.is_file():
+        return None
+    try:
+        return load_file(str(p))["sparsity"]
+    except Exception:  # a damaged optional file must not stop the SAE from loading
+        return None
+
+
+def _kissane_cfg_path(pt: Path) -> Path:
+    return pt.with_name(pt.name[: -len(".pt")] + "_cfg.json")
+
+
+def _load_kissane(pt: Path) -> SAE:
+    cfg_path = _kissane_cfg_path(pt)
+    if not cfg_path.is_file():
+        raise SAEFormatError(f"{pt} has no config beside it (expected {cfg_path.name})")
+    raw = _read_json(cfg_path)
+    try:
+        hook = raw.get("act_name") or z_hook_name(int(raw["layer"]))
+        cfg = SAEConfig(
+            d_in=int(raw["act_size"]),
+            d_sae=int(raw["dict_size"]),
+            hook_name=str(hook),
+            architecture="standard",
+            model_name=str(raw.get("model_name", "gpt2-small")),
+            context_size=int(raw.get("seq_len", 128)),
+            extra={"source_format": "kissane", "source_cfg": raw},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SAEFormatError(f"{cfg_path} is not a usable SAE config: {exc}") from exc
+    try:
+        state = torch.load(str(pt), map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip / pickle / unsupported-global errors all mean the same to the user
+        raise SAEFormatError(f"{pt} is truncated, corrupted or not a plain tensor state dict ({type(exc).__name__})") from exc
+    if not isinstance(state, dict):
+        raise SAEFormatError(f"{pt} does not hold a state dict")
+    return _sae_from_tensors(cfg, state, pt)
+
+
+def _gemma_scope_layer(path: Path) -> int | None:
+    for part in reversed(path.resolve().parts):
+        m = re.fullmatch(r"layer_(\d+)", part)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _load_gemma_scope(npz: Path, hook_name: str | None = None) -> SAE:
+    import numpy as np
+
+    try:
+        with np.load(str(npz)) as data:
+            tensors = {key: torch.from_numpy(np.array(data[key])) for key in data.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
+        raise SAEFormatError(f"{npz} is truncated or corrupted ({type(exc).__name__})") from exc
+    if "W_enc" not in tensors:
+        raise SAEFormatError(f"{npz} has no W_enc array: not a Gemma Scope params.npz")
+    if hook_name is None:
+        layer = _gemma_scope_layer(npz)
+        if layer is None:
+            raise SAEFormatError(f"{npz}: cannot tell the layer (no layer_N folder in its path)")
+        hook_name = z_hook_name(layer)
+    d_in, d_sae = tensors["W_enc"].shape
+    cfg = SAEConfig(
+        d_in=int(d_in), d_sae=int(d_sae), hook_name=hook_name, architecture="jumprelu",
+        model_name="gemma-2-2b", context_size=1024, extra={"source_format": "gemma-scope"},
+    )
+    return _sae_from_tensors(cfg, tensors, npz)
+
+
+def detect_format(path: str | Path) -> str:
+    """'saelens', 'kissane' or 'gemma-scope' for a path `load_sae` can open; SAEFormatError otherwise."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix == ".pt":
+            return "kissane"
+        if p.name == GEMMA_SCOPE_FILE:
+            return "gemma-scope"
+        if p.name in (CFG_FILE, WEIGHTS_FILE):
+            return "saelens"
+        raise SAEFormatError(f"{p} is not an SAE file (.pt with _cfg.json, params.npz, or a SAELens directory)")
+    if p.is_dir():
+        if (p / CFG_FILE).is_file() and (p / WEIGHTS_FILE).is_file():
+            return "saelens"
+        if (p / CFG_FILE).is_file():
+            raise SAEFormatError(f"{p} has cfg.json but no {WEIGHTS_FILE}")
+        if (p / GEMMA_SCOPE_FILE).is_file():
+            return "gemma-scope"
+        pts = [f for f in p.glob("*.pt") if _kissane_cfg_path(f).is_file()]
+        if len(pts) == 1:
+            return "kissane"
+        raise SAEFormatError(f"{p} is not an SAE directory (no cfg.json + {WEIGHTS_FILE}, params.npz or one {{run}}.pt)")
+    raise SAEFormatError(f"no such SAE path: {p}")
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """Load one SAE from any supported layout (autodetected), on `device`, in eval mode."""
+    p = Path(path).expanduser()
+    fmt = detect_format(p)
+    if fmt == "saelens":
+        sae = _load_saelens_dir(p if p.is_dir() else p.parent)
+    elif fmt == "kissane":
+        pt = p if p.is_file() else next(f for f in p.glob("*.pt") if _kissane_cfg_path(f).is_file())
+        sae = _load_kissane(pt)
+    else:
+        sae = _load_gemma_scope(p if p.is_file() else p / GEMMA_SCOPE_FILE)
+    sae.cfg.extra["path"] = str(p.resolve())
+    return sae.to(device).eval()
+
+
+def check_sae_fits(sae: SAE, model) -> None:
+    """Raise SAEFormatError unless `sae` reads a hook_z the model has, with d_in == n_heads * d_head."""
+    try:
+        layer = layer_of_hook(sae.cfg.hook_name)
+    except ValueError as exc:
+        raise SAEFormatError(str(exc)) from exc
+    where = sae.cfg.extra.get("path", sae.cfg.hook_name)
+    if not sae.cfg.hook_name.endswith("hook_z"):
+        raise SAEFormatError(f"{where}: hook {sae.cfg.hook_name!r} is not an attention hook_z")
+    if not 0 <= layer < model.n_layers:
+        raise SAEFormatError(
+            f"{where}: hook {sae.cfg.hook_name} names layer {layer}, but {model.name} has layers 0..{model.n_layers - 1}"
+        )
+    if sae.cfg.d_in != model.d_z:
+        raise SAEFormatError(
+            f"{where}: SAE d_in={sae.cfg.d_in} does not match {model.name}'s n_heads*d_head = "
+            f"{model.n_heads}*{model.d_head} = {model.d_z}"
+        )
+    if sae.cfg.n_heads is None:
+        sae.cfg.n_heads = model.n_heads
+
+
+def _download_release(spec: str) -> Path:
+    """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline."""
+    repo, _layout = RELEASES.get(spec, (spec[3:] if spec.startswith("hf:") else spec, "auto"))
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.pt", "*_cfg.json", "*/cfg.json", "cfg.json", "*.safetensors", "*/params.npz", "params.npz"]
+        return Path(snapshot_download(repo_id=repo, allow_patterns=patterns))
+    except Exception as exc:  # offline, unknown repo, auth: the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SAEFormatError(
+            f"could not fetch SAE release {spec!r} (repository {repo}) from the Hugging Face hub; offline? ({first})"
+        ) from exc
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Every loadable SAE under a directory (SAELens dirs, {run}.pt files, params.npz), sorted by path."""
+    found: list[Path] = []
+    for cfg in root.rglob(CFG_FILE):
+        if (cfg.parent / WEIGHTS_FILE).is_file():
+            found.append(cfg.parent)
+    for pt in root.rglob("*.pt"):
+        if _kissane_cfg_path(pt).is_file():
+            found.append(pt)
+    for npz in root.rglob(GEMMA_SCOPE_FILE):
+        found.append(npz)
+    return sorted(set(found))
+
+
+def load_sae_set(
+    spec: str | Path, model=None, device: str | torch.device = "cpu"
+) -> dict[int, SAE]:
+    """SAEs by layer from `spec`: "default" (the embedded SAEs), a directory of SAE directories or release
+    files, one SAE directory or file, or a release id (e.g. `gpt2-small-hook-z-kk`) fetched from the hub.
+
+    With `model`, every SAE is checked against it (d_in == n_heads*d_head, layer inside the model).
+    Two SAEs for one layer are an error: pass the one you mean.
+    """
+    from sae import zoo
+
+    text = str(spec)
+    if text in ("default", zoo.DEFAULT_NAME):
+        root = zoo.DEFAULT_SAES_DIR
+        if not root.is_dir():
+            raise SAEFormatError("the embedded default SAEs are missing from this install")
+    else:
+        root = Path(text).expanduser()
+        if not root.exists():
+            if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+                root = _download_release(text)
+            else:
+                raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
+    try:
+        detect_format(root)
+        paths = [root]
+    except SAEFormatError:
+        if root.is_file():
+            raise
+        paths = _candidates(root)
+        if not paths:
+            raise SAEFormatError(f"{root} holds no SAEs") from None
+    out: dict[int, SAE] = {}
+    for p in paths:
+        sae = load_sae(p, device=device)
+        if model is not None:
+            check_sae_fits(sae, model)
+        layer = sae.cfg.layer
+        if layer in out:
+            raise SAEFormatError(f"{root} holds two SAEs for layer {layer}; pass the SAE directory you mean")
+        out[layer] = sae
+    return dict(sorted(out.items()))

@@ -1,0 +1,408 @@
+"""Long- vs short-prefix induction heads (Kissane et al., section on GPT-2 Small heads 5.1 and 5.5).
+
+Synthetic study: sequences of distinct random tokens in which a prefix of `p` tokens, followed by a token `y`,
+appears once and is repeated at the very end. The query is the last token of the repeat; its *induction score*
+is the attention it pays to `y`'s position in the first copy (the token after the earlier occurrence of the
+prefix), and its *direct logit attribution* (DLA) is the head's output at the query, through the final LayerNorm
+with its scale frozen, dotted with the unembedding of `y`. A long-prefix head needs several matching tokens before
+it attends; a short-prefix head attends already when only one token matches.
+
+Real-text study: where a head attends more than 0.3 to a non-BOS source on held-out text, how many tokens before
+the destination match the tokens before the source (the matched prefix length); then, for matches of length two or
+more, the token at `src - 2` is replaced by a random token and the head's attention to `src` is measured again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from sae.activations import pack_tokens
+from sae.cancel import CancelToken, ProgressFn, Steps
+from sae.models import LoadedModel
+
+PREFIX_LENGTHS: tuple[int, ...] = tuple(range(1, 10))
+INDUCTION_THRESHOLD = 0.3  # mean score over the longest prefixes for a head to count as an induction head
+SHORT_FRACTION = 0.5  # a short-prefix head already reaches this fraction of its long-prefix score at lengths 1-2
+CLASSIFICATION_RULE = (
+    f"induction head: mean score over the three longest prefix lengths >= {INDUCTION_THRESHOLD}; "
+    f"long-prefix: its mean score at prefix lengths 1-2 is below {SHORT_FRACTION:g} x that, short-prefix otherwise"
+)
+ATTENTION_THRESHOLD = 0.3  # real text: an attention event is a weight above this to a non-BOS source
+
+
+def pattern_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def _vocab_pool(model: LoadedModel) -> torch.Tensor:
+    """Ids random sequences may use: the whole vocabulary except BOS/EOS/PAD and other special tokens."""
+    special = {model.bos_token_id}
+    tok = model.tokenizer
+    for attr in ("eos_token_id", "pad_token_id", "unk_token_id"):
+        v = getattr(tok, attr, None)
+        if v is not None:
+            special.add(int(v))
+    special.update(int(i) for i in (getattr(tok, "all_special_ids", None) or []))
+    keep = torch.ones(model.d_vocab, dtype=torch.bool)
+    for i in special:
+        if 0 <= i < model.d_vocab:
+            keep[i] = False
+    return keep.nonzero().flatten()
+
+
+# ---- synthetic sequences ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RepeatedPrefixBatch:
+    """`tokens [n, seq_len]`: BOS, distinct random ids, and the last `prefix_len` ids repeating an earlier run.
+
+    The query is position `seq_len - 1` (the last token of the repeat); `key [n]` is the position of the token that
+    followed the earlier copy of the prefix, and `target [n]` that token's id (the correct next token).
+    """
+
+    tokens: torch.Tensor
+    key: torch.Tensor
+    target: torch.Tensor
+    prefix_len: int
+
+    @property
+    def query(self) -> int:
+        return self.tokens.shape[1] - 1
+
+
+def repeated_prefix_batch(pool: torch.Tensor, bos_id: int, n: int, prefix_len: int, seq_len: int, generator: torch.Generator) -> RepeatedPrefixBatch:
+    """Build `n` sequences whose only repeated run is a prefix of exactly `prefix_len` tokens.
+
+    All tokens outside the repeat are distinct, so the tokens before the two copies differ and no longer match
+    exists. `pool` holds the usable ids and must have at least `seq_len` of them.
+    """
+    p = prefix_len
+    body_len = seq_len - p - 1  # positions 1 .. seq_len - p - 1
+    if p < 1 or body_len < p + 2:
+        raise ValueError(f"prefix length {p} does not fit a sequence of {seq_len} tokens")
+    if len(pool) < body_len:
+        raise ValueError(f"the vocabulary has {len(pool)} usable tokens; {body_len} distinct ones are needed")
+    rows, keys, targets = [], [], []
+    for _ in range(n):
+        body = pool[torch.randperm(len(pool), generator=generator)[:body_len]]
+        # first copy at positions a .. a+p-1, followed by y at a+p, which must lie before the repeat
+        a = int(torch.randint(1, seq_len - 2 * p, (1,), generator=generator))
+        row = torch.empty(seq_len, dtype=torch.long)
+        row[0] = bos_id
+        row[1 : seq_len - p] = body
+        row[seq_len - p :] = row[a : a + p]
+        rows.append(row)
+        keys.append(a + p)
+        targets.append(int(row[a + p]))
+    return RepeatedPrefixBatch(torch.stack(rows), torch.tensor(keys), torch.tensor(targets), p)
+
+
+def induction_scores_from_pattern(pattern_rows: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Attention from the query to each example's key.
+
+    pattern_rows: `[batch, head, key_pos]`, the query's row of the pattern; key: `[batch]`. Returns `[batch, head]`.
+    """
+    idx = key.view(-1, 1, 1).expand(-1, pattern_rows.shape[1], 1).to(pattern_rows.device)
+    return pattern_rows.gather(-1, idx).squeeze(-1)
+
+
+def final_ln_direct(model: LoadedModel, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The final LayerNorm as a linear map with its scale frozen: `x [..., d_model]`, `scale [..., 1]`.
+
+    LayerNorm centres and divides by the scale of the full residual stream, then multiplies by its weight; the bias
+    belongs to no component. RMSNorm only divides and multiplies.
+    """
+    norm_type = str(getattr(model.cfg, "normalization_type", "LN") or "LN")
+    if norm_type.startswith("LN"):
+        x = x - x.mean(-1, keepdim=True)
+    x = x / scale
+    ln = model.bridge.ln_final
+    w = getattr(getattr(ln, "original_component", ln), "weight", None)
+    return x * w if w is not None else x
+
+
+@torch.no_grad()
+def head_dla(model: LoadedModel, z: torch.Tensor, layer: int, scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Direct logit attribution of each head of `layer` to `target`.
+
+    z: `[batch, n_heads, d_head]` at the query, value bias removed; scale: `[batch, 1]` final-LN scale at the query;
+    target: `[batch]` token ids. Returns `[batch, n_heads]`.
+    """
+    w_o = model.bridge.W_O[layer].to(z.dtype)  # [head, d_head, d_model]
+    out = torch.einsum("bhe,hem->bhm", z, w_o)
+    resid = final_ln_direct(model, out, scale.unsqueeze(1))
+    w_u = model.bridge.W_U[:, target.to(model.bridge.W_U.device)].T.to(resid.dtype)  # [batch, d_model]
+    return torch.einsum("bhm,bm->bh", resid, w_u)
+
+
+@dataclass
+class HeadInduction:
+    layer: int
+    head: int
+    scores: dict[str, float]  # prefix length -> mean induction score
+    dla: dict[str, float]  # prefix length -> mean direct logit attribution to the correct next token
+    kind: str  # "long-prefix", "short-prefix" or "not induction"
+
+
+@dataclass
+class SyntheticInduction:
+    model: str
+    n_per_length: int
+    seq_len: int
+    prefix_lengths: list[int]
+    seed: int
+    rule: str
+    heads: list[HeadInduction] = field(default_factory=list)
+
+    def induction_heads(self) -> list[HeadInduction]:
+        """Heads classed as induction heads, highest long-prefix score first."""
+        found = [h for h in self.heads if h.kind != "not induction"]
+        return sorted(found, key=lambda h: -_long_score(h.scores))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _long_score(scores: dict[str, float]) -> float:
+    keys = sorted(scores, key=int)[-3:]
+    return sum(scores[k] for k in keys) / len(keys)
+
+
+def classify(scores: dict[str, float]) -> str:
+    """Apply `CLASSIFICATION_RULE` to one head's `{prefix length: score}`."""
+    long = _long_score(scores)
+    if long < INDUCTION_THRESHOLD:
+        return "not induction"
+    short_keys = [k for k in scores if int(k) <= 2] or [min(scores, key=int)]
+    short = sum(scores[k] for k in short_keys) / len(short_keys)
+    return "long-prefix" if short < SHORT_FRACTION * long else "short-prefix"
+
+
+def synthetic_induction(
+    model: LoadedModel,
+    n: int = 100,
+    prefix_lengths: Sequence[int] = PREFIX_LENGTHS,
+    seq_len: int = 128,
+    seed: int = 0,
+    batch_size: int = 32,
+    on_progress: ProgressFn = None,
+    cancel: CancelToken = None,
+) -> SyntheticInduction:
+    """Induction score and DLA of every head at each prefix length, `n` sequences per length."""
+    if n <= 0:
+        raise ValueError(f"the number of sequences per prefix length must be positive, got {n}")
+    seq_len = min(seq_len, model.n_ctx)
+    lengths = sorted(set(int(p) for p in prefix_lengths))
+    if not lengths or lengths[0] < 1:
+        raise ValueError("prefix lengths must be >= 1")
+    pool = _vocab_pool(model)
+    L, H = model.n_layers, model.n_heads
+    n_batches = -(-n // batch_size)
+    steps = Steps(len(lengths) * n_batches, on_progress, cancel)
+    score_sum = torch.zeros(len(lengths), L, H, dtype=torch.float64)
+    dla_sum = torch.zeros(len(lengths), L, H, dtype=torch.float64)
+    for li, p in enumerate(lengths):
+        gen = torch.Generator().manual_seed(seed * 1000 + p)  # each length reproducible on its own
+        done = 0
+        while done < n:
+            b = min(batch_size, n - done)
+            batch = repeated_prefix_batch(pool, model.bos_token_id, b, p, seq_len, gen)
+            s, d = _score_batch(model, batch)
+            score_sum[li] += s.sum(0).double()
+            dla_sum[li] += d.sum(0).double()
+            done += b
+            steps.step()
+    score_mean, dla_mean = score_sum / n, dla_sum / n
+    heads = []
+    for layer in range(L):
+        for head in range(H):
+            scores = {str(p): float(score_mean[i, layer, head]) for i, p in enumerate(lengths)}
+            dla = {str(p): float(dla_mean[i, layer, head]) for i, p in enumerate(lengths)}
+            heads.append(HeadInduction(layer, head, scores, dla, classify(scores)))
+    return SyntheticInduction(model.name, n, seq_len, lengths, seed, CLASSIFICATION_RULE, heads)
+
+
+@torch.no_grad()
+def _score_batch(model: LoadedModel, batch: RepeatedPrefixBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """`([batch, layer, head] induction scores, [batch, layer, head] DLA)` for one batch of sequences."""
+    q = batch.query
+    rows: dict[int, torch.Tensor] = {}
+    zs: dict[int, torch.Tensor] = {}
+    grabbed: dict[str, torch.Tensor] = {}
+
+    def grab_pattern(pattern: torch.Tensor, hook) -> None:
+        rows[int(hook.name.split(".")[1])] = pattern[:, :, q, :].detach().float()
+
+    def grab_z(z: torch.Tensor, hook) -> None:
+        layer = int(hook.name.split(".")[1])
+        zs[layer] = (z[:, q] - model.value_bias(layer)).detach().float()
+
+    def grab_scale(scale: torch.Tensor, hook) -> None:
+        grabbed["scale"] = scale[:, q].detach().float()
+
+    hooks = []
+    for layer in range(model.n_layers):
+        hooks.append((pattern_hook(layer), grab_pattern))
+        hooks.append((f"blocks.{layer}.attn.hook_z", grab_z))
+    hooks.append(("ln_final.hook_scale", grab_scale))
+    with torch.no_grad():
+        model.bridge.run_with_hooks(batch.tokens.to(model.device), fwd_hooks=hooks, return_type=None)
+    scores = torch.stack([induction_scores_from_pattern(rows[l], batch.key) for l in range(model.n_layers)], 1)
+    dla = torch.stack(
+        [head_dla(model, zs[l], l, grabbed["scale"], batch.target).float() for l in range(model.n_layers)], 1
+    )
+    return scores.cpu(), dla.cpu()
+
+
+# ---- real text ---------------------------------------------------------------------------------------------
+
+
+def matched_prefix_length(tokens: Sequence[int], dst: int, src: int) -> int:
+    """How many tokens ending at `dst` equal the tokens ending at `src - 1` (BOS at 0 never counts).
+
+    An induction head at `dst` attends to `src` because `tokens[src - 1] == tokens[dst]`; a longer match also
+    has `tokens[src - 2] == tokens[dst - 1]`, and so on.
+    """
+    m = 0
+    while src - 1 - m >= 1 and dst - m >= 1 and tokens[dst - m] == tokens[src - 1 - m]:
+        m += 1
+    return m
+
+
+def _hist_key(m: int) -> str:
+    return str(m) if m < 4 else "4+"
+
+
+@dataclass
+class HeadRealText:
+    layer: int
+    head: int
+    n_events: int  # (destination, source) pairs with attention > threshold, source not BOS
+    n_induction: int  # of those, matched prefix length >= 1
+    prefix_hist: dict[str, int]  # matched prefix length ("0", "1", "2", "3", "4+") -> events
+    mean_prefix: float  # over induction events
+    n_intervened: int  # events with a match of length >= 2 whose src-2 token was replaced
+    attn_before: float  # mean attention to src over those events, clean
+    attn_after: float  # ... with the token at src-2 replaced by a random token
+
+
+@dataclass
+class RealTextInduction:
+    model: str
+    n_rows: int
+    seq_len: int
+    threshold: float
+    seed: int
+    source: str
+    heads: list[HeadRealText] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def real_text_induction(
+    model: LoadedModel,
+    texts: Sequence[str],
+    n_rows: int = 16,
+    seq_len: int = 128,
+    threshold: float = ATTENTION_THRESHOLD,
+    max_events_per_head: int = 32,
+    seed: int = 0,
+    batch_size: int = 16,
+    source: str = "held-out text",
+    on_progress: ProgressFn = None,
+    cancel: CancelToken = None,
+) -> RealTextInduction:
+    """Matched prefix lengths of strong attention on `texts`, and the src-2 replacement test, per head."""
+    seq_len = min(seq_len, model.n_ctx)
+    rows = pack_tokens(texts, model.encode, seq_len, model.bos_token_id, max_rows=n_rows)
+    if len(rows) == 0:
+        raise ValueError(f"the text is shorter than one row of {seq_len} tokens")
+    L, H = model.n_layers, model.n_heads
+    n_batches = -(-len(rows) // batch_size)
+    steps = Steps(2 * n_batches, on_progress, cancel)
+    events: dict[tuple[int, int], list[tuple[int, int, int, float, int]]] = {(l, h): [] for l in range(L) for h in range(H)}
+    toks_list = rows.tolist()
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pats = _patterns(model, chunk)  # [layer, batch, head, q, k]
+        hits = ((pats > threshold) & (torch.arange(pats.shape[-1]) > 0)).nonzero().tolist()
+        for l, b, h, dst, src in hits:
+            row = start + b
+            m = matched_prefix_length(toks_list[row], dst, src)
+            events[(l, h)].append((row, dst, src, float(pats[l, b, h, dst, src]), m))
+        steps.step()
+
+    rng = random.Random(seed)
+    pool = _vocab_pool(model).tolist()
+    jobs: list[tuple[int, int, int, int, int, float]] = []  # layer, head, row, dst, src, before
+    for (l, h), evs in events.items():
+        eligible = [e for e in evs if e[4] >= 2 and e[2] - 2 >= 1]
+        if len(eligible) > max_events_per_head:
+            eligible = rng.sample(eligible, max_events_per_head)
+        for row, dst, src, a, _ in eligible:
+            jobs.append((l, h, row, dst, src, a))
+    after = _attention_after_replacement(model, rows, jobs, pool, rng, batch_size, steps, n_batches)
+
+    out = RealTextInduction(model.name, len(rows), seq_len, threshold, seed, source)
+    for l in range(L):
+        for h in range(H):
+            evs = events[(l, h)]
+            hist = {k: 0 for k in ("0", "1", "2", "3", "4+")}
+            for e in evs:
+                hist[_hist_key(e[4])] += 1
+            ind = [e[4] for e in evs if e[4] >= 1]
+            mine = [(j[5], a) for j, a in zip(jobs, after) if (j[0], j[1]) == (l, h)]
+            out.heads.append(
+                HeadRealText(
+                    layer=l, head=h, n_events=len(evs), n_induction=len(ind), prefix_hist=hist,
+                    mean_prefix=sum(ind) / len(ind) if ind else 0.0, n_intervened=len(mine),
+                    attn_before=sum(b for b, _ in mine) / len(mine) if mine else 0.0,
+                    attn_after=sum(a for _, a in mine) / len(mine) if mine else 0.0,
+                )
+            )
+    return out
+
+
+def _patterns(model: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """Attention patterns `[layer, batch, head, query, key]` (float32, on the CPU)."""
+    names = {pattern_hook(l) for l in range(model.n_layers)}
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=lambda n: n in names)
+    return torch.stack([cache[pattern_hook(l)].float().cpu() for l in range(model.n_layers)])
+
+
+def _attention_after_replacement(
+    model: LoadedModel,
+    rows: torch.Tensor,
+    jobs: list[tuple[int, int, int, int, int, float]],
+    pool: list[int],
+    rng: random.Random,
+    batch_size: int,
+    steps: Steps,
+    planned_batches: int,
+) -> list[float]:
+    """For each job, the head's attention dst -> src once the token at src-2 is replaced by a random token."""
+    n_batches = -(-len(jobs) // batch_size)
+    steps.total += n_batches - planned_batches  # the number of interventions is known only now
+    out: list[float] = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        toks = rows[[j[2] for j in chunk]].clone()
+        for i, (_, _, _, dst, src, _) in enumerate(chunk):
+            old, avoid = int(toks[i, src - 2]), int(toks[i, dst - 1])
+            new = old
+            while new in (old, avoid):
+                new = rng.choice(pool)
+            toks[i, src - 2] = new
+        pats = _patterns(model, toks)
+        out.extend(float(pats[l, i, h, dst, src]) for i, (l, h, _, dst, src, _) in enumerate(chunk))
+        steps.step()
+    if not jobs:
+        steps.step(0)
+    return out

@@ -1,0 +1,149 @@
+"""Training runs on the tiny model: outputs, one pass for many layers, resume exactness, NaN, cancel, resampling."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from sae.formats import load_sae
+from sae.training import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    TrainingError,
+    load_checkpoint,
+    train_saes,
+)
+
+CTX = 16
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(1, tiny_model.d_vocab, (48, CTX), generator=g)
+    r[:, 0] = tiny_model.bos_token_id
+    return r
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(layers=[0], d_sae=64, batch_size=64, context_size=CTX, total_tokens=64 * 12, rows_per_pass=4,
+                buffer_batches=4, warmup_steps=3, checkpoint_every=0, log_every=1, lr=3e-3, l1_coeff=0.01)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_writes_outputs_and_reduces_loss(tiny_model, rows, tmp_path):
+    events: list[dict] = []
+    saes = train_saes(tiny_model, rows, cfg(total_tokens=64 * 30), tmp_path, on_progress=events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[-1]["layers"][0]["mse"] < steps[0]["layers"][0]["mse"]
+    for key in ("loss", "l0", "explained_variance", "dead_fraction"):
+        assert key in steps[-1]["layers"][0]
+    assert steps[-1]["tokens_per_s"] > 0 and "eta_s" in steps[-1]
+    assert events[-1]["event"] == "finished"
+    assert (tmp_path / CHECKPOINT_FILE).is_file()
+    saved = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert saved["layers"] == [0] and saved["d_sae"] == 64
+    loaded = load_sae(tmp_path / "blocks.0.attn.hook_z")
+    torch.testing.assert_close(loaded.W_dec, saes[0].W_dec)
+    torch.testing.assert_close(saes[0].W_dec.norm(dim=-1), torch.ones(64))
+    assert loaded.cfg.extra["training"]["l1_coeff"] == 0.01
+
+
+def test_many_layers_one_pass_equals_separate_runs(tiny_model, rows, tmp_path):
+    passes = {"n": 0}
+    original = tiny_model.bridge.run_with_hooks
+
+    def counting(*a, **k):
+        passes["n"] += 1
+        return original(*a, **k)
+
+    tiny_model.bridge.run_with_hooks = counting
+    try:
+        both = train_saes(tiny_model, rows, cfg(layers=[0, 2]), tmp_path / "both")
+        n_both = passes["n"]
+        passes["n"] = 0
+        only2 = train_saes(tiny_model, rows, cfg(layers=[2]), tmp_path / "only2")
+        n_one = passes["n"]
+    finally:
+        del tiny_model.bridge.run_with_hooks
+    assert n_both == n_one  # two layers cost the model passes of one
+    # same tokens in the same order: the layer-2 SAE is the same whether trained alone or beside layer 0
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(both[2], name), getattr(only2[2], name), atol=1e-6, rtol=1e-5)
+
+
+def test_resume_ends_with_the_same_weights(tiny_model, rows, tmp_path):
+    c = dict(layers=[0, 1], total_tokens=64 * 16, resample_every=6, resample_window=3, checkpoint_every=5)
+    straight = train_saes(tiny_model, rows, cfg(**c), tmp_path / "a")
+    cancel = threading.Event()
+
+    def stop_at_7(info: dict) -> None:
+        if info["event"] == "step" and info["step"] == 7:
+            cancel.set()
+
+    trainer = Trainer(tiny_model, rows, cfg(**c), tmp_path / "b", on_progress=stop_at_7, cancel=cancel)
+    outcome = trainer.run()
+    assert outcome.status == "cancelled" and outcome.step == 7
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE)["step"] == 7
+    resumed = train_saes(tiny_model, rows, cfg(**c), tmp_path / "b", resume=True)
+    for layer in (0, 1):
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            assert torch.equal(getattr(straight[layer], name), getattr(resumed[layer], name)), (layer, name)
+
+
+def test_resume_refuses_a_different_config(tiny_model, rows, tmp_path):
+    train_saes(tiny_model, rows, cfg(), tmp_path)
+    with pytest.raises(TrainingError, match="d_sae"):
+        train_saes(tiny_model, rows, cfg(d_sae=32), tmp_path, resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, rows, tmp_path):
+    trainer = Trainer(tiny_model, rows, cfg(total_tokens=64 * 12, checkpoint_every=2), tmp_path)
+    original = trainer.buffer.next_batch
+
+    def poisoned() -> torch.Tensor:
+        batch = original()
+        if trainer.step == 5:
+            batch[:, 0, 0] = float("nan")
+        return batch
+
+    trainer.buffer.next_batch = poisoned
+    with pytest.raises(TrainingDiverged, match="step 6.*last good checkpoint \\(step 4\\)"):
+        trainer.run()
+    state = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["layers"]["0"]["sae"].values())
+    sae = load_sae(tmp_path / "blocks.0.attn.hook_z")
+    assert torch.isfinite(sae.W_enc).all()
+
+
+def test_topk_training_keeps_k_active(tiny_model, rows, tmp_path):
+    saes = train_saes(tiny_model, rows, cfg(architecture="topk", k=4, dead_window_steps=2), tmp_path)
+    x = tiny_model.capture_z(rows[:2], [0])[0].reshape(-1, tiny_model.d_z)
+    assert ((saes[0].encode(x) > 0).sum(-1) <= 4).all()
+    assert load_sae(tmp_path / "blocks.0.attn.hook_z").cfg.k == 4
+
+
+def test_resampling_happens_during_training(tiny_model, rows, tmp_path):
+    events: list[dict] = []
+    # a huge L1 kills most features; resampling every 4 steps must bring some back
+    train_saes(tiny_model, rows, cfg(l1_coeff=50.0, resample_every=4, resample_window=4, total_tokens=64 * 9),
+               tmp_path, on_progress=events.append)
+    resampled = [e["layers"][0].get("resampled") for e in events if e["event"] == "step"]
+    assert any(r and r > 0 for r in resampled)
+
+
+def test_bad_inputs_raise_training_errors(tiny_model, rows, tmp_path):
+    with pytest.raises(TrainingError, match="too small for one batch"):
+        Trainer(tiny_model, rows[:2], cfg(), tmp_path)
+    with pytest.raises(TrainingError, match="positive"):
+        cfg(total_tokens=0)
+    with pytest.raises(TrainingError, match="outside the model"):
+        Trainer(tiny_model, rows, cfg(layers=[7]), tmp_path)

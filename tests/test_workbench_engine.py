@@ -1,0 +1,184 @@
+"""The workbench engine on its own: staleness, cancellation, errors, and quick requests during long jobs.
+
+Fake jobs stand in for torch work, so these run in milliseconds; the thread and asyncio plumbing is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from workbench.engine import Cancelled, StaleRequest, Worker
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
+
+
+class Inbox:
+    """Collects posted messages from the worker thread."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.lock = threading.Lock()
+
+    def __call__(self, msg) -> None:
+        with self.lock:
+            self.items.append(msg)
+
+    def of(self, cls) -> list:
+        with self.lock:
+            return [m for m in self.items if isinstance(m, cls)]
+
+
+async def wait_until(pred, timeout: float = 5.0) -> None:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def worker():
+    w = Worker()
+    yield w
+    w.close()
+
+
+async def test_quick_call_returns_result_and_runs_on_one_thread(worker):
+    main = threading.get_ident()
+    tids = [await worker.call(threading.get_ident) for _ in range(3)]
+    assert len(set(tids)) == 1 and tids[0] != main
+    assert await worker.call(lambda a, b=0: a * 10 + b, 4, b=2) == 42
+
+
+async def test_newer_request_makes_older_ones_stale(worker):
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def work(name: str) -> str:
+        if name == "first":
+            gate.wait(5)  # hold the thread while the user "types" two more requests
+        ran.append(name)
+        return name
+
+    first = asyncio.ensure_future(worker.call(work, "first", channel="features"))
+    await asyncio.sleep(0.05)  # "first" is now running
+    second = asyncio.ensure_future(worker.call(work, "second", channel="features"))
+    third = asyncio.ensure_future(worker.call(work, "third", channel="features"))
+    other = asyncio.ensure_future(worker.call(work, "other", channel="dashboard"))
+    await asyncio.sleep(0.02)
+    gate.set()
+    with pytest.raises(StaleRequest):  # finished, but a newer request exists: its result is dropped
+        await first
+    with pytest.raises(StaleRequest):  # never started
+        await second
+    assert await third == "third"
+    assert await other == "other"  # a different channel is not affected
+    assert "second" not in ran
+
+
+async def test_error_in_quick_call_reaches_the_awaiter_and_the_worker_survives(worker):
+    def boom() -> None:
+        raise ValueError("feature 999 is outside the SAE (d_sae=96)")
+
+    with pytest.raises(ValueError, match="outside the SAE"):
+        await worker.call(boom)
+    assert await worker.call(lambda: "still alive") == "still alive"
+
+
+async def test_long_job_progress_finish_and_failure(worker):
+    inbox = Inbox()
+
+    def job(rep):
+        for i in range(1, 4):
+            rep.progress({"done": i, "total": 3})
+        return {"answer": 7}
+
+    h = worker.start_job("demo", job, inbox)
+    await wait_until(lambda: inbox.of(JobFinished))
+    assert inbox.of(JobStarted)[0].job_id == h.id
+    assert inbox.of(JobProgress)[-1].info == {"done": 3, "total": 3}  # the final report is never throttled
+    assert inbox.of(JobFinished)[0].result == {"answer": 7}
+    assert h.state == "finished"
+
+    def bad(rep):
+        raise RuntimeError("NaN loss at step 12; kept the last good checkpoint\nTraceback noise")
+
+    h2 = worker.start_job("train", bad, inbox)
+    await wait_until(lambda: inbox.of(JobFailed))
+    failed = inbox.of(JobFailed)[0]
+    assert failed.job_id == h2.id and failed.error == "NaN loss at step 12; kept the last good checkpoint"
+    assert h2.state == "failed"
+
+
+async def test_cancel_stops_a_long_job_between_steps(worker):
+    inbox = Inbox()
+    steps: list[int] = []
+
+    def job(rep):
+        for i in range(10_000):
+            steps.append(i)
+            time.sleep(0.001)
+            rep.progress({"done": i, "total": 10_000})
+        return "never"
+
+    h = worker.start_job("train", job, inbox)
+    await wait_until(lambda: len(steps) > 5)
+    h.cancel()
+    await wait_until(lambda: inbox.of(JobCancelled))
+    assert h.state == "cancelled" and not inbox.of(JobFinished)
+    n = len(steps)
+    await asyncio.sleep(0.05)
+    assert len(steps) == n < 10_000  # nothing ran after the cancel
+
+
+async def test_job_that_polls_the_event_returns_partial_result(worker):
+    inbox = Inbox()
+
+    def job(rep):  # like sae.training.train_saes(cancel=...): returns what it has when asked to stop
+        done = 0
+        while not rep.cancel_event.is_set():
+            done += 1
+            time.sleep(0.001)
+        return {"steps": done}
+
+    h = worker.start_job("train", job, inbox)
+    await asyncio.sleep(0.03)
+    h.cancel()
+    await wait_until(lambda: inbox.of(JobCancelled))
+    assert inbox.of(JobCancelled)[0].partial["steps"] > 0
+
+
+async def test_quick_requests_are_answered_while_a_long_job_runs(worker):
+    inbox = Inbox()
+    stop = threading.Event()
+
+    def job(rep):
+        while not stop.is_set():
+            time.sleep(0.002)  # one "training step"
+            rep.progress({"note": "step"})
+
+    h = worker.start_job("train", job, inbox)
+    await wait_until(lambda: h.state == "running")
+    t0 = time.monotonic()
+    answers = [await worker.call(lambda i=i: i * i, channel=None) for i in range(5)]
+    assert answers == [0, 1, 4, 9, 16]
+    assert time.monotonic() - t0 < 2.0
+    assert h.state == "running"  # served between steps, not after the job
+    stop.set()
+    await wait_until(lambda: inbox.of(JobFinished))
+
+
+async def test_jobs_run_one_after_another(worker):
+    inbox = Inbox()
+    order: list[str] = []
+    worker.start_job("a", lambda rep: order.append("a"), inbox)
+    worker.start_job("b", lambda rep: order.append("b"), inbox)
+    await wait_until(lambda: len(inbox.of(JobFinished)) == 2)
+    assert order == ["a", "b"]
+
+
+def test_cancelled_exception_is_not_an_error_type():
+    assert not issubclass(Cancelled, (ValueError, RuntimeError))

@@ -1,0 +1,108 @@
+"""`attnscope` with no command (the workbench), `attnscope screenshots`, `attnscope export`, `attnscope bench tui`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sae.cli.common import UsageError, fail
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="HF name or local model dir (default: the embedded default)")
+    p.add_argument("--saes", default="default", help="SAE dir or dir of SAE dirs (default: the embedded SAEs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnscope",
+        description="The attnscope workbench. Other commands: `attnscope --help` lists them via `attnscope COMMAND -h`.",
+    )
+    add_engine_flags(parser)
+    parser.add_argument("--layer", type=int, default=None, help="layer to explore first")
+    parser.add_argument("--prompt", default="", help="prompt to start with")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("screenshots", help="write an SVG of every workbench screen into a folder")
+    add_engine_flags(s)
+    s.add_argument("--out", default="screenshots", help="folder for the SVGs (default: screenshots/)")
+    s.add_argument("--size", default="120x36", help="terminal size WIDTHxHEIGHT (default 120x36)")
+    s.add_argument("--prompt", default=None, help="prompt typed on the explore screen")
+
+    e = sub.add_parser("export", help="write the pinned findings as one markdown report")
+    e.add_argument("--out", required=True, help="markdown file to write")
+    e.add_argument("--title", default="attnscope findings")
+
+    b = sub.add_parser("bench", help="workbench benchmarks")
+    bsub = b.add_subparsers(dest="bench", metavar="WHAT")
+    t = bsub.add_parser("tui", help="prompt-to-heatmap latency and heatmap cursor repaint time")
+    add_engine_flags(t)
+    t.add_argument("--tokens", type=int, default=64, help="prompt length in tokens (default 64)")
+    t.add_argument("--repeats", type=int, default=20, help="timed repeats (default 20)")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size must look like 120x36, got {text!r}") from None
+    if w < 80 or h < 24:
+        raise UsageError(f"--size must be at least 80x24, got {text!r}")
+    return w, h
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed its own message
+        return int(exc.code or 0)
+    try:
+        if args.command == "export":
+            return export_command(args)
+        if args.command == "screenshots":
+            from workbench.screenshots import write_screenshots
+
+            paths = write_screenshots(args.out, model=args.model, saes=args.saes, device=args.device,
+                                      size=parse_size(args.size), prompt=args.prompt)
+            for p in paths:
+                print(p)
+            return 0
+        if args.command == "bench":
+            if args.bench != "tui":
+                raise UsageError("choose a benchmark: attnscope bench tui")
+            from workbench.bench_tui import main as bench_main
+
+            return bench_main(args)
+        return run_app(args)
+    except UsageError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted", code=130)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from workbench.findings import ExportError, FindingsStore, export_markdown, write_export
+
+    store = FindingsStore()
+    try:
+        path = write_export(args.out, export_markdown(store.findings, title=args.title))
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {len(store)} finding(s) to {path}")
+    return 0
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+
+    engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
+    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=args.prompt)
+    app.run()
+    return 0

@@ -1,0 +1,82 @@
+"""What every workbench screen shares: the navigation line, a status line for inline messages, and pinning."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual.screen import Screen
+from textual.widgets import Static
+
+if TYPE_CHECKING:
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+    from workbench.findings import Finding
+
+# (mode name, key, label): the order of the navigation line and of the number keys
+SCREENS: list[tuple[str, str, str]] = [
+    ("explore", "1", "Explore"),
+    ("feature", "2", "Feature"),
+    ("heads", "3", "Heads"),
+    ("induction", "4", "Induction"),
+    ("ioi", "5", "IOI"),
+    ("training", "6", "Training"),
+    ("findings", "7", "Findings"),
+]
+
+
+def nav_text(current: str) -> Text:
+    text = Text(" attnscope ", style="bold reverse")
+    for mode, key, label in SCREENS:
+        text.append(" ")
+        style = "bold reverse" if mode == current else ""
+        text.append(f"{key}", style=(style + " underline").strip())
+        text.append(f" {label}", style=style)
+    return text
+
+
+class NavBar(Static):
+    DEFAULT_CSS = "NavBar { dock: top; height: 1; }"
+
+    def __init__(self, current: str) -> None:
+        super().__init__(nav_text(current))
+
+
+class StatusLine(Static):
+    """One line under a screen's controls: progress notes in dim, bad input in red (the input itself stays)."""
+
+    DEFAULT_CSS = "StatusLine { height: 1; }"
+
+    def __init__(self, text: str = "", **kwargs: Any) -> None:
+        super().__init__(text, **kwargs)
+        self.message = text
+        self.is_error = False
+
+    def say(self, message: str) -> None:
+        self.message, self.is_error = message, False
+        self.update(Text(message, style="dim"))
+
+    def error(self, message: str) -> None:
+        self.message, self.is_error = message, True
+        self.update(Text(message, style="bold red"))
+
+
+class WorkbenchScreen(Screen):
+    """A screen that knows the app's engine and can pin what it shows."""
+
+    MODE = ""
+
+    @property
+    def wb(self) -> "WorkbenchApp":
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def engine(self) -> "Engine":
+        return self.wb.engine
+
+    def current_finding(self) -> "Finding | None":
+        """What `p` pins on this screen; None when there is nothing to pin yet."""
+        return None
+
+    def help_about(self) -> str:
+        return ""

@@ -1,0 +1,272 @@
+"""One feature's full dashboard, and its recursive DFA trace as a tree (`t`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Footer, Static, Tree
+
+from workbench.engine import StaleRequest, one_line
+from workbench.findings import Finding, md_bars, md_context, md_table
+from workbench.messages import JobFailed, JobFinished, JobProgress
+from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.modals import AskScreen
+from workbench.widgets.bars import signed_bars, source_strip
+from workbench.widgets.heatmap import escape_token
+from workbench.widgets.sparklines import histogram_text
+
+
+def context_text(tokens: list[str], active: int) -> Text:
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for i, t in enumerate(tokens):
+        line.append(escape_token(t), style="bold reverse" if i == active else "")
+    return line
+
+
+def dashboard_renderable(d: dict[str, Any]) -> Group:
+    """Draw a dashboard view dict (see `Engine.dashboard`) as rich renderables."""
+    parts: list[Any] = []
+    head = Text(f"L{d['layer']} feature {d['feature']}", style="bold")
+    if d.get("label"):
+        head.append(f"  {d['label']}", style="italic")
+    if d.get("density") is not None:
+        head.append(f"   density {d['density']:.3%}", style="dim")
+    if d.get("max_act") is not None:
+        head.append(f"   max act {d['max_act']:.3f}", style="dim")
+    parts.append(head)
+    if d.get("head_shares"):
+        parts.append(Text("\nHead shares of the decoder norm", style="bold"))
+        parts.append(signed_bars([f"H{h}" for h in range(len(d["head_shares"]))], d["head_shares"], width=30))
+    if d.get("histogram"):
+        parts.append(Text("\nActivation histogram", style="bold"))
+        parts.append(histogram_text(d["histogram"]["counts"], d["histogram"].get("edges")))
+    if d.get("examples"):
+        parts.append(Text("\nTop examples", style="bold"))
+        t = Table(box=None, show_header=False, expand=True, pad_edge=False)
+        t.add_column("act", width=7, justify="right", style="dim")
+        t.add_column("context", ratio=1, no_wrap=True)
+        for ex in d["examples"]:
+            t.add_row(f"{ex.get('act', 0):.2f}", context_text(ex["tokens"], ex["active"]))
+        parts.append(t)
+    for q in d.get("quantiles", []):
+        parts.append(Text(f"\nQuantile {q['range']}", style="bold"))
+        for ex in q["examples"][:3]:
+            line = Text(f"{ex.get('act', 0):6.2f} ", style="dim")
+            line.append_text(context_text(ex["tokens"], ex["active"]))
+            parts.append(line)
+    if d.get("top_logits") or d.get("bottom_logits"):
+        parts.append(Text("\nLogit effects", style="bold"))
+        t = Table(box=None, expand=True, pad_edge=False)
+        t.add_column("promoted", style="green")
+        t.add_column("", justify="right", style="dim")
+        t.add_column("suppressed", style="red")
+        t.add_column("", justify="right", style="dim")
+        tops, bots = d.get("top_logits", []), d.get("bottom_logits", [])
+        for i in range(max(len(tops), len(bots))):
+            a = tops[i] if i < len(tops) else ("", None)
+            b = bots[i] if i < len(bots) else ("", None)
+            t.add_row(repr(a[0]) if a[1] is not None else "", f"{a[1]:+.2f}" if a[1] is not None else "",
+                      repr(b[0]) if b[1] is not None else "", f"{b[1]:+.2f}" if b[1] is not None else "")
+        parts.append(t)
+    if d.get("top_dfa_src"):
+        s = d["top_dfa_src"]
+        parts.append(Text("\nDFA by source of the top example", style="bold"))
+        parts.append(source_strip(s["tokens"], s["values"], upto=s["active"]))
+    if d.get("note"):
+        parts.append(Text("\n" + d["note"], style="dim"))
+    return Group(*parts)
+
+
+class FeatureScreen(WorkbenchScreen):
+    MODE = "feature"
+    BINDINGS = [
+        Binding("g", "goto", "Go to id", show=True),
+        Binding("left_square_bracket", "step(-1)", "Prev", show=True),
+        Binding("right_square_bracket", "step(1)", "Next", show=True),
+        Binding("t", "trace", "Trace", show=True),
+        Binding("b", "build", "Build dash", show=True),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sae_layer: int | None = None
+        self.feature: int | None = None
+        self.view: dict[str, Any] | None = None
+        self.trace: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        yield StatusLine("choose a feature: enter on the explore heatmap, g here, or ctrl+p", id="feature-status")
+        with Horizontal(id="feature-body"):
+            with VerticalScroll(id="dashboard-scroll"):
+                yield Static("", id="dashboard")
+            yield Tree("trace", id="trace-tree", classes="hidden")
+        yield Footer()
+
+    def help_about(self) -> str:
+        return "The dashboard of one feature, built by `attnscope dashboards build`. t traces it on the explore prompt."
+
+    def on_mount(self) -> None:
+        if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built
+            self.load(self.sae_layer, self.feature)
+        elif self.sae_layer is None and self.engine.info is not None and self.engine.info.sae_layers:
+            self.sae_layer = self.engine.info.sae_layers[0]
+
+    def load(self, layer: int, feature: int) -> None:
+        self.sae_layer, self.feature = layer, feature
+        self.trace = None
+        if not self.query("#trace-tree"):
+            return  # on_mount loads it
+        self.query_one("#trace-tree", Tree).add_class("hidden")
+        self.run_worker(self._load(layer, feature), group="dashboard", exclusive=True)
+
+    async def _load(self, layer: int, feature: int) -> None:
+        status = self.query_one("#feature-status", StatusLine)
+        status.say(f"L{layer} feature {feature}: loading ...")
+        try:
+            view = await self.engine.dashboard(layer, feature)
+        except StaleRequest:
+            return
+        except Exception as exc:  # noqa: BLE001 - unknown id, dashboards not built: inline
+            status.error(one_line(exc))
+            return
+        self.view = view
+        status.say(f"L{layer} feature {feature}" + ("" if view.get("built", True) else " · dashboards not built (b builds)"))
+        self.query_one("#dashboard", Static).update(dashboard_renderable(view))
+
+    # ---- actions --------------------------------------------------------------------------------------
+
+    def check_feature_id(self, text: str) -> str | None:
+        info = self.engine.info
+        try:
+            fid = int(text.strip())
+        except ValueError:
+            return f"{text!r} is not a feature id (a whole number)"
+        layer = self.sae_layer if self.sae_layer is not None else (info.sae_layers[0] if info and info.sae_layers else None)
+        if info is None or layer is None:
+            return "the model is not open yet"
+        d_sae = info.d_sae.get(layer, 0)
+        if not 0 <= fid < d_sae:
+            return f"feature {fid} is outside the layer-{layer} SAE (ids 0..{d_sae - 1})"
+        return None
+
+    def action_goto(self) -> None:
+        def done(value: str | None) -> None:
+            if value is not None:
+                info = self.engine.info
+                layer = self.sae_layer if self.sae_layer is not None else info.sae_layers[0]
+                self.load(layer, int(value.strip()))
+
+        self.app.push_screen(AskScreen("Feature id:", check=self.check_feature_id), done)
+
+    def action_step(self, delta: int) -> None:
+        info = self.engine.info
+        if self.sae_layer is None or self.feature is None or info is None:
+            return
+        self.load(self.sae_layer, (self.feature + delta) % info.d_sae[self.sae_layer])
+
+    def action_trace(self) -> None:
+        status = self.query_one("#feature-status", StatusLine)
+        prompt = self.wb.explore_prompt()
+        if self.sae_layer is None or self.feature is None:
+            status.error("no feature to trace: choose one first")
+            return
+        if not prompt.strip():
+            status.error("the trace runs on the explore prompt, which is empty: type one on screen 1")
+            return
+        self.run_worker(self._trace(prompt, self.sae_layer, self.feature), group="trace", exclusive=True)
+
+    async def _trace(self, prompt: str, layer: int, feature: int) -> None:
+        status = self.query_one("#feature-status", StatusLine)
+        status.say("tracing ...")
+        try:
+            tr = await self.engine.trace(prompt, layer, feature, depth=1)
+        except StaleRequest:
+            return
+        except Exception as exc:  # noqa: BLE001
+            status.error(one_line(exc))
+            return
+        self.trace = tr
+        tree = self.query_one("#trace-tree", Tree)
+        tree.clear()
+        tree.root.set_label(Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold"))
+
+        def add(parent: Any, node: Any) -> None:
+            for c in node.children:
+                label = Text(f"{c.value:+.3f} ", style="green" if c.value > 0 else "red")
+                label.append(escape_token(c.label))
+                child = parent.add(label, data=c, expand=c.kind != "other")
+                add(child, c)
+                if not c.children:
+                    child.allow_expand = False
+
+        add(tree.root, tr.root)
+        tree.root.expand()
+        tree.remove_class("hidden")
+        tree.focus()
+        status.say(f"trace of L{layer} F{feature} at position {tr.pos} · children sum to their parent")
+
+    def action_build(self) -> None:
+        if self.sae_layer is None:
+            return
+        try:
+            self.job = self.engine.build_dashboards(self.sae_layer, post=self.post_message)
+        except Exception as exc:  # noqa: BLE001
+            self.query_one("#feature-status", StatusLine).error(one_line(exc))
+            return
+        self.query_one("#feature-status", StatusLine).say(f"building layer-{self.sae_layer} dashboards ...")
+
+    def on_job_progress(self, m: JobProgress) -> None:
+        if m.kind == "dashboards":
+            i = m.info
+            self.query_one("#feature-status", StatusLine).say(f"building dashboards: {i.get('done', 0)}/{i.get('total', '?')}")
+
+    def on_job_finished(self, m: JobFinished) -> None:
+        if m.kind == "dashboards" and self.sae_layer is not None and self.feature is not None:
+            self.load(self.sae_layer, self.feature)
+
+    def on_job_failed(self, m: JobFailed) -> None:
+        if m.kind == "dashboards":
+            self.query_one("#feature-status", StatusLine).error(m.error)
+
+    def current_finding(self) -> Finding | None:
+        if self.trace is not None and not self.query_one("#trace-tree", Tree).has_class("hidden"):
+            return trace_finding(self.trace, self.engine.info)
+        if self.view is None:
+            return None
+        d = self.view
+        body = []
+        if d.get("examples"):
+            body += ["Top examples:", ""] + [f"- {ex.get('act', 0):.3f}: " + md_context(ex["tokens"], ex["active"])
+                                             for ex in d["examples"][:8]] + [""]
+        if d.get("top_logits"):
+            body += ["Logit effects:", "", md_table(["promoted", "", "suppressed", ""], [
+                [a[0], a[1], b[0], b[1]] for a, b in zip(d.get("top_logits", []), d.get("bottom_logits", []))
+            ]), ""]
+        if d.get("head_shares"):
+            body += ["Head shares of the decoder norm:", "", md_bars([f"H{h}" for h in range(len(d["head_shares"]))], d["head_shares"])]
+        info = self.engine.info
+        return Finding(kind="feature", title=f"L{d['layer']} feature {d['feature']}" + (f": {d['label']}" if d.get("label") else ""),
+                       body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
+                       layer=d["layer"], data={"feature": d["feature"]})
+
+
+def trace_finding(tr: Any, info: Any) -> Finding:
+    lines = [f"Recursive DFA of L{tr.layer} feature {tr.feature} at position {tr.pos}.", "", "```text"]
+
+    def walk(node: Any, depth: int) -> None:
+        lines.append(f"{'  ' * depth}{node.value:+.4f}  {node.label}")
+        for c in node.children:
+            walk(c, depth + 1)
+
+    walk(tr.root, 0)
+    lines += ["```", "", f"*{tr.approximation}*"]
+    return Finding(kind="trace", title=f"trace of L{tr.layer} F{tr.feature} at {tr.pos}", body="\n".join(lines),
+                   model=info.model if info else "", saes=info.saes if info else "", layer=tr.layer,
+                   data={"trace": tr.to_dict()})

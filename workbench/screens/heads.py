@@ -1,0 +1,133 @@
+"""The head survey: a layer x head grid shaded by polysemanticity; enter lists a head's top features and families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Footer, Static
+
+from workbench.engine import StaleRequest, one_line
+from workbench.findings import Finding, md_table
+from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+
+
+def verdict_cell(h: dict[str, Any]) -> Text:
+    poly = h.get("verdict") == "polysemantic"
+    n_fam = len({f.get("family") for f in h.get("features", []) if f.get("family")})
+    label = f"{'poly' if poly else 'mono'} {n_fam}f" if n_fam else ("poly" if poly else "mono")
+    return Text(f" {label} ", style="bold white on dark_red" if poly else "bold black on green3")
+
+
+class HeadsScreen(WorkbenchScreen):
+    MODE = "heads"
+    BINDINGS = [
+        Binding("enter", "open_head", "Head", show=True),
+        Binding("r", "run", "Survey", show=True),
+        Binding("f", "open_feature", "Feature", show=True),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.survey: dict[str, Any] | None = None
+        self.head: dict[str, Any] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        yield StatusLine("r runs the head survey over the SAEs' layers", id="heads-status")
+        with Horizontal(id="heads-body"):
+            yield DataTable(id="heads-grid", cursor_type="cell")
+            with VerticalScroll(id="heads-side"):
+                yield Static("", id="head-detail")
+        yield Footer()
+
+    def help_about(self) -> str:
+        return "Each head's top features by decoder-norm share and their families; polysemantic = top features of several kinds."
+
+    def on_mount(self) -> None:
+        if self.engine.info is not None:
+            self.action_run()
+
+    def action_run(self) -> None:
+        self.run_worker(self._run(), group="heads", exclusive=True)
+
+    async def _run(self) -> None:
+        status = self.query_one(StatusLine)
+        status.say("surveying heads ...")
+        try:
+            survey = await self.engine.heads()
+        except StaleRequest:
+            return
+        except Exception as exc:  # noqa: BLE001
+            status.error(one_line(exc))
+            return
+        self.survey = survey
+        grid = self.query_one("#heads-grid", DataTable)
+        grid.clear(columns=True)
+        n_heads = max((h["head"] for h in survey["heads"]), default=-1) + 1
+        grid.add_column("layer", key="layer")
+        for h in range(n_heads):
+            grid.add_column(f"H{h}", key=f"h{h}")
+        by = {(h["layer"], h["head"]): h for h in survey["heads"]}
+        for layer in sorted({h["layer"] for h in survey["heads"]}):
+            grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
+        grid.focus()
+        status.say(survey.get("summary", ""))
+
+    def _head_at_cursor(self) -> dict[str, Any] | None:
+        if not self.survey:
+            return None
+        grid = self.query_one("#heads-grid", DataTable)
+        row, col = grid.cursor_coordinate
+        if col == 0:
+            return None
+        layers = sorted({h["layer"] for h in self.survey["heads"]})
+        if row >= len(layers):
+            return None
+        for h in self.survey["heads"]:
+            if h["layer"] == layers[row] and h["head"] == col - 1:
+                return h
+        return None
+
+    def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
+        h = self._head_at_cursor()
+        if h is not None:
+            self.show_head(h)
+
+    def action_open_head(self) -> None:
+        h = self._head_at_cursor()
+        if h is None:
+            self.query_one(StatusLine).error("move onto a head cell first")
+            return
+        self.show_head(h)
+        self.query_one("#heads-side").focus()
+
+    def show_head(self, h: dict[str, Any]) -> None:
+        self.head = h
+        t = Table(box=None, expand=True, pad_edge=False, title=f"L{h['layer']}.H{h['head']}: {h.get('verdict', '')}",
+                  title_style="bold", title_justify="left")
+        t.add_column("feature", justify="right")
+        t.add_column("share", justify="right")
+        t.add_column("family")
+        for f in h.get("features", [])[:10]:
+            t.add_row(str(f["id"]), f"{f.get('share', 0):.2f}", f.get("family", ""))
+        self.query_one("#head-detail", Static).update(t)
+
+    def action_open_feature(self) -> None:
+        if self.head and self.head.get("features"):
+            self.wb.show_feature(self.head["layer"], self.head["features"][0]["id"])
+
+    def current_finding(self) -> Finding | None:
+        h = self.head
+        if h is None:
+            return None
+        body = md_table(["feature", "share", "family"], [[f["id"], f.get("share", 0.0), f.get("family", "")] for f in h.get("features", [])[:10]])
+        if self.survey and self.survey.get("rule"):
+            body += f"\n\nRule: {self.survey['rule']}"
+        info = self.engine.info
+        return Finding(kind="head", title=f"head L{h['layer']}.H{h['head']}: {h.get('verdict', '')}", body=body,
+                       model=info.model if info else "", saes=info.saes if info else "", layer=h["layer"], data=h)

@@ -1,0 +1,235 @@
+"""Train SAEs from the workbench: a form, live sparklines, stop and resume from checkpoint, open the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
+
+from workbench.engine import one_line
+from workbench.findings import Finding, md_table
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
+from workbench.screens.base import NavBar, StatusLine
+from workbench.screens.experiments import JobScreen
+from workbench.widgets.sparklines import MetricSpark, spark_text
+
+METRICS = [("loss", "{:.4g}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("dead_fraction", "{:.2%}")]
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def parse_layers(text: str, n_layers: int | None) -> list[int]:
+    """'0,2' or '0-2' or 'all' -> sorted layers; ValueError with one line for anything else."""
+    text = text.strip()
+    if not text:
+        raise ValueError("give at least one layer (e.g. 0,1 or 0-2 or all)")
+    if text == "all":
+        if n_layers is None:
+            raise ValueError("the model is not open yet")
+        return list(range(n_layers))
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.update(range(int(a), int(b) + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a layer number") from None
+    if n_layers is not None:
+        bad = [x for x in sorted(out) if not 0 <= x < n_layers]
+        if bad:
+            raise ValueError(f"layer {bad[0]} is outside the model (layers 0..{n_layers - 1})")
+    return sorted(out)
+
+
+class TrainingScreen(JobScreen):
+    MODE = "training"
+    JOB_KIND = "train"
+    BINDINGS = [
+        Binding("r", "start", "Start", show=True),
+        Binding("x", "cancel", "Stop", show=True),
+        Binding("u", "resume", "Resume", show=True),
+        Binding("o", "open_result", "Open SAEs", show=True),
+        Binding("escape", "leave_field", "Leave field", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[dict[str, Any]] = []
+        self.last_info: dict[str, Any] = {}
+        self.result: dict[int, Any] | None = None
+        self.out_dir: str = ""
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        with Horizontal(id="train-body"):
+            with Grid(id="train-form"):
+                yield Label("layers")
+                yield Input("0", id="tr-layers", compact=True)
+                yield Label("architecture")
+                yield Select([("standard (L1)", "standard"), ("topk", "topk")], value="standard", allow_blank=False, id="tr-arch", compact=True)
+                yield Label("width (d_sae)")
+                yield Input("512", id="tr-width", type="integer", compact=True)
+                yield Label("L1 coeff / k")
+                yield Input("1.0", id="tr-sparsity", compact=True)
+                yield Label("tokens")
+                yield Input("200000", id="tr-tokens", type="integer", compact=True)
+                yield Label("batch")
+                yield Input("1024", id="tr-batch", type="integer", compact=True)
+                yield Label("corpus")
+                yield Input("default", id="tr-corpus", compact=True)
+                yield Label("output dir")
+                yield Input(str(Path("runs") / "workbench"), id="tr-out", compact=True)
+            with Vertical(id="train-live"):
+                for name, fmt in METRICS:
+                    yield MetricSpark(name, fmt, id=f"spark-{name}")
+                yield Static("", id="train-rate")
+        yield StatusLine("fill the form; r starts, x stops (checkpoint kept), u resumes, o opens the result", id="train-status")
+        yield ProgressBar(total=1, id="train-progress", show_eta=False)
+        yield Footer()
+
+    def help_about(self) -> str:
+        return "Trains one SAE per layer from one model pass per batch (sae.training). Metrics are the first layer's."
+
+    # ---- form -----------------------------------------------------------------------------------------
+
+    def read_form(self) -> dict[str, Any]:
+        """The form as train_saes arguments; ValueError with one line for bad input (nothing is cleared)."""
+        info = self.engine.info
+        get = lambda i: self.query_one(f"#{i}", Input).value.strip()  # noqa: E731
+        layers = parse_layers(get("tr-layers"), info.n_layers if info else None)
+        arch = str(self.query_one("#tr-arch", Select).value)
+        values: dict[str, Any] = {"layers": layers, "architecture": arch}
+        for key, wid in (("d_sae", "tr-width"), ("total_tokens", "tr-tokens"), ("batch_size", "tr-batch")):
+            text = get(wid)
+            if not text.isdigit() or int(text) <= 0:
+                raise ValueError(f"{key} must be a whole number > 0, got {text!r}")
+            values[key] = int(text)
+        sp = get("tr-sparsity")
+        try:
+            if arch == "topk":
+                values["k"] = int(sp)
+            else:
+                values["l1_coeff"] = float(sp)
+        except ValueError:
+            raise ValueError(f"{'k' if arch == 'topk' else 'L1 coefficient'} must be a number, got {sp!r}") from None
+        values["corpus"] = get("tr-corpus") or "default"
+        out = get("tr-out")
+        if not out:
+            raise ValueError("give an output directory")
+        values["out_dir"] = out
+        return values
+
+    def action_start(self, resume: bool = False) -> None:
+        status = self.query_one(StatusLine)
+        if self.job_running():
+            status.error("a run is going: x stops it")
+            return
+        try:
+            form = self.read_form()
+        except ValueError as exc:
+            status.error(one_line(exc))
+            return
+        out_dir = form.pop("out_dir")
+        corpus = form.pop("corpus")
+        if resume and not (Path(out_dir).expanduser() / "checkpoint.pt").exists():
+            status.error(f"no checkpoint in {out_dir} to resume from")
+            return
+        try:
+            self.job = self.engine.train(form, corpus=corpus, out_dir=out_dir, resume=resume, post=self.post_message)
+        except Exception as exc:  # noqa: BLE001
+            status.error(one_line(exc))
+            return
+        self.out_dir = out_dir
+        if not resume:
+            self.history = []
+            for name, _ in METRICS:
+                self.query_one(f"#spark-{name}", MetricSpark).reset()
+        self.query_one(ProgressBar).update(total=None, progress=0)
+        status.say(("resuming" if resume else "starting") + f" training into {out_dir} ...")
+
+    def action_resume(self) -> None:
+        self.action_start(resume=True)
+
+    def action_open_result(self) -> None:
+        if not self.result:
+            self.query_one(StatusLine).error("no finished run to open yet")
+            return
+        self.run_worker(self._open_result(), group="open-result", exclusive=True)
+
+    async def _open_result(self) -> None:
+        try:
+            info = await self.engine.use_saes(self.result, label=self.out_dir)
+        except Exception as exc:  # noqa: BLE001
+            self.query_one(StatusLine).error(one_line(exc))
+            return
+        self.wb.engine_ready(info)
+        self.wb.set_layer(info.sae_layers[0])
+
+    # ---- live ---------------------------------------------------------------------------------------
+
+    def on_job_started(self, m: JobStarted) -> None:
+        if m.kind == self.JOB_KIND:
+            self.query_one(StatusLine).say("preparing tokens and the first batches ...")
+
+    def on_job_progress(self, m: JobProgress) -> None:
+        if m.kind != self.JOB_KIND:
+            return
+        info = m.info
+        self.last_info = info
+        total, done = info.get("total_steps"), info.get("step")
+        if total:
+            self.query_one(ProgressBar).update(total=total, progress=done or 0)
+        layers = info.get("layers") or {}
+        if layers:
+            first = layers[min(layers)]
+            if first:
+                self.history.append(first)
+                for name, _ in METRICS:
+                    if name in first:
+                        self.query_one(f"#spark-{name}", MetricSpark).push(first[name])
+        rate = info.get("tokens_per_s") or 0.0
+        text = Text(f"{info.get('tokens', 0):,} / {info.get('total_tokens', 0):,} tokens\n")
+        text.append(f"{rate:,.0f} tokens/s · ETA {format_eta(info.get('eta_s'))}", style="dim")
+        self.query_one("#train-rate", Static).update(text)
+        self.query_one(StatusLine).say(f"step {done}/{total} · {info.get('event', '')}")
+
+    def on_job_finished(self, m: JobFinished) -> None:
+        if m.kind != self.JOB_KIND:
+            return
+        self.result = m.result
+        self.query_one(ProgressBar).update(total=1, progress=1)
+        self.query_one(StatusLine).say(f"finished: SAEs for layers {sorted(m.result)} in {self.out_dir} · o opens them")
+
+    def on_job_cancelled(self, m: JobCancelled) -> None:
+        if m.kind != self.JOB_KIND:
+            return
+        if m.partial:
+            self.result = m.partial
+        self.query_one(StatusLine).say(f"stopped; checkpoint kept in {self.out_dir} · u resumes, o opens what it has")
+
+    def current_finding(self) -> Finding | None:
+        if not self.history:
+            return None
+        last = self.history[-1]
+        rows = [[k, last[k]] for k, _ in METRICS if k in last]
+        body = md_table(["metric", "last"], rows) + "\n\n```text\n" + "\n".join(
+            f"{k:<20} {spark_text([h.get(k) for h in self.history if k in h], 60)}" for k, _ in METRICS
+        ) + "\n```"
+        return Finding(kind="training", title=f"training run {self.out_dir}", body=body,
+                       model=self.engine.info.model if self.engine.info else "", data={"last": last})

@@ -1,0 +1,110 @@
+"""Signed horizontal bars (per-head DFA, ablation effects) and a shaded token strip (DFA by source position)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.text import Text
+from textual.widgets import Static
+
+from workbench.widgets.heatmap import escape_token
+
+POS = "dark_orange"
+NEG = "dodger_blue2"
+EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bar_cells(value: float, max_abs: float, width: int) -> str:
+    """A bar of `width` cells for `|value| / max_abs`, in eighths of a cell."""
+    if max_abs <= 0 or width <= 0:
+        return ""
+    frac = min(1.0, abs(value) / max_abs)
+    eighths = round(frac * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (EIGHTHS[part] if part else "")).ljust(width)[:width]
+
+
+def signed_bars(labels: Sequence[str], values: Sequence[float], width: int = 20, label_width: int = 6) -> Text:
+    """One line per label: negative values grow left of the axis, positive ones right, value printed after."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    max_abs = max((abs(v) for v in values), default=0.0)
+    half = max(1, width // 2)
+    for i, (label, v) in enumerate(zip(labels, values)):
+        if i:
+            text.append("\n")
+        text.append(f"{label:<{label_width}}"[:label_width], style="bold")
+        neg = bar_cells(v, max_abs, half) if v < 0 else ""
+        pos = bar_cells(v, max_abs, half) if v > 0 else ""
+        text.append(neg.rstrip()[::-1].rjust(half) if neg else " " * half, style=NEG)
+        text.append("│", style="dim")
+        text.append(pos.ljust(half), style=POS)
+        text.append(f" {v:+.3f}")
+    return text
+
+
+class HeadBars(Static):
+    """Per-head signed values, e.g. DFA by head for the selected (token, feature)."""
+
+    DEFAULT_CSS = "HeadBars { height: auto; }"
+
+    def __init__(self, title: str = "", **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.title = title
+        self.values: list[float] = []
+        self.labels: list[str] = []
+
+    def show(self, labels: Sequence[str], values: Sequence[float], extra: str = "") -> None:
+        self.labels, self.values = list(labels), [float(v) for v in values]
+        width = max(10, (self.size.width or 40) - 18)
+        text = Text(self.title + "\n", style="bold") if self.title else Text()
+        text.append_text(signed_bars(self.labels, self.values, width=width))
+        if extra:
+            text.append("\n" + extra, style="dim")
+        self.update(text)
+
+    def clear(self, message: str = "") -> None:
+        self.labels, self.values = [], []
+        self.update(Text(message, style="dim"))
+
+
+def source_strip(tokens: Sequence[str], values: Sequence[float], upto: int | None = None) -> Text:
+    """Tokens in a line, each shaded by its signed value (orange positive, blue negative); `upto` gets a box."""
+    text = Text()
+    max_abs = max((abs(v) for v in values), default=0.0) or 1.0
+    for i, tok in enumerate(tokens):
+        v = float(values[i]) if i < len(values) else 0.0
+        strength = min(1.0, abs(v) / max_abs)
+        if strength < 0.05:
+            style = "dim" if i < len(values) else "dim italic"
+        else:
+            level = 1 + int(strength * 4)  # 1..5
+            colour = POS if v > 0 else NEG
+            style = f"bold on {colour}" if level >= 4 else f"{colour}"
+        if upto is not None and i == upto:
+            style += " underline"
+        text.append(escape_token(tok) or "∅", style=style)
+        text.append(" ")
+    return text
+
+
+class SourceStrip(Static):
+    """DFA by source position over the prompt for the selected (token, feature)."""
+
+    DEFAULT_CSS = "SourceStrip { height: auto; }"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", **kwargs)
+        self.values: list[float] = []
+
+    def show(self, tokens: Sequence[str], values: Sequence[float], upto: int, top: int = 3) -> None:
+        self.values = [float(v) for v in values]
+        text = Text("DFA by source  ", style="bold")
+        ranked = sorted(range(len(self.values)), key=lambda i: -abs(self.values[i]))[:top]
+        text.append("  ".join(f"{i}:{escape_token(tokens[i])!s} {self.values[i]:+.2f}" for i in ranked), style="dim")
+        text.append("\n")
+        text.append_text(source_strip(tokens[: upto + 1], self.values, upto=upto))
+        self.update(text)
+
+    def clear(self, message: str = "") -> None:
+        self.values = []
+        self.update(Text(message, style="dim"))
