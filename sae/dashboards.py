@@ -8,11 +8,13 @@ non-zero activations into running per-feature state (all vectorised over feature
   its largest keys), later split into activation-quantile bins;
 - a histogram of log10(activation) on fixed bins, firing counts and sums (density, mean).
 
-BOS positions are skipped (their z is the same for every row). The state is checkpointed, so an interrupted build
-resumes where it stopped and ends with exactly the result of an uninterrupted one. Afterwards the static parts are
-added (head shares of the decoder norm, logit effects) and DFA by source is computed for each feature's top examples
-by re-running only their rows. Everything is stored as one safetensors file with `[d_sae, ...]` tensors plus a JSON
-index, so one feature is a handful of memory-mapped slices.
+Whenever an example enters a feature's top-N, its DFA by source (and by head) is computed on the spot from that
+batch's attention pattern and values, so no row is ever run twice. BOS positions are skipped (their z is the same
+for every row). One scan can serve several layers (`build_layers`): the model runs once per batch, up to the deepest
+layer's attention. The state is checkpointed, so an interrupted build resumes where it stopped and ends with exactly
+the result of an uninterrupted one. Afterwards the static parts are added (head shares of the decoder norm, logit
+effects). Everything is stored as one safetensors file with `[d_sae, ...]` tensors plus a JSON index, so one feature
+is a handful of memory-mapped slices.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +33,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sae.dfa import dfa_by_source, encoder_by_head, decoder_by_head, head_shares, run_layer
+from sae.dfa import (
+    capture_until_z,
+    decoder_by_head,
+    encoder_by_head,
+    head_shares,
+    pattern_hook_name,
+    v_hook_name,
+    z_hook_name,
+)
 from sae.models import LoadedModel
 from sae.sae import SAE
 
@@ -39,7 +49,7 @@ INDEX = "index.json"
 DATA = "dashboards.safetensors"
 PARTIAL = "partial.safetensors"
 PARTIAL_INDEX = "partial.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 LOGIT_NOTE = (
     "Logit effect = W_dec[i] split per head, through W_O, centred and multiplied by the final LayerNorm weight, then "
@@ -167,7 +177,7 @@ class DashboardSpec:
     context: int = 8  # tokens either side of an example
     n_top: int = 20
     n_samples: int = 64  # random firings kept per feature for the quantile bins
-    n_dfa: int = 3  # top examples that get DFA by source
+    n_dfa: int = 3  # top examples whose DFA by source a dashboard shows (every top example gets it)
     hist_lo: float = -4.0  # log10 activation range of the histogram
     hist_hi: float = 3.0
     hist_bins: int = 70
@@ -184,30 +194,38 @@ class DashboardSpec:
 # ---- the scan (pure tensor code, tested against a brute-force scan) ------------------------------------
 
 
-def _merge_top(
-    keys: torch.Tensor, payloads: list[torch.Tensor], f_new: torch.Tensor, key_new: torch.Tensor, pay_new: list[torch.Tensor]
-) -> None:
-    """Keep, per feature, the K entries with the largest keys among the old `[d, K]` and the new `[C]` ones.
+def _merge_slots(keys: torch.Tensor, f_new: torch.Tensor, key_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per feature, keep the K largest keys among the old ones and the new candidates, without moving old entries.
 
-    keys `[d, K]` (descending per row, -inf = empty), payloads `[d, K, ...]`; f_new/key_new `[C]`, pay_new `[C, ...]`.
-    Updated in place.
+    keys `[d, K]` in no particular order (-inf = empty slot); f_new/key_new `[C]`. Each new entry that makes it
+    takes the slot of one of the smallest old entries it pushes out. Updates `keys` in place and returns
+    (rows, cols, i): new entry `i` (an index into f_new) now lives in slot (rows, cols), so a caller writes its
+    payload there and only there.
     """
+    empty = torch.zeros(0, dtype=torch.long)
     if f_new.numel() == 0:
-        return
+        return empty, empty, empty
     K = keys.shape[1]
-    touched = torch.unique(f_new)
-    f_all = torch.cat([touched.repeat_interleave(K), f_new])
-    k_all = torch.cat([keys[touched].flatten(), key_new])
-    p_all = [torch.cat([p[touched].flatten(0, 1), q.to(p.dtype)]) for p, q in zip(payloads, pay_new)]
-    order = torch.argsort(k_all, descending=True, stable=True)
-    order = order[torch.argsort(f_all[order], stable=True)]
-    f_sorted = f_all[order]
-    rank = torch.arange(len(order)) - torch.searchsorted(f_sorted, f_sorted)
-    keep = rank < K
-    rows, cols, sel = f_sorted[keep], rank[keep], order[keep]
-    keys[rows, cols] = k_all[sel]
-    for p, pa in zip(payloads, p_all):
-        p[rows, cols] = pa[sel]
+    order = torch.argsort(f_new, stable=True)
+    fs = f_new[order]
+    touched, counts = torch.unique_consecutive(fs, return_counts=True)
+    row_of = torch.repeat_interleave(torch.arange(len(touched)), counts)
+    rank = torch.arange(len(fs)) - (torch.cumsum(counts, 0) - counts)[row_of]
+    pad = torch.full((len(touched), int(counts.max())), -math.inf, dtype=keys.dtype)
+    pad[row_of, rank] = key_new[order]
+    old = keys[touched]  # [n_t, K]
+    top = torch.cat([old, pad], 1).topk(K, dim=1).indices
+    kept = torch.zeros(len(touched), K + pad.shape[1], dtype=torch.bool).scatter_(1, top, True)
+    kept_new = kept[:, K:] & (pad > -math.inf)
+    n_new = kept_new.sum(1)
+    r, j = kept_new.nonzero(as_tuple=True)  # row-major: within a row, j ascending
+    within = torch.arange(len(r)) - (torch.cumsum(n_new, 0) - n_new)[r]
+    slots = old.argsort(dim=1)[r, within]  # the smallest old entries make way
+    rows = touched[r]
+    keys[rows, slots] = pad[r, j]
+    # position in the padded row -> index into the caller's f_new
+    pos_in_sorted = (torch.cumsum(counts, 0) - counts)[r] + j
+    return rows, slots, order[pos_in_sorted]
 
 
 def _windows(acts: torch.Tensor, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
@@ -221,13 +239,54 @@ def _windows(acts: torch.Tensor, n: torch.Tensor, f: torch.Tensor, row_len: int,
     return acts[n2, f.unsqueeze(1)] * valid
 
 
+def topk_acts(pre: torch.Tensor, k: int, chunk: int = 32) -> torch.Tensor:
+    """`relu` of each row's top-k pre-activations, zeros elsewhere: the top-k SAE's activation, computed faster
+    than `torch.topk` over the full width on CPU.
+
+    pre `[N, d_sae]`. Each block of `chunk` features contributes its maximum; the k-th largest block maximum is a
+    lower bound on the row's k-th largest value, so only entries at or above it (and above 0) can be kept, and an
+    exact top-k runs on those few."""
+    N, d = pre.shape
+    if d % chunk or d // chunk <= k:
+        vals, idx = pre.topk(k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+    bound = pre.view(N, d // chunk, chunk).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1).clamp(min=0)
+    n, f = (pre >= bound.unsqueeze(1)).nonzero(as_tuple=True)
+    acts = torch.zeros_like(pre)
+    if len(n) == 0:
+        return acts
+    counts = torch.bincount(n, minlength=N)
+    rank = torch.arange(len(n)) - (torch.cumsum(counts, 0) - counts)[n]
+    width = int(counts.max())
+    pad_v = torch.full((N, width), -math.inf, dtype=pre.dtype)
+    pad_f = torch.zeros(N, width, dtype=torch.long)
+    pad_v[n, rank] = pre[n, f]
+    pad_f[n, rank] = f
+    v, j = pad_v.topk(min(k, width), dim=-1, sorted=False)
+    keep = v > 0
+    rows = torch.arange(N).unsqueeze(1).expand_as(v)
+    acts[rows[keep], pad_f.gather(1, j)[keep]] = v[keep]
+    return acts
+
+
 class DashboardScan:
     """Running per-feature state of a scan. `update` folds in one batch of activations `[rows*row_len, d_sae]`."""
 
-    def __init__(self, d_sae: int, spec: DashboardSpec) -> None:
+    def __init__(self, d_sae: int, spec: DashboardSpec, n_heads: int = 1, row_len: int | None = None) -> None:
         self.spec = spec
         self.d_sae = d_sae
         K, R, W = spec.n_top, spec.n_samples, spec.window
+        nb = n_distance_bins(row_len or spec.context_size)
+        # DFA by source of each top example, computed while its row is in memory
+        self.dfa_src = torch.zeros(d_sae, K, spec.context + 1)
+        self.dfa_earlier = torch.zeros(d_sae, K)
+        self.dfa_heads = torch.zeros(d_sae, K, n_heads)
+        self.dfa_pre = torch.zeros(d_sae, K)
+        self.dfa_dist = torch.zeros(d_sae, K, nb)
+        self.dfa_top_src = torch.full((d_sae, K), -1, dtype=torch.long)
+        self.dfa_src_tok = torch.full((d_sae, K), -1, dtype=torch.int32)
+        self.dfa_prev_tok = torch.full((d_sae, K), -1, dtype=torch.int32)
+        self.dfa_induction = torch.zeros(d_sae, K, dtype=torch.uint8)
         self.top_val = torch.full((d_sae, K), -math.inf)
         self.top_idx = torch.full((d_sae, K), -1, dtype=torch.long)
         self.top_win = torch.zeros(d_sae, K, W, dtype=torch.float16)
@@ -241,8 +300,17 @@ class DashboardScan:
         self.n_tokens = 0  # positions counted (BOS excluded)
         self.rows_done = 0
 
+    def sort_top(self) -> None:
+        """Order each feature's top entries by activation, strongest first (the scan keeps them unordered)."""
+        order = self.top_val.argsort(dim=1, descending=True, stable=True)
+        for name in ("top_val", "top_idx", "top_win", *DFA_FIELDS):
+            t = getattr(self, name)
+            idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
+            setattr(self, name, t.gather(1, idx))
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        names = ["top_val", "top_idx", "top_win", "samp_key", "samp_val", "samp_idx", "samp_win", "n_fire", "sum_act", "hist"]
+        names = ["top_val", "top_idx", "top_win", "samp_key", "samp_val", "samp_idx", "samp_win", "n_fire", "sum_act",
+                 "hist", *DFA_FIELDS]
         return {n: getattr(self, n).contiguous() for n in names}
 
     def load(self, tensors: dict[str, torch.Tensor], n_tokens: int, rows_done: int) -> None:
@@ -251,16 +319,19 @@ class DashboardScan:
         self.n_tokens, self.rows_done = n_tokens, rows_done
 
     @torch.no_grad()
-    def update(self, acts: torch.Tensor, row_len: int, skip_first: bool = True) -> None:
-        """acts: `[rows * row_len, d_sae]` for the next `rows` rows of the stream (row-major, float).
+    def update(
+        self, acts: torch.Tensor, row_len: int, skip_first: bool = True, dfa: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """acts: `[rows * row_len, d_sae]` (>= 0) for the next `rows` rows of the stream (row-major, float).
 
-        With `skip_first`, the BOS position of every row is zeroed in place."""
+        With `skip_first`, the BOS position of every row is zeroed in place. `dfa` (pattern, v, tokens, w_enc, bias;
+        see `example_dfa`) lets each new top example get its DFA by source now, while its row is in memory."""
         spec = self.spec
         n_rows = acts.shape[0] // row_len
         if skip_first:
             acts.view(n_rows, row_len, -1)[:, 0] = 0
         offset = self.rows_done * row_len
-        nz = (acts > 0).nonzero()
+        nz = acts.nonzero()  # activations are >= 0, so non-zero means firing (cheaper than a mask first)
         n, f = nz[:, 0], nz[:, 1]
         val = acts[n, f]
         d = self.d_sae
@@ -270,20 +341,27 @@ class DashboardScan:
         b = ((torch.log10(val) - spec.hist_lo) / width).floor().clamp(0, spec.hist_bins - 1).long()
         self.hist += torch.bincount(f * spec.hist_bins + b, minlength=d * spec.hist_bins).view(d, spec.hist_bins)
 
-        cand = val > self.top_val[f, -1]
+        cand = val > self.top_val.min(dim=1).values[f]
         if cand.any():
             cn, cf = n[cand], f[cand]
-            win = _windows(acts, cn, cf, row_len, spec.context)
-            _merge_top(self.top_val, [self.top_idx, self.top_win], cf, val[cand], [cn + offset, win])
+            r, c, i = _merge_slots(self.top_val, cf, val[cand])
+            self.top_idx[r, c] = cn[i] + offset
+            self.top_win[r, c] = _windows(acts, cn[i], cf[i], row_len, spec.context).to(self.top_win.dtype)
+            if dfa is not None and len(r):
+                got = example_dfa(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
+                                  cn[i] // row_len, cn[i] % row_len, cf[i], spec.context)
+                for name, val_ in got.items():
+                    getattr(self, name)[r, c] = val_.to(getattr(self, name).dtype)
 
         gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.rows_done)
         keys = torch.rand(len(val), generator=gen)
-        cand = keys > self.samp_key[f, -1]
+        cand = keys > self.samp_key.min(dim=1).values[f]
         if cand.any():
             cn, cf = n[cand], f[cand]
-            win = _windows(acts, cn, cf, row_len, spec.context)
-            _merge_top(self.samp_key, [self.samp_val, self.samp_idx, self.samp_win], cf, keys[cand],
-                       [val[cand], cn + offset, win])
+            r, c, i = _merge_slots(self.samp_key, cf, keys[cand])
+            self.samp_val[r, c] = val[cand][i]
+            self.samp_idx[r, c] = cn[i] + offset
+            self.samp_win[r, c] = _windows(acts, cn[i], cf[i], row_len, spec.context).to(self.samp_win.dtype)
         self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
         self.rows_done += n_rows
 
@@ -328,7 +406,7 @@ def logit_effects(model: LoadedModel, sae: SAE, layer: int, n: int = 10, chunk: 
         out["top_vals"].append(top.values)
         out["bot_ids"].append(bot.indices)
         out["bot_vals"].append(bot.values)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
 def _window_tokens(rows: torch.Tensor, idx: torch.Tensor, context: int) -> torch.Tensor:
@@ -359,7 +437,8 @@ def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor
     positive DFA mass per distance bin (`distance_bin`), dfa_top_src `[P]` the source with the largest positive DFA
     (-1 if none), dfa_src_tok / dfa_prev_tok `[P]` the token there and the one before it, dfa_induction `[P]` 1 when
     the token before the top source is a copy of the destination token (the source was *preceded by a copy of the
-    current token*: "the token after the last time I appeared", the induction pattern).
+    current token*: "the token after the last time I appeared", the induction pattern) and the source is at least 2
+    back (at 1 back, "x . y ." would make every previous-token head look like induction).
     """
     P, T = per_src.shape
     pos = torch.arange(T).unsqueeze(0).expand(P, T)
@@ -376,64 +455,43 @@ def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor
     prev = (best - 1).clamp(min=0)
     prev_tok = torch.where(has & (best >= 1), tokens.gather(1, prev.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
     dest_tok = tokens.gather(1, dest.unsqueeze(1)).squeeze(1)
-    induction = has & (best >= 2) & (best < dest) & (prev_tok == dest_tok)
+    induction = has & (best >= 2) & (best < dest - 1) & (prev_tok == dest_tok)
     return {"dfa_dist": hist, "dfa_top_src": top, "dfa_src_tok": src_tok.int(), "dfa_prev_tok": prev_tok.int(),
             "dfa_induction": induction.to(torch.uint8)}
 
 
-@torch.no_grad()
-def top_example_dfa(
-    model: LoadedModel, sae: SAE, layer: int, rows: torch.Tensor, top_val: torch.Tensor, top_idx: torch.Tensor,
-    n_dfa: int, context: int, batch_rows: int = 32, progress: Callable[[int, int], None] | None = None,
-) -> dict[str, torch.Tensor]:
-    """DFA by source for each feature's top `n_dfa` examples, by re-running only their rows.
+DFA_FIELDS = ("dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre", "dfa_dist", "dfa_top_src", "dfa_src_tok",
+              "dfa_prev_tok", "dfa_induction")
 
-    Returns dfa_src `[d_sae, n_dfa, context + 1]` (sources t-context..t, 0 before the row start), dfa_earlier
-    `[d_sae, n_dfa]` (all sources before the window), dfa_heads `[d_sae, n_dfa, H]`, dfa_pre `[d_sae, n_dfa]`."""
-    d, T, H = top_val.shape[0], rows.shape[1], model.n_heads
-    src = torch.zeros(d, n_dfa, context + 1)
-    earlier = torch.zeros(d, n_dfa)
-    heads = torch.zeros(d, n_dfa, H)
-    pre = torch.zeros(d, n_dfa)
-    extra = {
-        "dfa_dist": torch.zeros(d, n_dfa, n_distance_bins(T)),
-        "dfa_top_src": torch.full((d, n_dfa), -1, dtype=torch.long),
-        "dfa_src_tok": torch.full((d, n_dfa), -1, dtype=torch.int32),
-        "dfa_prev_tok": torch.full((d, n_dfa), -1, dtype=torch.int32),
-        "dfa_induction": torch.zeros(d, n_dfa, dtype=torch.uint8),
-    }
-    val, idx = top_val[:, :n_dfa], top_idx[:, :n_dfa]
-    ok = (val > 0) & (idx >= 0)
-    feats, slots = ok.nonzero(as_tuple=True)
-    g = idx[feats, slots]
-    row_of = g // T
-    uniq = torch.unique(row_of)
-    w_enc = encoder_by_head(sae, H).float()  # [H, dh, d_sae]
-    bias = sae.encoder_bias_total.float()
-    for start in range(0, len(uniq), batch_rows):
-        batch = uniq[start : start + batch_rows]
-        tens = run_layer(model, rows[batch].to(model.device), layer)
-        where = torch.searchsorted(batch, row_of)
-        sel = (where < len(batch)) & (batch[where.clamp(max=len(batch) - 1)] == row_of)
-        p_f, p_s, p_b, p_t = feats[sel], slots[sel], where[sel], (g[sel] % T)
-        v = tens.v[p_b].float()  # [P, T, H, dh]
-        A = tens.pattern[p_b, :, p_t, :].float()  # [P, H, T]
-        proj = torch.einsum("pshd,hdp->phs", v, w_enc[:, :, p_f])
-        contrib = proj * A  # [P, H, T]; zero for s > t
-        heads[p_f, p_s] = contrib.sum(-1)
-        per_src = contrib.sum(1)  # [P, T]
-        s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1)  # [P, C+1]
-        valid = s_idx >= 0
-        win = per_src.gather(1, s_idx.clamp(min=0)) * valid
-        src[p_f, p_s] = win
-        earlier[p_f, p_s] = per_src.sum(1) - win.sum(1)
-        pre[p_f, p_s] = per_src.sum(1) + bias[p_f]
-        facts = source_facts(per_src, rows[batch][p_b], p_t)
-        for k, v in facts.items():
-            extra[k][p_f, p_s] = v
-        if progress:
-            progress(min(start + batch_rows, len(uniq)), len(uniq))
-    return {"dfa_src": src, "dfa_earlier": earlier, "dfa_heads": heads, "dfa_pre": pre, **extra}
+
+@torch.no_grad()
+def example_dfa(
+    pattern: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
+    p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int,
+) -> dict[str, torch.Tensor]:
+    """DFA by source of feature `p_f[p]` at position `p_t[p]` of batch row `p_b[p]`, for P examples.
+
+    pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
+    bias `[d_sae]` (`encoder_bias_total`). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
+    0 before the row start), dfa_earlier `[P]` (sources before the window), dfa_heads `[P, H]`, dfa_pre `[P]`
+    (= sum of all sources + bias), and the `source_facts` fields."""
+    P, T = len(p_b), pattern.shape[-1]
+    contrib = torch.empty(P, pattern.shape[1], T, dtype=v.dtype)  # [P, H, T]
+    order = torch.argsort(p_b, stable=True)
+    rows, counts = torch.unique_consecutive(p_b[order], return_counts=True)
+    start = 0
+    for b, n in zip(rows.tolist(), counts.tolist()):
+        sel = order[start : start + n]
+        start += n
+        # one batched matmul per row: every head's values against every chosen feature's encoder slice
+        proj = torch.bmm(v[b].transpose(0, 1), w_enc[:, :, p_f[sel]])  # [H, T, n]
+        contrib[sel] = proj.permute(2, 0, 1) * pattern[b][:, p_t[sel], :].transpose(0, 1)  # zero for s > t
+    per_src = contrib.sum(1)  # [P, T]
+    s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1)
+    win = per_src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
+    total = per_src.sum(1)
+    return {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": contrib.sum(-1),
+            "dfa_pre": total + bias[p_f], **source_facts(per_src, tokens[p_b], p_t)}
 
 
 # ---- the build ----------------------------------------------------------------------------------------
@@ -511,75 +569,138 @@ def build_dashboards(
     Event) is polled every batch; a cancelled build saves its state and returns status "cancelled"; calling again
     with the same spec resumes. An existing finished build is returned as "cached" unless `force`.
     """
-    t_start = time.perf_counter()
     layer = sae.cfg.layer if layer is None else layer
-    spec = spec or DashboardSpec()
+    dirs = None if directory is None else {layer: Path(directory)}
+    return build_layers(model, {layer: sae}, spec, docs, dirs, progress, cancel, batch_rows, checkpoint_s, force)[layer]
+
+
+def build_layers(
+    model: LoadedModel,
+    saes: dict[int, SAE],
+    spec: DashboardSpec | None = None,
+    docs: list[str] | None = None,
+    directories: dict[int, Path] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+    batch_rows: int = 32,
+    checkpoint_s: float = 20.0,
+    force: bool = False,
+) -> dict[int, BuildResult]:
+    """`build_dashboards` for several layers from one scan: each model pass stops after the deepest layer's
+    attention and feeds every layer's SAE, so building all layers costs about one forward pass per row."""
+    t_start = time.perf_counter()
+    spec = replace(spec or DashboardSpec())
     spec.context_size = min(spec.context_size, model.n_ctx)
-    directory = Path(directory) if directory else dashboard_dir(model, sae, layer)
-    if is_built(directory) and not force:
-        idx = json.loads((directory / INDEX).read_text())
-        if idx.get("spec") == asdict(spec) or spec == DashboardSpec(**idx.get("spec", {})):
-            return BuildResult(directory, "cached", idx["n_tokens"])
+    dirs = {layer: Path(directories[layer]) if directories and layer in directories else dashboard_dir(model, sae, layer)
+            for layer, sae in saes.items()}
+    results: dict[int, BuildResult] = {}
+    for layer, d in dirs.items():
+        if is_built(d) and not force:
+            idx = json.loads((d / INDEX).read_text())
+            if idx.get("spec") == asdict(spec) and idx.get("version") == FORMAT_VERSION:
+                results[layer] = BuildResult(d, "cached", idx["n_tokens"])
+    todo = sorted(layer for layer in saes if layer not in results)
+    if not todo:
+        return results
     rows = heldout_rows(model, spec.n_tokens, spec.context_size, docs, spec.corpus)
     if rows.shape[0] == 0:
         raise DashboardError("the held-out text is shorter than one context row")
     T = rows.shape[1]
-    meta = {"spec": asdict(spec), "rows_hash": _rows_hash(rows), "layer": layer, "version": FORMAT_VERSION}
-    scan = DashboardScan(sae.cfg.d_sae, spec)
-    if (directory / PARTIAL_INDEX).is_file() and (directory / PARTIAL).is_file() and not force:
-        old = json.loads((directory / PARTIAL_INDEX).read_text())
-        if all(old.get(k) == v for k, v in meta.items()):
-            scan.load(load_file(str(directory / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
+    rows_hash = _rows_hash(rows)
+    scans: dict[int, DashboardScan] = {}
+    metas: dict[int, dict[str, Any]] = {}
+    for layer in todo:
+        metas[layer] = {"spec": asdict(spec), "rows_hash": rows_hash, "layer": layer, "version": FORMAT_VERSION}
+        scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
+        d = dirs[layer]
+        if (d / PARTIAL_INDEX).is_file() and (d / PARTIAL).is_file() and not force:
+            old = json.loads((d / PARTIAL_INDEX).read_text())
+            if all(old.get(k) == v for k, v in metas[layer].items()):
+                scans[layer].load(load_file(str(d / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
     total = rows.shape[0] * T
-    sae_dtype = sae.W_enc.dtype
-    w_enc, enc_bias = sae.W_enc.detach(), sae.encoder_bias_total.detach()
-    t_scan = time.perf_counter()
-    done_at_start = scan.rows_done * T
-    last_ckpt = time.perf_counter()
+    deepest = todo[-1]
+    z_names = tuple(z_hook_name(layer) for layer in todo if layer != deepest)
+    z_names += tuple(n for layer in todo for n in (pattern_hook_name(layer), v_hook_name(layer)))
+    enc = {layer: (saes[layer].W_enc.detach(), saes[layer].encoder_bias_total.detach(), model.value_bias(layer))
+           for layer in todo}
+    enc_heads = {layer: (encoder_by_head(saes[layer], model.n_heads).detach().float().cpu(),
+                         saes[layer].encoder_bias_total.detach().float().cpu()) for layer in todo}
+    row = min(sc.rows_done for sc in scans.values())
+    done_at_start = row * T
+    t_scan = last_ckpt = time.perf_counter()
 
     def report(note: str) -> None:
         if progress is None:
             return
-        done = scan.rows_done * T
+        done = row * T
         el = time.perf_counter() - t_scan
         rate = (done - done_at_start) / el if el > 0 else 0.0
         progress({"done": done, "total": total, "tokens_per_s": rate,
                   "eta_s": (total - done) / rate if rate > 0 else None, "note": note})
 
+    def save_all() -> None:
+        for layer, sc in scans.items():
+            if sc.rows_done > 0:
+                _save_partial(dirs[layer], sc, metas[layer])
+
     try:
         with torch.inference_mode():
-            while scan.rows_done < rows.shape[0]:
+            while row < rows.shape[0]:
                 if _is_cancelled(cancel):
                     raise BuildCancelled
-                batch = rows[scan.rows_done : scan.rows_done + batch_rows].to(model.device)
-                z = model.capture_z(batch, [layer])[layer].reshape(-1, sae.cfg.d_in).to(sae_dtype)
-                pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
-                acts = pre.relu_() if sae.cfg.architecture == "standard" else sae.activation(pre)
-                acts = acts.float().cpu()
-                scan.update(acts, T)
+                # never straddle a layer's resume point, so each layer restarts exactly where it stopped
+                stop = min([row + batch_rows] + [sc.rows_done for sc in scans.values() if sc.rows_done > row])
+                batch = rows[row:stop].to(model.device)
+                got = capture_until_z(model, batch, deepest, z_names)
+                for layer in todo:
+                    sc, sae = scans[layer], saes[layer]
+                    if sc.rows_done > row:  # this layer got further before an interruption
+                        continue
+                    w_enc, enc_bias, b_v = enc[layer]
+                    z = (got[z_hook_name(layer)] - b_v).reshape(-1, sae.cfg.d_in).to(w_enc.dtype)  # value bias out
+                    pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
+                    arch = sae.cfg.architecture
+                    if arch == "standard":
+                        acts = pre.relu_()
+                    elif arch == "topk" and pre.device.type == "cpu":
+                        acts = topk_acts(pre, int(sae.cfg.k))
+                    else:
+                        acts = sae.activation(pre).clamp_(min=0)
+                    v = got[v_hook_name(layer)]
+                    v = v - (b_v if v.shape[-2] == b_v.shape[0] else b_v[:: b_v.shape[0] // v.shape[-2]])
+                    if v.shape[-2] != model.n_heads:  # grouped-query attention
+                        v = v.repeat_interleave(model.n_heads // v.shape[-2], dim=-2)
+                    dfa = {"pattern": got[pattern_hook_name(layer)].float().cpu(), "v": v.float().cpu(),
+                           "tokens": batch.cpu(), "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1]}
+                    sc.update(acts.float().cpu(), T, dfa=dfa)
+                row += batch.shape[0]
                 if time.perf_counter() - last_ckpt > checkpoint_s:
-                    _save_partial(directory, scan, meta)
+                    save_all()
                     last_ckpt = time.perf_counter()
                 report("scanning")
     except BaseException as exc:
-        if scan.rows_done > 0:
-            _save_partial(directory, scan, meta)
+        save_all()
         if isinstance(exc, BuildCancelled):
-            return BuildResult(directory, "cancelled", scan.n_tokens, time.perf_counter() - t_scan)
+            el = time.perf_counter() - t_scan
+            results.update({layer: BuildResult(dirs[layer], "cancelled", scans[layer].n_tokens, el) for layer in todo})
+            return results
         raise
     scan_s = time.perf_counter() - t_scan
     rate = (total - done_at_start) / scan_s if scan_s > 0 else 0.0
-    report("attributing top examples")
-    with torch.no_grad():
-        dfa = top_example_dfa(model, sae, layer, rows, scan.top_val, scan.top_idx, spec.n_dfa, spec.context,
-                              batch_rows=batch_rows)
-        logits = logit_effects(model, sae, layer, spec.n_logits)
-        shares = head_shares(sae, model.n_heads).float()
-    _write_final(directory, model, sae, layer, spec, rows, scan, dfa, logits, shares,
-                 {"scan_seconds": scan_s, "tokens_per_s": rate})
-    for name in (PARTIAL, PARTIAL_INDEX):
-        (directory / name).unlink(missing_ok=True)
-    return BuildResult(directory, "built", scan.n_tokens, scan_s, time.perf_counter() - t_start, rate)
+    for layer in todo:
+        report(f"writing layer {layer}")
+        sae, sc = saes[layer], scans[layer]
+        sc.sort_top()
+        with torch.no_grad():
+            dfa = {name: getattr(sc, name) for name in DFA_FIELDS}
+            logits = logit_effects(model, sae, layer, spec.n_logits)
+            shares = head_shares(sae, model.n_heads).detach().float().cpu()
+        _write_final(dirs[layer], model, sae, layer, spec, rows, sc, dfa, logits, shares,
+                     {"scan_seconds": scan_s, "tokens_per_s": rate, "layers_in_scan": todo})
+        for name in (PARTIAL, PARTIAL_INDEX):
+            (dirs[layer] / name).unlink(missing_ok=True)
+        results[layer] = BuildResult(dirs[layer], "built", sc.n_tokens, scan_s, time.perf_counter() - t_start, rate)
+    return results
 
 
 def _write_final(
@@ -608,7 +729,7 @@ def _write_final(
         "samp_win": samp_win,
         "samp_tok": samp_tok,
         "head_share": shares,
-        "dfa_bias": sae.encoder_bias_total.detach().float(),
+        "dfa_bias": sae.encoder_bias_total.detach().float().cpu(),
         **{f"logit_{k}": v for k, v in logits.items()},
         **dfa,
     }
@@ -780,7 +901,7 @@ def read_dashboard(directory: Path, feature: int, n_bins: int = 5, per_bin: int 
     else:
         histogram = {"log10_edges": [], "counts": []}
     dfa = []
-    for j in range(min(len(top), dfa_src.shape[0])):
+    for j in range(min(len(top), dfa_src.shape[0], spec["n_dfa"])):
         ex = top[j]
         n_src = ex.center + 1
         dfa.append(ExampleDFA(
@@ -830,28 +951,30 @@ def feature_stats(directory: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def benchmark_build(model: LoadedModel, sae: SAE, layer: int | None = None, n_tokens: int = 200_000,
-                    batch_rows: int = 32, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Build dashboards for `n_tokens` held-out tokens into a temporary directory and time it.
+def benchmark_build(model: LoadedModel, saes: dict[int, SAE], n_tokens: int = 200_000, batch_rows: int = 32,
+                    progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Build dashboards of `saes` ({layer: SAE}, one scan) from `n_tokens` held-out tokens into a temporary
+    directory and time it.
 
     Returns tokens/s of the scan (the part that grows with the corpus) and of the whole build, plus the machine's
-    load average, since a busy machine slows the numbers down."""
+    load average and torch's thread count, since a busy machine slows the numbers down."""
     import tempfile
 
-    layer = sae.cfg.layer if layer is None else layer
     with tempfile.TemporaryDirectory(prefix="attnscope-bench-") as tmp:
-        res = build_dashboards(model, sae, layer, DashboardSpec(n_tokens=n_tokens), directory=Path(tmp) / "d",
-                               progress=progress, batch_rows=batch_rows, force=True)
-    scanned = res.n_tokens
+        dirs = {layer: Path(tmp) / f"layer-{layer}" for layer in saes}
+        res = build_layers(model, saes, DashboardSpec(n_tokens=n_tokens), directories=dirs, progress=progress,
+                           batch_rows=batch_rows, force=True)
+    first = res[min(res)]
+    scanned = first.n_tokens
     return {
         "model": model.name,
-        "layer": layer,
-        "d_sae": sae.cfg.d_sae,
+        "layers": sorted(saes),
+        "d_sae": {str(k): v.cfg.d_sae for k, v in sorted(saes.items())},
         "tokens": scanned,
-        "scan_seconds": res.scan_seconds,
-        "total_seconds": res.total_seconds,
-        "scan_tokens_per_s": res.tokens_per_s,
-        "build_tokens_per_s": scanned / res.total_seconds if res.total_seconds else 0.0,
+        "scan_seconds": first.scan_seconds,
+        "total_seconds": max(r.total_seconds for r in res.values()),
+        "scan_tokens_per_s": first.tokens_per_s,
+        "build_tokens_per_s": scanned / max(r.total_seconds for r in res.values()),
         "target_tokens_per_s": 50_000,
         "torch_threads": torch.get_num_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

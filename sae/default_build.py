@@ -18,10 +18,12 @@ from typing import Callable
 from sae import zoo
 from sae.default_model import LMConfig, train_lm
 
-# SAE recipe for the default (d_in = 4 heads x 32 = 128): width 16x, the paper's standard architecture.
-SAE_ARCHITECTURE = "standard"
-SAE_WIDTH = 2048
-SAE_L1 = 3.0
+# SAE recipe for the default (d_in = 4 heads x 32 = 128): width 8x, top-k. The paper's standard (ReLU + L1)
+# architecture needs an L1 coefficient tuned per layer because z norms differ by ~10x between layers here; top-k
+# fixes L0 directly and its auxiliary loss keeps latents alive. `attnscope train --architecture standard` remains.
+SAE_ARCHITECTURE = "topk"
+SAE_WIDTH = 1024
+SAE_L1 = 1.0
 SAE_K = 24
 SAE_LR = 1e-3
 
@@ -30,7 +32,7 @@ def run(
     out_dir: Path,
     stage: str = "all",
     steps: int = 4000,
-    sae_tokens: int = 6_000_000,
+    sae_tokens: int = 4_000_000,
     resume: bool = True,
     install: bool = False,
     log: Callable[[str], None] = print,
@@ -59,7 +61,8 @@ def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
         l1_coeff=SAE_L1,
         k=SAE_K,
         lr=SAE_LR,
-        warmup_steps=200,
+        warmup_steps=100,
+        dead_window_steps=100,
         total_tokens=tokens,
         resample_every=400,
         resample_window=200,

@@ -46,6 +46,14 @@ class LMConfig:
     periodic_rows: int = 4  # random-token blocks of period 8..40 repeated along the row
     repeat_rows: int = 6  # natural text with one span copied after a gap
     ioi_rows: int = 6  # IOI sentences (training templates and name pairs only)
+    # phase 2: after the cosine schedule, `phase2_steps` more steps at `min_lr` with more IOI and periodic rows
+    phase2_steps: int = 0
+    phase2_lr: float | None = None  # constant; None -> min_lr
+    phase2_periodic_rows: int = 6
+    phase2_ioi_rows: int = 12
+    # rows that reward attending exactly to t-1: even slots follow a fixed permutation of a 64-token alphabet,
+    # odd slots are noise from the same alphabet, so x[t+1] = g(x[t-1]) is only predictable through token t-1
+    phase2_prevtoken_rows: int = 0
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 250
@@ -89,6 +97,17 @@ class RowSampler:
         start = int(torch.randint(0, len(stream) - length, (1,), generator=self.g))
         return stream[start : start + length]
 
+    def prevtoken_row(self) -> torch.Tensor:
+        body = self.cfg.n_ctx - 1
+        alphabet, perm = prevtoken_task(self.cfg)
+        idx = torch.empty(body, dtype=torch.long)
+        idx[1::2] = torch.randint(0, len(alphabet), ((body) // 2,), generator=self.g)
+        c = int(torch.randint(0, len(alphabet), (1,), generator=self.g))
+        for i in range(0, body, 2):
+            idx[i] = c
+            c = int(perm[c])
+        return alphabet[idx]
+
     def natural_row(self) -> torch.Tensor:
         return self._window(self.natural, self.cfg.n_ctx - 1)
 
@@ -111,17 +130,28 @@ class RowSampler:
     def ioi_row(self) -> torch.Tensor:
         return self._window(self.ioi, self.cfg.n_ctx - 1)
 
-    def batch(self) -> torch.Tensor:
+    def batch(self, phase2: bool = False) -> torch.Tensor:
         """`[batch, n_ctx]` token ids."""
         c = self.cfg
+        n_periodic = c.phase2_periodic_rows if phase2 else c.periodic_rows
+        n_ioi = c.phase2_ioi_rows if phase2 else c.ioi_rows
+        n_prev = c.phase2_prevtoken_rows if phase2 else 0
         rows = (
-            [self.periodic_row() for _ in range(c.periodic_rows)]
+            [self.prevtoken_row() for _ in range(n_prev)]
+            + [self.periodic_row() for _ in range(n_periodic)]
             + [self.repeat_row() for _ in range(c.repeat_rows)]
-            + [self.ioi_row() for _ in range(c.ioi_rows)]
+            + [self.ioi_row() for _ in range(n_ioi)]
         )
         rows += [self.natural_row() for _ in range(c.batch_size - len(rows))]
         body = torch.stack(rows)
         return torch.cat([torch.full((len(rows), 1), self.bos, dtype=torch.long), body], dim=1)
+
+
+def prevtoken_task(cfg: LMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed alphabet (64 token ids) and permutation of the previous-token rows, derived from the seed."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    alphabet = torch.randperm(cfg.vocab_size - 1, generator=g)[:64] + 1
+    return alphabet, torch.randperm(64, generator=g)
 
 
 def tokenize_stream(tokenizer, texts: list[str], sep_id: int) -> torch.Tensor:
@@ -137,6 +167,8 @@ def tokenize_stream(tokenizer, texts: list[str], sep_id: int) -> torch.Tensor:
 
 
 def lr_at(step: int, cfg: LMConfig) -> float:
+    if step >= cfg.steps:  # phase 2
+        return cfg.phase2_lr if cfg.phase2_lr is not None else cfg.min_lr
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -179,6 +211,19 @@ def repeat_logprob(model, cfg: LMConfig, n: int = 16, span: int = 30, seed: int 
         logp = model(toks).logits.log_softmax(-1)
     lp = logp[:, :-1].gather(-1, toks[:, 1:, None])[..., 0]
     return float(lp[:, 1:span].mean()), float(lp[:, span:].mean())
+
+
+def prev_token_score_hf(model, rows: torch.Tensor) -> float:
+    """Best head's mean attention from t to t-1 on `rows [batch, pos]` (eager attention, patterns returned)."""
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            atts = model(rows, output_attentions=True).attentions  # per layer [batch, head, q, k]
+    finally:
+        model.set_attn_implementation(impl)
+    t = torch.arange(1, rows.shape[1])
+    return max(float(a[:, :, t, t - 1].mean((0, 2)).max()) for a in atts)
 
 
 def ioi_logit_diff_hf(model, tokenizer, n: int = 100, seed: int = 7, split: str = "heldout") -> float:
@@ -227,6 +272,9 @@ def train_lm(
     natural = tokenize_stream(tokenizer, train_texts, bos)
     ioi_stream = tokenize_stream(tokenizer, ["\n".join(ioi_train)], bos)
     log(f"streams: natural {len(natural):,} tokens, IOI {len(ioi_stream):,} tokens")
+    held = tokenize_stream(tokenizer, corpus.documents("heldout", synthetic=False)[:20], bos)
+    heldout_rows = held[: 16 * (cfg.n_ctx - 1)].view(16, cfg.n_ctx - 1)
+    heldout_rows = torch.cat([torch.full((16, 1), bos, dtype=torch.long), heldout_rows], dim=1)
 
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
@@ -250,12 +298,13 @@ def train_lm(
 
     model.train()
     t0, tokens0 = time.time(), 0
-    while step < cfg.steps:
+    total = cfg.steps + cfg.phase2_steps
+    while step < total:
         if cancel is not None and cancel.is_set():
             save_checkpoint()
             log(f"stopped at step {step}; checkpoint saved, resume with the same command")
             return model_dir
-        batch = sampler.batch()
+        batch = sampler.batch(phase2=step >= cfg.steps)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, cfg)
         loss = model(batch, labels=batch).loss
@@ -267,17 +316,19 @@ def train_lm(
         opt.step()
         step += 1
         tokens0 += batch.numel()
-        info = {"step": step, "steps": cfg.steps, "loss": float(loss), "tokens_per_s": tokens0 / (time.time() - t0)}
+        info = {"step": step, "steps": total, "loss": float(loss), "tokens_per_s": tokens0 / (time.time() - t0)}
         if on_progress:
             on_progress(info)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == total:
             model.eval()
             first, rep = repeat_logprob(model, cfg)
             ioi = ioi_logit_diff_hf(model, tokenizer, n=40)
+            prev = prev_token_score_hf(model, heldout_rows)
             model.train()
             log(
-                f"step {step}/{cfg.steps} loss {float(loss):.3f} lr {lr_at(step, cfg):.2e} "
-                f"repeat logp {first:.2f}->{rep:.2f} ioi {ioi:+.2f} {info['tokens_per_s']:.0f} tok/s"
+                f"step {step}/{total} loss {float(loss):.3f} lr {lr_at(step, cfg):.2e} "
+                f"repeat logp {first:.2f}->{rep:.2f} ioi {ioi:+.2f} prev-token {prev:.2f} "
+                f"{info['tokens_per_s']:.0f} tok/s"
             )
             save_checkpoint()
     model.eval()

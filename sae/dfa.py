@@ -55,6 +55,7 @@ def decoder_by_head(sae: SAE, n_heads: int) -> torch.Tensor:
     return sae.W_dec.reshape(d_sae, n_heads, d_in // n_heads)
 
 
+@torch.no_grad()
 def head_shares(sae: SAE, n_heads: int) -> torch.Tensor:
     """`[d_sae, n_heads]`: each head's slice norm of `W_dec[i]` over the sum of all heads' slice norms."""
     norms = decoder_by_head(sae, n_heads).norm(dim=-1)
@@ -125,16 +126,42 @@ class LayerTensors:
     v: torch.Tensor
 
 
-def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
-    """Run `tokens [batch, pos]` through the model up to `layer` and read its z, pattern and values."""
+class _StopForward(Exception):
+    """Raised from the last hook we need, so the rest of the forward pass is skipped."""
+
+
+def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Run `tokens [batch, pos]` and grab `blocks.{layer}.attn.hook_z` plus `names` (hooks that fire before it, e.g.
+    that layer's pattern and values), then stop: the layer's output projection, its MLP and every later block are
+    never computed. Returns raw hook tensors (value bias still inside v and z)."""
     model.check_layer(layer)
-    names = {z_hook_name(layer), pattern_hook_name(layer), v_hook_name(layer)}
-    stop = layer + 1
-    with torch.no_grad():
-        if stop >= model.n_layers:
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
-        else:
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=stop)
+    got: dict[str, torch.Tensor] = {}
+    stop = z_hook_name(layer)
+
+    def grab(name: str):
+        def hook(t: torch.Tensor, hook) -> torch.Tensor:
+            got[name] = t.detach()
+            if name == stop:
+                raise _StopForward
+            return t
+
+        return hook
+
+    hooks = [(n, grab(n)) for n in (*names, stop)]
+    try:
+        with torch.no_grad():
+            model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+    except _StopForward:
+        pass
+    missing = [n for n in (*names, stop) if n not in got]
+    if missing:
+        raise RuntimeError(f"the model did not run hooks {missing} before {stop}")
+    return got
+
+
+def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
+    """Run `tokens [batch, pos]` through the model up to `layer`'s attention and read its z, pattern and values."""
+    cache = capture_until_z(model, tokens, layer, (pattern_hook_name(layer), v_hook_name(layer)))
     b_v = model.value_bias(layer)  # [H, dh]
     z = cache[z_hook_name(layer)]
     v = cache[v_hook_name(layer)]
@@ -142,7 +169,7 @@ def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTens
         v = v - b_v
     else:  # grouped-query attention: b_V is per query head; each kv head's bias is that of its first query head
         v = v - b_v[:: b_v.shape[0] // v.shape[-2]]
-    return LayerTensors(z=(z - b_v).flatten(-2).detach(), pattern=cache[pattern_hook_name(layer)].detach(), v=v.detach())
+    return LayerTensors(z=(z - b_v).flatten(-2), pattern=cache[pattern_hook_name(layer)], v=v)
 
 
 def prompt_tokens(model: LoadedModel, prompt: str) -> tuple[torch.Tensor, bool]:

@@ -21,7 +21,8 @@ SHARE = 0.5
 
 RULES = [
     "induction: in at least half of the feature's top examples, the source with the largest positive DFA (BOS left "
-    "out) comes right after an earlier copy of the current token (tokens[src-1] == tokens[dest], src < dest)",
+    "out) comes right after an earlier copy of the current token (tokens[src-1] == tokens[dest], src <= dest-2, "
+    "so a previous-token head on text like 'x.y.' does not count)",
     f"short-range context: else, if on average >= {SHARE:.0%} of the positive source DFA (BOS left out) comes from "
     f"sources at most {SHORT_MAX} tokens back",
     f"long-range context: else, if on average >= {SHARE:.0%} of it comes from sources {LONG_MIN} or more tokens back",

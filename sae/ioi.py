@@ -340,8 +340,10 @@ def default_feature_layer(model: LoadedModel) -> int:
 
 
 def default_noising_layers(model: LoadedModel) -> list[int]:
-    m = default_feature_layer(model)
-    return sorted({m, min(m + 1, model.n_layers - 1)})
+    """Two middle layers (GPT-2 Small: 5 and 6, the paper's), never the last one: at S2 it cannot reach END."""
+    last_useful = max(model.n_layers - 2, 0)
+    m = min(default_feature_layer(model), last_useful)
+    return sorted({max(min(m + 1, last_useful) - 1, 0), min(m + 1, last_useful)})
 
 
 def run_clean(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn = None, cancel: CancelToken = None) -> dict:

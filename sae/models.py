@@ -213,6 +213,14 @@ class LoadedModel:
         return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
+def _quiet_transformers() -> None:
+    """transformers prints per-load progress bars and config warnings on stderr; our commands own stderr."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
@@ -240,6 +248,7 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:
+        _quiet_transformers()
         from transformer_lens.model_bridge import TransformerBridge
 
         bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)

@@ -9,7 +9,8 @@ pre-activation is linear in the residual stream at each source position:
 and `resid[s]` is a sum of upstream components: token and position embeddings, every earlier layer's attention
 output (split into its SAE features `f_j * W_dec[j] W_O`, the SAE's error `(z - z_hat) W_O` and the output biases
 `W_O b_V + W_O b_dec + b_O`) and every earlier MLP output. Each component is scored through the same linear map, so
-the children of a (head, source) node sum to it. An earlier feature's score is `coeff * f_j`, and an active feature
+the children of a (head, source) node sum to it. A feature's children are its heads (DFA by head) and the encoder
+bias; a head's children are its (head, source) terms. An earlier feature's score is `coeff * f_j`, and an active feature
 has `f_j = pre_j` (ReLU, top-k and JumpReLU all pass the pre-activation through), so it splits again by head and
 source at its own layer: recursion. Pruned children are merged into one `other` node, so sums stay exact.
 """
@@ -36,7 +37,7 @@ APPROXIMATION = (
 class TraceNode:
     """One term of a feature's pre-activation. `value` is in the units of the root's pre-activation."""
 
-    kind: str  # feature | head_source | enc_bias | token_embed | pos_embed | sae_error | attn_bias | attn_out | mlp_out | ln_bias | other | unexplained
+    kind: str  # feature | head | head_source | enc_bias | token_embed | pos_embed | sae_error | attn_bias | attn_out | mlp_out | ln_bias | other | unexplained
     label: str
     value: float
     layer: int | None = None
@@ -101,7 +102,7 @@ def ln1_params(model: LoadedModel, layer: int) -> tuple[torch.Tensor, torch.Tens
     comp = getattr(ln, "original_component", ln)
     w = getattr(comp, "weight", None)
     b = getattr(comp, "bias", None)
-    w = torch.ones(model.d_model) if w is None else w.detach().float()
+    w = torch.ones(model.d_model, device=model.device) if w is None else w.detach().float()
     if getattr(ln, "uses_weight_offset", False) or getattr(model.cfg, "rmsnorm_uses_offset", False):
         w = w + 1.0  # Gemma-style RMSNorm scales by (1 + w)
     centre = not (getattr(ln, "uses_rms_norm", False) or getattr(model.cfg, "uses_rms_norm", False))
@@ -163,8 +164,7 @@ def build_context(model: LoadedModel, saes: dict[int, SAE], tokens: torch.Tensor
     for l in range(layer + 1):
         b_v = model.value_bias(l).float()
         ctx.resid[l] = cache[f"blocks.{l}.hook_resid_pre"][0].float()
-        scale = cache.get(f"blocks.{l}.ln1.hook_scale") if hasattr(cache, "get") else cache[f"blocks.{l}.ln1.hook_scale"]
-        ctx.scale[l] = scale[0].float().reshape(-1)
+        ctx.scale[l] = cache[f"blocks.{l}.ln1.hook_scale"][0].float().reshape(-1)  # frozen LN scale per position
         ctx.pattern[l] = cache[pattern_hook_name(l)][0].float()
         ctx.v[l] = cache[v_hook_name(l)][0].float() - b_v
         ctx.z[l] = (cache[z_hook_name(l)][0].float() - b_v).flatten(-2)
@@ -187,19 +187,19 @@ def _tok(ctx: TraceContext, pos: int) -> str:
 
 @torch.no_grad()
 def feature_children(ctx: TraceContext, layer: int, feature: int, pos: int, coeff: float) -> list[TraceNode]:
-    """`coeff * pre_feature[pos]` split into (head, source) terms and the encoder bias."""
+    """`coeff * pre_feature[pos]` split into one node per head (DFA by head), each holding its (head, source)
+    terms as children, plus the encoder bias."""
     sae = ctx.saes[layer]
     per = dfa_by_source(ctx.pattern[layer], ctx.v[layer], sae, torch.tensor([feature]), dest=pos)[0] * coeff
     nodes = []
-    n_heads = per.shape[0]
-    for h in range(n_heads):
-        for s in range(pos + 1):
-            nodes.append(
-                TraceNode(
-                    kind="head_source", label=f"L{layer}H{h} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
-                    layer=layer, head=h, pos=pos, src=s, feature=feature,
-                )
-            )
+    for h in range(per.shape[0]):
+        sources = [
+            TraceNode(kind="head_source", label=f"L{layer}H{h} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
+                      layer=layer, head=h, pos=pos, src=s, feature=feature)
+            for s in range(pos + 1)
+        ]
+        nodes.append(TraceNode(kind="head", label=f"L{layer}H{h}", value=float(per[h].sum()), layer=layer, head=h,
+                               pos=pos, feature=feature, children=sources))
     bias = float(sae.encoder_bias_total[feature]) * coeff
     nodes.append(TraceNode(kind="enc_bias", label=f"L{layer} SAE encoder bias", value=bias, layer=layer, feature=feature))
     return nodes
@@ -283,17 +283,21 @@ def expand_feature(ctx: TraceContext, node: TraceNode, depth: int, keep: int) ->
     """Fill `node.children` (a feature node) and recurse `depth` more feature levels."""
     coeff = node.value / node.act if node.act else 1.0
     kids = feature_children(ctx, node.layer, node.feature, node.pos, coeff)
-    node.children = prune(kids, keep)
-    for hs in node.children:
-        if hs.kind != "head_source":
+    node.children = prune([k for k in kids if k.kind == "head"], keep) + [k for k in kids if k.kind != "head"]
+    for head in node.children:
+        if head.kind != "head":
             continue
-        comps = head_source_children(ctx, hs.layer, hs.head, hs.pos, hs.src, hs.feature, coeff)
-        comps = _unexplained(hs.value, comps, f"unexplained at L{hs.layer} resid {hs.src}")
-        hs.children = prune(comps, keep)
-        if depth > 0:
-            for c in hs.children:
-                if c.kind == "feature" and c.layer in ctx.saes and c.act:
-                    expand_feature(ctx, c, depth - 1, keep)
+        head.children = prune(head.children, keep)
+        for hs in head.children:
+            if hs.kind != "head_source":
+                continue
+            comps = head_source_children(ctx, hs.layer, hs.head, hs.pos, hs.src, hs.feature, coeff)
+            comps = _unexplained(hs.value, comps, f"unexplained at L{hs.layer} resid {hs.src}")
+            hs.children = prune(comps, keep)
+            if depth > 0:
+                for c in hs.children:
+                    if c.kind == "feature" and c.layer in ctx.saes and c.act:
+                        expand_feature(ctx, c, depth - 1, keep)
 
 
 def trace_feature(

@@ -50,7 +50,7 @@ def test_dfa_by_source_matches_loops(tiny_model, sae1):
             i = int(ids[t, k])
             for h in range(H):
                 for s in range(P):
-                    w = sae1.W_enc[h * dh : (h + 1) * dh, i]
+                    w = sae1.W_enc[h * dh : (h + 1) * dh, i].detach()
                     exp = float(pattern[h, t, s] * (v[s, h] @ w))
                     assert abs(float(got[t, k, h, s]) - exp) < 1e-5
     one = dfa_by_source(pattern, v, sae1, torch.tensor([5, 6]), dest=2)
@@ -60,7 +60,7 @@ def test_dfa_by_source_matches_loops(tiny_model, sae1):
 def test_prompt_features_are_exact(tiny_model, sae1):
     res = prompt_features(tiny_model, sae1, PROMPT, top_k=4)
     z = tiny_model.capture_z(tiny_model.to_tokens(PROMPT)[0], [1])[1][0]  # a second code path for z
-    pre_all = sae1.encode_pre(z)
+    pre_all = sae1.encode_pre(z).detach()
     n_checked = 0
     for p in res.positions:
         assert len(p.features) <= 4
@@ -94,7 +94,7 @@ def test_head_shares_sum_to_one(tiny_model, sae1):
     dh = tiny_model.d_head
     n0 = sae1.W_dec[7, :dh].norm()
     total = sum(sae1.W_dec[7, h * dh : (h + 1) * dh].norm() for h in range(tiny_model.n_heads))
-    assert abs(float(s[7, 0]) - float(n0 / total)) < 1e-6
+    assert abs(float(s[7, 0]) - float((n0 / total).detach())) < 1e-6
 
 
 def test_empty_prompt_is_rejected(tiny_model, sae1):
@@ -105,3 +105,14 @@ def test_empty_prompt_is_rejected(tiny_model, sae1):
 def test_long_prompt_is_truncated(tiny_model, sae1):
     res = prompt_features(tiny_model, sae1, "word " * 500, top_k=1)
     assert res.truncated and len(res.tokens) == tiny_model.n_ctx
+
+
+def test_stopping_early_leaves_the_model_intact(tiny_model):
+    """run_layer aborts the forward pass from a hook; later full passes must be unaffected (no hooks left)."""
+    toks = tiny_model.to_tokens(PROMPT)[0]
+    with torch.no_grad():
+        before = tiny_model.bridge(toks)
+        t = run_layer(tiny_model, toks, 0)
+        after = tiny_model.bridge(toks)
+    torch.testing.assert_close(before, after)
+    torch.testing.assert_close(t.z, tiny_model.capture_z(toks, [0])[0])

@@ -24,6 +24,9 @@ def test_induction_is_detected_from_tokens():
     # same DFA, but the token before the source is not a copy of the current token
     g = _facts([5.0, 0.1, 2.0, 0.2, 0.1, 0.3], [0, 6, 8, 9, 10, 7], 5)
     assert int(g["dfa_induction"]) == 0
+    # previous-token attention on "x . y ." is not induction, though the token before the source copies dest
+    p = _facts([0.0, 0.1, 0.2, 3.0, 0.1], [0, 11, 12, 13, 12], 4)
+    assert int(p["dfa_top_src"]) == 3 and int(p["dfa_prev_tok"]) == 12 and int(p["dfa_induction"]) == 0
     # a repeated token right before dest is not induction (src == dest)
     h = _facts([0.0, 0.0, 0.0, 0.0, 0.1, 3.0], [0, 1, 2, 3, 7, 7], 5)
     assert int(h["dfa_top_src"]) == 5 and int(h["dfa_induction"]) == 0

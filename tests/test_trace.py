@@ -59,7 +59,7 @@ def test_leaves_match_hand_computation(tiny_model, saes, trace):
     """Leaves under a root (head, source) node, recomputed from raw weights and an independent forward pass."""
     toks = tiny_model.to_tokens(PROMPT)[0]
     _, cache = tiny_model.bridge.run_with_cache(toks)
-    hs = next(c for c in trace.root.children if c.kind == "head_source")
+    hs = next(c for h in trace.root.children for c in h.children if c.kind == "head_source")
     L, h, t, s = hs.layer, hs.head, hs.pos, hs.src
     dh = tiny_model.d_head
     w_enc = saes[L].W_enc[h * dh : (h + 1) * dh, 7].detach()

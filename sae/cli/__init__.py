@@ -29,6 +29,11 @@ def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnscope",
         description="Interpret attention layers with sparse autoencoders. With no command, opens the workbench.",
+        epilog=(
+            "workbench: `attnscope [--model M] [--saes S]` opens the TUI; `attnscope export --out FILE.md` writes "
+            "pinned findings as markdown; `attnscope screenshots` redraws screenshots/; `attnscope bench tui` times "
+            "the heatmap."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

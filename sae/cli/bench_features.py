@@ -22,7 +22,8 @@ def register_bench(bench_sub: Any) -> None:
     d = bench_sub.add_parser("dashboards", help="dashboard build throughput (tokens/s) into a temporary directory",
                              description="Build one layer's dashboards from --tokens held-out tokens into a "
                              "temporary directory and report tokens/s (target: 50k tokens/s for the embedded default).")
-    d.add_argument("--layer", type=non_negative_int, default=None, help="default: the last layer with an SAE")
+    d.add_argument("--layer", type=non_negative_int, default=None,
+                   help="one layer (default: every layer with an SAE in one scan, as `dashboards build` does)")
     d.add_argument("--tokens", type=positive_int, default=200_000)
     d.add_argument("--batch-rows", type=positive_int, default=32)
     add_model_flags(d)
@@ -54,10 +55,12 @@ def run_dashboards(args: argparse.Namespace) -> int:
     from sae.dashboards import benchmark_build
 
     model, saes = open_model_and_saes(args)
-    layer = _layer(args, saes)
-    check_layer(model, saes, layer)
-    console.print(f"building layer-{layer} dashboards from up to {args.tokens:,} tokens into a temporary directory...")
-    data = benchmark_build(model, saes[layer], layer, n_tokens=args.tokens, batch_rows=args.batch_rows)
+    if args.layer is not None:
+        check_layer(model, saes, args.layer)
+        saes = {args.layer: saes[args.layer]}
+    console.print(f"building dashboards of layers {sorted(saes)} from up to {args.tokens:,} held-out tokens into a "
+                  "temporary directory...")
+    data = benchmark_build(model, saes, n_tokens=args.tokens, batch_rows=args.batch_rows)
     emit(args, data, _md, _pretty)
     return 0
 
@@ -71,6 +74,8 @@ def _rows(d: dict) -> list[list[Any]]:
             v = f"{v:,}"
         elif isinstance(v, list):
             v = ", ".join(f"{x:.2f}" if isinstance(x, float) else str(x) for x in v)
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items())
         rows.append([k.replace("_", " "), v])
     return rows
 

@@ -13,7 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out, positive_int
-from sae.cli.features import check_layer, md_table, non_negative_int, open_model_and_saes, show_token
+from sae.cli.features import (
+    check_layer,
+    context_piece,
+    md_table,
+    non_negative_int,
+    open_model_and_saes,
+    show_token,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -65,7 +72,7 @@ def _keys(args: argparse.Namespace) -> tuple[str, str]:
 
 def run_build(args: argparse.Namespace) -> int:
     from sae.activations import CorpusError
-    from sae.dashboards import DashboardError, DashboardSpec, build_dashboards, register_built
+    from sae.dashboards import DashboardError, DashboardSpec, build_layers, register_built
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:
@@ -74,17 +81,24 @@ def run_build(args: argparse.Namespace) -> int:
     if not layers:
         raise UsageError("no SAEs were given")
     model_key, sae_key = _keys(args)
+    ctx = min([model.n_ctx] + [saes[layer].cfg.context_size or model.n_ctx for layer in layers])
+    spec = DashboardSpec(n_tokens=args.tokens, context=args.context, n_top=args.top, corpus=args.corpus,
+                         context_size=ctx)
+    what = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+    try:
+        with _build_progress(f"{what} dashboards") as on_progress:
+            built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, progress=on_progress,
+                                 batch_rows=args.batch_rows, force=args.force)
+    except (DashboardError, CorpusError) as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped; the scan so far is saved; run the same command to resume[/]")
+        raise
     results = []
     for layer in layers:
-        spec = DashboardSpec(n_tokens=args.tokens, context=args.context, n_top=args.top, corpus=args.corpus,
-                             context_size=min(model.n_ctx, saes[layer].cfg.context_size or model.n_ctx))
-        try:
-            with _build_progress(f"layer {layer} dashboards") as on_progress:
-                res = build_dashboards(model, saes[layer], layer, spec, progress=on_progress,
-                                       batch_rows=args.batch_rows, force=args.force)
-        except (DashboardError, CorpusError) as exc:
-            raise UsageError(str(exc)) from None
-        register_built(model_key, sae_key, layer, res.directory)
+        res = built[layer]
+        if res.status in ("built", "cached"):
+            register_built(model_key, sae_key, layer, res.directory)
         results.append(res.to_dict() | {"layer": layer})
     emit(args, {"model": model.name, "builds": results}, _build_md, _build_pretty)
     return 0
@@ -200,10 +214,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def _context_md(e: dict) -> str:
-    toks = [show_token(t) for t in e["tokens"]]
+    toks = [context_piece(t) for t in e["tokens"]]
     if 0 <= e["center"] < len(toks):
         toks[e["center"]] = f"**[{toks[e['center']]}]**"
-    return "".join(toks).replace("|", "\\|").replace("\n", "\\n")
+    return "".join(toks)  # md_table escapes pipes
 
 
 def _hist_line(h: dict, width: int = 40) -> str:
@@ -250,7 +264,7 @@ def markdown(b: dict) -> str:
 def _context_text(e: dict, max_act: float) -> Text:
     t = Text()
     for i, (tok, a) in enumerate(zip(e["tokens"], e["acts"])):
-        s = show_token(tok)
+        s = context_piece(tok)
         if i == e["center"]:
             t.append(s, style="bold black on bright_green")
         elif a > 0 and max_act > 0:

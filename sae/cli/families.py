@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sae.cli.common import add_model_flags, add_output_flags, emit, out, positive_int
-from sae.cli.features import md_table, non_negative_int, show_token
+from sae.cli.features import context_piece, md_table, non_negative_int, show_token
 
 
 def register(subparsers: Any) -> None:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ctx(e: dict) -> str:
-    toks = [show_token(t) for t in e["tokens"]]
+    toks = [context_piece(t) for t in e["tokens"]]
     if 0 <= e["center"] < len(toks):
         toks[e["center"]] = f"[{toks[e['center']]}]"
     return "".join(toks)
@@ -64,7 +64,7 @@ def markdown(d: dict) -> str:
         if f["examples"]:
             lines += ["", f"### {f['family']}", "",
                       md_table(["feature", "top act", "top context", "top source"],
-                               [[r[0], r[1], r[2].replace("|", "\\|"), r[3]] for r in _example_rows(f)])]
+                               _example_rows(f))]
     return "\n".join(lines)
 
 

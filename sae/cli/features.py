@@ -65,8 +65,16 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def show_token(t: str) -> str:
-    """A token as printable text (newlines and tabs escaped, spaces visible at the ends)."""
-    return repr(t)[1:-1] if t.strip() != t or any(c in t for c in "\n\t\r") else t
+    """A token on its own: quoted (Python repr) when it has whitespace at an end or control characters, so ' ',
+    '\\n' and '' stay visible."""
+    if not t or t.strip() != t or not t.isprintable():
+        return repr(t)
+    return t
+
+
+def context_piece(t: str) -> str:
+    """A token inside a running context: newlines and tabs escaped, everything else as is."""
+    return t.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def non_negative_int(text: str) -> int:

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128, capped at the context)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threshold", type=float, default=None, help="score over the longest prefixes that makes an induction head (default 0.15)")
     p.add_argument("--real-text", action="store_true", help="also run the held-out-text study")
     p.add_argument("--corpus", default="default", help="text for --real-text: a file or directory (default: the held-out split of the embedded corpus)")
     p.add_argument("--rows", type=int, default=16, help="--real-text: rows of text (default 16)")
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-prefix {args.max_prefix} needs --seq-len of at least {2 * args.max_prefix + 4} and must be >= 1")
     if args.batch_size <= 0 or args.rows <= 0:
         raise UsageError("--batch-size and --rows must be positive")
+    threshold = induction.INDUCTION_THRESHOLD if args.threshold is None else args.threshold
+    if not 0 < threshold <= 1:
+        raise UsageError(f"--threshold must be in (0, 1], got {threshold}")
     model = load_model_or_fail(args)
     if min(args.seq_len, model.n_ctx) < 2 * args.max_prefix + 4:
         raise UsageError(f"{model.name}'s context ({model.n_ctx}) is too short for prefixes up to {args.max_prefix}")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         with progress("induction (synthetic)", enabled=not args.json) as on_progress:
             syn = induction.synthetic_induction(
                 model, n=args.n, prefix_lengths=range(1, args.max_prefix + 1), seq_len=args.seq_len, seed=args.seed,
-                batch_size=args.batch_size, on_progress=on_progress,
+                batch_size=args.batch_size, threshold=threshold, on_progress=on_progress,
             )
         result = syn.to_dict()
         if texts is not None:

@@ -70,7 +70,7 @@ def markdown(d: dict) -> str:
     return "\n".join(lines)
 
 
-STYLE = {"feature": "bold cyan", "head_source": "yellow", "other": "dim", "unexplained": "bold red"}
+STYLE = {"feature": "bold cyan", "head": "magenta", "head_source": "yellow", "other": "dim", "unexplained": "bold red"}
 
 
 def pretty(d: dict) -> None:
