@@ -32,6 +32,7 @@ def run(
     out_dir: Path,
     stage: str = "all",
     steps: int = 4000,
+    phase2_steps: int = 2500,
     sae_tokens: int = 4_000_000,
     resume: bool = True,
     install: bool = False,
@@ -39,8 +40,8 @@ def run(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if stage in ("all", "lm"):
-        log(f"[stage lm] training tokenizer and LM for {steps} steps into {out_dir / 'model'}")
-        train_lm(out_dir, LMConfig(steps=steps), resume=resume, log=log)
+        log(f"[stage lm] training tokenizer and LM for {steps}+{phase2_steps} steps into {out_dir / 'model'}")
+        train_lm(out_dir, LMConfig(steps=steps, phase2_steps=phase2_steps), resume=resume, log=log)
     if stage in ("all", "saes"):
         log(f"[stage saes] training one SAE per layer on {sae_tokens:,} tokens into {out_dir / 'saes'}")
         train_default_saes(out_dir, sae_tokens, resume=resume, log=log)
@@ -165,9 +166,14 @@ def card_markdown(ph: dict, sae_section: str, cfg: dict) -> str:
             f"- {cfg['steps']} steps of {cfg['batch_size']} x {cfg['n_ctx']} tokens, AdamW lr {cfg['lr']} "
             f"(warm-up {cfg['warmup_steps']}, cosine to {cfg['min_lr']}), betas {tuple(cfg['betas'])}, no weight "
             f"decay or dropout, grad clip {cfg['grad_clip']}, seed {cfg['seed']}.",
-            f"- Each batch: {cfg['periodic_rows']} rows of periodic random-token blocks, {cfg['repeat_rows']} rows of "
-            f"natural text with a span repeated, {cfg['ioi_rows']} rows of IOI sentences (training templates and "
-            f"name pairs only), the rest natural text.",
+            f"- Phase-1 batches: {cfg['periodic_rows']} rows of periodic random-token blocks, {cfg['repeat_rows']} "
+            f"rows of natural text with a span repeated, {cfg['ioi_rows']} rows of IOI sentences (training templates "
+            f"and name pairs only), the rest natural text.",
+            f"- Phase 2: {cfg.get('phase2_steps', 0)} more steps at a constant lr {cfg.get('phase2_lr')} with "
+            f"{cfg.get('phase2_prevtoken_rows', 0)} previous-token rows (x[t+1] = g(x[t-1]) over a 64-token "
+            f"alphabet, noise between), {cfg.get('phase2_periodic_rows', 0)} periodic, {cfg['repeat_rows']} repeat "
+            f"and {cfg.get('phase2_ioi_rows', 0)} IOI rows per batch. Phase 1 formed induction and IOI but left only "
+            "a smeared previous-token head (0.33 attention to t-1); phase 2 sharpens it.",
             "",
             phenomena_markdown(ph),
             "",

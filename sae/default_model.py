@@ -35,7 +35,7 @@ class LMConfig:
     n_head: int = 4
     n_ctx: int = 128
     d_mlp: int = 512
-    steps: int = 3000
+    steps: int = 4000  # phase 1: cosine schedule
     batch_size: int = 32
     lr: float = 3e-3
     min_lr: float = 3e-4
@@ -46,14 +46,15 @@ class LMConfig:
     periodic_rows: int = 4  # random-token blocks of period 8..40 repeated along the row
     repeat_rows: int = 6  # natural text with one span copied after a gap
     ioi_rows: int = 6  # IOI sentences (training templates and name pairs only)
-    # phase 2: after the cosine schedule, `phase2_steps` more steps at `min_lr` with more IOI and periodic rows
-    phase2_steps: int = 0
-    phase2_lr: float | None = None  # constant; None -> min_lr
+    # phase 2: after the cosine schedule, `phase2_steps` more steps at a constant `phase2_lr` with this row mix;
+    # it exists to sharpen a previous-token head (phase 1 left only a smeared one, 0.33 attention to t-1)
+    phase2_steps: int = 2500
+    phase2_lr: float | None = 1e-3  # constant; None -> min_lr
     phase2_periodic_rows: int = 6
-    phase2_ioi_rows: int = 12
+    phase2_ioi_rows: int = 6
     # rows that reward attending exactly to t-1: even slots follow a fixed permutation of a 64-token alphabet,
     # odd slots are noise from the same alphabet, so x[t+1] = g(x[t-1]) is only predictable through token t-1
-    phase2_prevtoken_rows: int = 0
+    phase2_prevtoken_rows: int = 6
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 250

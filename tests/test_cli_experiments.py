@@ -111,13 +111,6 @@ def test_tokenizer_that_splits_every_name_says_which(capsys, tmp_path):
     assert "keeps only 0 of" in err and "' Mary' -> 5 tokens" in err
 
 
-def _default_present() -> bool:
-    from sae import zoo
-
-    return (zoo.DEFAULT_MODEL_DIR / "config.json").is_file()
-
-
-@pytest.mark.skipif(not _default_present(), reason="the embedded default model is not built yet")
 def test_embedded_default_shows_induction_and_ioi(capsys):
     code, out, _ = _run(capsys, ["induction", "--n", "40", "--json"])
     assert code == 0

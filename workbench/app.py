@@ -64,10 +64,6 @@ class WorkbenchApp(App):
         self.switch_mode("explore")
         if self.findings.warning:
             self.notify(self.findings.warning, title="Findings", severity="warning")
-        if self.start_prompt:
-            from textual.widgets import Input
-
-            self.screen.query_one("#prompt", Input).value = self.start_prompt
 
     def on_unmount(self) -> None:
         self.engine.close()

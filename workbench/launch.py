@@ -7,6 +7,8 @@ import sys
 
 from sae.cli.common import UsageError, fail
 
+EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="HF name or local model dir (default: the embedded default)")
@@ -22,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_flags(parser)
     parser.add_argument("--layer", type=int, default=None, help="layer to explore first")
-    parser.add_argument("--prompt", default="", help="prompt to start with")
+    parser.add_argument(
+        "--prompt",
+        default=EXAMPLE_PROMPT,
+        help="prompt to start with (default: an IOI sentence; pass '' to start empty)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("screenshots", help="write an SVG of every workbench screen into a folder")

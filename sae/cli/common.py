@@ -59,6 +59,32 @@ def emit(args: argparse.Namespace, data: Any, markdown: Callable[[Any], str], pr
         pretty(data)
 
 
+Tables = list[tuple[str, list[str], list[list[str]]]]  # (title, column names, rows of cell strings)
+
+
+def tables_markdown(head: str, tables: Tables) -> str:
+    """A heading line then one markdown table per (title, columns, rows)."""
+    parts = [head]
+    for title, cols, rows in tables:
+        parts += [f"\n**{title}**\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        parts += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(parts)
+
+
+def print_tables(head: str, tables: Tables, bold_row: Callable[[list[str]], bool] = lambda row: False) -> None:
+    """The same tables as rich tables on stdout; the first two columns left-aligned, the rest right."""
+    from rich.table import Table
+
+    out.print(head)
+    for title, cols, rows in tables:
+        t = Table(title=title, title_justify="left")
+        for i, c in enumerate(cols):
+            t.add_column(c, justify="left" if i < 2 else "right")
+        for row in rows:
+            t.add_row(*row, style="bold" if bold_row(row) else None)
+        out.print(t)
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

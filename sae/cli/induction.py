@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out
+from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
 from sae.cli.ioi import load_model_or_fail, progress
 
 
@@ -118,22 +117,8 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
 
 
 def to_markdown(r: dict) -> str:
-    head, tbls = tables(r)
-    parts = [head]
-    for title, cols, rows in tbls:
-        parts += [f"\n**{title}**\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        parts += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(parts)
+    return tables_markdown(*tables(r))
 
 
 def pretty(r: dict) -> None:
-    head, tbls = tables(r)
-    out.print(head)
-    for title, cols, rows in tbls:
-        t = Table(title=title, title_justify="left")
-        for i, c in enumerate(cols):
-            t.add_column(c, justify="left" if i < 2 else "right")
-        for row in rows:
-            style = "bold" if row[1] in ("long-prefix", "short-prefix") else None
-            t.add_row(*row, style=style)
-        out.print(t)
+    print_tables(*tables(r), bold_row=lambda row: row[1] in ("long-prefix", "short-prefix"))

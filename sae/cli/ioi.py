@@ -8,9 +8,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out
+from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out, print_tables, tables_markdown
 
 
 def register(subparsers) -> None:
@@ -182,23 +181,8 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
 
 
 def to_markdown(r: dict) -> str:
-    head, tbls = tables(r)
-    parts = [head]
-    for title, cols, rows in tbls:
-        parts.append(f"\n**{title}**\n")
-        parts.append("| " + " | ".join(cols) + " |")
-        parts.append("|" + "---|" * len(cols))
-        parts += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(parts)
+    return tables_markdown(*tables(r))
 
 
 def pretty(r: dict) -> None:
-    head, tbls = tables(r)
-    out.print(head)
-    for title, cols, rows in tbls:
-        t = Table(title=title, title_justify="left")
-        for i, c in enumerate(cols):
-            t.add_column(c, justify="left" if i < 2 else "right")
-        for row in rows:
-            t.add_row(*row)
-        out.print(t)
+    print_tables(*tables(r))

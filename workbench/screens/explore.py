@@ -66,7 +66,12 @@ class ExploreScreen(WorkbenchScreen):
     # ---- startup --------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.query_one("#prompt", Input).focus()
+        prompt_input = self.query_one("#prompt", Input)
+        start = getattr(self.app, "start_prompt", "")
+        if start and not self.prompt:
+            self.prompt = start
+            prompt_input.value = start
+        prompt_input.focus()
         self.run_worker(self._open(), group="open", exclusive=True)
 
     async def _open(self) -> None:
