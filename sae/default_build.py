@@ -114,7 +114,7 @@ def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
     return card
 
 
-def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 128) -> list[dict]:
+def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 512) -> list[dict]:
     """Every SAE under `saes_dir` on `max_rows` x 128 held-out tokens."""
     from sae import corpus
     from sae.activations import pack_tokens

@@ -86,6 +86,7 @@ def _write_atomically_dir(target: Path, write: Any) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an SAE directory is meant to be shared
     try:
         write(tmp)
         if target.exists():

@@ -95,3 +95,17 @@ def test_package_data_in_built_wheel(tmp_path):
                      "sae/zoo/default/model/config.json", "sae/zoo/default/MODEL_CARD.md",
                      "sae/zoo/default/saes/blocks.0.attn.hook_z/sae_weights.safetensors"):
         assert required in names, required
+
+
+def test_shipped_saes_meet_quality_targets():
+    """CE loss recovered, explained variance, L0 and dead fraction on 512 x 128 held-out tokens."""
+    from sae.default_build import evaluate_default_saes
+
+    results = evaluate_default_saes(zoo.DEFAULT_MODEL_DIR, zoo.DEFAULT_SAES_DIR, max_rows=512)
+    assert [r["layer"] for r in results] == [0, 1, 2]
+    for r in results:
+        assert r["ce_loss_recovered"] >= 0.9, r
+        assert r["explained_variance"] >= 0.8, r
+        assert r["l0"] <= 30, r
+        assert r["dead_fraction"] <= 0.2, r
+        assert r["tokens"] >= 60_000
