@@ -82,6 +82,16 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
     return paths
 
 
+def _ensure_dashboards(model: str, saes: str, device: str) -> None:
+    """The feature and heads screens show dashboards: build any that are missing (cached, so usually instant)."""
+    from sae.dashboards import build_layers
+    from sae.formats import load_sae_set
+    from sae.models import load_model
+
+    m = load_model(model, device=device)
+    build_layers(m, load_sae_set(saes, model=m, device=m.device))
+
+
 def write_screenshots(
     out: str | Path = "screenshots", model: str = "default", saes: str = "default", device: str = "auto",
     size: tuple[int, int] = (120, 36), prompt: str | None = None,
@@ -91,6 +101,7 @@ def write_screenshots(
     from workbench.engine import Engine
     from workbench.findings import FindingsStore
 
+    _ensure_dashboards(model, saes, device)
     with tempfile.TemporaryDirectory() as tmp:
         store = FindingsStore(Path(tmp))
         os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")

@@ -230,9 +230,12 @@ class IOIScreen(JobScreen):
         bar_key = self.sort_key or next((c for c in cols if isinstance(recs[0].get(c), float)), None)
         if bar_key:
             top = recs[:12]
-            label_key = cols[0]
+            # label each bar by the record's identifying (non-numeric-result) fields, e.g. layer.head
+            ids = [c for c in cols if not isinstance(recs[0].get(c), float)] or cols[:1]
+            labels = [".".join(str(r[c]) for c in ids) for r in top]
             self.query_one("#ioi-bars", Static).update(
-                Text(f"{bar_key}\n", style="bold") + signed_bars([str(r[label_key]) for r in top], [_num(r[bar_key]) for r in top], width=16, label_width=8)
+                Text(f"{bar_key}\n", style="bold")
+                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16, label_width=10)
             )
 
     def action_sort(self) -> None:

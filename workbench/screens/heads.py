@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
 from workbench.engine import StaleRequest, one_line
@@ -76,6 +77,11 @@ class HeadsScreen(WorkbenchScreen):
         for layer in sorted({h["layer"] for h in survey["heads"]}):
             grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
         grid.focus()
+        if n_heads:
+            grid.cursor_coordinate = Coordinate(0, 1)  # the first head, so the side panel is never empty
+            first = self._head_at_cursor()
+            if first is not None:
+                self.show_head(first)
         status.say(survey.get("summary", ""))
 
     def _head_at_cursor(self) -> dict[str, Any] | None:

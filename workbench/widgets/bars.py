@@ -24,6 +24,15 @@ def bar_cells(value: float, max_abs: float, width: int) -> str:
     return ("█" * full + (EIGHTHS[part] if part else "")).ljust(width)[:width]
 
 
+def bar_cells_left(value: float, max_abs: float, width: int) -> str:
+    """The same bar growing leftwards; Unicode has no right-aligned eighths, so the tip is a half block or none."""
+    if max_abs <= 0 or width <= 0:
+        return " " * max(width, 0)
+    eighths = round(min(1.0, abs(value) / max_abs) * width * 8)
+    full, part = divmod(eighths, 8)
+    return (("▐" if part >= 4 else "") + "█" * full).rjust(width)[-width:]
+
+
 def signed_bars(labels: Sequence[str], values: Sequence[float], width: int = 20, label_width: int = 6) -> Text:
     """One line per label: negative values grow left of the axis, positive ones right, value printed after."""
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -33,9 +42,8 @@ def signed_bars(labels: Sequence[str], values: Sequence[float], width: int = 20,
         if i:
             text.append("\n")
         text.append(f"{label:<{label_width}}"[:label_width], style="bold")
-        neg = bar_cells(v, max_abs, half) if v < 0 else ""
         pos = bar_cells(v, max_abs, half) if v > 0 else ""
-        text.append(neg.rstrip()[::-1].rjust(half) if neg else " " * half, style=NEG)
+        text.append(bar_cells_left(v, max_abs, half) if v < 0 else " " * half, style=NEG)
         text.append("│", style="dim")
         text.append(pos.ljust(half), style=POS)
         text.append(f" {v:+.3f}")
