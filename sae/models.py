@@ -219,6 +219,12 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    try:  # the hub client logs every retry when offline; the final error is reported by load_model
+        import huggingface_hub
+
+        huggingface_hub.utils.logging.set_verbosity_error()
+    except (ImportError, AttributeError):
+        pass
 
 
 def _is_local(name: str) -> bool:
