@@ -512,8 +512,12 @@ class Engine:
 
             model = self._need_model()
             try:
+                # short interactive runs: warm-up and the dead-latent window scale with the run's length
+                steps = max(1, int(form.get("total_tokens", 0)) // max(1, int(form.get("batch_size", 4096))))
+                schedule = {"warmup_steps": min(1000, max(1, steps // 10)),
+                            "dead_window_steps": min(1000, max(10, steps // 4))}
                 cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
-                                           context_size=min(128, model.n_ctx), **form)
+                                           context_size=min(128, model.n_ctx), **{**schedule, **form})
                 texts = load_corpus(corpus)
             except (training.TrainingError, OSError) as exc:
                 raise EngineError(one_line(exc)) from exc

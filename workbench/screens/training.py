@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual import on
 from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
 
 from workbench.engine import one_line
@@ -82,13 +83,13 @@ class TrainingScreen(JobScreen):
                 yield Label("layers")
                 yield Input("0", id="tr-layers", compact=True)
                 yield Label("architecture")
-                yield Select([("standard (L1)", "standard"), ("topk", "topk")], value="standard", allow_blank=False, id="tr-arch", compact=True)
+                yield Select([("standard (L1)", "standard"), ("topk", "topk")], value="topk", allow_blank=False, id="tr-arch", compact=True)
                 yield Label("width (d_sae)")
-                yield Input("512", id="tr-width", type="integer", compact=True)
+                yield Input("1024", id="tr-width", type="integer", compact=True)
                 yield Label("L1 coeff / k")
-                yield Input("1.0", id="tr-sparsity", compact=True)
+                yield Input("24", id="tr-sparsity", compact=True)
                 yield Label("tokens")
-                yield Input("200000", id="tr-tokens", type="integer", compact=True)
+                yield Input("400000", id="tr-tokens", type="integer", compact=True)
                 yield Label("batch")
                 yield Input("1024", id="tr-batch", type="integer", compact=True)
                 yield Label("corpus")
@@ -134,6 +135,14 @@ class TrainingScreen(JobScreen):
             raise ValueError("give an output directory")
         values["out_dir"] = out
         return values
+
+    @on(Select.Changed, "#tr-arch")
+    def arch_changed(self, event: Select.Changed) -> None:
+        """Swap the sparsity field between the two architectures' defaults unless the user typed their own."""
+        field = self.query_one("#tr-sparsity", Input)
+        defaults = {"topk": "24", "standard": "1.0"}
+        if field.value in defaults.values():
+            field.value = defaults.get(str(event.value), field.value)
 
     def action_start(self, resume: bool = False) -> None:
         status = self.query_one(StatusLine)
