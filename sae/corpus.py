@@ -107,21 +107,3 @@ def document_records(split: str, synthetic: bool = True) -> list[Document]:
 def documents(split: str = "train", synthetic: bool = True) -> list[str]:
     """The texts of a split (see `document_records`)."""
     return [d.text for d in document_records(split, synthetic)]
-
-
-def read_text_corpus(path: str | Path) -> list[str]:
-    """A user corpus: one text file, or every .txt/.md/.py/.rst file under a directory."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return [p.read_text(encoding="utf-8", errors="replace")]
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix in {".txt", ".md", ".py", ".rst"} and f.is_file())
-        return [f.read_text(encoding="utf-8", errors="replace") for f in files]
-    raise FileNotFoundError(f"corpus {path} does not exist")
-
-
-def load_corpus(spec: str, split: str = "train") -> list[str]:
-    """`default` -> the embedded corpus split; anything else is a path to a user corpus."""
-    if spec == "default":
-        return documents(split)
-    return read_text_corpus(spec)

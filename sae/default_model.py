@@ -317,7 +317,7 @@ def train_lm(
         opt.step()
         step += 1
         tokens0 += batch.numel()
-        info = {"step": step, "steps": total, "loss": float(loss), "tokens_per_s": tokens0 / (time.time() - t0)}
+        info = {"step": step, "steps": total, "loss": loss.item(), "tokens_per_s": tokens0 / (time.time() - t0)}
         if on_progress:
             on_progress(info)
         if step % cfg.checkpoint_every == 0 or step == total:
@@ -327,7 +327,7 @@ def train_lm(
             prev = prev_token_score_hf(model, heldout_rows)
             model.train()
             log(
-                f"step {step}/{total} loss {float(loss):.3f} lr {lr_at(step, cfg):.2e} "
+                f"step {step}/{total} loss {loss.item():.3f} lr {lr_at(step, cfg):.2e} "
                 f"repeat logp {first:.2f}->{rep:.2f} ioi {ioi:+.2f} prev-token {prev:.2f} "
                 f"{info['tokens_per_s']:.0f} tok/s"
             )

@@ -23,8 +23,12 @@ TINY_TEXT = (
 ) * 20
 
 
-def build_tiny_model_dir(path: Path, n_layer: int = 3, d_model: int = 64, n_head: int = 4, n_ctx: int = 64, seed: int = 0) -> Path:
-    """Write a random GPT-2 (config.json, model.safetensors, tokenizer.json) into `path`."""
+def build_tiny_model_dir(
+    path: Path, n_layer: int = 3, d_model: int = 64, n_head: int = 4, n_ctx: int = 64, seed: int = 0,
+    texts: list[str] | None = None, vocab_size: int = 400,
+) -> Path:
+    """Write a random GPT-2 (config.json, model.safetensors, tokenizer.json) into `path`, its BPE trained on
+    `texts` (default: a few repeated sentences and lines of code)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -33,9 +37,9 @@ def build_tiny_model_dir(path: Path, n_layer: int = 3, d_model: int = 64, n_head
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator([TINY_TEXT], trainer)
+    tok.train_from_iterator(texts if texts is not None else [TINY_TEXT], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     fast.save_pretrained(path)
     torch.manual_seed(seed)

@@ -508,7 +508,7 @@ class Engine:
         def job(rep: Reporter) -> Any:
             training = _require("sae.training")
             from sae.activations import pack_tokens
-            from sae.corpus import load_corpus
+            from sae.activations import CorpusError, read_corpus
 
             model = self._need_model()
             try:
@@ -518,8 +518,8 @@ class Engine:
                             "dead_window_steps": min(1000, max(10, steps // 4))}
                 cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
                                            context_size=min(128, model.n_ctx), **{**schedule, **form})
-                texts = load_corpus(corpus)
-            except (training.TrainingError, OSError) as exc:
+                texts = read_corpus(corpus)
+            except (training.TrainingError, CorpusError, OSError) as exc:
                 raise EngineError(one_line(exc)) from exc
             rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
             rows = pack_tokens(texts, model.encode, cfg.context_size, model.bos_token_id,

@@ -71,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _texts(spec: str) -> tuple[list[str], str]:
     from sae import corpus
+    from sae.activations import CorpusError, read_corpus
 
+    if spec == "default":
+        return corpus.documents("heldout", synthetic=False), "held-out split of the embedded corpus"
     try:
-        if spec == "default":
-            return corpus.documents("heldout", synthetic=False), "held-out split of the embedded corpus"
-        return corpus.read_text_corpus(spec), spec
-    except (FileNotFoundError, OSError) as exc:
+        return read_corpus(spec), spec
+    except CorpusError as exc:
         raise UsageError(str(exc)) from None
 
 
