@@ -25,18 +25,10 @@ import torch
 
 from sae import ioi_data
 from sae.cancel import CancelToken, ProgressFn, Steps
-from sae.ioi_data import IOIPrompt, NameTokenError
+from sae.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
 from sae.models import LoadedModel, z_hook_name
 from sae.sae import SAE
 
-EXPERIMENTS: dict[str, str] = {
-    "clean": "logit difference IO - S and accuracy",
-    "splice": "SAEs spliced into hook_z, with and without the error term",
-    "heads": "zero- and mean-ablation of each head",
-    "features": "zero-ablation of each live SAE feature at S2 only",
-    "path": "a feature's W_dec W_O direction removed from later heads' value input at S2",
-    "noising": "attention output at S2 patched from corrupted prompts",
-}
 NEEDS_SAES = {"splice", "features", "path"}
 ZFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -254,3 +254,14 @@ def corrupt(prompt: IOIPrompt, kind: str, names: Sequence[str] | None = None, se
     if kind == "rel_pos":
         return _render(prompt, prompt.io, prompt.s, after_pair=INSERTED_CLAUSE)
     return _render(prompt, prompt.io, prompt.s, joiner=PAIR_WORD_ALT)
+
+
+# The IOI runner's experiments (sae.ioi); listed here so the CLI can offer them without importing torch.
+EXPERIMENTS: dict[str, str] = {
+    "clean": "logit difference IO - S and accuracy",
+    "splice": "SAEs spliced into hook_z, with and without the error term",
+    "heads": "zero- and mean-ablation of each head",
+    "features": "zero-ablation of each live SAE feature at S2 only",
+    "path": "a feature's W_dec W_O direction removed from later heads' value input at S2",
+    "noising": "attention output at S2 patched from corrupted prompts",
+}

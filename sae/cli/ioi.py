@@ -13,7 +13,7 @@ from sae.cli.common import UsageError, add_model_flags, add_output_flags, consol
 
 
 def register(subparsers) -> None:
-    from sae.ioi import EXPERIMENTS
+    from sae.ioi_data import EXPERIMENTS
 
     p = subparsers.add_parser(
         "ioi",

@@ -1,0 +1,253 @@
+"""Built feature dashboards on disk: where they live, and reading one feature back.
+
+Reading needs neither torch nor the model (numpy slices of one safetensors file plus a JSON index), so
+`attnscope dashboard` and the workbench open a feature in milliseconds. Building is in `sae.dashboards`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+
+INDEX = "index.json"
+DATA = "dashboards.safetensors"
+REGISTRY = "registry.json"
+
+
+class DashboardError(ValueError):
+    """Bad dashboard request (not built, feature out of range, ...); one line for the user."""
+
+
+def cache_root() -> Path:
+    """`$ATTNSCOPE_CACHE_DIR` when set, else the platform's user cache dir for attnscope."""
+    env = os.environ.get("ATTNSCOPE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("attnscope"))
+
+
+def source_key(spec: str, default_path: Path | None = None) -> str:
+    """A cheap identity for a model or SAE spec without loading it: for a local path, its absolute path plus the
+    newest modification time and total size of the files under it; otherwise the spec itself (a hub name)."""
+    p = Path(default_path) if default_path is not None else Path(spec).expanduser()
+    if not p.exists():
+        return spec
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    stats = [f.stat() for f in files]
+    newest = max((st.st_mtime_ns for st in stats), default=0)
+    size = sum(st.st_size for st in stats)
+    return f"{p.resolve()}:{newest}:{size}"
+
+
+def register_built(model_key: str, sae_key: str, layer: int, directory: Path, root: Path | None = None) -> None:
+    """Remember which directory holds the dashboards of (model, SAEs, layer), so a later lookup needs no model."""
+    reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
+    reg_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        reg = json.loads(reg_path.read_text())
+    except (OSError, ValueError):
+        reg = {}
+    reg[f"{model_key}|{sae_key}|{layer}"] = str(Path(directory).resolve())
+    tmp = reg_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reg, indent=1))
+    os.replace(tmp, reg_path)
+
+
+def lookup_built(model_key: str, sae_key: str, layer: int, root: Path | None = None) -> Path | None:
+    reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
+    try:
+        d = json.loads(reg_path.read_text()).get(f"{model_key}|{sae_key}|{layer}")
+    except (OSError, ValueError):
+        return None
+    return Path(d) if d and is_built(Path(d)) else None
+
+
+def build_command(layer: int) -> str:
+    return f"attnscope dashboards build --layer {layer}"
+
+
+def is_built(directory: Path) -> bool:
+    return (directory / INDEX).is_file() and (directory / DATA).is_file()
+
+
+def _round_linspace(start: float, stop: float, num: int) -> list[int]:
+    """`num` evenly spaced points from start to stop, rounded half to even (float32, as the builder does)."""
+    if num <= 0:
+        return []
+    if num == 1:
+        return [int(np.rint(np.float32(start)))]
+    step = np.float32((stop - start) / (num - 1))
+    pts = np.float32(start) + step * np.arange(num, dtype=np.float32)
+    pts[-1] = np.float32(stop)
+    return [int(x) for x in np.rint(pts)]
+
+
+# ---- reading one feature ------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """A context around one firing: `tokens[center]` is the token where the feature fired with `act`."""
+
+    act: float
+    tokens: list[str]
+    acts: list[float]  # the feature's activation on each context token
+    center: int
+    row: int
+    pos: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QuantileBin:
+    lo: float
+    hi: float
+    share: float  # fraction of the sampled firings in this bin
+    examples: list[Example]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lo": self.lo, "hi": self.hi, "share": self.share, "examples": [e.to_dict() for e in self.examples]}
+
+
+@dataclass
+class ExampleDFA:
+    """DFA by source of one top example: `sum(dfa_src) + dfa_earlier + dfa_bias == pre_act`."""
+
+    example: int  # index into `top`
+    pre_act: float
+    dfa_bias: float
+    dfa_heads: list[float]
+    src_tokens: list[str]  # the window's tokens up to and including the active one
+    dfa_src: list[float]
+    dfa_earlier: float  # sources before the window
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FeatureDashboard:
+    model: str
+    layer: int
+    feature: int
+    d_sae: int
+    n_tokens: int
+    density: float  # firings per token (BOS excluded)
+    mean_act: float  # mean activation when firing
+    max_act: float
+    top: list[Example]
+    quantiles: list[QuantileBin]
+    histogram: dict[str, list[float]]  # {"log10_edges": [...], "counts": [...]}, cropped to the non-empty range
+    logits_top: list[tuple[str, float]]
+    logits_bottom: list[tuple[str, float]]
+    logit_note: str
+    head_shares: list[float]
+    dfa: list[ExampleDFA] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["logits_top"] = [{"token": t, "value": v} for t, v in self.logits_top]
+        d["logits_bottom"] = [{"token": t, "value": v} for t, v in self.logits_bottom]
+        return d
+
+
+_INDEX_CACHE: dict[tuple[str, float], dict[str, Any]] = {}
+
+
+def _read_index(directory: Path) -> dict[str, Any]:
+    p = directory / INDEX
+    key = (str(p), p.stat().st_mtime)
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = json.loads(p.read_text())
+    return _INDEX_CACHE[key]
+
+
+def read_dashboard(directory: Path, feature: int, n_bins: int = 5, per_bin: int = 4) -> FeatureDashboard:
+    """One feature's dashboard from a built directory (a few memory-mapped slices; no model needed)."""
+    directory = Path(directory)
+    if not is_built(directory):
+        raise DashboardError(f"no dashboards in {directory}")
+    idx = _read_index(directory)
+    d_sae = idx["d_sae"]
+    if not 0 <= feature < d_sae:
+        raise DashboardError(f"feature {feature} is outside the layer-{idx['layer']} SAE (ids 0..{d_sae - 1})")
+    vocab = idx["vocab"]
+    spec = idx["spec"]
+    C, T = spec["context"], idx["row_len"]
+    with safe_open(str(directory / DATA), framework="np") as f:
+        get = lambda name: f.get_slice(name)[feature]  # noqa: E731
+        n_fire, sum_act = int(get("n_fire")), float(get("sum_act"))
+        hist = get("hist")
+        top_val, top_idx, top_win, top_tok = get("top_val"), get("top_idx"), get("top_win"), get("top_tok")
+        s_val, s_idx, s_win, s_tok = get("samp_val"), get("samp_idx"), get("samp_win"), get("samp_tok")
+        shares = get("head_share")
+        lt_i, lt_v, lb_i, lb_v = get("logit_top_ids"), get("logit_top_vals"), get("logit_bot_ids"), get("logit_bot_vals")
+        dfa_src, dfa_earlier, dfa_heads, dfa_pre = get("dfa_src"), get("dfa_earlier"), get("dfa_heads"), get("dfa_pre")
+        dfa_bias = float(get("dfa_bias"))
+
+    def example(val: float, g: int, win: np.ndarray, tok: np.ndarray) -> Example:
+        keep = np.flatnonzero(tok >= 0)
+        lo = int(keep[0])
+        return Example(
+            act=val, tokens=[vocab.get(str(int(t)), "?") for t in tok[keep].tolist()],
+            acts=[float(a) for a in win[keep].astype(np.float32).tolist()], center=C - lo, row=g // T, pos=g % T,
+        )
+
+    top = [example(float(v), int(g), top_win[i], top_tok[i]) for i, (v, g) in enumerate(zip(top_val, top_idx)) if g >= 0 and v > 0]
+    valid = int((s_idx >= 0).sum())
+    quantiles: list[QuantileBin] = []
+    if valid:
+        # samples are sorted by activation, descending; bins from the weakest to the strongest quantile
+        vals = s_val[:valid][::-1]
+        wins, toks, gs = s_win[:valid][::-1], s_tok[:valid][::-1], s_idx[:valid][::-1]
+        edges = _round_linspace(0, valid, min(n_bins, valid) + 1)
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b <= a:
+                continue
+            picks = sorted(set(_round_linspace(a, b - 1, min(per_bin, b - a))))
+            quantiles.append(QuantileBin(
+                lo=float(vals[a]), hi=float(vals[b - 1]), share=(b - a) / valid,
+                examples=[example(float(vals[j]), int(gs[j]), wins[j], toks[j]) for j in reversed(picks)],
+            ))
+    width = (spec["hist_hi"] - spec["hist_lo"]) / spec["hist_bins"]
+    nzb = np.flatnonzero(hist)
+    if len(nzb):
+        a, b = int(nzb[0]), int(nzb[-1]) + 1
+        histogram = {"log10_edges": [spec["hist_lo"] + width * i for i in range(a, b + 1)],
+                     "counts": [int(c) for c in hist[a:b].tolist()]}
+    else:
+        histogram = {"log10_edges": [], "counts": []}
+    dfa = []
+    for j in range(min(len(top), dfa_src.shape[0], spec["n_dfa"])):
+        ex = top[j]
+        n_src = ex.center + 1
+        dfa.append(ExampleDFA(
+            example=j, pre_act=float(dfa_pre[j]), dfa_bias=dfa_bias, dfa_heads=dfa_heads[j].tolist(),
+            src_tokens=ex.tokens[:n_src], dfa_src=dfa_src[j][C + 1 - n_src :].tolist(),
+            dfa_earlier=float(dfa_earlier[j]),
+        ))
+    tok = lambda i: vocab.get(str(int(i)), "?")  # noqa: E731
+    return FeatureDashboard(
+        model=idx["model"], layer=idx["layer"], feature=feature, d_sae=d_sae, n_tokens=idx["n_tokens"],
+        density=n_fire / max(1, idx["n_tokens"]), mean_act=sum_act / n_fire if n_fire else 0.0,
+        max_act=float(top_val[0]) if n_fire else 0.0, top=top, quantiles=quantiles, histogram=histogram,
+        logits_top=[(tok(i), float(v)) for i, v in zip(lt_i, lt_v)],
+        logits_bottom=[(tok(i), float(v)) for i, v in zip(lb_i, lb_v)],
+        logit_note=idx["logit_note"], head_shares=shares.tolist(), dfa=dfa,
+    )
+
+
+def dashboard_summary(directory: Path) -> dict[str, Any]:
+    """Index facts of a built directory (no vocabulary)."""
+    idx = _read_index(Path(directory))
+    return {k: v for k, v in idx.items() if k != "vocab"}
