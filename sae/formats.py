@@ -359,7 +359,10 @@ def _download_release(spec: str) -> Path:
         from huggingface_hub import snapshot_download
 
         patterns = ["*.pt", "*_cfg.json", "*/cfg.json", "cfg.json", "*.safetensors", "*/params.npz", "params.npz"]
-        return Path(snapshot_download(repo_id=repo, allow_patterns=patterns))
+        from sae.models import hub_reachable
+
+        # unreachable hub: serve a cached snapshot if there is one, else fail at once (no retry loop)
+        return Path(snapshot_download(repo_id=repo, allow_patterns=patterns, local_files_only=not hub_reachable()))
     except Exception as exc:  # offline, unknown repo, auth: the user needs one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise SAEFormatError(

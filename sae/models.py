@@ -227,6 +227,22 @@ def _quiet_transformers() -> None:
         pass
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection (False when HF_HUB_OFFLINE is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
@@ -250,7 +266,10 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
         raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
 
     old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    if local:
+    # A local dir is read from disk by transformers without any hub call. For a hub name, a hub that does not
+    # answer means offline mode: the hub cache still serves what it holds, and a missing model fails at once
+    # instead of after a minute of retries. (huggingface_hub reads HF_HUB_OFFLINE once, at import.)
+    if not local and not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     try:

@@ -46,3 +46,23 @@ def test_missing_local_dir_is_one_line_error(tmp_path):
 def test_unknown_hub_name_offline_fails_cleanly():
     with pytest.raises(ModelLoadError, match="could not load model"):
         load_model("no-such-org/no-such-model-xyz", device="cpu")
+
+
+def test_hub_reachable_is_false_when_offline_is_set(monkeypatch):
+    from sae.models import hub_reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False
+
+
+def test_hub_reachable_is_false_for_a_closed_local_port(monkeypatch):
+    """An endpoint nothing listens on (loopback, port 9) answers at once: no retry loop before the error."""
+    import time
+
+    from sae.models import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    t0 = time.monotonic()
+    assert hub_reachable(timeout_s=2.0) is False
+    assert time.monotonic() - t0 < 2.5
