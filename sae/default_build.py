@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -98,7 +97,7 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
 
 
 def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
-    from sae.cli.zoo import measure, phenomena_markdown
+    from sae.cli.zoo import measure
 
     ph = measure(str(out_dir / "model"), device="cpu")
     (out_dir / "phenomena.json").write_text(json.dumps(ph, indent=2))

@@ -216,29 +216,25 @@ def repeat_logprob(model, cfg: LMConfig, n: int = 16, span: int = 30, seed: int 
 
 def prev_token_score_hf(model, rows: torch.Tensor) -> float:
     """Best head's mean attention from t to t-1 on `rows [batch, pos]` (eager attention, patterns returned)."""
+    from sae.phenomena import prev_token_score_from_pattern
+
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            atts = model(rows, output_attentions=True).attentions  # per layer [batch, head, q, k]
+            atts = torch.stack(model(rows, output_attentions=True).attentions)  # [layer, batch, head, q, k]
     finally:
         model.set_attn_implementation(impl)
-    t = torch.arange(1, rows.shape[1])
-    return max(float(a[:, :, t, t - 1].mean((0, 2)).max()) for a in atts)
+    return float(prev_token_score_from_pattern(atts).mean(1).max())
 
 
 def ioi_logit_diff_hf(model, tokenizer, n: int = 100, seed: int = 7, split: str = "heldout") -> float:
     """Mean logit(IO) - logit(S) at the last position over generated IOI prompts (both orders)."""
-    names = [nm for nm in ioi_data.NAMES if len(tokenizer.encode(" " + nm, add_special_tokens=False)) == 1]
-    prompts = ioi_data.generate(n, seed=seed, names=names, split=split)
-    diffs = []
-    with torch.no_grad():
-        for p in prompts:
-            ids = [tokenizer.bos_token_id] + tokenizer.encode(p.text, add_special_tokens=False)
-            logits = model(torch.tensor([ids])).logits[0, -1]
-            io = tokenizer.encode(" " + p.io, add_special_tokens=False)[0]
-            s = tokenizer.encode(" " + p.s, add_special_tokens=False)[0]
-            diffs.append(float(logits[io] - logits[s]))
+    from sae.phenomena import ioi_logit_diffs
+
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    prompts = ioi_data.generate(n, seed=seed, names=ioi_data.single_token_names(encode), split=split)
+    diffs = ioi_logit_diffs(prompts, encode, tokenizer.bos_token_id, lambda t: model(t).logits[0, -1])
     return sum(diffs) / len(diffs)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from sae.activations import pack_tokens
 from sae.cancel import CancelToken, ProgressFn, Steps
+from sae.dfa import pattern_hook_name
 from sae.models import LoadedModel
 
 PREFIX_LENGTHS: tuple[int, ...] = tuple(range(1, 10))
@@ -41,10 +42,6 @@ def classification_rule(threshold: float = INDUCTION_THRESHOLD) -> str:
 
 CLASSIFICATION_RULE = classification_rule()
 ATTENTION_THRESHOLD = 0.3  # real text: an attention event is a weight above this to a non-BOS source
-
-
-def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
 
 
 def _vocab_pool(model: LoadedModel) -> torch.Tensor:
@@ -257,7 +254,7 @@ def _score_batch(model: LoadedModel, batch: RepeatedPrefixBatch) -> tuple[torch.
 
     hooks = []
     for layer in range(model.n_layers):
-        hooks.append((pattern_hook(layer), grab_pattern))
+        hooks.append((pattern_hook_name(layer), grab_pattern))
         hooks.append((f"blocks.{layer}.attn.hook_z", grab_z))
     hooks.append(("ln_final.hook_scale", grab_scale))
     with torch.no_grad():
@@ -340,7 +337,7 @@ def real_text_induction(
     toks_list = rows.tolist()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        pats = _patterns(model, chunk)  # [layer, batch, head, q, k]
+        pats = model.attention_patterns(chunk)  # [layer, batch, head, q, k]
         hits = ((pats > threshold) & (torch.arange(pats.shape[-1]) > 0)).nonzero().tolist()
         for l, b, h, dst, src in hits:
             row = start + b
@@ -379,14 +376,6 @@ def real_text_induction(
     return out
 
 
-def _patterns(model: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
-    """Attention patterns `[layer, batch, head, query, key]` (float32, on the CPU)."""
-    names = {pattern_hook(l) for l in range(model.n_layers)}
-    with torch.no_grad():
-        _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=lambda n: n in names)
-    return torch.stack([cache[pattern_hook(l)].float().cpu() for l in range(model.n_layers)])
-
-
 def _attention_after_replacement(
     model: LoadedModel,
     rows: torch.Tensor,
@@ -410,7 +399,7 @@ def _attention_after_replacement(
             while new in (old, avoid):
                 new = rng.choice(pool)
             toks[i, src - 2] = new
-        pats = _patterns(model, toks)
+        pats = model.attention_patterns(toks)
         out.extend(float(pats[l, i, h, dst, src]) for i, (l, h, _, dst, src, _) in enumerate(chunk))
         steps.step()
     if not jobs:

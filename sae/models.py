@@ -191,6 +191,14 @@ class LoadedModel:
         # the bridge reports the hook's own name (e.g. blocks.L.attn.o.hook_in); layer_of_hook only reads L
         return out
 
+    def attention_patterns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention patterns of every layer, `[layer, batch, head, query, key]` (float32, on the CPU)."""
+        names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(self.n_layers)]
+        wanted = set(names)
+        with torch.no_grad():
+            _, cache = self.bridge.run_with_cache(tokens.to(self.device), names_filter=lambda n: n in wanted)
+        return torch.stack([cache[n].float().cpu() for n in names])
+
     def logits_with_z_hooks(
         self, tokens: torch.Tensor, z_fns: dict[int, Callable[[torch.Tensor], torch.Tensor]]
     ) -> torch.Tensor:

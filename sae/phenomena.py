@@ -6,21 +6,13 @@ These numbers go into the embedded default's MODEL_CARD.md and are recomputed by
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 
 from sae import ioi_data
 from sae.models import LoadedModel
-
-
-def _patterns(model: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
-    """Attention patterns `[layer, batch, head, query, key]`."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)]
-    with torch.no_grad():
-        _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return torch.stack([cache[n].float() for n in names])
 
 
 def repeated_random_tokens(model: LoadedModel, n: int, span: int, seed: int) -> torch.Tensor:
@@ -58,7 +50,7 @@ class InductionResult:
 
 def induction(model: LoadedModel, n: int = 16, span: int = 30, seed: int = 0) -> InductionResult:
     toks = repeated_random_tokens(model, n, span, seed)
-    pats = _patterns(model, toks)  # [layer, batch, head, q, k]
+    pats = model.attention_patterns(toks)  # [layer, batch, head, q, k]
     scores = induction_score_from_pattern(pats, span).mean(1)  # [layer, head]
     with torch.no_grad():
         logits = model.bridge(toks).float()
@@ -83,15 +75,10 @@ class PrevTokenResult:
 
 def previous_token(model: LoadedModel, rows: torch.Tensor) -> PrevTokenResult:
     """rows: held-out token rows `[batch, pos]`."""
-    pats = _patterns(model, rows.to(model.device))
+    pats = model.attention_patterns(rows)
     scores = prev_token_score_from_pattern(pats).mean(1)
     flat = int(scores.argmax())
     return PrevTokenResult(scores.tolist(), (flat // model.n_heads, flat % model.n_heads), float(scores.max()))
-
-
-def single_token_names(model: LoadedModel, names: list[str] | None = None) -> list[str]:
-    """Names that the tokenizer keeps as one token with a leading space."""
-    return [n for n in (names or ioi_data.NAMES) if len(model.encode(" " + n)) == 1]
 
 
 @dataclass
@@ -104,21 +91,28 @@ class IOIResult:
     split: str
 
 
-def ioi_logit_diff(model: LoadedModel, n: int = 200, seed: int = 0, split: str = "heldout") -> IOIResult:
-    names = single_token_names(model)
-    if len(names) < 2:
-        raise ValueError(f"the tokenizer of {model.name} splits every name; IOI needs single-token names")
-    prompts = ioi_data.generate(n, seed=seed, names=names, split=split)
-    diffs, orders = [], []
+def ioi_logit_diffs(
+    prompts: list[ioi_data.IOIPrompt],
+    encode: Callable[[str], list[int]],
+    bos_id: int,
+    last_logits: Callable[[torch.Tensor], torch.Tensor],
+) -> list[float]:
+    """logit(IO) - logit(S) at the last position of each prompt; `last_logits([1, pos]) -> [d_vocab]`."""
+    diffs = []
     with torch.no_grad():
         for p in prompts:
-            toks, _ = model.to_tokens(p.text)
-            last = model.bridge(toks)[0, -1].float()
-            io, s = model.encode(" " + p.io)[0], model.encode(" " + p.s)[0]
-            diffs.append(float(last[io] - last[s]))
-            orders.append(p.order)
-    d = torch.tensor(diffs)
-    o = torch.tensor([x == "ABBA" for x in orders])
+            last = last_logits(torch.tensor([ioi_data.prompt_ids(encode, p, bos_id)])).float()
+            diffs.append(float(last[ioi_data.name_token(encode, p.io)] - last[ioi_data.name_token(encode, p.s)]))
+    return diffs
+
+
+def ioi_logit_diff(model: LoadedModel, n: int = 200, seed: int = 0, split: str = "heldout") -> IOIResult:
+    names = ioi_data.require_single_token_names(model.encode, model.name)
+    prompts = ioi_data.generate(n, seed=seed, names=names, split=split)
+    d = torch.tensor(
+        ioi_logit_diffs(prompts, model.encode, model.bos_token_id, lambda t: model.bridge(t.to(model.device))[0, -1])
+    )
+    o = torch.tensor([p.order == "ABBA" for p in prompts])
     return IOIResult(
         n_prompts=n,
         logit_diff=float(d.mean()),

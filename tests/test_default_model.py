@@ -8,7 +8,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from sae import corpus, phenomena, zoo
 from sae.activations import pack_tokens

@@ -8,7 +8,7 @@ import argparse
 import importlib
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, out, positive_int
+from sae.cli.common import open_model, add_output_flags, console, emit, out, positive_int
 
 # modules under sae.cli that add `bench` subcommands (this one adds `bench train`)
 BENCH_MODULES = ["bench", "bench_features", "bench_workbench"]
@@ -55,12 +55,8 @@ def register_bench(bench_sub: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from sae.bench import bench_train
-    from sae.models import ModelLoadError, load_model
 
-    try:
-        model = load_model(args.model, device=args.device)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    model = open_model(args.model, args.device)
     console.print("benchmarking SAE training (this takes a minute or two)...")
     data = bench_train(model, d_sae=args.width, batch_size=args.batch_size, steps=args.steps,
                        reference=not args.no_reference, device=args.device)

@@ -33,6 +33,16 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def open_model(name: str, device: str = "auto", dtype: str = "float32"):
+    """`sae.models.load_model`, its failure turned into a UsageError (one line, exit 2)."""
+    from sae.models import ModelLoadError, load_model
+
+    try:
+        return load_model(name, device=device, dtype=dtype)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:
     p.add_argument("--model", default="default", help="HF name or local dir (default: the embedded default)")
     if saes:

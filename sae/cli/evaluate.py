@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, out, positive_int, progress_bar
+from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, progress_bar
 
 
 def register(subparsers: Any) -> None:
@@ -34,12 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from sae.activations import CorpusError, corpus_token_rows
     from sae.formats import SAEFormatError, load_sae_set, save_sae
     from sae.metrics import evaluate_saes
-    from sae.models import ModelLoadError, load_model
 
-    try:
-        model = load_model(args.model, device=args.device)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    model = open_model(args.model, args.device)
     specs = args.saes or [args.saes_flag]
     saes: dict = {}
     try:

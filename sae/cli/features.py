@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
+from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, emit, out, positive_int
 
 
 # ---- shared by the analysis commands ------------------------------------------------------------------
@@ -22,12 +22,8 @@ def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
     """(LoadedModel, {layer: SAE}) from --model/--saes/--device/--dtype; UsageError on any failure, including a
     `layer` that has no SAE."""
     from sae.formats import SAEFormatError, load_sae_set
-    from sae.models import ModelLoadError, load_model
 
-    try:
-        model = load_model(args.model, device=args.device, dtype=getattr(args, "dtype", "float32"))
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:
         saes = load_sae_set(args.saes, model=model, device=model.device)
     except (SAEFormatError, OSError, ValueError) as exc:

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out, print_tables, tables_markdown
+from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, console, emit, print_tables, tables_markdown
 
 
 def register(subparsers) -> None:
@@ -75,12 +75,7 @@ def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, 
 
 
 def load_model_or_fail(args: argparse.Namespace):
-    from sae.models import ModelLoadError, load_model
-
-    try:
-        return load_model(args.model, device=args.device, dtype=args.dtype)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    return open_model(args.model, args.device, args.dtype)
 
 
 def run(args: argparse.Namespace) -> int:

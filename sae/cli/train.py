@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, out, positive_int, progress_bar
+from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, progress_bar
 
 DEFAULTS = {
     "architecture": "standard",
@@ -138,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae.activations import CorpusError, corpus_token_rows
-    from sae.models import ModelLoadError, load_model
     from sae.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
 
     if args.tokens is not None and args.tokens <= 0:
@@ -155,10 +154,7 @@ def run(args: argparse.Namespace) -> int:
         if (out_dir / "checkpoint.pt").exists():
             raise UsageError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
         model_name, corpus = args.model, args.corpus
-    try:
-        model = load_model(model_name, device=args.device, dtype="float32")
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    model = open_model(model_name, args.device)
     if not args.resume:
         cfg = build_config(args, model, parse_layers(args.layers, model.n_layers))
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, out, positive_int
+from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,12 +47,8 @@ def _heldout_and_train_rows(model, max_heldout_rows: int = 256, max_train_rows: 
 
 def measure(model_name: str, device: str = "auto", n_ioi: int = 200) -> dict:
     from sae import phenomena
-    from sae.models import ModelLoadError, load_model
 
-    try:
-        model = load_model(model_name, device=device)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from exc
+    model = open_model(model_name, device)
     held, train = _heldout_and_train_rows(model)
     try:
         ph = phenomena.measure_all(model, held, train, n_ioi=n_ioi)

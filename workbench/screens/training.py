@@ -14,7 +14,7 @@ from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
 
 from workbench.engine import one_line
 from workbench.findings import Finding, md_table
-from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
+from workbench.messages import JobCancelled, JobFinished, JobProgress, JobStarted
 from workbench.screens.base import NavBar, StatusLine
 from workbench.screens.experiments import JobScreen
 from workbench.widgets.sparklines import MetricSpark, spark_text
