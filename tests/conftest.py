@@ -63,15 +63,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from sae.models import load_model
+    from sae.engine.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
 
 def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard", seed: int = 0, k: int | None = None):
     """An SAE for `model`'s layer with random weights and non-zero biases."""
-    from sae.models import z_hook_name
-    from sae.sae import SAE, SAEConfig
+    from sae.engine.models import z_hook_name
+    from sae.engine.autoencoder import SAE, SAEConfig
 
     torch.manual_seed(seed)
     cfg = SAEConfig(

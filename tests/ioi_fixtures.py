@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from sae import ioi_data
+from sae.experiments import ioi_data
 
 
 def ioi_text() -> list[str]:

@@ -13,7 +13,7 @@ from sae.cli import main
 @pytest.fixture(scope="module")
 def dirs(tiny_model, tmp_path_factory):
     """(model dir, SAE set dir, one-SAE dir for layer 0, corpus file) and a private dashboard cache."""
-    from sae.formats import save_sae
+    from sae.engine.formats import save_sae
 
     root = tmp_path_factory.mktemp("cli_analysis")
     for layer in range(tiny_model.n_layers):

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_TEXT, random_sae
 from sae.cli import main
-from sae.formats import save_sae
+from sae.engine.formats import save_sae
 
 SMALL = ["--width", "64", "--batch-size", "128", "--context-size", "16", "--buffer-batches", "2",
          "--warmup-steps", "2", "--l1", "0.01"]
@@ -95,7 +95,7 @@ def test_nan_loss_keeps_last_good_checkpoint(tiny_model_dir, corpus, tmp_path, c
     assert rc == 2
     line = one_error_line(capsys)
     assert "NaN" in line and "kept the last good checkpoint" in line
-    from sae.training import load_checkpoint
+    from sae.engine.training import load_checkpoint
 
     state = load_checkpoint(out / "checkpoint.pt")
     assert all(torch.isfinite(t).all() for t in state["layers"]["1"]["sae"].values())
@@ -114,7 +114,7 @@ def test_resume_and_rerun_errors(tiny_model_dir, corpus, tmp_path, capsys):
 
 
 def test_eval_bad_saes(tiny_model, tiny_model_dir, corpus, tmp_path, capsys):
-    from sae.sae import SAE, SAEConfig
+    from sae.engine.autoencoder import SAE, SAEConfig
 
     save_sae(SAE(SAEConfig(d_in=tiny_model.d_z * 2, d_sae=8, hook_name="blocks.0.attn.hook_z")), tmp_path / "wide")
     save_sae(SAE(SAEConfig(d_in=tiny_model.d_z, d_sae=8, hook_name="blocks.11.attn.hook_z")), tmp_path / "deep")

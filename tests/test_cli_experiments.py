@@ -15,8 +15,8 @@ from sae.cli import main
 @pytest.fixture(scope="module")
 def ioi_dirs(tmp_path_factory):
     """(model dir, SAE dir) for a tiny model whose tokenizer keeps every IOI name whole."""
-    from sae.formats import save_sae
-    from sae.models import load_model
+    from sae.engine.formats import save_sae
+    from sae.engine.models import load_model
 
     model_dir = build_ioi_model_dir(tmp_path_factory.mktemp("cli_ioi_gpt2"))
     model = load_model(str(model_dir), device="cpu")

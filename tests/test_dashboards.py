@@ -9,8 +9,8 @@ import torch
 from conftest import TINY_TEXT, random_sae
 from safetensors.torch import load_file
 
-from sae import dashboards as dash
-from sae.dashboards import DashboardError, DashboardSpec, build_dashboards, heldout_rows, read_dashboard
+from sae.analysis import dashboards as dash
+from sae.analysis.dashboards import DashboardError, DashboardSpec, build_dashboards, heldout_rows, read_dashboard
 
 LAYER = 1
 DOCS = [TINY_TEXT[i : i + 300] for i in range(0, 3000, 300)]

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from sae import corpus, phenomena, zoo
-from sae.activations import pack_tokens
-from sae.models import load_model
+from sae.zoo import corpus
+
+from sae.experiments import phenomena
+
+from sae import zoo
+from sae.engine.activations import pack_tokens
+from sae.engine.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +67,7 @@ def test_heldout_names_and_templates_never_in_training_text():
     """Every training IOI line matches a training template, none a held-out one; no held-out pair appears."""
     import re
 
-    from sae import ioi_data
+    from sae.experiments import ioi_data
 
     def regex(t: str) -> re.Pattern:
         body = re.escape(t)
@@ -98,7 +102,7 @@ def test_package_data_in_built_wheel(tmp_path):
 
 def test_shipped_saes_meet_quality_targets():
     """CE loss recovered, explained variance, L0 and dead fraction on 512 x 128 held-out tokens."""
-    from sae.default_build import evaluate_default_saes
+    from sae.zoo.build import evaluate_default_saes
 
     results = evaluate_default_saes(zoo.DEFAULT_MODEL_DIR, zoo.DEFAULT_SAES_DIR, max_rows=512)
     assert [r["layer"] for r in results] == [0, 1, 2]

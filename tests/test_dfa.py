@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_sae
 
-from sae.dfa import (
+from sae.analysis.dfa import (
     PromptError,
     dfa_by_head,
     dfa_by_source,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import random_sae
-from sae.formats import SAEFormatError, detect_format, load_sae, load_sae_set, load_sparsity, save_sae
+from sae.engine.formats import SAEFormatError, detect_format, load_sae, load_sae_set, load_sparsity, save_sae
 
 WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
@@ -131,8 +131,8 @@ def test_sae_set_from_dir_of_dirs_and_single_dir(tiny_model, tmp_path):
 
 
 def test_d_in_mismatch_and_missing_layer(tiny_model, tmp_path):
-    from sae.models import z_hook_name
-    from sae.sae import SAE, SAEConfig
+    from sae.engine.models import z_hook_name
+    from sae.engine.autoencoder import SAE, SAEConfig
 
     wrong = SAE(SAEConfig(d_in=tiny_model.d_z + 4, d_sae=8, hook_name=z_hook_name(0)))
     save_sae(wrong, tmp_path / "wrong")

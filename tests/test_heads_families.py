@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TINY_TEXT, random_sae
 
-from sae.dashboards import DashboardSpec, build_dashboards, distance_bin, source_facts
-from sae.families import FAMILIES, RULES, classify, classify_layer, family_scores, mass_at_distances
-from sae.heads import dfa_head_shares, survey_heads, verdict
+from sae.analysis.dashboards import DashboardSpec, build_dashboards, distance_bin, source_facts
+from sae.analysis.families import FAMILIES, RULES, classify, classify_layer, family_scores, mass_at_distances
+from sae.analysis.heads import dfa_head_shares, survey_heads, verdict
 
 
 def _facts(per_src: list[float], tokens: list[int], dest: int) -> dict[str, torch.Tensor]:

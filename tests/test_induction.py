@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from sae import induction
-from sae.cancel import Cancelled
+from sae.experiments import induction
+from sae.engine.cancel import Cancelled
 
 
 def test_induction_score_by_hand_on_a_constructed_pattern():
@@ -130,7 +130,7 @@ def test_real_text_events_and_replacement(tiny_model):
     text = "x = 1\n" * 40  # a short period, so early destinations (where random attention is strong) match
     r = induction.real_text_induction(tiny_model, [text], n_rows=2, seq_len=48, threshold=0.05, max_events_per_head=4, seed=1)
     # independent count of events for one head from a plain cache
-    from sae.activations import pack_tokens
+    from sae.engine.activations import pack_tokens
 
     rows = pack_tokens([text], tiny_model.encode, 48, tiny_model.bos_token_id, max_rows=2)
     with torch.no_grad():

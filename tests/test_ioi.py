@@ -9,14 +9,16 @@ import torch
 from conftest import random_sae
 from ioi_fixtures import build_ioi_model_dir
 
-from sae import ioi, ioi_data
-from sae.cancel import Cancelled
-from sae.ioi_data import BABA_TEMPLATES, IOIPrompt, fill
+from sae.experiments import ioi
+
+from sae.experiments import ioi_data
+from sae.engine.cancel import Cancelled
+from sae.experiments.ioi_data import BABA_TEMPLATES, IOIPrompt, fill
 
 
 @pytest.fixture(scope="module")
 def ioi_model(tmp_path_factory):
-    from sae.models import load_model
+    from sae.engine.models import load_model
 
     return load_model(str(build_ioi_model_dir(tmp_path_factory.mktemp("ioi_gpt2"))), device="cpu")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import random_sae
-from sae.metrics import ce_recovered, evaluate_saes
+from sae.engine.metrics import ce_recovered, evaluate_saes
 
 
 def hf_run(model_dir, tokens: torch.Tensor, layer: int, replace=None):
@@ -46,7 +46,7 @@ def loud_model(tiny_model_dir, tmp_path_factory):
 
     from transformers import GPT2LMHeadModel
 
-    from sae.models import load_model
+    from sae.engine.models import load_model
 
     d = tmp_path_factory.mktemp("loud")
     shutil.copytree(tiny_model_dir, d, dirs_exist_ok=True)

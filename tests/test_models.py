@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae.models import ModelLoadError, load_model
+from sae.engine.models import ModelLoadError, load_model
 
 
 def test_z_is_pre_c_proj_input_minus_value_bias(tiny_model, tiny_model_dir):
@@ -49,7 +49,7 @@ def test_unknown_hub_name_offline_fails_cleanly():
 
 
 def test_hub_reachable_is_false_when_offline_is_set(monkeypatch):
-    from sae.models import hub_reachable
+    from sae.engine.models import hub_reachable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub_reachable() is False
@@ -59,7 +59,7 @@ def test_hub_reachable_is_false_for_a_closed_local_port(monkeypatch):
     """An endpoint nothing listens on (loopback, port 9) answers at once: no retry loop before the error."""
     import time
 
-    from sae.models import hub_reachable
+    from sae.engine.models import hub_reachable
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

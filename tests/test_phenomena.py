@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sae import phenomena
+from sae.experiments import phenomena
 
 
 def test_induction_score_on_constructed_pattern():

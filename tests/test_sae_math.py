@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from conftest import random_sae
-from sae.activations import ActivationBuffer, ZSource
-from sae.sae import SAE, SAEConfig
-from sae.training import (
+from sae.engine.activations import ActivationBuffer, ZSource
+from sae.engine.autoencoder import SAE, SAEConfig
+from sae.engine.training import (
     TrainConfig,
     lr_at,
     make_optimizer,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_sae
 
-from sae.trace import TraceError, trace_feature
+from sae.analysis.trace import TraceError, trace_feature
 
 PROMPT = "When Mary and John went to the store, John gave a drink"
 

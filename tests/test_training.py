@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from sae.formats import load_sae
-from sae.training import (
+from sae.engine.formats import load_sae
+from sae.engine.training import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     TrainConfig,

@@ -112,7 +112,7 @@ async def test_prompt_fills_heatmap_and_side_panel_matches_the_sae(app, tiny_mod
         hm = screen.query_one(Heatmap)
         assert hm.data.tokens == tiny_model.token_strs(tiny_model.to_tokens(PROMPT)[0])
         assert hm.has_focus
-        # independent check: the heatmap holds the SAE's activations on z captured by sae.models
+        # independent check: the heatmap holds the SAE's activations on z captured by sae.engine.models
         tokens, _ = tiny_model.to_tokens(PROMPT)
         z = tiny_model.capture_z(tokens, [1])[1][0]
         with torch.no_grad():

@@ -137,7 +137,7 @@ async def test_cancel_stops_a_long_job_between_steps(worker):
 async def test_job_that_polls_the_event_returns_partial_result(worker):
     inbox = Inbox()
 
-    def job(rep):  # like sae.training.train_saes(cancel=...): returns what it has when asked to stop
+    def job(rep):  # like sae.engine.training.train_saes(cancel=...): returns what it has when asked to stop
         done = 0
         while not rep.cancel_event.is_set():
             done += 1

@@ -1,7 +1,7 @@
 """`attnscope bench tui`: prompt-to-heatmap latency and heatmap cursor repaint time (a benchmark, not a test).
 
 Prompt-to-heatmap: from handing a prompt to the engine to the heatmap holding its data (engine round trip,
-`sae.dfa.prompt_features`, `Heatmap.set_data`). Cursor repaint: one arrow key to the new rows' strips rendered
+`sae.analysis.dfa.prompt_features`, `Heatmap.set_data`). Cursor repaint: one arrow key to the new rows' strips rendered
 (`move_to` plus `render_line` for every visible line, as the compositor asks after a move).
 """
 

@@ -366,7 +366,7 @@ class Engine:
     # ---- opening models and SAEs ----------------------------------------------------------------------
 
     def _open_sync(self) -> EngineInfo:
-        from sae.models import ModelLoadError, load_model
+        from sae.engine.models import ModelLoadError, load_model
 
         try:
             model = load_model(self.model_spec, device=self.device, dtype=self.dtype)
@@ -378,7 +378,7 @@ class Engine:
         return self.info
 
     def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
-        formats = _require("sae.formats")
+        formats = _require("sae.engine.formats")
         from sae import zoo
 
         try:
@@ -415,14 +415,14 @@ class Engine:
     # ---- explore --------------------------------------------------------------------------------------
 
     async def features(self, prompt: str, layer: int, top_k: int = 8, columns: int = 24) -> dict[str, Any]:
-        """Prompt features at `layer` (sae.dfa.prompt_features) as heatmap data.
+        """Prompt features at `layer` (sae.analysis.dfa.prompt_features) as heatmap data.
 
         Returns `{"tokens": [str], "columns": [feature id], "values": [pos][column] activations,
         "truncated": bool, "layer": int}`; newer calls make older ones stale.
         """
 
         def run() -> dict[str, Any]:
-            dfa = _require("sae.dfa")
+            dfa = _require("sae.analysis.dfa")
             sae = self._sae(layer)
             try:
                 res = dfa.prompt_features(self._model, sae, prompt, top_k=top_k, layer=layer)
@@ -441,7 +441,7 @@ class Engine:
         """DFA by head and by source of one (token, feature) of the last prompt run at `layer`."""
 
         def run() -> CellDetail:
-            dfa = _require("sae.dfa")
+            dfa = _require("sae.analysis.dfa")
             res = self._last.get(layer)
             if res is None or res.acts is None:
                 raise EngineError("run a prompt first")
@@ -462,10 +462,10 @@ class Engine:
         return await self.call(run, channel="cell")
 
     async def trace(self, prompt: str, layer: int, feature: int, pos: int | None = None, depth: int = 1, keep: int = 5) -> Any:
-        """The recursive DFA tree of one feature (sae.trace.trace_feature)."""
+        """The recursive DFA tree of one feature (sae.analysis.trace.trace_feature)."""
 
         def run() -> Any:
-            trace = _require("sae.trace")
+            trace = _require("sae.analysis.trace")
             self._sae(layer)
             try:
                 return trace.trace_feature(self._model, self._saes, prompt, layer, feature, pos=pos, depth=depth, keep=keep)
@@ -482,10 +482,10 @@ class Engine:
         return lambda done, total: rep.progress({"done": done, "total": total})
 
     def run_induction(self, n: int, post: Post, seed: int = 0) -> JobHandle:
-        """Synthetic repeated-prefix induction scores per head (sae.induction.synthetic_induction)."""
+        """Synthetic repeated-prefix induction scores per head (sae.experiments.induction.synthetic_induction)."""
 
         def job(rep: Reporter) -> Any:
-            ind = _require("sae.induction")
+            ind = _require("sae.experiments.induction")
             model = self._need_model()
             return ind.synthetic_induction(model, n=n, seq_len=min(128, model.n_ctx), seed=seed,
                                            on_progress=self._steps(rep), cancel=rep.cancel_event)
@@ -493,22 +493,22 @@ class Engine:
         return self.start_job("induction", job, post)
 
     def run_ioi(self, experiment: str, n: int, layer: int | None, post: Post, seed: int = 0) -> JobHandle:
-        """One IOI experiment (sae.ioi); the result is drawn as `{summary, records, sort_key, ...}`."""
+        """One IOI experiment (sae.experiments.ioi); the result is drawn as `{summary, records, sort_key, ...}`."""
 
         def job(rep: Reporter) -> Any:
-            ioi = _require("sae.ioi")
+            ioi = _require("sae.experiments.ioi")
             self._need_model()
             return ioi_view(ioi, self._model, self._saes, experiment, n, layer, seed, self._steps(rep), rep.cancel_event)
 
         return self.start_job("ioi", job, post)
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
-        """Train SAEs on the open model (sae.training.train_saes); the result is `{layer: SAE}`."""
+        """Train SAEs on the open model (sae.engine.training.train_saes); the result is `{layer: SAE}`."""
 
         def job(rep: Reporter) -> Any:
-            training = _require("sae.training")
-            from sae.activations import pack_tokens
-            from sae.activations import CorpusError, read_corpus
+            training = _require("sae.engine.training")
+            from sae.engine.activations import pack_tokens
+            from sae.engine.activations import CorpusError, read_corpus
 
             model = self._need_model()
             try:
@@ -537,10 +537,10 @@ class Engine:
         return await self.call(self.add_saes_sync, saes, label, channel="saes")
 
     def build_dashboards(self, layer: int, post: Post) -> JobHandle:
-        """Scan held-out text once and store every feature's dashboard (sae.dashboards)."""
+        """Scan held-out text once and store every feature's dashboard (sae.analysis.dashboards)."""
 
         def job(rep: Reporter) -> Any:
-            dash = _require("sae.dashboards")
+            dash = _require("sae.analysis.dashboards")
             return dashboards_build(dash, self._need_model(), self._sae(layer), layer, rep.progress, rep.cancel_event)
 
         return self.start_job("dashboards", job, post)
@@ -571,10 +571,10 @@ class Engine:
         return await self.call(run, channel="summary")
 
     async def heads(self) -> dict[str, Any]:
-        """The head survey over every layer with an SAE (sae.heads), as `{heads: [...], summary, rule}`."""
+        """The head survey over every layer with an SAE (sae.analysis.heads), as `{heads: [...], summary, rule}`."""
 
         def run() -> dict[str, Any]:
-            heads = _require("sae.heads")
+            heads = _require("sae.analysis.heads")
             self._need_model()
             return heads_view(heads, self._model, self._saes)
 
@@ -586,12 +586,12 @@ class Engine:
 
 
 def dashboard_view(model: Any, sae: Any, layer: int, feature: int) -> dict[str, Any]:
-    from sae import dfa
+    from sae.analysis import dfa
 
     view: dict[str, Any] = {"layer": layer, "feature": feature, "built": False}
     view["head_shares"] = dfa.head_shares(sae, model.n_heads)[feature].tolist()
     try:
-        dash = _require("sae.dashboards")
+        dash = _require("sae.analysis.dashboards")
     except EngineError:
         view["note"] = "feature dashboards are not available in this build"
         return view
@@ -599,7 +599,7 @@ def dashboard_view(model: Any, sae: Any, layer: int, feature: int) -> dict[str, 
 
 
 def dashboards_view(dash: Any, model: Any, sae: Any, layer: int, feature: int, view: dict[str, Any]) -> dict[str, Any]:
-    """sae.dashboards.load_dashboard -> the feature screen's view dict (renames only)."""
+    """sae.analysis.dashboards.load_dashboard -> the feature screen's view dict (renames only)."""
     try:
         d = dash.load_dashboard(layer, feature, model, sae)
     except dash.DashboardError as exc:
@@ -629,8 +629,8 @@ def dashboards_build(dash: Any, model: Any, sae: Any, layer: int, on_progress: A
 
 
 def heads_view(heads: Any, model: Any, saes: dict[int, Any]) -> dict[str, Any]:
-    """sae.heads.survey_heads over the layers whose dashboards are built -> `{heads: [...], summary, rule}`."""
-    dash = _require("sae.dashboards")
+    """sae.analysis.heads.survey_heads over the layers whose dashboards are built -> `{heads: [...], summary, rule}`."""
+    dash = _require("sae.analysis.dashboards")
     dirs = {layer: dash.dashboard_dir(model, sae, layer) for layer, sae in saes.items()}
     built = {layer: d for layer, d in dirs.items() if dash.is_built(d)}
     if not built:
@@ -668,7 +668,7 @@ def flat_record(r: dict[str, Any]) -> dict[str, Any]:
 
 def ioi_view(ioi: Any, model: Any, saes: dict[int, Any], experiment: str, n: int, layer: int | None, seed: int,
              on_progress: Any, cancel: Any) -> dict[str, Any]:
-    """sae.ioi.run_experiment on a fresh held-out dataset -> `{summary, records, sort_key, ...}` for the table."""
+    """sae.experiments.ioi.run_experiment on a fresh held-out dataset -> `{summary, records, sort_key, ...}` for the table."""
     try:
         data = ioi.build_dataset(model, n, seed=seed)
         out = ioi.run_experiment(experiment, model, data, saes, layer=layer, on_progress=on_progress, cancel=cancel)

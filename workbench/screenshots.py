@@ -84,9 +84,9 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
 
 def _ensure_dashboards(model: str, saes: str, device: str) -> None:
     """The feature and heads screens show dashboards: build any that are missing (cached, so usually instant)."""
-    from sae.dashboards import build_layers
-    from sae.formats import load_sae_set
-    from sae.models import load_model
+    from sae.analysis.dashboards import build_layers
+    from sae.engine.formats import load_sae_set
+    from sae.engine.models import load_model
 
     m = load_model(model, device=device)
     build_layers(m, load_sae_set(saes, model=m, device=m.device))

@@ -54,7 +54,7 @@ def register_bench(bench_sub: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from sae.bench import bench_train
+    from sae.bench.training import bench_train
 
     model = open_model(args.model, args.device)
     console.print("benchmarking SAE training (this takes a minute or two)...")

@@ -39,7 +39,7 @@ def run_features(args: argparse.Namespace) -> int:
     import torch
 
     from sae.cli.features import check_layer
-    from sae.dfa import benchmark_prompt_features
+    from sae.analysis.dfa import benchmark_prompt_features
 
     model, saes = open_model_and_saes(args)
     layer = _layer(args, saes)
@@ -52,7 +52,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 def run_dashboards(args: argparse.Namespace) -> int:
     from sae.cli.features import check_layer
-    from sae.dashboards import benchmark_build
+    from sae.analysis.dashboards import benchmark_build
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:

@@ -34,8 +34,8 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def open_model(name: str, device: str = "auto", dtype: str = "float32"):
-    """`sae.models.load_model`, its failure turned into a UsageError (one line, exit 2)."""
-    from sae.models import ModelLoadError, load_model
+    """`sae.engine.models.load_model`, its failure turned into a UsageError (one line, exit 2)."""
+    from sae.engine.models import ModelLoadError, load_model
 
     try:
         return load_model(name, device=device, dtype=dtype)

@@ -62,7 +62,7 @@ def _help(p: argparse.ArgumentParser) -> int:
 
 def _keys(args: argparse.Namespace) -> tuple[str, str]:
     from sae import zoo
-    from sae.dashboard_store import source_key
+    from sae.analysis.dashboard_store import source_key
 
     return source_key(zoo.resolve_model(args.model)), source_key(zoo.resolve_saes(args.saes))
 
@@ -71,8 +71,8 @@ def _keys(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from sae.activations import CorpusError
-    from sae.dashboards import DashboardError, DashboardSpec, build_layers, register_built
+    from sae.engine.activations import CorpusError
+    from sae.analysis.dashboards import DashboardError, DashboardSpec, build_layers, register_built
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:
@@ -160,13 +160,13 @@ def _flags(args: argparse.Namespace) -> str:
 def find_dashboard_dir(args: argparse.Namespace) -> Path:
     """The built directory for (--model, --saes, --layer): from the registry when possible (no model load),
     else by loading the model and SAEs and hashing them."""
-    from sae.dashboard_store import build_command, is_built, lookup_built
+    from sae.analysis.dashboard_store import build_command, is_built, lookup_built
 
     model_key, sae_key = _keys(args)
     found = lookup_built(model_key, sae_key, args.layer)
     if found is not None:
         return found
-    from sae.dashboards import dashboard_dir  # needs the model: hashes its weights
+    from sae.analysis.dashboards import dashboard_dir  # needs the model: hashes its weights
 
     model, saes = open_model_and_saes(args, args.layer)
     d = dashboard_dir(model, saes[args.layer], args.layer)
@@ -179,7 +179,7 @@ def find_dashboard_dir(args: argparse.Namespace) -> Path:
 def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str, dict[int, Path]]:
     """(model name, {layer: built dashboard dir}) for `layers` (None: every layer with an SAE). Uses the registry
     when it knows every layer; else loads the model and SAEs. Missing builds are a UsageError naming the command."""
-    from sae.dashboard_store import build_command, dashboard_summary, is_built, lookup_built
+    from sae.analysis.dashboard_store import build_command, dashboard_summary, is_built, lookup_built
 
     model_key, sae_key = _keys(args)
     if layers is not None:
@@ -187,7 +187,7 @@ def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str,
         if all(found.values()):
             name = dashboard_summary(next(iter(found.values())))["model"]
             return name, {k: v for k, v in found.items() if v is not None}
-    from sae.dashboards import dashboard_dir
+    from sae.analysis.dashboards import dashboard_dir
 
     model, saes = open_model_and_saes(args)
     if layers is None:
@@ -206,7 +206,7 @@ def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str,
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from sae.dashboard_store import DashboardError, read_dashboard
+    from sae.analysis.dashboard_store import DashboardError, read_dashboard
 
     d = find_dashboard_dir(args)
     try:

@@ -31,9 +31,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.activations import CorpusError, corpus_token_rows
-    from sae.formats import SAEFormatError, load_sae_set, save_sae
-    from sae.metrics import evaluate_saes
+    from sae.engine.activations import CorpusError, corpus_token_rows
+    from sae.engine.formats import SAEFormatError, load_sae_set, save_sae
+    from sae.engine.metrics import evaluate_saes
 
     model = open_model(args.model, args.device)
     specs = args.saes or [args.saes_flag]

@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae.cli.dashboards import built_dirs
-    from sae.families import classify_layer
+    from sae.analysis.families import classify_layer
 
     name, dirs = built_dirs(args, [args.layer])
     rep = classify_layer(dirs[args.layer], n_examples=args.examples)

@@ -21,7 +21,7 @@ from sae.cli.common import UsageError, open_model, add_model_flags, add_output_f
 def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
     """(LoadedModel, {layer: SAE}) from --model/--saes/--device/--dtype; UsageError on any failure, including a
     `layer` that has no SAE."""
-    from sae.formats import SAEFormatError, load_sae_set
+    from sae.engine.formats import SAEFormatError, load_sae_set
 
     model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:
@@ -102,7 +102,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.dfa import PromptError, prompt_features
+    from sae.analysis.dfa import PromptError, prompt_features
 
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae.cli.dashboards import built_dirs
-    from sae.heads import survey_heads
+    from sae.analysis.heads import survey_heads
 
     name, dirs = built_dirs(args, None if args.layer is None else [args.layer])
     if not dirs:

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae import induction
+    from sae.experiments import induction
 
     if args.n <= 0:
         raise UsageError(f"--n must be a positive number of sequences, got {args.n}")
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _texts(spec: str) -> tuple[list[str], str]:
-    from sae import corpus
-    from sae.activations import CorpusError, read_corpus
+    from sae.zoo import corpus
+    from sae.engine.activations import CorpusError, read_corpus
 
     if spec == "default":
         return corpus.documents("heldout", synthetic=False), "held-out split of the embedded corpus"

@@ -13,7 +13,7 @@ from sae.cli.common import UsageError, open_model, add_model_flags, add_output_f
 
 
 def register(subparsers) -> None:
-    from sae.ioi_data import EXPERIMENTS
+    from sae.experiments.ioi_data import EXPERIMENTS
 
     p = subparsers.add_parser(
         "ioi",
@@ -79,7 +79,8 @@ def load_model_or_fail(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae import ioi, ioi_data
+    from sae.experiments import ioi
+    from sae.experiments import ioi_data
 
     if args.experiment not in ioi.EXPERIMENTS:
         raise UsageError(f"unknown experiment {args.experiment!r}; choose one of {', '.join(ioi.EXPERIMENTS)}")

@@ -34,8 +34,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.dfa import PromptError
-    from sae.trace import TraceError, trace_feature
+    from sae.analysis.dfa import PromptError
+    from sae.analysis.trace import TraceError, trace_feature
 
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")

@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
 
 
 def build_config(args: argparse.Namespace, model, layers: list[int]):
-    from sae.training import TrainConfig, TrainingError
+    from sae.engine.training import TrainConfig, TrainingError
 
     def val(name: str) -> Any:
         v = getattr(args, name)
@@ -116,7 +116,7 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
     """The saved config of the run in `out_dir`, with the few settings a resume may change."""
     import json
 
-    from sae.training import CONFIG_FILE, TrainConfig, TrainingError
+    from sae.engine.training import CONFIG_FILE, TrainConfig, TrainingError
 
     path = out_dir / CONFIG_FILE
     try:
@@ -137,8 +137,8 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sae.activations import CorpusError, corpus_token_rows
-    from sae.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
+    from sae.engine.activations import CorpusError, corpus_token_rows
+    from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
 
     if args.tokens is not None and args.tokens <= 0:
         raise UsageError(f"--tokens must be positive (got {args.tokens})")

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _heldout_and_train_rows(model, max_heldout_rows: int = 256, max_train_rows: int = 4096):
-    from sae import corpus
-    from sae.activations import pack_tokens
+    from sae.zoo import corpus
+    from sae.engine.activations import pack_tokens
 
     ctx = min(128, model.n_ctx)
     held = pack_tokens(corpus.documents("heldout"), model.encode, ctx, model.bos_token_id, max_rows=max_heldout_rows)
@@ -46,7 +46,7 @@ def _heldout_and_train_rows(model, max_heldout_rows: int = 256, max_train_rows: 
 
 
 def measure(model_name: str, device: str = "auto", n_ioi: int = 200) -> dict:
-    from sae import phenomena
+    from sae.experiments import phenomena
 
     model = open_model(model_name, device)
     held, train = _heldout_and_train_rows(model)
@@ -102,7 +102,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_train_default(args: argparse.Namespace) -> int:
-    from sae import default_build
+    from sae.zoo import build as default_build
 
     out_dir = Path(args.out)
     try:

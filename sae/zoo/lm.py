@@ -1,4 +1,4 @@
-"""Building the embedded default: tokenizer, GPT-2-architecture LM, and (via sae.training) its attention SAEs.
+"""Building the embedded default: tokenizer, GPT-2-architecture LM, and (via sae.engine.training) its attention SAEs.
 
 The LM recipe follows ../shared/DEFAULT-MODEL-NOTES.md, the trials that formed induction heads on a 2-core CPU:
 AdamW lr 3e-3 with 200 warm-up steps and a cosine decay to 3e-4, no weight decay or dropout, grad clip 1.0,
@@ -20,7 +20,9 @@ from typing import Callable
 
 import torch
 
-from sae import corpus, ioi_data
+from sae.zoo import corpus
+
+from sae.experiments import ioi_data
 
 BOS = "<|endoftext|>"
 
@@ -216,7 +218,7 @@ def repeat_logprob(model, cfg: LMConfig, n: int = 16, span: int = 30, seed: int 
 
 def prev_token_score_hf(model, rows: torch.Tensor) -> float:
     """Best head's mean attention from t to t-1 on `rows [batch, pos]` (eager attention, patterns returned)."""
-    from sae.phenomena import prev_token_score_from_pattern
+    from sae.experiments.phenomena import prev_token_score_from_pattern
 
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
@@ -230,7 +232,7 @@ def prev_token_score_hf(model, rows: torch.Tensor) -> float:
 
 def ioi_logit_diff_hf(model, tokenizer, n: int = 100, seed: int = 7, split: str = "heldout") -> float:
     """Mean logit(IO) - logit(S) at the last position over generated IOI prompts (both orders)."""
-    from sae.phenomena import ioi_logit_diffs
+    from sae.experiments.phenomena import ioi_logit_diffs
 
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     prompts = ioi_data.generate(n, seed=seed, names=ioi_data.single_token_names(encode), split=split)

@@ -1,7 +1,7 @@
 """Feature families (Kissane et al.): induction, short-range context, long-range context, other.
 
 A feature is classified from the DFA by source of its top activating examples (stored by the dashboard build,
-see `sae.dashboards.source_facts`). The rules, in order (the first that holds wins):
+see `sae.analysis.dashboards.source_facts`). The rules, in order (the first that holds wins):
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sae.dashboards import distance_bin, feature_stats
+from sae.analysis.dashboards import distance_bin, feature_stats
 
 FAMILIES = ("induction", "short-range context", "long-range context", "other")
 SHORT_MAX = 6  # distances 0..6 are "a few tokens"
@@ -32,7 +32,7 @@ __doc__ = (__doc__ or "") + "\n" + "\n".join(f"- {r}" for r in RULES) + "\n"
 
 
 def _bin_ranges(n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per distance bin, its first and last distance (see `sae.dashboards.distance_bin`)."""
+    """Per distance bin, its first and last distance (see `sae.analysis.dashboards.distance_bin`)."""
     b = torch.arange(n_bins)
     return 2**b - 1, 2 ** (b + 1) - 2
 
@@ -83,7 +83,7 @@ def classify(scores: FamilyScores) -> str:
 def mass_at_distances(per_src: list[float], dest: int) -> torch.Tensor:
     """Positive DFA mass per distance bin of one example, from its DFA by source over positions 0..dest (BOS = 0
     left out). A helper for building cases by hand."""
-    from sae.dashboards import n_distance_bins
+    from sae.analysis.dashboards import n_distance_bins
 
     nb = n_distance_bins(max(dest + 1, 2))
     out = torch.zeros(nb)

@@ -1,8 +1,8 @@
 """`attnscope zoo train-default`: the stages that rebuild the embedded default, resumable.
 
 Stages, each reading the previous one's output under the working directory:
-  lm    -> OUT/model/          tokenizer + GPT-2-architecture LM (sae.default_model.train_lm)
-  saes  -> OUT/saes/           one attention SAE per layer, trained in one pass (sae.training)
+  lm    -> OUT/model/          tokenizer + GPT-2-architecture LM (sae.zoo.lm.train_lm)
+  saes  -> OUT/saes/           one attention SAE per layer, trained in one pass (sae.engine.training)
   card  -> OUT/MODEL_CARD.md   phenomena and SAE metrics, recomputed on the held-out split
 With `install`, OUT/model, OUT/saes and the card are copied into the package (sae/zoo/default/).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from sae import zoo
-from sae.default_model import LMConfig, train_lm
+from sae.zoo.lm import LMConfig, train_lm
 
 # SAE recipe for the default (d_in = 4 heads x 32 = 128): width 8x, top-k. The paper's standard (ReLU + L1)
 # architecture needs an L1 coefficient tuned per layer because z norms differ by ~10x between layers here; top-k
@@ -52,7 +52,7 @@ def run(
 
 
 def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
-    from sae.training import TrainConfig
+    from sae.engine.training import TrainConfig
 
     return TrainConfig(
         layers=layers,
@@ -75,10 +75,10 @@ def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
 
 
 def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[str], None]) -> None:
-    from sae import corpus
-    from sae.activations import pack_tokens
-    from sae.models import load_model
-    from sae.training import train_saes
+    from sae.zoo import corpus
+    from sae.engine.activations import pack_tokens
+    from sae.engine.models import load_model
+    from sae.engine.training import train_saes
 
     model = load_model(str(out_dir / "model"), device="cpu")
     rows = pack_tokens(corpus.documents("train"), model.encode, 128, model.bos_token_id)
@@ -115,11 +115,11 @@ def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
 
 def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 512) -> list[dict]:
     """Every SAE under `saes_dir` on `max_rows` x 128 held-out tokens."""
-    from sae import corpus
-    from sae.activations import pack_tokens
-    from sae.formats import load_sae_set
-    from sae.metrics import evaluate_saes
-    from sae.models import load_model
+    from sae.zoo import corpus
+    from sae.engine.activations import pack_tokens
+    from sae.engine.formats import load_sae_set
+    from sae.engine.metrics import evaluate_saes
+    from sae.engine.models import load_model
 
     model = load_model(str(model_dir), device="cpu")
     saes = load_sae_set(str(saes_dir), model=model)

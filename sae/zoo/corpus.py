@@ -2,7 +2,7 @@
 
 Real text (most of it, written by others): the Python standard library's modules (code, comments and
 docstrings; test suites left out) and the English `pydoc` topic pages. Generated text: IOI sentences from Wang
-et al.'s templates (`sae.ioi_data`) and documents whose span is repeated later, so that induction has something to do.
+et al.'s templates (`sae.experiments.ioi_data`) and documents whose span is repeated later, so that induction has something to do.
 
 Every document is assigned to "train" or "heldout" by a fixed hash of its name, so the split is stable across runs
 and machines with the same Python version.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sae import ioi_data
+from sae.experiments import ioi_data
 
 SPLITS = ("train", "heldout")
 _SKIP_DIRS = {"test", "tests", "idle_test", "lib2to3", "site-packages", "__pycache__", "turtledemo"}

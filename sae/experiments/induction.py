@@ -20,10 +20,10 @@ from typing import Sequence
 
 import torch
 
-from sae.activations import pack_tokens
-from sae.cancel import CancelToken, ProgressFn, Steps
-from sae.dfa import pattern_hook_name
-from sae.models import LoadedModel
+from sae.engine.activations import pack_tokens
+from sae.engine.cancel import CancelToken, ProgressFn, Steps
+from sae.analysis.dfa import pattern_hook_name
+from sae.engine.models import LoadedModel
 
 PREFIX_LENGTHS: tuple[int, ...] = tuple(range(1, 10))
 # Mean score over the longest prefixes for a head to count as an induction head. Uniform attention over a

@@ -30,10 +30,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from sae.activations import ActivationBuffer, ZSource, rows_digest
-from sae.formats import save_sae
-from sae.models import z_hook_name
-from sae.sae import SAE, SAEConfig
+from sae.engine.activations import ActivationBuffer, ZSource, rows_digest
+from sae.engine.formats import save_sae
+from sae.engine.models import z_hook_name
+from sae.engine.autoencoder import SAE, SAEConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "train_config.json"
@@ -356,7 +356,7 @@ def sae_dir_name(layer: int) -> str:
 
 
 def _cancelled(cancel: Any) -> bool:
-    """`cancel` is a `threading.Event` or a zero-argument callable (the `sae.cancel` convention)."""
+    """`cancel` is a `threading.Event` or a zero-argument callable (the `sae.engine.cancel` convention)."""
     return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 

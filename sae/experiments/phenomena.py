@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from sae import ioi_data
-from sae.models import LoadedModel
+from sae.experiments import ioi_data
+from sae.engine.models import LoadedModel
 
 
 def repeated_random_tokens(model: LoadedModel, n: int, span: int, seed: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sae.training import Trainer, TrainConfig, make_optimizer, remove_parallel_grad, standard_step_grads
+from sae.engine.training import Trainer, TrainConfig, make_optimizer, remove_parallel_grad, standard_step_grads
 
 
 def random_gpt2_dir(path: Path, n_layer: int, d_model: int, n_head: int, n_ctx: int, vocab: int) -> Path:
@@ -69,7 +69,7 @@ def _time_training(model, rows: torch.Tensor, layers: list[int], d_sae: int, bat
 
 
 def _time_model_pass(model, rows: torch.Tensor, layers: list[int], batch_size: int, reps: int, autocast: bool) -> float:
-    from sae.activations import ZSource
+    from sae.engine.activations import ZSource
 
     src = ZSource(model, rows, layers, max(1, batch_size // rows.shape[1]), 0,
                   torch.bfloat16 if autocast and model.device.type == "cuda" else None)
@@ -85,7 +85,7 @@ def _time_model_pass(model, rows: torch.Tensor, layers: list[int], batch_size: i
 def sae_step_efficiency(d_in: int, d_sae: int, batch_size: int, device: torch.device, reps: int = 5) -> dict[str, float]:
     """Achieved FLOP/s of one standard SAE step (5 matmuls of B x d_in x d_sae, plus Adam and the decoder
     constraint) against a plain matmul of the same shape on the same device."""
-    from sae.sae import SAE, SAEConfig
+    from sae.engine.autoencoder import SAE, SAEConfig
 
     sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name="blocks.0.attn.hook_z")).to(device)
     opt = make_optimizer(sae, TrainConfig(layers=[0]))
@@ -165,7 +165,7 @@ def bench_train(model=None, d_sae: int | None = None, batch_size: int = 4096, st
                 reference: bool = True, device: str = "auto") -> dict[str, Any]:
     """`attnscope bench train`: the embedded default (or `model`), the SAELens reference shape (a 2-layer
     256-wide GPT-2, 256 -> 2048 SAE on layer 1), and on CUDA a GPT-2-Small-shaped model under bf16 autocast."""
-    from sae.models import load_model, resolve_device
+    from sae.engine.models import load_model, resolve_device
 
     torch.manual_seed(0)
     dev = resolve_device(device)

@@ -256,7 +256,7 @@ def corrupt(prompt: IOIPrompt, kind: str, names: Sequence[str] | None = None, se
     return _render(prompt, prompt.io, prompt.s, joiner=PAIR_WORD_ALT)
 
 
-# The IOI runner's experiments (sae.ioi); listed here so the CLI can offer them without importing torch.
+# The IOI runner's experiments (sae.experiments.ioi); listed here so the CLI can offer them without importing torch.
 EXPERIMENTS: dict[str, str] = {
     "clean": "logit difference IO - S and accuracy",
     "splice": "SAEs spliced into hook_z, with and without the error term",

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from sae.sae import SAE
+from sae.engine.autoencoder import SAE
 
 DENSE_THRESHOLD = 0.1
 

@@ -23,11 +23,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from sae import ioi_data
-from sae.cancel import CancelToken, ProgressFn, Steps
-from sae.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
-from sae.models import LoadedModel, z_hook_name
-from sae.sae import SAE
+from sae.experiments import ioi_data
+from sae.engine.cancel import CancelToken, ProgressFn, Steps
+from sae.experiments.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
+from sae.engine.models import LoadedModel, z_hook_name
+from sae.engine.autoencoder import SAE
 
 NEEDS_SAES = {"splice", "features", "path"}
 ZFn = Callable[[torch.Tensor], torch.Tensor]
@@ -621,8 +621,8 @@ def saes_by_layer(loaded: object) -> dict[int, SAE]:
 
 
 def load_saes(spec: str, model: LoadedModel) -> dict[int, SAE]:
-    """`{layer: SAE}` from `sae.formats.load_sae_set`, checked against `model` and moved to its device."""
-    from sae.formats import SAEFormatError, load_sae_set
+    """`{layer: SAE}` from `sae.engine.formats.load_sae_set`, checked against `model` and moved to its device."""
+    from sae.engine.formats import SAEFormatError, load_sae_set
 
     try:
         saes = saes_by_layer(load_sae_set(spec, model, device=model.device))

@@ -1,6 +1,6 @@
 """Head survey: which features each attention head writes, which family they fall in, and whether the head is
 monosemantic or polysemantic (Kissane et al. inspected GPT-2 Small's heads' top-10 features this way and found at
-least 90% polysemantic). Reads built dashboards (`sae.dashboards`) and feature families (`sae.families`)."""
+least 90% polysemantic). Reads built dashboards (`sae.analysis.dashboards`) and feature families (`sae.analysis.families`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from sae.dashboards import feature_stats
-from sae.families import FAMILIES, RULES, classify_layer
+from sae.analysis.dashboards import feature_stats
+from sae.analysis.families import FAMILIES, RULES, classify_layer
 
 NAMED = ("induction", "short-range context", "long-range context")
 

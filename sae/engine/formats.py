@@ -13,7 +13,7 @@ Layouts understood by `load_sae(path)`:
   JumpReLU). The layer comes from a `layer_N` component of the path (their repository layout).
 
 All of them were trained on hook_z with value biases folded out (HookedTransformer); attnscope's z follows the
-same convention (see `sae.models`), so these SAEs apply to attnscope's activations unchanged.
+same convention (see `sae.engine.models`), so these SAEs apply to attnscope's activations unchanged.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from sae.models import layer_of_hook, z_hook_name
-from sae.sae import SAE, SAEConfig
+from sae.engine.models import layer_of_hook, z_hook_name
+from sae.engine.autoencoder import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -359,7 +359,7 @@ def _download_release(spec: str) -> Path:
         from huggingface_hub import snapshot_download
 
         patterns = ["*.pt", "*_cfg.json", "*/cfg.json", "cfg.json", "*.safetensors", "*/params.npz", "params.npz"]
-        from sae.models import hub_reachable
+        from sae.engine.models import hub_reachable
 
         # unreachable hub: serve a cached snapshot if there is one, else fail at once (no retry loop)
         return Path(snapshot_download(repo_id=repo, allow_patterns=patterns, local_files_only=not hub_reachable()))

@@ -1,7 +1,7 @@
 """Which features fire on a prompt, and which heads and source tokens made them fire (direct feature attribution).
 
 The pre-activation of an attention-SAE feature `i` is linear in the layer's z (value bias removed, see
-`sae.models`): `pre_i = sum_k z_k . W_enc[k-slice, i] + (b_enc_i - b_dec . W_enc[:, i])`. So it splits exactly
+`sae.engine.models`): `pre_i = sum_k z_k . W_enc[k-slice, i] + (b_enc_i - b_dec . W_enc[:, i])`. So it splits exactly
 into one term per head plus a constant (`dfa_bias`). Each head's z at destination `t` is `sum_s A_k[t, s] v_k[s]`
 (every pattern row sums to 1, so the value bias drops out), which splits a head's term exactly over source positions.
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from sae.models import LoadedModel
-from sae.sae import SAE
+from sae.engine.models import LoadedModel
+from sae.engine.autoencoder import SAE
 
 
 class PromptError(ValueError):

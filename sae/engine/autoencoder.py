@@ -47,7 +47,7 @@ class SAEConfig:
 
     @property
     def layer(self) -> int:
-        from sae.models import layer_of_hook
+        from sae.engine.models import layer_of_hook
 
         return layer_of_hook(self.hook_name)
 

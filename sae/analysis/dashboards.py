@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sae.dfa import (
+from sae.analysis.dfa import (
     capture_until_z,
     decoder_by_head,
     encoder_by_head,
@@ -42,7 +42,7 @@ from sae.dfa import (
     v_hook_name,
     z_hook_name,
 )
-from sae.dashboard_store import (  # noqa: F401  (re-exported: the reading side lives there)
+from sae.analysis.dashboard_store import (  # noqa: F401  (re-exported: the reading side lives there)
     DATA,
     INDEX,
     REGISTRY,
@@ -61,8 +61,8 @@ from sae.dashboard_store import (  # noqa: F401  (re-exported: the reading side 
     register_built,
     source_key,
 )
-from sae.models import LoadedModel
-from sae.sae import SAE
+from sae.engine.models import LoadedModel
+from sae.engine.autoencoder import SAE
 
 PARTIAL = "partial.safetensors"
 PARTIAL_INDEX = "partial.json"
@@ -140,7 +140,7 @@ class DashboardSpec:
     n_logits: int = 10
     context_size: int = 128
     seed: int = 0
-    corpus: str = "default"  # "default" = the embedded held-out split; else a path (see sae.activations.read_corpus)
+    corpus: str = "default"  # "default" = the embedded held-out split; else a path (see sae.engine.activations.read_corpus)
 
     @property
     def window(self) -> int:
@@ -474,10 +474,10 @@ def heldout_rows(
     """Held-out text packed into `[rows, context_size]` (BOS first), enough rows for `n_tokens` (or all there is).
 
     `docs` wins over `corpus` ("default": the embedded corpus's held-out split; or a file / directory)."""
-    from sae.activations import pack_tokens
+    from sae.engine.activations import pack_tokens
 
     if docs is None:
-        from sae.activations import read_corpus
+        from sae.engine.activations import read_corpus
 
         docs = read_corpus(corpus, split="heldout")
     max_rows = max(1, math.ceil(n_tokens / context_size))

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from sae.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name, z_hook_name
-from sae.models import LoadedModel
-from sae.sae import SAE
+from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name, z_hook_name
+from sae.engine.models import LoadedModel
+from sae.engine.autoencoder import SAE
 
 APPROXIMATION = (
     "Attention patterns and LayerNorm scales are frozen at their values on this prompt; with them fixed, each "

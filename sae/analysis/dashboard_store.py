@@ -1,7 +1,7 @@
 """Built feature dashboards on disk: where they live, and reading one feature back.
 
 Reading needs neither torch nor the model (numpy slices of one safetensors file plus a JSON index), so
-`attnscope dashboard` and the workbench open a feature in milliseconds. Building is in `sae.dashboards`.
+`attnscope dashboard` and the workbench open a feature in milliseconds. Building is in `sae.analysis.dashboards`.
 """
 
 from __future__ import annotations

@@ -51,11 +51,11 @@ class CorpusError(Exception):
 
 
 def read_corpus(spec: str, split: str = "train") -> list[str]:
-    """Documents of a corpus: "default" (the embedded corpus, `sae.corpus.documents(split)`), a .txt/.py/.md
+    """Documents of a corpus: "default" (the embedded corpus, `sae.zoo.corpus.documents(split)`), a .txt/.py/.md
     file (one document), or a directory searched recursively for such files (sorted, one document each)."""
     if spec == "default":
         try:
-            from sae import corpus  # written alongside the embedded default model
+            from sae.zoo import corpus  # written alongside the embedded default model
         except ImportError:
             raise CorpusError("the embedded corpus is not available in this install; pass --corpus PATH") from None
         docs = list(corpus.documents(split))
@@ -176,7 +176,7 @@ class ZSource:
         done: set[int] = set()
 
         def grab(z: torch.Tensor, hook) -> torch.Tensor:
-            from sae.models import layer_of_hook
+            from sae.engine.models import layer_of_hook
 
             layer = layer_of_hook(hook.name)
             i = slot[layer]
@@ -187,7 +187,7 @@ class ZSource:
                 raise _StopForward
             return z
 
-        from sae.models import z_hook_name
+        from sae.engine.models import z_hook_name
 
         hooks = [(z_hook_name(layer), grab) for layer in self.layers]
         dev_type = self.model.device.type
