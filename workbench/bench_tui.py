@@ -72,15 +72,13 @@ async def measure(engine: Any, n_tokens: int, repeats: int) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     from sae.cli.common import UsageError
-    from workbench.engine import Engine, EngineError
+    from workbench.engine import Engine
 
     if args.tokens < 2 or args.repeats < 1:
         raise UsageError("--tokens must be >= 2 and --repeats >= 1")
     engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
     try:
         result = asyncio.run(measure(engine, args.tokens, args.repeats))
-    except EngineError as exc:
-        raise UsageError(str(exc)) from None
     finally:
         engine.close()
     if args.json:

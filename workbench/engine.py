@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
+from sae.engine.errors import AttnscopeError
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ class Cancelled(Exception):
     """Raised inside a long job (from `Reporter.progress`) when the user asked it to stop."""
 
 
-class EngineError(Exception):
+class EngineError(AttnscopeError):
     """A request failed for a reason the user can act on; the message is one line."""
 
 

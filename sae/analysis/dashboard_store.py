@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 from safetensors import safe_open
+from sae.engine.errors import AttnscopeError
 
 INDEX = "index.json"
 DATA = "dashboards.safetensors"
 REGISTRY = "registry.json"
 
 
-class DashboardError(ValueError):
+class DashboardError(AttnscopeError, ValueError):
     """Bad dashboard request (not built, feature out of range, ...); one line for the user."""
 
 

@@ -17,9 +17,10 @@ import torch
 
 from sae.engine.models import LoadedModel
 from sae.engine.autoencoder import SAE
+from sae.engine.errors import AttnscopeError
 
 
-class PromptError(ValueError):
+class PromptError(AttnscopeError, ValueError):
     """A prompt that cannot be analysed (empty, ...); the message is one line for the user."""
 
 

@@ -25,6 +25,7 @@ import torch
 from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name, z_hook_name
 from sae.engine.models import LoadedModel
 from sae.engine.autoencoder import SAE
+from sae.engine.errors import AttnscopeError
 
 APPROXIMATION = (
     "Attention patterns and LayerNorm scales are frozen at their values on this prompt; with them fixed, each "
@@ -275,7 +276,7 @@ def prune(nodes: list[TraceNode], keep: int) -> list[TraceNode]:
     return kept + fixed
 
 
-class TraceError(ValueError):
+class TraceError(AttnscopeError, ValueError):
     """Bad trace request (feature out of range, no SAE at that layer, ...); one line for the user."""
 
 

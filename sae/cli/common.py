@@ -18,12 +18,13 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sae.engine.errors import AttnscopeError
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
 
 
-class UsageError(Exception):
+class UsageError(AttnscopeError):
     """Bad input from the user: printed as one line `attnscope: error: ...`, exit code 2."""
 
 

@@ -71,8 +71,7 @@ def _keys(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from sae.engine.activations import CorpusError
-    from sae.analysis.dashboards import DashboardError, DashboardSpec, build_layers, register_built
+    from sae.analysis.dashboards import DashboardSpec, build_layers, register_built
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:
@@ -89,8 +88,6 @@ def run_build(args: argparse.Namespace) -> int:
         with _build_progress(f"{what} dashboards") as on_progress:
             built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, progress=on_progress,
                                  batch_rows=args.batch_rows, force=args.force)
-    except (DashboardError, CorpusError) as exc:
-        raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
         console.print("[yellow]stopped; the scan so far is saved; run the same command to resume[/]")
         raise
@@ -206,13 +203,10 @@ def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str,
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from sae.analysis.dashboard_store import DashboardError, read_dashboard
+    from sae.analysis.dashboard_store import read_dashboard
 
     d = find_dashboard_dir(args)
-    try:
-        board = read_dashboard(d, args.feature)
-    except DashboardError as exc:
-        raise UsageError(str(exc)) from None
+    board = read_dashboard(d, args.feature)
     emit(args, board.to_dict(), markdown, pretty)
     return 0
 

@@ -31,28 +31,22 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.engine.activations import CorpusError, corpus_token_rows
-    from sae.engine.formats import SAEFormatError, load_sae_set, save_sae
+    from sae.engine.activations import corpus_token_rows
+    from sae.engine.formats import load_sae_set, save_sae
     from sae.engine.metrics import evaluate_saes
 
     model = open_model(args.model, args.device)
     specs = args.saes or [args.saes_flag]
     saes: dict = {}
-    try:
-        for spec in specs:
-            for layer, sae in load_sae_set(spec, model=model, device=model.device).items():
-                if layer in saes:
-                    raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
-                saes[layer] = sae
-    except SAEFormatError as exc:
-        raise UsageError(str(exc)) from None
+    for spec in specs:
+        for layer, sae in load_sae_set(spec, model=model, device=model.device).items():
+            if layer in saes:
+                raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
+            saes[layer] = sae
     ctx = args.context_size or min(sae.cfg.context_size for sae in saes.values())
     ctx = min(ctx, model.n_ctx)
     n_rows = max(1, args.tokens // ctx)
-    try:
-        rows = corpus_token_rows(model, args.corpus, ctx, split="heldout", max_rows=n_rows)
-    except CorpusError as exc:
-        raise UsageError(str(exc)) from None
+    rows = corpus_token_rows(model, args.corpus, ctx, split="heldout", max_rows=n_rows)
     with progress_bar("eval", rows.shape[0], unit="rows") as advance:
         done = {"rows": 0}
 

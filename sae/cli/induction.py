@@ -71,14 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _texts(spec: str) -> tuple[list[str], str]:
     from sae.zoo import corpus
-    from sae.engine.activations import CorpusError, read_corpus
+    from sae.engine.activations import read_corpus
 
     if spec == "default":
         return corpus.documents("heldout", synthetic=False), "held-out split of the embedded corpus"
-    try:
-        return read_corpus(spec), spec
-    except CorpusError as exc:
-        raise UsageError(str(exc)) from None
+    return read_corpus(spec), spec
 
 
 # ---- faces ---------------------------------------------------------------------------------------------

@@ -100,22 +100,19 @@ def run(args: argparse.Namespace) -> int:
     for l in ([args.layer] if args.layer is not None else []) + (layers or []) + [h[0] for h in heads or []]:
         if not 0 <= l < model.n_layers:
             raise UsageError(f"layer {l} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
-    try:
-        data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names)
-        saes = ioi.load_saes(args.saes, model) if args.experiment in ioi.NEEDS_SAES else None
-        with progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
-            if args.experiment == "noising":
-                result = ioi.run_noising(
-                    model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
-                    on_progress=on_progress,
-                )
-            else:
-                result = ioi.run_experiment(
-                    args.experiment, model, data, saes, layer=args.layer, layers=layers, features=features,
-                    heads=heads, top=args.top, batch_size=args.batch_size, on_progress=on_progress,
-                )
-    except (ioi.IOIError, ioi_data.NameTokenError) as exc:
-        raise UsageError(str(exc)) from None
+    data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names)
+    saes = ioi.load_saes(args.saes, model) if args.experiment in ioi.NEEDS_SAES else None
+    with progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
+        if args.experiment == "noising":
+            result = ioi.run_noising(
+                model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
+                on_progress=on_progress,
+            )
+        else:
+            result = ioi.run_experiment(
+                args.experiment, model, data, saes, layer=args.layer, layers=layers, features=features,
+                heads=heads, top=args.top, batch_size=args.batch_size, on_progress=on_progress,
+            )
     emit(args, result, to_markdown, pretty)
     return 0
 

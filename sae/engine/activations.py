@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from sae.engine.errors import AttnscopeError
 
 
 def pack_tokens(
@@ -46,7 +47,7 @@ def pack_tokens(
 CORPUS_SUFFIXES = (".txt", ".py", ".md")
 
 
-class CorpusError(Exception):
+class CorpusError(AttnscopeError):
     """A corpus could not be read or is too small; the message is one line meant for the user."""
 
 

@@ -31,6 +31,7 @@ import torch
 
 from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
+from sae.engine.errors import AttnscopeError
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -44,7 +45,7 @@ RELEASES: dict[str, tuple[str, str]] = {
 }
 
 
-class SAEFormatError(Exception):
+class SAEFormatError(AttnscopeError):
     """An SAE could not be loaded or does not fit the model; the message is one line meant for the user."""
 
 

@@ -18,9 +18,10 @@ from typing import Callable, Iterable
 import torch
 
 from sae import zoo
+from sae.engine.errors import AttnscopeError
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(AttnscopeError):
     """A model could not be loaded; the message is one line meant for the user."""
 
 

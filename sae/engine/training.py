@@ -34,13 +34,14 @@ from sae.engine.activations import ActivationBuffer, ZSource, rows_digest
 from sae.engine.formats import save_sae
 from sae.engine.models import z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
+from sae.engine.errors import AttnscopeError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "train_config.json"
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-class TrainingError(Exception):
+class TrainingError(AttnscopeError):
     """Training could not start or had to stop; the message is one line meant for the user."""
 
 

@@ -28,12 +28,13 @@ from sae.engine.cancel import CancelToken, ProgressFn, Steps
 from sae.experiments.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
+from sae.engine.errors import AttnscopeError
 
 NEEDS_SAES = {"splice", "features", "path"}
 ZFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class IOIError(ValueError):
+class IOIError(AttnscopeError, ValueError):
     """Bad input to an IOI experiment; the message is one line for the user."""
 
 
