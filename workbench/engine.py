@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sae.engine.errors import AttnscopeError
@@ -295,6 +296,18 @@ class CellDetail:
     head_src: list[list[float]]
 
 
+def sae_dir_candidates(roots: list[Path]) -> list[Path]:
+    """SAE sets a user may want: folders holding SAELens dirs (cfg.json + sae_weights.safetensors)."""
+    found: set[Path] = set()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for cfg in list(root.glob("*/cfg.json")) + list(root.glob("*/*/cfg.json")):
+            if (cfg.parent / "sae_weights.safetensors").is_file():
+                found.add(cfg.parent.parent)
+    return sorted(found)
+
+
 def _require(module: str) -> Any:
     """Import an `sae/` analysis module, or say plainly that it is not part of this build yet."""
     import importlib
@@ -367,24 +380,20 @@ class Engine:
     # ---- opening models and SAEs ----------------------------------------------------------------------
 
     def _open_sync(self) -> EngineInfo:
-        from sae.engine.models import ModelLoadError, load_model
+        from sae.zoo import load_model  # "default" is resolved here, above the engine
 
-        try:
-            model = load_model(self.model_spec, device=self.device, dtype=self.dtype)
-        except ModelLoadError as exc:
-            raise EngineError(one_line(exc)) from exc
+        model = load_model(self.model_spec, device=self.device, dtype=self.dtype)
         saes = self._load_saes(self.saes_spec, model)
         self._model, self._saes, self._last = model, saes, {}
         self.info = self._describe()
         return self.info
 
     def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
-        formats = _require("sae.engine.formats")
-        from sae import zoo
+        from sae.zoo import load_sae_set
 
         try:
-            loaded = formats.load_sae_set(zoo.resolve_saes(spec), model, device=model.device)
-        except (formats.SAEFormatError, ValueError, OSError, KeyError) as exc:
+            loaded = load_sae_set(spec, model, device=model.device)
+        except (AttnscopeError, ValueError, OSError, KeyError) as exc:
             raise EngineError(f"could not open SAEs {spec!r}: {one_line(exc)}") from exc
         saes = loaded if isinstance(loaded, dict) else {s.cfg.layer: s for s in loaded}
         if not saes:
@@ -509,7 +518,7 @@ class Engine:
         def job(rep: Reporter) -> Any:
             training = _require("sae.engine.training")
             from sae.engine.activations import pack_tokens
-            from sae.engine.activations import CorpusError, read_corpus
+            from sae.zoo import corpus_texts
 
             model = self._need_model()
             try:
@@ -519,8 +528,8 @@ class Engine:
                             "dead_window_steps": min(1000, max(10, steps // 4))}
                 cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
                                            context_size=min(128, model.n_ctx), **{**schedule, **form})
-                texts = read_corpus(corpus)
-            except (training.TrainingError, CorpusError, OSError) as exc:
+                texts = corpus_texts(corpus, "train")
+            except OSError as exc:
                 raise EngineError(one_line(exc)) from exc
             rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
             rows = pack_tokens(texts, model.encode, cfg.context_size, model.bos_token_id,
@@ -532,6 +541,12 @@ class Engine:
                                        cancel=rep.cancel_event, resume=resume, device=model.device)
 
         return self.start_job("train", job, post)
+
+    def sae_sets(self) -> list[Path]:
+        """SAE sets the user may want to open: the embedded default's and any under the working dir or ./runs."""
+        from sae import zoo
+
+        return sae_dir_candidates([zoo.DEFAULT_SAES_DIR.parent, Path.cwd(), Path.cwd() / "runs"])
 
     async def use_saes(self, saes: dict[int, Any], label: str) -> EngineInfo:
         """Explore with SAEs held in memory (a finished training run)."""
@@ -626,7 +641,11 @@ def dashboards_view(dash: Any, model: Any, sae: Any, layer: int, feature: int, v
 
 
 def dashboards_build(dash: Any, model: Any, sae: Any, layer: int, on_progress: Any, cancel: Any) -> Any:
-    return dash.build_dashboards(model, sae, layer, progress=on_progress, cancel=cancel)
+    from sae.zoo import corpus_texts
+
+    spec = dash.DashboardSpec()
+    return dash.build_dashboards(model, sae, layer, spec, docs=lambda: corpus_texts(spec.corpus, "heldout"),
+                                 progress=on_progress, cancel=cancel)
 
 
 def heads_view(heads: Any, model: Any, saes: dict[int, Any]) -> dict[str, Any]:

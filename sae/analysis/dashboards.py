@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Union
 
 import torch
 from safetensors import safe_open
@@ -140,7 +140,7 @@ class DashboardSpec:
     n_logits: int = 10
     context_size: int = 128
     seed: int = 0
-    corpus: str = "default"  # "default" = the embedded held-out split; else a path (see sae.engine.activations.read_corpus)
+    corpus: str = "default"  # a name for the held-out texts ("default": the embedded held-out split) or a path
 
     @property
     def window(self) -> int:
@@ -468,18 +468,25 @@ class BuildResult:
         return d
 
 
+Texts = Union[Iterable[str], Callable[[], Iterable[str]]]
+
+
 def heldout_rows(
-    model: LoadedModel, n_tokens: int, context_size: int, docs: list[str] | None = None, corpus: str = "default"
+    model: LoadedModel, n_tokens: int, context_size: int, docs: Texts | None = None, corpus: str = "default"
 ) -> torch.Tensor:
     """Held-out text packed into `[rows, context_size]` (BOS first), enough rows for `n_tokens` (or all there is).
 
-    `docs` wins over `corpus` ("default": the embedded corpus's held-out split; or a file / directory)."""
+    `docs` (the texts, or a function returning them, called only when rows are needed) wins over `corpus`, which
+    is then read as a file or directory; the embedded held-out split ("default") is supplied by the caller
+    (`sae.zoo.corpus_texts("default", "heldout")`)."""
     from sae.engine.activations import pack_tokens
 
+    if callable(docs):
+        docs = docs()
     if docs is None:
         from sae.engine.activations import read_corpus
 
-        docs = read_corpus(corpus, split="heldout")
+        docs = read_corpus(corpus)
     max_rows = max(1, math.ceil(n_tokens / context_size))
     return pack_tokens(docs, model.encode, context_size, model.bos_token_id, max_rows=max_rows)
 
@@ -511,7 +518,7 @@ def build_dashboards(
     sae: SAE,
     layer: int | None = None,
     spec: DashboardSpec | None = None,
-    docs: list[str] | None = None,
+    docs: Texts | None = None,
     directory: Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
@@ -534,7 +541,7 @@ def build_layers(
     model: LoadedModel,
     saes: dict[int, SAE],
     spec: DashboardSpec | None = None,
-    docs: list[str] | None = None,
+    docs: Texts | None = None,
     directories: dict[int, Path] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
@@ -745,7 +752,7 @@ def feature_stats(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def benchmark_build(model: LoadedModel, saes: dict[int, SAE], n_tokens: int = 200_000, batch_rows: int = 32,
-                    progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[dict[str, Any]], None] | None = None, docs: Texts | None = None) -> dict[str, Any]:
     """Build dashboards of `saes` ({layer: SAE}, one scan) from `n_tokens` held-out tokens into a temporary
     directory and time it.
 
@@ -755,7 +762,7 @@ def benchmark_build(model: LoadedModel, saes: dict[int, SAE], n_tokens: int = 20
 
     with tempfile.TemporaryDirectory(prefix="attnscope-bench-") as tmp:
         dirs = {layer: Path(tmp) / f"layer-{layer}" for layer in saes}
-        res = build_layers(model, saes, DashboardSpec(n_tokens=n_tokens), directories=dirs, progress=progress,
+        res = build_layers(model, saes, DashboardSpec(n_tokens=n_tokens), docs, directories=dirs, progress=progress,
                            batch_rows=batch_rows, force=True)
     first = res[min(res)]
     scanned = first.n_tokens

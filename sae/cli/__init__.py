@@ -1,5 +1,6 @@
 """The `attnscope` subcommands. Each module here registers one command group and only prints:
-the computation lives in `sae/` functions, which return plain data turned into a table, JSON or markdown."""
+the computation lives in `sae/` functions, which return plain data turned into a table, JSON or markdown.
+May import anything in `sae`; nothing in `sae` imports it. "default" (model, SAEs, corpus) is resolved via `sae.zoo`."""
 
 from __future__ import annotations
 

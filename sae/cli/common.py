@@ -35,13 +35,11 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def open_model(name: str, device: str = "auto", dtype: str = "float32"):
-    """`sae.engine.models.load_model`, its failure turned into a UsageError (one line, exit 2)."""
-    from sae.engine.models import ModelLoadError, load_model
+    """The one door from the CLI to a model: `sae.zoo.load_model` ("default" is the embedded model). A model that
+    will not load is a `ModelLoadError`, which `main` prints as one line (exit 2)."""
+    from sae.zoo import load_model
 
-    try:
-        return load_model(name, device=device, dtype=dtype)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    return load_model(name, device=device, dtype=dtype)
 
 
 def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:

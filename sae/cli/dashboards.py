@@ -72,6 +72,7 @@ def _keys(args: argparse.Namespace) -> tuple[str, str]:
 
 def run_build(args: argparse.Namespace) -> int:
     from sae.analysis.dashboards import DashboardSpec, build_layers, register_built
+    from sae.zoo import corpus_texts
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:
@@ -87,7 +88,8 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         with _build_progress(f"{what} dashboards") as on_progress:
             built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, progress=on_progress,
-                                 batch_rows=args.batch_rows, force=args.force)
+                                 batch_rows=args.batch_rows, force=args.force,
+                                 docs=lambda: corpus_texts(args.corpus, "heldout"))
     except KeyboardInterrupt:
         console.print("[yellow]stopped; the scan so far is saved; run the same command to resume[/]")
         raise

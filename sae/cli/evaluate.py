@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae.engine.activations import corpus_token_rows
-    from sae.engine.formats import load_sae_set, save_sae
+    from sae.engine.formats import save_sae
+    from sae.zoo import corpus_texts, load_sae_set
     from sae.engine.metrics import evaluate_saes
 
     model = open_model(args.model, args.device)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = args.context_size or min(sae.cfg.context_size for sae in saes.values())
     ctx = min(ctx, model.n_ctx)
     n_rows = max(1, args.tokens // ctx)
-    rows = corpus_token_rows(model, args.corpus, ctx, split="heldout", max_rows=n_rows)
+    rows = corpus_token_rows(model, corpus_texts(args.corpus, "heldout"), ctx, max_rows=n_rows)
     with progress_bar("eval", rows.shape[0], unit="rows") as advance:
         done = {"rows": 0}
 

@@ -21,7 +21,7 @@ from sae.cli.common import UsageError, open_model, add_model_flags, add_output_f
 def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
     """(LoadedModel, {layer: SAE}) from --model/--saes/--device/--dtype; UsageError on any failure, including a
     `layer` that has no SAE."""
-    from sae.engine.formats import load_sae_set
+    from sae.zoo import load_sae_set
 
     model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:

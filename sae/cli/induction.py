@@ -70,12 +70,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _texts(spec: str) -> tuple[list[str], str]:
-    from sae.zoo import corpus
-    from sae.engine.activations import read_corpus
+    from sae.zoo import corpus_texts, is_default
 
-    if spec == "default":
-        return corpus.documents("heldout", synthetic=False), "held-out split of the embedded corpus"
-    return read_corpus(spec), spec
+    texts = corpus_texts(spec, "heldout", synthetic=False)
+    return texts, "held-out split of the embedded corpus" if is_default(spec) else spec
 
 
 # ---- faces ---------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ def load_model_or_fail(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae import zoo
     from sae.experiments import ioi
     from sae.experiments import ioi_data
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= l < model.n_layers:
             raise UsageError(f"layer {l} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
     data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names)
-    saes = ioi.load_saes(args.saes, model) if args.experiment in ioi.NEEDS_SAES else None
+    saes = ioi.load_saes(zoo.resolve_saes(args.saes), model) if args.experiment in ioi.NEEDS_SAES else None
     with progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
         if args.experiment == "noising":
             result = ioi.run_noising(

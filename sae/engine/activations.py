@@ -51,18 +51,9 @@ class CorpusError(AttnscopeError):
     """A corpus could not be read or is too small; the message is one line meant for the user."""
 
 
-def read_corpus(spec: str, split: str = "train") -> list[str]:
-    """Documents of a corpus: "default" (the embedded corpus, `sae.zoo.corpus.documents(split)`), a .txt/.py/.md
-    file (one document), or a directory searched recursively for such files (sorted, one document each)."""
-    if spec == "default":
-        try:
-            from sae.zoo import corpus  # written alongside the embedded default model
-        except ImportError:
-            raise CorpusError("the embedded corpus is not available in this install; pass --corpus PATH") from None
-        docs = list(corpus.documents(split))
-        if not docs:
-            raise CorpusError(f"the embedded corpus has no {split!r} documents")
-        return docs
+def read_corpus(spec: str | Path) -> list[str]:
+    """Documents of a corpus on disk: a .txt/.py/.md file (one document), or a directory searched recursively for
+    such files (sorted, one document each). (The embedded corpus, "default", is `sae.zoo.corpus_texts`.)"""
     path = Path(spec).expanduser()
     if path.is_file():
         files = [path]
@@ -71,7 +62,7 @@ def read_corpus(spec: str, split: str = "train") -> list[str]:
         if not files:
             raise CorpusError(f"{path} holds no {'/'.join(CORPUS_SUFFIXES)} files")
     else:
-        raise CorpusError(f"corpus {spec!r} is neither 'default' nor an existing file or directory")
+        raise CorpusError(f"corpus {str(spec)!r} is not an existing file or directory")
     docs = []
     for f in files:
         try:
@@ -81,15 +72,19 @@ def read_corpus(spec: str, split: str = "train") -> list[str]:
     return docs
 
 
-def corpus_token_rows(model, spec: str, context_size: int, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
-    """Read a corpus and pack it into `[rows, context_size]` token ids for `model` (BOS at position 0)."""
+def corpus_token_rows(
+    model, texts: str | Path | Iterable[str], context_size: int, max_rows: int | None = None
+) -> torch.Tensor:
+    """Pack a corpus (a path for `read_corpus`, or the documents themselves) into `[rows, context_size]` token ids
+    for `model` (BOS at position 0)."""
     if context_size > model.n_ctx:
         raise CorpusError(f"context size {context_size} exceeds the model's context ({model.n_ctx})")
-    docs = read_corpus(spec, split)
+    spec = texts if isinstance(texts, (str, Path)) else "the given texts"
+    docs = read_corpus(texts) if isinstance(texts, (str, Path)) else list(texts)
     eos = getattr(model.tokenizer, "eos_token_id", None)
     rows = pack_tokens(docs, model.encode, context_size, model.bos_token_id, eos_id=eos, max_rows=max_rows)
     if rows.shape[0] == 0:
-        raise CorpusError(f"corpus {spec!r} is shorter than one row of {context_size} tokens")
+        raise CorpusError(f"corpus {str(spec)!r} is shorter than one row of {context_size} tokens")
     return rows
 
 

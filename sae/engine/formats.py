@@ -388,26 +388,20 @@ def _candidates(root: Path) -> list[Path]:
 def load_sae_set(
     spec: str | Path, model=None, device: str | torch.device = "cpu"
 ) -> dict[int, SAE]:
-    """SAEs by layer from `spec`: "default" (the embedded SAEs), a directory of SAE directories or release
-    files, one SAE directory or file, or a release id (e.g. `gpt2-small-hook-z-kk`) fetched from the hub.
+    """SAEs by layer from `spec`: a directory of SAE directories or release files, one SAE directory or file, or
+    a release id (e.g. `gpt2-small-hook-z-kk`) fetched from the hub. ("default", the embedded SAEs, is resolved
+    above the engine: `sae.zoo.load_sae_set`.)
 
     With `model`, every SAE is checked against it (d_in == n_heads*d_head, layer inside the model).
     Two SAEs for one layer are an error: pass the one you mean.
     """
-    from sae import zoo
-
     text = str(spec)
-    if text in ("default", zoo.DEFAULT_NAME):
-        root = zoo.DEFAULT_SAES_DIR
-        if not root.is_dir():
-            raise SAEFormatError("the embedded default SAEs are missing from this install")
-    else:
-        root = Path(text).expanduser()
-        if not root.exists():
-            if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-                root = _download_release(text)
-            else:
-                raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
+    root = Path(text).expanduser()
+    if not root.exists():
+        if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+            root = _download_release(text)
+        else:
+            raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
     try:
         detect_format(root)
         paths = [root]

@@ -17,7 +17,6 @@ from typing import Callable, Iterable
 
 import torch
 
-from sae import zoo
 from sae.engine.errors import AttnscopeError
 
 
@@ -256,13 +255,16 @@ def _is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
 
-def load_model(name: str = "default", device: str = "auto", dtype: str | torch.dtype = "float32") -> LoadedModel:
+def load_model(
+    name: str, device: str = "auto", dtype: str | torch.dtype = "float32", display_name: str | None = None
+) -> LoadedModel:
     """Load a causal LM by Hugging Face name or local directory (Hugging Face layout) through TransformerBridge.
 
-    `name="default"` opens the embedded default shipped inside the package. A local directory never touches
-    the network (HF_HUB_OFFLINE is set for the duration of the load).
+    A local directory never touches the network (HF_HUB_OFFLINE is set for the duration of the load).
+    `display_name` is what `LoadedModel.name` shows (default: `name`). The embedded default is not known here:
+    `sae.zoo.load_model` resolves "default" to its directory and calls this.
     """
-    path = zoo.resolve_model(name)
+    path = name
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     local = _is_local(path)
@@ -271,8 +273,6 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{p} has no config.json: not a model directory in Hugging Face layout")
         path = str(p.resolve())
-    elif name == "default":
-        raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
 
     old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     # A local dir is read from disk by transformers without any hub call. For a hub name, a hub that does not
@@ -301,5 +301,4 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
             else:
                 os.environ[k] = v
     bridge.eval()
-    display = zoo.DEFAULT_NAME if Path(path) == zoo.DEFAULT_MODEL_DIR.resolve() else name
-    return LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)
+    return LoadedModel(bridge=bridge, name=display_name or name, device=dev, dtype=dt)

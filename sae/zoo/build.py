@@ -80,7 +80,7 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
     from sae.engine.models import load_model
     from sae.engine.training import train_saes
 
-    model = load_model(str(out_dir / "model"), device="cpu")
+    model = load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME)
     rows = pack_tokens(corpus.documents("train"), model.encode, 128, model.bos_token_id)
     cfg = default_sae_config(list(range(model.n_layers)), tokens)
     last = [0.0]
@@ -97,9 +97,11 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
 
 
 def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
-    from sae.cli.zoo import measure
+    from sae.zoo.measure import measure
 
-    ph = measure(str(out_dir / "model"), device="cpu")
+    from sae.engine.models import load_model
+
+    ph = measure(load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME))
     (out_dir / "phenomena.json").write_text(json.dumps(ph, indent=2))
     sae_section = ""
     if (out_dir / "saes").exists():
@@ -121,7 +123,7 @@ def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 512) 
     from sae.engine.metrics import evaluate_saes
     from sae.engine.models import load_model
 
-    model = load_model(str(model_dir), device="cpu")
+    model = load_model(str(model_dir), device="cpu", display_name=zoo.DEFAULT_NAME)
     saes = load_sae_set(str(saes_dir), model=model)
     rows = pack_tokens(corpus.documents("heldout"), model.encode, 128, model.bos_token_id, max_rows=max_rows)
     return [r.to_dict() for r in evaluate_saes(model, saes, rows)]
@@ -145,7 +147,7 @@ def sae_metrics_markdown(results: list[dict]) -> str:
 
 
 def card_markdown(ph: dict, sae_section: str, cfg: dict) -> str:
-    from sae.cli.zoo import phenomena_markdown
+    from sae.zoo.measure import phenomena_markdown
 
     return "\n".join(
         [
