@@ -49,12 +49,12 @@ async def measure(engine: Any, n_tokens: int, repeats: int) -> dict[str, Any]:
         for i in range(repeats):
             t0 = time.perf_counter()
             res = await engine.features(prompt if i % 2 else prompt + " ", layer)
-            hm.set_data(HeatmapData(res["tokens"], res["columns"], res["values"]))
+            hm.set_data(HeatmapData(res.tokens, res.columns, res.values))
             for y in range(hm.scrollable_content_region.height):
                 hm.render_line(y)
             times.append((time.perf_counter() - t0) * 1000)
-        result["tokens"] = len(res["tokens"])
-        result["columns"] = len(res["columns"])
+        result["tokens"] = len(res.tokens)
+        result["columns"] = len(res.columns)
         result["prompt_to_heatmap_ms"] = {"median": statistics.median(times), "min": min(times), "max": max(times)}
         await pilot.pause()
         moves = []
