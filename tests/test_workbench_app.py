@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import random_sae
 
+from sae.engine.jobs import Progress
 from workbench.app import WorkbenchApp
 from workbench.engine import Engine
 from workbench.findings import FindingsStore
@@ -215,7 +216,7 @@ async def test_keys_are_handled_while_a_long_job_runs(app):
             started.set()
             while not release.is_set():
                 time.sleep(0.005)
-                rep.progress({"note": "working"})
+                rep.progress(Progress("slow", 0, 0, note="working"))
             return "ok"
 
         handle = app.engine.start_job("slow", slow, app.post_message)

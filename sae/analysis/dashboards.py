@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,6 +60,7 @@ from sae.analysis.dashboard_store import (  # noqa: F401  (re-exported: the read
     register_built,
     source_key,
 )
+from sae.engine.jobs import CancelToken, Progress, ProgressFn, check_cancelled
 from sae.engine.models import LoadedModel
 from sae.engine.autoencoder import SAE
 
@@ -73,10 +73,6 @@ LOGIT_NOTE = (
     "W_U. Approximation: the final LayerNorm's per-token scale (a positive factor, so it cannot change the ranking) and "
     "all later layers are ignored; it is the feature's direct path to the logits."
 )
-
-
-class BuildCancelled(Exception):
-    """Raised internally when a cancel check fires; the build has saved its state."""
 
 
 # ---- where dashboards live ----------------------------------------------------------------------------
@@ -456,7 +452,7 @@ def example_dfa(
 @dataclass
 class BuildResult:
     directory: Path
-    status: str  # built | cancelled | cached
+    status: str  # built | cached
     n_tokens: int
     scan_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -491,14 +487,6 @@ def heldout_rows(
     return pack_tokens(docs, model.encode, context_size, model.bos_token_id, max_rows=max_rows)
 
 
-def _is_cancelled(cancel: Callable[[], bool] | threading.Event | None) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
-
-
 def _save_partial(directory: Path, scan: DashboardScan, meta: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (PARTIAL + ".tmp")
@@ -520,21 +508,21 @@ def build_dashboards(
     spec: DashboardSpec | None = None,
     docs: Texts | None = None,
     directory: Path | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-    cancel: Callable[[], bool] | threading.Event | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
     batch_rows: int = 32,
     checkpoint_s: float = 20.0,
     force: bool = False,
 ) -> BuildResult:
     """Scan held-out rows once and write the dashboards of every feature of `sae` (see the module docstring).
 
-    progress(info) gets {"done", "total" (tokens), "tokens_per_s", "eta_s", "note"}. `cancel` (a callable or an
-    Event) is polled every batch; a cancelled build saves its state and returns status "cancelled"; calling again
-    with the same spec resumes. An existing finished build is returned as "cached" unless `force`.
+    `on_progress` gets `Progress(job="dashboards", unit="tokens", stage=...)` after every batch. `cancel` is checked
+    every batch; a cancelled build saves its state and raises `Cancelled`; calling again with the same spec
+    resumes. An existing finished build is returned as "cached" unless `force`.
     """
     layer = sae.cfg.layer if layer is None else layer
     dirs = None if directory is None else {layer: Path(directory)}
-    return build_layers(model, {layer: sae}, spec, docs, dirs, progress, cancel, batch_rows, checkpoint_s, force)[layer]
+    return build_layers(model, {layer: sae}, spec, docs, dirs, on_progress, cancel, batch_rows, checkpoint_s, force)[layer]
 
 
 def build_layers(
@@ -543,8 +531,8 @@ def build_layers(
     spec: DashboardSpec | None = None,
     docs: Texts | None = None,
     directories: dict[int, Path] | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-    cancel: Callable[[], bool] | threading.Event | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
     batch_rows: int = 32,
     checkpoint_s: float = 20.0,
     force: bool = False,
@@ -592,14 +580,14 @@ def build_layers(
     done_at_start = row * T
     t_scan = last_ckpt = time.perf_counter()
 
-    def report(note: str) -> None:
-        if progress is None:
+    def report(stage: str) -> None:
+        if on_progress is None:
             return
         done = row * T
         el = time.perf_counter() - t_scan
         rate = (done - done_at_start) / el if el > 0 else 0.0
-        progress({"done": done, "total": total, "tokens_per_s": rate,
-                  "eta_s": (total - done) / rate if rate > 0 else None, "note": note})
+        on_progress(Progress("dashboards", done, total, unit="tokens", stage=stage, rate=rate,
+                             eta_s=(total - done) / rate if rate > 0 else None))
 
     def save_all() -> None:
         for layer, sc in scans.items():
@@ -609,8 +597,7 @@ def build_layers(
     try:
         with torch.inference_mode():
             while row < rows.shape[0]:
-                if _is_cancelled(cancel):
-                    raise BuildCancelled
+                check_cancelled(cancel)
                 # never straddle a layer's resume point, so each layer restarts exactly where it stopped
                 stop = min([row + batch_rows] + [sc.rows_done for sc in scans.values() if sc.rows_done > row])
                 batch = rows[row:stop].to(model.device)
@@ -641,12 +628,8 @@ def build_layers(
                     save_all()
                     last_ckpt = time.perf_counter()
                 report("scanning")
-    except BaseException as exc:
+    except BaseException:  # cancelled, interrupted or failed: keep what was scanned, so the next call resumes
         save_all()
-        if isinstance(exc, BuildCancelled):
-            el = time.perf_counter() - t_scan
-            results.update({layer: BuildResult(dirs[layer], "cancelled", scans[layer].n_tokens, el) for layer in todo})
-            return results
         raise
     scan_s = time.perf_counter() - t_scan
     rate = (total - done_at_start) / scan_s if scan_s > 0 else 0.0
@@ -752,7 +735,7 @@ def feature_stats(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def benchmark_build(model: LoadedModel, saes: dict[int, SAE], n_tokens: int = 200_000, batch_rows: int = 32,
-                    progress: Callable[[dict[str, Any]], None] | None = None, docs: Texts | None = None) -> dict[str, Any]:
+                    on_progress: ProgressFn | None = None, docs: Texts | None = None) -> dict[str, Any]:
     """Build dashboards of `saes` ({layer: SAE}, one scan) from `n_tokens` held-out tokens into a temporary
     directory and time it.
 
@@ -762,7 +745,7 @@ def benchmark_build(model: LoadedModel, saes: dict[int, SAE], n_tokens: int = 20
 
     with tempfile.TemporaryDirectory(prefix="attnscope-bench-") as tmp:
         dirs = {layer: Path(tmp) / f"layer-{layer}" for layer in saes}
-        res = build_layers(model, saes, DashboardSpec(n_tokens=n_tokens), docs, directories=dirs, progress=progress,
+        res = build_layers(model, saes, DashboardSpec(n_tokens=n_tokens), docs, directories=dirs, on_progress=on_progress,
                            batch_rows=batch_rows, force=True)
     first = res[min(res)]
     scanned = first.n_tokens

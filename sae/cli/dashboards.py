@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out, positive_int
+from sae.cli.common import UsageError, add_model_flags, job_progress, add_output_flags, console, emit, out, positive_int
 from sae.cli.features import (
     check_layer,
     context_piece,
@@ -86,8 +85,8 @@ def run_build(args: argparse.Namespace) -> int:
                          context_size=ctx)
     what = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
     try:
-        with _build_progress(f"{what} dashboards") as on_progress:
-            built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, progress=on_progress,
+        with job_progress(f"{what} dashboards", transient=False) as on_progress:
+            built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, on_progress=on_progress,
                                  batch_rows=args.batch_rows, force=args.force,
                                  docs=lambda: corpus_texts(args.corpus, "heldout"))
     except KeyboardInterrupt:
@@ -101,24 +100,6 @@ def run_build(args: argparse.Namespace) -> int:
         results.append(res.to_dict() | {"layer": layer})
     emit(args, {"model": model.name, "builds": results}, _build_md, _build_pretty)
     return 0
-
-
-@contextmanager
-def _build_progress(description: str) -> Iterator[Callable[[dict], None]]:
-    """A bar on stderr fed by the build's progress dicts (done/total tokens, note)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*cols, console=console, disable=not console.is_terminal) as prog:
-        task = prog.add_task(description, total=None, rate="", note="")
-
-        def on_progress(info: dict) -> None:
-            rate = info.get("tokens_per_s")
-            prog.update(task, total=info.get("total"), completed=info.get("done", 0), note=info.get("note") or "",
-                        rate=f"{rate:,.0f} tokens/s" if rate else "")
-
-        yield on_progress
 
 
 def _build_rows(d: dict) -> list[list[Any]]:

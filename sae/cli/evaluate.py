@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, progress_bar
+from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, job_progress
 
 
 def register(subparsers: Any) -> None:
@@ -48,13 +48,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = min(ctx, model.n_ctx)
     n_rows = max(1, args.tokens // ctx)
     rows = corpus_token_rows(model, corpus_texts(args.corpus, "heldout"), ctx, max_rows=n_rows)
-    with progress_bar("eval", rows.shape[0], unit="rows") as advance:
-        done = {"rows": 0}
-
-        def on_progress(info: dict) -> None:
-            advance(info["rows"] - done["rows"])
-            done["rows"] = info["rows"]
-
+    with job_progress("eval", transient=False) as on_progress:
         results = evaluate_saes(model, saes, rows, batch_rows=args.batch_rows, on_progress=on_progress)
     if args.write:
         for r in results:

@@ -16,13 +16,13 @@ a HookedTransformer with value biases folded into b_O, the setting the paper's n
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from sae.engine.autoencoder import SAE
+from sae.engine.jobs import CancelToken, ProgressFn, Steps
 
 DENSE_THRESHOLD = 0.1
 
@@ -99,12 +99,13 @@ def evaluate_saes(
     saes: dict[int, SAE],
     token_rows: torch.Tensor,
     batch_rows: int = 8,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-    cancel: threading.Event | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
 ) -> list[EvalResult]:
     """Evaluate every SAE in `saes {layer: SAE}` on `token_rows [rows, pos]` (BOS at position 0).
 
-    One clean pass per batch serves all layers; each layer then adds a spliced and a zero-ablated pass.
+    One clean pass per batch serves all layers; each layer then adds a spliced and a zero-ablated pass. Reports
+    `Progress(job="eval", unit="rows")` after each batch; a cancelled `cancel` raises `Cancelled` between batches.
     """
     if token_rows.dim() != 2 or token_rows.shape[0] == 0:
         raise ValueError("no token rows to evaluate on")
@@ -112,9 +113,8 @@ def evaluate_saes(
     ce_clean = 0.0
     n_pred = 0
     n_rows = token_rows.shape[0]
+    steps = Steps("eval", n_rows, on_progress, cancel, unit="rows")
     for start in range(0, n_rows, batch_rows):
-        if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-            break
         tokens = token_rows[start : start + batch_rows].to(model.device)
         captured: dict[int, torch.Tensor] = {}
 
@@ -145,8 +145,7 @@ def evaluate_saes(
             a.kl += kl_sum(clean, spliced).item()
             zero = model.logits_with_z_hooks(tokens, {layer: torch.zeros_like})
             a.ce_zero += next_token_ce(zero, tokens).item()
-        if on_progress is not None:
-            on_progress({"rows": min(start + batch_rows, n_rows), "total_rows": n_rows})
+        steps.step(min(batch_rows, n_rows - start))
     results = []
     clean_mean = ce_clean / max(n_pred, 1)
     for layer, sae in saes.items():

@@ -35,6 +35,7 @@ from sae.engine.formats import save_sae
 from sae.engine.models import z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
 from sae.engine.errors import AttnscopeError
+from sae.engine.jobs import CancelToken
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "train_config.json"
@@ -357,7 +358,9 @@ def sae_dir_name(layer: int) -> str:
 
 
 def _cancelled(cancel: Any) -> bool:
-    """`cancel` is a `threading.Event` or a zero-argument callable (the `sae.engine.cancel` convention)."""
+    """`cancel` is a `sae.engine.jobs.CancelToken`, a `threading.Event` or a zero-argument callable."""
+    if isinstance(cancel, CancelToken):
+        return cancel.cancelled
     return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 

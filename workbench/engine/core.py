@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.jobs import Progress
 from workbench.engine.views import (
     CellDetail,
     DashboardView,
@@ -239,11 +240,6 @@ class Engine:
 
     # ---- long jobs ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _steps(rep: Reporter) -> Callable[[int, int], None]:
-        """`on_progress(done, total)` as `sae/` experiments call it -> a progress report."""
-        return lambda done, total: rep.progress({"done": done, "total": total})
-
     def run_induction(self, n: int, post: Post, seed: int = 0) -> JobHandle:
         """Synthetic repeated-prefix induction scores per head (sae.experiments.induction.synthetic_induction);
         the result is its `SyntheticInduction`."""
@@ -253,7 +249,7 @@ class Engine:
 
             model = self._need_model()
             return induction.synthetic_induction(model, n=n, seq_len=min(128, model.n_ctx), seed=seed,
-                                                 on_progress=self._steps(rep), cancel=rep.cancel_event)
+                                                 on_progress=rep.progress, cancel=rep.cancel)
 
         return self.start_job("induction", job, post)
 
@@ -265,8 +261,8 @@ class Engine:
 
             model = self._need_model()
             data = ioi.build_dataset(model, n, seed=seed)
-            out = ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=self._steps(rep),
-                                     cancel=rep.cancel_event)
+            out = ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
+                                     cancel=rep.cancel)
             return experiment_view(out, experiment, n)
 
         return self.start_job("ioi", job, post)
@@ -295,9 +291,11 @@ class Engine:
                                eos_id=getattr(model.tokenizer, "eos_token_id", None), max_rows=rows_needed)
             if rows.shape[0] == 0:
                 raise EngineError(f"corpus {corpus!r} is too small for one {cfg.context_size}-token row")
-            rep.progress({"event": "tokens ready", "step": 0, "total_steps": cfg.total_steps})
+            rep.progress(Progress("train", 0, cfg.total_tokens, unit="tokens", stage=f"step 0/{cfg.total_steps}",
+                                  note="tokens ready"))
+            # the trainer reports Progress (or, before its move to the job protocol, a dict: Reporter reads both)
             return training.train_saes(model, rows, cfg, out_dir, on_progress=rep.progress,
-                                       cancel=rep.cancel_event, resume=resume, device=model.device)
+                                       cancel=rep.cancel, resume=resume, device=model.device)
 
         return self.start_job("train", job, post)
 
@@ -311,6 +309,6 @@ class Engine:
             spec = dash.DashboardSpec()
             return dash.build_dashboards(self._need_model(), self._sae(layer), layer, spec,
                                          docs=lambda: corpus_texts(spec.corpus, "heldout"),
-                                         progress=rep.progress, cancel=rep.cancel_event)
+                                         on_progress=rep.progress, cancel=rep.cancel)
 
         return self.start_job("dashboards", job, post)

@@ -20,9 +20,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.jobs import CancelToken, Cancelled, Progress
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
 
 T = TypeVar("T")
@@ -31,10 +32,6 @@ Post = Callable[[Any], None]
 
 class StaleRequest(Exception):
     """A newer request on the same channel replaced this one; its result would be out of date."""
-
-
-class Cancelled(Exception):
-    """Raised inside a long job (from `Reporter.progress`) when the user asked it to stop."""
 
 
 class EngineError(AttnscopeError):
@@ -47,14 +44,35 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def as_progress(kind: str, info: Progress | Mapping[str, Any] | None) -> Progress:
+    """A job's report as a `Progress`. `sae/` jobs report `Progress` (the one job protocol); a dict is read in the
+    shape the trainer used before it moved to `Progress` (step/total_steps, tokens/total_tokens, tokens_per_s,
+    eta_s, event, and `layers: {layer: {loss, l0, ...}}`, of which the first layer's figures become `metrics`),
+    or as plain `done`/`total`/`note`."""
+    if isinstance(info, Progress):
+        return info
+    d = dict(info or {})
+    if "total_steps" in d or "total_tokens" in d:
+        layers = d.get("layers") or {}
+        first = layers[min(layers)] if layers else {}
+        stage = f"step {d.get('step', 0)}/{d.get('total_steps', '?')}"
+        return Progress(job=kind, done=float(d.get("tokens", 0)), total=float(d.get("total_tokens", 0)),
+                        unit="tokens", stage=stage, rate=d.get("tokens_per_s"), eta_s=d.get("eta_s"),
+                        note=str(d.get("event", "")), metrics=dict(first or {}))
+    return Progress(job=kind, done=float(d.get("done", 0)), total=float(d.get("total", 0)),
+                    unit=str(d.get("unit", "steps")), stage=str(d.get("stage", "")), rate=d.get("tokens_per_s"),
+                    eta_s=d.get("eta_s"), note=str(d.get("note", "")))
+
+
 @dataclass
 class Reporter:
-    """Handed to a long job: `progress(info)` posts a `JobProgress`, serves waiting quick requests and raises
-    `Cancelled` once the user stopped the job. `cancel_event` can be passed to `sae/` functions that poll one."""
+    """Handed to a long job: `progress(p)` posts a `JobProgress` (at most every `min_interval_s`, and always the
+    last one), serves waiting quick requests and raises `Cancelled` once the user stopped the job. `cancel` is the
+    job's `CancelToken`, handed to `sae/` functions with `on_progress=reporter.progress`."""
 
     job_id: int
     kind: str
-    cancel_event: threading.Event
+    cancel: CancelToken
     _post: Post
     _serve: Callable[[], None]
     min_interval_s: float = 0.05
@@ -62,18 +80,17 @@ class Reporter:
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
+        return self.cancel.cancelled
 
-    def progress(self, info: dict[str, Any] | None = None) -> None:
+    def progress(self, report: Progress | Mapping[str, Any] | None = None) -> None:
         now = time.monotonic()
-        info = dict(info or {})
-        final = info.get("total") is not None and info.get("done") == info.get("total")
+        p = as_progress(self.kind, report)
+        final = p.total > 0 and p.done >= p.total
         if final or now - self._last >= self.min_interval_s:  # a training loop may report thousands of times
             self._last = now
-            self._post(JobProgress(self.job_id, self.kind, info))
+            self._post(JobProgress(self.job_id, self.kind, p))
         self._serve()
-        if self.cancel_event.is_set():
-            raise Cancelled()
+        self.cancel.check()
 
 
 @dataclass
@@ -82,12 +99,16 @@ class JobHandle:
 
     id: int
     kind: str
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    token: CancelToken = field(default_factory=CancelToken)
     done: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued, running, finished, failed, cancelled
 
     def cancel(self) -> None:
-        self.cancel_event.set()
+        self.token.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.token.cancelled
 
     @property
     def running(self) -> bool:
@@ -211,28 +232,28 @@ class Worker:
 
     def _run_long(self, job: _Long) -> None:
         h = job.handle
-        if h.cancel_event.is_set():
+        if h.cancelled:
             h.state = "cancelled"
             job.post(JobCancelled(h.id, h.kind))
             h.done.set()
             return
         h.state = "running"
         job.post(JobStarted(h.id, h.kind))
-        reporter = Reporter(h.id, h.kind, h.cancel_event, job.post, self.serve_quick)
+        reporter = Reporter(h.id, h.kind, h.token, job.post, self.serve_quick)
         try:
             result = job.fn(reporter)
         except Cancelled:
             h.state = "cancelled"
             job.post(JobCancelled(h.id, h.kind))
         except BaseException as exc:  # noqa: BLE001 - a failing job is a notification, never a crash
-            if h.cancel_event.is_set():
+            if h.cancelled:
                 h.state = "cancelled"
                 job.post(JobCancelled(h.id, h.kind))
             else:
                 h.state = "failed"
                 job.post(JobFailed(h.id, h.kind, one_line(exc)))
         else:
-            if h.cancel_event.is_set():  # the sae/ function noticed the event and returned what it had
+            if h.cancelled:  # the sae/ function noticed the token and returned what it had
                 h.state = "cancelled"
                 job.post(JobCancelled(h.id, h.kind, result))
             else:

@@ -10,47 +10,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import ExperimentView, JobHandle, one_line
+from workbench.engine import ExperimentView, one_line
 from workbench.findings import Finding, md_bars, md_table
-from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.messages import JobFinished
+from workbench.screens.base import NavBar, StatusLine
+from workbench.screens.jobs import JobScreen
 from workbench.widgets.bars import signed_bars
-
-
-class JobScreen(WorkbenchScreen):
-    """A screen that runs one long engine job at a time with a progress bar and a cancel key."""
-
-    JOB_KIND = ""
-    AUTO_FOCUS = ""  # nothing: single-letter keys act at once; tab walks into the form, escape leaves it
-    job: JobHandle | None = None
-
-    def action_leave_field(self) -> None:
-        self.set_focus(None)
-
-    def job_running(self) -> bool:
-        return self.job is not None and self.job.running
-
-    def action_cancel(self) -> None:
-        if self.job_running():
-            self.job.cancel()
-            self.query_one(StatusLine).say("stopping after the current batch ...")
-        else:
-            self.query_one(StatusLine).say("nothing is running")
-
-    def on_job_progress(self, m: JobProgress) -> None:
-        if m.kind != self.JOB_KIND or self.job is None or m.job_id != self.job.id:
-            return
-        bar = self.query_one(ProgressBar)
-        if m.info.get("total"):
-            bar.update(total=m.info["total"], progress=m.info.get("done", 0))
-
-    def on_job_cancelled(self, m: JobCancelled) -> None:
-        if m.kind == self.JOB_KIND:
-            self.query_one(StatusLine).say("cancelled")
-
-    def on_job_failed(self, m: JobFailed) -> None:
-        if m.kind == self.JOB_KIND:
-            self.query_one(StatusLine).error(m.error)
 
 
 class InductionScreen(JobScreen):

@@ -224,8 +224,9 @@ class FeatureScreen(WorkbenchScreen):
 
     def on_job_progress(self, m: JobProgress) -> None:
         if m.kind == "dashboards":
-            i = m.info
-            self.query_one("#feature-status", StatusLine).say(f"building dashboards: {i.get('done', 0)}/{i.get('total', '?')}")
+            p = m.progress
+            self.query_one("#feature-status", StatusLine).say(
+                f"building dashboards: {p.done:,.0f}/{p.total:,.0f} {p.unit}" + (f" · {p.stage}" if p.stage else ""))
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind == "dashboards" and self.sae_layer is not None and self.feature is not None:
