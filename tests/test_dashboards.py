@@ -10,6 +10,7 @@ from conftest import TINY_TEXT, random_sae
 from safetensors.torch import load_file
 
 from sae.analysis import dashboards as dash
+from sae.analysis.dashboards.scan import _merge_slots
 from sae.engine.jobs import CancelToken, Cancelled, Progress
 from sae.analysis.dashboards import DashboardError, DashboardSpec, build_dashboards, heldout_rows, read_dashboard
 
@@ -184,7 +185,7 @@ def test_merge_slots_keeps_the_k_largest():
         k = torch.randint(0, 20, (c,), generator=g).float()  # integer keys: ties happen
         thr = keys.min(dim=1).values
         cand = k > thr[f]
-        r, s, i = dash._merge_slots(keys, f[cand], k[cand])
+        r, s, i = _merge_slots(keys, f[cand], k[cand])
         payload[r, s] = k[cand][i]  # payload follows its key
         for fi, ki in zip(f.tolist(), k.tolist()):
             seen[fi].append(ki)

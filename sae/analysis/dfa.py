@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from sae.engine.models import LoadedModel
+from sae.engine.activations import StopForward
+from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
 from sae.engine.errors import AttnscopeError
 
@@ -33,10 +34,6 @@ def pattern_hook_name(layer: int) -> str:
 
 def v_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_v"
-
-
-def z_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
 
 
 # ---- the maths ----------------------------------------------------------------------------------------
@@ -127,10 +124,6 @@ class LayerTensors:
     v: torch.Tensor
 
 
-class _StopForward(Exception):
-    """Raised from the last hook we need, so the rest of the forward pass is skipped."""
-
-
 def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Run `tokens [batch, pos]` and grab `blocks.{layer}.attn.hook_z` plus `names` (hooks that fire before it, e.g.
     that layer's pattern and values), then stop: the layer's output projection, its MLP and every later block are
@@ -143,7 +136,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
         def hook(t: torch.Tensor, hook) -> torch.Tensor:
             got[name] = t.detach()
             if name == stop:
-                raise _StopForward
+                raise StopForward
             return t
 
         return hook
@@ -152,7 +145,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
     try:
         with torch.no_grad():
             model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
-    except _StopForward:
+    except StopForward:
         pass
     missing = [n for n in (*names, stop) if n not in got]
     if missing:

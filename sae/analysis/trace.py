@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name, z_hook_name
-from sae.engine.models import LoadedModel
+from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name
+from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
 from sae.engine.errors import AttnscopeError
 

@@ -52,7 +52,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 def run_dashboards(args: argparse.Namespace) -> int:
     from sae.cli.features import check_layer
-    from sae.analysis.dashboards import benchmark_build
+    from sae.bench.dashboards import benchmark_build
     from sae.zoo import corpus_texts
 
     model, saes = open_model_and_saes(args)

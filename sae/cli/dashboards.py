@@ -61,7 +61,7 @@ def _help(p: argparse.ArgumentParser) -> int:
 
 def _keys(args: argparse.Namespace) -> tuple[str, str]:
     from sae import zoo
-    from sae.analysis.dashboard_store import source_key
+    from sae.analysis.dashboards import source_key
 
     return source_key(zoo.resolve_model(args.model)), source_key(zoo.resolve_saes(args.saes))
 
@@ -140,7 +140,7 @@ def _flags(args: argparse.Namespace) -> str:
 def find_dashboard_dir(args: argparse.Namespace) -> Path:
     """The built directory for (--model, --saes, --layer): from the registry when possible (no model load),
     else by loading the model and SAEs and hashing them."""
-    from sae.analysis.dashboard_store import build_command, is_built, lookup_built
+    from sae.analysis.dashboards import build_command, is_built, lookup_built
 
     model_key, sae_key = _keys(args)
     found = lookup_built(model_key, sae_key, args.layer)
@@ -159,7 +159,7 @@ def find_dashboard_dir(args: argparse.Namespace) -> Path:
 def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str, dict[int, Path]]:
     """(model name, {layer: built dashboard dir}) for `layers` (None: every layer with an SAE). Uses the registry
     when it knows every layer; else loads the model and SAEs. Missing builds are a UsageError naming the command."""
-    from sae.analysis.dashboard_store import build_command, dashboard_summary, is_built, lookup_built
+    from sae.analysis.dashboards import build_command, dashboard_summary, is_built, lookup_built
 
     model_key, sae_key = _keys(args)
     if layers is not None:
@@ -186,7 +186,7 @@ def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str,
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from sae.analysis.dashboard_store import read_dashboard
+    from sae.analysis.dashboards import read_dashboard
 
     d = find_dashboard_dir(args)
     board = read_dashboard(d, args.feature)

@@ -96,8 +96,8 @@ def rows_digest(rows: torch.Tensor) -> str:
 # ---- activations from the model -----------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    """Raised from the last needed hook: nothing after the last layer's hook_z is computed."""
+class StopForward(Exception):
+    """Raised from the last hook a caller needs, so the rest of the forward pass is never computed."""
 
 
 class ZSource:
@@ -180,7 +180,7 @@ class ZSource:
             torch.sub(z.reshape(n_tok, -1), b_v[i], out=out[i])
             done.add(layer)
             if layer == last:
-                raise _StopForward
+                raise StopForward
             return z
 
         from sae.engine.models import z_hook_name
@@ -192,7 +192,7 @@ class ZSource:
         ):
             try:
                 self.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
-            except _StopForward:
+            except StopForward:
                 pass
         if len(done) != len(self.layers):
             raise RuntimeError(f"hook_z was not reached for layers {sorted(set(self.layers) - done)}")

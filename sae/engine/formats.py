@@ -39,9 +39,9 @@ SPARSITY_FILE = "sparsity.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
 
 # release id -> (Hugging Face repository, layout); the layouts are those `load_sae` autodetects
-RELEASES: dict[str, tuple[str, str]] = {
-    "gpt2-small-hook-z-kk": ("ckkissane/attn-saes-gpt2-small-all-layers", "kissane"),
-    "gemma-scope-2b-pt-att": ("google/gemma-scope-2b-pt-att", "gemma-scope"),
+RELEASES: dict[str, str] = {  # release id -> Hugging Face repository (its files' layout is detected on load)
+    "gpt2-small-hook-z-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
+    "gemma-scope-2b-pt-att": "google/gemma-scope-2b-pt-att",
 }
 
 
@@ -225,7 +225,7 @@ def load_sparsity(path: str | Path) -> torch.Tensor | None:
         return None
     try:
         return load_file(str(p))["sparsity"]
-    except Exception:  # a damaged optional file must not stop the SAE from loading
+    except Exception:  # noqa: BLE001 - a damaged optional file must not stop the SAE from loading
         return None
 
 
@@ -355,7 +355,7 @@ def check_sae_fits(sae: SAE, model) -> None:
 
 def _download_release(spec: str) -> Path:
     """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline."""
-    repo, _layout = RELEASES.get(spec, (spec[3:] if spec.startswith("hf:") else spec, "auto"))
+    repo = RELEASES.get(spec, spec[3:] if spec.startswith("hf:") else spec)
     try:
         from huggingface_hub import snapshot_download
 

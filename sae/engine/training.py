@@ -540,7 +540,7 @@ class Trainer:
         info.update(extra)
         try:
             self.on_progress(info)
-        except Exception:  # a broken display must not kill a long run
+        except Exception:  # noqa: BLE001 - a broken display must not kill a long run
             pass
 
     def _train_layer(self, layer: int, st: LayerState, x: torch.Tensor, log: bool) -> torch.Tensor:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sae import zoo
 from sae.zoo.lm import LMConfig, train_lm
+
+if TYPE_CHECKING:
+    from sae.engine.training import TrainConfig
 
 # SAE recipe for the default (d_in = 4 heads x 32 = 128): width 8x, top-k. The paper's standard (ReLU + L1)
 # architecture needs an L1 coefficient tuned per layer because z norms differ by ~10x between layers here; top-k
