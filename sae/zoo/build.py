@@ -129,7 +129,13 @@ def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 512) 
     model = load_model(str(model_dir), device="cpu", display_name=zoo.DEFAULT_NAME)
     saes = load_sae_set(str(saes_dir), model=model)
     rows = pack_tokens(corpus.documents("heldout"), model.encode, 128, model.bos_token_id, max_rows=max_rows)
-    return [r.to_dict() for r in evaluate_saes(model, saes, rows)]
+    home = Path(saes_dir).resolve().parent
+    out = [r.to_dict() for r in evaluate_saes(model, saes, rows)]
+    for r in out:  # paths relative to the default's folder (saes/blocks.L.attn.hook_z), not to the build machine
+        p = Path(r.get("path") or "")
+        if p.is_absolute() and p.is_relative_to(home):
+            r["path"] = str(p.relative_to(home))
+    return out
 
 
 def sae_metrics_markdown(results: list[dict]) -> str:
