@@ -49,19 +49,14 @@ def phenomena_markdown(d: dict) -> str:
         f"| IOI accuracy (IO above S) | {ioi['accuracy']:.3f} | |",
         f"| held-out loss (nats/token, {d['heldout_tokens']:,} tokens) | {d['heldout_loss']:.3f} | below unigram |",
         f"| unigram baseline (nats/token) | {d['unigram_loss']:.3f} | |",
-        "",
-        "Per-head induction scores (rows = layers):",
-        "",
-        "| layer | " + " | ".join(f"head {h}" for h in range(len(ind["scores"][0]))) + " |",
-        "|---|" + "---|" * len(ind["scores"][0]),
     ]
-    lines += [f"| {i} | " + " | ".join(f"{s:.2f}" for s in row) + " |" for i, row in enumerate(ind["scores"])]
-    lines += [
-        "",
-        "Per-head previous-token scores:",
-        "",
-        "| layer | " + " | ".join(f"head {h}" for h in range(len(prev["scores"][0]))) + " |",
-        "|---|" + "---|" * len(prev["scores"][0]),
-    ]
-    lines += [f"| {i} | " + " | ".join(f"{s:.2f}" for s in row) + " |" for i, row in enumerate(prev["scores"])]
+    lines += _head_table("Per-head induction scores (rows = layers):", ind["scores"])
+    lines += _head_table("Per-head previous-token scores:", prev["scores"])
     return "\n".join(lines)
+
+
+def _head_table(title: str, scores: list[list[float]]) -> list[str]:
+    """A blank line, `title`, and a markdown table of `scores [layer][head]`."""
+    lines = ["", title, "", "| layer | " + " | ".join(f"head {h}" for h in range(len(scores[0]))) + " |",
+             "|---|" + "---|" * len(scores[0])]
+    return lines + [f"| {i} | " + " | ".join(f"{s:.2f}" for s in row) + " |" for i, row in enumerate(scores)]
