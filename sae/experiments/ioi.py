@@ -623,12 +623,9 @@ def saes_by_layer(loaded: object) -> dict[int, SAE]:
 
 def load_saes(spec: str, model: LoadedModel) -> dict[int, SAE]:
     """`{layer: SAE}` from `sae.engine.formats.load_sae_set`, checked against `model` and moved to its device."""
-    from sae.engine.formats import SAEFormatError, load_sae_set
+    from sae.engine.formats import load_sae_set
 
-    try:
-        saes = saes_by_layer(load_sae_set(spec, model, device=model.device))
-    except SAEFormatError as exc:
-        raise IOIError(str(exc)) from None
+    saes = saes_by_layer(load_sae_set(spec, model, device=model.device))  # SAEFormatError reaches the caller as is
     for sae in saes.values():
         sae.to(model.device).eval()
         if sae.cfg.d_in != model.d_z:
