@@ -7,18 +7,18 @@ import math
 import pytest
 import torch
 
-from conftest import random_sae
+from conftest import hf_z_offset, random_sae
 from sae.engine.metrics import ce_recovered, evaluate_saes
 
 
 def hf_run(model_dir, tokens: torch.Tensor, layer: int, replace=None):
-    """Logits of plain transformers GPT-2 and the layer's z (c_proj input minus b_V), optionally replaced."""
+    """Logits of plain transformers GPT-2 and the layer's processed z (c_proj input minus b_V + ln_1.b @ W_V),
+    optionally replaced."""
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     attn = hf.transformer.h[layer].attn
-    d = hf.config.n_embd
-    b_v = attn.c_attn.bias[2 * d :].detach()
+    b_v = hf_z_offset(hf, layer)
     grabbed = {}
 
     def pre_hook(module, args):

@@ -62,6 +62,7 @@ from sae.analysis.dashboard_store import (  # noqa: F401  (re-exported: the read
     source_key,
 )
 from sae.engine.models import LoadedModel
+from sae.engine.z_convention import Z_CONVENTION
 from sae.engine.autoencoder import SAE
 
 PARTIAL = "partial.safetensors"
@@ -100,6 +101,7 @@ def model_fingerprint(model: LoadedModel) -> str:
     if key not in _FINGERPRINTS:
         h = hashlib.sha1()
         h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
+        h.update(Z_CONVENTION.encode())  # dashboards built under another z convention live elsewhere
         b = model.bridge
         _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
         _FINGERPRINTS[key] = h.hexdigest()[:12]
@@ -577,7 +579,7 @@ def build_layers(
     deepest = todo[-1]
     z_names = tuple(z_hook_name(layer) for layer in todo if layer != deepest)
     z_names += tuple(n for layer in todo for n in (pattern_hook_name(layer), v_hook_name(layer)))
-    enc = {layer: (saes[layer].W_enc.detach(), saes[layer].encoder_bias_total.detach(), model.value_bias(layer))
+    enc = {layer: (saes[layer].W_enc.detach(), saes[layer].encoder_bias_total.detach(), model.z_offset(layer))
            for layer in todo}
     enc_heads = {layer: (encoder_by_head(saes[layer], model.n_heads).detach().float().cpu(),
                          saes[layer].encoder_bias_total.detach().float().cpu()) for layer in todo}

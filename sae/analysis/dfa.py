@@ -162,7 +162,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
 def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
     """Run `tokens [batch, pos]` through the model up to `layer`'s attention and read its z, pattern and values."""
     cache = capture_until_z(model, tokens, layer, (pattern_hook_name(layer), v_hook_name(layer)))
-    b_v = model.value_bias(layer)  # [H, dh]
+    b_v = model.z_offset(layer)  # [H, dh]
     z = cache[z_hook_name(layer)]
     v = cache[v_hook_name(layer)]
     if v.shape[-2] == b_v.shape[0]:

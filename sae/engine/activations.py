@@ -137,7 +137,7 @@ class ZSource:
         self.pos = 0
         self._order = self._epoch_order(0)
         # value biases flattened head-major, once: [n_layers, d_in]
-        self._b_v = torch.stack([model.value_bias(layer).reshape(-1).float() for layer in self.layers])
+        self._b_v = torch.stack([model.z_offset(layer).reshape(-1).float() for layer in self.layers])
 
     @property
     def context_size(self) -> int:

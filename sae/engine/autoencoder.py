@@ -120,7 +120,9 @@ class SAE(nn.Module):
         if arch == "topk":
             vals, idx = pre.topk(int(self.cfg.k), dim=-1)
             return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-        return pre * (pre > self.threshold).to(pre.dtype)  # jumprelu
+        # jumprelu, as Gemma Scope writes it: relu(pre) where pre > threshold; never negative, even for a
+        # negative threshold
+        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., d_sae]`."""

@@ -286,6 +286,8 @@ def _load_gemma_scope(npz: Path, hook_name: str | None = None) -> SAE:
     cfg = SAEConfig(
         d_in=int(d_in), d_sae=int(d_sae), hook_name=hook_name, architecture="jumprelu",
         model_name="gemma-2-2b", context_size=1024, extra={"source_format": "gemma-scope"},
+        # Gemma Scope encodes x @ W_enc + b_enc: b_dec is not subtracted from the input
+        apply_b_dec_to_input=False,
     )
     return _sae_from_tensors(cfg, tensors, npz)
 
