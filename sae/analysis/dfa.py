@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sae.engine.errors import AttnscopeError
 from sae.engine.models import LoadedModel
 from sae.engine.autoencoder import SAE
 
@@ -41,8 +42,20 @@ def z_hook_name(layer: int) -> str:
 # ---- the maths ----------------------------------------------------------------------------------------
 
 
+class AttributionError(AttnscopeError, ValueError):
+    """This SAE's pre-activations are not a sum of per-head terms, so they cannot be attributed to heads."""
+
+
 def encoder_by_head(sae: SAE, n_heads: int) -> torch.Tensor:
-    """`W_enc` split per head: `[n_heads, d_head, d_sae]` (head-major, like the flattened z)."""
+    """`W_enc` split per head: `[n_heads, d_head, d_sae]` (head-major, like the flattened z).
+
+    Every attribution goes through here, so this is where an SAE whose encoder is not affine in z (a run-time
+    `normalize_activations` rescales each token by its own norm) is refused."""
+    if not sae.is_linear_in_z:
+        raise AttributionError(
+            f"direct feature attribution needs an encoder that is affine in z; this SAE normalises each token at run "
+            f"time (normalize_activations={sae.cfg.normalize_activations})"
+        )
     d_in, d_sae = sae.W_enc.shape
     if d_in % n_heads:
         raise ValueError(f"SAE d_in={d_in} does not split into {n_heads} heads")
