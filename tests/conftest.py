@@ -85,3 +85,13 @@ def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard
         if sae.threshold is not None:
             sae.threshold.uniform_(0, 0.1)
     return sae
+
+
+def hf_z_offset(hf, layer: int):
+    """By hand from a transformers GPT-2: what HookedTransformer's weight processing removes from z,
+    `b_V + ln_1.bias @ W_V` per head, flattened head-major (`[n_head * d_head]`)."""
+    d = hf.config.n_embd
+    block = hf.transformer.h[layer]
+    w_v = block.attn.c_attn.weight[:, 2 * d :].detach()  # Conv1D: [d_model, n_head * d_head]
+    return block.attn.c_attn.bias[2 * d :].detach() + block.ln_1.bias.detach() @ w_v
+

@@ -209,9 +209,10 @@ def test_head_zero_ablation_matches_raw_hook(ioi_model, data):
     rec = {(h["layer"], h["head"]): h for h in r["heads"]}
     clean = r["clean_logit_diff"]
     layer, head = 2, 1
-    b_v = ioi_model.bridge.b_V[layer, head]
+    blk = ioi_model.bridge.blocks[layer]
+    b_v = ioi_model.bridge.b_V[layer, head] + blk.ln1.original_component.bias @ ioi_model.bridge.W_V[layer, head]
 
-    def hook(z, hook):  # attnscope's zero = the raw z left with only the constant value bias
+    def hook(z, hook):  # attnscope's zero = the processed model's zero: the raw z left with only b_V + ln1.b @ W_V
         z = z.clone()
         z[:, :, head] = b_v
         return z

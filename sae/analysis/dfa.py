@@ -39,8 +39,20 @@ def v_hook_name(layer: int) -> str:
 # ---- the maths ----------------------------------------------------------------------------------------
 
 
+class AttributionError(AttnscopeError, ValueError):
+    """This SAE's pre-activations are not a sum of per-head terms, so they cannot be attributed to heads."""
+
+
 def encoder_by_head(sae: SAE, n_heads: int) -> torch.Tensor:
-    """`W_enc` split per head: `[n_heads, d_head, d_sae]` (head-major, like the flattened z)."""
+    """`W_enc` split per head: `[n_heads, d_head, d_sae]` (head-major, like the flattened z).
+
+    Every attribution goes through here, so this is where an SAE whose encoder is not affine in z (a run-time
+    `normalize_activations` rescales each token by its own norm) is refused."""
+    if not sae.is_linear_in_z:
+        raise AttributionError(
+            f"direct feature attribution needs an encoder that is affine in z; this SAE normalises each token at run "
+            f"time (normalize_activations={sae.cfg.normalize_activations})"
+        )
     d_in, d_sae = sae.W_enc.shape
     if d_in % n_heads:
         raise ValueError(f"SAE d_in={d_in} does not split into {n_heads} heads")
@@ -156,7 +168,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
 def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
     """Run `tokens [batch, pos]` through the model up to `layer`'s attention and read its z, pattern and values."""
     cache = capture_until_z(model, tokens, layer, (pattern_hook_name(layer), v_hook_name(layer)))
-    b_v = model.value_bias(layer)  # [H, dh]
+    b_v = model.z_offset(layer)  # [H, dh]
     z = cache[z_hook_name(layer)]
     v = cache[v_hook_name(layer)]
     if v.shape[-2] == b_v.shape[0]:

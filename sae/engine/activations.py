@@ -104,10 +104,12 @@ class ZSource:
     """Runs the model over packed token rows and returns hook_z of several layers from one forward pass.
 
     Each call to `next_chunk()` takes the next `rows_per_pass` rows (in an order reshuffled every epoch from
-    `seed`), runs the model once and returns `[n_layers, rows_per_pass * context, d_in]` float32 on `device`,
-    layers in `self.layers` order. z follows attnscope's convention (value bias removed: the z that
-    HookedTransformer gives with value biases folded into b_O). The pass is cut right after the last needed
-    layer's hook_z, so that layer's output projection, MLP and everything above are never computed.
+    `seed`), runs the model once and returns `[n_layers, rows_per_pass * (context - 1), d_in]` float32 on
+    `device`, layers in `self.layers` order. z follows attnscope's convention (HookedTransformer's processed
+    hook_z, see `sae.engine.models`). The BOS position of every row is left out (`skip_bos`, the default): its z
+    is the same vector in every row, so it teaches an SAE nothing and inflates explained variance; evaluation and
+    dashboards leave it out by the same rule. The pass is cut right after the last needed layer's hook_z, so that
+    layer's output projection, MLP and everything above are never computed.
     """
 
     def __init__(
@@ -118,9 +120,11 @@ class ZSource:
         rows_per_pass: int = 32,
         seed: int = 0,
         autocast_dtype: torch.dtype | None = None,
+        skip_bos: bool = True,
     ) -> None:
         if token_rows.dim() != 2 or token_rows.shape[0] == 0:
             raise CorpusError("no token rows to read activations from")
+        self.skip_bos = skip_bos
         for layer in layers:
             model.check_layer(layer)
         self.model = model
@@ -133,7 +137,7 @@ class ZSource:
         self.pos = 0
         self._order = self._epoch_order(0)
         # value biases flattened head-major, once: [n_layers, d_in]
-        self._b_v = torch.stack([model.value_bias(layer).reshape(-1).float() for layer in self.layers])
+        self._b_v = torch.stack([model.z_offset(layer).reshape(-1).float() for layer in self.layers])
 
     @property
     def context_size(self) -> int:
@@ -141,7 +145,8 @@ class ZSource:
 
     @property
     def tokens_per_chunk(self) -> int:
-        return self.rows_per_pass * self.context_size
+        """Activations per `next_chunk()`: every position of every row, less the BOS positions when skipped."""
+        return self.rows_per_pass * (self.context_size - int(self.skip_bos))
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -196,6 +201,9 @@ class ZSource:
                 pass
         if len(done) != len(self.layers):
             raise RuntimeError(f"hook_z was not reached for layers {sorted(set(self.layers) - done)}")
+        if self.skip_bos:
+            rows, ctx = tokens.shape
+            return out.view(len(self.layers), rows, ctx, -1)[:, :, 1:].reshape(len(self.layers), rows * (ctx - 1), -1)
         return out
 
     def state_dict(self) -> dict:

@@ -19,6 +19,7 @@ same convention (see `sae.engine.models`), so these SAEs apply to attnscope's ac
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -51,6 +52,9 @@ class SAEFormatError(AttnscopeError):
 
 # ---- saving ---------------------------------------------------------------------------------------------
 
+SAELENS_LAYOUT_VERSION = "6.0.0"  # the SAELens cfg.json layout attnscope writes (checked against SAELens 6.54)
+ACTIVATION_SCALER_FILE = "activation_scaler.json"  # SAELens's training-time input scale, beside checkpoints
+
 
 def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
     """cfg.json contents in SAELens 6 layout, plus attnscope's own keys (n_heads, k, training, eval)."""
@@ -64,6 +68,9 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
         "normalize_activations": cfg.normalize_activations,
         "reshape_activations": "hook_z",
         "metadata": {
+            # SAELens 6 reads the nested metadata only when it finds a version >= 6 here; without it, it takes the
+            # file for a pre-6 config and drops this whole object (hook, model and context come back None)
+            "sae_lens_version": SAELENS_LAYOUT_VERSION,
             "model_name": cfg.model_name,
             "hook_name": cfg.hook_name,
             "hook_head_index": None,
@@ -213,7 +220,45 @@ def _load_saelens_dir(d: Path) -> SAE:
         tensors = load_file(str(d / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SAEFormatError(f"{d / WEIGHTS_FILE} is truncated or corrupted ({str(exc).splitlines()[0][:120]})") from exc
-    return _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
+    sae = _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
+    if raw.get("rescale_acts_by_decoder_norm") is True:
+        _fold_decoder_norm(sae)
+    if cfg.normalize_activations == "expected_average_only_in":
+        _fold_saelens_scaler(sae, d)
+    return sae
+
+
+@torch.no_grad()
+def _fold_decoder_norm(sae: SAE) -> None:
+    """SAELens TopK `rescale_acts_by_decoder_norm`: pre-activations are multiplied by each decoder row's norm and
+    the decoder reads acts / norm. Folding the norms (W_enc, b_enc times norm; W_dec rows divided by it), as
+    SAELens's `fold_W_dec_norm` does, gives the same features and reconstruction with a plain top-k SAE."""
+    norm = sae.W_dec.norm(dim=-1)  # [d_sae]
+    if not torch.all(norm > 0):
+        raise SAEFormatError("a decoder row has zero norm; cannot fold rescale_acts_by_decoder_norm")
+    sae.W_enc.mul_(norm)
+    sae.b_enc.mul_(norm)
+    sae.W_dec.div_(norm[:, None])
+    sae.cfg.extra["folded"] = "rescale_acts_by_decoder_norm"
+
+
+def _fold_saelens_scaler(sae: SAE, d: Path) -> None:
+    """`expected_average_only_in`: SAELens scales inputs by `activation_scaler.json`'s factor during training and
+    folds it into the weights before the final save. A directory that still holds the file (a training
+    checkpoint) is folded here, so the SAE reads raw activations; without the file the weights already read raw
+    activations, and the mode means nothing at inference, as in SAELens's `load_from_disk`."""
+    f = d / ACTIVATION_SCALER_FILE
+    if not f.is_file():
+        sae.cfg.normalize_activations = "none"
+        return
+    raw = _read_json(f)
+    s = raw.get("scaling_factor")
+    if s is None:
+        sae.cfg.normalize_activations = "none"
+        return
+    if not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+        raise SAEFormatError(f"{f}: scaling_factor must be a positive number, got {s!r}")
+    sae.fold_activation_scale(float(s))
 
 
 def load_sparsity(path: str | Path) -> torch.Tensor | None:
@@ -287,6 +332,8 @@ def _load_gemma_scope(npz: Path, hook_name: str | None = None) -> SAE:
     cfg = SAEConfig(
         d_in=int(d_in), d_sae=int(d_sae), hook_name=hook_name, architecture="jumprelu",
         model_name="gemma-2-2b", context_size=1024, extra={"source_format": "gemma-scope"},
+        # Gemma Scope encodes x @ W_enc + b_enc: b_dec is not subtracted from the input
+        apply_b_dec_to_input=False,
     )
     return _sae_from_tensors(cfg, tensors, npz)
 

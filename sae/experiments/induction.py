@@ -247,7 +247,7 @@ def _score_batch(model: LoadedModel, batch: RepeatedPrefixBatch) -> tuple[torch.
 
     def grab_z(z: torch.Tensor, hook) -> None:
         layer = int(hook.name.split(".")[1])
-        zs[layer] = (z[:, q] - model.value_bias(layer)).detach().float()
+        zs[layer] = (z[:, q] - model.z_offset(layer)).detach().float()
 
     def grab_scale(scale: torch.Tensor, hook) -> None:
         grabbed["scale"] = scale[:, q].detach().float()

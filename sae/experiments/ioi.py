@@ -160,7 +160,7 @@ def run_logits(model: LoadedModel, tokens: torch.Tensor, z_fns: dict[int, ZFn] |
 
 def _raw_z_hook(model: LoadedModel, layer: int, fn: ZFn):
     def hook(z: torch.Tensor, hook) -> torch.Tensor:
-        b_v = model.value_bias(layer)
+        b_v = model.z_offset(layer)
         return fn((z - b_v).flatten(-2)).to(z.dtype).reshape(z.shape) + b_v
 
     return hook

@@ -188,7 +188,7 @@ def build_layers(
     deepest = todo[-1]
     z_names = tuple(z_hook_name(layer) for layer in todo if layer != deepest)
     z_names += tuple(n for layer in todo for n in (pattern_hook_name(layer), v_hook_name(layer)))
-    enc = {layer: (saes[layer].W_enc.detach(), saes[layer].encoder_bias_total.detach(), model.value_bias(layer))
+    enc = {layer: (saes[layer].W_enc.detach(), saes[layer].encoder_bias_total.detach(), model.z_offset(layer))
            for layer in todo}
     enc_heads = {layer: (encoder_by_head(saes[layer], model.n_heads).detach().float().cpu(),
                          saes[layer].encoder_bias_total.detach().float().cpu()) for layer in todo}

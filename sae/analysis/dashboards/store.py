@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.z_convention import Z_CONVENTION
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +68,11 @@ def source_key(spec: str, default_path: Path | None = None) -> str:
     return f"{p.resolve()}:{newest}:{size}"
 
 
+def _registry_key(model_key: str, sae_key: str, layer: int) -> str:
+    """Entries made under another z convention are never found, so they are rebuilt rather than shown stale."""
+    return f"{Z_CONVENTION}|{model_key}|{sae_key}|{layer}"
+
+
 def register_built(model_key: str, sae_key: str, layer: int, directory: Path, root: Path | None = None) -> None:
     """Remember which directory holds the dashboards of (model, SAEs, layer), so a later lookup needs no model."""
     reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
@@ -75,7 +81,7 @@ def register_built(model_key: str, sae_key: str, layer: int, directory: Path, ro
         reg = json.loads(reg_path.read_text())
     except (OSError, ValueError):
         reg = {}
-    reg[f"{model_key}|{sae_key}|{layer}"] = str(Path(directory).resolve())
+    reg[_registry_key(model_key, sae_key, layer)] = str(Path(directory).resolve())
     tmp = reg_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(reg, indent=1))
     os.replace(tmp, reg_path)
@@ -84,7 +90,7 @@ def register_built(model_key: str, sae_key: str, layer: int, directory: Path, ro
 def lookup_built(model_key: str, sae_key: str, layer: int, root: Path | None = None) -> Path | None:
     reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
     try:
-        d = json.loads(reg_path.read_text()).get(f"{model_key}|{sae_key}|{layer}")
+        d = json.loads(reg_path.read_text()).get(_registry_key(model_key, sae_key, layer))
     except (OSError, ValueError):
         return None
     return Path(d) if d and is_built(Path(d)) else None
@@ -121,6 +127,7 @@ def model_fingerprint(model: LoadedModel) -> str:
     if key not in _FINGERPRINTS:
         h = hashlib.sha1()
         h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
+        h.update(Z_CONVENTION.encode())  # dashboards built under another z convention live elsewhere
         b = model.bridge
         _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
         _FINGERPRINTS[key] = h.hexdigest()[:12]
