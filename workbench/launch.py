@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sae.cli.common import UsageError, fail
+from sae.engine.errors import AttnscopeError
 
 EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -86,21 +87,24 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench_main(args)
         return run_app(args)
-    except UsageError as exc:
+    except (UsageError, AttnscopeError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from workbench.findings import ExportError, FindingsStore, export_markdown, write_export
+    from workbench.findings import ExportError, FindingsStore, export_markdown, export_replaces, write_export
 
     store = FindingsStore()
+    if store.error:  # a damaged findings file: say so and stop; the file stays where it is
+        raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
+    replaced = export_replaces(args.out)
     try:
         path = write_export(args.out, export_markdown(store.findings, title=args.title))
     except ExportError as exc:
         raise UsageError(str(exc)) from None
-    print(f"wrote {len(store)} finding(s) to {path}")
+    print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
 

@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
+from sae.engine.errors import AttnscopeError
+
 INDEX = "index.json"
 DATA = "dashboards.safetensors"
 REGISTRY = "registry.json"
 
 
-class DashboardError(ValueError):
+class DashboardError(AttnscopeError, ValueError):
     """Bad dashboard request (not built, feature out of range, ...); one line for the user."""
 
 
@@ -76,6 +78,23 @@ def build_command(layer: int) -> str:
 
 def is_built(directory: Path) -> bool:
     return (directory / INDEX).is_file() and (directory / DATA).is_file()
+
+
+def readable_build(directory: Path) -> dict[str, Any] | None:
+    """The index of a finished build whose files open (index JSON parses, data header reads), else None: a
+    damaged cache counts as not built, so the next build replaces it without `--force`."""
+    directory = Path(directory)
+    if not is_built(directory):
+        return None
+    try:
+        idx = json.loads((directory / INDEX).read_text())
+        if not isinstance(idx, dict):
+            return None
+        with safe_open(str(directory / DATA), framework="np") as f:
+            f.keys()
+    except Exception:  # noqa: BLE001 - JSON, I/O and safetensors header errors all mean "damaged"
+        return None
+    return idx
 
 
 def _round_linspace(start: float, stop: float, num: int) -> list[int]:
@@ -173,10 +192,24 @@ def _read_index(directory: Path) -> dict[str, Any]:
 
 
 def read_dashboard(directory: Path, feature: int, n_bins: int = 5, per_bin: int = 4) -> FeatureDashboard:
-    """One feature's dashboard from a built directory (a few memory-mapped slices; no model needed)."""
+    """One feature's dashboard from a built directory (a few memory-mapped slices; no model needed); a damaged
+    cache is a one-line DashboardError naming the build command that replaces it."""
     directory = Path(directory)
     if not is_built(directory):
         raise DashboardError(f"no dashboards in {directory}")
+    try:
+        return _read_dashboard(directory, feature, n_bins, per_bin)
+    except DashboardError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file of any kind: one line, not a traceback
+        layer = directory.name.removeprefix("layer-")
+        raise DashboardError(
+            f"the dashboard cache in {directory} is damaged ({type(exc).__name__}); rebuild it with "
+            f"`{build_command(int(layer)) if layer.isdigit() else 'attnscope dashboards build'}`"
+        ) from None
+
+
+def _read_dashboard(directory: Path, feature: int, n_bins: int, per_bin: int) -> FeatureDashboard:
     idx = _read_index(directory)
     d_sae = idx["d_sae"]
     if not 0 <= feature < d_sae:

@@ -25,6 +25,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +53,7 @@ from sae.analysis.dashboard_store import (  # noqa: F401  (re-exported: the read
     FeatureDashboard,
     QuantileBin,
     _read_index,
+    readable_build,
     build_command,
     cache_root,
     dashboard_summary,
@@ -62,6 +64,7 @@ from sae.analysis.dashboard_store import (  # noqa: F401  (re-exported: the read
     source_key,
 )
 from sae.engine.models import LoadedModel
+from sae.engine.safe_io import check_writable_dir
 from sae.engine.autoencoder import SAE
 
 PARTIAL = "partial.safetensors"
@@ -82,7 +85,9 @@ class BuildCancelled(Exception):
 # ---- where dashboards live ----------------------------------------------------------------------------
 
 
-_FINGERPRINTS: dict[int, str] = {}
+# keyed by the bridge object itself, held weakly: an entry dies with its model, so a new model that happens to
+# get a freed model's id() never inherits its fingerprint
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 def _hash_tensors(h: "hashlib._Hash", tensors: list[torch.Tensor | None]) -> None:
@@ -96,14 +101,22 @@ def _hash_tensors(h: "hashlib._Hash", tensors: list[torch.Tensor | None]) -> Non
 
 def model_fingerprint(model: LoadedModel) -> str:
     """12 hex digits from the model's shape and a few weight tensors (embeddings, W_V, W_O)."""
-    key = id(model.bridge)
-    if key not in _FINGERPRINTS:
-        h = hashlib.sha1()
-        h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
-        b = model.bridge
-        _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
-        _FINGERPRINTS[key] = h.hexdigest()[:12]
-    return _FINGERPRINTS[key]
+    b = model.bridge
+    try:
+        cached = _FINGERPRINTS.get(b)
+    except TypeError:  # not weak-referenceable: no cache
+        cached = None
+    if cached is not None:
+        return cached
+    h = hashlib.sha1()
+    h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
+    _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
+    digest = h.hexdigest()[:12]
+    try:
+        _FINGERPRINTS[b] = digest
+    except TypeError:
+        pass
+    return digest
 
 
 def sae_fingerprint(sae: SAE) -> str:
@@ -551,13 +564,14 @@ def build_layers(
             for layer, sae in saes.items()}
     results: dict[int, BuildResult] = {}
     for layer, d in dirs.items():
-        if is_built(d) and not force:
-            idx = json.loads((d / INDEX).read_text())
-            if idx.get("spec") == asdict(spec) and idx.get("version") == FORMAT_VERSION:
-                results[layer] = BuildResult(d, "cached", idx["n_tokens"])
+        idx = None if force else readable_build(d)  # a damaged cache is rebuilt, no --force needed
+        if idx is not None and idx.get("spec") == asdict(spec) and idx.get("version") == FORMAT_VERSION:
+            results[layer] = BuildResult(d, "cached", int(idx.get("n_tokens", 0)))
     todo = sorted(layer for layer in saes if layer not in results)
     if not todo:
         return results
+    for layer in todo:  # a cache dir that is a file or read-only fails now, not after the scan
+        check_writable_dir(dirs[layer], "dashboard cache folder")
     rows = heldout_rows(model, spec.n_tokens, spec.context_size, docs, spec.corpus)
     if rows.shape[0] == 0:
         raise DashboardError("the held-out text is shorter than one context row")
@@ -570,9 +584,12 @@ def build_layers(
         scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
         d = dirs[layer]
         if (d / PARTIAL_INDEX).is_file() and (d / PARTIAL).is_file() and not force:
-            old = json.loads((d / PARTIAL_INDEX).read_text())
-            if all(old.get(k) == v for k, v in metas[layer].items()):
-                scans[layer].load(load_file(str(d / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
+            try:
+                old = json.loads((d / PARTIAL_INDEX).read_text())
+                if isinstance(old, dict) and all(old.get(k) == v for k, v in metas[layer].items()):
+                    scans[layer].load(load_file(str(d / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
+            except Exception:  # noqa: BLE001 - a damaged partial scan: start this layer afresh
+                scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
     total = rows.shape[0] * T
     deepest = todo[-1]
     z_names = tuple(z_hook_name(layer) for layer in todo if layer != deepest)

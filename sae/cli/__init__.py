@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from sae.cli.common import UsageError, fail
+from sae.engine.errors import AttnscopeError
 
 # module name -> registers its subcommands with `register(subparsers)`
 COMMAND_MODULES = [
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except (UsageError, AttnscopeError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", code=130)

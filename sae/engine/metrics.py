@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from sae.engine.jobs import Cancelled, CancelToken
 from sae.engine.autoencoder import SAE
 
 DENSE_THRESHOLD = 0.1
@@ -100,11 +101,12 @@ def evaluate_saes(
     token_rows: torch.Tensor,
     batch_rows: int = 8,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
 ) -> list[EvalResult]:
     """Evaluate every SAE in `saes {layer: SAE}` on `token_rows [rows, pos]` (BOS at position 0).
 
     One clean pass per batch serves all layers; each layer then adds a spliced and a zero-ablated pass.
+    `cancel` is checked before every batch; a cancelled evaluation raises `Cancelled` (no partial metrics).
     """
     if token_rows.dim() != 2 or token_rows.shape[0] == 0:
         raise ValueError("no token rows to evaluate on")
@@ -113,8 +115,9 @@ def evaluate_saes(
     n_pred = 0
     n_rows = token_rows.shape[0]
     for start in range(0, n_rows, batch_rows):
-        if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-            break
+        if cancel is not None and (cancel.cancelled if isinstance(cancel, CancelToken) else
+                                   cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+            raise Cancelled("evaluation cancelled")  # never a result from part of the rows
         tokens = token_rows[start : start + batch_rows].to(model.device)
         captured: dict[int, torch.Tensor] = {}
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from sae import zoo
+from sae.engine.errors import AttnscopeError
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(AttnscopeError):
     """A model could not be loaded; the message is one line meant for the user."""
 
 
@@ -136,6 +138,13 @@ class LoadedModel:
         self.check_layer(layer)
         b_v = getattr(self.bridge, "b_V", None)
         if b_v is None:
+            # zero only when the model truly has no value bias; one the bridge does not expose would stay inside
+            # z and silently break the convention, so that is refused
+            if hf_has_value_bias(self.bridge):
+                raise ModelLoadError(
+                    f"{self.name}: the model has attention value biases but its TransformerBridge exposes no b_V, "
+                    "so attnscope cannot fold them out of z; this architecture is not supported yet"
+                )
             return torch.zeros(self.n_heads, self.d_head, device=self.device)
         return b_v[layer].detach()
 
@@ -235,6 +244,47 @@ def _quiet_transformers() -> None:
         pass
 
 
+# parameter-name endings of a value (or fused q/k/v) projection bias in Hugging Face attention modules
+_VALUE_BIAS_NAMES = ("v_proj.bias", "c_attn.bias", "query_key_value.bias", "qkv_proj.bias", "Wqkv.bias",
+                     "value.bias", "v.bias", "k_v_proj.bias", "qkv.bias")
+
+
+def hf_has_value_bias(bridge) -> bool:
+    """Whether the wrapped Hugging Face model has a (non-zero) value-projection bias parameter."""
+    hf = getattr(bridge, "original_model", None)
+    if hf is None or not hasattr(hf, "named_parameters"):
+        return False
+    for name, p in hf.named_parameters():
+        if name.endswith(_VALUE_BIAS_NAMES) and bool((p.detach() != 0).any()):
+            return True
+    return False
+
+
+@contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """While active and `offline`: the hub is offline for transformers and huggingface_hub, also when they were
+    imported earlier (they read HF_HUB_OFFLINE once, at import, into `huggingface_hub.constants`)."""
+    if not offline:
+        yield
+        return
+    old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import huggingface_hub.constants as hub_constants
+
+    old_const = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old_const
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face endpoint accepts a TCP connection (False when HF_HUB_OFFLINE is set)."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -273,18 +323,15 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
     elif name == "default":
         raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
 
-    old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     # A local dir is read from disk by transformers without any hub call. For a hub name, a hub that does not
     # answer means offline mode: the hub cache still serves what it holds, and a missing model fails at once
-    # instead of after a minute of retries. (huggingface_hub reads HF_HUB_OFFLINE once, at import.)
-    if not local and not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # instead of after a minute of retries. `hub_offline` sets the flag where huggingface_hub already read it.
     try:
-        _quiet_transformers()
-        from transformer_lens.model_bridge import TransformerBridge
+        with hub_offline(not local and not hub_reachable()):
+            _quiet_transformers()
+            from transformer_lens.model_bridge import TransformerBridge
 
-        bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)
+            bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)
     except Exception as exc:  # the hub, transformers and TL raise many kinds; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if local:
@@ -293,12 +340,23 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
             f"could not load model {name!r}: not a local directory, and the Hugging Face hub did not provide it "
             f"({first[:160]})"
         ) from exc
-    finally:
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     bridge.eval()
     display = zoo.DEFAULT_NAME if Path(path) == zoo.DEFAULT_MODEL_DIR.resolve() else name
-    return LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)
+    loaded = LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)
+    check_tokenizer(loaded, path)
+    return loaded
+
+
+def check_tokenizer(model: LoadedModel, where: str) -> None:
+    """ModelLoadError unless the model came with a tokenizer that turns text into tokens (a model dir without
+    tokenizer files loads an empty one, and every prompt would then be 'empty')."""
+    tok = getattr(model.bridge, "tokenizer", None)
+    try:
+        ids = model.encode("The cat") if tok is not None else []
+    except Exception:  # noqa: BLE001 - any tokenizer failure means the same to the user
+        ids = []
+    if not ids:
+        raise ModelLoadError(
+            f"{where} has no usable tokenizer (tokenizer.json, or vocab.json + merges.txt); copy the tokenizer "
+            "files of the model into that folder"
+        )
