@@ -369,7 +369,7 @@ def detect_format(path: str | Path) -> str:
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load one SAE from any supported layout (autodetected), on `device`, in eval mode."""
     p = Path(path).expanduser()
-    if p.suffix == "" and not p.exists():
+    if not p.exists():
         recover_dir(p)  # a save killed between its two renames left the old copy aside
     fmt = detect_format(p)
     if fmt == "saelens":

@@ -370,16 +370,6 @@ def clean_stale_temps(directory: str | Path, prefix: str = "") -> list[Path]:
 
 # ---- directory swap ---------------------------------------------------------------------------------------
 
-# test hook: called with a step name at each point of `swap_dir`; the kill-at-each-point test raises or exits
-_swap_hook: Callable[[str], None] | None = None
-SWAP_STEPS = ("written", "old-moved", "new-in-place", "old-trashed", "done")
-
-
-def _at(step: str) -> None:
-    if _swap_hook is not None:
-        _swap_hook(step)
-
-
 def recover_dir(target: str | Path) -> bool:
     """After a crash: if `target` is missing but a dead process left `.NAME.old-PID-*` (the complete previous
     copy) beside it, rename it back; then remove stale temporaries. True when something was restored."""
@@ -432,6 +422,7 @@ def swap_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
         raise OutputError(f"{target} exists and is not a directory")
     recover_dir(target)
     tag = f"{os.getpid()}-{threading.get_ident()}"
+    old = parent / f".{target.name}.old-{tag}"
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{tag}-", dir=parent))
     except OSError as exc:
@@ -448,25 +439,21 @@ def swap_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        _at("written")
         if target.exists():
-            old = parent / f".{target.name}.old-{tag}"
             os.replace(target, old)
-            _at("old-moved")
             os.replace(tmp, target)
             fsync_dir(parent)
-            _at("new-in-place")
             trash = parent / f".{target.name}.trash-{tag}"
             os.replace(old, trash)
-            _at("old-trashed")
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, target)
             fsync_dir(parent)
-        _at("done")
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {os_error_line(exc)}") from exc
     finally:
+        if not target.exists() and old.exists():  # failed between the renames: put the old copy back
+            os.replace(old, target)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
