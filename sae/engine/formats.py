@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +201,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _load_saelens_dir(d: Path) -> SAE:
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     recover_dir(d)
@@ -256,7 +254,7 @@ def _load_saelens_dir(d: Path) -> SAE:
         raise SAEFormatError(f"{d / CFG_FILE} is not a usable SAE config: {exc}"[:300]) from None
     try:
         tensors = load_file(str(d / WEIGHTS_FILE))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, I/O, dtype errors of a damaged file: one line
         raise SAEFormatError(f"{d / WEIGHTS_FILE} is truncated or corrupted ({str(exc).splitlines()[0][:120]})") from exc
     return _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
 
@@ -322,7 +320,7 @@ def _load_gemma_scope(npz: Path, hook_name: str | None = None) -> SAE:
     try:
         with np.load(str(npz), allow_pickle=False) as data:
             tensors = {key: torch.from_numpy(np.array(data[key])) for key in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - zip, zlib, dtype errors of a damaged file: all one line
         raise SAEFormatError(f"{npz} is truncated or corrupted ({type(exc).__name__})") from None
     if "W_enc" not in tensors:
         raise SAEFormatError(f"{npz} has no W_enc array: not a Gemma Scope params.npz")
