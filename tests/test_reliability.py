@@ -94,6 +94,7 @@ def test_malicious_lm_checkpoint_runs_nothing(tmp_path, capsys):
     assert "could run code" in one_error_line(capsys)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_raw_pickle_is_refused_by_every_loader(tmp_path):
     import pickle
 

@@ -16,6 +16,7 @@ import numpy as np
 from safetensors import safe_open
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import atomic_write_text
 
 INDEX = "index.json"
 DATA = "dashboards.safetensors"
@@ -57,17 +58,19 @@ def register_built(model_key: str, sae_key: str, layer: int, directory: Path, ro
         reg = json.loads(reg_path.read_text())
     except (OSError, ValueError):
         reg = {}
+    if not isinstance(reg, dict):  # a damaged registry is only a cache: start it again
+        reg = {}
     reg[f"{model_key}|{sae_key}|{layer}"] = str(Path(directory).resolve())
-    tmp = reg_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=1))
-    os.replace(tmp, reg_path)
+    atomic_write_text(reg_path, json.dumps(reg, indent=1))
 
 
 def lookup_built(model_key: str, sae_key: str, layer: int, root: Path | None = None) -> Path | None:
     reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
     try:
         d = json.loads(reg_path.read_text()).get(f"{model_key}|{sae_key}|{layer}")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # missing, damaged, or not a JSON object
+        return None
+    if not isinstance(d, str):
         return None
     return Path(d) if d and is_built(Path(d)) else None
 
