@@ -21,37 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TEXT, random_sae
+from conftest import random_sae
+from test_cli_engine import SMALL, corpus, one_error_line  # noqa: F401  (corpus is a fixture)
 from sae.cli import main
 from sae.engine import safe_io
 from sae.engine.formats import SAEFormatError, load_sae, save_sae
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--width", "64", "--batch-size", "128", "--context-size", "16", "--buffer-batches", "2",
-         "--warmup-steps", "2", "--l1", "0.01"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    (d / "a.txt").write_text(TINY_TEXT)
-    (d / "b.py").write_text("def f(x):\n    return x * 2\n" * 40)
-    return d
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("attnscope: error:")]
-    assert len(errors) == 1, err
-    assert "Traceback" not in "\n".join(err)
-    return errors[0]
 
 
 def tree_digest(d: Path) -> str:
