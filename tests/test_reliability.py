@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import random_sae
-from test_cli_engine import SMALL, corpus, one_error_line  # noqa: F401  (corpus is a fixture)
+from test_cli_engine import SMALL, one_error_line
 from sae.cli import main
 from sae.engine import safe_io
 from sae.engine.formats import SAEFormatError, load_sae, save_sae
