@@ -813,3 +813,10 @@ def test_lock_of_a_killed_process_is_free_again(tmp_path):
         p.wait()
     with safe_io.DirLock(tmp_path, "me") as lock:  # stale: its holder is gone
         assert lock.held
+
+
+def test_zoo_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    f = tmp_path / "out"
+    f.write_text("x")
+    assert main(["zoo", "train-default", "--out", str(f), "--stage", "lm"]) == 2
+    assert "is a file" in one_error_line(capsys)

@@ -140,7 +140,9 @@ class LoadedModel:
         if b_v is None:
             # zero only when the model truly has no value bias; one the bridge does not expose would stay inside
             # z and silently break the convention, so that is refused
-            if hf_has_value_bias(self.bridge):
+            if "_hf_value_bias" not in self.__dict__:  # looked up once per model
+                self.__dict__["_hf_value_bias"] = hf_has_value_bias(self.bridge)
+            if self.__dict__["_hf_value_bias"]:
                 raise ModelLoadError(
                     f"{self.name}: the model has attention value biases but its TransformerBridge exposes no b_V, "
                     "so attnscope cannot fold them out of z; this architecture is not supported yet"
