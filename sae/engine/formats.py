@@ -29,7 +29,14 @@ import torch
 from sae.engine.autoencoder import SAE, SAEConfig
 from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
-from sae.engine.safe_io import UnsafeFileError, recover_children, recover_dir, safe_torch_load, swap_dir
+from sae.engine.safe_io import (
+    UnsafeFileError,
+    is_protected,
+    recover_children,
+    recover_dir,
+    safe_torch_load,
+    swap_dir,
+)
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -86,14 +93,9 @@ def _write_atomically_dir(target: Path, write: Any) -> None:
 
 
 def is_shipped(path: str | Path) -> bool:
-    """Whether `path` lies inside the package's embedded default (read-only to the program)."""
-    from sae import zoo
-
-    try:
-        Path(path).expanduser().resolve().relative_to(zoo.DEFAULT_DIR.resolve())
-    except ValueError:
-        return False
-    return True
+    """Whether `path` lies inside a protected root (the package's embedded default, registered by `sae.zoo`
+    through `safe_io.protect`): read-only to the program."""
+    return is_protected(path)
 
 
 def check_sae_write_target(path: str | Path) -> Path:

@@ -459,6 +459,25 @@ def swap_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+# ---- read-only places ---------------------------------------------------------------------------------------
+
+# directories the program never writes into (the package's shipped files); `sae.zoo` registers its own
+READ_ONLY_ROOTS: list[Path] = []
+
+
+def protect(root: str | Path) -> None:
+    """Make `root` and everything under it read-only to attnscope's writers (`save_sae`, `eval --write`)."""
+    p = Path(root).expanduser().resolve()
+    if p not in READ_ONLY_ROOTS:
+        READ_ONLY_ROOTS.append(p)
+
+
+def is_protected(path: str | Path) -> bool:
+    """Whether `path` lies inside a root passed to `protect`."""
+    p = Path(path).expanduser().resolve()
+    return any(p == r or r in p.parents for r in READ_ONLY_ROOTS)
+
+
 # ---- torch files ------------------------------------------------------------------------------------------
 
 

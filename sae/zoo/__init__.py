@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sae.engine.safe_io import protect
+
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "model"
 DEFAULT_SAES_DIR = DEFAULT_DIR / "saes"
 MODEL_CARD = DEFAULT_DIR / "MODEL_CARD.md"
 DEFAULT_NAME = "attnscope-default"
+
+protect(DEFAULT_DIR)  # the shipped files are read-only to the program: `save_sae` and `eval --write` refuse them
 
 
 def resolve_model(name: str) -> str:
