@@ -307,7 +307,7 @@ if __name__ == "__main__":
 
 def _pin_many(directory: str, who: str, n: int) -> None:
     scope: dict = {}
-    exec(PIN_MANY, scope)  # noqa: S102 - the same code the child processes run
+    exec(PIN_MANY, scope)  # the same code the child processes run
     scope["pin_many"](directory, who, n)
 
 

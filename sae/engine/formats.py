@@ -256,7 +256,7 @@ def _load_saelens_dir(d: Path) -> SAE:
         raise SAEFormatError(f"{d / CFG_FILE} is not a usable SAE config: {exc}"[:300]) from None
     try:
         tensors = load_file(str(d / WEIGHTS_FILE))
-    except Exception as exc:  # noqa: BLE001 - SafetensorError, I/O, dtype errors of a damaged file: one line
+    except Exception as exc:  # SafetensorError, I/O, dtype errors of a damaged file: all one line
         raise SAEFormatError(f"{d / WEIGHTS_FILE} is truncated or corrupted ({str(exc).splitlines()[0][:120]})") from exc
     return _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
 
