@@ -153,8 +153,15 @@ class LoadedModel:
     # ---- tokens ---------------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` without BOS."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        """Token ids of `text` without BOS. ModelLoadError when text gives no token at all: the model came
+        without a usable tokenizer (a model folder without tokenizer files loads an empty one)."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if not ids and text.strip():
+            raise ModelLoadError(
+                f"{self.name} has no usable tokenizer (tokenizer.json, or vocab.json + merges.txt): text gives no "
+                "tokens; copy the model's tokenizer files into its folder"
+            )
+        return ids
 
     def to_tokens(self, text: str, prepend_bos: bool = True, truncate: bool = True) -> tuple[torch.Tensor, bool]:
         """`[1, pos]` token ids with BOS at position 0, cut to the model's context; also whether it was cut."""
@@ -344,21 +351,4 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
         ) from exc
     bridge.eval()
     display = zoo.DEFAULT_NAME if Path(path) == zoo.DEFAULT_MODEL_DIR.resolve() else name
-    loaded = LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)
-    check_tokenizer(loaded, path)
-    return loaded
-
-
-def check_tokenizer(model: LoadedModel, where: str) -> None:
-    """ModelLoadError unless the model came with a tokenizer that turns text into tokens (a model dir without
-    tokenizer files loads an empty one, and every prompt would then be 'empty')."""
-    tok = getattr(model.bridge, "tokenizer", None)
-    try:
-        ids = model.encode("The cat") if tok is not None else []
-    except Exception:  # noqa: BLE001 - any tokenizer failure means the same to the user
-        ids = []
-    if not ids:
-        raise ModelLoadError(
-            f"{where} has no usable tokenizer (tokenizer.json, or vocab.json + merges.txt); copy the tokenizer "
-            "files of the model into that folder"
-        )
+    return LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)
