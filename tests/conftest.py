@@ -56,6 +56,15 @@ def build_tiny_model_dir(
     return path
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small training/eval corpus folder: a text file and a Python file."""
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "a.txt").write_text(TINY_TEXT)
+    (d / "b.py").write_text("def f(x):\n    return x * 2\n" * 40)
+    return d
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2"))

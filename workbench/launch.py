@@ -94,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from workbench.findings import FindingsStore, export_markdown, write_export
+    from workbench.findings import FindingsStore, export_markdown, export_replaces, write_export
 
     store = FindingsStore()
+    if store.error:  # a damaged findings file: say so and stop; the file stays where it is
+        raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
+    replaced = export_replaces(args.out)
     path = write_export(args.out, export_markdown(store.findings, title=args.title))
-    print(f"wrote {len(store)} finding(s) to {path}")
+    print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
 
