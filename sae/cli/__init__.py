@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "dashboards",
     "heads",
     "families",
+    "roles",
+    "study",
     "induction",
     "ioi",
 ]
