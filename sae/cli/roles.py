@@ -58,16 +58,16 @@ def _cand_rows(d: dict) -> list[list[Any]]:
     for c in d["candidates"]:
         k = c["confirmation"]
         if k is None:
-            rows.append([c["feature"], c["role"], f"{c['scores']['induction']:.0%}", "-", "-", "-", "not run"])
+            rows.append([c["feature"], c["role"], f"{c['scores']['induction']:.0%}", "-", "-", "-", "-", "not run"])
         else:
-            rows.append([c["feature"], c["role"], f"{c['scores']['induction']:.0%}", " → ".join(k["pair"]),
-                         f"{k['act_first']:.2f} → {k['act_repeat']:.2f}", f"{k['top_source_hits']:.0%}",
-                         "confirmed" if k["confirmed"] else "not confirmed"])
+            rows.append([c["feature"], c["role"], f"{c['scores']['induction']:.0%}", " → ".join(map(repr, k["pair"])),
+                         f"{k['act_first']:.2f}", f"{k['act_repeat']:.2f}", f"{k['top_source_hits']:.0%}",
+                         "yes" if k["confirmed"] else "no"])
     return rows
 
 
-CAND_COLS = ["feature", "role", "induction-like examples", "pair (current → source)", "act first → repeat",
-             "top source hits", "test"]
+CAND_COLS = ["feature", "role", "ind. examples", "pair (current → source)", "act first", "act repeat",
+             "top src hits", "confirmed"]
 
 
 def markdown(d: dict) -> str:
