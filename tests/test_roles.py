@@ -8,7 +8,8 @@ from conftest import random_sae
 
 from sae.analysis import roles
 from sae.analysis.dashboards import example_dfa
-from sae.analysis.families import FamilyScores, classify as family_classify
+from sae.analysis.families import FamilyScores
+from sae.analysis.families import classify as family_classify
 
 T, H, DH, C = 48, 2, 4, 8
 

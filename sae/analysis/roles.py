@@ -22,9 +22,10 @@ The rules, in order (the first that holds wins), are in `RULES` and printed with
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -214,7 +215,6 @@ def confirm_induction(
     model: a `LoadedModel`; sae: the layer's SAE. Each feature gets `n` sequences (seeded by `seed` and the feature)."""
     from sae.analysis.dfa import encoder_by_head, run_layer
     from sae.engine.jobs import Steps
-
     from sae.experiments.induction import _vocab_pool
 
     half_len = max(3, min(half_len, (model.n_ctx - 1) // 2))
