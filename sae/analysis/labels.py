@@ -394,3 +394,68 @@ def add_agreement(report: StudyReport, directories: Mapping[int, Path], confirm:
         a = agreement(rep.role_of(), report.human.get((ls.sae, ls.layer), {}))
         a["induction_test"] = rep.confirmation
         report.agreement[str(ls.layer)] = a
+
+
+# ---- the report as markdown (the CLI's --md and the study screen's export) ---------------------------------------
+
+
+def md_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    return "\n".join(["| " + " | ".join(map(cell, cols)) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
+
+
+def report_tables(d: dict) -> tuple[list[str], list[str], list[list[str]]]:
+    """(families shown, columns, rows) of a `StudyReport.to_dict()`: one row per (SAE, layer); families nobody
+    used are left out."""
+    used = [f for f in d["families"] if any(ls["counts"].get(f) for ls in d["layers"])]
+    used += sorted({f for ls in d["layers"] for f, c in ls["counts"].items() if c} - set(used))
+    layers = [ls["layer"] for ls in d["layers"]]
+    several = len(set(layers)) < len(layers)  # two SAEs of one layer: tell them apart by id
+    cols = ["layer", "labels"] + used + ["interpretable (rated)"]
+    rows = []
+    for ls in d["layers"]:
+        name = f"L{ls['layer']}" + (f" ({ls['sae'][:8]})" if several else "")
+        interp = "-" if ls["interpretable"] is None else f"{ls['interpretable']:.0%} ({ls['n_rated']})"
+        rows.append([name, str(ls["n"])] + [f"{ls['shares'].get(f, 0.0):.0%}" for f in used] + [interp])
+    return used, cols, rows
+
+
+def agreement_rows(d: dict) -> list[list[str]]:
+    rows = []
+    for layer, a in sorted(d["agreement"].items(), key=lambda kv: int(kv[0])):
+        for r in a["roles"]:
+            if r["n_auto"] or r["n_human"]:
+                p = "-" if r["precision"] is None else f"{r['precision']:.0%}"
+                rc = "-" if r["recall"] is None else f"{r['recall']:.0%}"
+                rows.append([f"L{layer}", r["role"], str(r["n_auto"]), str(r["n_human"]), str(r["both"]), p, rc])
+        acc = "-" if a["accuracy"] is None else f"{a['accuracy']:.0%}"
+        rows.append([f"L{layer}", "(all: same label)", "", str(a["n"]), "", acc, ""])
+    return rows
+
+
+AGREE_COLS = ["layer", "automatic rule", "auto", "human", "both", "precision", "recall"]
+RATING_NOTE = ("interpretable = rated yes on the scale yes (2) / maybe (1) / no (0), over the rated labels; family "
+               "shares are over all labels of the layer")
+
+
+def report_markdown(d: dict) -> str:
+    used, cols, rows = report_tables(d)
+    model = next((ls["model"] for ls in d["layers"] if ls["model"]), "")
+    lines = [f"## Feature families by layer{f' of {model}' if model else ''} (human labels)", "",
+             md_table(cols, rows), "", f"_{RATING_NOTE}._", "", "**Share of each family per layer**", "", "```"]
+    width = 40
+    for ls, row in zip(d["layers"], rows):
+        lines.append(f"{row[0]:<6} {stacked_bar({f: ls['shares'].get(f, 0.0) for f in used}, width)}  n={ls['n']}")
+    lines.append("```")
+    lines.append("")
+    lines.append("Legend: " + ", ".join(f"`{BAR_GLYPHS[i % len(BAR_GLYPHS)]}` {f}" for i, f in enumerate(used)))
+    if d["agreement"]:
+        lines += ["", "**Automatic roles against the human labels** (precision = both / auto, recall = both / human)",
+                  "", md_table(AGREE_COLS, agreement_rows(d))]
+        lines += [f"- layer {k}: induction test: {a['induction_test']}" for k, a in sorted(d["agreement"].items())]
+    if d["notes"]:
+        lines += [""] + [f"- {n}" for n in d["notes"]]
+    return "\n".join(lines)
