@@ -580,6 +580,26 @@ class Engine:
 
         return await self.call(run, channel="heads")
 
+    # ---- the labelling study (sae.analysis.study, sae.analysis.labels) -------------------------------------
+
+    async def study_layer(self, layer: int, n: int, seed: int) -> Any:
+        """`sae.analysis.study.StudyLayer`: `n` random live features of `layer` (seeded) and their automatic roles."""
+
+        def run() -> Any:
+            study = _require("sae.analysis.study")
+            return study.study_layer(self._need_model(), self._sae(layer), layer, n, seed)
+
+        return await self.call(run, channel=f"study-{layer}")
+
+    def label_store(self) -> Any:
+        """The label file (`sae.analysis.labels.LabelStore`: $ATTNSCOPE_LABELS or the user data dir); plain file
+        work, safe from the UI thread and between processes."""
+        return _require("sae.analysis.labels").LabelStore(getattr(self, "labels_path", None))
+
+    def study_markdown(self, layers: Any) -> str:
+        """The study's markdown export (`sae.analysis.study.study_markdown`) of `StudyLayer`s."""
+        return _require("sae.analysis.study").study_markdown(self.label_store(), layers)
+
 
 # ---- adapters: `sae/` results -> the plain dicts the screens draw ---------------------------------------
 # They only rename and select; every number comes from the sae/ function they call.

@@ -45,11 +45,14 @@ class LabelError(AttnscopeError, ValueError):
 
 
 def default_path() -> Path:
-    """`$ATTNSCOPE_LABELS` when set, else `labels.json` in the user data directory (not the cache: labels are
-    work, not something to rebuild)."""
+    """`$ATTNSCOPE_LABELS` when set, else `labels.json` in the user data directory (`$ATTNSCOPE_DATA_DIR` or the
+    platform's; not the cache: labels are work, not something to rebuild)."""
     env = os.environ.get(ENV)
     if env:
         return Path(env).expanduser()
+    data = os.environ.get("ATTNSCOPE_DATA_DIR")
+    if data:
+        return Path(data).expanduser() / "labels.json"
     import platformdirs
 
     return Path(platformdirs.user_data_dir("attnscope")) / "labels.json"

@@ -64,3 +64,34 @@ def study_layer(
         model=name or str(getattr(model, "name", "")), layer=layer, sae=sae_id, n=n, seed=seed, n_live=len(live),
         features=tuple(features), auto={f: roles.get(f, "other") for f in features}, auto_note=note,
     )
+
+
+def study_report_for(store: Any, layers: "list[StudyLayer] | tuple[StudyLayer, ...]") -> Any:
+    """The study report (`sae.analysis.labels.StudyReport`) of the labels of these layers' SAEs, with each layer's
+    automatic-role agreement computed from the suggestions the study showed (sampled features only)."""
+    from sae.analysis.labels import layer_shares
+    from sae.analysis.labels import StudyReport, RATINGS
+    from sae.analysis.roles import agreement
+
+    fams = store.families()
+    labs = [lab for sl in layers for lab in store.labels(sae=sl.sae, layer=sl.layer)]
+    rep = StudyReport(families=fams, ratings=dict(RATINGS), layers=layer_shares(labs, fams))
+    for sl in layers:
+        human = {lab.feature: lab.family for lab in labs if lab.sae == sl.sae and lab.layer == sl.layer}
+        if human:
+            a = agreement(dict(sl.auto), {f: h for f, h in human.items() if f in sl.auto})
+            a["induction_test"] = sl.auto_note
+            rep.agreement[str(sl.layer)] = a
+    return rep
+
+
+def study_markdown(store: Any, layers: "list[StudyLayer] | tuple[StudyLayer, ...]") -> str:
+    """The study's export: the report's markdown table, stacked bar figure and agreement."""
+    from sae.analysis.labels import report_markdown
+
+    head = ["# Feature labelling study", ""]
+    if layers:
+        sl = layers[0]
+        head += [f"{sl.model}: {sl.n} random live features per layer (seed {sl.seed}); layers "
+                 + ", ".join(f"{x.layer} ({len(x.features)} of {x.n_live} live)" for x in layers) + ".", ""]
+    return "\n".join(head) + report_markdown(study_report_for(store, layers).to_dict()) + "\n"
