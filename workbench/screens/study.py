@@ -138,14 +138,20 @@ class StudyScreen(WorkbenchScreen):
     def families(self) -> list[str]:
         return self.engine.label_store().families()
 
-    def refresh_panel(self, message: str = "") -> None:
-        cur = self.current
-        if cur is None:
-            return
-        layer, feature = cur
+    def current_label(self) -> tuple[int, int, Any, Any, Any] | None:
+        """(layer, feature, its StudyLayer, the label store, its label or None) of the feature shown."""
+        if self.current is None:
+            return None
+        layer, feature = self.current
         sl = self.layer_of(layer)
         store = self.engine.label_store()
-        lab = store.get(sl.sae, layer, feature)
+        return layer, feature, sl, store, store.get(sl.sae, layer, feature)
+
+    def refresh_panel(self, message: str = "") -> None:
+        got = self.current_label()
+        if got is None:
+            return
+        layer, feature, sl, store, lab = got
         n_done = sum(store.get(s.sae, s.layer, f) is not None for s in self.study_layers for f in s.features)
         status = self.query_one("#study-status", StatusLine)
         status.say(message or f"study: {self.index + 1} of {len(self.items)} · {n_done} labelled · seed {self.seed}, "
@@ -174,13 +180,10 @@ class StudyScreen(WorkbenchScreen):
     # ---- labelling -------------------------------------------------------------------------------------------
 
     def _save(self, **changes: Any) -> None:
-        cur = self.current
-        if cur is None:
+        got = self.current_label()
+        if got is None:
             return
-        layer, feature = cur
-        sl = self.layer_of(layer)
-        store = self.engine.label_store()
-        old = store.get(sl.sae, layer, feature)
+        layer, feature, sl, store, old = got
         family = changes.get("family", old.family if old else None)
         if family is None:
             self.refresh_panel()
@@ -215,17 +218,16 @@ class StudyScreen(WorkbenchScreen):
         self.refresh_panel("rating: press 2 (yes), 1 (maybe) or 0 (no)")
 
     def action_note(self) -> None:
-        cur = self.current
-        if cur is None:
+        got = self.current_label()
+        if got is None:
             return
-        sl = self.layer_of(cur[0])
-        old = self.engine.label_store().get(sl.sae, *cur)
+        layer, feature, _, _, old = got
 
         def done(text: str | None) -> None:
             if text is not None:
                 self._save(note=text.strip())
 
-        self.app.push_screen(AskScreen(f"Note on L{cur[0]} feature {cur[1]}:", value=old.note if old else "",
+        self.app.push_screen(AskScreen(f"Note on L{layer} feature {feature}:", value=old.note if old else "",
                                        placeholder="what it does"), done)
 
     def action_family_by_name(self) -> None:
