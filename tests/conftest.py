@@ -85,3 +85,12 @@ def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard
         if sae.threshold is not None:
             sae.threshold.uniform_(0, 0.1)
     return sae
+
+
+def sae_set_dir(model, root: Path, d_sae: int = 24, seed: int = 0) -> Path:
+    """A directory of SAELens dirs, one random SAE per layer of `model` (seeds `seed + layer`)."""
+    from sae.engine.formats import save_sae
+
+    for layer in range(model.n_layers):
+        save_sae(random_sae(model, layer, d_sae=d_sae, seed=seed + layer), root / "saes" / f"blocks.{layer}.attn.hook_z")
+    return root / "saes"
