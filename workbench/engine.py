@@ -324,6 +324,7 @@ class Engine:
         self._model: Any = None
         self._saes: dict[int, Any] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
+        self.labels_path: Any = None  # the study's label file; None: $ATTNSCOPE_LABELS or the data dir
 
     @classmethod
     def from_objects(cls, model: Any, saes: dict[int, Any], saes_label: str = "in memory") -> "Engine":
@@ -576,7 +577,7 @@ class Engine:
         def run() -> dict[str, Any]:
             heads = _require("sae.analysis.heads")
             self._need_model()
-            return heads_view(heads, self._model, self._saes)
+            return heads_view(heads, self._model, self._saes, self.label_store())
 
         return await self.call(run, channel="heads")
 
@@ -594,7 +595,7 @@ class Engine:
     def label_store(self) -> Any:
         """The label file (`sae.analysis.labels.LabelStore`: $ATTNSCOPE_LABELS or the user data dir); plain file
         work, safe from the UI thread and between processes."""
-        return _require("sae.analysis.labels").LabelStore(getattr(self, "labels_path", None))
+        return _require("sae.analysis.labels").LabelStore(self.labels_path)
 
     def study_markdown(self, layers: Any) -> str:
         """The study's markdown export (`sae.analysis.study.study_markdown`) of `StudyLayer`s."""
@@ -648,7 +649,7 @@ def dashboards_build(dash: Any, model: Any, sae: Any, layer: int, on_progress: A
     return dash.build_dashboards(model, sae, layer, progress=on_progress, cancel=cancel)
 
 
-def heads_view(heads: Any, model: Any, saes: dict[int, Any]) -> dict[str, Any]:
+def heads_view(heads: Any, model: Any, saes: dict[int, Any], labels: Any = None) -> dict[str, Any]:
     """sae.analysis.heads.survey_heads over the layers whose dashboards are built -> `{heads: [...], summary, rule}`."""
     dash = _require("sae.analysis.dashboards")
     dirs = {layer: dash.dashboard_dir(model, sae, layer) for layer, sae in saes.items()}
@@ -656,16 +657,24 @@ def heads_view(heads: Any, model: Any, saes: dict[int, Any]) -> dict[str, Any]:
     if not built:
         first = min(saes)
         raise EngineError(f"the head survey reads built dashboards; run `{dash.build_command(first)}` (or b on screen 2)")
-    survey = heads.survey_heads(built, model=model.name)
+    # roles from human labels where they exist (`labels`: a LabelStore), else automatic roles with the induction test
+    lab = _require("sae.analysis.labels")
+    roles = _require("sae.analysis.roles")
+    human = lab.human_labels_by_layer(labels, built) if labels is not None else {}
+    confirm = {layer: roles.model_confirmer(model, saes[layer], layer) for layer in built if layer >= 1}
+    survey = heads.survey_heads(built, model=model.name, labels=human, confirm=confirm)
     rows = []
     for lh in survey.layers:
         for h in lh.heads:
             rows.append({
                 "layer": h.layer, "head": h.head, "verdict": h.verdict, "main_family": h.main_family,
-                "features": [{"id": f.id, "share": f.decoder_share, "family": f.family} for f in h.top_by_decoder],
+                "features": [{"id": f.id, "share": f.decoder_share, "family": f.family, "source": f.source}
+                             for f in h.top_by_decoder],
+                "source": h.source,
             })
     missing = sorted(set(saes) - set(built))
-    summary = f"{survey.polysemantic_fraction:.0%} of heads polysemantic"
+    summary = f"{survey.polysemantic_fraction:.0%} of heads polysemantic · " + "; ".join(
+        f"L{lh.layer} from {lh.source}" for lh in survey.layers)
     if missing:
         summary += f" · dashboards not built for layers {missing}"
     return {"heads": rows, "summary": summary, "rule": survey.criterion}

@@ -17,6 +17,10 @@ from workbench.findings import Finding, md_table
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 
 
+def _role(f: dict[str, Any]) -> str:
+    return f.get("family", "") + ("*" if f.get("source") == "human" else "")
+
+
 def verdict_cell(h: dict[str, Any]) -> Text:
     poly = h.get("verdict") == "polysemantic"
     n_fam = len({f.get("family") for f in h.get("features", []) if f.get("family")})
@@ -47,7 +51,8 @@ class HeadsScreen(WorkbenchScreen):
         yield Footer()
 
     def help_about(self) -> str:
-        return "Each head's top features by decoder-norm share and their families; polysemantic = top features of several kinds."
+        return ("Each head's top features by decoder-norm share and their roles: the human label (*) where one exists "
+                "(study screen, key 8), else the automatic role; polysemantic = top features of several kinds.")
 
     def on_mount(self) -> None:
         if self.engine.info is not None:
@@ -118,9 +123,9 @@ class HeadsScreen(WorkbenchScreen):
                   title_style="bold", title_justify="left")
         t.add_column("feature", justify="right")
         t.add_column("share", justify="right")
-        t.add_column("family")
+        t.add_column("role (* human label)")
         for f in h.get("features", [])[:10]:
-            t.add_row(str(f["id"]), f"{f.get('share', 0):.2f}", f.get("family", ""))
+            t.add_row(str(f["id"]), f"{f.get('share', 0):.2f}", _role(f))
         self.query_one("#head-detail", Static).update(t)
 
     def action_open_feature(self) -> None:
@@ -131,7 +136,8 @@ class HeadsScreen(WorkbenchScreen):
         h = self.head
         if h is None:
             return None
-        body = md_table(["feature", "share", "family"], [[f["id"], f.get("share", 0.0), f.get("family", "")] for f in h.get("features", [])[:10]])
+        body = md_table(["feature", "share", "role (* human label)"],
+                        [[f["id"], f.get("share", 0.0), _role(f)] for f in h.get("features", [])[:10]])
         if self.survey and self.survey.get("rule"):
             body += f"\n\nRule: {self.survey['rule']}"
         info = self.engine.info
