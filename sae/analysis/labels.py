@@ -458,7 +458,7 @@ def report_markdown(d: dict) -> str:
     if d["agreement"]:
         lines += ["", "**Automatic roles against the human labels** (precision = both / auto, recall = both / human)",
                   "", md_table(AGREE_COLS, agreement_rows(d))]
-        lines += [f"- layer {k}: induction test: {a['induction_test']}" for k, a in sorted(d["agreement"].items())]
+        lines += [""] + [f"- layer {k}: induction test: {a['induction_test']}" for k, a in sorted(d["agreement"].items())]
     if d["notes"]:
         lines += [""] + [f"- {n}" for n in d["notes"]]
     return "\n".join(lines)
