@@ -159,7 +159,9 @@ def test_confirm_induction_matches_a_brute_force_loop(tiny_model):
     sae = random_sae(tiny_model, layer, d_sae=16, seed=5)
     pairs = {3: (20, 21), 11: (40, 41)}
     got = roles.confirm_induction(tiny_model, sae, layer, pairs, n=3, half_len=6, seed=2, batch_size=4)
-    pool = __import__("sae.experiments.induction", fromlist=["_vocab_pool"])._vocab_pool(tiny_model)
+    from sae.engine.activations import usable_token_ids
+
+    pool = usable_token_ids(tiny_model)
     b_v = tiny_model.value_bias(layer)
     w = sae.W_enc.detach().view(tiny_model.n_heads, tiny_model.d_head, -1)
     for f, pair in pairs.items():

@@ -214,11 +214,11 @@ def confirm_induction(
 
     model: a `LoadedModel`; sae: the layer's SAE. Each feature gets `n` sequences (seeded by `seed` and the feature)."""
     from sae.analysis.dfa import encoder_by_head, run_layer
+    from sae.engine.activations import usable_token_ids
     from sae.engine.jobs import Steps
-    from sae.experiments.induction import _vocab_pool
 
     half_len = max(3, min(half_len, (model.n_ctx - 1) // 2))
-    pool = _vocab_pool(model)
+    pool = usable_token_ids(model)
     feats = sorted(pairs)
     jobs: list[tuple[int, torch.Tensor, int, int]] = []  # feature, tokens, first, second
     for f in feats:

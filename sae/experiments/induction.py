@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from sae.engine.activations import pack_tokens
+from sae.engine.activations import pack_tokens, usable_token_ids
 from sae.engine.cancel import CancelToken, ProgressFn, Steps
 from sae.analysis.dfa import pattern_hook_name
 from sae.engine.models import LoadedModel
@@ -50,20 +50,7 @@ CLASSIFICATION_RULE = classification_rule()
 ATTENTION_THRESHOLD = 0.3  # real text: an attention event is a weight above this to a non-BOS source
 
 
-def _vocab_pool(model: LoadedModel) -> torch.Tensor:
-    """Ids random sequences may use: the whole vocabulary except BOS/EOS/PAD and other special tokens."""
-    special = {model.bos_token_id}
-    tok = model.tokenizer
-    for attr in ("eos_token_id", "pad_token_id", "unk_token_id"):
-        v = getattr(tok, attr, None)
-        if v is not None:
-            special.add(int(v))
-    special.update(int(i) for i in (getattr(tok, "all_special_ids", None) or []))
-    keep = torch.ones(model.d_vocab, dtype=torch.bool)
-    for i in special:
-        if 0 <= i < model.d_vocab:
-            keep[i] = False
-    return keep.nonzero().flatten()
+_vocab_pool = usable_token_ids  # the name the tests and the real-text study use
 
 
 # ---- synthetic sequences ---------------------------------------------------------------------------------------
