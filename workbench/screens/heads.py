@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -126,7 +127,10 @@ class HeadsScreen(WorkbenchScreen):
         t.add_column("role (* human label)")
         for f in h.get("features", [])[:10]:
             t.add_row(str(f["id"]), f"{f.get('share', 0):.2f}", _role(f))
-        self.query_one("#head-detail", Static).update(t)
+        rule = Text(f"\nroles from {h.get('source', 'automatic')}", style="dim")
+        if self.survey and self.survey.get("rule"):
+            rule.append(f"\nRule: {self.survey['rule']}")
+        self.query_one("#head-detail", Static).update(Group(t, rule))
 
     def action_open_feature(self) -> None:
         if self.head and self.head.get("features"):
