@@ -1,10 +1,11 @@
-# One door for people and CI: `make run` opens attnscope on the embedded default, `make test` runs every test.
+# One door for people and CI: `make run` opens attnscope on the embedded default, `make lint` runs ruff,
+# `make test` runs every test.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test screenshots bench clean
+.PHONY: setup run lint test screenshots bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +19,9 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/attnscope
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -p no:cacheprovider

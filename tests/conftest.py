@@ -87,6 +87,15 @@ def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard
     return sae
 
 
+def hf_z_offset(hf, layer: int):
+    """By hand from a transformers GPT-2: what HookedTransformer's weight processing removes from z,
+    `b_V + ln_1.bias @ W_V` per head, flattened head-major (`[n_head * d_head]`)."""
+    d = hf.config.n_embd
+    block = hf.transformer.h[layer]
+    w_v = block.attn.c_attn.weight[:, 2 * d :].detach()  # Conv1D: [d_model, n_head * d_head]
+    return block.attn.c_attn.bias[2 * d :].detach() + block.ln_1.bias.detach() @ w_v
+
+
 def sae_set_dir(model, root: Path, d_sae: int = 24, seed: int = 0) -> Path:
     """A directory of SAELens dirs, one random SAE per layer of `model` (seeds `seed + layer`)."""
     from sae.engine.formats import save_sae

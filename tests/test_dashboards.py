@@ -10,6 +10,8 @@ from conftest import TINY_TEXT, random_sae
 from safetensors.torch import load_file
 
 from sae.analysis import dashboards as dash
+from sae.analysis.dashboards.scan import _merge_slots
+from sae.engine.jobs import CancelToken, Cancelled, Progress
 from sae.analysis.dashboards import DashboardError, DashboardSpec, build_dashboards, heldout_rows, read_dashboard
 
 LAYER = 1
@@ -112,18 +114,22 @@ def test_logit_effects_by_hand(tiny_model, sae, built):
 
 def test_resume_gives_the_same_result(tiny_model, sae, built, tmp_path):
     d = tmp_path / "layer-1"
-    calls = {"n": 0}
+    token = CancelToken()
+    reports = []
 
-    def stop_after_two() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 2
+    def stop_after_two(p: Progress) -> None:  # the check before the third batch stops the build
+        reports.append(p)
+        if len(reports) == 2:
+            token.cancel()
 
-    res = build_dashboards(tiny_model, sae, LAYER, _spec(), docs=DOCS, directory=d, batch_rows=3, cancel=stop_after_two)
-    assert res.status == "cancelled"
+    with pytest.raises(Cancelled):
+        build_dashboards(tiny_model, sae, LAYER, _spec(), docs=DOCS, directory=d, batch_rows=3,
+                         on_progress=stop_after_two, cancel=token)
+    assert [p.done for p in reports] == [3 * 32, 6 * 32] and reports[0].job == "dashboards" and reports[0].unit == "tokens"
     assert (d / dash.PARTIAL).is_file() and not dash.is_built(d)
     seen = []
     res = build_dashboards(tiny_model, sae, LAYER, _spec(), docs=DOCS, directory=d, batch_rows=3,
-                           progress=lambda info: seen.append(info["done"]))
+                           on_progress=lambda p: seen.append(p.done))
     assert res.status == "built"
     assert seen[0] > 3 * 32  # resumed after the two finished batches, not from zero
     a, b = load_file(str(d / dash.DATA)), load_file(str(built / dash.DATA))
@@ -148,15 +154,16 @@ def test_several_layers_in_one_scan_match_single_builds(tiny_model, sae, built, 
     """Layers 1 and 2 from one pass (interrupted once, then resumed) give exactly the single-layer results."""
     sae2 = random_sae(tiny_model, 2, d_sae=20, seed=6)
     dirs = {1: tmp_path / "l1", 2: tmp_path / "l2"}
-    calls = {"n": 0}
+    token = CancelToken()
 
-    def stop_once() -> bool:
-        calls["n"] += 1
-        return calls["n"] == 3
+    def stop_once(p: Progress) -> None:
+        if p.done >= 2 * 3 * 32:
+            token.cancel()
 
-    res = dash.build_layers(tiny_model, {1: sae, 2: sae2}, _spec(), DOCS, dirs, cancel=stop_once, batch_rows=3)
-    assert {r.status for r in res.values()} == {"cancelled"}
-    res = dash.build_layers(tiny_model, {1: sae, 2: sae2}, _spec(), DOCS, dirs, cancel=stop_once, batch_rows=3)
+    with pytest.raises(Cancelled):
+        dash.build_layers(tiny_model, {1: sae, 2: sae2}, _spec(), DOCS, dirs, stop_once, token, batch_rows=3)
+    assert all((d / dash.PARTIAL).is_file() and not dash.is_built(d) for d in dirs.values())
+    res = dash.build_layers(tiny_model, {1: sae, 2: sae2}, _spec(), DOCS, dirs, cancel=CancelToken(), batch_rows=3)
     assert {r.status for r in res.values()} == {"built"}
     single2 = build_dashboards(tiny_model, sae2, 2, _spec(), docs=DOCS, directory=tmp_path / "s2", batch_rows=3)
     for multi, single in ((dirs[1], built), (dirs[2], single2.directory)):
@@ -178,7 +185,7 @@ def test_merge_slots_keeps_the_k_largest():
         k = torch.randint(0, 20, (c,), generator=g).float()  # integer keys: ties happen
         thr = keys.min(dim=1).values
         cand = k > thr[f]
-        r, s, i = dash._merge_slots(keys, f[cand], k[cand])
+        r, s, i = _merge_slots(keys, f[cand], k[cand])
         payload[r, s] = k[cand][i]  # payload follows its key
         for fi, ki in zip(f.tolist(), k.tolist()):
             seen[fi].append(ki)

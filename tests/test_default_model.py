@@ -15,7 +15,7 @@ from sae.experiments import phenomena
 
 from sae import zoo
 from sae.engine.activations import pack_tokens
-from sae.engine.models import load_model
+from sae.zoo import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -117,8 +117,9 @@ def test_gemma_scope_layout(tmp_path):
     sae = load_sae(d)
     assert sae.cfg.architecture == "jumprelu" and sae.cfg.hook_name == "blocks.3.attn.hook_z"
     x = rng.normal(size=(4, 8)).astype(np.float32)
-    pre = (x - arrays["b_dec"]) @ arrays["W_enc"] + arrays["b_enc"]
-    f = pre * (pre > arrays["threshold"])
+    # the layout only; the formula itself is checked against Gemma Scope's in test_saelens_reference
+    pre = x @ arrays["W_enc"] + arrays["b_enc"]
+    f = np.maximum(pre, 0) * (pre > arrays["threshold"])
     torch.testing.assert_close(sae.encode(torch.from_numpy(x)), torch.from_numpy(f), atol=1e-5, rtol=1e-5)
     assert sorted(load_sae_set(tmp_path)) == [3]
 

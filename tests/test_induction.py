@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
 
 from sae.experiments import induction
-from sae.engine.cancel import Cancelled
+from sae.engine.jobs import CancelToken, Cancelled
 
 
 def test_induction_score_by_hand_on_a_constructed_pattern():
@@ -150,14 +149,14 @@ def test_centred_dla_is_a_hand_einsum(tiny_model):
 
 def test_synthetic_induction_result_progress_cancel_determinism(tiny_model):
     seen = []
-    r = induction.synthetic_induction(tiny_model, n=3, prefix_lengths=(1, 2, 3), seq_len=24, batch_size=2, on_progress=lambda d, t: seen.append((d, t)))
+    r = induction.synthetic_induction(tiny_model, n=3, prefix_lengths=(1, 2, 3), seq_len=24, batch_size=2, on_progress=lambda p: seen.append((p.done, p.total)))
     assert seen[-1] == (6, 6) and len(r.heads) == tiny_model.n_layers * tiny_model.n_heads
     d = r.to_dict()
     assert set(d["heads"][0]) == {"layer", "head", "scores", "dla", "kind"} and set(d["heads"][0]["scores"]) == {"1", "2", "3"}
     again = induction.synthetic_induction(tiny_model, n=3, prefix_lengths=(1, 2, 3), seq_len=24, batch_size=2)
     assert again.to_dict() == d
-    ev = threading.Event()
-    ev.set()
+    ev = CancelToken()
+    ev.cancel()
     with pytest.raises(Cancelled):
         induction.synthetic_induction(tiny_model, n=3, prefix_lengths=(1,), seq_len=24, cancel=ev)
     with pytest.raises(ValueError, match="positive"):

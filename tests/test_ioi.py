@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from ioi_fixtures import build_ioi_model_dir
 from sae.experiments import ioi
 
 from sae.experiments import ioi_data
-from sae.engine.cancel import Cancelled
+from sae.engine.jobs import CancelToken, Cancelled
 from sae.experiments.ioi_data import BABA_TEMPLATES, IOIPrompt, fill
 
 
@@ -210,9 +209,10 @@ def test_head_zero_ablation_matches_raw_hook(ioi_model, data):
     rec = {(h["layer"], h["head"]): h for h in r["heads"]}
     clean = r["clean_logit_diff"]
     layer, head = 2, 1
-    b_v = ioi_model.bridge.b_V[layer, head]
+    blk = ioi_model.bridge.blocks[layer]
+    b_v = ioi_model.bridge.b_V[layer, head] + blk.ln1.original_component.bias @ ioi_model.bridge.W_V[layer, head]
 
-    def hook(z, hook):  # attnscope's zero = the raw z left with only the constant value bias
+    def hook(z, hook):  # attnscope's zero = the processed model's zero: the raw z left with only b_V + ln1.b @ W_V
         z = z.clone()
         z[:, :, head] = b_v
         return z
@@ -322,20 +322,23 @@ def test_path_experiment_runs_and_validates(ioi_model, data):
 
 def test_progress_reaches_total_and_cancel_stops_between_batches(ioi_model, data):
     seen = []
-    ioi.run_heads(ioi_model, data, batch_size=4, on_progress=lambda d, t: seen.append((d, t)))
+    ioi.run_heads(ioi_model, data, batch_size=4, on_progress=lambda p: seen.append((p.done, p.total)))
     assert seen[-1][0] == seen[-1][1] == len(seen) and all(b[0] == a[0] + 1 for a, b in zip(seen, seen[1:]))
 
-    ev = threading.Event()
-    ev.set()
+    ev = CancelToken()
+    ev.cancel()
     with pytest.raises(Cancelled):
         ioi.run_clean(ioi_model, data, cancel=ev)
     calls = []
+    token = CancelToken()
 
-    def stop_after_two(d, t):
-        calls.append(d)
+    def stop_after_two(p):
+        calls.append(p.done)
+        if len(calls) >= 2:
+            token.cancel()
 
     with pytest.raises(Cancelled):
-        ioi.run_heads(ioi_model, data, batch_size=4, on_progress=stop_after_two, cancel=lambda: len(calls) >= 2)
+        ioi.run_heads(ioi_model, data, batch_size=4, on_progress=stop_after_two, cancel=token)
     assert len(calls) == 2
 
 

@@ -7,18 +7,18 @@ import math
 import pytest
 import torch
 
-from conftest import random_sae
+from conftest import hf_z_offset, random_sae
 from sae.engine.metrics import ce_recovered, evaluate_saes
 
 
 def hf_run(model_dir, tokens: torch.Tensor, layer: int, replace=None):
-    """Logits of plain transformers GPT-2 and the layer's z (c_proj input minus b_V), optionally replaced."""
+    """Logits of plain transformers GPT-2 and the layer's processed z (c_proj input minus b_V + ln_1.b @ W_V),
+    optionally replaced."""
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     attn = hf.transformer.h[layer].attn
-    d = hf.config.n_embd
-    b_v = attn.c_attn.bias[2 * d :].detach()
+    b_v = hf_z_offset(hf, layer)
     grabbed = {}
 
     def pre_hook(module, args):
@@ -69,7 +69,8 @@ def test_metrics_match_a_manual_splice(loud_model):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(1, tiny_model.d_vocab, (4, 12), generator=g)
     tokens[:, 0] = tiny_model.bos_token_id
-    (res,) = evaluate_saes(tiny_model, {layer: sae}, tokens, batch_rows=3)
+    # every position counts here (the formulas); the BOS rule is checked against SAELens in test_saelens_reference
+    (res,) = evaluate_saes(tiny_model, {layer: sae}, tokens, batch_rows=3, exclude_special_tokens=False)
 
     clean, z = hf_run(tiny_model_dir, tokens, layer)
     with torch.no_grad():

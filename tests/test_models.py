@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import hf_z_offset
 from sae.engine.models import ModelLoadError, load_model
 
 
-def test_z_is_pre_c_proj_input_minus_value_bias(tiny_model, tiny_model_dir):
-    """Independent path: hook GPT-2's c_proj input in plain transformers, subtract b_V per head."""
+def test_z_is_pre_c_proj_input_minus_folded_biases(tiny_model, tiny_model_dir):
+    """Independent path: hook GPT-2's c_proj input in plain transformers, subtract b_V + ln_1.b @ W_V per head."""
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
@@ -20,13 +21,15 @@ def test_z_is_pre_c_proj_input_minus_value_bias(tiny_model, tiny_model_dir):
     with torch.no_grad():
         hf(toks)
     handle.remove()
-    d = hf.config.n_embd
-    b_v = hf.transformer.h[layer].attn.c_attn.bias[2 * d :]  # [n_head * d_head], head-major
-    expected = grabbed["z"] - b_v
+    c = hf_z_offset(hf, layer)
+    expected = grabbed["z"] - c
     got = tiny_model.capture_z(toks, [layer])[layer]
     assert got.shape == (2, 12, tiny_model.d_z)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-    assert b_v.abs().max() > 0.01  # the test would be vacuous without a value bias
+    d = hf.config.n_embd
+    # vacuous without both parts of the offset
+    assert hf.transformer.h[layer].attn.c_attn.bias[2 * d :].abs().max() > 0.01
+    assert hf.transformer.h[layer].ln_1.bias.abs().max() > 0.01
 
 
 def test_identity_splice_keeps_logits(tiny_model):

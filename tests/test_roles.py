@@ -162,7 +162,7 @@ def test_confirm_induction_matches_a_brute_force_loop(tiny_model):
     from sae.engine.activations import usable_token_ids
 
     pool = usable_token_ids(tiny_model)
-    b_v = tiny_model.value_bias(layer)
+    b_v = tiny_model.z_offset(layer)
     w = sae.W_enc.detach().view(tiny_model.n_heads, tiny_model.d_head, -1)
     for f, pair in pairs.items():
         seqs = roles.repeated_pair_sequences(pool, pair, 3, 6, torch.Generator().manual_seed(2 * 1_000_003 + f))

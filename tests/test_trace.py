@@ -67,11 +67,11 @@ def test_leaves_match_hand_computation(tiny_model, saes, trace):
     # frozen-LN scale, recomputed from the residual stream instead of read from the hook
     resid = cache[f"blocks.{L}.hook_resid_pre"][0, s]
     scale = ((resid - resid.mean()).pow(2).mean() + tiny_model.cfg.eps).sqrt()
-    e, ln_bias_term = _ln_direction(tiny_model, L, h, w_enc, scale, float(A))
+    e, _ = _ln_direction(tiny_model, L, h, w_enc, scale, float(A))
     with torch.no_grad():
-        # the node itself: A * LN(resid) @ W_V @ w_enc
+        # the node itself: A * (LN(resid) - ln.b) @ W_V @ w_enc: the ln bias and b_V are folded out of z
         ln = tiny_model.bridge.blocks[L].ln1.original_component
-        expected_hs = float(A * (ln(resid) @ tiny_model.bridge.W_V[L, h] @ w_enc))
+        expected_hs = float(A * ((ln(resid) - ln.bias) @ tiny_model.bridge.W_V[L, h] @ w_enc))
         assert abs(hs.value - expected_hs) < 1e-4
         checked = set()
         for leaf in hs.children:
@@ -79,11 +79,11 @@ def test_leaves_match_hand_computation(tiny_model, saes, trace):
                 exp = float(tiny_model.bridge.W_E[toks[0, s]] @ e)
             elif leaf.kind == "pos_embed":
                 exp = float(tiny_model.bridge.W_pos[s] @ e)
-            elif leaf.kind == "ln_bias":
-                exp = float(ln_bias_term)
             elif leaf.kind == "feature":
                 up = saes[leaf.layer]
-                z = cache[f"blocks.{leaf.layer}.attn.hook_z"][0, s] - tiny_model.bridge.b_V[leaf.layer]
+                up_ln = tiny_model.bridge.blocks[leaf.layer].ln1.original_component
+                c = tiny_model.bridge.b_V[leaf.layer] + torch.einsum("m,hmd->hd", up_ln.bias, tiny_model.bridge.W_V[leaf.layer])
+                z = cache[f"blocks.{leaf.layer}.attn.hook_z"][0, s] - c
                 f = up.encode(z.flatten())[leaf.feature]
                 out_dir = torch.einsum("hd,hdm->m", up.W_dec[leaf.feature].reshape(tiny_model.n_heads, dh),
                                        tiny_model.bridge.W_O[leaf.layer])

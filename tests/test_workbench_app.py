@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import random_sae
 
+from sae.engine.jobs import Progress
 from workbench.app import WorkbenchApp
 from workbench.engine import Engine
 from workbench.findings import FindingsStore
@@ -48,7 +49,7 @@ async def type_prompt(pilot, app, text: str = PROMPT) -> None:
     app.screen.query_one("#prompt").focus()
     app.screen.query_one("#prompt").value = text
     await pilot.press("enter")
-    await settle(pilot, lambda: app.screen.result is not None and app.screen.result["tokens"])
+    await settle(pilot, lambda: app.screen.result is not None and app.screen.result.tokens)
 
 
 # ---- the heatmap on its own (synthetic data) --------------------------------------------------------------
@@ -117,9 +118,9 @@ async def test_prompt_fills_heatmap_and_side_panel_matches_the_sae(app, tiny_mod
         z = tiny_model.capture_z(tokens, [1])[1][0]
         with torch.no_grad():
             acts = saes[1].encode(z)
-        np.testing.assert_allclose(hm.data.values, acts[:, res["columns"]].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(hm.data.values, acts[:, res.columns].numpy(), rtol=1e-4, atol=1e-5)
         await pilot.press("down", "down", "right")
-        await settle(pilot, lambda: screen.detail is not None and (screen.detail.pos, screen.detail.feature) == (2, res["columns"][1]))
+        await settle(pilot, lambda: screen.detail is not None and (screen.detail.pos, screen.detail.feature) == (2, res.columns[1]))
         d = screen.detail
         # DFA by head sums to the pre-activation (hand-computed from z and W_enc)
         with torch.no_grad():
@@ -158,16 +159,16 @@ async def test_layer_keys_and_feature_screen(app):
         explore = app.screen
         await pilot.press("left_square_bracket")
         assert explore.sae_layer == 0
-        await settle(pilot, lambda: explore.result is not None and explore.result["layer"] == 0)
+        await settle(pilot, lambda: explore.result is not None and explore.result.layer == 0)
         layer, fid = explore.selected_feature()
         await pilot.press("enter")
         await settle(pilot, lambda: getattr(app.screen, "view", None) is not None)
         feat = app.screen
         assert (feat.sae_layer, feat.feature) == (layer, fid)
-        shares = feat.view["head_shares"]
+        shares = feat.view.head_shares
         assert sum(shares) == pytest.approx(1.0, abs=1e-5)
         await pilot.press("right_square_bracket")
-        await settle(pilot, lambda: feat.view["feature"] == (fid + 1) % 48)
+        await settle(pilot, lambda: feat.view.feature == (fid + 1) % 48)
         await pilot.press("t")
         await settle(pilot, lambda: feat.trace is not None)
         assert feat.trace.feature == (fid + 1) % 48
@@ -215,7 +216,7 @@ async def test_keys_are_handled_while_a_long_job_runs(app):
             started.set()
             while not release.is_set():
                 time.sleep(0.005)
-                rep.progress({"note": "working"})
+                rep.progress(Progress("slow", 0, 0, note="working"))
             return "ok"
 
         handle = app.engine.start_job("slow", slow, app.post_message)

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from sae.engine.jobs import Progress
 from workbench.engine import Cancelled, StaleRequest, Worker
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
 
@@ -93,13 +94,14 @@ async def test_long_job_progress_finish_and_failure(worker):
 
     def job(rep):
         for i in range(1, 4):
-            rep.progress({"done": i, "total": 3})
+            rep.progress(Progress("demo", i, 3))
         return {"answer": 7}
 
     h = worker.start_job("demo", job, inbox)
     await wait_until(lambda: inbox.of(JobFinished))
     assert inbox.of(JobStarted)[0].job_id == h.id
-    assert inbox.of(JobProgress)[-1].info == {"done": 3, "total": 3}  # the final report is never throttled
+    last = inbox.of(JobProgress)[-1].progress  # the final report is never throttled
+    assert (last.job, last.done, last.total) == ("demo", 3, 3)
     assert inbox.of(JobFinished)[0].result == {"answer": 7}
     assert h.state == "finished"
 
@@ -121,7 +123,7 @@ async def test_cancel_stops_a_long_job_between_steps(worker):
         for i in range(10_000):
             steps.append(i)
             time.sleep(0.001)
-            rep.progress({"done": i, "total": 10_000})
+            rep.progress(Progress("train", i, 10_000))
         return "never"
 
     h = worker.start_job("train", job, inbox)
@@ -139,7 +141,7 @@ async def test_job_that_polls_the_event_returns_partial_result(worker):
 
     def job(rep):  # like sae.engine.training.train_saes(cancel=...): returns what it has when asked to stop
         done = 0
-        while not rep.cancel_event.is_set():
+        while not rep.cancel.cancelled:
             done += 1
             time.sleep(0.001)
         return {"steps": done}
@@ -158,7 +160,7 @@ async def test_quick_requests_are_answered_while_a_long_job_runs(worker):
     def job(rep):
         while not stop.is_set():
             time.sleep(0.002)  # one "training step"
-            rep.progress({"note": "step"})
+            rep.progress(Progress("train", 0, 0, note="step"))
 
     h = worker.start_job("train", job, inbox)
     await wait_until(lambda: h.state == "running")
@@ -182,3 +184,58 @@ async def test_jobs_run_one_after_another(worker):
 
 def test_cancelled_exception_is_not_an_error_type():
     assert not issubclass(Cancelled, (ValueError, RuntimeError))
+
+
+# ---- the typed boundary: views, and the dashboard's label ------------------------------------------------------
+
+
+async def test_dashboard_view_is_frozen_and_labels_a_built_feature_with_its_family(tiny_model, tmp_path, monkeypatch):
+    """Before a build the view says so; after one its `label` is the feature's family as the families rules give it."""
+    import dataclasses
+
+    from conftest import TINY_TEXT, random_sae
+
+    from sae.analysis import dashboards as dash
+    from sae.analysis import families
+    from workbench.engine import DashboardView, Engine
+
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path))
+    sae = random_sae(tiny_model, 1, d_sae=24, seed=5)
+    eng = Engine.from_objects(tiny_model, {1: sae}, "random")
+    try:
+        before = await eng.dashboard(1, 3)
+        assert isinstance(before, DashboardView) and not before.built and before.label == "" and "not built" in before.note
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            before.label = "x"  # type: ignore[misc]
+        spec = dash.DashboardSpec(n_tokens=32 * 10, context=3, n_top=5, n_samples=8, n_dfa=2, context_size=32, n_logits=4)
+        docs = [TINY_TEXT[i : i + 300] for i in range(0, 3000, 300)]
+        res = dash.build_dashboards(tiny_model, sae, 1, spec, docs=docs, batch_rows=3)
+        family = families.classify_layer(res.directory).family_of()
+        live = sorted(family)
+        assert live, "the random SAE should have live features"
+        views = [await eng.dashboard(1, f) for f in (live[0], live[-1])]
+        for f, v in zip((live[0], live[-1]), views):
+            assert v.built and v.label == family[f] and v.label in families.FAMILIES
+        dead = next((f for f in range(24) if f not in family), None)
+        if dead is not None:
+            assert (await eng.dashboard(1, dead)).label == ""
+    finally:
+        eng.close()
+
+
+def test_old_training_dicts_become_progress():
+    """Until the trainer reports `Progress` itself, its dicts are read as one (first layer's figures as metrics)."""
+    from workbench.engine.worker import as_progress
+
+    p = as_progress("train", {"event": "step", "step": 5, "total_steps": 10, "tokens": 640, "total_tokens": 1280,
+                              "tokens_per_s": 100.0, "eta_s": 6.4, "layers": {2: {"loss": 0.5}, 0: {"loss": 0.25, "l0": 3.0}}})
+    assert (p.job, p.done, p.total, p.unit, p.stage, p.rate, p.eta_s) == ("train", 640, 1280, "tokens", "step 5/10", 100.0, 6.4)
+    assert dict(p.metrics) == {"loss": 0.25, "l0": 3.0} and p.fraction == 0.5
+    same = Progress("train", 1, 2)
+    assert as_progress("train", same) is same
+
+
+def test_newer_progress_replaces_an_older_queued_one_of_the_same_job():
+    old, new, other = (JobProgress(1, "train", Progress("train", 1, 9)), JobProgress(1, "train", Progress("train", 2, 9)),
+                       JobProgress(2, "ioi", Progress("ioi", 1, 9)))
+    assert old.can_replace(new) and not old.can_replace(other) and not old.can_replace(JobFinished(1, "train", None))

@@ -6,6 +6,7 @@ the SVG diffs. Determinism: fixed terminal size, no cursor blink, seeded model a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -27,7 +28,7 @@ def app(tiny_model, tmp_path, monkeypatch):
     saes = {0: random_sae(tiny_model, 0, d_sae=48, seed=1), 1: random_sae(tiny_model, 1, d_sae=48, seed=2)}
     engine = Engine.from_objects(tiny_model, saes, "random-saes")
     engine.model_spec = "tiny"  # what the status line prints, independent of the tmp path
-    engine.info.model = "tiny"
+    engine.info = dataclasses.replace(engine.info, model="tiny")
     return WorkbenchApp(engine, findings=FindingsStore(tmp_path))
 
 

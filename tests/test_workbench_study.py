@@ -65,12 +65,12 @@ async def test_study_screen_labels_two_features_and_resumes(tiny_model, study_en
         expected = [(layer, f) for layer in (0, 1) for f in sample_features(live[layer], 30, 0, layer)]
         assert screen.items == expected and screen.index == 0
         first = screen.current
-        await settle(pilot, lambda: screen.view["feature"] == first[1])
+        await settle(pilot, lambda: screen.view.feature == first[1])
 
         await pilot.press("3")  # the third family: previous-token
         await pilot.press("r", "2")  # rated yes
         await pilot.press("right_square_bracket")
-        await settle(pilot, lambda: screen.index == 1 and screen.view is not None and screen.view["feature"] == expected[1][1])
+        await settle(pilot, lambda: screen.index == 1 and screen.view is not None and screen.view.feature == expected[1][1])
         second = screen.current
         await pilot.press("1", "r", "0")  # induction, rated no
         await pilot.press("n")
@@ -102,16 +102,16 @@ async def test_engine_head_survey_reads_the_labels(tiny_model, study_env):
     eng = Engine.from_objects(tiny_model, saes, "random")
     try:
         first = await eng.heads()
-        h0 = first["heads"][0]
-        layer, fid = h0["layer"], h0["features"][0]["id"]
-        assert all(f["source"] == "automatic" for h in first["heads"] for f in h["features"])
+        h0 = first.heads[0]
+        layer, fid = h0.layer, h0.features[0].id
+        assert all(f.source == "automatic" for h in first.heads for f in h.features)
         sl = await eng.study_layer(layer, 1, 0)  # the SAE's id as the label store knows it
         eng.label_store().put(sl.sae, layer, fid, "successor", 2)
         again = await eng.heads()
-        mine = [f for h in again["heads"] if h["layer"] == layer for f in h["features"] if f["id"] == fid]
-        assert mine and all(f["family"] == "successor" and f["source"] == "human" for f in mine)
-        others = [f for h in again["heads"] for f in h["features"] if f["id"] != fid or h["layer"] != layer]
-        assert all(f["source"] == "automatic" for f in others)
-        assert f"L{layer} from human labels for" in again["summary"] and "human label" in again["rule"]
+        mine = [f for h in again.heads if h.layer == layer for f in h.features if f.id == fid]
+        assert mine and all(f.family == "successor" and f.source == "human" for f in mine)
+        others = [f for h in again.heads for f in h.features if f.id != fid or h.layer != layer]
+        assert all(f.source == "automatic" for f in others)
+        assert f"L{layer} from human labels for" in again.summary and "human label" in again.rule
     finally:
         eng.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -23,6 +23,7 @@ from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
 
 
+S = TypeVar("S", bound=WorkbenchScreen)
 STUDY_KEY = "8"
 
 
@@ -65,6 +66,11 @@ class WorkbenchApp(App):
         self.start_layer = start_layer
         self.start_prompt = start_prompt
         self.export_default = export_default
+        self.mode_screens: dict[str, WorkbenchScreen] = {}  # filled by each screen as it mounts
+
+    def screens_of(self, cls: type[S]) -> list[S]:
+        """The mounted workbench screens of one class, in every mode (not just the current one)."""
+        return [s for s in self.mode_screens.values() if isinstance(s, cls)]
 
     def on_mount(self) -> None:
         self.switch_mode("explore")
@@ -127,11 +133,8 @@ class WorkbenchApp(App):
 
         self.push_screen(AskScreen(f"Pin “{finding.title}” with a note:", placeholder="what you noticed"), done)
 
-    def _findings_screens(self) -> list[Any]:
-        out = []
-        for stack in self._screen_stacks.values():
-            out += [s for s in stack if isinstance(s, FindingsScreen)]
-        return out
+    def _findings_screens(self) -> list[FindingsScreen]:
+        return self.screens_of(FindingsScreen)
 
     def action_export(self) -> None:
         def check(path: str) -> str | None:
@@ -162,10 +165,8 @@ class WorkbenchApp(App):
     def after_saes_changed(self, info: EngineInfo) -> None:
         self.engine_ready(info)
         self.notify(f"SAEs for layers {info.sae_layers}", title="SAEs")
-        for stack in self._screen_stacks.values():
-            for s in stack:
-                if isinstance(s, ExploreScreen):
-                    s.set_layer(s.sae_layer if s.sae_layer in info.d_sae else info.sae_layers[0])
+        for s in self.screens_of(ExploreScreen):
+            s.set_layer(s.sae_layer if s.sae_layer in info.d_sae else info.sae_layers[0])
 
     def action_open_saes(self, value: str = "", error: str = "") -> None:
         def done(spec: str | None) -> None:
@@ -178,11 +179,7 @@ class WorkbenchApp(App):
             self.call_after_refresh(ask.show_error, error)
 
     def explore_prompt(self) -> str:
-        for stack in self._screen_stacks.values():
-            for s in stack:
-                if isinstance(s, ExploreScreen):
-                    return s.prompt
-        return ""
+        return next((s.prompt for s in self.screens_of(ExploreScreen)), "")
 
     def on_job_failed(self, message: JobFailed) -> None:
         self.notify(message.error, title=f"{message.kind} failed", severity="error", timeout=8)

@@ -49,12 +49,12 @@ async def measure(engine: Any, n_tokens: int, repeats: int) -> dict[str, Any]:
         for i in range(repeats):
             t0 = time.perf_counter()
             res = await engine.features(prompt if i % 2 else prompt + " ", layer)
-            hm.set_data(HeatmapData(res["tokens"], res["columns"], res["values"]))
+            hm.set_data(HeatmapData(res.tokens, res.columns, res.values))
             for y in range(hm.scrollable_content_region.height):
                 hm.render_line(y)
             times.append((time.perf_counter() - t0) * 1000)
-        result["tokens"] = len(res["tokens"])
-        result["columns"] = len(res["columns"])
+        result["tokens"] = len(res.tokens)
+        result["columns"] = len(res.columns)
         result["prompt_to_heatmap_ms"] = {"median": statistics.median(times), "min": min(times), "max": max(times)}
         await pilot.pause()
         moves = []
@@ -72,15 +72,13 @@ async def measure(engine: Any, n_tokens: int, repeats: int) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     from sae.cli.common import UsageError
-    from workbench.engine import Engine, EngineError
+    from workbench.engine import Engine
 
     if args.tokens < 2 or args.repeats < 1:
         raise UsageError("--tokens must be >= 2 and --repeats >= 1")
     engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
     try:
         result = asyncio.run(measure(engine, args.tokens, args.repeats))
-    except EngineError as exc:
-        raise UsageError(str(exc)) from None
     finally:
         engine.close()
     if args.json:

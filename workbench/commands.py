@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from workbench.screens.base import SCREENS
-
-
-def sae_dir_candidates(roots: list[Path]) -> list[Path]:
-    """SAE sets a user may want: folders holding SAELens dirs (cfg.json + sae_weights.safetensors)."""
-    found: set[Path] = set()
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for cfg in list(root.glob("*/cfg.json")) + list(root.glob("*/*/cfg.json")):
-            if (cfg.parent / "sae_weights.safetensors").is_file():
-                found.add(cfg.parent.parent)
-    return sorted(found)
 
 
 class WorkbenchCommands(Provider):
@@ -41,9 +28,7 @@ class WorkbenchCommands(Provider):
                 for layer in info.sae_layers:
                     if fid < info.d_sae[layer]:
                         out.append((f"Feature {fid} (layer {layer})", partial(app.show_feature, layer, fid), "open its dashboard"))
-        from sae import zoo
-
-        for d in sae_dir_candidates([zoo.DEFAULT_SAES_DIR.parent, Path.cwd(), Path.cwd() / "runs"]):
+        for d in app.engine.sae_sets():
             out.append((f"SAEs: {d}", partial(app.open_saes_spec, str(d)), "open this SAE set"))
         out.append(("Open SAEs from a path ...", app.action_open_saes, "key s on the explore screen"))
         out.append(("Pin what this screen shows", app.action_pin, "key p"))

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sae.engine.errors import AttnscopeError
+
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
 FILE_NAME = "findings.json"
 KINDS = ("feature", "cell", "head", "trace", "experiment", "training", "note")
 
 
-class ExportError(Exception):
+class ExportError(AttnscopeError):
     """The report could not be written where the user asked; one line for the user."""
 
 

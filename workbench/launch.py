@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sae.cli.common import UsageError, fail
+from sae.engine.errors import AttnscopeError
 
 EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -86,20 +87,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench_main(args)
         return run_app(args)
-    except UsageError as exc:
+    except AttnscopeError as exc:  # every error meant for the user, caught once
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from workbench.findings import ExportError, FindingsStore, export_markdown, write_export
+    from workbench.findings import FindingsStore, export_markdown, write_export
 
     store = FindingsStore()
-    try:
-        path = write_export(args.out, export_markdown(store.findings, title=args.title))
-    except ExportError as exc:
-        raise UsageError(str(exc)) from None
+    path = write_export(args.out, export_markdown(store.findings, title=args.title))
     print(f"wrote {len(store)} finding(s) to {path}")
     return 0
 

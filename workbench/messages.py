@@ -10,6 +10,8 @@ from typing import Any
 
 from textual.message import Message
 
+from sae.engine.jobs import Progress
+
 
 class JobMessage(Message):
     """Base of the messages a long job sends: `job_id` says which run, `kind` what it was ("train", "ioi", ...)."""
@@ -25,15 +27,17 @@ class JobStarted(JobMessage):
 
 
 class JobProgress(JobMessage):
-    """A progress report: `info` is the dict the `sae/` function passed to its callback.
+    """A progress report (`sae.engine.jobs.Progress`: done/total in a unit, stage, rate, ETA, metrics).
 
-    Keys the workbench draws when present: `done`, `total` (any unit), `loss`, `l0`, `explained_variance`,
-    `dead_fraction`, `tokens_per_s`, `eta_s`, `note`.
-    """
+    Reports come often; a newer report of the same job replaces an older one still waiting in the queue, so a busy
+    screen draws only the latest."""
 
-    def __init__(self, job_id: int, kind: str, info: dict[str, Any]) -> None:
+    def __init__(self, job_id: int, kind: str, progress: Progress) -> None:
         super().__init__(job_id, kind)
-        self.info = info
+        self.progress = progress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, JobProgress) and message.job_id == self.job_id
 
 
 class JobFinished(JobMessage):

@@ -97,12 +97,12 @@ async def study_shot(pilot: Any, app: Any, shot: Callable[[str], None], timeout:
 
 def _ensure_dashboards(model: str, saes: str, device: str) -> None:
     """The feature and heads screens show dashboards: build any that are missing (cached, so usually instant)."""
-    from sae.analysis.dashboards import build_layers
-    from sae.engine.formats import load_sae_set
-    from sae.engine.models import load_model
+    from sae.analysis.dashboards import DashboardSpec, build_layers
+    from sae.zoo import corpus_texts, load_model, load_sae_set
 
     m = load_model(model, device=device)
-    build_layers(m, load_sae_set(saes, model=m, device=m.device))
+    spec = DashboardSpec()
+    build_layers(m, load_sae_set(saes, model=m, device=m.device), spec, docs=lambda: corpus_texts(spec.corpus, "heldout"))
 
 
 def write_screenshots(

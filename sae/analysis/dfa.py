@@ -15,11 +15,13 @@ from typing import Any
 
 import torch
 
-from sae.engine.models import LoadedModel
+from sae.engine.activations import StopForward
+from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
+from sae.engine.errors import AttnscopeError
 
 
-class PromptError(ValueError):
+class PromptError(AttnscopeError, ValueError):
     """A prompt that cannot be analysed (empty, ...); the message is one line for the user."""
 
 
@@ -34,15 +36,23 @@ def v_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_v"
 
 
-def z_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
 # ---- the maths ----------------------------------------------------------------------------------------
 
 
+class AttributionError(AttnscopeError, ValueError):
+    """This SAE's pre-activations are not a sum of per-head terms, so they cannot be attributed to heads."""
+
+
 def encoder_by_head(sae: SAE, n_heads: int) -> torch.Tensor:
-    """`W_enc` split per head: `[n_heads, d_head, d_sae]` (head-major, like the flattened z)."""
+    """`W_enc` split per head: `[n_heads, d_head, d_sae]` (head-major, like the flattened z).
+
+    Every attribution goes through here, so this is where an SAE whose encoder is not affine in z (a run-time
+    `normalize_activations` rescales each token by its own norm) is refused."""
+    if not sae.is_linear_in_z:
+        raise AttributionError(
+            f"direct feature attribution needs an encoder that is affine in z; this SAE normalises each token at run "
+            f"time (normalize_activations={sae.cfg.normalize_activations})"
+        )
     d_in, d_sae = sae.W_enc.shape
     if d_in % n_heads:
         raise ValueError(f"SAE d_in={d_in} does not split into {n_heads} heads")
@@ -126,10 +136,6 @@ class LayerTensors:
     v: torch.Tensor
 
 
-class _StopForward(Exception):
-    """Raised from the last hook we need, so the rest of the forward pass is skipped."""
-
-
 def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Run `tokens [batch, pos]` and grab `blocks.{layer}.attn.hook_z` plus `names` (hooks that fire before it, e.g.
     that layer's pattern and values), then stop: the layer's output projection, its MLP and every later block are
@@ -142,7 +148,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
         def hook(t: torch.Tensor, hook) -> torch.Tensor:
             got[name] = t.detach()
             if name == stop:
-                raise _StopForward
+                raise StopForward
             return t
 
         return hook
@@ -151,7 +157,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
     try:
         with torch.no_grad():
             model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
-    except _StopForward:
+    except StopForward:
         pass
     missing = [n for n in (*names, stop) if n not in got]
     if missing:
@@ -162,7 +168,7 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
 def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
     """Run `tokens [batch, pos]` through the model up to `layer`'s attention and read its z, pattern and values."""
     cache = capture_until_z(model, tokens, layer, (pattern_hook_name(layer), v_hook_name(layer)))
-    b_v = model.value_bias(layer)  # [H, dh]
+    b_v = model.z_offset(layer)  # [H, dh]
     z = cache[z_hook_name(layer)]
     v = cache[v_hook_name(layer)]
     if v.shape[-2] == b_v.shape[0]:

@@ -3,12 +3,16 @@
 With every attention pattern and every LayerNorm scale frozen at their values on the prompt, a feature's
 pre-activation is linear in the residual stream at each source position:
 
-    pre_i[t] = sum_{k,s} A_k[t,s] * LN1(resid[s]) @ W_V[k] @ W_enc[k-slice, i] + bias_i
+    pre_i[t] = sum_{k,s} A_k[t,s] * (LN1(resid[s]) @ W_V[k] + b_V[k] - c[k]) @ W_enc[k-slice, i] + bias_i
+             = sum_{k,s} A_k[t,s] * ((resid[s] - mean) / scale_frozen * w) @ W_V[k] @ W_enc[k-slice, i] + bias_i
     LN1(x)   = (x - mean(x)) / scale_frozen * w + b        (no centring for RMSNorm)
+
+since z is taken in the processed convention (`c = b_V + b @ W_V`, see `sae.engine.models`): the LayerNorm bias and
+the value bias are constant per head and live in the attention output bias, not in any source token's term.
 
 and `resid[s]` is a sum of upstream components: token and position embeddings, every earlier layer's attention
 output (split into its SAE features `f_j * W_dec[j] W_O`, the SAE's error `(z - z_hat) W_O` and the output biases
-`W_O b_V + W_O b_dec + b_O`) and every earlier MLP output. Each component is scored through the same linear map, so
+`W_O c + W_O b_dec + b_O`) and every earlier MLP output. Each component is scored through the same linear map, so
 the children of a (head, source) node sum to it. A feature's children are its heads (DFA by head) and the encoder
 bias; a head's children are its (head, source) terms. An earlier feature's score is `coeff * f_j`, and an active feature
 has `f_j = pre_j` (ReLU, top-k and JumpReLU all pass the pre-activation through), so it splits again by head and
@@ -22,9 +26,10 @@ from typing import Any
 
 import torch
 
-from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name, z_hook_name
-from sae.engine.models import LoadedModel
+from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, prompt_tokens, pattern_hook_name, v_hook_name
+from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
+from sae.engine.errors import AttnscopeError
 
 APPROXIMATION = (
     "Attention patterns and LayerNorm scales are frozen at their values on this prompt; with them fixed, each "
@@ -37,7 +42,7 @@ APPROXIMATION = (
 class TraceNode:
     """One term of a feature's pre-activation. `value` is in the units of the root's pre-activation."""
 
-    kind: str  # feature | head | head_source | enc_bias | token_embed | pos_embed | sae_error | attn_bias | attn_out | mlp_out | ln_bias | other | unexplained
+    kind: str  # feature | head | head_source | enc_bias | token_embed | pos_embed | sae_error | attn_bias | attn_out | mlp_out | other | unexplained
     label: str
     value: float
     layer: int | None = None
@@ -162,7 +167,7 @@ def build_context(model: LoadedModel, saes: dict[int, SAE], tokens: torch.Tensor
         resid={}, scale={}, pattern={}, v={}, z={}, attn_out={}, mlp_out={}, acts={}, ln={},
     )
     for l in range(layer + 1):
-        b_v = model.value_bias(l).float()
+        b_v = model.z_offset(l).float()
         ctx.resid[l] = cache[f"blocks.{l}.hook_resid_pre"][0].float()
         ctx.scale[l] = cache[f"blocks.{l}.ln1.hook_scale"][0].float().reshape(-1)  # frozen LN scale per position
         ctx.pattern[l] = cache[pattern_hook_name(l)][0].float()
@@ -244,17 +249,16 @@ def head_source_children(
                 err = ctx.z[l][src] - up.decode(f)
             err_out = torch.einsum("hd,hdm->m", err.reshape(model.n_heads, -1).float(), W_O)
             nodes.append(TraceNode(kind="sae_error", label=f"L{l} SAE error", value=float(err_out @ e), layer=l, pos=src))
-            bias = torch.einsum("hd,hdm->m", (model.value_bias(l).float() + up.b_dec.reshape(model.n_heads, -1).float()), W_O)
+            bias = torch.einsum("hd,hdm->m", (model.z_offset(l).float() + up.b_dec.reshape(model.n_heads, -1).float()), W_O)
             if b_O_all is not None:
                 bias = bias + b_O_all[l].float()
-            nodes.append(TraceNode(kind="attn_bias", label=f"L{l} attn biases (b_O, W_O b_V, W_O b_dec)",
+            nodes.append(TraceNode(kind="attn_bias", label=f"L{l} attn biases (b_O, W_O c, W_O b_dec)",
                                    value=float(bias @ e), layer=l))
         else:
             nodes.append(TraceNode(kind="attn_out", label=f"L{l} attn out (no SAE)", value=float(ctx.attn_out[l][src] @ e),
                                    layer=l, pos=src))
         nodes.append(TraceNode(kind="mlp_out", label=f"L{l} MLP out", value=float(ctx.mlp_out[l][src] @ e), layer=l, pos=src))
-    if b_ln is not None:
-        nodes.append(TraceNode(kind="ln_bias", label=f"L{layer} ln1 bias", value=float(b_ln @ u) * a, layer=layer))
+    # The ln1 bias's share (b_ln @ W_V) is part of the z offset c, removed from v with it: no node for it here.
     return nodes
 
 
@@ -275,7 +279,7 @@ def prune(nodes: list[TraceNode], keep: int) -> list[TraceNode]:
     return kept + fixed
 
 
-class TraceError(ValueError):
+class TraceError(AttnscopeError, ValueError):
     """Bad trace request (feature out of range, no SAE at that layer, ...); one line for the user."""
 
 

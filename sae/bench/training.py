@@ -166,12 +166,13 @@ def bench_train(model=None, d_sae: int | None = None, batch_size: int = 4096, st
     """`attnscope bench train`: the embedded default (or `model`), the SAELens reference shape (a 2-layer
     256-wide GPT-2, 256 -> 2048 SAE on layer 1), and on CUDA a GPT-2-Small-shaped model under bf16 autocast."""
     from sae.engine.models import load_model, resolve_device
+    from sae.zoo import load_model as load_default
 
     torch.manual_seed(0)
     dev = resolve_device(device)
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "runs": []}
     if model is None:
-        model = load_model("default", device=str(dev))
+        model = load_default("default", device=str(dev))
     results["runs"].append(bench_model(model, d_sae or 16 * model.d_z, batch_size, steps))
     with tempfile.TemporaryDirectory() as tmp:
         if reference:

@@ -1,5 +1,6 @@
 """The `attnscope` subcommands. Each module here registers one command group and only prints:
-the computation lives in `sae/` functions, which return plain data turned into a table, JSON or markdown."""
+the computation lives in `sae/` functions, which return plain data turned into a table, JSON or markdown.
+May import anything in `sae`; nothing in `sae` imports it. "default" (model, SAEs, corpus) is resolved via `sae.zoo`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 import importlib
 import sys
 
-from sae.cli.common import UsageError, fail
+from sae.cli.common import fail
+from sae.engine.errors import AttnscopeError
 
 # module name -> registers its subcommands with `register(subparsers)`
 COMMAND_MODULES = [
@@ -39,13 +41,7 @@ def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"sae.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"sae.cli.{name}":  # a command not written yet
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(f"sae.cli.{name}").register(sub)
     for mod in extra_modules:
         mod.register(sub)
     return parser
@@ -59,7 +55,7 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except AttnscopeError as exc:  # every error meant for the user, caught once
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted", code=130)

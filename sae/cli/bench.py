@@ -74,7 +74,7 @@ def _rows(data: dict) -> list[tuple[str, str]]:
         a, s = r["all_layers_one_pass"], r["separate_runs"]
         rows.append((f"  layers {a['layers']} in one pass", f"{a['tokens_per_s']:,.0f} tokens/s ({a['seconds']:.2f} s)"))
         if s["tokens_per_s"]:
-            rows.append((f"  same layers as separate runs", f"{s['tokens_per_s']:,.0f} tokens/s ({s['seconds']:.2f} s)"))
+            rows.append(("  same layers as separate runs", f"{s['tokens_per_s']:,.0f} tokens/s ({s['seconds']:.2f} s)"))
         rows.append(("  one pass / (one model pass + SAE steps)", f"{r['one_pass_over_bound']:.2f}"))
         e = r["sae_step"]
         rows.append(("  SAE step FLOP/s vs plain matmul",

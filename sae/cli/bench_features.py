@@ -52,7 +52,8 @@ def run_features(args: argparse.Namespace) -> int:
 
 def run_dashboards(args: argparse.Namespace) -> int:
     from sae.cli.features import check_layer
-    from sae.analysis.dashboards import benchmark_build
+    from sae.bench.dashboards import benchmark_build
+    from sae.zoo import corpus_texts
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:
@@ -60,7 +61,8 @@ def run_dashboards(args: argparse.Namespace) -> int:
         saes = {args.layer: saes[args.layer]}
     console.print(f"building dashboards of layers {sorted(saes)} from up to {args.tokens:,} held-out tokens into a "
                   "temporary directory...")
-    data = benchmark_build(model, saes, n_tokens=args.tokens, batch_rows=args.batch_rows)
+    data = benchmark_build(model, saes, n_tokens=args.tokens, batch_rows=args.batch_rows,
+                           docs=lambda: corpus_texts("default", "heldout"))
     emit(args, data, _md, _pretty)
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -18,12 +18,16 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sae.engine.errors import AttnscopeError
+
+if TYPE_CHECKING:
+    from sae.engine.jobs import ProgressFn
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
 
 
-class UsageError(Exception):
+class UsageError(AttnscopeError):
     """Bad input from the user: printed as one line `attnscope: error: ...`, exit code 2."""
 
 
@@ -34,13 +38,11 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def open_model(name: str, device: str = "auto", dtype: str = "float32"):
-    """`sae.engine.models.load_model`, its failure turned into a UsageError (one line, exit 2)."""
-    from sae.engine.models import ModelLoadError, load_model
+    """The one door from the CLI to a model: `sae.zoo.load_model` ("default" is the embedded model). A model that
+    will not load is a `ModelLoadError`, which `main` prints as one line (exit 2)."""
+    from sae.zoo import load_model
 
-    try:
-        return load_model(name, device=device, dtype=dtype)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from None
+    return load_model(name, device=device, dtype=dtype)
 
 
 def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:
@@ -113,6 +115,24 @@ def positive_int(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
     return v
+
+
+@contextmanager
+def job_progress(description: str, enabled: bool = True, transient: bool = True) -> Iterator["ProgressFn"]:
+    """A rich bar on stderr fed by a job's `Progress` reports (the one job protocol, `sae.engine.jobs`): done of
+    total in its unit, rate, ETA and stage; silent when stderr is not a terminal or `enabled` is False."""
+    from sae.engine.jobs import Progress as JobProgress
+
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stage]}")]
+    with Progress(*cols, console=console, transient=transient, disable=not (enabled and console.is_terminal)) as prog:
+        task = prog.add_task(description, total=None, rate="", stage="")
+
+        def on_progress(p: JobProgress) -> None:
+            prog.update(task, completed=p.done, total=p.total or None, stage=p.stage,
+                        rate=f"{p.rate:,.0f} {p.unit}/s" if p.rate else "")
+
+        yield on_progress
 
 
 @contextmanager

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, console, emit, out, positive_int
+from sae.cli.common import UsageError, add_model_flags, job_progress, add_output_flags, console, emit, out, positive_int
 from sae.cli.features import (
     check_layer,
     context_piece,
@@ -62,7 +61,7 @@ def _help(p: argparse.ArgumentParser) -> int:
 
 def _keys(args: argparse.Namespace) -> tuple[str, str]:
     from sae import zoo
-    from sae.analysis.dashboard_store import source_key
+    from sae.analysis.dashboards import source_key
 
     return source_key(zoo.resolve_model(args.model)), source_key(zoo.resolve_saes(args.saes))
 
@@ -71,8 +70,8 @@ def _keys(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from sae.engine.activations import CorpusError
-    from sae.analysis.dashboards import DashboardError, DashboardSpec, build_layers, register_built
+    from sae.analysis.dashboards import DashboardSpec, build_layers, register_built
+    from sae.zoo import corpus_texts
 
     model, saes = open_model_and_saes(args)
     if args.layer is not None:
@@ -86,11 +85,10 @@ def run_build(args: argparse.Namespace) -> int:
                          context_size=ctx)
     what = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
     try:
-        with _build_progress(f"{what} dashboards") as on_progress:
-            built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, progress=on_progress,
-                                 batch_rows=args.batch_rows, force=args.force)
-    except (DashboardError, CorpusError) as exc:
-        raise UsageError(str(exc)) from None
+        with job_progress(f"{what} dashboards", transient=False) as on_progress:
+            built = build_layers(model, {layer: saes[layer] for layer in layers}, spec, on_progress=on_progress,
+                                 batch_rows=args.batch_rows, force=args.force,
+                                 docs=lambda: corpus_texts(args.corpus, "heldout"))
     except KeyboardInterrupt:
         console.print("[yellow]stopped; the scan so far is saved; run the same command to resume[/]")
         raise
@@ -102,24 +100,6 @@ def run_build(args: argparse.Namespace) -> int:
         results.append(res.to_dict() | {"layer": layer})
     emit(args, {"model": model.name, "builds": results}, _build_md, _build_pretty)
     return 0
-
-
-@contextmanager
-def _build_progress(description: str) -> Iterator[Callable[[dict], None]]:
-    """A bar on stderr fed by the build's progress dicts (done/total tokens, note)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*cols, console=console, disable=not console.is_terminal) as prog:
-        task = prog.add_task(description, total=None, rate="", note="")
-
-        def on_progress(info: dict) -> None:
-            rate = info.get("tokens_per_s")
-            prog.update(task, total=info.get("total"), completed=info.get("done", 0), note=info.get("note") or "",
-                        rate=f"{rate:,.0f} tokens/s" if rate else "")
-
-        yield on_progress
 
 
 def _build_rows(d: dict) -> list[list[Any]]:
@@ -160,7 +140,7 @@ def _flags(args: argparse.Namespace) -> str:
 def find_dashboard_dir(args: argparse.Namespace) -> Path:
     """The built directory for (--model, --saes, --layer): from the registry when possible (no model load),
     else by loading the model and SAEs and hashing them."""
-    from sae.analysis.dashboard_store import build_command, is_built, lookup_built
+    from sae.analysis.dashboards import build_command, is_built, lookup_built
 
     model_key, sae_key = _keys(args)
     found = lookup_built(model_key, sae_key, args.layer)
@@ -179,7 +159,7 @@ def find_dashboard_dir(args: argparse.Namespace) -> Path:
 def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str, dict[int, Path]]:
     """(model name, {layer: built dashboard dir}) for `layers` (None: every layer with an SAE). Uses the registry
     when it knows every layer; else loads the model and SAEs. Missing builds are a UsageError naming the command."""
-    from sae.analysis.dashboard_store import build_command, dashboard_summary, is_built, lookup_built
+    from sae.analysis.dashboards import build_command, dashboard_summary, is_built, lookup_built
 
     model_key, sae_key = _keys(args)
     if layers is not None:
@@ -206,13 +186,10 @@ def built_dirs(args: argparse.Namespace, layers: list[int] | None) -> tuple[str,
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from sae.analysis.dashboard_store import DashboardError, read_dashboard
+    from sae.analysis.dashboards import read_dashboard
 
     d = find_dashboard_dir(args)
-    try:
-        board = read_dashboard(d, args.feature)
-    except DashboardError as exc:
-        raise UsageError(str(exc)) from None
+    board = read_dashboard(d, args.feature)
     emit(args, board.to_dict(), markdown, pretty)
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, progress_bar
+from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, job_progress
 
 
 def register(subparsers: Any) -> None:
@@ -14,7 +14,10 @@ def register(subparsers: Any) -> None:
         help="evaluate SAEs: L0, explained variance, CE loss recovered, KL, dead/dense features",
         description="Evaluate SAEs on held-out text through the model: reconstruction (L0, explained variance, "
         "NMSE), CE loss clean / with the reconstruction spliced into hook_z / with hook_z zero-ablated, CE loss "
-        "recovered, KL, dead and dense feature fractions.",
+        "recovered, KL, dead and dense feature fractions. Definitions are SAELens run_evals'. BOS rule: positions "
+        "holding a special token (BOS, EOS, PAD) are neither spliced nor counted, as SAELens's "
+        "exclude_special_tokens=True (training and dashboards leave BOS out too); --include-bos counts every "
+        "position.",
     )
     p.add_argument("saes", nargs="*", metavar="SAE_DIR",
                    help="SAE directories/files, dirs of them, or release ids (default: --saes)")
@@ -25,42 +28,34 @@ def register(subparsers: Any) -> None:
     p.add_argument("--context-size", type=positive_int, default=None, help="row length (default: the SAE's, capped by the model)")
     p.add_argument("--batch-rows", type=positive_int, default=8, help="rows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--include-bos", action="store_true",
+                   help="count special-token positions (BOS/EOS/PAD) too; default: leave them out, as SAELens does")
     p.add_argument("--write", action="store_true", help="store the metrics in each SAELens dir's cfg.json and sparsity file")
     add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.engine.activations import CorpusError, corpus_token_rows
-    from sae.engine.formats import SAEFormatError, load_sae_set, save_sae
+    from sae.engine.activations import corpus_token_rows
+    from sae.engine.formats import save_sae
+    from sae.zoo import corpus_texts, load_sae_set
     from sae.engine.metrics import evaluate_saes
 
     model = open_model(args.model, args.device)
     specs = args.saes or [args.saes_flag]
     saes: dict = {}
-    try:
-        for spec in specs:
-            for layer, sae in load_sae_set(spec, model=model, device=model.device).items():
-                if layer in saes:
-                    raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
-                saes[layer] = sae
-    except SAEFormatError as exc:
-        raise UsageError(str(exc)) from None
+    for spec in specs:
+        for layer, sae in load_sae_set(spec, model=model, device=model.device).items():
+            if layer in saes:
+                raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
+            saes[layer] = sae
     ctx = args.context_size or min(sae.cfg.context_size for sae in saes.values())
     ctx = min(ctx, model.n_ctx)
     n_rows = max(1, args.tokens // ctx)
-    try:
-        rows = corpus_token_rows(model, args.corpus, ctx, split="heldout", max_rows=n_rows)
-    except CorpusError as exc:
-        raise UsageError(str(exc)) from None
-    with progress_bar("eval", rows.shape[0], unit="rows") as advance:
-        done = {"rows": 0}
-
-        def on_progress(info: dict) -> None:
-            advance(info["rows"] - done["rows"])
-            done["rows"] = info["rows"]
-
-        results = evaluate_saes(model, saes, rows, batch_rows=args.batch_rows, on_progress=on_progress)
+    rows = corpus_token_rows(model, corpus_texts(args.corpus, "heldout"), ctx, max_rows=n_rows)
+    with job_progress("eval", transient=False) as on_progress:
+        results = evaluate_saes(model, saes, rows, batch_rows=args.batch_rows, on_progress=on_progress,
+                                exclude_special_tokens=not args.include_bos)
     if args.write:
         for r in results:
             sae = saes[r.layer]
@@ -77,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 COLUMNS = [
     ("layer", "{}"), ("d_sae", "{}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("nmse", "{:.3f}"),
     ("ce_clean", "{:.3f}"), ("ce_sae", "{:.3f}"), ("ce_zero_abl", "{:.3f}"), ("ce_loss_recovered", "{:.3f}"),
-    ("kl", "{:.4f}"), ("dead_fraction", "{:.3f}"), ("dense_fraction", "{:.3f}"), ("tokens", "{:,}"),
+    ("kl", "{:.4f}"), ("kl_score", "{:.3f}"), ("dead_fraction", "{:.3f}"), ("dense_fraction", "{:.3f}"), ("tokens", "{:,}"),
 ]
 
 
@@ -94,6 +89,8 @@ def _markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(f, r[c]) for c, f in COLUMNS) + " |")
+    if rows:
+        lines += ["", f"BOS rule: {rows[0]['bos_rule']}."]
     return "\n".join(lines)
 
 
@@ -106,3 +103,5 @@ def _pretty(rows: list[dict]) -> None:
     for r in rows:
         t.add_row(*(_fmt(f, r[c]) for c, f in COLUMNS))
     out.print(t)
+    if rows:
+        out.print(f"BOS rule: {rows[0]['bos_rule']}.")

@@ -21,12 +21,12 @@ from sae.cli.common import UsageError, open_model, add_model_flags, add_output_f
 def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
     """(LoadedModel, {layer: SAE}) from --model/--saes/--device/--dtype; UsageError on any failure, including a
     `layer` that has no SAE."""
-    from sae.engine.formats import SAEFormatError, load_sae_set
+    from sae.zoo import load_sae_set
 
     model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:
         saes = load_sae_set(args.saes, model=model, device=model.device)
-    except (SAEFormatError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # the SAE files themselves (SAEFormatError passes to the CLI)
         raise UsageError(str(exc)) from None
     if layer is not None:
         check_layer(model, saes, layer)
@@ -102,15 +102,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.analysis.dfa import PromptError, prompt_features
+    from sae.analysis.dfa import prompt_features
 
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     model, saes = open_model_and_saes(args, args.layer)
-    try:
-        res = prompt_features(model, saes[args.layer], args.prompt, args.top, layer=args.layer)
-    except PromptError as exc:
-        raise UsageError(str(exc)) from None
+    res = prompt_features(model, saes[args.layer], args.prompt, args.top, layer=args.layer)
     if res.truncated:
         warn(f"the prompt is longer than the model's context; analysed its first {model.n_ctx} tokens")
     emit(args, res.to_dict(), markdown, pretty)

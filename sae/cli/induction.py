@@ -6,7 +6,8 @@ import argparse
 
 
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
-from sae.cli.ioi import load_model_or_fail, progress
+from sae.cli.common import job_progress
+from sae.cli.ioi import load_model_or_fail
 
 
 def register(subparsers) -> None:
@@ -55,14 +56,14 @@ def run(args: argparse.Namespace) -> int:
     if args.real_text:
         texts, source = _texts(args.corpus)
     try:
-        with progress("induction (synthetic)", enabled=not args.json) as on_progress:
+        with job_progress("induction (synthetic)", enabled=not args.json) as on_progress:
             syn = induction.synthetic_induction(
                 model, n=args.n, prefix_lengths=range(1, args.max_prefix + 1), seq_len=args.seq_len, seed=args.seed,
                 batch_size=args.batch_size, threshold=threshold, on_progress=on_progress,
             )
         result = syn.to_dict()
         if texts is not None:
-            with progress("induction (real text)", enabled=not args.json) as on_progress:
+            with job_progress("induction (real text)", enabled=not args.json) as on_progress:
                 real = induction.real_text_induction(
                     model, texts, n_rows=args.rows, seq_len=args.seq_len, seed=args.seed, source=source,
                     on_progress=on_progress,
@@ -75,15 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _texts(spec: str) -> tuple[list[str], str]:
-    from sae.zoo import corpus
-    from sae.engine.activations import CorpusError, read_corpus
+    from sae.zoo import corpus_texts, is_default
 
-    if spec == "default":
-        return corpus.documents("heldout", synthetic=False), "held-out split of the embedded corpus"
-    try:
-        return read_corpus(spec), spec
-    except CorpusError as exc:
-        raise UsageError(str(exc)) from None
+    texts = corpus_texts(spec, "heldout", synthetic=False)
+    return texts, "held-out split of the embedded corpus" if is_default(spec) else spec
 
 
 # ---- faces ---------------------------------------------------------------------------------------------

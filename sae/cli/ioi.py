@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, console, emit, print_tables, tables_markdown
+from sae.cli.common import UsageError, open_model, job_progress, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
 
 
 def register(subparsers) -> None:
@@ -61,25 +58,12 @@ def _heads(text: str | None) -> list[tuple[int, int]] | None:
     return heads
 
 
-@contextmanager
-def progress(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar on stderr fed by `on_progress(done, total)`; silent when stderr is not a terminal."""
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*cols, console=console, transient=True, disable=not (enabled and console.is_terminal)) as prog:
-        task = prog.add_task(description, total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
-
-        yield on_progress
-
-
 def load_model_or_fail(args: argparse.Namespace):
     return open_model(args.model, args.device, args.dtype)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae import zoo
     from sae.experiments import ioi
     from sae.experiments import ioi_data
 
@@ -101,22 +85,19 @@ def run(args: argparse.Namespace) -> int:
     for l in ([args.layer] if args.layer is not None else []) + (layers or []) + [h[0] for h in heads or []]:
         if not 0 <= l < model.n_layers:
             raise UsageError(f"layer {l} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
-    try:
-        data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names, bos=not args.no_bos)
-        saes = ioi.load_saes(args.saes, model) if args.experiment in ioi.NEEDS_SAES else None
-        with progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
-            if args.experiment == "noising":
-                result = ioi.run_noising(
-                    model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
-                    on_progress=on_progress,
-                )
-            else:
-                result = ioi.run_experiment(
-                    args.experiment, model, data, saes, layer=args.layer, layers=layers, features=features,
-                    heads=heads, top=args.top, batch_size=args.batch_size, on_progress=on_progress,
-                )
-    except (ioi.IOIError, ioi_data.NameTokenError) as exc:
-        raise UsageError(str(exc)) from None
+    data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names, bos=not args.no_bos)
+    saes = ioi.load_saes(zoo.resolve_saes(args.saes), model) if args.experiment in ioi.NEEDS_SAES else None
+    with job_progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
+        if args.experiment == "noising":
+            result = ioi.run_noising(
+                model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
+                on_progress=on_progress,
+            )
+        else:
+            result = ioi.run_experiment(
+                args.experiment, model, data, saes, layer=args.layer, layers=layers, features=features,
+                heads=heads, top=args.top, batch_size=args.batch_size, on_progress=on_progress,
+            )
     emit(args, result, to_markdown, pretty)
     return 0
 

@@ -34,17 +34,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.analysis.dfa import PromptError
-    from sae.analysis.trace import TraceError, trace_feature
+    from sae.analysis.trace import trace_feature
 
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     model, saes = open_model_and_saes(args, args.layer)
     check_feature(saes[args.layer], args.layer, args.feature)
-    try:
-        tr = trace_feature(model, saes, args.prompt, args.layer, args.feature, args.pos, args.depth, args.keep)
-    except (PromptError, TraceError) as exc:
-        raise UsageError(str(exc)) from None
+    tr = trace_feature(model, saes, args.prompt, args.layer, args.feature, args.pos, args.depth, args.keep)
     if tr.truncated:
         warn(f"the prompt is longer than the model's context; analysed its first {model.n_ctx} tokens")
     emit(args, tr.to_dict(), markdown, pretty)

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae.engine.activations import CorpusError, corpus_token_rows
+    from sae.zoo import corpus_texts
     from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
 
     if args.tokens is not None and args.tokens <= 0:
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         cfg = build_config(args, model, parse_layers(args.layers, model.n_layers))
     try:
-        rows = corpus_token_rows(model, corpus, cfg.context_size, split="train")
+        rows = corpus_token_rows(model, corpus_texts(corpus, "train"), cfg.context_size)
     except CorpusError as exc:
         raise UsageError(str(exc)) from None
 

@@ -35,67 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _heldout_and_train_rows(model, max_heldout_rows: int = 256, max_train_rows: int = 4096):
-    from sae.zoo import corpus
-    from sae.engine.activations import pack_tokens
-
-    ctx = min(128, model.n_ctx)
-    held = pack_tokens(corpus.documents("heldout"), model.encode, ctx, model.bos_token_id, max_rows=max_heldout_rows)
-    train = pack_tokens(corpus.documents("train"), model.encode, ctx, model.bos_token_id, max_rows=max_train_rows)
-    return held, train
-
-
 def measure(model_name: str, device: str = "auto", n_ioi: int = 200) -> dict:
-    from sae.experiments import phenomena
+    from sae.zoo.measure import measure as measure_model
 
     model = open_model(model_name, device)
-    held, train = _heldout_and_train_rows(model)
     try:
-        ph = phenomena.measure_all(model, held, train, n_ioi=n_ioi)
-    except ValueError as exc:
+        return measure_model(model, n_ioi=n_ioi)
+    except ValueError as exc:  # phenomena's own checks (too few single-token names, ...)
         raise UsageError(str(exc)) from exc
-    return {"model": model.name, **ph.to_dict()}
-
-
-def phenomena_markdown(d: dict) -> str:
-    ind, prev, ioi = d["induction"], d["previous_token"], d["ioi"]
-    L, H = ind["best_head"]
-    pl, ph = prev["best_head"]
-    lines = [
-        f"## Phenomena of {d['model']}",
-        "",
-        "| measurement | value | threshold |",
-        "|---|---|---|",
-        f"| induction score, best head {L}.{H} (repeated random tokens, attention to the token after the "
-        f"first copy) | {ind['best_score']:.3f} | >= 0.5 |",
-        f"| loss on first copy -> repeated copy (nats) | {ind['loss_first_copy']:.3f} -> "
-        f"{ind['loss_second_copy']:.3f} | repeat far below |",
-        f"| previous-token score, best head {pl}.{ph} (held-out text) | {prev['best_score']:.3f} | >= 0.5 |",
-        f"| IOI logit diff IO - S ({ioi['n_prompts']} {ioi['split']} prompts, ABBA+BABA) | {ioi['logit_diff']:.3f} "
-        f"| >= 1.0 |",
-        f"| IOI logit diff ABBA / BABA | {ioi['logit_diff_abba']:.3f} / {ioi['logit_diff_baba']:.3f} | |",
-        f"| IOI accuracy (IO above S) | {ioi['accuracy']:.3f} | |",
-        f"| held-out loss (nats/token, {d['heldout_tokens']:,} tokens) | {d['heldout_loss']:.3f} | below unigram |",
-        f"| unigram baseline (nats/token) | {d['unigram_loss']:.3f} | |",
-        "",
-        "Per-head induction scores (rows = layers):",
-        "",
-        "| layer | " + " | ".join(f"head {h}" for h in range(len(ind["scores"][0]))) + " |",
-        "|---|" + "---|" * len(ind["scores"][0]),
-    ]
-    lines += [f"| {i} | " + " | ".join(f"{s:.2f}" for s in row) + " |" for i, row in enumerate(ind["scores"])]
-    lines += [
-        "",
-        "Per-head previous-token scores:",
-        "",
-        "| layer | " + " | ".join(f"head {h}" for h in range(len(prev["scores"][0]))) + " |",
-        "|---|" + "---|" * len(prev["scores"][0]),
-    ]
-    lines += [f"| {i} | " + " | ".join(f"{s:.2f}" for s in row) + " |" for i, row in enumerate(prev["scores"])]
-    return "\n".join(lines)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    from sae.zoo.measure import phenomena_markdown
+
     d = measure(args.model, args.device, args.n_ioi)
     emit(args, d, phenomena_markdown, pretty=lambda x: out.print(phenomena_markdown(x)))
     return 0

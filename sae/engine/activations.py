@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from sae.engine.errors import AttnscopeError
 
 
 def pack_tokens(
@@ -46,22 +47,13 @@ def pack_tokens(
 CORPUS_SUFFIXES = (".txt", ".py", ".md")
 
 
-class CorpusError(Exception):
+class CorpusError(AttnscopeError):
     """A corpus could not be read or is too small; the message is one line meant for the user."""
 
 
-def read_corpus(spec: str, split: str = "train") -> list[str]:
-    """Documents of a corpus: "default" (the embedded corpus, `sae.zoo.corpus.documents(split)`), a .txt/.py/.md
-    file (one document), or a directory searched recursively for such files (sorted, one document each)."""
-    if spec == "default":
-        try:
-            from sae.zoo import corpus  # written alongside the embedded default model
-        except ImportError:
-            raise CorpusError("the embedded corpus is not available in this install; pass --corpus PATH") from None
-        docs = list(corpus.documents(split))
-        if not docs:
-            raise CorpusError(f"the embedded corpus has no {split!r} documents")
-        return docs
+def read_corpus(spec: str | Path) -> list[str]:
+    """Documents of a corpus on disk: a .txt/.py/.md file (one document), or a directory searched recursively for
+    such files (sorted, one document each). (The embedded corpus, "default", is `sae.zoo.corpus_texts`.)"""
     path = Path(spec).expanduser()
     if path.is_file():
         files = [path]
@@ -70,7 +62,7 @@ def read_corpus(spec: str, split: str = "train") -> list[str]:
         if not files:
             raise CorpusError(f"{path} holds no {'/'.join(CORPUS_SUFFIXES)} files")
     else:
-        raise CorpusError(f"corpus {spec!r} is neither 'default' nor an existing file or directory")
+        raise CorpusError(f"corpus {str(spec)!r} is not an existing file or directory")
     docs = []
     for f in files:
         try:
@@ -80,15 +72,19 @@ def read_corpus(spec: str, split: str = "train") -> list[str]:
     return docs
 
 
-def corpus_token_rows(model, spec: str, context_size: int, split: str = "train", max_rows: int | None = None) -> torch.Tensor:
-    """Read a corpus and pack it into `[rows, context_size]` token ids for `model` (BOS at position 0)."""
+def corpus_token_rows(
+    model, texts: str | Path | Iterable[str], context_size: int, max_rows: int | None = None
+) -> torch.Tensor:
+    """Pack a corpus (a path for `read_corpus`, or the documents themselves) into `[rows, context_size]` token ids
+    for `model` (BOS at position 0)."""
     if context_size > model.n_ctx:
         raise CorpusError(f"context size {context_size} exceeds the model's context ({model.n_ctx})")
-    docs = read_corpus(spec, split)
+    spec = texts if isinstance(texts, (str, Path)) else "the given texts"
+    docs = read_corpus(texts) if isinstance(texts, (str, Path)) else list(texts)
     eos = getattr(model.tokenizer, "eos_token_id", None)
     rows = pack_tokens(docs, model.encode, context_size, model.bos_token_id, eos_id=eos, max_rows=max_rows)
     if rows.shape[0] == 0:
-        raise CorpusError(f"corpus {spec!r} is shorter than one row of {context_size} tokens")
+        raise CorpusError(f"corpus {str(spec)!r} is shorter than one row of {context_size} tokens")
     return rows
 
 
@@ -100,18 +96,20 @@ def rows_digest(rows: torch.Tensor) -> str:
 # ---- activations from the model -----------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    """Raised from the last needed hook: nothing after the last layer's hook_z is computed."""
+class StopForward(Exception):
+    """Raised from the last hook a caller needs, so the rest of the forward pass is never computed."""
 
 
 class ZSource:
     """Runs the model over packed token rows and returns hook_z of several layers from one forward pass.
 
     Each call to `next_chunk()` takes the next `rows_per_pass` rows (in an order reshuffled every epoch from
-    `seed`), runs the model once and returns `[n_layers, rows_per_pass * context, d_in]` float32 on `device`,
-    layers in `self.layers` order. z follows attnscope's convention (value bias removed: the z that
-    HookedTransformer gives with value biases folded into b_O). The pass is cut right after the last needed
-    layer's hook_z, so that layer's output projection, MLP and everything above are never computed.
+    `seed`), runs the model once and returns `[n_layers, rows_per_pass * (context - 1), d_in]` float32 on
+    `device`, layers in `self.layers` order. z follows attnscope's convention (HookedTransformer's processed
+    hook_z, see `sae.engine.models`). The BOS position of every row is left out (`skip_bos`, the default): its z
+    is the same vector in every row, so it teaches an SAE nothing and inflates explained variance; evaluation and
+    dashboards leave it out by the same rule. The pass is cut right after the last needed layer's hook_z, so that
+    layer's output projection, MLP and everything above are never computed.
     """
 
     def __init__(
@@ -122,9 +120,11 @@ class ZSource:
         rows_per_pass: int = 32,
         seed: int = 0,
         autocast_dtype: torch.dtype | None = None,
+        skip_bos: bool = True,
     ) -> None:
         if token_rows.dim() != 2 or token_rows.shape[0] == 0:
             raise CorpusError("no token rows to read activations from")
+        self.skip_bos = skip_bos
         for layer in layers:
             model.check_layer(layer)
         self.model = model
@@ -137,7 +137,7 @@ class ZSource:
         self.pos = 0
         self._order = self._epoch_order(0)
         # value biases flattened head-major, once: [n_layers, d_in]
-        self._b_v = torch.stack([model.value_bias(layer).reshape(-1).float() for layer in self.layers])
+        self._b_v = torch.stack([model.z_offset(layer).reshape(-1).float() for layer in self.layers])
 
     @property
     def context_size(self) -> int:
@@ -145,7 +145,8 @@ class ZSource:
 
     @property
     def tokens_per_chunk(self) -> int:
-        return self.rows_per_pass * self.context_size
+        """Activations per `next_chunk()`: every position of every row, less the BOS positions when skipped."""
+        return self.rows_per_pass * (self.context_size - int(self.skip_bos))
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -184,7 +185,7 @@ class ZSource:
             torch.sub(z.reshape(n_tok, -1), b_v[i], out=out[i])
             done.add(layer)
             if layer == last:
-                raise _StopForward
+                raise StopForward
             return z
 
         from sae.engine.models import z_hook_name
@@ -196,10 +197,13 @@ class ZSource:
         ):
             try:
                 self.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
-            except _StopForward:
+            except StopForward:
                 pass
         if len(done) != len(self.layers):
             raise RuntimeError(f"hook_z was not reached for layers {sorted(set(self.layers) - done)}")
+        if self.skip_bos:
+            rows, ctx = tokens.shape
+            return out.view(len(self.layers), rows, ctx, -1)[:, :, 1:].reshape(len(self.layers), rows * (ctx - 1), -1)
         return out
 
     def state_dict(self) -> dict:

@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
+# SAELens 6's normalize_activations modes. `expected_average_only_in` is a training-time scaling that SAELens folds
+# into the weights before saving (and `load_from_disk` treats as identity); the two run-time modes act on every
+# input row, as SAELens's `run_time_activation_norm_fn_in/out` do.
+NORMALIZE_MODES = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+RUNTIME_NORMS = ("constant_norm_rescale", "layer_norm")
 
 
 @dataclass
@@ -42,6 +47,11 @@ class SAEConfig:
             raise ValueError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
             raise ValueError(f"topk SAE needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae})")
+        if self.normalize_activations not in NORMALIZE_MODES:
+            raise ValueError(
+                f"normalize_activations={self.normalize_activations!r} is not supported; attnscope applies "
+                f"{', '.join(NORMALIZE_MODES)} exactly as SAELens does"
+            )
         if self.n_heads is not None and self.d_in % self.n_heads:
             raise ValueError(f"d_in={self.d_in} is not divisible by n_heads={self.n_heads}")
 
@@ -104,11 +114,38 @@ class SAE(nn.Module):
             return x.flatten(-2)
         raise ValueError(f"activations of shape {tuple(x.shape)} do not fit an SAE with d_in={self.cfg.d_in}")
 
+    # ---- run-time activation normalisation (SAELens's normalize_activations) -------------------------------
+
+    def normalize_in(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """`x [..., d_in]` as the encoder sees it, and the per-row statistics `normalize_out` needs.
+
+        `constant_norm_rescale`: `x * sqrt(d_in) / |x|`; `layer_norm`: `(x - mean) / (std + 1e-5)` with the
+        Bessel-corrected std (torch's default), as SAELens computes them, before `b_dec` is subtracted.
+        """
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            coeff = math.sqrt(self.cfg.d_in) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, (coeff, torch.zeros_like(coeff))
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            std = (x - mu).std(dim=-1, keepdim=True)
+            return (x - mu) / (std + 1e-5), (1.0 / std, mu)
+        return x, None
+
+    @staticmethod
+    def normalize_out(y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Undo `normalize_in` on a reconstruction: `y / coeff + shift` (SAELens: `y / coeff`, `y * std + mu`)."""
+        if stats is None:
+            return y
+        inv, shift = stats
+        return y / inv + shift
+
     # ---- forward --------------------------------------------------------------------------------------
 
     def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activations `[..., d_sae]`."""
         x = self.flatten_input(x).to(self.W_enc.dtype)
+        x, _ = self.normalize_in(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
@@ -120,18 +157,46 @@ class SAE(nn.Module):
         if arch == "topk":
             vals, idx = pre.topk(int(self.cfg.k), dim=-1)
             return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-        return pre * (pre > self.threshold).to(pre.dtype)  # jumprelu
+        # jumprelu, as Gemma Scope writes it: relu(pre) where pre > threshold; never negative, even for a
+        # negative threshold
+        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., d_sae]`."""
         return self.activation(self.encode_pre(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """Reconstruction `[..., d_in]`."""
+        """Reconstruction `[..., d_in]` in the encoder's (normalised) space; `forward` / `encode_and_reconstruct`
+        also undo a run-time normalisation, which needs the input row."""
         return f @ self.W_dec + self.b_dec
 
+    def encode_and_reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features `[..., d_sae]` and the reconstruction `[..., d_in]` of `x`, in x's own scale."""
+        x = self.flatten_input(x).to(self.W_enc.dtype)
+        xn, stats = self.normalize_in(x)
+        if self.cfg.apply_b_dec_to_input:
+            xn = xn - self.b_dec
+        f = self.activation(xn @ self.W_enc + self.b_enc)
+        return f, self.normalize_out(self.decode(f), stats)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.encode_and_reconstruct(x)[1]
+
+    @property
+    def is_linear_in_z(self) -> bool:
+        """Whether pre-activations are an affine function of z (false under a run-time normalisation), which
+        direct feature attribution needs."""
+        return self.cfg.normalize_activations not in RUNTIME_NORMS
+
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> None:
+        """Fold a training-time input scale `s` (SAELens's `expected_average_only_in`) into the weights, so the SAE
+        reads raw x: `W_enc *= s`, `W_dec /= s`, `b_dec /= s` (then encode(x) equals the unfolded encode(s x) and
+        the reconstruction is the unfolded one divided by s)."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+        self.cfg.normalize_activations = "none"
 
     # ---- helpers used by analyses ---------------------------------------------------------------------
 

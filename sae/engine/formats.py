@@ -19,6 +19,7 @@ same convention (see `sae.engine.models`), so these SAEs apply to attnscope's ac
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import torch
 
 from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
+from sae.engine.errors import AttnscopeError
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -38,17 +40,20 @@ SPARSITY_FILE = "sparsity.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
 
 # release id -> (Hugging Face repository, layout); the layouts are those `load_sae` autodetects
-RELEASES: dict[str, tuple[str, str]] = {
-    "gpt2-small-hook-z-kk": ("ckkissane/attn-saes-gpt2-small-all-layers", "kissane"),
-    "gemma-scope-2b-pt-att": ("google/gemma-scope-2b-pt-att", "gemma-scope"),
+RELEASES: dict[str, str] = {  # release id -> Hugging Face repository (its files' layout is detected on load)
+    "gpt2-small-hook-z-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
+    "gemma-scope-2b-pt-att": "google/gemma-scope-2b-pt-att",
 }
 
 
-class SAEFormatError(Exception):
+class SAEFormatError(AttnscopeError):
     """An SAE could not be loaded or does not fit the model; the message is one line meant for the user."""
 
 
 # ---- saving ---------------------------------------------------------------------------------------------
+
+SAELENS_LAYOUT_VERSION = "6.0.0"  # the SAELens cfg.json layout attnscope writes (checked against SAELens 6.54)
+ACTIVATION_SCALER_FILE = "activation_scaler.json"  # SAELens's training-time input scale, beside checkpoints
 
 
 def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
@@ -63,6 +68,9 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
         "normalize_activations": cfg.normalize_activations,
         "reshape_activations": "hook_z",
         "metadata": {
+            # SAELens 6 reads the nested metadata only when it finds a version >= 6 here; without it, it takes the
+            # file for a pre-6 config and drops this whole object (hook, model and context come back None)
+            "sae_lens_version": SAELENS_LAYOUT_VERSION,
             "model_name": cfg.model_name,
             "hook_name": cfg.hook_name,
             "hook_head_index": None,
@@ -212,7 +220,45 @@ def _load_saelens_dir(d: Path) -> SAE:
         tensors = load_file(str(d / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SAEFormatError(f"{d / WEIGHTS_FILE} is truncated or corrupted ({str(exc).splitlines()[0][:120]})") from exc
-    return _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
+    sae = _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
+    if raw.get("rescale_acts_by_decoder_norm") is True:
+        _fold_decoder_norm(sae)
+    if cfg.normalize_activations == "expected_average_only_in":
+        _fold_saelens_scaler(sae, d)
+    return sae
+
+
+@torch.no_grad()
+def _fold_decoder_norm(sae: SAE) -> None:
+    """SAELens TopK `rescale_acts_by_decoder_norm`: pre-activations are multiplied by each decoder row's norm and
+    the decoder reads acts / norm. Folding the norms (W_enc, b_enc times norm; W_dec rows divided by it), as
+    SAELens's `fold_W_dec_norm` does, gives the same features and reconstruction with a plain top-k SAE."""
+    norm = sae.W_dec.norm(dim=-1)  # [d_sae]
+    if not torch.all(norm > 0):
+        raise SAEFormatError("a decoder row has zero norm; cannot fold rescale_acts_by_decoder_norm")
+    sae.W_enc.mul_(norm)
+    sae.b_enc.mul_(norm)
+    sae.W_dec.div_(norm[:, None])
+    sae.cfg.extra["folded"] = "rescale_acts_by_decoder_norm"
+
+
+def _fold_saelens_scaler(sae: SAE, d: Path) -> None:
+    """`expected_average_only_in`: SAELens scales inputs by `activation_scaler.json`'s factor during training and
+    folds it into the weights before the final save. A directory that still holds the file (a training
+    checkpoint) is folded here, so the SAE reads raw activations; without the file the weights already read raw
+    activations, and the mode means nothing at inference, as in SAELens's `load_from_disk`."""
+    f = d / ACTIVATION_SCALER_FILE
+    if not f.is_file():
+        sae.cfg.normalize_activations = "none"
+        return
+    raw = _read_json(f)
+    s = raw.get("scaling_factor")
+    if s is None:
+        sae.cfg.normalize_activations = "none"
+        return
+    if not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+        raise SAEFormatError(f"{f}: scaling_factor must be a positive number, got {s!r}")
+    sae.fold_activation_scale(float(s))
 
 
 def load_sparsity(path: str | Path) -> torch.Tensor | None:
@@ -224,7 +270,7 @@ def load_sparsity(path: str | Path) -> torch.Tensor | None:
         return None
     try:
         return load_file(str(p))["sparsity"]
-    except Exception:  # a damaged optional file must not stop the SAE from loading
+    except Exception:  # noqa: BLE001 - a damaged optional file must not stop the SAE from loading
         return None
 
 
@@ -286,6 +332,8 @@ def _load_gemma_scope(npz: Path, hook_name: str | None = None) -> SAE:
     cfg = SAEConfig(
         d_in=int(d_in), d_sae=int(d_sae), hook_name=hook_name, architecture="jumprelu",
         model_name="gemma-2-2b", context_size=1024, extra={"source_format": "gemma-scope"},
+        # Gemma Scope encodes x @ W_enc + b_enc: b_dec is not subtracted from the input
+        apply_b_dec_to_input=False,
     )
     return _sae_from_tensors(cfg, tensors, npz)
 
@@ -354,7 +402,7 @@ def check_sae_fits(sae: SAE, model) -> None:
 
 def _download_release(spec: str) -> Path:
     """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline."""
-    repo, _layout = RELEASES.get(spec, (spec[3:] if spec.startswith("hf:") else spec, "auto"))
+    repo = RELEASES.get(spec, spec[3:] if spec.startswith("hf:") else spec)
     try:
         from huggingface_hub import snapshot_download
 
@@ -387,26 +435,20 @@ def _candidates(root: Path) -> list[Path]:
 def load_sae_set(
     spec: str | Path, model=None, device: str | torch.device = "cpu"
 ) -> dict[int, SAE]:
-    """SAEs by layer from `spec`: "default" (the embedded SAEs), a directory of SAE directories or release
-    files, one SAE directory or file, or a release id (e.g. `gpt2-small-hook-z-kk`) fetched from the hub.
+    """SAEs by layer from `spec`: a directory of SAE directories or release files, one SAE directory or file, or
+    a release id (e.g. `gpt2-small-hook-z-kk`) fetched from the hub. ("default", the embedded SAEs, is resolved
+    above the engine: `sae.zoo.load_sae_set`.)
 
     With `model`, every SAE is checked against it (d_in == n_heads*d_head, layer inside the model).
     Two SAEs for one layer are an error: pass the one you mean.
     """
-    from sae import zoo
-
     text = str(spec)
-    if text in ("default", zoo.DEFAULT_NAME):
-        root = zoo.DEFAULT_SAES_DIR
-        if not root.is_dir():
-            raise SAEFormatError("the embedded default SAEs are missing from this install")
-    else:
-        root = Path(text).expanduser()
-        if not root.exists():
-            if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-                root = _download_release(text)
-            else:
-                raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
+    root = Path(text).expanduser()
+    if not root.exists():
+        if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+            root = _download_release(text)
+        else:
+            raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
     try:
         detect_format(root)
         paths = [root]

@@ -1,26 +1,33 @@
 """Loading causal LMs through TransformerLens 4 and reading attention outputs from them.
 
-Numerics choice (documented in the README): attnscope's `z` for layer L is the input of the attention output
-projection (`blocks.L.attn.hook_z`, `[batch, pos, head, d_head]`) **minus the per-head value bias** `b_V[L]`.
-Because every attention row sums to 1, `b_V` contributes exactly `b_V` to each head's z, independent of the
-prompt; TransformerLens' HookedTransformer folds it into `b_O` (`fold_value_biases`), and the paper's SAEs were
-trained on that folded z. Raw Hugging Face models (what `TransformerBridge` wraps) keep `b_V` inside z, so we
-subtract it when capturing and add it back when splicing a reconstruction into the model.
+**The z convention (its one home).** attnscope's `z` for layer L is `blocks.L.attn.hook_z`
+(`[batch, pos, head, d_head]`) exactly as TransformerLens' `HookedTransformer` computes it after its default weight
+processing (`fold_ln`, `center_writing_weights`, `fold_value_biases`), the setting the paper's SAEs were trained in.
+`TransformerBridge` runs the raw Hugging Face weights, whose z differs from that by a constant per head:
+
+    c[L, h] = b_V[L, h] + ln1_b[L] @ W_V[L, h]        ([head, d_head])
+
+`fold_ln` first moves the pre-attention LayerNorm's bias through the value weights into `b_V`, then
+`fold_value_biases` moves that whole bias into `b_O`. Because every attention row sums to 1, c contributes exactly c
+to each head's z whatever the prompt, so `z = raw z - c` (`LoadedModel.z_offset`). For RMSNorm models (no norm
+bias) c is `b_V`; for models without value biases and without a norm bias it is zero. Every place that captures,
+splices, zero-ablates or decomposes z goes through `z_offset`; `tests/reference/` holds HookedTransformer's own
+`hook_z` on which this is checked.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
-from sae import zoo
+from sae.engine.errors import AttnscopeError
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(AttnscopeError):
     """A model could not be loaded; the message is one line meant for the user."""
 
 
@@ -81,6 +88,7 @@ class LoadedModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    _z_offsets: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def cfg(self):
@@ -131,13 +139,15 @@ class LoadedModel:
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer} is outside the model ({self.name} has layers 0..{self.n_layers - 1})")
 
-    def value_bias(self, layer: int) -> torch.Tensor:
-        """Per-head value bias `b_V[layer]`, `[head, d_head]` (zeros for models without one)."""
+    def z_offset(self, layer: int) -> torch.Tensor:
+        """The per-head constant `c = b_V + ln1_b @ W_V` that processed z lacks, `[head, d_head]` (model dtype).
+
+        See the module docstring; computed once per layer in float32 from the raw weights.
+        """
         self.check_layer(layer)
-        b_v = getattr(self.bridge, "b_V", None)
-        if b_v is None:
-            return torch.zeros(self.n_heads, self.d_head, device=self.device)
-        return b_v[layer].detach()
+        if layer not in self._z_offsets:
+            self._z_offsets[layer] = _z_offset(self.bridge, layer, self.n_heads, self.d_head)
+        return self._z_offsets[layer].to(device=self.device, dtype=self.dtype)
 
     # ---- tokens ---------------------------------------------------------------------------------------
 
@@ -177,7 +187,7 @@ class LoadedModel:
 
         def grab(z: torch.Tensor, hook) -> torch.Tensor:
             layer = layer_of_hook(hook.name)
-            out[layer] = (z - self.value_bias(layer)).flatten(-2).detach()
+            out[layer] = (z - self.z_offset(layer)).flatten(-2).detach()
             return z
 
         # hook names in the bridge resolve aliases; register under the canonical TL name.
@@ -210,7 +220,7 @@ class LoadedModel:
 
         def make(layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
             def hook(z: torch.Tensor, hook) -> torch.Tensor:
-                b_v = self.value_bias(layer)
+                b_v = self.z_offset(layer)
                 flat = (z - b_v).flatten(-2)
                 new = fn(flat).to(z.dtype).reshape(z.shape)
                 return new + b_v
@@ -219,6 +229,38 @@ class LoadedModel:
 
         hooks = [(z_hook_name(layer), make(layer, fn)) for layer, fn in z_fns.items()]
         return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def _value_bias_absent(attn: torch.nn.Module) -> bool:
+    """Whether the attention module has no value-bias parameter (so b_V = 0 is the truth, not a guess)."""
+    names = [n for n, _ in attn.named_parameters()]
+    return not any(n.endswith("bias") and any(k in n for k in ("v_proj", "value", "c_attn", "qkv", "W_pack", "Wqkv"))
+                   for n in names)
+
+
+def _z_offset(bridge: object, layer: int, n_heads: int, d_head: int) -> torch.Tensor:
+    """`b_V[layer] + ln1_b[layer] @ W_V[layer]`, `[head, d_head]` float32 on the weights' device."""
+    W_V = bridge.W_V[layer].detach().float()  # [head, d_model, d_head]
+    try:
+        b_v = bridge.b_V[layer].detach().float()  # [head, d_head]
+    except (AttributeError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
+        attn = bridge.blocks[layer].attn
+        if not _value_bias_absent(attn):
+            raise ModelLoadError(
+                f"layer {layer}'s attention has a value bias that TransformerBridge does not expose as b_V; "
+                "attnscope cannot compute its z convention for this architecture"
+            ) from exc
+        b_v = torch.zeros(n_heads, d_head, device=W_V.device)
+    ln1 = getattr(bridge.blocks[layer], "ln1", None)
+    ln_bias = None
+    if ln1 is not None:
+        inner = getattr(ln1, "original_component", None) or getattr(ln1, "_original_component", None) or ln1
+        ln_bias = getattr(inner, "bias", None)
+    if ln_bias is not None:  # RMSNorm, or no norm before attention: nothing is folded through W_V
+        b_v = b_v + torch.einsum("m,hmd->hd", ln_bias.detach().float(), W_V)
+    if b_v.shape[0] != n_heads:  # grouped-query attention: each query head reads its kv head's values
+        b_v = b_v.repeat_interleave(n_heads // b_v.shape[0], dim=0)
+    return b_v
 
 
 def _quiet_transformers() -> None:
@@ -255,13 +297,16 @@ def _is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
 
-def load_model(name: str = "default", device: str = "auto", dtype: str | torch.dtype = "float32") -> LoadedModel:
+def load_model(
+    name: str, device: str = "auto", dtype: str | torch.dtype = "float32", display_name: str | None = None
+) -> LoadedModel:
     """Load a causal LM by Hugging Face name or local directory (Hugging Face layout) through TransformerBridge.
 
-    `name="default"` opens the embedded default shipped inside the package. A local directory never touches
-    the network (HF_HUB_OFFLINE is set for the duration of the load).
+    A local directory never touches the network (HF_HUB_OFFLINE is set for the duration of the load).
+    `display_name` is what `LoadedModel.name` shows (default: `name`). The embedded default is not known here:
+    `sae.zoo.load_model` resolves "default" to its directory and calls this.
     """
-    path = zoo.resolve_model(name)
+    path = name
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     local = _is_local(path)
@@ -270,8 +315,6 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{p} has no config.json: not a model directory in Hugging Face layout")
         path = str(p.resolve())
-    elif name == "default":
-        raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
 
     old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     # A local dir is read from disk by transformers without any hub call. For a hub name, a hub that does not
@@ -300,5 +343,4 @@ def load_model(name: str = "default", device: str = "auto", dtype: str | torch.d
             else:
                 os.environ[k] = v
     bridge.eval()
-    display = zoo.DEFAULT_NAME if Path(path) == zoo.DEFAULT_MODEL_DIR.resolve() else name
-    return LoadedModel(bridge=bridge, name=display, device=dev, dtype=dt)
+    return LoadedModel(bridge=bridge, name=display_name or name, device=dev, dtype=dt)

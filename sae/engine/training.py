@@ -34,13 +34,15 @@ from sae.engine.activations import ActivationBuffer, ZSource, rows_digest
 from sae.engine.formats import save_sae
 from sae.engine.models import z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
+from sae.engine.errors import AttnscopeError
+from sae.engine.jobs import CancelToken
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "train_config.json"
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-class TrainingError(Exception):
+class TrainingError(AttnscopeError):
     """Training could not start or had to stop; the message is one line meant for the user."""
 
 
@@ -356,7 +358,9 @@ def sae_dir_name(layer: int) -> str:
 
 
 def _cancelled(cancel: Any) -> bool:
-    """`cancel` is a `threading.Event` or a zero-argument callable (the `sae.engine.cancel` convention)."""
+    """`cancel` is a `sae.engine.jobs.CancelToken`, a `threading.Event` or a zero-argument callable."""
+    if isinstance(cancel, CancelToken):
+        return cancel.cancelled
     return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 
@@ -536,7 +540,7 @@ class Trainer:
         info.update(extra)
         try:
             self.on_progress(info)
-        except Exception:  # a broken display must not kill a long run
+        except Exception:  # noqa: BLE001 - a broken display must not kill a long run
             pass
 
     def _train_layer(self, layer: int, st: LayerState, x: torch.Tensor, log: bool) -> torch.Tensor:

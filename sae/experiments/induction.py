@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from sae.engine.activations import pack_tokens, usable_token_ids
-from sae.engine.cancel import CancelToken, ProgressFn, Steps
+from sae.engine.jobs import CancelToken, ProgressFn, Steps
 from sae.analysis.dfa import pattern_hook_name
 from sae.engine.models import LoadedModel
 
@@ -211,8 +211,8 @@ def synthetic_induction(
     seed: int = 0,
     batch_size: int = 32,
     threshold: float = INDUCTION_THRESHOLD,
-    on_progress: ProgressFn = None,
-    cancel: CancelToken = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
 ) -> SyntheticInduction:
     """Induction score and DLA of every head at each prefix length, `n` sequences per length."""
     if n <= 0:
@@ -224,7 +224,7 @@ def synthetic_induction(
     pool = _vocab_pool(model)
     L, H = model.n_layers, model.n_heads
     n_batches = -(-n // batch_size)
-    steps = Steps(len(lengths) * n_batches, on_progress, cancel)
+    steps = Steps("induction", len(lengths) * n_batches, on_progress, cancel, unit="batches")
     score_sum = torch.zeros(len(lengths), L, H, dtype=torch.float64)
     dla_sum = torch.zeros(len(lengths), L, H, dtype=torch.float64)
     for li, p in enumerate(lengths):
@@ -265,7 +265,7 @@ def _score_batch(model: LoadedModel, batch: RepeatedPrefixBatch) -> tuple[torch.
 
     def grab_z(z: torch.Tensor, hook) -> None:
         layer = int(hook.name.split(".")[1])
-        zs[layer] = (z[b_idx.to(z.device), q.to(z.device)] - model.value_bias(layer)).detach().float()
+        zs[layer] = (z[b_idx.to(z.device), q.to(z.device)] - model.z_offset(layer)).detach().float()
 
     def grab_scale(scale: torch.Tensor, hook) -> None:
         grabbed["scale"] = scale[b_idx.to(scale.device), q.to(scale.device)].detach().float()
@@ -340,8 +340,8 @@ def real_text_induction(
     seed: int = 0,
     batch_size: int = 16,
     source: str = "held-out text",
-    on_progress: ProgressFn = None,
-    cancel: CancelToken = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
 ) -> RealTextInduction:
     """Matched prefix lengths of strong attention on `texts`, and the src-2 replacement test, per head."""
     seq_len = min(seq_len, model.n_ctx)
@@ -350,7 +350,7 @@ def real_text_induction(
         raise ValueError(f"the text is shorter than one row of {seq_len} tokens")
     L, H = model.n_layers, model.n_heads
     n_batches = -(-len(rows) // batch_size)
-    steps = Steps(2 * n_batches, on_progress, cancel)
+    steps = Steps("induction", 2 * n_batches, on_progress, cancel, unit="batches")
     events: dict[tuple[int, int], list[tuple[int, int, int, float, int]]] = {(l, h): [] for l in range(L) for h in range(H)}
     toks_list = rows.tolist()
     for start in range(0, len(rows), batch_size):

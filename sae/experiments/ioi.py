@@ -27,16 +27,17 @@ from typing import Callable, Sequence
 import torch
 
 from sae.experiments import ioi_data
-from sae.engine.cancel import CancelToken, ProgressFn, Steps
+from sae.engine.jobs import CancelToken, ProgressFn, Steps
 from sae.experiments.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
+from sae.engine.errors import AttnscopeError
 
 NEEDS_SAES = {"splice", "features", "path"}
 ZFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class IOIError(ValueError):
+class IOIError(AttnscopeError, ValueError):
     """Bad input to an IOI experiment; the message is one line for the user."""
 
 
@@ -172,7 +173,7 @@ def run_logits(model: LoadedModel, tokens: torch.Tensor, z_fns: dict[int, ZFn] |
 
 def _raw_z_hook(model: LoadedModel, layer: int, fn: ZFn):
     def hook(z: torch.Tensor, hook) -> torch.Tensor:
-        b_v = model.value_bias(layer)
+        b_v = model.z_offset(layer)
         return fn((z - b_v).flatten(-2)).to(z.dtype).reshape(z.shape) + b_v
 
     return hook
@@ -351,8 +352,8 @@ def default_noising_layers(model: LoadedModel) -> list[int]:
     return sorted({max(min(m + 1, last_useful) - 1, 0), min(m + 1, last_useful)})
 
 
-def run_clean(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn = None, cancel: CancelToken = None) -> dict:
-    steps = Steps(_n_batches(len(data), batch_size), on_progress, cancel)
+def run_clean(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict:
+    steps = Steps("ioi", _n_batches(len(data), batch_size), on_progress, cancel, unit="batches")
     ld = batched_logit_diffs(model, data, batch_size, steps)
     out = _header(model, data, "clean", ld)
     o = _by_order(ld, data)
@@ -362,7 +363,7 @@ def run_clean(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progre
     return out
 
 
-def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_size: int = 32, on_progress: ProgressFn = None, cancel: CancelToken = None) -> dict:
+def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict:
     """Logit difference with SAEs spliced in: each layer alone and all layers, with and without the error term."""
     if not saes:
         raise IOIError("the splice experiment needs at least one SAE")
@@ -371,7 +372,7 @@ def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_si
     if len(layers) > 1:
         settings += [(str(l), [l], False) for l in layers]
     nb = _n_batches(len(data), batch_size)
-    steps = Steps(nb * (len(settings) + 1), on_progress, cancel)
+    steps = Steps("ioi", nb * (len(settings) + 1), on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     out = _header(model, data, "splice", clean)
     records = []
@@ -388,11 +389,11 @@ def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_si
     return out
 
 
-def run_heads(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn = None, cancel: CancelToken = None) -> dict:
+def run_heads(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict:
     """Change in logit difference when each head's z is zeroed, or set to its mean over every prompt token."""
     L, H = model.n_layers, model.n_heads
     nb = _n_batches(len(data), batch_size)
-    steps = Steps(nb * (2 + 2 * L * H), on_progress, cancel)
+    steps = Steps("ioi", nb * (2 + 2 * L * H), on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     means = _mean_z(model, data, batch_size, steps)  # [layer, d_z]
     records = []
@@ -430,7 +431,7 @@ def _mean_z(model: LoadedModel, data: IOIData, batch_size: int, steps: Steps) ->
 
 def run_features(
     model: LoadedModel, data: IOIData, sae: SAE, layer: int, top: int = 10, batch_size: int = 32,
-    on_progress: ProgressFn = None, cancel: CancelToken = None,
+    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> dict:
     """Zero-ablate each live feature of `sae` (at `layer`) at S2 only; rank features by |change in logit diff|.
 
@@ -439,7 +440,7 @@ def run_features(
     """
     _check_layers(model, [layer])
     nb = _n_batches(len(data), batch_size)
-    steps = Steps(3 * nb, on_progress, cancel)
+    steps = Steps("ioi", 3 * nb, on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     z_s2 = capture_at(model, data, [layer], data.s2, batch_size, steps)[layer]
     with torch.no_grad():
@@ -478,7 +479,7 @@ def run_features(
 def run_path(
     model: LoadedModel, data: IOIData, sae: SAE, layer: int, features: Sequence[int] | None = None,
     heads: Sequence[tuple[int, int]] | None = None, top: int = 3, batch_size: int = 32,
-    on_progress: ProgressFn = None, cancel: CancelToken = None,
+    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> dict:
     """Remove each feature's `act * W_dec[i] W_O` at S2 from the value input of each chosen later head.
 
@@ -507,7 +508,7 @@ def run_path(
         if not 0 <= i < sae.cfg.d_sae:
             raise IOIError(f"feature {i} is outside the SAE (d_sae = {sae.cfg.d_sae})")
     nb = _n_batches(len(data), batch_size)
-    steps = Steps(2 * nb, on_progress, cancel)
+    steps = Steps("ioi", 2 * nb, on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     z_s2 = capture_at(model, data, [layer], data.s2, batch_size, steps)[layer]
     with torch.no_grad():
@@ -553,7 +554,7 @@ def s2_only(data: IOIData, model: LoadedModel) -> IOIData:
 def run_noising(
     model: LoadedModel, data: IOIData, layers: Sequence[int] | None = None,
     corruptions: Sequence[str] = tuple(ioi_data.CORRUPTIONS), batch_size: int = 32,
-    on_progress: ProgressFn = None, cancel: CancelToken = None,
+    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> dict:
     """Patch z (hence the attention output) at S2 in `layers` from each corrupted variant at its own S2.
 
@@ -568,7 +569,7 @@ def run_noising(
             raise IOIError(f"unknown corruption {c!r}; expected one of {', '.join(ioi_data.CORRUPTIONS)}")
     sets = [[l] for l in layers] + ([layers] if len(layers) > 1 else [])
     nb = _n_batches(len(data), batch_size)
-    steps = Steps(nb * (2 + len(corruptions) * (2 + len(sets))), on_progress, cancel)
+    steps = Steps("ioi", nb * (2 + len(corruptions) * (2 + len(sets))), on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     c_mean = _mean(clean)
     references: list[dict] = [{"reference": "clean", "logit_diff": c_mean, "fraction": _ratio(c_mean, c_mean)}]
@@ -621,7 +622,7 @@ def run_experiment(
     name: str, model: LoadedModel, data: IOIData, saes: dict[int, SAE] | None = None, *, layer: int | None = None,
     layers: Sequence[int] | None = None, features: Sequence[int] | None = None,
     heads: Sequence[tuple[int, int]] | None = None, top: int = 10, batch_size: int = 32,
-    on_progress: ProgressFn = None, cancel: CancelToken = None,
+    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> dict:
     """Dispatch to one experiment by name (a key of `EXPERIMENTS`)."""
     if name not in EXPERIMENTS:
@@ -666,12 +667,9 @@ def saes_by_layer(loaded: object) -> dict[int, SAE]:
 
 def load_saes(spec: str, model: LoadedModel) -> dict[int, SAE]:
     """`{layer: SAE}` from `sae.engine.formats.load_sae_set`, checked against `model` and moved to its device."""
-    from sae.engine.formats import SAEFormatError, load_sae_set
+    from sae.engine.formats import load_sae_set
 
-    try:
-        saes = saes_by_layer(load_sae_set(spec, model, device=model.device))
-    except SAEFormatError as exc:
-        raise IOIError(str(exc)) from None
+    saes = saes_by_layer(load_sae_set(spec, model, device=model.device))  # SAEFormatError reaches the caller as is
     for sae in saes.values():
         sae.to(model.device).eval()
         if sae.cfg.d_in != model.d_z:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass
+from sae.engine.errors import AttnscopeError
 
 # [A] is the IO, [B] the subject; written in BABA order (S first), ABBA swaps the first pair.
 BABA_TEMPLATES: list[str] = [
@@ -137,7 +138,7 @@ from typing import Callable, Sequence  # noqa: E402  (kept beside the additions 
 Encode = Callable[[str], list[int]]
 
 
-class NameTokenError(ValueError):
+class NameTokenError(AttnscopeError, ValueError):
     """The tokenizer splits (almost) every name into several tokens, so IOI prompts cannot be built."""
 
 

@@ -1,8 +1,18 @@
-"""Where the embedded default model and its SAEs live inside the installed package."""
+"""The embedded default: its model, SAEs and corpus shipped in `default/`, the builder that made them, and the
+doors that resolve the name "default" to them (the engine below knows no default).
+
+May import `sae.engine`, `sae.analysis` and `sae.experiments`; never `sae.cli` or `workbench`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "model"
@@ -11,11 +21,54 @@ MODEL_CARD = DEFAULT_DIR / "MODEL_CARD.md"
 DEFAULT_NAME = "attnscope-default"
 
 
+def is_default(name: str | Path) -> bool:
+    return str(name) in ("default", DEFAULT_NAME)
+
+
 def resolve_model(name: str) -> str:
     """Map the user's `--model` value to something `load_model` can open ("default" -> the shipped dir)."""
-    return str(DEFAULT_MODEL_DIR) if name in ("default", DEFAULT_NAME) else name
+    return str(DEFAULT_MODEL_DIR) if is_default(name) else name
 
 
-def resolve_saes(spec: str) -> str:
+def resolve_saes(spec: str | Path) -> str:
     """Map the user's `--saes` value ("default" -> the shipped SAE dir)."""
-    return str(DEFAULT_SAES_DIR) if spec in ("default", DEFAULT_NAME) else spec
+    return str(DEFAULT_SAES_DIR) if is_default(spec) else str(spec)
+
+
+def load_model(name: str = "default", device: str = "auto", dtype: str = "float32") -> "LoadedModel":
+    """`sae.engine.models.load_model` with "default" meaning the embedded model (named `attnscope-default`)."""
+    from sae.engine.models import ModelLoadError
+    from sae.engine.models import load_model as load
+
+    if is_default(name) or Path(name).expanduser().resolve() == DEFAULT_MODEL_DIR.resolve():
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
+        return load(str(DEFAULT_MODEL_DIR), device=device, dtype=dtype, display_name=DEFAULT_NAME)
+    return load(name, device=device, dtype=dtype)
+
+
+def load_sae_set(spec: str | Path, model: "LoadedModel | None" = None, device: "str | torch.device" = "cpu") -> "dict[int, SAE]":
+    """`sae.engine.formats.load_sae_set` with "default" meaning the embedded SAEs."""
+    from sae.engine.formats import SAEFormatError
+    from sae.engine.formats import load_sae_set as load
+
+    if is_default(spec) and not DEFAULT_SAES_DIR.is_dir():
+        raise SAEFormatError("the embedded default SAEs are missing from this install")
+    return load(resolve_saes(spec), model, device=device)
+
+
+def corpus_texts(spec: str | Path, split: str = "train", synthetic: bool = True) -> list[str]:
+    """Documents of a corpus: "default" (the embedded corpus's `split`, "train" or "heldout") or a file or
+    directory on disk (`sae.engine.activations.read_corpus`; `split` does not apply)."""
+    from sae.engine.activations import CorpusError, read_corpus
+
+    if not is_default(spec):
+        if not Path(spec).expanduser().exists():
+            raise CorpusError(f"corpus {str(spec)!r} is neither 'default' nor an existing file or directory")
+        return read_corpus(spec)
+    from sae.zoo import corpus
+
+    docs = list(corpus.documents(split, synthetic=synthetic))
+    if not docs:
+        raise CorpusError(f"the embedded corpus has no {split!r} documents")
+    return docs

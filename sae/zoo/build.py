@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sae import zoo
 from sae.zoo.lm import LMConfig, train_lm
+
+if TYPE_CHECKING:
+    from sae.engine.training import TrainConfig
 
 # SAE recipe for the default (d_in = 4 heads x 32 = 128): width 8x, top-k. The paper's standard (ReLU + L1)
 # architecture needs an L1 coefficient tuned per layer because z norms differ by ~10x between layers here; top-k
@@ -80,7 +83,7 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
     from sae.engine.models import load_model
     from sae.engine.training import train_saes
 
-    model = load_model(str(out_dir / "model"), device="cpu")
+    model = load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME)
     rows = pack_tokens(corpus.documents("train"), model.encode, 128, model.bos_token_id)
     cfg = default_sae_config(list(range(model.n_layers)), tokens)
     last = [0.0]
@@ -97,9 +100,11 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
 
 
 def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
-    from sae.cli.zoo import measure
+    from sae.zoo.measure import measure
 
-    ph = measure(str(out_dir / "model"), device="cpu")
+    from sae.engine.models import load_model
+
+    ph = measure(load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME))
     (out_dir / "phenomena.json").write_text(json.dumps(ph, indent=2))
     sae_section = ""
     if (out_dir / "saes").exists():
@@ -121,10 +126,16 @@ def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 512) 
     from sae.engine.metrics import evaluate_saes
     from sae.engine.models import load_model
 
-    model = load_model(str(model_dir), device="cpu")
+    model = load_model(str(model_dir), device="cpu", display_name=zoo.DEFAULT_NAME)
     saes = load_sae_set(str(saes_dir), model=model)
     rows = pack_tokens(corpus.documents("heldout"), model.encode, 128, model.bos_token_id, max_rows=max_rows)
-    return [r.to_dict() for r in evaluate_saes(model, saes, rows)]
+    home = Path(saes_dir).resolve().parent
+    out = [r.to_dict() for r in evaluate_saes(model, saes, rows)]
+    for r in out:  # paths relative to the default's folder (saes/blocks.L.attn.hook_z), not to the build machine
+        p = Path(r.get("path") or "")
+        if p.is_absolute() and p.is_relative_to(home):
+            r["path"] = str(p.relative_to(home))
+    return out
 
 
 def sae_metrics_markdown(results: list[dict]) -> str:
@@ -145,7 +156,7 @@ def sae_metrics_markdown(results: list[dict]) -> str:
 
 
 def card_markdown(ph: dict, sae_section: str, cfg: dict) -> str:
-    from sae.cli.zoo import phenomena_markdown
+    from sae.zoo.measure import phenomena_markdown
 
     return "\n".join(
         [

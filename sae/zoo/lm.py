@@ -220,7 +220,7 @@ def prev_token_score_hf(model, rows: torch.Tensor) -> float:
     """Best head's mean attention from t to t-1 on `rows [batch, pos]` (eager attention, patterns returned)."""
     from sae.experiments.phenomena import prev_token_score_from_pattern
 
-    impl = model.config._attn_implementation
+    impl = model.config._attn_implementation  # noqa: SLF001 - transformers keeps the active implementation only here
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():

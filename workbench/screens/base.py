@@ -66,6 +66,12 @@ class WorkbenchScreen(Screen):
 
     MODE = ""
 
+    def on_mount(self) -> None:
+        """Let the app find this screen in any mode (see `WorkbenchApp.screens_of`); subclasses' `on_mount` run too."""
+        register = getattr(self.app, "mode_screens", None)
+        if register is not None and self.MODE:
+            register[self.MODE] = self
+
     @property
     def wb(self) -> "WorkbenchApp":
         return self.app  # type: ignore[return-value]

@@ -10,47 +10,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import JobHandle, one_line
+from workbench.engine import ExperimentView, one_line
 from workbench.findings import Finding, md_bars, md_table
-from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.messages import JobFinished
+from workbench.screens.base import NavBar, StatusLine
+from workbench.screens.jobs import JobScreen
 from workbench.widgets.bars import signed_bars
-
-
-class JobScreen(WorkbenchScreen):
-    """A screen that runs one long engine job at a time with a progress bar and a cancel key."""
-
-    JOB_KIND = ""
-    AUTO_FOCUS = ""  # nothing: single-letter keys act at once; tab walks into the form, escape leaves it
-    job: JobHandle | None = None
-
-    def action_leave_field(self) -> None:
-        self.set_focus(None)
-
-    def job_running(self) -> bool:
-        return self.job is not None and self.job.running
-
-    def action_cancel(self) -> None:
-        if self.job_running():
-            self.job.cancel()
-            self.query_one(StatusLine).say("stopping after the current batch ...")
-        else:
-            self.query_one(StatusLine).say("nothing is running")
-
-    def on_job_progress(self, m: JobProgress) -> None:
-        if m.kind != self.JOB_KIND or self.job is None or m.job_id != self.job.id:
-            return
-        bar = self.query_one(ProgressBar)
-        if m.info.get("total"):
-            bar.update(total=m.info["total"], progress=m.info.get("done", 0))
-
-    def on_job_cancelled(self, m: JobCancelled) -> None:
-        if m.kind == self.JOB_KIND:
-            self.query_one(StatusLine).say("cancelled")
-
-    def on_job_failed(self, m: JobFailed) -> None:
-        if m.kind == self.JOB_KIND:
-            self.query_one(StatusLine).error(m.error)
 
 
 class InductionScreen(JobScreen):
@@ -144,7 +109,7 @@ class IOIScreen(JobScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.result: Any = None
+        self.result: ExperimentView | None = None
         self.records: list[dict[str, Any]] = []
         self.sort_key: str | None = None
         self.sort_desc = True
@@ -207,11 +172,11 @@ class IOIScreen(JobScreen):
             return
         self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
-        view = m.result
-        self.records = list(view.get("records", []))
-        self.sort_key = view.get("sort_key")
+        view: ExperimentView = m.result
+        self.records = [dict(r) for r in view.records]
+        self.sort_key = view.sort_key
         self.draw_table()
-        self.query_one(StatusLine).say(view.get("summary", "done"))
+        self.query_one(StatusLine).say(view.summary)
 
     def draw_table(self) -> None:
         table = self.query_one("#ioi-table", DataTable)
@@ -256,16 +221,17 @@ class IOIScreen(JobScreen):
             return None
         v = self.result
         cols = list(self.records[0].keys()) if self.records else []
-        body = [v.get("summary", ""), ""]
+        body = [v.summary, ""]
         if cols:
             body.append(md_table(cols, [list(r.values()) for r in self.records[:20]]))
             if self.sort_key:
                 top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=True)[:10]
                 body += ["", md_bars([str(r[cols[0]]) for r in top], [_num(r[self.sort_key]) for r in top])]
         info = self.engine.info
-        return Finding(kind="experiment", title=f"IOI {v.get('experiment', '')} (N={v.get('n_prompts', '?')})",
-                       body="\n".join(body), model=info.model if info else "", layer=v.get("layer"),
-                       data={k: val for k, val in v.items() if k != "raw"})
+        return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
+                       body="\n".join(body), model=info.model if info else "", layer=v.layer,
+                       data={**v.fields, "summary": v.summary, "records": [dict(r) for r in v.records],
+                             "sort_key": v.sort_key})
 
 
 def _num(v: Any) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 from rich.text import Text
@@ -13,7 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
-from workbench.engine import CellDetail, EngineError, StaleRequest, one_line
+from workbench.engine import AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, one_line
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -38,9 +37,9 @@ class ExploreScreen(WorkbenchScreen):
         super().__init__()
         self.sae_layer: int | None = None
         self.prompt = ""
-        self.result: dict[str, Any] | None = None
+        self.result: PromptView | None = None
         self.detail: CellDetail | None = None
-        self.summary: dict[str, Any] | None = None
+        self.summary: DashboardView | None = None
         self._typing: Timer | None = None
 
     def compose(self) -> ComposeResult:
@@ -99,7 +98,7 @@ class ExploreScreen(WorkbenchScreen):
             return
         parts = [info.model, f"layer {self.sae_layer}", f"SAE {info.d_sae.get(self.sae_layer, '?')} features"]
         if self.result:
-            parts.insert(0, f"{len(self.result['tokens'])} tokens")
+            parts.insert(0, f"{len(self.result.tokens)} tokens")
         if extra:
             parts.append(extra)
         status.say(" · ".join(parts))
@@ -136,7 +135,7 @@ class ExploreScreen(WorkbenchScreen):
             res = await self.engine.features(prompt, layer)
         except StaleRequest:
             return
-        except (EngineError, ValueError) as exc:
+        except (AttnscopeError, ValueError) as exc:
             status.error(one_line(exc))
             return
         except Exception as exc:  # noqa: BLE001
@@ -144,10 +143,10 @@ class ExploreScreen(WorkbenchScreen):
             self.notify(one_line(exc), title="Explore", severity="error")
             return
         self.result = res
-        values = res["values"] if res["values"] is not None else np.zeros((len(res["tokens"]), 0))
-        self.query_one("#heatmap", Heatmap).set_data(HeatmapData(res["tokens"], res["columns"], values))
-        note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res["truncated"] else ""
-        if not res["columns"]:
+        values = res.values if res.values is not None else np.zeros((len(res.tokens), 0))
+        self.query_one("#heatmap", Heatmap).set_data(HeatmapData(res.tokens, res.columns, values))
+        note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res.truncated else ""
+        if not res.columns:
             note = "no feature fires on this prompt"
         self.refresh_status(note)
 
@@ -155,10 +154,10 @@ class ExploreScreen(WorkbenchScreen):
 
     @on(CellSelected)
     def cell_selected(self, event: CellSelected) -> None:
-        if not self.result or not self.result["columns"]:
+        if not self.result or not self.result.columns:
             return
-        feature = self.result["columns"][event.column]
-        self.run_worker(self._cell(self.result["layer"], event.pos, feature), group="cell", exclusive=True)
+        feature = self.result.columns[event.column]
+        self.run_worker(self._cell(self.result.layer, event.pos, feature), group="cell", exclusive=True)
 
     async def _cell(self, layer: int, pos: int, feature: int) -> None:
         try:
@@ -169,7 +168,7 @@ class ExploreScreen(WorkbenchScreen):
             self.query_one("#cell-title", Static).update(Text(one_line(exc), style="red"))
             return
         self.detail = detail
-        tokens = self.result["tokens"] if self.result else []
+        tokens = self.result.tokens if self.result else []
         tok = escape_token(tokens[pos]) if pos < len(tokens) else "?"
         title = Text(f"L{layer} feature {feature}", style="bold")
         title.append(f"  at {pos} {tok!r}\n", style="bold")
@@ -231,7 +230,7 @@ class ExploreScreen(WorkbenchScreen):
         hm = self.query_one("#heatmap", Heatmap)
         if not self.result or hm.selected is None:
             return None
-        return self.result["layer"], self.result["columns"][hm.selected[1]]
+        return self.result.layer, self.result.columns[hm.selected[1]]
 
     def action_open_saes(self) -> None:
         self.wb.action_open_saes()
@@ -240,7 +239,7 @@ class ExploreScreen(WorkbenchScreen):
         if not self.result or self.detail is None:
             return None
         d, r = self.detail, self.result
-        tokens = r["tokens"]
+        tokens = r.tokens
         heads = [f"H{h}" for h in range(len(d.dfa_heads))]
         body = [
             f"Feature {d.feature} at token {d.pos} of the prompt: act {d.act:.4g}, pre-activation {d.pre_act:.4g}.",
@@ -259,30 +258,30 @@ class ExploreScreen(WorkbenchScreen):
         ]
         info = self.engine.info
         return Finding(
-            kind="cell", title=f"L{r['layer']} feature {d.feature} on {escape_token(tokens[d.pos])!r}",
+            kind="cell", title=f"L{r.layer} feature {d.feature} on {escape_token(tokens[d.pos])!r}",
             body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
-            layer=r["layer"], data={"prompt": self.prompt, "pos": d.pos, "feature": d.feature,
+            layer=r.layer, data={"prompt": self.prompt, "pos": d.pos, "feature": d.feature,
                                     "dfa_heads": d.dfa_heads, "dfa_bias": d.dfa_bias, "dfa_src": d.dfa_src},
         )
 
 
-def summary_text(s: dict[str, Any]) -> Text:
-    """The short dashboard summary: label, density, top examples (active token bold), top logits."""
+def summary_text(s: DashboardView) -> Text:
+    """The short dashboard summary: label (the feature's family), density, top examples (active token bold), top
+    logits."""
     text = Text()
-    if s.get("label"):
-        text.append(f"{s['label']}\n", style="bold")
-    if s.get("density") is not None:
-        text.append(f"density {s['density']:.2%}\n", style="dim")
-    for ex in s.get("examples", [])[:3]:
-        toks, active = ex["tokens"], ex["active"]
+    if s.label:
+        text.append(f"{s.label}\n", style="bold")
+    if s.density is not None:
+        text.append(f"density {s.density:.2%}\n", style="dim")
+    for ex in s.examples[:3]:
         line = Text("▸ ")
-        for i, t in enumerate(toks):
-            line.append(escape_token(t), style="bold reverse" if i == active else "")
-        line.append(f"  {ex.get('act', 0):.2f}", style="dim")
+        for i, t in enumerate(ex.tokens):
+            line.append(escape_token(t), style="bold reverse" if i == ex.active else "")
+        line.append(f"  {ex.act:.2f}", style="dim")
         text.append_text(line)
         text.append("\n")
-    if s.get("top_logits"):
-        text.append("↑ " + " ".join(escape_token(t) for t, _ in s["top_logits"][:6]) + "\n", style="green")
-    if s.get("bottom_logits"):
-        text.append("↓ " + " ".join(escape_token(t) for t, _ in s["bottom_logits"][:6]), style="red")
+    if s.top_logits:
+        text.append("↑ " + " ".join(escape_token(t) for t, _ in s.top_logits[:6]) + "\n", style="green")
+    if s.bottom_logits:
+        text.append("↓ " + " ".join(escape_token(t) for t, _ in s.bottom_logits[:6]), style="red")
     return text

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
-from workbench.engine import StaleRequest, one_line
+from workbench.engine import DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, one_line
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobFinished, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -29,57 +29,57 @@ def context_text(tokens: list[str], active: int) -> Text:
     return line
 
 
-def dashboard_renderable(d: dict[str, Any]) -> Group:
-    """Draw a dashboard view dict (see `Engine.dashboard`) as rich renderables."""
+def dashboard_renderable(d: DashboardView) -> Group:
+    """Draw a dashboard view (see `Engine.dashboard`) as rich renderables."""
     parts: list[Any] = []
-    head = Text(f"L{d['layer']} feature {d['feature']}", style="bold")
-    if d.get("label"):
-        head.append(f"  {d['label']}", style="italic")
-    if d.get("density") is not None:
-        head.append(f"   density {d['density']:.3%}", style="dim")
-    if d.get("max_act") is not None:
-        head.append(f"   max act {d['max_act']:.3f}", style="dim")
+    head = Text(f"L{d.layer} feature {d.feature}", style="bold")
+    if d.label:
+        head.append(f"  {d.label}", style="italic")
+    if d.density is not None:
+        head.append(f"   density {d.density:.3%}", style="dim")
+    if d.max_act is not None:
+        head.append(f"   max act {d.max_act:.3f}", style="dim")
     parts.append(head)
-    if d.get("head_shares"):
+    if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([f"H{h}" for h in range(len(d["head_shares"]))], d["head_shares"], width=30))
-    if d.get("histogram"):
+        parts.append(signed_bars([f"H{h}" for h in range(len(d.head_shares))], d.head_shares, width=30))
+    if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
-        parts.append(histogram_text(d["histogram"]["counts"], d["histogram"].get("edges")))
-    if d.get("examples"):
+        parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
+    if d.examples:
         parts.append(Text("\nTop examples", style="bold"))
         t = Table(box=None, show_header=False, expand=True, pad_edge=False)
         t.add_column("act", width=7, justify="right", style="dim")
         t.add_column("context", ratio=1, no_wrap=True)
-        for ex in d["examples"]:
-            t.add_row(f"{ex.get('act', 0):.2f}", context_text(ex["tokens"], ex["active"]))
+        for ex in d.examples:
+            t.add_row(f"{ex.act:.2f}", context_text(ex.tokens, ex.active))
         parts.append(t)
-    for q in d.get("quantiles", []):
-        parts.append(Text(f"\nQuantile {q['range']}", style="bold"))
-        for ex in q["examples"][:3]:
-            line = Text(f"{ex.get('act', 0):6.2f} ", style="dim")
-            line.append_text(context_text(ex["tokens"], ex["active"]))
+    for q in d.quantiles:
+        parts.append(Text(f"\nQuantile {q.range}", style="bold"))
+        for ex in q.examples[:3]:
+            line = Text(f"{ex.act:6.2f} ", style="dim")
+            line.append_text(context_text(ex.tokens, ex.active))
             parts.append(line)
-    if d.get("top_logits") or d.get("bottom_logits"):
+    if d.top_logits or d.bottom_logits:
         parts.append(Text("\nLogit effects", style="bold"))
         t = Table(box=None, expand=True, pad_edge=False)
         t.add_column("promoted", style="green")
         t.add_column("", justify="right", style="dim")
         t.add_column("suppressed", style="red")
         t.add_column("", justify="right", style="dim")
-        tops, bots = d.get("top_logits", []), d.get("bottom_logits", [])
+        tops, bots = d.top_logits, d.bottom_logits
         for i in range(max(len(tops), len(bots))):
             a = tops[i] if i < len(tops) else ("", None)
             b = bots[i] if i < len(bots) else ("", None)
             t.add_row(repr(a[0]) if a[1] is not None else "", f"{a[1]:+.2f}" if a[1] is not None else "",
                       repr(b[0]) if b[1] is not None else "", f"{b[1]:+.2f}" if b[1] is not None else "")
         parts.append(t)
-    if d.get("top_dfa_src"):
-        s = d["top_dfa_src"]
+    if d.top_dfa_src:
+        s = d.top_dfa_src
         parts.append(Text("\nDFA by source of the top example", style="bold"))
-        parts.append(source_strip(s["tokens"], s["values"], upto=s["active"]))
-    if d.get("note"):
-        parts.append(Text("\n" + d["note"], style="dim"))
+        parts.append(source_strip(s.tokens, s.values, upto=s.active))
+    if d.note:
+        parts.append(Text("\n" + d.note, style="dim"))
     return Group(*parts)
 
 
@@ -97,8 +97,8 @@ class FeatureScreen(WorkbenchScreen):
         super().__init__()
         self.sae_layer: int | None = None
         self.feature: int | None = None
-        self.view: dict[str, Any] | None = None
-        self.trace: Any = None
+        self.view: DashboardView | None = None
+        self.trace: TraceView | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -137,7 +137,7 @@ class FeatureScreen(WorkbenchScreen):
             status.error(one_line(exc))
             return
         self.view = view
-        status.say(f"L{layer} feature {feature}" + ("" if view.get("built", True) else " · dashboards not built (b builds)"))
+        status.say(f"L{layer} feature {feature}" + ("" if view.built else " · dashboards not built (b builds)"))
         self.query_one("#dashboard", Static).update(dashboard_renderable(view))
 
     # ---- actions --------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class FeatureScreen(WorkbenchScreen):
         tree.clear()
         tree.root.set_label(Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold"))
 
-        def add(parent: Any, node: Any) -> None:
+        def add(parent: Any, node: TraceNodeView) -> None:
             for c in node.children:
                 label = Text(f"{c.value:+.3f} ", style="green" if c.value > 0 else "red")
                 label.append(escape_token(c.label))
@@ -224,8 +224,9 @@ class FeatureScreen(WorkbenchScreen):
 
     def on_job_progress(self, m: JobProgress) -> None:
         if m.kind == "dashboards":
-            i = m.info
-            self.query_one("#feature-status", StatusLine).say(f"building dashboards: {i.get('done', 0)}/{i.get('total', '?')}")
+            p = m.progress
+            self.query_one("#feature-status", StatusLine).say(
+                f"building dashboards: {p.done:,.0f}/{p.total:,.0f} {p.unit}" + (f" · {p.stage}" if p.stage else ""))
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind == "dashboards" and self.sae_layer is not None and self.feature is not None:
@@ -242,25 +243,25 @@ class FeatureScreen(WorkbenchScreen):
             return None
         d = self.view
         body = []
-        if d.get("examples"):
-            body += ["Top examples:", ""] + [f"- {ex.get('act', 0):.3f}: " + md_context(ex["tokens"], ex["active"])
-                                             for ex in d["examples"][:8]] + [""]
-        if d.get("top_logits"):
+        if d.examples:
+            body += ["Top examples:", ""] + [f"- {ex.act:.3f}: " + md_context(ex.tokens, ex.active)
+                                             for ex in d.examples[:8]] + [""]
+        if d.top_logits:
             body += ["Logit effects:", "", md_table(["promoted", "", "suppressed", ""], [
-                [a[0], a[1], b[0], b[1]] for a, b in zip(d.get("top_logits", []), d.get("bottom_logits", []))
+                [a[0], a[1], b[0], b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
             ]), ""]
-        if d.get("head_shares"):
-            body += ["Head shares of the decoder norm:", "", md_bars([f"H{h}" for h in range(len(d["head_shares"]))], d["head_shares"])]
+        if d.head_shares:
+            body += ["Head shares of the decoder norm:", "", md_bars([f"H{h}" for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
-        return Finding(kind="feature", title=f"L{d['layer']} feature {d['feature']}" + (f": {d['label']}" if d.get("label") else ""),
+        return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
-                       layer=d["layer"], data={"feature": d["feature"]})
+                       layer=d.layer, data={"feature": d.feature, "family": d.label} if d.label else {"feature": d.feature})
 
 
-def trace_finding(tr: Any, info: Any) -> Finding:
+def trace_finding(tr: TraceView, info: EngineInfo | None) -> Finding:
     lines = [f"Recursive DFA of L{tr.layer} feature {tr.feature} at position {tr.pos}.", "", "```text"]
 
-    def walk(node: Any, depth: int) -> None:
+    def walk(node: TraceNodeView, depth: int) -> None:
         lines.append(f"{'  ' * depth}{node.value:+.4f}  {node.label}")
         for c in node.children:
             walk(c, depth + 1)

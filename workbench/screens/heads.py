@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -13,18 +11,18 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import StaleRequest, one_line
+from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, one_line
 from workbench.findings import Finding, md_table
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 
 
-def _role(f: dict[str, Any]) -> str:
-    return f.get("family", "") + ("*" if f.get("source") == "human" else "")
+def _role(f: HeadFeatureView) -> str:
+    return f.family + ("*" if f.source == "human" else "")
 
 
-def verdict_cell(h: dict[str, Any]) -> Text:
-    poly = h.get("verdict") == "polysemantic"
-    n_fam = len({f.get("family") for f in h.get("features", []) if f.get("family")})
+def verdict_cell(h: HeadView) -> Text:
+    poly = h.verdict == "polysemantic"
+    n_fam = len({f.family for f in h.features if f.family})
     label = f"{'poly' if poly else 'mono'} {n_fam}f" if n_fam else ("poly" if poly else "mono")
     return Text(f" {label} ", style="bold white on dark_red" if poly else "bold black on green3")
 
@@ -39,8 +37,8 @@ class HeadsScreen(WorkbenchScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.survey: dict[str, Any] | None = None
-        self.head: dict[str, Any] | None = None
+        self.survey: HeadsView | None = None
+        self.head: HeadView | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -75,12 +73,12 @@ class HeadsScreen(WorkbenchScreen):
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)
         grid.clear(columns=True)
-        n_heads = max((h["head"] for h in survey["heads"]), default=-1) + 1
+        n_heads = max((h.head for h in survey.heads), default=-1) + 1
         grid.add_column("layer", key="layer")
         for h in range(n_heads):
             grid.add_column(f"H{h}", key=f"h{h}")
-        by = {(h["layer"], h["head"]): h for h in survey["heads"]}
-        for layer in sorted({h["layer"] for h in survey["heads"]}):
+        by = {(h.layer, h.head): h for h in survey.heads}
+        for layer in sorted({h.layer for h in survey.heads}):
             grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
         grid.focus()
         if n_heads:
@@ -88,20 +86,20 @@ class HeadsScreen(WorkbenchScreen):
             first = self._head_at_cursor()
             if first is not None:
                 self.show_head(first)
-        status.say(survey.get("summary", ""))
+        status.say(survey.summary)
 
-    def _head_at_cursor(self) -> dict[str, Any] | None:
+    def _head_at_cursor(self) -> HeadView | None:
         if not self.survey:
             return None
         grid = self.query_one("#heads-grid", DataTable)
         row, col = grid.cursor_coordinate
         if col == 0:
             return None
-        layers = sorted({h["layer"] for h in self.survey["heads"]})
+        layers = sorted({h.layer for h in self.survey.heads})
         if row >= len(layers):
             return None
-        for h in self.survey["heads"]:
-            if h["layer"] == layers[row] and h["head"] == col - 1:
+        for h in self.survey.heads:
+            if h.layer == layers[row] and h.head == col - 1:
                 return h
         return None
 
@@ -118,32 +116,31 @@ class HeadsScreen(WorkbenchScreen):
         self.show_head(h)
         self.query_one("#heads-side").focus()
 
-    def show_head(self, h: dict[str, Any]) -> None:
+    def show_head(self, h: HeadView) -> None:
         self.head = h
-        t = Table(box=None, expand=True, pad_edge=False, title=f"L{h['layer']}.H{h['head']}: {h.get('verdict', '')}",
+        t = Table(box=None, expand=True, pad_edge=False, title=f"L{h.layer}.H{h.head}: {h.verdict}",
                   title_style="bold", title_justify="left")
         t.add_column("feature", justify="right")
         t.add_column("share", justify="right")
         t.add_column("role (* human label)")
-        for f in h.get("features", [])[:10]:
-            t.add_row(str(f["id"]), f"{f.get('share', 0):.2f}", _role(f))
-        rule = Text(f"\nroles from {h.get('source', 'automatic')}", style="dim")
-        if self.survey and self.survey.get("rule"):
-            rule.append(f"\nRule: {self.survey['rule']}")
+        for f in h.features[:10]:
+            t.add_row(str(f.id), f"{f.share:.2f}", _role(f))
+        rule = Text(f"\nroles from {h.source}", style="dim")
+        if self.survey and self.survey.rule:
+            rule.append(f"\nRule: {self.survey.rule}")
         self.query_one("#head-detail", Static).update(Group(t, rule))
 
     def action_open_feature(self) -> None:
-        if self.head and self.head.get("features"):
-            self.wb.show_feature(self.head["layer"], self.head["features"][0]["id"])
+        if self.head and self.head.features:
+            self.wb.show_feature(self.head.layer, self.head.features[0].id)
 
     def current_finding(self) -> Finding | None:
         h = self.head
         if h is None:
             return None
-        body = md_table(["feature", "share", "role (* human label)"],
-                        [[f["id"], f.get("share", 0.0), _role(f)] for f in h.get("features", [])[:10]])
-        if self.survey and self.survey.get("rule"):
-            body += f"\n\nRule: {self.survey['rule']}"
+        body = md_table(["feature", "share", "role (* human label)"], [[f.id, f.share, _role(f)] for f in h.features[:10]])
+        if self.survey and self.survey.rule:
+            body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info
-        return Finding(kind="head", title=f"head L{h['layer']}.H{h['head']}: {h.get('verdict', '')}", body=body,
-                       model=info.model if info else "", saes=info.saes if info else "", layer=h["layer"], data=h)
+        return Finding(kind="head", title=f"head L{h.layer}.H{h.head}: {h.verdict}", body=body,
+                       model=info.model if info else "", saes=info.saes if info else "", layer=h.layer, data=h.to_dict())

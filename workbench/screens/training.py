@@ -16,7 +16,7 @@ from workbench.engine import one_line
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFinished, JobProgress, JobStarted
 from workbench.screens.base import NavBar, StatusLine
-from workbench.screens.experiments import JobScreen
+from workbench.screens.jobs import JobScreen
 from workbench.widgets.sparklines import MetricSpark, spark_text
 
 METRICS = [("loss", "{:.4g}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("dead_fraction", "{:.2%}")]
@@ -72,7 +72,7 @@ class TrainingScreen(JobScreen):
     def __init__(self) -> None:
         super().__init__()
         self.history: list[dict[str, Any]] = []
-        self.last_info: dict[str, Any] = {}
+        self.last_info: Any = None  # the last Progress
         self.result: dict[int, Any] | None = None
         self.out_dir: str = ""
 
@@ -199,24 +199,19 @@ class TrainingScreen(JobScreen):
     def on_job_progress(self, m: JobProgress) -> None:
         if m.kind != self.JOB_KIND:
             return
-        info = m.info
-        self.last_info = info
-        total, done = info.get("total_steps"), info.get("step")
-        if total:
-            self.query_one(ProgressBar).update(total=total, progress=done or 0)
-        layers = info.get("layers") or {}
-        if layers:
-            first = layers[min(layers)]
-            if first:
-                self.history.append(first)
-                for name, _ in METRICS:
-                    if name in first:
-                        self.query_one(f"#spark-{name}", MetricSpark).push(first[name])
-        rate = info.get("tokens_per_s") or 0.0
-        text = Text(f"{info.get('tokens', 0):,} / {info.get('total_tokens', 0):,} tokens\n")
-        text.append(f"{rate:,.0f} tokens/s · ETA {format_eta(info.get('eta_s'))}", style="dim")
+        p = m.progress  # Progress(job="train", unit="tokens", stage="step s/S", metrics={loss, l0, ...})
+        self.last_info = p
+        if p.total > 0:
+            self.query_one(ProgressBar).update(total=p.total, progress=p.done)
+        if p.metrics:
+            self.history.append(dict(p.metrics))
+            for name, _ in METRICS:
+                if name in p.metrics:
+                    self.query_one(f"#spark-{name}", MetricSpark).push(p.metrics[name])
+        text = Text(f"{p.done:,.0f} / {p.total:,.0f} {p.unit}\n")
+        text.append(f"{p.rate or 0.0:,.0f} {p.unit}/s · ETA {format_eta(p.eta_s)}", style="dim")
         self.query_one("#train-rate", Static).update(text)
-        self.query_one(StatusLine).say(f"step {done}/{total} · {info.get('event', '')}")
+        self.query_one(StatusLine).say(" · ".join(x for x in (p.stage, p.note) if x))
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:

@@ -1,82 +1,24 @@
-"""Built feature dashboards on disk: where they live, and reading one feature back.
-
-Reading needs neither torch nor the model (numpy slices of one safetensors file plus a JSON index), so
-`attnscope dashboard` and the workbench open a feature in milliseconds. Building is in `sae.analysis.dashboards`.
+"""Reading built dashboards: one feature back (numpy slices of the safetensors file plus the JSON index, no model
+needed, milliseconds), a directory's summary, and whole-layer arrays for surveys.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import safe_open
 
-INDEX = "index.json"
-DATA = "dashboards.safetensors"
-REGISTRY = "registry.json"
+from sae.analysis.dashboards.store import DATA, INDEX, DashboardError, build_command, dashboard_dir, is_built
 
+if TYPE_CHECKING:
+    import torch
 
-class DashboardError(ValueError):
-    """Bad dashboard request (not built, feature out of range, ...); one line for the user."""
-
-
-def cache_root() -> Path:
-    """`$ATTNSCOPE_CACHE_DIR` when set, else the platform's user cache dir for attnscope."""
-    env = os.environ.get("ATTNSCOPE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("attnscope"))
-
-
-def source_key(spec: str, default_path: Path | None = None) -> str:
-    """A cheap identity for a model or SAE spec without loading it: for a local path, its absolute path plus the
-    newest modification time and total size of the files under it; otherwise the spec itself (a hub name)."""
-    p = Path(default_path) if default_path is not None else Path(spec).expanduser()
-    if not p.exists():
-        return spec
-    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
-    stats = [f.stat() for f in files]
-    newest = max((st.st_mtime_ns for st in stats), default=0)
-    size = sum(st.st_size for st in stats)
-    return f"{p.resolve()}:{newest}:{size}"
-
-
-def register_built(model_key: str, sae_key: str, layer: int, directory: Path, root: Path | None = None) -> None:
-    """Remember which directory holds the dashboards of (model, SAEs, layer), so a later lookup needs no model."""
-    reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
-    reg_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        reg = json.loads(reg_path.read_text())
-    except (OSError, ValueError):
-        reg = {}
-    reg[f"{model_key}|{sae_key}|{layer}"] = str(Path(directory).resolve())
-    tmp = reg_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=1))
-    os.replace(tmp, reg_path)
-
-
-def lookup_built(model_key: str, sae_key: str, layer: int, root: Path | None = None) -> Path | None:
-    reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
-    try:
-        d = json.loads(reg_path.read_text()).get(f"{model_key}|{sae_key}|{layer}")
-    except (OSError, ValueError):
-        return None
-    return Path(d) if d and is_built(Path(d)) else None
-
-
-def build_command(layer: int) -> str:
-    return f"attnscope dashboards build --layer {layer}"
-
-
-def is_built(directory: Path) -> bool:
-    return (directory / INDEX).is_file() and (directory / DATA).is_file()
-
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
 
 def _round_linspace(start: float, stop: float, num: int) -> list[int]:
     """`num` evenly spaced points from start to stop, rounded half to even (float32, as the builder does)."""
@@ -88,9 +30,6 @@ def _round_linspace(start: float, stop: float, num: int) -> list[int]:
     pts = np.float32(start) + step * np.arange(num, dtype=np.float32)
     pts[-1] = np.float32(stop)
     return [int(x) for x in np.rint(pts)]
-
-
-# ---- reading one feature ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -251,3 +190,28 @@ def dashboard_summary(directory: Path) -> dict[str, Any]:
     """Index facts of a built directory (no vocabulary)."""
     idx = _read_index(Path(directory))
     return {k: v for k, v in idx.items() if k != "vocab"}
+
+
+def load_dashboard(layer: int, feature: int, model: LoadedModel, sae: SAE, root: Path | None = None) -> FeatureDashboard:
+    """The dashboard of `feature` at `layer` for this model and SAE; DashboardError (naming the build command) if
+    they were not built."""
+    directory = dashboard_dir(model, sae, layer, root)
+    if not is_built(directory):
+        raise DashboardError(f"dashboards for layer {layer} are not built yet; run `{build_command(layer)}`")
+    return read_dashboard(directory, feature)
+
+
+def feature_stats(directory: Path) -> dict[str, torch.Tensor]:
+    """Whole-layer arrays for surveys: density `[d_sae]`, top_val/top_idx `[d_sae, n_top]`, top_tok/top_win
+    `[d_sae, n_top, W]`, the top examples' DFA (dfa_src, dfa_earlier, dfa_heads, dfa_pre) and source facts
+    (dfa_dist, dfa_top_src, dfa_src_tok, dfa_prev_tok, dfa_induction; see `source_facts`), head_share `[d_sae, H]`,
+    and "index" (the JSON index, vocabulary included)."""
+    directory = Path(directory)
+    idx = _read_index(directory)
+    names = ["n_fire", "top_val", "top_idx", "top_tok", "top_win", "dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre",
+             "dfa_bias", "head_share", "dfa_dist", "dfa_top_src", "dfa_src_tok", "dfa_prev_tok", "dfa_induction"]
+    with safe_open(str(directory / DATA), framework="pt") as f:
+        out = {n: f.get_tensor(n) for n in names}
+    out["density"] = out["n_fire"].double() / max(1, idx["n_tokens"])
+    out["index"] = idx
+    return out

@@ -1,0 +1,280 @@
+"""The dashboard scan: running per-feature state folded in batch by batch, and each top example's DFA by source.
+
+Pure tensor code, tested against a brute-force scan (tests/test_dashboards.py). `DashboardSpec` holds the settings
+that change the stored result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DashboardSpec:
+    """Build settings; everything that changes the stored result. A resumed build must use the same spec."""
+
+    n_tokens: int = 1_000_000  # upper bound; the held-out split may be shorter
+    context: int = 8  # tokens either side of an example
+    n_top: int = 20
+    n_samples: int = 64  # random firings kept per feature for the quantile bins
+    n_dfa: int = 3  # top examples whose DFA by source a dashboard shows (every top example gets it)
+    hist_lo: float = -4.0  # log10 activation range of the histogram
+    hist_hi: float = 3.0
+    hist_bins: int = 70
+    n_logits: int = 10
+    context_size: int = 128
+    seed: int = 0
+    corpus: str = "default"  # a name for the held-out texts ("default": the embedded held-out split) or a path
+
+    @property
+    def window(self) -> int:
+        return 2 * self.context + 1
+
+
+def _merge_slots(keys: torch.Tensor, f_new: torch.Tensor, key_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per feature, keep the K largest keys among the old ones and the new candidates, without moving old entries.
+
+    keys `[d, K]` in no particular order (-inf = empty slot); f_new/key_new `[C]`. Each new entry that makes it
+    takes the slot of one of the smallest old entries it pushes out. Updates `keys` in place and returns
+    (rows, cols, i): new entry `i` (an index into f_new) now lives in slot (rows, cols), so a caller writes its
+    payload there and only there.
+    """
+    empty = torch.zeros(0, dtype=torch.long)
+    if f_new.numel() == 0:
+        return empty, empty, empty
+    K = keys.shape[1]
+    order = torch.argsort(f_new, stable=True)
+    fs = f_new[order]
+    touched, counts = torch.unique_consecutive(fs, return_counts=True)
+    row_of = torch.repeat_interleave(torch.arange(len(touched)), counts)
+    rank = torch.arange(len(fs)) - (torch.cumsum(counts, 0) - counts)[row_of]
+    pad = torch.full((len(touched), int(counts.max())), -math.inf, dtype=keys.dtype)
+    pad[row_of, rank] = key_new[order]
+    old = keys[touched]  # [n_t, K]
+    top = torch.cat([old, pad], 1).topk(K, dim=1).indices
+    kept = torch.zeros(len(touched), K + pad.shape[1], dtype=torch.bool).scatter_(1, top, True)
+    kept_new = kept[:, K:] & (pad > -math.inf)
+    n_new = kept_new.sum(1)
+    r, j = kept_new.nonzero(as_tuple=True)  # row-major: within a row, j ascending
+    within = torch.arange(len(r)) - (torch.cumsum(n_new, 0) - n_new)[r]
+    slots = old.argsort(dim=1)[r, within]  # the smallest old entries make way
+    rows = touched[r]
+    keys[rows, slots] = pad[r, j]
+    # position in the padded row -> index into the caller's f_new
+    pos_in_sorted = (torch.cumsum(counts, 0) - counts)[r] + j
+    return rows, slots, order[pos_in_sorted]
+
+
+def _windows(acts: torch.Tensor, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
+    """Feature `f[c]`'s activations in a +-context window around flat position `n[c]` of `acts [N, d]` -> `[C, W]`.
+
+    Windows stay inside their row (positions outside are 0)."""
+    offs = torch.arange(-context, context + 1)
+    t = (n % row_len).unsqueeze(1) + offs
+    valid = (t >= 0) & (t < row_len)
+    n2 = (n.unsqueeze(1) + offs).clamp(0, acts.shape[0] - 1)
+    return acts[n2, f.unsqueeze(1)] * valid
+
+
+def topk_acts(pre: torch.Tensor, k: int, chunk: int = 32) -> torch.Tensor:
+    """`relu` of each row's top-k pre-activations, zeros elsewhere: the top-k SAE's activation, computed faster
+    than `torch.topk` over the full width on CPU.
+
+    pre `[N, d_sae]`. Each block of `chunk` features contributes its maximum; the k-th largest block maximum is a
+    lower bound on the row's k-th largest value, so only entries at or above it (and above 0) can be kept, and an
+    exact top-k runs on those few."""
+    N, d = pre.shape
+    if d % chunk or d // chunk <= k:
+        vals, idx = pre.topk(k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+    bound = pre.view(N, d // chunk, chunk).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1).clamp(min=0)
+    n, f = (pre >= bound.unsqueeze(1)).nonzero(as_tuple=True)
+    acts = torch.zeros_like(pre)
+    if len(n) == 0:
+        return acts
+    counts = torch.bincount(n, minlength=N)
+    rank = torch.arange(len(n)) - (torch.cumsum(counts, 0) - counts)[n]
+    width = int(counts.max())
+    pad_v = torch.full((N, width), -math.inf, dtype=pre.dtype)
+    pad_f = torch.zeros(N, width, dtype=torch.long)
+    pad_v[n, rank] = pre[n, f]
+    pad_f[n, rank] = f
+    v, j = pad_v.topk(min(k, width), dim=-1, sorted=False)
+    keep = v > 0
+    rows = torch.arange(N).unsqueeze(1).expand_as(v)
+    acts[rows[keep], pad_f.gather(1, j)[keep]] = v[keep]
+    return acts
+
+
+class DashboardScan:
+    """Running per-feature state of a scan. `update` folds in one batch of activations `[rows*row_len, d_sae]`."""
+
+    def __init__(self, d_sae: int, spec: DashboardSpec, n_heads: int = 1, row_len: int | None = None) -> None:
+        self.spec = spec
+        self.d_sae = d_sae
+        K, R, W = spec.n_top, spec.n_samples, spec.window
+        nb = n_distance_bins(row_len or spec.context_size)
+        # DFA by source of each top example, computed while its row is in memory
+        self.dfa_src = torch.zeros(d_sae, K, spec.context + 1)
+        self.dfa_earlier = torch.zeros(d_sae, K)
+        self.dfa_heads = torch.zeros(d_sae, K, n_heads)
+        self.dfa_pre = torch.zeros(d_sae, K)
+        self.dfa_dist = torch.zeros(d_sae, K, nb)
+        self.dfa_top_src = torch.full((d_sae, K), -1, dtype=torch.long)
+        self.dfa_src_tok = torch.full((d_sae, K), -1, dtype=torch.int32)
+        self.dfa_prev_tok = torch.full((d_sae, K), -1, dtype=torch.int32)
+        self.dfa_induction = torch.zeros(d_sae, K, dtype=torch.uint8)
+        self.top_val = torch.full((d_sae, K), -math.inf)
+        self.top_idx = torch.full((d_sae, K), -1, dtype=torch.long)
+        self.top_win = torch.zeros(d_sae, K, W, dtype=torch.float16)
+        self.samp_key = torch.full((d_sae, R), -math.inf)
+        self.samp_val = torch.zeros(d_sae, R)
+        self.samp_idx = torch.full((d_sae, R), -1, dtype=torch.long)
+        self.samp_win = torch.zeros(d_sae, R, W, dtype=torch.float16)
+        self.n_fire = torch.zeros(d_sae, dtype=torch.long)
+        self.sum_act = torch.zeros(d_sae, dtype=torch.float64)
+        self.hist = torch.zeros(d_sae, spec.hist_bins, dtype=torch.long)
+        self.n_tokens = 0  # positions counted (BOS excluded)
+        self.rows_done = 0
+
+    def sort_top(self) -> None:
+        """Order each feature's top entries by activation, strongest first (the scan keeps them unordered)."""
+        order = self.top_val.argsort(dim=1, descending=True, stable=True)
+        for name in ("top_val", "top_idx", "top_win", *DFA_FIELDS):
+            t = getattr(self, name)
+            idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
+            setattr(self, name, t.gather(1, idx))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        names = ["top_val", "top_idx", "top_win", "samp_key", "samp_val", "samp_idx", "samp_win", "n_fire", "sum_act",
+                 "hist", *DFA_FIELDS]
+        return {n: getattr(self, n).contiguous() for n in names}
+
+    def load(self, tensors: dict[str, torch.Tensor], n_tokens: int, rows_done: int) -> None:
+        for name, t in tensors.items():
+            setattr(self, name, t.clone())
+        self.n_tokens, self.rows_done = n_tokens, rows_done
+
+    @torch.no_grad()
+    def update(
+        self, acts: torch.Tensor, row_len: int, skip_first: bool = True, dfa: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """acts: `[rows * row_len, d_sae]` (>= 0) for the next `rows` rows of the stream (row-major, float).
+
+        With `skip_first`, the BOS position of every row is zeroed in place. `dfa` (pattern, v, tokens, w_enc, bias;
+        see `example_dfa`) lets each new top example get its DFA by source now, while its row is in memory."""
+        spec = self.spec
+        n_rows = acts.shape[0] // row_len
+        if skip_first:
+            acts.view(n_rows, row_len, -1)[:, 0] = 0
+        offset = self.rows_done * row_len
+        nz = acts.nonzero()  # activations are >= 0, so non-zero means firing (cheaper than a mask first)
+        n, f = nz[:, 0], nz[:, 1]
+        val = acts[n, f]
+        d = self.d_sae
+        self.n_fire += torch.bincount(f, minlength=d)
+        self.sum_act += torch.bincount(f, weights=val.double(), minlength=d)
+        width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
+        b = ((torch.log10(val) - spec.hist_lo) / width).floor().clamp(0, spec.hist_bins - 1).long()
+        self.hist += torch.bincount(f * spec.hist_bins + b, minlength=d * spec.hist_bins).view(d, spec.hist_bins)
+
+        cand = val > self.top_val.min(dim=1).values[f]
+        if cand.any():
+            cn, cf = n[cand], f[cand]
+            r, c, i = _merge_slots(self.top_val, cf, val[cand])
+            self.top_idx[r, c] = cn[i] + offset
+            self.top_win[r, c] = _windows(acts, cn[i], cf[i], row_len, spec.context).to(self.top_win.dtype)
+            if dfa is not None and len(r):
+                got = example_dfa(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
+                                  cn[i] // row_len, cn[i] % row_len, cf[i], spec.context)
+                for name, val_ in got.items():
+                    getattr(self, name)[r, c] = val_.to(getattr(self, name).dtype)
+
+        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.rows_done)
+        keys = torch.rand(len(val), generator=gen)
+        cand = keys > self.samp_key.min(dim=1).values[f]
+        if cand.any():
+            cn, cf = n[cand], f[cand]
+            r, c, i = _merge_slots(self.samp_key, cf, keys[cand])
+            self.samp_val[r, c] = val[cand][i]
+            self.samp_idx[r, c] = cn[i] + offset
+            self.samp_win[r, c] = _windows(acts, cn[i], cf[i], row_len, spec.context).to(self.samp_win.dtype)
+        self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
+        self.rows_done += n_rows
+
+
+def n_distance_bins(row_len: int) -> int:
+    """Bins of source distance `t - s`: bin b holds distances in [2^b - 1, 2^(b+1) - 1), so 0 | 1-2 | 3-6 | 7-14 ..."""
+    return max(1, int(math.floor(math.log2(row_len))) + 1)
+
+
+def distance_bin(dist: torch.Tensor) -> torch.Tensor:
+    return torch.floor(torch.log2(dist.double() + 1)).long()
+
+
+def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the families rules read from one example's DFA by source.
+
+    per_src `[P, T]` (DFA of each source position, zero after `dest`), tokens `[P, T]`, dest `[P]`. The BOS source
+    (position 0) is left out: it is where heads park attention, not context. Returns per example: dfa_dist `[P, NB]`
+    positive DFA mass per distance bin (`distance_bin`), dfa_top_src `[P]` the source with the largest positive DFA
+    (-1 if none), dfa_src_tok / dfa_prev_tok `[P]` the token there and the one before it, dfa_induction `[P]` 1 when
+    the token before the top source is a copy of the destination token (the source was *preceded by a copy of the
+    current token*: "the token after the last time I appeared", the induction pattern) and the source is at least 2
+    back (at 1 back, "x . y ." would make every previous-token head look like induction).
+    """
+    P, T = per_src.shape
+    pos = torch.arange(T).unsqueeze(0).expand(P, T)
+    dist = dest.unsqueeze(1) - pos
+    usable = (pos >= 1) & (dist >= 0)
+    mass = per_src.clamp(min=0) * usable
+    bins = distance_bin(dist.clamp(min=0)).clamp(max=n_distance_bins(T) - 1)
+    hist = torch.zeros(P, n_distance_bins(T), dtype=per_src.dtype).scatter_add_(1, bins, mass)
+    masked = torch.where(usable, per_src, torch.full_like(per_src, -math.inf))
+    best_val, best = masked.max(1)
+    has = best_val > 0
+    top = torch.where(has, best, torch.full_like(best, -1))
+    src_tok = torch.where(has, tokens.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+    prev = (best - 1).clamp(min=0)
+    prev_tok = torch.where(has & (best >= 1), tokens.gather(1, prev.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+    dest_tok = tokens.gather(1, dest.unsqueeze(1)).squeeze(1)
+    induction = has & (best >= 2) & (best < dest - 1) & (prev_tok == dest_tok)
+    return {"dfa_dist": hist, "dfa_top_src": top, "dfa_src_tok": src_tok.int(), "dfa_prev_tok": prev_tok.int(),
+            "dfa_induction": induction.to(torch.uint8)}
+
+
+DFA_FIELDS = ("dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre", "dfa_dist", "dfa_top_src", "dfa_src_tok",
+              "dfa_prev_tok", "dfa_induction")
+
+
+@torch.no_grad()
+def example_dfa(
+    pattern: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
+    p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int,
+) -> dict[str, torch.Tensor]:
+    """DFA by source of feature `p_f[p]` at position `p_t[p]` of batch row `p_b[p]`, for P examples.
+
+    pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
+    bias `[d_sae]` (`encoder_bias_total`). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
+    0 before the row start), dfa_earlier `[P]` (sources before the window), dfa_heads `[P, H]`, dfa_pre `[P]`
+    (= sum of all sources + bias), and the `source_facts` fields."""
+    P, T = len(p_b), pattern.shape[-1]
+    contrib = torch.empty(P, pattern.shape[1], T, dtype=v.dtype)  # [P, H, T]
+    order = torch.argsort(p_b, stable=True)
+    rows, counts = torch.unique_consecutive(p_b[order], return_counts=True)
+    start = 0
+    for b, n in zip(rows.tolist(), counts.tolist()):
+        sel = order[start : start + n]
+        start += n
+        # one batched matmul per row: every head's values against every chosen feature's encoder slice
+        proj = torch.bmm(v[b].transpose(0, 1), w_enc[:, :, p_f[sel]])  # [H, T, n]
+        contrib[sel] = proj.permute(2, 0, 1) * pattern[b][:, p_t[sel], :].transpose(0, 1)  # zero for s > t
+    per_src = contrib.sum(1)  # [P, T]
+    s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1)
+    win = per_src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
+    total = per_src.sum(1)
+    return {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": contrib.sum(-1),
+            "dfa_pre": total + bias[p_f], **source_facts(per_src, tokens[p_b], p_t)}

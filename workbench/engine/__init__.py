@@ -1,0 +1,33 @@
+"""The one door between the workbench and `sae/`: a worker thread that owns the model and SAEs (`worker`), the
+engine the app holds (`core`), and the frozen views it returns (`views`).
+
+Screens import from here and never from `sae/`; the domain methods are thin wrappers around `sae/` functions:
+the workbench draws their results and never computes science itself.
+"""
+
+from sae.engine.errors import AttnscopeError
+from workbench.engine.core import Engine, sae_dir_candidates
+from workbench.engine.views import (
+    CellDetail,
+    DashboardView,
+    EngineInfo,
+    ExampleView,
+    ExperimentView,
+    HeadFeatureView,
+    HeadsView,
+    HeadView,
+    HistogramView,
+    PromptView,
+    QuantileView,
+    SourceView,
+    TraceNodeView,
+    TraceView,
+)
+from workbench.engine.worker import Cancelled, EngineError, JobHandle, Reporter, StaleRequest, Worker, one_line
+
+__all__ = [
+    "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
+    "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
+    "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
+    "one_line", "sae_dir_candidates",
+]

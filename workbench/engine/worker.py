@@ -1,0 +1,278 @@
+"""The worker thread: one thread owns all torch work, serving quick requests and running long jobs.
+
+All torch work runs on a single thread, so hooks registered by one analysis never fire in another's forward
+pass. The UI talks to it through an asyncio API:
+
+- `await worker.call(fn, ..., channel="features")`: a quick request. A newer request on the same channel makes
+  older ones stale: they are dropped before they start, or their result is discarded, and the awaiter gets
+  `StaleRequest` (the UI ignores it). This is what keeps typing in the prompt box cheap.
+- `worker.start_job(kind, fn, post=...)`: a long job (training, dashboards, experiments). It reports through
+  typed messages (`workbench.messages`), can be cancelled, and an exception becomes a `JobFailed` message, never
+  a crash. While a long job runs, each of its progress reports also serves the quick requests waiting in line,
+  so the explore screen keeps answering during a training run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypeVar
+
+from sae.engine.errors import AttnscopeError
+from sae.engine.jobs import CancelToken, Cancelled, Progress
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
+
+T = TypeVar("T")
+Post = Callable[[Any], None]
+
+
+class StaleRequest(Exception):
+    """A newer request on the same channel replaced this one; its result would be out of date."""
+
+
+class EngineError(AttnscopeError):
+    """A request failed for a reason the user can act on (no SAE for that layer, run a prompt first, ...)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, with its type when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def as_progress(kind: str, info: Progress | Mapping[str, Any] | None) -> Progress:
+    """A job's report as a `Progress`. `sae/` jobs report `Progress` (the one job protocol); a dict is read in the
+    shape the trainer used before it moved to `Progress` (step/total_steps, tokens/total_tokens, tokens_per_s,
+    eta_s, event, and `layers: {layer: {loss, l0, ...}}`, of which the first layer's figures become `metrics`),
+    or as plain `done`/`total`/`note`."""
+    if isinstance(info, Progress):
+        return info
+    d = dict(info or {})
+    if "total_steps" in d or "total_tokens" in d:
+        layers = d.get("layers") or {}
+        first = layers[min(layers)] if layers else {}
+        stage = f"step {d.get('step', 0)}/{d.get('total_steps', '?')}"
+        return Progress(job=kind, done=float(d.get("tokens", 0)), total=float(d.get("total_tokens", 0)),
+                        unit="tokens", stage=stage, rate=d.get("tokens_per_s"), eta_s=d.get("eta_s"),
+                        note=str(d.get("event", "")), metrics=dict(first or {}))
+    return Progress(job=kind, done=float(d.get("done", 0)), total=float(d.get("total", 0)),
+                    unit=str(d.get("unit", "steps")), stage=str(d.get("stage", "")), rate=d.get("tokens_per_s"),
+                    eta_s=d.get("eta_s"), note=str(d.get("note", "")))
+
+
+@dataclass
+class Reporter:
+    """Handed to a long job: `progress(p)` posts a `JobProgress` (at most every `min_interval_s`, and always the
+    last one), serves waiting quick requests and raises `Cancelled` once the user stopped the job. `cancel` is the
+    job's `CancelToken`, handed to `sae/` functions with `on_progress=reporter.progress`."""
+
+    job_id: int
+    kind: str
+    cancel: CancelToken
+    _post: Post
+    _serve: Callable[[], None]
+    min_interval_s: float = 0.05
+    _last: float = 0.0
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.cancelled
+
+    def progress(self, report: Progress | Mapping[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        p = as_progress(self.kind, report)
+        final = p.total > 0 and p.done >= p.total
+        if final or now - self._last >= self.min_interval_s:  # a training loop may report thousands of times
+            self._last = now
+            self._post(JobProgress(self.job_id, self.kind, p))
+        self._serve()
+        self.cancel.check()
+
+
+@dataclass
+class JobHandle:
+    """A long job as the UI holds it."""
+
+    id: int
+    kind: str
+    token: CancelToken = field(default_factory=CancelToken)
+    done: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"  # queued, running, finished, failed, cancelled
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.token.cancelled
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("queued", "running")
+
+
+@dataclass
+class _Quick:
+    fn: Callable[..., Any]
+    args: tuple
+    kwargs: dict
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    channel: str | None
+    generation: int
+
+
+@dataclass
+class _Long:
+    handle: JobHandle
+    fn: Callable[[Reporter], Any]
+    post: Post
+
+
+_STOP = object()
+
+
+class Worker:
+    """One thread, two lines: quick requests are served before long jobs, and during them."""
+
+    def __init__(self, name: str = "attnscope-engine") -> None:
+        self._quick: queue.SimpleQueue[_Quick] = queue.SimpleQueue()
+        self._wake: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._long: list[_Long] = []
+        self._lock = threading.Lock()
+        self._generation: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    # ---- called from the event loop ---------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, channel: str | None = None, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` on the worker thread and await its result (or its exception)."""
+        if self._closed:
+            raise EngineError("the engine is shut down")
+        loop = asyncio.get_running_loop()
+        gen = 0
+        if channel is not None:
+            with self._lock:
+                gen = self._generation.get(channel, 0) + 1
+                self._generation[channel] = gen
+        fut: asyncio.Future = loop.create_future()
+        self._quick.put(_Quick(fn, args, kwargs, loop, fut, channel, gen))
+        self._wake.put(None)
+        return await fut
+
+    def start_job(self, kind: str, fn: Callable[[Reporter], Any], post: Post) -> JobHandle:
+        """Queue a long job; `fn(reporter)` runs on the worker thread and its result is posted as `JobFinished`."""
+        if self._closed:
+            raise EngineError("the engine is shut down")
+        handle = JobHandle(id=next(self._ids), kind=kind)
+        with self._lock:
+            self._long.append(_Long(handle, fn, post))
+        self._wake.put(None)
+        return handle
+
+    def is_current(self, channel: str, generation: int) -> bool:
+        with self._lock:
+            return self._generation.get(channel, 0) == generation
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the thread after the work in hand; running long jobs are asked to cancel."""
+        self._closed = True
+        with self._lock:
+            for job in self._long:
+                job.handle.cancel()
+        self._wake.put(_STOP)
+        self._thread.join(timeout)
+
+    # ---- the worker thread ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            token = self._wake.get()
+            self.serve_quick()
+            with self._lock:
+                job = self._long.pop(0) if self._long else None
+            if job is not None:
+                self._run_long(job)
+                self._wake.put(None)  # look again: more jobs may be waiting
+            if token is _STOP:
+                self.serve_quick()
+                return
+
+    def serve_quick(self) -> None:
+        """Run every quick request waiting now (also called from inside long jobs' progress reports)."""
+        while True:
+            try:
+                req = self._quick.get_nowait()
+            except queue.Empty:
+                return
+            self._run_quick(req)
+
+    def _run_quick(self, req: _Quick) -> None:
+        if req.future.cancelled():
+            return
+        if req.channel is not None and not self.is_current(req.channel, req.generation):
+            _settle(req, exc=StaleRequest(req.channel))
+            return
+        try:
+            result = req.fn(*req.args, **req.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the awaiter
+            _settle(req, exc=exc)
+            return
+        if req.channel is not None and not self.is_current(req.channel, req.generation):
+            _settle(req, exc=StaleRequest(req.channel))
+        else:
+            _settle(req, result=result)
+
+    def _run_long(self, job: _Long) -> None:
+        h = job.handle
+        if h.cancelled:
+            h.state = "cancelled"
+            job.post(JobCancelled(h.id, h.kind))
+            h.done.set()
+            return
+        h.state = "running"
+        job.post(JobStarted(h.id, h.kind))
+        reporter = Reporter(h.id, h.kind, h.token, job.post, self.serve_quick)
+        try:
+            result = job.fn(reporter)
+        except Cancelled:
+            h.state = "cancelled"
+            job.post(JobCancelled(h.id, h.kind))
+        except BaseException as exc:  # noqa: BLE001 - a failing job is a notification, never a crash
+            if h.cancelled:
+                h.state = "cancelled"
+                job.post(JobCancelled(h.id, h.kind))
+            else:
+                h.state = "failed"
+                job.post(JobFailed(h.id, h.kind, one_line(exc)))
+        else:
+            if h.cancelled:  # the sae/ function noticed the token and returned what it had
+                h.state = "cancelled"
+                job.post(JobCancelled(h.id, h.kind, result))
+            else:
+                h.state = "finished"
+                job.post(JobFinished(h.id, h.kind, result))
+        finally:
+            h.done.set()
+
+
+def _settle(req: _Quick, result: Any = None, exc: BaseException | None = None) -> None:
+    def apply() -> None:
+        if req.future.done():
+            return
+        if exc is not None:
+            req.future.set_exception(exc)
+        else:
+            req.future.set_result(result)
+
+    try:
+        req.loop.call_soon_threadsafe(apply)
+    except RuntimeError:  # the event loop is closed: nobody is waiting any more
+        pass
