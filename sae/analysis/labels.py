@@ -363,7 +363,7 @@ def stacked_bar(shares: Mapping[str, float], width: int = 40, glyphs: str = BAR_
 def sae_id_of(directory: Path) -> tuple[str, str]:
     """(SAE id, model name) of a built dashboard directory: labels are keyed by the SAE's content hash, so they
     follow the SAE, not a path."""
-    from sae.analysis.dashboard_store import dashboard_summary
+    from sae.analysis.dashboards import dashboard_summary
 
     idx = dashboard_summary(Path(directory))
     return str(idx["sae_hash"]), str(idx.get("model", ""))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sae.analysis.dashboard_store import DashboardError, build_command, is_built
+from sae.analysis.dashboards import DashboardError, build_command, is_built
 from sae.engine.jobs import CancelToken, ProgressFn
 
 

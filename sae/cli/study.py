@@ -196,7 +196,7 @@ def _sample_pretty(d: dict) -> None:
 def run_label(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from sae.analysis.dashboard_store import dashboard_summary
+    from sae.analysis.dashboards import dashboard_summary
     from sae.analysis.labels import LabelError, sae_id_of
 
     rating = _rating(args.rating)
