@@ -110,6 +110,17 @@ def test_roles_cli_and_heads_from_labels(capsys, env):
     for f in range(0, 24, 3):  # label every third feature, so some of each head's top-10 are labelled
         assert main(["study", "label", "--layer", "1", "--feature", str(f), "--family", "successor", *own, *flags]) == 0
     capsys.readouterr()
+    code, out, _ = _run(capsys, ["roles", "--layer", "1", "--json", "--no-confirm", *own, *flags])
+    a = json.loads(out)["agreement"]["1"]
+    auto = {f: r["role"] for r in json.loads(out)["roles"] for f in r["features"]}
+    labelled = [f for f in range(0, 24, 3) if f in auto]  # the live ones among the labelled
+    assert a["n"] == len(labelled) and a["accuracy"] == 0.0  # no automatic rule says "successor"
+    assert all(r["role"] != "successor" and r["n_human"] == 0 for r in a["roles"])  # a human family, not a rule
+    assert sum(r["n_auto"] for r in a["roles"]) == len(labelled)
+    assert {r["role"]: r["n_auto"] for r in a["roles"]} == {r: sum(auto[f] == r for f in labelled) for r in
+                                                             [x["role"] for x in a["roles"]]}
+    code, out, _ = _run(capsys, ["roles", "--layer", "1", "--md", "--no-confirm", *own, *flags])
+    assert "### Agreement with the human labels" in out
     code, out, _ = _run(capsys, ["heads", "--layer", "1", "--json", "--no-confirm", *own, *flags])
     assert code == 0
     h = json.loads(out)

@@ -10,7 +10,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from sae.cli.common import add_model_flags, add_output_flags, emit, out
+from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out
 from sae.cli.features import md_table, non_negative_int
 
 
@@ -27,13 +27,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-confirm", action="store_true",
                    help="skip the repeated-random-token test (then no feature is called induction)")
     p.add_argument("--seed", type=int, default=0, help="seed of the repeated random tokens (default 0)")
+    p.add_argument("--labels", default=None, help="label file of `attnscope study`, for the rules' agreement with "
+                   "the human labels (default: $ATTNSCOPE_LABELS or the user data dir)")
     add_model_flags(p)
     add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def compute(args: argparse.Namespace, layer: int):
-    """The layer's `RoleReport` (also used by `attnscope study report` and `heads`)."""
+    """The layer's `RoleReport` and its built dashboard directory."""
     from sae.analysis.roles import model_confirmer, roles_layer
     from sae.cli.dashboards import built_dirs
     from sae.cli.features import open_model_and_saes
@@ -45,11 +47,22 @@ def compute(args: argparse.Namespace, layer: int):
         confirm = model_confirmer(model, saes[layer], layer, seed=getattr(args, "seed", 0))
     rep = roles_layer(dirs[layer], confirm=confirm)
     rep.model = name
-    return rep
+    return rep, dirs[layer]
 
 
 def run(args: argparse.Namespace) -> int:
-    emit(args, compute(args, args.layer).to_dict(), markdown, pretty)
+    from sae.analysis.labels import LabelError, LabelStore, human_labels_by_layer
+    from sae.analysis.roles import agreement
+
+    rep, directory = compute(args, args.layer)
+    d = rep.to_dict()
+    try:
+        human = human_labels_by_layer(LabelStore(args.labels), {args.layer: directory})[args.layer]
+    except LabelError as exc:
+        raise UsageError(str(exc)) from None
+    if human:  # each rule against the people who labelled this layer's features
+        d["agreement"] = {str(args.layer): {**agreement(rep.role_of(), human), "induction_test": rep.confirmation}}
+    emit(args, d, markdown, pretty)
     return 0
 
 
@@ -76,6 +89,11 @@ def markdown(d: dict) -> str:
     lines += ["", md_table(["role", "features", "share of live"],
                            [[r["role"], r["count"], f"{r['fraction']:.0%}"] for r in d["roles"]]),
               "", f"{d['n_live']} live features. Induction test: {d['confirmation']}."]
+    if d.get("agreement"):
+        from sae.analysis.labels import AGREE_COLS, agreement_rows
+
+        lines += ["", "### Agreement with the human labels", "", "precision = both / auto, recall = both / human", "",
+                  md_table(AGREE_COLS, agreement_rows(d))]
     if d["candidates"]:
         lines += ["", "### Induction candidates", "", md_table(CAND_COLS, _cand_rows(d))]
     return "\n".join(lines)
@@ -94,6 +112,16 @@ def pretty(d: dict) -> None:
         t.add_row(r["role"], str(r["count"]), f"{r['fraction']:.0%}", ", ".join(map(str, r["features"][:12])))
     out.print(t)
     out.print(f"induction test: {escape(d['confirmation'])}")
+    if d.get("agreement"):
+        from sae.analysis.labels import AGREE_COLS, agreement_rows
+
+        a = Table(title="agreement with the human labels (precision = both/auto, recall = both/human)",
+                  title_justify="left", header_style="bold")
+        for col in AGREE_COLS:
+            a.add_column(col)
+        for row in agreement_rows(d):
+            a.add_row(*row)
+        out.print(a)
     if d["candidates"]:
         c = Table(title="induction candidates", title_justify="left", header_style="bold")
         for col in CAND_COLS:
