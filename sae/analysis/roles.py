@@ -25,12 +25,16 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sae.analysis.families import LONG_MIN, SHORT_MAX, near_far_masks
 from sae.engine.jobs import CancelToken, ProgressFn
+
+if TYPE_CHECKING:
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
 
 ROLES: tuple[str, ...] = (
     "induction", "duplicate-token", "previous-token", "short-range context", "long-range context", "other",
@@ -206,13 +210,14 @@ class Confirmation:
 
 @torch.no_grad()
 def confirm_induction(
-    model: Any, sae: Any, layer: int, pairs: Mapping[int, tuple[int, int]], n: int = CONFIRM_SEQUENCES,
+    model: "LoadedModel", sae: "SAE", layer: int, pairs: Mapping[int, tuple[int, int]], n: int = CONFIRM_SEQUENCES,
     half_len: int = CONFIRM_HALF_LEN, seed: int = 0, batch_size: int = 64, fraction: float = CONFIRM_FRACTION,
     on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> dict[int, Confirmation]:
     """Run the repeated-random-token test for each `{feature: (current token id, source token id)}`.
 
-    model: a `LoadedModel`; sae: the layer's SAE. Each feature gets `n` sequences (seeded by `seed` and the feature)."""
+    sae is the layer's SAE. Each feature gets `n` sequences (seeded by `seed` and the feature). Returns
+    `{feature: Confirmation}`."""
     from sae.analysis.dfa import encoder_by_head, run_layer
     from sae.engine.activations import usable_token_ids
     from sae.engine.jobs import Steps
@@ -377,7 +382,7 @@ def roles_layer(directory: Path, stats: Mapping[str, Any] | None = None, confirm
     )
 
 
-def model_confirmer(model: Any, sae: Any, layer: int, seed: int = 0, **kw: Any) -> Confirmer:
+def model_confirmer(model: "LoadedModel", sae: "SAE", layer: int, seed: int = 0, **kw: Any) -> Confirmer:
     """A `Confirmer` that runs `confirm_induction` on `model` and `sae`."""
 
     def run(pairs: dict[int, tuple[int, int]]) -> dict[int, Confirmation]:

@@ -4,10 +4,14 @@ SAE's id for the label store, and each sampled feature's automatic role as a sug
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from sae.analysis.dashboards import DashboardError, build_command, is_built
 from sae.engine.jobs import CancelToken, ProgressFn
+
+if TYPE_CHECKING:
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class StudyLayer:
 
 
 def study_layer(
-    model: Any, sae: Any, layer: int, n: int, seed: int, confirm: bool = True,
+    model: "LoadedModel", sae: "SAE", layer: int, n: int, seed: int, confirm: bool = True,
     on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> StudyLayer:
     """Sample `n` live features of `layer` (seeded) from its built dashboards and suggest their automatic roles.
@@ -69,8 +73,7 @@ def study_layer(
 def study_report_for(store: Any, layers: "list[StudyLayer] | tuple[StudyLayer, ...]") -> Any:
     """The study report (`sae.analysis.labels.StudyReport`) of the labels of these layers' SAEs, with each layer's
     automatic-role agreement computed from the suggestions the study showed (sampled features only)."""
-    from sae.analysis.labels import layer_shares
-    from sae.analysis.labels import StudyReport, RATINGS
+    from sae.analysis.labels import RATINGS, StudyReport, layer_shares
     from sae.analysis.roles import agreement
 
     fams = store.families()
