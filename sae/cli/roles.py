@@ -113,15 +113,9 @@ def pretty(d: dict) -> None:
     out.print(t)
     out.print(f"induction test: {escape(d['confirmation'])}")
     if d.get("agreement"):
-        from sae.analysis.labels import AGREE_COLS, agreement_rows
+        from sae.cli.study import print_agreement
 
-        a = Table(title="agreement with the human labels (precision = both/auto, recall = both/human)",
-                  title_justify="left", header_style="bold")
-        for col in AGREE_COLS:
-            a.add_column(col)
-        for row in agreement_rows(d):
-            a.add_row(*row)
-        out.print(a)
+        print_agreement(d)
     if d["candidates"]:
         c = Table(title="induction candidates", title_justify="left", header_style="bold")
         for col in CAND_COLS:

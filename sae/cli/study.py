@@ -273,7 +273,7 @@ def _agreement(args: argparse.Namespace, rep: Any, add_agreement: Any) -> None:
 
 
 def report_pretty(d: dict) -> None:
-    from sae.analysis.labels import AGREE_COLS, RATING_NOTE, agreement_rows, report_tables
+    from sae.analysis.labels import RATING_NOTE, report_tables
 
     used, cols, rows = report_tables(d)
     t = Table(title="feature families by layer (human labels)", title_justify="left", header_style="bold")
@@ -296,17 +296,24 @@ def report_pretty(d: dict) -> None:
         legend.append(f" {f}  ")
     out.print(legend)
     if d["agreement"]:
-        a = Table(title="automatic roles against the human labels (precision = both/auto, recall = both/human)",
-                  title_justify="left", header_style="bold")
-        for c in AGREE_COLS:
-            a.add_column(c)
-        for row in agreement_rows(d):
-            a.add_row(*row)
-        out.print(a)
+        print_agreement(d)
         for k, ag in sorted(d["agreement"].items()):
             out.print(f"[dim]layer {k}: induction test: {escape(ag['induction_test'])}[/]")
     for n in d["notes"]:
         out.print(f"[yellow]{escape(n)}[/]")
+
+
+def print_agreement(d: dict) -> None:
+    """Each automatic rule against the human labels (`d["agreement"]`), as a rich table."""
+    from sae.analysis.labels import AGREE_COLS, agreement_rows
+
+    a = Table(title="automatic roles against the human labels (precision = both/auto, recall = both/human)",
+              title_justify="left", header_style="bold")
+    for c in AGREE_COLS:
+        a.add_column(c)
+    for row in agreement_rows(d):
+        a.add_row(*row)
+    out.print(a)
 
 
 def bar_text(shares: dict[str, float], width: int) -> Text:
