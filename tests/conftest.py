@@ -104,3 +104,11 @@ def hf_z_offset(hf, layer: int):
     w_v = block.attn.c_attn.weight[:, 2 * d :].detach()  # Conv1D: [d_model, n_head * d_head]
     return block.attn.c_attn.bias[2 * d :].detach() + block.ln_1.bias.detach() @ w_v
 
+
+def sae_set_dir(model, root: Path, d_sae: int = 24, seed: int = 0) -> Path:
+    """A directory of SAELens dirs, one random SAE per layer of `model` (seeds `seed + layer`)."""
+    from sae.engine.formats import save_sae
+
+    for layer in range(model.n_layers):
+        save_sae(random_sae(model, layer, d_sae=d_sae, seed=seed + layer), root / "saes" / f"blocks.{layer}.attn.hook_z")
+    return root / "saes"

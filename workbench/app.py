@@ -19,10 +19,12 @@ from workbench.screens.findings import FindingsScreen
 from workbench.screens.heads import HeadsScreen
 from workbench.screens.experiments import InductionScreen, IOIScreen
 from workbench.screens.modals import AskScreen, HelpScreen
+from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
 
 
 S = TypeVar("S", bound=WorkbenchScreen)
+STUDY_KEY = "8"
 
 
 class WorkbenchApp(App):
@@ -39,6 +41,7 @@ class WorkbenchApp(App):
         "ioi": IOIScreen,
         "training": TrainingScreen,
         "findings": FindingsScreen,
+        "study": StudyScreen,
     }
     BINDINGS = [
         Binding("question_mark", "help", "Help", show=True),
@@ -46,6 +49,7 @@ class WorkbenchApp(App):
         Binding("e", "export", "Export", show=True),
         Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
         *[Binding(key, f"switch_mode('{mode}')", label, show=False) for mode, key, label in SCREENS],
+        Binding(STUDY_KEY, "switch_mode('study')", "", show=False),  # not in the nav line: a side screen
     ]
 
     def __init__(
