@@ -60,7 +60,10 @@ def test_train_then_eval_json(tiny_model_dir, corpus, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--tokens", "0"], "--tokens must be positive"),
+        (["--tokens", "0"], "total_tokens must be positive"),
+        (["--warmup-steps", "-1"], "warmup_steps must be >= 0"),
+        (["--checkpoint-every", "-5"], "checkpoint_every must be >= 0"),
+        (["--resample-every", "-2"], "resample_every must be >= 0"),
         (["--tokens", "100"], "less than one batch"),
         (["--layers", "5"], "outside the model"),
         (["--layers", "x"], "--layers expects"),
@@ -98,7 +101,7 @@ def test_nan_loss_keeps_last_good_checkpoint(tiny_model_dir, corpus, tmp_path, c
     from sae.engine.training import load_checkpoint
 
     state = load_checkpoint(out / "checkpoint.pt")
-    assert all(torch.isfinite(t).all() for t in state["layers"]["1"]["sae"].values())
+    assert all(torch.isfinite(t).all() for t in state["units"]["L1"]["sae"].values())
 
 
 def test_resume_and_rerun_errors(tiny_model_dir, corpus, tmp_path, capsys):

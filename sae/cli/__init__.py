@@ -12,6 +12,7 @@ from sae.cli.common import UsageError, fail
 # module name -> registers its subcommands with `register(subparsers)`
 COMMAND_MODULES = [
     "train",
+    "cache",
     "evaluate",
     "bench",
     "zoo",
