@@ -43,6 +43,34 @@ class EngineError(Exception):
     """A request failed for a reason the user can act on; the message is one line."""
 
 
+@dataclass(frozen=True)
+class FormField:
+    """One `TrainConfig` field as a form shows it: name, label, one-line help, default as text, kind, choices."""
+
+    name: str
+    label: str
+    help: str
+    default: str
+    kind: str
+    choices: tuple[str, ...] = ()
+
+
+def train_form_fields(names: list[str]) -> dict[str, FormField]:
+    """The training form's fields, read from `TrainConfig` (the one home of training defaults and help)."""
+    from dataclasses import fields as dc_fields
+
+    from sae.engine.train_config import TrainConfig, field_default
+
+    out: dict[str, FormField] = {}
+    for f in dc_fields(TrainConfig):
+        if f.name in names:
+            d = field_default(f.name)
+            text = "" if d is None or d == [] else f"{d:g}" if isinstance(d, float) else str(d)
+            out[f.name] = FormField(f.name, f.name.replace("_", " "), f.metadata.get("help", ""), text,
+                                    f.metadata.get("kind", ""), tuple(f.metadata.get("choices", ())))
+    return out
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception's message, with its type when the message is empty."""
     text = str(exc).strip()
@@ -503,31 +531,30 @@ class Engine:
         return self.start_job("ioi", job, post)
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
-        """Train SAEs on the open model (sae.engine.training.train_saes); the result is `{layer: SAE}`."""
+        """Train SAEs on the open model (sae.engine.training.train_saes); the result is `{layer: SAE}`.
+
+        `form` holds `TrainConfig` fields; everything not in it (warm-up, dead window, ...) is TrainConfig's own
+        default, scaled to the run. Progress arrives as `{"progress": sae.engine.jobs.Progress, "done", "total"}`.
+        """
 
         def job(rep: Reporter) -> Any:
             training = _require("sae.engine.training")
-            from sae.engine.activations import pack_tokens
-            from sae.engine.activations import CorpusError, read_corpus
+            from sae.engine.activations import CorpusError
+            from sae.engine.token_cache import cached_token_rows
 
             model = self._need_model()
             try:
-                # short interactive runs: warm-up and the dead-latent window scale with the run's length
-                steps = max(1, int(form.get("total_tokens", 0)) // max(1, int(form.get("batch_size", 4096))))
-                schedule = {"warmup_steps": min(1000, max(1, steps // 10)),
-                            "dead_window_steps": min(1000, max(10, steps // 4))}
                 cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
-                                           context_size=min(128, model.n_ctx), **{**schedule, **form})
-                texts = read_corpus(corpus)
+                                           **{"context_size": min(128, model.n_ctx), **form})
+                rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
+                rows = cached_token_rows(model, corpus, cfg.context_size, split="train", max_rows=rows_needed)
             except (training.TrainingError, CorpusError, OSError) as exc:
                 raise EngineError(one_line(exc)) from exc
-            rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
-            rows = pack_tokens(texts, model.encode, cfg.context_size, model.bos_token_id,
-                               eos_id=getattr(model.tokenizer, "eos_token_id", None), max_rows=rows_needed)
-            if rows.shape[0] == 0:
-                raise EngineError(f"corpus {corpus!r} is too small for one {cfg.context_size}-token row")
-            rep.progress({"event": "tokens ready", "step": 0, "total_steps": cfg.total_steps})
-            return training.train_saes(model, rows, cfg, out_dir, on_progress=rep.progress,
+
+            def progress(p: Any) -> None:
+                rep.progress({"progress": p, "done": p.done, "total": p.total})
+
+            return training.train_saes(model, rows, cfg, out_dir, on_progress=progress,
                                        cancel=rep.cancel_event, resume=resume, device=model.device)
 
         return self.start_job("train", job, post)
