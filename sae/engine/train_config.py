@@ -61,7 +61,8 @@ class TrainConfig:
         kind="float_list", flag="--l1")
     k: int | list[int] = opt(32, "active latents per token (topk); a comma list trains a sweep", kind="int_list")
     aux_k: int | None = opt(None, "topk: dead latents in the AuxK loss", kind="int", shown="d_in // 2")
-    aux_coeff: float = opt(1 / 32, "topk: weight of the AuxK loss (Gao et al.: 1/32)", kind="float")
+    aux_coeff: float = opt(1 / 32, "topk: weight of the AuxK loss (Gao et al.: 1/32; 0 turns AuxK off)",
+                           kind="float")
     normalize_activations: str = opt(
         "expected_average_only_in",
         "expected_average_only_in: train on z scaled so E||z|| = sqrt(d_in) (estimated on the first buffer), the "
@@ -129,10 +130,10 @@ class TrainConfig:
         if self.normalize_activations not in NORMALIZATIONS:
             raise TrainingError(f"normalize_activations must be one of {', '.join(NORMALIZATIONS)} "
                                 f"(got {self.normalize_activations!r})")
-        for name in ("lr", "aux_coeff"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v <= 0:
-                raise TrainingError(f"{name} must be a positive number (got {v})")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise TrainingError(f"lr must be a positive number (got {self.lr})")
+        if not math.isfinite(self.aux_coeff) or self.aux_coeff < 0:
+            raise TrainingError(f"aux_coeff must be a number >= 0 (got {self.aux_coeff})")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be in [0, 1) (got {getattr(self, name)})")

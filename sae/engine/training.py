@@ -454,7 +454,7 @@ class Trainer:
             group["lr"] = lr
         topk = cfg.architecture == "topk"
         aux_k = cfg.aux_k or max(1, self.d_in // 2)
-        dead = u.tracker.dead(sched.dead_tokens) if topk else None
+        dead = u.tracker.dead(sched.dead_tokens) if topk and cfg.aux_coeff > 0 else None
         if self.autocast_dtype is None:
             if topk:
                 out = topk_step_grads(sae, x, int(u.value), dead, aux_k, cfg.aux_coeff)
@@ -467,7 +467,8 @@ class Trainer:
                 pre, f, x_hat = sae_forward_train(sae, x)
                 if topk:
                     mse = (x_hat.float() - x).pow(2).sum(-1).mean()
-                    aux = topk_aux_loss(sae, x, pre.float(), x_hat.float(), dead, aux_k)
+                    aux = (topk_aux_loss(sae, x, pre.float(), x_hat.float(), dead, aux_k) if dead is not None
+                           else mse.new_zeros(()))
                     loss = mse + cfg.aux_coeff * aux
                 else:
                     loss, mse, aux = standard_loss(x, f.float(), x_hat.float(), cfg.l1_for(u.layer, u.value))
