@@ -136,10 +136,11 @@ def test_bench_group_and_train_json(tiny_model_dir, capsys):
         main(["bench", "--help"])
     assert "train" in capsys.readouterr().out
     rc = main(["bench", "train", "--model", str(tiny_model_dir), "--width", "64", "--batch-size", "256", "--steps", "1",
-               "--no-reference", "--json"])
+               "--no-reference", "--process-tokens", "0", "--one-pass", "--json"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
-    run = data["runs"][0]
+    assert [r["architecture"] for r in data["runs"]] == ["standard", "topk"]
+    for run in data["runs"]:
+        assert run["loop_tokens_per_s"] > 0 and run["sae_step"]["fraction_of_matmul"] > 0
     for key in ("model_pass_tokens_per_s", "one_layer", "all_layers_one_pass", "separate_runs", "sae_step"):
-        assert key in run
-    assert run["sae_step"]["fraction_of_matmul"] > 0
+        assert key in data["one_pass"]

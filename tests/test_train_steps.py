@@ -42,7 +42,7 @@ def _autograd_topk(sae: SAE, x: torch.Tensor, k: int, dead: torch.Tensor, aux_k:
 
 
 @pytest.mark.parametrize("sparse", [True, False])
-@pytest.mark.parametrize("n_dead", [0, 7, 40])
+@pytest.mark.parametrize("n_dead", [0, 4, 7, 40])
 def test_topk_grads_match_autograd(sparse, n_dead):
     sae = _sae("topk")
     x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1)) * 2 + 0.5

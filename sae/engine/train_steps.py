@@ -178,14 +178,22 @@ def topk_step_grads(
     aux = x.new_zeros(())
     n_dead = int(dead.sum()) if dead is not None else 0
     if n_dead:
+        # AuxK works on the dead columns only: [B, n_dead] pre-activations, decoder rows W_dec[dead]
         kk = min(aux_k, n_dead)
         scale = min(1.0, n_dead / aux_k)
-        av, ai = pre.masked_fill_(~dead, float("-inf")).topk(kk, dim=-1)
+        dead_idx = dead.nonzero().flatten()
+        pre_d = pre.index_select(1, dead_idx)  # [B, n_dead]
+        W_d = W_dec.index_select(0, dead_idx)  # [n_dead, d_in]
+        if kk < n_dead:
+            av, local = pre_d.topk(kk, dim=-1)
+        else:
+            av, local = pre_d, torch.arange(n_dead, device=x.device).expand(n, -1)
         aa = av.relu()
-        e_err = decode_rows(aa, ai, W_dec, sparse).add_(err)  # e_hat - (x - x_hat) = e_hat + err
+        ai = dead_idx[local]  # [B, kk] latent ids
+        e_err = decode_rows(aa, local, W_d, sparse).add_(err)  # e_hat - (x - x_hat) = e_hat + err
         aux = scale * e_err.pow(2).sum() / n
         d_ehat = e_err.mul_(2.0 * aux_coeff * scale / n)
-        d_aa = rows_dot(d_ehat, ai, W_dec, sparse).mul_(av > 0)
+        d_aa = rows_dot(d_ehat, local, W_d, sparse).mul_(av > 0)
         sel_idx.append(ai)
         sel_grad.append(d_aa)
     g_W_dec = scatter_outer(idx, a, d_xhat, d_sae, sparse)
