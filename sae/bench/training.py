@@ -27,12 +27,13 @@ from sae.engine.training import (
 
 def random_gpt2_dir(path: Path, n_layer: int, d_model: int, n_head: int, n_ctx: int, vocab: int) -> Path:
     """A GPT-2-architecture model with random weights and a placeholder word-level tokenizer, in HF layout."""
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     words = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, vocab)}}
     tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(path)
     cfg = GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=n_ctx, vocab_size=vocab,
                      bos_token_id=0, eos_token_id=0)
@@ -183,20 +184,32 @@ def reference_model_dir() -> Path:
     from sae.engine.token_cache import cache_root
 
     root = cache_root() or Path(tempfile.gettempdir()) / "attnscope"
-    path = root / "bench" / "gpt2-2x256-random"
+    path = root / "bench" / "gpt2-2x256-random-v2"
     if not (path / "model.safetensors").is_file():
         torch.manual_seed(0)
         random_gpt2_dir(path, 2, 256, 4, 128, 2048)
     return path
 
 
-def time_process(model: str, layer: int, architecture: str, d_sae: int, tokens: int, device: str) -> dict[str, Any]:
+def reference_corpus(path: Path, tokens: int) -> Path:
+    """A text of `tokens` random words the reference model's word-level tokenizer knows (`t1 t2 ...`), written
+    once beside the model (so its tokenisation is cached like a real corpus's)."""
+    f = path / f"corpus-{tokens}.txt"
+    if not f.is_file():
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 2048, (int(tokens * 1.05) + 1024,), generator=g).tolist()
+        f.write_text("\n".join(" ".join(f"t{i}" for i in ids[j : j + 100]) for j in range(0, len(ids), 100)))
+    return f
+
+
+def time_process(model: str, layer: int, architecture: str, d_sae: int, tokens: int, device: str,
+                 corpus: str = "default") -> dict[str, Any]:
     """Wall-clock of a whole `attnscope train` process (start-up, model, corpus, training, saving) for `tokens`."""
     import subprocess
     import sys
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "workbench.main", "train", "--model", model, "--layers", str(layer),
+        cmd = [sys.executable, "-m", "workbench.main", "train", "--model", model, "--corpus", corpus, "--layers", str(layer),
                "--architecture", architecture, "--width", str(d_sae), "--tokens", str(tokens), "--device", device,
                "--checkpoint-every", "0", "--out", str(Path(tmp) / "run"), "--json"]
         t = time.perf_counter()
@@ -227,13 +240,13 @@ def bench_train(model=None, d_sae: int | None = None, batch_size: int = 4096, st
         model_spec = "default"
     else:
         model_spec = model.name
-    shapes = [(model, model_spec, d_sae or 8 * model.d_z)]
+    shapes = [(model, model_spec, d_sae or 8 * model.d_z, "default")]
     if reference:
         ref_dir = reference_model_dir()
         ref = load_model(str(ref_dir), device=str(dev))
         ref.name = "reference: 2-layer 256-wide GPT-2 (random weights)"
-        shapes.append((ref, str(ref_dir), 2048))
-    for m, spec, width in shapes:
+        shapes.append((ref, str(ref_dir), 2048, str(reference_corpus(ref_dir, max(process_tokens, 8192)))))
+    for m, spec, width, corpus in shapes:
         context = min(128, m.n_ctx)
         rows = _random_rows(m, max(64, 4 * batch_size // context), context)
         layer = 1 if m.n_layers > 1 else 0
@@ -246,7 +259,7 @@ def bench_train(model=None, d_sae: int | None = None, batch_size: int = 4096, st
                 "sae_step": sae_step_efficiency(m.d_z, width, batch_size, m.device, architecture=arch),
             }
             if process_tokens > 0:
-                run["process"] = time_process(spec, layer, arch, width, process_tokens, str(dev))
+                run["process"] = time_process(spec, layer, arch, width, process_tokens, str(dev), corpus)
             results["runs"].append(run)
     if one_pass:
         results["one_pass"] = bench_model(model, d_sae or 8 * model.d_z, batch_size, steps)
