@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import torch
@@ -30,6 +32,23 @@ def rows(tiny_model):
     r = torch.randint(1, tiny_model.d_vocab, (48, CTX), generator=g)
     r[:, 0] = tiny_model.bos_token_id
     return r
+
+
+@contextmanager
+def count_passes(model) -> Iterator[dict[str, int]]:
+    """Counts the model's forward passes while active."""
+    passes = {"n": 0}
+    original = model.bridge.run_with_hooks
+
+    def counting(*a, **k):
+        passes["n"] += 1
+        return original(*a, **k)
+
+    model.bridge.run_with_hooks = counting
+    try:
+        yield passes
+    finally:
+        del model.bridge.run_with_hooks
 
 
 def cfg(**kw) -> TrainConfig:
@@ -60,22 +79,12 @@ def test_training_writes_outputs_and_reduces_loss(tiny_model, rows, tmp_path):
 
 
 def test_many_layers_one_pass_equals_separate_runs(tiny_model, rows, tmp_path):
-    passes = {"n": 0}
-    original = tiny_model.bridge.run_with_hooks
-
-    def counting(*a, **k):
-        passes["n"] += 1
-        return original(*a, **k)
-
-    tiny_model.bridge.run_with_hooks = counting
-    try:
+    with count_passes(tiny_model) as passes:
         both = train_saes(tiny_model, rows, cfg(layers=[0, 2]), tmp_path / "both")
         n_both = passes["n"]
         passes["n"] = 0
         only2 = train_saes(tiny_model, rows, cfg(layers=[2]), tmp_path / "only2")
         n_one = passes["n"]
-    finally:
-        del tiny_model.bridge.run_with_hooks
     assert n_both == n_one  # two layers cost the model passes of one
     # same tokens in the same order: the layer-2 SAE is the same whether trained alone or beside layer 0
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):

@@ -17,15 +17,7 @@ from sae.engine.schedule import resolve_schedule
 from sae.engine.train_config import PAPER_L1, PRESETS, TrainConfig, TrainingError, option_fields
 from sae.engine.training import Trainer, train_saes
 
-CTX = 16
-
-
-@pytest.fixture(scope="module")
-def rows(tiny_model):
-    g = torch.Generator().manual_seed(0)
-    r = torch.randint(1, tiny_model.d_vocab, (48, CTX), generator=g)
-    r[:, 0] = tiny_model.bos_token_id
-    return r
+from test_training import CTX, count_passes, rows  # noqa: F401 - the same token rows fixture
 
 
 def cfg(**kw) -> TrainConfig:
@@ -235,15 +227,7 @@ def test_topk_init_is_the_transposed_decoder_with_unit_rows():
 @pytest.mark.parametrize("arch, values", [("topk", [2, 4, 8]), ("standard", [0.1, 1.0])])
 def test_sweep_gives_each_point_the_weights_of_a_separate_run(tiny_model, rows, tmp_path, arch, values):
     key = "k" if arch == "topk" else "l1_coeff"
-    passes = {"n": 0}
-    original = tiny_model.bridge.run_with_hooks
-
-    def counting(*a, **k):
-        passes["n"] += 1
-        return original(*a, **k)
-
-    tiny_model.bridge.run_with_hooks = counting
-    try:
+    with count_passes(tiny_model) as passes:
         trainer = Trainer(tiny_model, rows, cfg(architecture=arch, layers=[0, 1], **{key: values}), tmp_path / "sweep")
         outcome = trainer.run()
         n_sweep = passes["n"]
@@ -252,8 +236,6 @@ def test_sweep_gives_each_point_the_weights_of_a_separate_run(tiny_model, rows, 
         for v in values:
             separate[v] = train_saes(tiny_model, rows, cfg(architecture=arch, layers=[0, 1], **{key: v}), tmp_path / f"one{v}")
         assert passes["n"] == n_sweep * len(values)  # the sweep cost the model passes of one run
-    finally:
-        del tiny_model.bridge.run_with_hooks
     labels = [f"k{v}" for v in values] if arch == "topk" else [f"l1_{v:g}" for v in values]
     assert sorted(outcome.sweep) == sorted(labels)
     for v, label in zip(values, labels):

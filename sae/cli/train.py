@@ -36,24 +36,19 @@ PAPER_EPILOG = (
 )
 
 
-def _float_list(text: str) -> float | list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or a comma list of numbers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals[0] if len(vals) == 1 else vals
+def _number_list(cast: type, what: str):
+    """An argparse type: one number, or a comma list of them (a sweep) returned as a list."""
 
+    def parse(text: str) -> Any:
+        try:
+            vals = [cast(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or a comma list of them, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected at least one {what}")
+        return vals[0] if len(vals) == 1 else vals
 
-def _int_list(text: str) -> int | list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or a comma list of them, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals[0] if len(vals) == 1 else vals
+    return parse
 
 
 def _int(text: str) -> int:
@@ -70,7 +65,8 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-PARSERS = {"int": _int, "float": _float, "float_list": _float_list, "int_list": _int_list, "str": str,
+PARSERS = {"int": _int, "float": _float, "float_list": _number_list(float, "a number"),
+           "int_list": _number_list(int, "a whole number"), "str": str,
            "layers": str}
 
 

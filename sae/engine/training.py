@@ -19,7 +19,6 @@ a `CancelToken` (or `threading.Event`) stops a run between steps with a checkpoi
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import signal
