@@ -100,6 +100,12 @@ class TrainConfig:
     corpus: str = opt("", "corpus the token rows come from", cli=False)
     activations: str = opt("", "train from an activation cache written by `attnscope cache` (no model pass)",
                            kind="str", cli=False)
+    data_shards: int | None = opt(
+        None, "lanes the data stream is split into, each with its own rows, model pass and shuffle buffer; fixed "
+        "for the run, a resume may use any process count dividing it (sae.engine.distributed)", kind="int",
+        shown="the number of processes")
+    world_size: int = opt(1, "processes of the (last session of the) run; batch_size is the global batch",
+                          cli=False)
 
     def __post_init__(self) -> None:
         if self.architecture not in TRAINABLE:
@@ -116,7 +122,7 @@ class TrainConfig:
         for name in ("expansion", "batch_size", "context_size", "rows_per_pass", "buffer_batches", "resample_sample"):
             if getattr(self, name) <= 0:
                 raise TrainingError(f"{name} must be positive (got {getattr(self, name)})")
-        for name in ("d_sae", "dead_tokens", "aux_k"):
+        for name in ("d_sae", "dead_tokens", "aux_k", "data_shards"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise TrainingError(f"{name} must be positive (got {v})")
@@ -202,7 +208,7 @@ class TrainConfig:
         _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # fields that may differ between a checkpoint and the run that resumes it
-    RESUMABLE_CHANGES = ("total_tokens", "checkpoint_every", "log_every")
+    RESUMABLE_CHANGES = ("total_tokens", "checkpoint_every", "log_every", "world_size")
 
 
 def option_fields() -> list:

@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from sae.engine.activations import ActivationBuffer, ZSource, rows_digest
+from sae.engine.activations import ZSource, rows_digest
 from sae.engine.autoencoder import SAE, SAEConfig, fold_input_scale
+from sae.engine.distributed import LocalSync, ShardedBuffer, Sync, read_lane_states, write_checkpoint
 from sae.engine.formats import save_sae
 from sae.engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
 from sae.engine.models import z_hook_name
@@ -231,9 +232,15 @@ class Trainer:
         cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
         device: str | torch.device | None = None,
         source: Any = None,
+        sync: Sync | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
+        # data parallelism (sae.engine.distributed): batch_size is the global batch, split into data_shards lanes
+        self.sync = sync if sync is not None else LocalSync()
+        cfg.world_size = self.sync.world_size
+        if cfg.data_shards is None:
+            cfg.data_shards = self.sync.world_size
         self.out_dir = Path(out_dir)
         self.on_progress = on_progress
         self.cancel = cancel if cancel is not None else CancelToken()
@@ -268,10 +275,10 @@ class Trainer:
         self.d_in = d_in
         self.autocast_dtype = torch.bfloat16 if (cfg.autocast and self.device.type == "cuda") else None
         self.schedule: Schedule = resolve_schedule(cfg)
-        self.buffer = ActivationBuffer(
-            self.source.next_chunk, len(cfg.layers), d_in, cfg.buffer_batches * cfg.batch_size,
-            cfg.batch_size, self.device, torch.Generator().manual_seed(cfg.seed + 1),
-        )
+        try:
+            self.buffer = ShardedBuffer(self.source, len(cfg.layers), d_in, cfg, self.device, self.sync)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
         self.scales: dict[int, float] | None = None  # per layer, set from the first buffer
         param = cfg.sparsity_param
         self.units: list[Unit] = []
@@ -315,8 +322,6 @@ class Trainer:
             "seconds": self.seconds,
             "rows_digest": self.digest,
             "units": {u.name: u.state_dict() for u in self.units},
-            "buffer": self.buffer.state_dict(),
-            "source": self.source.state_dict(),
         }
 
     def resume(self) -> None:
@@ -340,8 +345,7 @@ class Trainer:
             self.cfg.total_steps, saved_schedule.warmup_steps, saved_schedule.resample_every,
             saved_schedule.resample_window, saved_schedule.dead_tokens, saved_schedule.chosen)
         self.scales = {int(k): float(v) for k, v in state["scales"].items()} if state["scales"] else None
-        self.buffer.load_state_dict(state["buffer"])
-        self.source.load_state_dict(state["source"])
+        self.buffer.load_lane_states(read_lane_states(self.checkpoint_path, state, self.buffer.owned, load_checkpoint))
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
         self.last_checkpoint_step = self.step
@@ -349,8 +353,13 @@ class Trainer:
     def _all_finite(self) -> bool:
         return all(torch.isfinite(p).all().item() for u in self.units for p in u.sae.parameters())
 
+    def _save_state(self) -> None:
+        """The checkpoint: global state from rank 0, each process's data lanes from itself."""
+        write_checkpoint(self.checkpoint_path, self.state_dict(), self.buffer.lane_states(), self.step, self.sync,
+                         save_checkpoint)
+
     def write_checkpoint(self) -> Path:
-        save_checkpoint(self.checkpoint_path, self.state_dict())
+        self._save_state()
         self.save_saes()
         self.last_checkpoint_step = self.step
         return self.checkpoint_path
@@ -371,6 +380,8 @@ class Trainer:
             "schedule": self.schedule.to_dict(),
             "steps_done": self.step,
             "tokens_done": self.step * self.cfg.batch_size,
+            "global_batch": self.cfg.batch_size,
+            "world_size": self.sync.world_size,
             "n_resamples": u.n_resamples,
         })
         sae.cfg.extra = {**sae.cfg.extra, "training": train}
@@ -380,7 +391,8 @@ class Trainer:
         out: dict[str, dict[int, SAE]] = {}
         for u in self.units:
             sae = self.saved_sae(u)
-            save_sae(sae, self.unit_dir(u), u.tracker.log10_density())
+            if self.sync.is_main:
+                save_sae(sae, self.unit_dir(u), u.tracker.log10_density())
             out.setdefault(u.label, {})[u.layer] = sae
         return out
 
@@ -435,11 +447,13 @@ class Trainer:
             self.buffer.fill()
         self.scales = {}
         for slot, layer in enumerate(self.cfg.layers):
-            x = self.buffer.storage[slot]
-            s = activation_scale(x) if self.cfg.normalize_activations == "expected_average_only_in" else 1.0
+            mean_norm, mean_x = self.buffer.first_moments(slot)  # over every data shard
+            s = 1.0
+            if self.cfg.normalize_activations == "expected_average_only_in" and mean_norm > 0 and math.isfinite(mean_norm):
+                s = math.sqrt(self.d_in) / mean_norm
             self.scales[layer] = s
             if self.cfg.architecture == "topk":
-                mean = x.float().mean(0) * s
+                mean = mean_x.to(self.device) * s
                 for u in self.units:
                     if u.layer == layer:
                         with torch.no_grad():
@@ -473,10 +487,12 @@ class Trainer:
                     loss, mse, aux = standard_loss(x, f.float(), x_hat.float(), cfg.l1_for(u.layer, u.value))
             loss.backward()
             fired = (f > 0).sum(0).float()
+        fired, loss = self.sync.reduce_step(list(sae.parameters()), fired, loss)  # data parallel: mean grads
+        n_global = x.shape[0] * self.sync.world_size
         remove_parallel_grad(sae)
         u.opt.step()
         sae.set_decoder_norm_to_unit()
-        u.tracker.update(fired, x.shape[0])
+        u.tracker.update(fired, n_global)
         if log:
             with torch.no_grad():
                 err = (x_hat.float() - x).pow(2).sum()
@@ -486,7 +502,7 @@ class Trainer:
                     "loss": loss.item(),
                     "mse": mse.item(),
                     ("aux_loss" if topk else "sparsity_loss"): float(aux),
-                    "l0": fired.sum().item() / x.shape[0],
+                    "l0": fired.sum().item() / n_global,
                     "explained_variance": 1.0 - (err / var.clamp_min(1e-12)).item(),
                     "dead_fraction": u.tracker.dead(window).float().mean().item(),
                     "lr": lr,
@@ -506,6 +522,7 @@ class Trainer:
             scale = self.scales.get(u.layer, 1.0) if self.scales else 1.0
             inputs = self.buffer.sample(cfg.resample_sample, u.slot, u.generator) * scale
             n = resample_dead(u.sae, u.opt, dead, inputs, u.generator)
+            self.sync.broadcast_([p for p in u.sae.parameters()])  # every replica keeps rank 0's revival
             u.n_resamples += 1
             u.last_resample_step = self.step + 1
             u.tracker.tokens_since_fired[dead] = 0
@@ -515,7 +532,8 @@ class Trainer:
     def run(self) -> TrainOutcome:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(self.out_dir / CONFIG_FILE)
+        if self.sync.is_main:
+            cfg.save(self.out_dir / CONFIG_FILE)
         self._t_session = self._t_rate = time.perf_counter()
         self._session_start_step = self.step
         status = "finished"
@@ -524,7 +542,7 @@ class Trainer:
         normalize = bool((scales != 1.0).any())
         self._report("start")
         while self.step < cfg.total_steps:
-            if self._stop_requested or _cancelled(self.cancel):
+            if self.sync.any(self._stop_requested or _cancelled(self.cancel)):
                 status = "cancelled"
                 break
             batch = self.buffer.next_batch()  # [n_layers, B, d_in]
@@ -582,7 +600,7 @@ class Trainer:
         if self._t_session is not None:
             self.seconds += now - self._t_session
             self._t_session = now
-        save_checkpoint(self.checkpoint_path, self.state_dict())
+        self._save_state()
         saved = self.save_saes()
         self.last_checkpoint_step = self.step
         return saved
