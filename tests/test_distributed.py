@@ -142,3 +142,24 @@ def test_communication_estimate_closed_form():
     assert e["grad_mb"] == pytest.approx(values * 4 / 1e6)
     assert e["comm_s"] == pytest.approx(values * 4 * 2 * 7 / 8 / 100e9)
     assert e["compute_s"] == pytest.approx(6 * 4096 * 768 * 24576 / 100e12)
+
+
+def test_cli_nproc_launches_torchrun_and_refuses_bad_setups(tiny_model_dir, tmp_path, capsys):
+    from sae.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((ROOT / "tests" / "conftest.py").read_text() * 4)
+    common = ["train", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--layers", "0", "--width", "32",
+              "--context-size", "32", "--tokens", "1024"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--nproc", str((os.cpu_count() or 1) + 1)]) == 2
+    assert "exceeds the" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "a"), "--nproc", "2", "--batch-size", "127"]) == 2
+    assert "not divisible by 2" in capsys.readouterr().err
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ATTNSCOPE_DIST_TIMEOUT": "60"}
+    done = subprocess.run([sys.executable, "-m", "workbench.main", *common, "--batch-size", "128", "--nproc", "2",
+                           "--out", str(tmp_path / "b"), "--json"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["status"] == "finished"  # one report (rank 0's), not two
+    saved = load_sae(tmp_path / "b" / "blocks.0.attn.hook_z").cfg.extra["training"]
+    assert saved["world_size"] == 2 and saved["global_batch"] == 128 and saved["tokens_done"] == 1024

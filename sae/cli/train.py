@@ -134,6 +134,10 @@ def register(subparsers: Any) -> None:
                    "(default 32,768)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (bf16 autocast on CUDA)")
+    p.add_argument("--nproc", type=_int, default=1,
+                   help="data-parallel processes on this machine (one per GPU, or CPU cores): launches torchrun "
+                   "(python -m torch.distributed.run); --batch-size stays the global batch. Under torchrun itself "
+                   "(torchrun --nproc-per-node N -m workbench.main train ...) leave it out (default 1)")
     add_output_flags(p)
     p.set_defaults(func=run)
 
@@ -193,6 +197,82 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
+    from sae.engine.distributed import DistributedError, init_from_env, launched_by_torchrun, shutdown
+
+    if args.nproc != 1 and not launched_by_torchrun():
+        return launch_torchrun(args)
+    sync = None
+    if launched_by_torchrun():  # one rank of a data-parallel run: only rank 0 prints and writes files
+        try:
+            sync, dist_device = init_from_env(args.device)
+        except DistributedError as exc:
+            raise UsageError(str(exc)) from None
+        args.device = str(dist_device)
+        if not sync.is_main:
+            console.quiet = out.quiet = True
+    try:
+        return _run(args, sync)
+    finally:
+        if sync is not None:
+            shutdown()
+
+
+def launch_torchrun(args: argparse.Namespace) -> int:
+    """`attnscope train --nproc N ...`: check the split, then run `python -m torch.distributed.run` with N
+    processes on 127.0.0.1 and a free port, each running this command without --nproc."""
+    import os
+    import subprocess
+    import sys
+
+    from sae.engine.distributed import DistributedError, check_launch, check_split, free_port
+    from sae.engine.train_config import PRESETS, field_default
+
+    n = args.nproc
+    try:
+        check_launch(n, args.device)
+        if args.resume:
+            cfg = resumed_config(args, Path(args.out).expanduser())
+            check_split(cfg.batch_size, cfg.data_shards or n, n)
+        else:
+            preset = PRESETS.get(args.preset or "", {})
+            batch = args.batch_size or preset.get("batch_size") or field_default("batch_size")
+            check_split(batch, args.data_shards or n, n)
+    except DistributedError as exc:
+        raise UsageError(str(exc)) from None
+    argv = strip_nproc(getattr(args, "argv", None) or sys.argv[1:])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "workbench.main", *argv]
+    env = dict(os.environ)
+    if not args.device.startswith("cuda"):
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    console.print(f"launching {n} processes: {' '.join(cmd[1:])}")
+    return subprocess.call(cmd, env=env)
+
+
+def strip_nproc(argv: list[str]) -> list[str]:
+    """`argv` without `--nproc N` / `--nproc=N`."""
+    out_: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out_.append(a)
+    return out_
+
+
+def _run(args: argparse.Namespace, sync) -> int:
+    import torch
+
+    from sae.engine.activations import CorpusError
+    from sae.engine.jobs import CancelToken, Progress
+    from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
+
     out_dir = Path(args.out).expanduser()
     source = None
     model = None
@@ -235,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         device = None
         if model is None:
             device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        trainer = Trainer(model, rows, cfg, out_dir, cancel=cancel, source=source, device=device)
+        trainer = Trainer(model, rows, cfg, out_dir, cancel=cancel, source=source, device=device, sync=sync)
         if args.resume:
             trainer.resume()
     except TrainingError as exc:
@@ -247,6 +327,9 @@ def run(args: argparse.Namespace) -> int:
         f"{trainer.d_in} -> {cfg.width(cfg.layers[0], trainer.d_in)}, {cfg.total_steps:,} steps of "
         f"{cfg.batch_size:,} tokens ({where}){' (resumed at step ' + str(trainer.step) + ')' if args.resume else ''}"
     )
+    if sync is not None:
+        console.print(f"data parallel: {sync.world_size} processes, {cfg.batch_size // sync.world_size:,} tokens each "
+                      f"per step, {cfg.data_shards} data shards")
     console.print(trainer.schedule.describe(cfg.architecture))
     for warning in trainer.schedule.warnings():
         console.print(f"[yellow]warning:[/] {warning}")
@@ -283,9 +366,10 @@ def run(args: argparse.Namespace) -> int:
             for layer, m in outcome.metrics.items()
         ] if not cfg.is_sweep else [],
     }
-    if cfg.is_sweep and outcome.status == "finished":
+    if cfg.is_sweep and outcome.status == "finished" and (sync is None or sync.is_main):
         data["sweep"] = [p.to_dict() for p in score_sweep(args, cfg, outcome, trainer, model)]
-    emit(args, data, _markdown, _pretty)
+    if sync is None or sync.is_main:  # one report per run, not one per process
+        emit(args, data, _markdown, _pretty)
     if outcome.status == "cancelled":
         console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume")
         return 130

@@ -326,6 +326,8 @@ def write_checkpoint(path: Path, state: dict[str, Any], lanes: dict[int, dict[st
     `save(path, obj)` writes atomically."""
     if sync.world_size == 1:
         save(path, {**state, "data": lanes})
+        for f in (path.parent / LANES_DIR).glob("lane*-step*.pt"):  # left by an earlier multi-process session
+            f.unlink(missing_ok=True)
         return
     for lane, s in lanes.items():
         save(path.parent / lane_file(lane, step), s)
