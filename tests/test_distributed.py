@@ -163,3 +163,12 @@ def test_cli_nproc_launches_torchrun_and_refuses_bad_setups(tiny_model_dir, tmp_
     assert json.loads(done.stdout)["status"] == "finished"  # one report (rank 0's), not two
     saved = load_sae(tmp_path / "b" / "blocks.0.attn.hook_z").cfg.extra["training"]
     assert saved["world_size"] == 2 and saved["global_batch"] == 128 and saved["tokens_done"] == 1024
+
+
+def test_bench_scaling_counts_and_refuses_too_many_processes(capsys):
+    from sae.bench.scaling import process_counts
+    from sae.cli import main
+
+    assert process_counts(1) == [1] and process_counts(3) == [1, 2, 3] and process_counts(8) == [1, 2, 4, 8]
+    assert main(["bench", "train", "--nproc", str((os.cpu_count() or 1) + 1), "--device", "cpu"]) == 2
+    assert "exceeds the" in capsys.readouterr().err

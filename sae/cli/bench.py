@@ -54,6 +54,10 @@ def register_bench(bench_sub: Any) -> None:
     p.add_argument("--no-reference", action="store_true", help="skip the 256 -> 2048 reference shape")
     p.add_argument("--one-pass", action="store_true", help="also time all layers in one pass vs separate runs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--nproc", type=positive_int, default=None,
+                   help="instead: data-parallel scaling, whole `attnscope train --nproc n` runs of --process-tokens "
+                   "tokens for n = 1, 2, 4, ..., N (the first of --architectures, layer 1, --width), tokens/s and "
+                   "efficiency against one process")
     add_output_flags(p)
     p.set_defaults(func=run_train)
 
@@ -65,6 +69,8 @@ def run_train(args: argparse.Namespace) -> int:
     bad = [a for a in archs if a not in ("standard", "topk")]
     if bad or not archs:
         raise UsageError(f"--architectures takes standard and/or topk, got {args.architectures!r}")
+    if args.nproc:
+        return run_scaling(args, archs[0])
     model = open_model(args.model, args.device)
     console.print("benchmarking SAE training (minutes: whole-process runs included; --process-tokens 0 skips them)...")
     data = bench_train(model if args.model != "default" else None, d_sae=args.width, batch_size=args.batch_size,
@@ -72,6 +78,38 @@ def run_train(args: argparse.Namespace) -> int:
                        process_tokens=args.process_tokens, architectures=archs, one_pass=args.one_pass)
     emit(args, data, _markdown, _pretty)
     return 0
+
+
+def run_scaling(args: argparse.Namespace, architecture: str) -> int:
+    from sae.bench.scaling import bench_scaling
+    from sae.engine.distributed import DistributedError, check_launch
+
+    try:
+        check_launch(args.nproc, args.device)
+    except DistributedError as exc:
+        raise UsageError(str(exc)) from None
+    if args.process_tokens < args.batch_size:
+        raise UsageError(f"--process-tokens ({args.process_tokens}) is less than one batch of {args.batch_size}")
+    model = open_model(args.model, "cpu")
+    layer = 1 if model.n_layers > 1 else 0
+    width = args.width or 8 * model.d_z
+    del model
+    console.print(f"data-parallel scaling up to {args.nproc} processes ({args.process_tokens:,} tokens per run)...")
+    data = bench_scaling(args.model, "default", layer, architecture, width, args.process_tokens, args.batch_size,
+                         args.nproc, args.device)
+    emit(args, data, _scaling_markdown, None)
+    return 0
+
+
+def _scaling_markdown(data: dict) -> str:
+    lines = [f"data-parallel scaling: {data['model']} layer {data['layer']}, {data['architecture']} -> {data['d_sae']}, "
+             f"global batch {data['batch_size']:,}, {data['tokens']:,} tokens per run ({data['device']})", "",
+             "| processes | trainer loop tokens/s | whole run (s) | efficiency |", "|---|---|---|---|"]
+    for r in data["scaling"]:
+        tps = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else f"failed: {r.get('error', '')}"
+        eff = f"{r['efficiency']:.2f}" if r.get("efficiency") is not None else "–"
+        lines.append(f"| {r['nproc']} | {tps} | {r['seconds']:.1f} | {eff} |")
+    return "\n".join(lines)
 
 
 def _rows(data: dict) -> list[tuple[str, str]]:

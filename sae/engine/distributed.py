@@ -221,6 +221,8 @@ def shard_source(source: Any, lane: int, n_lanes: int) -> Any:
     `CacheSource`, both keeping `rows`, `seed` and the epoch order), seeded for the lane. One lane: `source`."""
     if n_lanes == 1:
         return source
+    if not all(hasattr(source, a) for a in ("rows", "seed", "_epoch_order")):
+        raise DistributedError(f"a {type(source).__name__} cannot be split into data shards")
     s = copy.copy(source)
     s.rows = source.rows[lane::n_lanes]
     if s.rows.shape[0] == 0:
@@ -254,6 +256,12 @@ class ShardedBuffer:
                 src.next_chunk, n_layers, d_in, self.capacity, self.lane_batch, device,
                 torch.Generator().manual_seed(cfg.seed + 1 + BUFFER_SEED * lane))
         self.sync = sync
+
+    @property
+    def storage(self) -> torch.Tensor:
+        """`[n_layers, capacity x owned lanes, d_in]`: this process's buffered activations, lanes in order."""
+        parts = [self.buffers[lane].storage for lane in self.owned]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @property
     def filled(self) -> bool:
