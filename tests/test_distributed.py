@@ -141,7 +141,10 @@ def test_communication_estimate_closed_form():
     values = 2 * 768 * 24576 + 24576 + 768
     assert e["grad_mb"] == pytest.approx(values * 4 / 1e6)
     assert e["comm_s"] == pytest.approx(values * 4 * 2 * 7 / 8 / 100e9)
-    assert e["compute_s"] == pytest.approx(6 * 4096 * 768 * 24576 / 100e12)
+    assert e["compute_s"] == pytest.approx(10 * 4096 * 768 * 24576 / 100e12)
+    # the ratio is 1.6 (N-1)/N * FLOP/s / (batch * bandwidth), whatever the widths (biases aside)
+    wide = comm_estimate(2048, 65536, 4096, 8, link_gb_s=100.0, step_tflops=300.0)
+    assert wide["ratio"] == pytest.approx(1.6 * 7 / 8 * 300e12 / (4096 * 100e9), rel=2e-3)
 
 
 def test_cli_nproc_launches_torchrun_and_refuses_bad_setups(tiny_model_dir, tmp_path, capsys):

@@ -376,12 +376,14 @@ def comm_estimate(d_in: int, d_sae: int, batch_per_proc: int, n_proc: int, link_
                   bytes_per_value: int = 4) -> dict[str, float]:
     """Per step of a dense SAE: the ring all-reduce time of its fp32 gradients (`2 d_in d_sae + d_sae + d_in`
     values, each process sending and receiving `2 (N-1)/N` of the bytes) at `link_gb_s` GB/s, against the compute
-    time of one process's `6 batch_per_proc d_in d_sae` FLOPs at `step_tflops` TFLOP/s. Returns the gradient size,
+    time of one process's dense step, five `[B, d_in] x [d_in, d_sae]`-sized matmuls (encode, decode, the two
+    weight gradients and the gradient through the decoder) = `10 batch_per_proc d_in d_sae` FLOPs, at `step_tflops`
+    TFLOP/s (the convention of `bench train`'s "dense-equivalent" FLOP/s). Returns the gradient size,
     both times, the comm/compute ratio and the efficiency without overlap: compute / (compute + comm)."""
     values = 2 * d_in * d_sae + d_sae + d_in
     moved = values * bytes_per_value * 2 * (n_proc - 1) / n_proc
     comm = moved / (link_gb_s * 1e9)
-    compute = 6 * batch_per_proc * d_in * d_sae / (step_tflops * 1e12)
+    compute = 10 * batch_per_proc * d_in * d_sae / (step_tflops * 1e12)
     return {"grad_mb": values * bytes_per_value / 1e6, "comm_s": comm, "compute_s": compute,
             "ratio": comm / compute if compute else math.inf,
             "efficiency_no_overlap": compute / (compute + comm) if compute + comm else 0.0}
