@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
 FULL = {"n_layer": 12, "d_model": 768, "n_head": 12, "n_ctx": 1024, "vocab": 50257, "d_sae": 24576,
         "batch": 4096, "context": 128, "steps": 8}
@@ -56,7 +56,7 @@ def run_tests(timeout: int) -> dict[str, Any]:
     t = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     except subprocess.TimeoutExpired:
         return {"returncode": None, "summary": f"timed out after {timeout} s"}
     lines = [ln for ln in done.stdout.strip().splitlines() if ln.strip()]
@@ -70,8 +70,13 @@ def step_efficiency(d_in: int, d_sae: int, batch: int, device: torch.device, arc
     dense-equivalent TFLOP/s against same-shape `[B, d_in] x [d_in, d_sae]` matmuls in bf16 and fp32."""
     from sae.engine.autoencoder import SAE, SAEConfig
     from sae.engine.train_config import TrainConfig
-    from sae.engine.train_steps import (remove_parallel_grad, sae_forward_train, standard_loss, standard_step_grads,
-                                        topk_step_grads)
+    from sae.engine.train_steps import (
+        remove_parallel_grad,
+        sae_forward_train,
+        standard_loss,
+        standard_step_grads,
+        topk_step_grads,
+    )
     from sae.engine.training import make_optimizer
 
     k = 32
@@ -150,7 +155,7 @@ def cli_bench(model_dir: Path, shape: dict, device: str, timeout: int) -> dict[s
            device, "--process-tokens", "0", "--no-reference", "--json"]
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if done.returncode:

@@ -24,7 +24,8 @@ def token_rows(model, n_rows: int, context: int) -> torch.Tensor:
 
 
 def main(spec_path: str) -> int:
-    spec = json.loads(open(spec_path).read())
+    with open(spec_path) as f:
+        spec = json.load(f)
     torch.set_num_threads(1)
     from sae.engine.distributed import init_from_env, shutdown
     from sae.engine.jobs import Progress

@@ -3,11 +3,17 @@ bf16 autocast lowers the loss, the saved SAE loads back equal, and the hand-writ
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from sae.engine.formats import load_sae
 from sae.engine.training import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_worker import token_rows
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CTX = 16
@@ -22,10 +28,7 @@ def cuda_model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def rows(cuda_model):
-    g = torch.Generator().manual_seed(0)
-    r = torch.randint(1, cuda_model.d_vocab, (64, CTX), generator=g)
-    r[:, 0] = cuda_model.bos_token_id
-    return r
+    return token_rows(cuda_model, 64, CTX)
 
 
 @cuda
@@ -53,7 +56,11 @@ def test_cuda_training_lowers_the_loss_and_saves(cuda_model, rows, tmp_path, arc
 @cuda
 def test_cuda_hand_written_standard_step_matches_autograd():
     from sae.engine.autoencoder import SAE, SAEConfig
-    from sae.engine.train_steps import sae_forward_train, standard_loss, standard_step_grads
+    from sae.engine.train_steps import (
+        sae_forward_train,
+        standard_loss,
+        standard_step_grads,
+    )
 
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=64, d_sae=256, hook_name="blocks.0.attn.hook_z")).cuda()

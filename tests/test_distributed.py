@@ -24,7 +24,7 @@ from sae.engine.formats import load_sae
 from sae.engine.training import CHECKPOINT_FILE, TrainConfig, Trainer, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import token_rows  # noqa: E402
+from dist_worker import token_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX, N_ROWS = 16, 48
@@ -84,8 +84,9 @@ def assert_same_weights(a_dir: Path, b_dir: Path, layers=(0, 1)) -> None:
         a = load_sae(a_dir / f"blocks.{layer}.attn.hook_z")
         b = load_sae(b_dir / f"blocks.{layer}.attn.hook_z")
         for name in NAMES:
+            where = f"layer {layer} {name}"
             torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-4,
-                                       msg=lambda m: f"layer {layer} {name}: {m}")
+                                       msg=lambda m, where=where: f"{where}: {m}")
 
 
 def test_two_ranks_equal_one_process_with_the_global_batch_through_a_resample(tiny_model_dir, tiny_model, rows,
@@ -161,7 +162,7 @@ def test_cli_nproc_launches_torchrun_and_refuses_bad_setups(tiny_model_dir, tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ATTNSCOPE_DIST_TIMEOUT": "60"}
     done = subprocess.run([sys.executable, "-m", "workbench.main", *common, "--batch-size", "128", "--nproc", "2",
                            "--out", str(tmp_path / "b"), "--json"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["status"] == "finished"  # one report (rank 0's), not two
     saved = load_sae(tmp_path / "b" / "blocks.0.attn.hook_z").cfg.extra["training"]
@@ -175,3 +176,15 @@ def test_bench_scaling_counts_and_refuses_too_many_processes(capsys):
     assert process_counts(1) == [1] and process_counts(3) == [1, 2, 3] and process_counts(8) == [1, 2, 4, 8]
     assert main(["bench", "train", "--nproc", str((os.cpu_count() or 1) + 1), "--device", "cpu"]) == 2
     assert "exceeds the" in capsys.readouterr().err
+
+
+def test_data_shards_from_an_activation_cache_equal_shards_from_the_model(tiny_model, rows, tmp_path):
+    from sae.engine.activation_cache import CacheSource, write_cache
+
+    write_cache(tiny_model, rows, [0, 1], tmp_path / "acts", dtype="float32", rows_per_shard=20)
+    c = TrainConfig(**base_cfg(architecture="topk", k=4, total_tokens=64 * 6))
+    Trainer(tiny_model, rows, c, tmp_path / "model").run()
+    c = TrainConfig(**base_cfg(architecture="topk", k=4, total_tokens=64 * 6))
+    source = CacheSource(tmp_path / "acts", [0, 1], c.rows_per_pass, c.seed)
+    Trainer(None, None, c, tmp_path / "cache", source=source).run()
+    assert_same_weights(tmp_path / "model", tmp_path / "cache")

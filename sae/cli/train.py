@@ -189,15 +189,10 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from sae.engine.activations import CorpusError
-    from sae.engine.jobs import CancelToken, Progress
-    from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
+    from sae.engine.distributed import DistributedError, init_from_env, launched_by_torchrun, shutdown
 
     if args.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
-    from sae.engine.distributed import DistributedError, init_from_env, launched_by_torchrun, shutdown
 
     if args.nproc != 1 and not launched_by_torchrun():
         return launch_torchrun(args)
