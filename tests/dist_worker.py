@@ -2,7 +2,7 @@
 environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, MASTER_PORT).
 
 Usage: python tests/dist_worker.py SPEC.json, SPEC = {"model_dir", "out_dir", "cfg": TrainConfig fields, "n_rows",
-"kill": [rank, step] or null, "resume": bool}. A rank named in "kill" SIGKILLs itself after that step's report.
+"kill": [rank, step] or null, "resume": bool, "device": "cpu" (gloo) or "cuda" (nccl, one GPU per rank)}. A rank named in "kill" SIGKILLs itself after that step's report.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def main(spec_path: str) -> int:
     from sae.engine.models import load_model
     from sae.engine.training import TrainConfig, Trainer
 
-    sync, device = init_from_env("cpu")
-    model = load_model(spec["model_dir"], device="cpu")
+    sync, device = init_from_env(spec.get("device", "cpu"))
+    model = load_model(spec["model_dir"], device=str(device))
     cfg = TrainConfig(**spec["cfg"])
     rows = token_rows(model, spec["n_rows"], cfg.context_size)
     kill = spec.get("kill")

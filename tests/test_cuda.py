@@ -77,3 +77,20 @@ def test_cuda_hand_written_standard_step_matches_autograd():
     loss.backward()
     for h, p in zip(hand, (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec)):
         torch.testing.assert_close(h, p.grad, atol=1e-4, rtol=1e-3)
+
+
+@cuda
+def test_nccl_ranks_equal_one_process(tiny_model_dir, cuda_model, tmp_path):
+    """Up to 2 ranks (one per GPU; one rank on a one-GPU machine, still through an nccl process group) give the
+    weights of one process with the same global batch and data shards."""
+    from test_distributed import N_ROWS, assert_same_weights, base_cfg, launch
+
+    nproc = min(2, torch.cuda.device_count())
+    rows = token_rows(cuda_model, N_ROWS, CTX)
+    Trainer(cuda_model, rows, TrainConfig(**base_cfg()), tmp_path / "one").run()
+    spec = {"model_dir": str(tiny_model_dir), "out_dir": str(tmp_path / "nccl"), "cfg": base_cfg(), "n_rows": N_ROWS,
+            "device": "cuda"}
+    assert launch(spec, tmp_path, nproc=nproc) == [0] * nproc
+    assert_same_weights(tmp_path / "one", tmp_path / "nccl", atol=1e-4)
+    saved = load_sae(tmp_path / "nccl" / "blocks.0.attn.hook_z").cfg.extra["training"]
+    assert saved["world_size"] == nproc and saved["data_shards"] == 2

@@ -79,13 +79,13 @@ def one_process(model, rows, out: Path, **kw):
     return outcome, trainer
 
 
-def assert_same_weights(a_dir: Path, b_dir: Path, layers=(0, 1)) -> None:
+def assert_same_weights(a_dir: Path, b_dir: Path, layers=(0, 1), atol: float = 1e-5) -> None:
     for layer in layers:
         a = load_sae(a_dir / f"blocks.{layer}.attn.hook_z")
         b = load_sae(b_dir / f"blocks.{layer}.attn.hook_z")
         for name in NAMES:
             where = f"layer {layer} {name}"
-            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-4,
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=atol, rtol=1e-4,
                                        msg=lambda m, where=where: f"{where}: {m}")
 
 

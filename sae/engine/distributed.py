@@ -132,8 +132,9 @@ class ProcessGroupSync(Sync):
 
 
 def launched_by_torchrun() -> bool:
-    """True in a process started by torchrun (or anything setting its environment) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    """True in a process started by torchrun (or anything setting its environment: `RANK`, `WORLD_SIZE`,
+    `MASTER_ADDR`); a one-process torchrun run also joins a (one-member) process group."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def init_from_env(device: str = "auto") -> tuple[Sync, torch.device]:
