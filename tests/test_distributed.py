@@ -32,11 +32,12 @@ NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
 def base_cfg(**kw) -> dict:
-    """A tiny standard run whose huge L1 kills features, so the resample at step 4 revives some."""
+    """A tiny standard run whose large L1 and learning rate kill features, so the resample after step 6 (counting
+    from step 3) revives some."""
     c = dict(layers=[0, 1], architecture="standard", normalize_activations="expected_average_only_in", d_sae=48,
              batch_size=64, context_size=CTX, total_tokens=64 * 9, rows_per_pass=4, buffer_batches=4,
-             warmup_steps=2, checkpoint_every=0, log_every=1, lr=3e-3, l1_coeff=8.0, resample_every=4,
-             resample_window=4, data_shards=2, seed=3)
+             warmup_steps=2, checkpoint_every=0, log_every=1, lr=1e-2, l1_coeff=8.0, resample_every=6,
+             resample_window=3, data_shards=2, seed=3)
     c.update(kw)
     return c
 
@@ -74,8 +75,10 @@ def rows(tiny_model):
 
 def one_process(model, rows, out: Path, **kw):
     """The reference: one process, global batch 64, same two data shards, no process group."""
-    trainer = Trainer(model, rows, TrainConfig(**base_cfg(**kw)), out)
+    events: list = []
+    trainer = Trainer(model, rows, TrainConfig(**base_cfg(**kw)), out, on_progress=events.append)
     outcome = trainer.run()
+    trainer.events = events
     return outcome, trainer
 
 
@@ -94,6 +97,7 @@ def test_two_ranks_equal_one_process_with_the_global_batch_through_a_resample(ti
     outcome, trainer = one_process(tiny_model, rows, tmp_path / "one")
     assert all(u.n_resamples >= 1 for u in trainer.units)
     assert outcome.metrics[0]["n_resamples"] >= 1
+    assert max(e.metrics.get("resampled", 0) for e in trainer.events) > 0  # features were revived
     spec = {"model_dir": str(tiny_model_dir), "out_dir": str(tmp_path / "two"), "cfg": base_cfg(), "n_rows": N_ROWS}
     assert launch(spec, tmp_path) == [0, 0]
     assert_same_weights(tmp_path / "one", tmp_path / "two")
