@@ -5,7 +5,9 @@ The recipe (Kissane et al. 2024, see PAPER.md) and what attnscope adds:
   backward; topk: top-k + AuxK, decoded through the k active rows);
 - the schedule (warm-up, resampling windows, dead-latent window, all scaled to the run): `sae.engine.schedule`;
 - reviving dead features (Anthropic-style resampling) and firing trackers: `sae.engine.resampling`;
-- every default and its help text: `sae.engine.train_config.TrainConfig`.
+- every default and its help text: `sae.engine.train_config.TrainConfig`;
+- data parallelism over `torch.distributed` (data shards, the gradient all-reduce, rank-0 files): the `sync` and
+  `buffer` hooks, defined in `sae.engine.distributed`.
 
 Activations are attnscope's hook_z (value bias removed). By default they are scaled so E||z|| = sqrt(d_in)
 (`normalize_activations="expected_average_only_in"`, the scale estimated on the first buffer) and the scale is
