@@ -554,10 +554,11 @@ def test_bad_cfg_fields_are_one_line(tiny_model, tiny_model_dir, tmp_path, capsy
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--context-size", "1"], "--context-size"),
-    (["--warmup-steps", "-1"], "--warmup-steps"),
-    (["--checkpoint-every", "-5"], "--checkpoint-every"),
-    (["--resample-every", "-100"], "--resample-every"),
+    # TrainConfig's errors name its fields (the CLI flags are generated from them: --warmup-steps <-> warmup_steps)
+    (["--context-size", "1"], "context_size"),
+    (["--warmup-steps", "-1"], "warmup_steps"),
+    (["--checkpoint-every", "-5"], "checkpoint_every"),
+    (["--resample-every", "-100"], "resample_every"),
 ])
 def test_bad_training_numbers_are_one_line(tiny_model_dir, corpus, tmp_path, capsys, flags, needle):
     base = ["train", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--layers", "0", "--tokens", "256",
@@ -572,7 +573,7 @@ def test_resume_with_negative_checkpoint_every_is_one_line(tiny_model_dir, corpu
                  "256", "--out", str(out), *SMALL]) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--checkpoint-every", "-1"]) == 2
-    assert "--checkpoint-every" in one_error_line(capsys)
+    assert "checkpoint_every" in one_error_line(capsys)
 
 
 def test_out_that_is_a_file_is_one_line_before_loading(tiny_model_dir, corpus, tmp_path, capsys, monkeypatch):

@@ -134,7 +134,7 @@ def write_cache(
     done = 0
     for shard_i, start in enumerate(range(0, n_rows, rows_per_shard)):
         rows = token_rows[start : start + rows_per_shard]
-        src = _InOrder(model, rows, layers, rows_per_pass)
+        src = _InOrder(model, rows, layers, rows_per_pass, skip_bos=False)  # the cache holds every position
         parts = []
         while src.pos < rows.shape[0]:
             if cancel is not None:
@@ -216,16 +216,19 @@ class CacheSource(ZSource):
         return self.manifest.context_size
 
     def next_chunk(self) -> torch.Tensor:
+        """`[n_layers, rows_per_pass * (context - 1), d_in]`: like `ZSource.next_chunk`, the BOS position of each
+        row is left out (the cache itself holds every position)."""
         ids = self._next_rows().flatten()  # [rows_per_pass] row ids
         ctx, d_in = self.manifest.context_size, self.manifest.d_in
-        out = torch.empty(len(self.layers), ids.numel() * ctx, d_in)
+        n = ctx - 1
+        out = torch.empty(len(self.layers), ids.numel() * n, d_in)
         shard_of = torch.searchsorted(self._starts_t, ids, right=True) - 1
         for j, (row, shard) in enumerate(zip(ids.tolist(), shard_of.tolist())):
             local = row - self._starts[shard]
             f = self._files[shard]
             for i, layer in enumerate(self.layers):
                 block = f.get_slice(z_hook_name(layer))[local : local + 1]
-                out[i, j * ctx : (j + 1) * ctx] = block.reshape(ctx, d_in).float()
+                out[i, j * n : (j + 1) * n] = block.reshape(ctx, d_in)[1:].float()
         return out
 
     def tokens(self) -> torch.Tensor:

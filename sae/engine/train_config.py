@@ -131,6 +131,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise TrainingError(f"{name} must be >= 0 (got {v})")
+        if self.context_size < 2:
+            raise TrainingError(f"context_size must be at least 2 (BOS plus one token), got {self.context_size}")
         if self.buffer_batches < 2:
             raise TrainingError("buffer_batches must be at least 2 (half is refilled when half is consumed)")
         if self.normalize_activations not in NORMALIZATIONS:
