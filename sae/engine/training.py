@@ -349,11 +349,12 @@ class Trainer:
     def _all_finite(self) -> bool:
         return all(torch.isfinite(p).all().item() for u in self.units for p in u.sae.parameters())
 
-    def write_checkpoint(self) -> Path:
+    def write_checkpoint(self) -> dict[str, dict[int, SAE]]:
+        """Write `checkpoint.pt` and every SAE (folded, reading raw z); returns the saved SAEs by sweep label."""
         save_checkpoint(self.checkpoint_path, self.state_dict())
-        self.save_saes()
+        saved = self.save_saes()
         self.last_checkpoint_step = self.step
-        return self.checkpoint_path
+        return saved
 
     def unit_dir(self, u: Unit) -> Path:
         return (self.out_dir / u.label if u.label else self.out_dir) / sae_dir_name(u.layer)
@@ -582,10 +583,7 @@ class Trainer:
         if self._t_session is not None:
             self.seconds += now - self._t_session
             self._t_session = now
-        save_checkpoint(self.checkpoint_path, self.state_dict())
-        saved = self.save_saes()
-        self.last_checkpoint_step = self.step
-        return saved
+        return self.write_checkpoint()
 
 
 def train_saes(
