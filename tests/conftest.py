@@ -86,3 +86,12 @@ def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard
         if sae.threshold is not None:
             sae.threshold.uniform_(0, 0.1)
     return sae
+
+
+@pytest.fixture(scope="session")
+def rows(tiny_model) -> torch.Tensor:
+    """48 random token rows of 16 tokens (BOS first) for the tiny model: what the training tests train on."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(1, tiny_model.d_vocab, (48, 16), generator=g)
+    r[:, 0] = tiny_model.bos_token_id
+    return r

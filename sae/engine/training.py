@@ -422,7 +422,7 @@ class Trainer:
             self.on_progress(self.progress(note))
         except Cancelled:  # the caller's progress hook may say stop: finish the step, checkpoint, return
             self._stop_requested = True
-        except Exception:  # a broken display must not kill a long run
+        except Exception:  # noqa: BLE001 - a broken display must not kill a long run
             pass
 
     # -- the loop --
