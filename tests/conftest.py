@@ -113,3 +113,10 @@ def sae_set_dir(model, root: Path, d_sae: int = 24, seed: int = 0) -> Path:
     for layer in range(model.n_layers):
         save_sae(random_sae(model, layer, d_sae=d_sae, seed=seed + layer), root / "saes" / f"blocks.{layer}.attn.hook_z")
     return root / "saes"
+@pytest.fixture(scope="session")
+def rows(tiny_model) -> torch.Tensor:
+    """48 random token rows of 16 tokens (BOS first) for the tiny model: what the training tests train on."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(1, tiny_model.d_vocab, (48, 16), generator=g)
+    r[:, 0] = tiny_model.bos_token_id
+    return r

@@ -70,3 +70,15 @@ def test_standard_grads_match_autograd():
     torch.testing.assert_close(out["loss"], loss.detach())
     for name, p in (("W_enc", W_enc), ("W_dec", W_dec), ("b_enc", b_enc), ("b_dec", b_dec)):
         torch.testing.assert_close(getattr(sae, name).grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_two_stage_topk_equals_topk():
+    from sae.engine.train_steps import topk_rows
+
+    g = torch.Generator().manual_seed(3)
+    for n, k in ((1024, 32), (64, 5), (40, 12), (30, 4)):
+        pre = torch.randn(200, n, generator=g)
+        pre[:, ::7] -= 5.0  # uneven groups
+        v, i = topk_rows(pre, k)
+        want_v, want_i = pre.topk(k, dim=-1)
+        assert torch.equal(v, want_v) and torch.equal(i, want_i)

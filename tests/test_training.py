@@ -23,15 +23,7 @@ from sae.engine.training import (
     train_saes,
 )
 
-CTX = 16
-
-
-@pytest.fixture(scope="module")
-def rows(tiny_model):
-    g = torch.Generator().manual_seed(0)
-    r = torch.randint(1, tiny_model.d_vocab, (48, CTX), generator=g)
-    r[:, 0] = tiny_model.bos_token_id
-    return r
+CTX = 16  # the `rows` fixture's context (tests/conftest.py)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from sae.engine.schedule import resolve_schedule
 from sae.engine.train_config import PAPER_L1, PRESETS, TrainConfig, TrainingError, option_fields
 from sae.engine.training import Trainer, train_saes
 
-from test_training import CTX, count_passes, rows  # noqa: F401 - the same token rows fixture
+from test_training import CTX, count_passes
 
 
 def cfg(**kw) -> TrainConfig:
@@ -70,7 +70,7 @@ def test_cli_flags_defaults_and_help_come_from_train_config():
     from sae.cli.train import flag_of
 
     parser = build_parser()
-    train = parser._subparsers._group_actions[0].choices["train"]
+    train = parser._subparsers._group_actions[0].choices["train"]  # argparse has no public door to its subparsers
     by_dest = {a.dest: a for a in train._actions}
     for f in option_fields():
         action = by_dest[f.name]

@@ -363,11 +363,12 @@ class Trainer:
         write_checkpoint(self.checkpoint_path, self.state_dict(), self.buffer.lane_states(), self.step, self.sync,
                          save_checkpoint)
 
-    def write_checkpoint(self) -> Path:
+    def write_checkpoint(self) -> dict[str, dict[int, SAE]]:
+        """Write `checkpoint.pt` and every SAE (folded, reading raw z); returns the saved SAEs by sweep label."""
         self._save_state()
-        self.save_saes()
+        saved = self.save_saes()
         self.last_checkpoint_step = self.step
-        return self.checkpoint_path
+        return saved
 
     def unit_dir(self, u: Unit) -> Path:
         return (self.out_dir / u.label if u.label else self.out_dir) / sae_dir_name(u.layer)
@@ -618,10 +619,7 @@ class Trainer:
         if self._t_session is not None:
             self.seconds += now - self._t_session
             self._t_session = now
-        self._save_state()
-        saved = self.save_saes()
-        self.last_checkpoint_step = self.step
-        return saved
+        return self.write_checkpoint()
 
 
 def train_saes(
