@@ -55,12 +55,12 @@ class InductionScreen(JobScreen):
             status.error(f"sequences per prefix length must be a whole number > 0, got {text!r}")
             return
         try:
-            self.job = self.engine.run_induction(int(text), post=self.post_message)
+            job = self.engine.run_induction(int(text), post=self.post_message)
         except Exception as exc:  # noqa: BLE001
             status.error(one_line(exc))
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
-        status.say("running ...")
+        self.started(job, f"running the induction experiment on {text} sequences per prefix length ...")
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:
@@ -160,12 +160,12 @@ class IOIScreen(JobScreen):
                 status.error(f"layer {layer} is outside the model (layers 0..{info.n_layers - 1})")
                 return
         try:
-            self.job = self.engine.run_ioi(exp, int(n_text), layer, post=self.post_message)
+            job = self.engine.run_ioi(exp, int(n_text), layer, post=self.post_message)
         except Exception as exc:  # noqa: BLE001
             status.error(one_line(exc))
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
-        status.say(f"running {exp} on {n_text} prompts ...")
+        self.started(job, f"running {exp} on {n_text} prompts ...")
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:

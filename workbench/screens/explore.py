@@ -26,6 +26,7 @@ class ExploreScreen(WorkbenchScreen):
     MODE = "explore"
     BINDINGS = [
         Binding("enter", "open_feature", "Feature", show=True),
+        Binding("t", "trace", "Trace cell", show=True),
         Binding("left_square_bracket", "layer(-1)", "Layer-", show=True),
         Binding("right_square_bracket", "layer(1)", "Layer+", show=True),
         Binding("slash", "focus_prompt", "Prompt", show=True),
@@ -70,7 +71,7 @@ class ExploreScreen(WorkbenchScreen):
         if start and not self.prompt:
             self.prompt = start
             prompt_input.value = start
-        prompt_input.focus()
+        self.query_one("#heatmap", Heatmap).focus()  # keys act at once; / types a prompt
         self.run_worker(self._open(), group="open", exclusive=True)
 
     async def _open(self) -> None:
@@ -198,7 +199,27 @@ class ExploreScreen(WorkbenchScreen):
         self.query_one("#prompt", Input).focus()
 
     def action_focus_heatmap(self) -> None:
-        self.query_one("#heatmap", Heatmap).focus()
+        hm = self.query_one("#heatmap", Heatmap)
+        if hm.has_focus:
+            self.wb.action_back()
+        else:
+            hm.focus()
+
+    def main_widget(self) -> Heatmap:
+        return self.query_one("#heatmap", Heatmap)
+
+    def refresh_summary(self) -> None:
+        """Ask again for the selected feature's dashboard summary (after a dashboard build)."""
+        if self.detail is not None and self.result is not None:
+            self.run_worker(self._summary(self.result.layer, self.detail.feature), group="summary", exclusive=True)
+
+    def selected_cell(self) -> tuple[int, int, int] | None:
+        """(layer, token position, feature) under the heatmap cursor: what `t` traces."""
+        hm = self.query_one("#heatmap", Heatmap)
+        if not self.result or hm.selected is None:
+            return None
+        pos, col = hm.selected
+        return self.result.layer, pos, self.result.columns[col]
 
     def action_layer(self, step: int) -> None:
         info = self.engine.info
@@ -220,11 +241,21 @@ class ExploreScreen(WorkbenchScreen):
             self.request_features()
 
     def action_open_feature(self) -> None:
-        sel = self.selected_feature()
-        if sel is None:
+        cell = self.selected_cell()
+        if cell is None:
             self.query_one("#explore-status", StatusLine).error("no feature selected: run a prompt first")
             return
-        self.wb.show_feature(*sel)
+        layer, pos, feature = cell
+        self.wb.show_feature(layer, feature, pos=pos)
+
+    def action_trace(self) -> None:
+        """Trace the chosen cell (its position and feature) on the feature screen."""
+        cell = self.selected_cell()
+        if cell is None:
+            self.query_one("#explore-status", StatusLine).error("no cell selected: run a prompt first")
+            return
+        layer, pos, feature = cell
+        self.wb.show_feature(layer, feature, pos=pos, trace=True)
 
     def selected_feature(self) -> tuple[int, int] | None:
         hm = self.query_one("#heatmap", Heatmap)

@@ -14,7 +14,7 @@ from textual.widgets import Footer, Static, Tree
 
 from workbench.engine import DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, one_line
 from workbench.findings import Finding, md_bars, md_context, md_table
-from workbench.messages import JobFailed, JobFinished, JobProgress
+from workbench.messages import JobFailed, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
 from workbench.widgets.bars import signed_bars, source_strip
@@ -90,6 +90,8 @@ class FeatureScreen(WorkbenchScreen):
         Binding("left_square_bracket", "step(-1)", "Prev", show=True),
         Binding("right_square_bracket", "step(1)", "Next", show=True),
         Binding("t", "trace", "Trace", show=True),
+        Binding("comma", "trace_pos(-1)", "Trace pos-", show=True),
+        Binding("full_stop", "trace_pos(1)", "Trace pos+", show=True),
         Binding("b", "build", "Build dash", show=True),
     ]
 
@@ -99,6 +101,9 @@ class FeatureScreen(WorkbenchScreen):
         self.feature: int | None = None
         self.view: DashboardView | None = None
         self.trace: TraceView | None = None
+        self.job: Any = None
+        self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
+        self._trace_on_mount = False
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -114,12 +119,18 @@ class FeatureScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built
-            self.load(self.sae_layer, self.feature)
+            self.load(self.sae_layer, self.feature, pos=self.trace_pos)
+            if self._trace_on_mount:
+                self._trace_on_mount = False
+                self.action_trace()
         elif self.sae_layer is None and self.engine.info is not None and self.engine.info.sae_layers:
             self.sae_layer = self.engine.info.sae_layers[0]
 
-    def load(self, layer: int, feature: int) -> None:
+    def load(self, layer: int, feature: int, pos: int | None = None) -> None:
+        """Show a feature's dashboard; `pos` (when given) is the explore-prompt token that `t` traces at."""
         self.sae_layer, self.feature = layer, feature
+        if pos is not None:
+            self.trace_pos = pos
         self.trace = None
         if not self.query("#trace-tree"):
             return  # on_mount loads it
@@ -171,7 +182,33 @@ class FeatureScreen(WorkbenchScreen):
             return
         self.load(self.sae_layer, (self.feature + delta) % info.d_sae[self.sae_layer])
 
+    def back(self) -> bool:
+        tree = self.query("#trace-tree")
+        if tree and not tree.first().has_class("hidden"):
+            tree.first().add_class("hidden")
+            self.trace = None
+            return True
+        return False
+
+    def action_trace_pos(self, step: int) -> None:
+        """Move the traced position one token left or right on the explore prompt, and trace again."""
+        status = self.query_one("#feature-status", StatusLine)
+        base = self.trace.pos if self.trace is not None else self.trace_pos
+        if base is None:
+            status.error("trace first (t), then , and . move the traced token")
+            return
+        n = len(self.trace.tokens) if self.trace is not None else None
+        new = base + step
+        if new < 0 or (n is not None and new >= n):
+            status.error(f"position {new} is outside the prompt (0..{(n or 1) - 1})")
+            return
+        self.trace_pos = new
+        self.action_trace()
+
     def action_trace(self) -> None:
+        if not self.query("#feature-status"):
+            self._trace_on_mount = True
+            return
         status = self.query_one("#feature-status", StatusLine)
         prompt = self.wb.explore_prompt()
         if self.sae_layer is None or self.feature is None:
@@ -180,13 +217,13 @@ class FeatureScreen(WorkbenchScreen):
         if not prompt.strip():
             status.error("the trace runs on the explore prompt, which is empty: type one on screen 1")
             return
-        self.run_worker(self._trace(prompt, self.sae_layer, self.feature), group="trace", exclusive=True)
+        self.run_worker(self._trace(prompt, self.sae_layer, self.feature, self.trace_pos), group="trace", exclusive=True)
 
-    async def _trace(self, prompt: str, layer: int, feature: int) -> None:
+    async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
         status = self.query_one("#feature-status", StatusLine)
-        status.say("tracing ...")
+        status.say("tracing ..." if pos is None else f"tracing at position {pos} ...")
         try:
-            tr = await self.engine.trace(prompt, layer, feature, depth=1)
+            tr = await self.engine.trace(prompt, layer, feature, pos=pos, depth=1)
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001
@@ -210,27 +247,31 @@ class FeatureScreen(WorkbenchScreen):
         tree.root.expand()
         tree.remove_class("hidden")
         tree.focus()
-        status.say(f"trace of L{layer} F{feature} at position {tr.pos} · children sum to their parent")
+        tok = escape_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
+        status.say(f"trace of L{layer} F{feature} at position {tr.pos} {tok!r} · , . move it · children sum to their parent")
 
     def action_build(self) -> None:
         if self.sae_layer is None:
             return
+        status = self.query_one("#feature-status", StatusLine)
         try:
             self.job = self.engine.build_dashboards(self.sae_layer, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001
-            self.query_one("#feature-status", StatusLine).error(one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. the same build is already running or waiting
+            status.error(one_line(exc))
             return
-        self.query_one("#feature-status", StatusLine).say(f"building layer-{self.sae_layer} dashboards ...")
+        jobs = self.engine.worker.jobs()
+        if jobs and jobs[0].id != self.job.id:
+            status.say(f"layer-{self.sae_layer} dashboards wait behind {jobs[0].label} (ctrl+x cancels that)")
+        else:
+            status.say(f"building layer-{self.sae_layer} dashboards ... (ctrl+x cancels; it resumes later)")
 
     def on_job_progress(self, m: JobProgress) -> None:
-        if m.kind == "dashboards":
+        if m.kind == "dashboards" and self.job is not None and m.job_id == self.job.id:
             p = m.progress
-            self.query_one("#feature-status", StatusLine).say(
-                f"building dashboards: {p.done:,.0f}/{p.total:,.0f} {p.unit}" + (f" · {p.stage}" if p.stage else ""))
-
-    def on_job_finished(self, m: JobFinished) -> None:
-        if m.kind == "dashboards" and self.sae_layer is not None and self.feature is not None:
-            self.load(self.sae_layer, self.feature)
+            status = f"building dashboards of {p.stage}" if p.stage else "building dashboards"
+            if p.total > 0:
+                status += f" {p.done / 1e3:,.0f}k/{p.total / 1e3:,.0f}k {p.unit} ({p.fraction:.0%})"
+            self.query_one("#feature-status", StatusLine).say(status)
 
     def on_job_failed(self, m: JobFailed) -> None:
         if m.kind == "dashboards":
