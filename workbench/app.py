@@ -142,6 +142,34 @@ class WorkbenchApp(App):
         for s in self.screens_of(HeadsScreen):
             s.action_run()
 
+    # ---- actions the command palette offers ----------------------------------------------------------
+
+    def run_action_build(self, layers: list[int]) -> None:
+        """Build dashboards (from the palette); refused when the same build already runs or waits."""
+        try:
+            h = self.engine.build_dashboards(layers, post=self.post_message)
+        except Exception as exc:  # noqa: BLE001 - a duplicate or a missing SAE is a notification
+            self.notify(one_line(exc), title="Dashboards", severity="warning")
+            return
+        self.notify(f"{h.label}: {'building' if h.state == 'running' else 'queued'} (ctrl+x cancels)", title="Dashboards")
+
+    def action_trace_cell(self) -> None:
+        explore = next(iter(self.screens_of(ExploreScreen)), None)
+        if explore is None or explore.selected_cell() is None:
+            self.notify("no heatmap cell chosen yet: type a prompt on screen 1", severity="warning")
+            return
+        explore.action_trace()
+
+    def run_screen_action(self, mode: str, action: str) -> None:
+        """Go to a screen and press its key (run an experiment, start training)."""
+        self.switch_mode(mode)
+
+        def press() -> None:
+            screen = self.screen
+            getattr(screen, f"action_{action}")()
+
+        self.call_after_refresh(press)
+
     # ---- jobs and quitting ----------------------------------------------------------------------------
 
     def action_cancel_job(self) -> None:

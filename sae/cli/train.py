@@ -241,7 +241,7 @@ def _markdown(data: dict) -> str:
 
 
 def _pretty(data: dict) -> None:
-    from rich.table import Table
+    from sae.cli.common import FitTable as Table
 
     t = Table(title=f"SAE training: {data['status']}, step {data['step']}/{data['total_steps']}, "
               f"{data['tokens']:,} tokens at {data['tokens_per_s']:,.0f} tokens/s")

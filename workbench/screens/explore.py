@@ -81,7 +81,7 @@ class ExploreScreen(WorkbenchScreen):
         try:
             info = await self.engine.open()
         except Exception as exc:  # noqa: BLE001 - a model that will not load is shown, not raised
-            status.error(f"could not open the model: {one_line(exc)}")
+            status.error(one_line(exc))  # says itself whether the model or the SAEs failed
             self.notify(one_line(exc), title="Engine", severity="error")
             return
         self.wb.engine_ready(info)
@@ -176,7 +176,7 @@ class ExploreScreen(WorkbenchScreen):
         title.append(f"act {detail.act:.3f}  pre {detail.pre_act:+.3f}  bias {detail.dfa_bias:+.3f}", style="dim")
         self.query_one("#cell-title", Static).update(title)
         n = len(detail.dfa_heads)
-        self.query_one("#head-bars", HeadBars).show([f"H{h}" for h in range(n)], detail.dfa_heads)
+        self.query_one("#head-bars", HeadBars).show([f"{layer}.{h}" for h in range(n)], detail.dfa_heads)
         self.query_one("#source-strip", SourceStrip).show(tokens, detail.dfa_src, upto=pos)
         self.run_worker(self._summary(layer, feature), group="summary", exclusive=True)
 
@@ -271,7 +271,7 @@ class ExploreScreen(WorkbenchScreen):
             return None
         d, r = self.detail, self.result
         tokens = r.tokens
-        heads = [f"H{h}" for h in range(len(d.dfa_heads))]
+        heads = [f"{r.layer}.{h}" for h in range(len(d.dfa_heads))]
         body = [
             f"Feature {d.feature} at token {d.pos} of the prompt: act {d.act:.4g}, pre-activation {d.pre_act:.4g}.",
             "",

@@ -42,7 +42,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([f"H{h}" for h in range(len(d.head_shares))], d.head_shares, width=30))
+        parts.append(signed_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares, width=30))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
@@ -292,7 +292,7 @@ class FeatureScreen(WorkbenchScreen):
                 [a[0], a[1], b[0], b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
             ]), ""]
         if d.head_shares:
-            body += ["Head shares of the decoder norm:", "", md_bars([f"H{h}" for h in range(len(d.head_shares))], d.head_shares)]
+            body += ["Head shares of the decoder norm:", "", md_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
         return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
