@@ -13,7 +13,7 @@ from sae.engine.jobs import Progress
 from workbench.app import WorkbenchApp
 from workbench.engine import Engine
 from workbench.findings import FindingsStore
-from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, shade_levels
+from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, shade_levels, visible_token
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -63,9 +63,11 @@ def test_shade_levels_are_relative_to_each_column_peak():
 
 
 def test_escape_token_makes_control_characters_visible():
-    assert escape_token("\n") == "\\n"
-    assert escape_token(" def\t") == " def\\t"
+    assert escape_token("\n") == "↵"
+    assert escape_token(" def\t") == " def⇥"
     assert escape_token("\x01[red]") == "\\x01[red]"  # markup-like text is drawn as is (Line API, no markup)
+    assert visible_token(" the\n") == "␣the↵"  # a token on its own shows its spaces too
+    assert visible_token("") == "∅"
 
 
 async def test_heatmap_cursor_walks_cells_and_draws_tokens(tiny_model, saes):

@@ -13,7 +13,8 @@ from textual.widgets import Input
 
 from workbench.commands import WorkbenchCommands
 from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
-from workbench.findings import ExportError, FindingsStore, export_markdown, write_export
+from workbench.figures import export_report
+from workbench.findings import ExportError, FindingsStore
 from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
 from workbench.screens.base import SCREENS, WorkbenchScreen
 from workbench.screens.explore import ExploreScreen
@@ -298,7 +299,7 @@ class WorkbenchApp(App):
     def action_export(self) -> None:
         def check(path: str) -> str | None:
             try:
-                written = write_export(path, export_markdown(self.findings.findings))
+                written = export_report(path, self.findings.findings)
             except ExportError as exc:
                 return str(exc)
             self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
@@ -344,4 +345,4 @@ class WorkbenchApp(App):
         self.notify(message.error, title=f"{message.kind} failed", severity="error", timeout=8)
 
     def export_to(self, path: str | Path) -> Path:
-        return write_export(path, export_markdown(self.findings.findings))
+        return export_report(path, self.findings.findings)

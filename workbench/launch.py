@@ -94,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from workbench.findings import FindingsStore, export_markdown, write_export
+    from workbench.figures import export_report
+    from workbench.findings import FindingsStore
 
     store = FindingsStore()
-    path = write_export(args.out, export_markdown(store.findings, title=args.title))
+    path = export_report(args.out, store.findings, title=args.title)
     print(f"wrote {len(store)} finding(s) to {path}")
     return 0
 

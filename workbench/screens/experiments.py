@@ -92,8 +92,12 @@ class InductionScreen(JobScreen):
         rows = [[f"{h.layer}.{h.head}", *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
         body = md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
         info = self.engine.info
+        best = sorted(res.heads, key=lambda h: -max(h.scores.values(), default=0))[:12]
+        bars = {"title": f"induction score at prefix {lengths[-1]}" if lengths else "induction score",
+                "labels": [f"{h.layer}.{h.head}" for h in best],
+                "values": [h.scores[lengths[-1]] if lengths else 0.0 for h in best]}
         return Finding(kind="experiment", title="induction heads by prefix length", body=body,
-                       model=info.model if info else "", data=res.to_dict())
+                       model=info.model if info else "", data={**res.to_dict(), "bars": bars})
 
 
 IOI_EXPERIMENTS = ["clean", "splice", "heads", "features", "path", "noising"]
@@ -280,6 +284,14 @@ class IOIScreen(JobScreen):
                 + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16, label_width=10)
             )
 
+    def bars_data(self) -> dict[str, Any]:
+        """The side panel's bars (top 12 rows by the sort column), for the exported figure."""
+        if not self.records or not self.sort_key:
+            return {}
+        top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=self.sort_desc)[:12]
+        return {"title": f"IOI {self.result.experiment if self.result else ''}: {self.sort_key}",
+                "labels": [bar_label(r) for r in top], "values": [_num(r[self.sort_key]) for r in top]}
+
     def action_sort(self) -> None:
         if not self.records:
             return
@@ -309,7 +321,7 @@ class IOIScreen(JobScreen):
         return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
                        data={**v.fields, "summary": v.summary, "records": [dict(r) for r in v.records],
-                             "sort_key": v.sort_key})
+                             "sort_key": v.sort_key, "bars": self.bars_data()})
 
 
 def format_cell(key: str, v: Any) -> str:

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
@@ -17,8 +17,10 @@ from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.widgets.bars import HeadBars, SourceStrip
-from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token
+from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, visible_token
 
+HEATMAP_LEGEND = Text("shade: activation / the feature's peak on this prompt · number: activation · ·: off",
+                      style="dim", overflow="ellipsis", no_wrap=False)
 TYPING_DELAY_S = 0.25  # wait this long after the last keystroke before asking the engine
 
 
@@ -48,7 +50,9 @@ class ExploreScreen(WorkbenchScreen):
         yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt")
         yield StatusLine("", id="explore-status")
         with Horizontal(id="explore-body"):
-            yield Heatmap(id="heatmap")
+            with Vertical(id="heatmap-box"):
+                yield Heatmap(id="heatmap")
+                yield Static(HEATMAP_LEGEND, id="heatmap-legend")
             with VerticalScroll(id="explore-side"):
                 yield Static("", id="cell-title")
                 yield HeadBars("DFA by head", id="head-bars")
@@ -170,9 +174,9 @@ class ExploreScreen(WorkbenchScreen):
             return
         self.detail = detail
         tokens = self.result.tokens if self.result else []
-        tok = escape_token(tokens[pos]) if pos < len(tokens) else "?"
+        tok = visible_token(tokens[pos]) if pos < len(tokens) else "?"
         title = Text(f"L{layer} feature {feature}", style="bold")
-        title.append(f"  at {pos} {tok!r}\n", style="bold")
+        title.append(f"  at {pos} {tok}\n", style="bold")
         title.append(f"act {detail.act:.3f}  pre {detail.pre_act:+.3f}  bias {detail.dfa_bias:+.3f}", style="dim")
         self.query_one("#cell-title", Static).update(title)
         n = len(detail.dfa_heads)
@@ -266,6 +270,9 @@ class ExploreScreen(WorkbenchScreen):
     def action_open_saes(self) -> None:
         self.wb.action_open_saes()
 
+    def heatmap_data(self, feature: int) -> dict:
+        return _heatmap_data(self.result, feature) if self.result else {}
+
     def current_finding(self) -> Finding | None:
         if not self.result or self.detail is None:
             return None
@@ -289,11 +296,21 @@ class ExploreScreen(WorkbenchScreen):
         ]
         info = self.engine.info
         return Finding(
-            kind="cell", title=f"L{r.layer} feature {d.feature} on {escape_token(tokens[d.pos])!r}",
+            kind="cell", title=f"L{r.layer} feature {d.feature} on {visible_token(tokens[d.pos])}",
             body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
             layer=r.layer, data={"prompt": self.prompt, "pos": d.pos, "feature": d.feature,
-                                    "dfa_heads": d.dfa_heads, "dfa_bias": d.dfa_bias, "dfa_src": d.dfa_src},
+                                    "dfa_heads": d.dfa_heads, "dfa_bias": d.dfa_bias, "dfa_src": d.dfa_src,
+                                    "heatmap": self.heatmap_data(d.feature)},
         )
+
+
+def _heatmap_data(result: PromptView, feature: int, max_tokens: int = 64, max_columns: int = 16) -> dict:
+    """The prompt's heatmap, small enough to keep in a finding (for its exported figure)."""
+    values = result.values if result.values is not None else np.zeros((len(result.tokens), 0))
+    cols = list(result.columns[:max_columns])
+    return {"tokens": list(result.tokens[:max_tokens]), "columns": cols,
+            "values": np.round(np.asarray(values)[:max_tokens, :len(cols)], 4).tolist(),
+            "column": cols.index(feature) if feature in cols else None}
 
 
 def summary_text(s: DashboardView) -> Text:
@@ -312,7 +329,7 @@ def summary_text(s: DashboardView) -> Text:
         text.append_text(line)
         text.append("\n")
     if s.top_logits:
-        text.append("↑ " + " ".join(escape_token(t) for t, _ in s.top_logits[:6]) + "\n", style="green")
+        text.append("↑ " + " ".join(visible_token(t) for t, _ in s.top_logits[:6]) + "\n", style="green")
     if s.bottom_logits:
-        text.append("↓ " + " ".join(escape_token(t) for t, _ in s.bottom_logits[:6]), style="red")
+        text.append("↓ " + " ".join(visible_token(t) for t, _ in s.bottom_logits[:6]), style="red")
     return text

@@ -18,7 +18,7 @@ from workbench.messages import JobFailed, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
 from workbench.widgets.bars import signed_bars, source_strip
-from workbench.widgets.heatmap import escape_token
+from workbench.widgets.heatmap import escape_token, visible_token
 from workbench.widgets.sparklines import histogram_text
 
 
@@ -54,8 +54,12 @@ def dashboard_renderable(d: DashboardView) -> Group:
         for ex in d.examples:
             t.add_row(f"{ex.act:.2f}", context_text(ex.tokens, ex.active))
         parts.append(t)
+    if d.quantiles:
+        parts.append(Text("\nActivation bands: random firings from each band of activation values (share of all "
+                          "firings); the top band's examples sit below the top examples above, which are the "
+                          "largest firings overall, hence the gap.", style="dim"))
     for q in d.quantiles:
-        parts.append(Text(f"\nQuantile {q.range}", style="bold"))
+        parts.append(Text(f"\nBand {q.range}", style="bold"))
         for ex in q.examples[:3]:
             line = Text(f"{ex.act:6.2f} ", style="dim")
             line.append_text(context_text(ex.tokens, ex.active))
@@ -71,8 +75,8 @@ def dashboard_renderable(d: DashboardView) -> Group:
         for i in range(max(len(tops), len(bots))):
             a = tops[i] if i < len(tops) else ("", None)
             b = bots[i] if i < len(bots) else ("", None)
-            t.add_row(repr(a[0]) if a[1] is not None else "", f"{a[1]:+.2f}" if a[1] is not None else "",
-                      repr(b[0]) if b[1] is not None else "", f"{b[1]:+.2f}" if b[1] is not None else "")
+            t.add_row(visible_token(a[0]) if a[1] is not None else "", f"{a[1]:+.2f}" if a[1] is not None else "",
+                      visible_token(b[0]) if b[1] is not None else "", f"{b[1]:+.2f}" if b[1] is not None else "")
         parts.append(t)
     if d.top_dfa_src:
         s = d.top_dfa_src
@@ -247,8 +251,8 @@ class FeatureScreen(WorkbenchScreen):
         tree.root.expand()
         tree.remove_class("hidden")
         tree.focus()
-        tok = escape_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
-        status.say(f"trace of L{layer} F{feature} at position {tr.pos} {tok!r} · , . move it · children sum to their parent")
+        tok = visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
+        status.say(f"trace of L{layer} F{feature} at position {tr.pos} {tok} · , . move it · children sum to their parent")
 
     def action_build(self) -> None:
         if self.sae_layer is None:
@@ -279,7 +283,7 @@ class FeatureScreen(WorkbenchScreen):
 
     def current_finding(self) -> Finding | None:
         if self.trace is not None and not self.query_one("#trace-tree", Tree).has_class("hidden"):
-            return trace_finding(self.trace, self.engine.info)
+            return trace_finding(self.trace, self.engine.info, self.wb.explore_prompt())
         if self.view is None:
             return None
         d = self.view
@@ -296,19 +300,48 @@ class FeatureScreen(WorkbenchScreen):
         info = self.engine.info
         return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
-                       layer=d.layer, data={"feature": d.feature, "family": d.label} if d.label else {"feature": d.feature})
+                       layer=d.layer, data={"feature": d.feature, **({"family": d.label} if d.label else {}),
+                                            "head_shares": list(d.head_shares)})
 
 
-def trace_finding(tr: TraceView, info: EngineInfo | None) -> Finding:
-    lines = [f"Recursive DFA of L{tr.layer} feature {tr.feature} at position {tr.pos}.", "", "```text"]
+TRACE_EXPORT_DEPTH = 2  # levels below the root written into an exported trace
+TRACE_EXPORT_SHARE = 0.05  # children smaller than this share of the root's |value| are summed into one line
 
-    def walk(node: TraceNodeView, depth: int) -> None:
-        lines.append(f"{'  ' * depth}{node.value:+.4f}  {node.label}")
-        for c in node.children:
-            walk(c, depth + 1)
 
-    walk(tr.root, 0)
+def trace_lines(root: TraceNodeView, depth: int = TRACE_EXPORT_DEPTH, share: float = TRACE_EXPORT_SHARE) -> list[str]:
+    """The top of a trace tree as indented lines: `depth` levels, and only nodes whose |value| is at least
+    `share` of the root's; the rest of each node's children are summed into one 'smaller terms' line."""
+    floor = abs(root.value) * share
+    lines: list[str] = []
+
+    def walk(node: TraceNodeView, level: int) -> None:
+        lines.append(f"{'  ' * level}{node.value:+.4f}  {escape_token(node.label)}")
+        if level >= depth:
+            return
+        big = [c for c in node.children if abs(c.value) >= floor]
+        rest = [c for c in node.children if abs(c.value) < floor]
+        for c in big:
+            walk(c, level + 1)
+        if rest:
+            lines.append(f"{'  ' * (level + 1)}{sum(c.value for c in rest):+.4f}  "
+                         f"({len(rest)} smaller terms, each under {share:.0%} of the root)")
+
+    walk(root, 0)
+    return lines
+
+
+def trace_finding(tr: TraceView, info: EngineInfo | None, prompt: str = "") -> Finding:
+    lines = [f"Recursive DFA of L{tr.layer} feature {tr.feature} at position {tr.pos} "
+             f"({visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else '?'}).", ""]
+    if prompt:
+        lines += ["Prompt:", "", "```text", prompt, "```", ""]
+    lines += [f"Top of the tree ({TRACE_EXPORT_DEPTH} levels, terms of at least {TRACE_EXPORT_SHARE:.0%} of the "
+              "root; children sum to their parent):", "", "```text"]
+    lines += trace_lines(tr.root)
     lines += ["```", "", f"*{tr.approximation}*"]
+    top = sorted(tr.root.children, key=lambda c: -abs(c.value))[:12]
     return Finding(kind="trace", title=f"trace of L{tr.layer} F{tr.feature} at {tr.pos}", body="\n".join(lines),
                    model=info.model if info else "", saes=info.saes if info else "", layer=tr.layer,
-                   data={"trace": tr.to_dict()})
+                   data={"prompt": prompt, "pos": tr.pos, "feature": tr.feature,
+                         "bars": {"title": "trace: first level", "labels": [c.label[:24] for c in top],
+                                  "values": [c.value for c in top]}})

@@ -6,7 +6,7 @@ from rich.markdown import Markdown
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
 from workbench.findings import Finding, FindingsStore, export_markdown
@@ -69,7 +69,7 @@ class FindingsScreen(WorkbenchScreen):
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
         yield StatusLine("", id="findings-status")
-        with Horizontal(id="findings-body"):
+        with Vertical(id="findings-body"):
             yield DataTable(id="findings-table", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="findings-side"):
                 yield Static("", id="finding-view")

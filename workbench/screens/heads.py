@@ -142,4 +142,7 @@ class HeadsScreen(WorkbenchScreen):
             body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info
         return Finding(kind="head", title=f"head {h.layer}.{h.head}: {h.verdict}", body=body,
-                       model=info.model if info else "", saes=info.saes if info else "", layer=h.layer, data=h.to_dict())
+                       model=info.model if info else "", saes=info.saes if info else "", layer=h.layer,
+                       data={**h.to_dict(), "bars": {"title": f"head {h.layer}.{h.head}: top features' share of its decoder norm",
+                                                     "labels": [f"F{f.id} {f.family}"[:24] for f in h.features[:10]],
+                                                     "values": [f.share for f in h.features[:10]]}})
