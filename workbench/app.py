@@ -44,7 +44,7 @@ class WorkbenchApp(App):
     """attnscope's terminal workbench. Every action has a key; Ctrl+P finds features, layers, screens, SAEs."""
 
     TITLE = "attnscope"
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
     MODES = {
         "explore": ExploreScreen,
@@ -200,7 +200,9 @@ class WorkbenchApp(App):
                     title="Quitting", timeout=10)
 
         async def wait_then_exit() -> None:
-            await asyncio.to_thread(lambda: [h.done.wait() for h in handles])
+            # polled, not waited on in a thread: an executor thread would hold the process after a forced quit
+            while not all(h.done.is_set() for h in handles):
+                await asyncio.sleep(0.05)
             self.exit()
 
         self.run_worker(wait_then_exit(), group="quit", exclusive=True)
