@@ -313,6 +313,35 @@ async def test_job_indicator_waiting_jobs_duplicates_and_cancel(app):
         await settle(pilot, lambda: not app.screen.query_one("#job-bar").display)
 
 
+def test_background_jobs_step_aside_for_the_users_and_resume():
+    from workbench.engine import Worker
+
+    w = Worker()
+    log: list[str] = []
+    bg_started = threading.Event()
+
+    def background(rep):
+        log.append("bg start")
+        bg_started.set()
+        for i in range(400):
+            time.sleep(0.005)
+            rep.progress(Progress("bg", i, 400))
+        log.append("bg done")
+        return "bg"
+
+    def user(rep):
+        log.append("user")
+        return "user"
+
+    bg = w.start_job("bg", background, lambda m: None, label="background build", background=True)
+    assert bg_started.wait(10)
+    fg = w.start_job("user", user, lambda m: None)
+    assert fg.done.wait(10) and fg.state == "finished"
+    assert bg.done.wait(30) and bg.state == "finished"
+    assert log[:3] == ["bg start", "user", "bg start"] and log[-1] == "bg done"  # paused, then started again
+    w.close()
+
+
 # ---- 8, 9. launch flags and terminals (the real launcher) -----------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from workbench.screens.training import TrainingScreen
 
 S = TypeVar("S", bound=WorkbenchScreen)
 
+AUTO_BUILD_DELAY_S = 3.0
 KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
              "comma": ",", "full_stop": ".", "escape": "esc", "enter": "enter"}
 HELP_WORDS = {"cancel_job": "cancel the running job (shown in the job line above the footer)",
@@ -101,8 +102,16 @@ class WorkbenchApp(App):
     def engine_ready(self, info: EngineInfo) -> None:
         self.sub_title = f"{info.model} · SAEs {info.saes}"
         if self.auto_build and not self._auto_built:
+            # after the first heatmap (explore calls `start_auto_build`), or after a few idle seconds: the first
+            # prompt must not wait behind the build's set-up
+            self.set_timer(AUTO_BUILD_DELAY_S, lambda: self.start_auto_build(0.0))
+
+    def start_auto_build(self, delay_s: float = AUTO_BUILD_DELAY_S) -> None:
+        """Start the first-launch build `delay_s` from now (once): the first cells the user walks stay instant."""
+        if self.auto_build and not self._auto_built:
             self._auto_built = True
-            self.run_worker(self._build_missing_dashboards(), group="auto-build")
+            self.set_timer(max(delay_s, 0.01),
+                           lambda: self.run_worker(self._build_missing_dashboards(), group="auto-build"))
 
     async def _build_missing_dashboards(self) -> None:
         """First launch: build the dashboards the open SAEs lack, behind the user's own jobs; cancellable from

@@ -315,14 +315,25 @@ class Engine:
             def progress(p: Progress) -> None:  # name the layers in the stage: "layers 0,1,2: scanning"
                 rep.progress(replace(p, stage=f"{name}: {p.stage}" if p.stage else name))
 
+            def texts() -> list[str]:
+                rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: reading held-out text"))
+                docs = corpus_texts(spec.corpus, "heldout")
+                rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: tokenizing"))
+                return docs
+
+            # each report also serves the quick requests waiting, so the heatmap answers between batches
+            rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: starting"))
             self._need_model()
             spec = dash.DashboardSpec()
             saes = {x: self._sae(x) for x in layers}
-            return dash.build_layers(self._model, saes, spec, docs=lambda: corpus_texts(spec.corpus, "heldout"),
-                                     on_progress=progress, cancel=rep.cancel)
+            return dash.build_layers(self._model, saes, spec, docs=texts, on_progress=progress, cancel=rep.cancel)
 
         return self.start_job("dashboards", job, post, label=f"dashboards of {name}",
                               key=",".join(f"dashboards:{x}" for x in layers), background=background)
+
+    def building_dashboards(self, layer: int) -> bool:
+        """A dashboard build of `layer` runs or waits (so a screen says 'being built', not 'not built')."""
+        return any(f"dashboards:{layer}" in h.key.split(",") for h in self.worker.jobs())
 
     def dashboards_missing(self) -> list[int]:
         """SAE layers whose dashboards are not built yet (worker-side; cheap: looks up the build registry)."""

@@ -110,12 +110,16 @@ class JobHandle:
     state: str = "queued"  # queued, running, finished, failed, cancelled
     last: Progress | None = None  # the latest progress report
 
+    stopped_by_user: bool = False
+    paused: bool = False  # a background job asked to step aside for a user's job; it is queued again after
+
     def cancel(self) -> None:
+        self.stopped_by_user = True
         self.token.cancel()
 
     @property
     def cancelled(self) -> bool:
-        return self.token.cancelled
+        return self.stopped_by_user or (self.token.cancelled and not self.paused)
 
     @property
     def running(self) -> bool:
@@ -195,9 +199,13 @@ class Worker:
             item = _Long(handle, fn, post)
             if background:
                 self._long.append(item)
-            else:  # ahead of queued background jobs
+            else:  # ahead of queued background jobs, and a running background job steps aside (it resumes after)
                 i = next((i for i, j in enumerate(self._long) if j.handle.background), len(self._long))
                 self._long.insert(i, item)
+                cur = self._current.handle if self._current is not None else None
+                if cur is not None and cur.background and not cur.stopped_by_user:
+                    cur.paused = True
+                    cur.token.cancel()
         self._wake.put(None)
         return handle
 
@@ -297,11 +305,11 @@ class Worker:
         reporter = Reporter(h.id, h.kind, h.token, job.post, self.serve_quick, handle=h)
         try:
             result = job.fn(reporter)
-        except Cancelled:
-            h.state = "cancelled"
-            job.post(JobCancelled(h.id, h.kind))
         except BaseException as exc:  # noqa: BLE001 - a failing job is a notification, never a crash
-            if h.cancelled:
+            if h.paused and not h.stopped_by_user and not self._closed:
+                self._requeue(job)  # stepped aside for a user's job: it saved its state and resumes later
+                return
+            if isinstance(exc, Cancelled) or h.cancelled:
                 h.state = "cancelled"
                 job.post(JobCancelled(h.id, h.kind))
             else:
@@ -315,7 +323,14 @@ class Worker:
                 h.state = "finished"
                 job.post(JobFinished(h.id, h.kind, result))
         finally:
-            h.done.set()
+            if h.state != "queued":
+                h.done.set()
+
+    def _requeue(self, job: _Long) -> None:
+        h = job.handle
+        h.paused, h.token, h.state, h.last = False, CancelToken(), "queued", None
+        with self._lock:
+            self._long.append(job)
 
 
 def _settle(req: _Quick, result: Any = None, exc: BaseException | None = None) -> None:

@@ -148,6 +148,7 @@ class ExploreScreen(WorkbenchScreen):
             self.notify(one_line(exc), title="Explore", severity="error")
             return
         self.result = res
+        self.wb.start_auto_build()  # the first heatmap is drawn: background work may start
         values = res.values if res.values is not None else np.zeros((len(res.tokens), 0))
         self.query_one("#heatmap", Heatmap).set_data(HeatmapData(res.tokens, res.columns, values))
         note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res.truncated else ""
@@ -191,7 +192,11 @@ class ExploreScreen(WorkbenchScreen):
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001 - dashboards not built yet is normal
-            box.update(Text(one_line(exc), style="dim"))
+            if self.engine.building_dashboards(layer):
+                box.update(Text(f"the layer-{layer} dashboards are being built (job line below); "
+                                "the summary appears when they are done", style="dim"))
+            else:
+                box.update(Text(one_line(exc), style="dim"))
             self.summary = None
             return
         self.summary = s

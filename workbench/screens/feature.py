@@ -42,7 +42,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares, width=30))
+        parts.append(signed_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares, width=20, label_width=5))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
@@ -90,13 +90,13 @@ def dashboard_renderable(d: DashboardView) -> Group:
 class FeatureScreen(WorkbenchScreen):
     MODE = "feature"
     BINDINGS = [
-        Binding("g", "goto", "Go to id", show=True),
+        Binding("g", "goto", "Go to", show=True),
         Binding("left_square_bracket", "step(-1)", "Prev", show=True),
         Binding("right_square_bracket", "step(1)", "Next", show=True),
         Binding("t", "trace", "Trace", show=True),
-        Binding("comma", "trace_pos(-1)", "Trace pos-", show=True),
-        Binding("full_stop", "trace_pos(1)", "Trace pos+", show=True),
-        Binding("b", "build", "Build dash", show=True),
+        Binding("comma", "trace_pos(-1)", "Pos-", show=True),
+        Binding("full_stop", "trace_pos(1)", "Pos+", show=True),
+        Binding("b", "build", "Build", show=True),
     ]
 
     def __init__(self) -> None:
@@ -152,7 +152,12 @@ class FeatureScreen(WorkbenchScreen):
             status.error(one_line(exc))
             return
         self.view = view
-        status.say(f"L{layer} feature {feature}" + ("" if view.built else " · dashboards not built (b builds)"))
+        if view.built:
+            status.say(f"L{layer} feature {feature}")
+        elif self.engine.building_dashboards(layer):
+            status.say(f"L{layer} feature {feature} · dashboards being built (job line below); the page fills in when done")
+        else:
+            status.say(f"L{layer} feature {feature} · dashboards not built (b builds)")
         self.query_one("#dashboard", Static).update(dashboard_renderable(view))
 
     # ---- actions --------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class FeatureScreen(WorkbenchScreen):
         tree.remove_class("hidden")
         tree.focus()
         tok = visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
-        status.say(f"trace of L{layer} F{feature} at position {tr.pos} {tok} · , . move it · children sum to their parent")
+        status.say(f"trace of L{layer} F{feature} at {tr.pos} {tok} · , . move it · children sum to parents")
 
     def action_build(self) -> None:
         if self.sae_layer is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.markdown import Markdown
 from rich.text import Text
 from textual.app import ComposeResult
@@ -76,7 +78,8 @@ class FindingsScreen(WorkbenchScreen):
         yield Footer()
 
     def help_about(self) -> str:
-        return f"Findings are saved as you pin them, in {self.wb.findings.path}. e exports them all as markdown."
+        where = str(self.wb.findings.path).replace(str(Path.home()), "~", 1)
+        return f"Findings are saved as you pin them, in {where}. e exports them all as markdown."
 
     def on_mount(self) -> None:
         self.watch = StoreWatch(self.wb.findings)

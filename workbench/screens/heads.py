@@ -67,7 +67,12 @@ class HeadsScreen(WorkbenchScreen):
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+            info = self.engine.info
+            if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+                status.say("the head survey reads the dashboards, which are being built (job line below); "
+                           "it runs by itself when they are done")
+            else:
+                status.error(one_line(exc))
             return
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)

@@ -33,7 +33,9 @@ class JobScreen(WorkbenchScreen):
         ids = [h.id for h in jobs]
         ahead = jobs[: ids.index(handle.id)] if handle.id in ids else []
         self.running_text = running
-        if ahead and handle.state == "queued":
+        if ahead and all(h.background for h in ahead):
+            self.query_one(StatusLine).say(f"{running} ({ahead[0].label} steps aside and resumes afterwards)")
+        elif ahead and handle.state == "queued":
             self.query_one(StatusLine).say(f"waiting behind {ahead[0].label} (ctrl+x cancels that) ...")
         else:
             self.query_one(StatusLine).say(running)

@@ -29,8 +29,8 @@ def job_line(h: JobHandle) -> str:
     if p is None:
         return f"{h.label}: starting"
     text = p.stage or h.label
-    if h.kind == "dashboards" and not text.startswith(h.label.removeprefix("dashboards of ")):
-        text = f"{h.label}: {text}"
+    if h.kind == "dashboards":
+        text = f"dashboards of {text}" if text.startswith("layer") else f"{h.label}: {text}"
     if p.total > 0:
         text += f" {short_count(p.done)}/{short_count(p.total)} {p.unit} · {p.fraction:.0%}"
     return text
