@@ -129,8 +129,9 @@ def default_ioi_layer(sae_layers: list[int], n_layers: int) -> tuple[int | None,
         return sae_layers[-1], no_effect_reason(sae_layers[-1], n_layers)
     middle = (n_layers - 1) // 2
     layer = min(useful, key=lambda x: (abs(x - middle), x))
+    later = f"layer {layer + 1}" if layer + 1 == n_layers - 1 else f"layers {layer + 1}-{n_layers - 1}"
     return layer, (f"layer {layer} by default: a feature ablated at S2 reaches the logit at END only through "
-                   f"attention in later layers (layers {layer + 1}..{n_layers - 1} here)")
+                   f"attention in later layers ({later} here)")
 
 
 def no_effect_reason(layer: int, n_layers: int) -> str:
@@ -281,7 +282,8 @@ class IOIScreen(JobScreen):
             labels = [bar_label(r) for r in top]
             self.query_one("#ioi-bars", Static).update(
                 Text(f"{bar_key}\n", style="bold")
-                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16, label_width=10)
+                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16,
+                              label_width=min(12, max(len(x) for x in labels) + 1))
             )
 
     def bars_data(self) -> dict[str, Any]:

@@ -105,9 +105,11 @@ class FindingsScreen(WorkbenchScreen):
         table = self.query_one("#findings-table", DataTable)
         row = table.cursor_row
         table.clear(columns=True)
+        # widths from the content (an auto column would start at its header's width): titles whole up to 48
+        title_w = min(48, max([len("title"), *(len(f.title) for f in store.findings)]))
         table.add_column("kind", width=10)
-        table.add_column("title")
-        table.add_column("note")
+        table.add_column("title", width=title_w)
+        table.add_column("note", width=max(10, table.size.width - title_w - 10 - 8))
         for f in store.findings:
             table.add_row(f.kind, f.title, f.note, key=f.id)
         if store.findings:
@@ -132,7 +134,8 @@ class FindingsScreen(WorkbenchScreen):
         if f is None:
             view.update(Text("nothing pinned yet: press p on any screen", style="dim"))
         else:
-            view.update(Markdown(export_markdown([f], title=f.title).split("\n", 1)[1]))
+            text = export_markdown([f], title=f.title)
+            view.update(Markdown(text[text.find("\n## 1. ") + 1:]))  # the finding's own section, no report header
 
     def action_edit_note(self) -> None:
         f = self.selected()
