@@ -175,9 +175,11 @@ def test_zsource_matches_capture_z_and_stops_early(tiny_model):
         handle.remove()
     order = src._epoch_order(0)[:3]
     ref = tiny_model.capture_z(rows[order], [0, 1])
-    assert chunk.shape == (2, 3 * 16, tiny_model.d_z)
-    torch.testing.assert_close(chunk[0], ref[0].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(chunk[1], ref[1].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
+    assert chunk.shape == (2, 3 * 15, tiny_model.d_z)  # the BOS position of each row is left out
+    torch.testing.assert_close(chunk[0], ref[0][:, 1:].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunk[1], ref[1][:, 1:].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
+    keep_all = ZSource(tiny_model, rows, [0], rows_per_pass=3, seed=0, skip_bos=False).next_chunk()
+    torch.testing.assert_close(keep_all[0], ref[0].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
 
 
 def test_random_sae_helper_fits_training_forward(tiny_model):
