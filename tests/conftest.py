@@ -95,3 +95,29 @@ def hf_z_offset(hf, layer: int):
     w_v = block.attn.c_attn.weight[:, 2 * d :].detach()  # Conv1D: [d_model, n_head * d_head]
     return block.attn.c_attn.bias[2 * d :].detach() + block.ln_1.bias.detach() @ w_v
 
+
+# ---- the workbench's pilot tests ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """Findings and dashboards in a tmp dir (workbench tests: `pytestmark = pytest.mark.usefixtures("data_dir")`)."""
+    d = tmp_path / "data"
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(d))
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    return d
+
+
+@pytest.fixture
+def saes(tiny_model):
+    """Random SAEs for the tiny model's layers 0 and 1."""
+    return {0: random_sae(tiny_model, 0, d_sae=48, seed=1), 1: random_sae(tiny_model, 1, d_sae=48, seed=2)}
+
+
+@pytest.fixture
+def app(tiny_model, saes):
+    """The workbench on the tiny model and `saes`, starting on layer 1."""
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+
+    return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)

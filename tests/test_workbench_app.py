@@ -7,49 +7,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import random_sae
 
 from sae.engine.jobs import Progress
-from workbench.app import WorkbenchApp
-from workbench.engine import Engine
 from workbench.findings import FindingsStore
 from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, shade_levels, visible_token
+from workbench_pilot import PROMPT, settle, type_prompt
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(d))
-    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    return d
-
-
-@pytest.fixture
-def saes(tiny_model):
-    return {0: random_sae(tiny_model, 0, d_sae=48, seed=1), 1: random_sae(tiny_model, 1, d_sae=48, seed=2)}
-
-
-@pytest.fixture
-def app(tiny_model, saes):
-    return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
-
-
-async def settle(pilot, cond, timeout: float = 20.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)
-
-
-async def type_prompt(pilot, app, text: str = PROMPT) -> None:
-    await pilot.click("#prompt") if False else None
-    app.screen.query_one("#prompt").focus()
-    app.screen.query_one("#prompt").value = text
-    await pilot.press("enter")
-    await settle(pilot, lambda: app.screen.result is not None and app.screen.result.tokens)
+pytestmark = pytest.mark.usefixtures("data_dir")
 
 
 # ---- the heatmap on its own (synthetic data) --------------------------------------------------------------

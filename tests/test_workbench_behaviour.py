@@ -21,42 +21,11 @@ from workbench.app import WorkbenchApp
 from workbench.engine import Engine, TraceNodeView
 from workbench.findings import Finding, FindingsStore
 from workbench.widgets.heatmap import CELL, Heatmap, HeatmapData
+from workbench_pilot import settle, type_prompt
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+pytestmark = pytest.mark.usefixtures("data_dir")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(d))
-    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    return d
-
-
-@pytest.fixture
-def saes(tiny_model):
-    return {0: random_sae(tiny_model, 0, d_sae=48, seed=1), 1: random_sae(tiny_model, 1, d_sae=48, seed=2)}
-
-
-@pytest.fixture
-def app(tiny_model, saes):
-    return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
-
-
-async def settle(pilot, cond, timeout: float = 30.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)
-
-
-async def type_prompt(pilot, app, text: str = PROMPT) -> None:
-    app.screen.query_one("#prompt").focus()
-    app.screen.query_one("#prompt").value = text
-    await pilot.press("enter")
-    await settle(pilot, lambda: app.screen.result is not None and app.screen.result.tokens)
 
 
 def slow_job(started: threading.Event, release: threading.Event):
@@ -545,6 +514,7 @@ async def test_export_writes_svg_figures_beside_the_markdown_with_the_umask(app,
     finally:
         os.umask(old)
     text = path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o644  # the report too follows the umask (not 0600)
     figs = sorted((tmp_path / "notes-figures").glob("*.svg"))
     assert {p.name.split("-")[-1] for p in figs} >= {"heatmap.svg", "heads.svg", "sources.svg"}
     for p in figs:

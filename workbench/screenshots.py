@@ -21,18 +21,25 @@ async def _until(pilot: Any, cond: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+async def _run_prompt(pilot: Any, prompt: str, timeout: float) -> Any:
+    """Wait for the engine, type `prompt` on the explore screen and wait for its heatmap; returns the screen."""
+    app = pilot.app
+    await _until(pilot, lambda: app.engine.info is not None, timeout)
+    explore = app.screen
+    explore.query_one("#prompt").value = prompt
+    explore.query_one("#prompt").focus()
+    await pilot.press("enter")
+    await _until(pilot, lambda: explore.result is not None, timeout)
+    return explore
+
+
 async def capture_first_run(app: Any, out: Path, size: tuple[int, int], prompt: str, timeout: float = 120.0) -> Path:
     """The first launch on a fresh machine: no dashboards yet, so the app builds them in the background (the job
     line above the footer) while the heatmap answers; written as `out/00-first-run.svg`."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "00-first-run.svg"
     async with app.run_test(size=size) as pilot:
-        await _until(pilot, lambda: app.engine.info is not None, timeout)
-        explore = app.screen
-        explore.query_one("#prompt").value = prompt
-        explore.query_one("#prompt").focus()
-        await pilot.press("enter")
-        await _until(pilot, lambda: explore.result is not None, timeout)
+        await _run_prompt(pilot, prompt, timeout)
         await _until(pilot, lambda: any(h.state == "running" and h.last is not None and h.last.done > 0
                                         for h in app.engine.worker.jobs()), timeout)
         await pilot.pause(0.5)
@@ -55,12 +62,7 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         paths.append(path)
 
     async with app.run_test(size=size) as pilot:
-        await _until(pilot, lambda: app.engine.info is not None, timeout)
-        explore = app.screen
-        explore.query_one("#prompt").value = prompt
-        explore.query_one("#prompt").focus()
-        await pilot.press("enter")
-        await _until(pilot, lambda: explore.result is not None, timeout)
+        explore = await _run_prompt(pilot, prompt, timeout)
         await pilot.press("down", "down", "down", "down", "right")
         await _until(pilot, lambda: explore.detail is not None and explore.detail.pos == 4, timeout)
         await pilot.pause(0.3)
