@@ -56,6 +56,15 @@ def build_tiny_model_dir(
     return path
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small training/eval corpus folder: a text file and a Python file."""
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "a.txt").write_text(TINY_TEXT)
+    (d / "b.py").write_text("def f(x):\n    return x * 2\n" * 40)
+    return d
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2"))
@@ -94,6 +103,15 @@ def hf_z_offset(hf, layer: int):
     block = hf.transformer.h[layer]
     w_v = block.attn.c_attn.weight[:, 2 * d :].detach()  # Conv1D: [d_model, n_head * d_head]
     return block.attn.c_attn.bias[2 * d :].detach() + block.ln_1.bias.detach() @ w_v
+
+
+def sae_set_dir(model, root: Path, d_sae: int = 24, seed: int = 0) -> Path:
+    """A directory of SAELens dirs, one random SAE per layer of `model` (seeds `seed + layer`)."""
+    from sae.engine.formats import save_sae
+
+    for layer in range(model.n_layers):
+        save_sae(random_sae(model, layer, d_sae=d_sae, seed=seed + layer), root / "saes" / f"blocks.{layer}.attn.hook_z")
+    return root / "saes"
 
 
 # ---- the workbench's pilot tests ----------------------------------------------------------------------------

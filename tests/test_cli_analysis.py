@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_TEXT, random_sae
+from conftest import TINY_TEXT, sae_set_dir
 
 from sae.cli import main
 
@@ -13,11 +13,8 @@ from sae.cli import main
 @pytest.fixture(scope="module")
 def dirs(tiny_model, tmp_path_factory):
     """(model dir, SAE set dir, one-SAE dir for layer 0, corpus file) and a private dashboard cache."""
-    from sae.engine.formats import save_sae
-
     root = tmp_path_factory.mktemp("cli_analysis")
-    for layer in range(tiny_model.n_layers):
-        save_sae(random_sae(tiny_model, layer, d_sae=24, seed=40 + layer), root / "saes" / f"blocks.{layer}.attn.hook_z")
+    sae_set_dir(tiny_model, root, d_sae=24, seed=40)
     corpus = root / "heldout.txt"
     corpus.write_text(TINY_TEXT)
     mp = pytest.MonkeyPatch()

@@ -7,20 +7,12 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TEXT, random_sae
+from conftest import random_sae
 from sae.cli import main
 from sae.engine.formats import save_sae
 
 SMALL = ["--width", "64", "--batch-size", "128", "--context-size", "16", "--buffer-batches", "2",
          "--warmup-steps", "2", "--l1", "0.01"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    (d / "a.txt").write_text(TINY_TEXT)
-    (d / "b.py").write_text("def f(x):\n    return x * 2\n" * 40)
-    return d
 
 
 def one_error_line(capsys) -> str:

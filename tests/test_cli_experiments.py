@@ -60,15 +60,21 @@ def test_induction_json_md_pretty(capsys, tiny_model_dir, tmp_path):
     code, out, _ = _run(capsys, base + ["--json"])
     d = json.loads(out)
     assert code == 0 and d["model"] and "rule" in d
+    assert d["thresholds"] == {"induction_score": 0.15, "short_fraction": 0.5}
+    assert "0.15" in d["rule"] and "0.5" in d["rule"] and "random" in d["design"]
     h = d["heads"][0]
     assert set(h["scores"]) == {"1", "2", "3"} and h["kind"] in ("long-prefix", "short-prefix", "not induction")
     corpus = tmp_path / "text.txt"
     corpus.write_text("x = 1\n" * 60)
     code, out, _ = _run(capsys, base + ["--md", "--real-text", "--corpus", str(corpus), "--rows", "1"])
     assert code == 0 and "| head | kind |" in out and "src-2" in out
+    assert "Rule:" in out and ">= 0.15" in out
     code, out, _ = _run(capsys, base)
     assert code == 0 and "Rule:" in out
-
+    with pytest.raises(SystemExit):
+        main(["induction", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert ">= 0.15" in helptext and "0.5 x" in helptext and "default 400" in helptext
 
 @pytest.mark.parametrize(
     "argv, message",

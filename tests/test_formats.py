@@ -102,7 +102,7 @@ def test_paper_release_refuses_pickled_code(tmp_path):
 
     torch.save({"W_enc": Evil()}, tmp_path / "run.pt")
     (tmp_path / "run_cfg.json").write_text(json.dumps({"act_size": 4, "dict_size": 8, "act_name": "blocks.0.attn.hook_z", "layer": 0}))
-    with pytest.raises(SAEFormatError, match="not a plain tensor state dict"):
+    with pytest.raises(SAEFormatError, match="could run code"):
         load_sae(tmp_path / "run.pt")
 
 

@@ -41,8 +41,10 @@ def test_synthetic_scores_read_the_right_pattern_entry(tiny_model):
     with torch.no_grad():
         _, cache = tiny_model.bridge.run_with_cache(batch.tokens)
     for b in range(3):
+        q = int(batch.query[b])
+        assert batch.tokens[b, q] == batch.tokens[b, int(batch.key[b]) - 1]
         for layer in range(tiny_model.n_layers):
-            pat = cache[f"blocks.{layer}.attn.hook_pattern"][b, :, 23, int(batch.key[b])]
+            pat = cache[f"blocks.{layer}.attn.hook_pattern"][b, :, q, int(batch.key[b])]
             assert scores[b, layer].tolist() == pytest.approx(pat.tolist(), abs=1e-6)
     assert dla.shape == (3, tiny_model.n_layers, tiny_model.n_heads)
 
@@ -50,16 +52,33 @@ def test_synthetic_scores_read_the_right_pattern_entry(tiny_model):
 @pytest.mark.parametrize("p", [1, 3, 9])
 def test_repeated_prefix_sequences_match_exactly_p_tokens(p):
     pool = torch.arange(1, 400)
-    batch = induction.repeated_prefix_batch(pool, 0, 5, p, 64, torch.Generator().manual_seed(p))
-    for row, key, target in zip(batch.tokens.tolist(), batch.key.tolist(), batch.target.tolist()):
-        q = len(row) - 1
-        assert row[0] == 0 and len(set(row[1 : q - p + 1])) == q - p  # everything outside the repeat is distinct
-        assert row[key] == target and key < q - p + 1
+    batch = induction.repeated_prefix_batch(pool, 0, 20, p, 64, torch.Generator().manual_seed(p))
+    for row, q, key, target in zip(batch.tokens.tolist(), batch.query.tolist(), batch.key.tolist(), batch.target.tolist()):
+        assert len(row) == 64 and row[0] == 0
+        b = q - p + 1  # the second copy is row[b .. q]
+        a = key - p  # the first copy is row[a .. key - 1]
+        assert 1 <= a and key < b and q <= 63
+        # token by token: the second copy repeats the first, and every other position holds a token seen once
+        assert row[b : q + 1] == row[a:key]
+        rest = row[1:b] + row[q + 1 :]
+        assert len(rest) == len(set(rest)) == 63 - p
+        assert row[key] == target
         # brute force: the longest run ending at q that also ends at key - 1
         m = 0
         while row[q - m] == row[key - 1 - m]:
             m += 1
         assert m == p == induction.matched_prefix_length(row, q, key)
+    # the repeat is placed at random, not always at the end
+    assert len(set(batch.query.tolist())) >= 5 and len(set(batch.key.tolist())) >= 5
+    assert min(batch.query.tolist()) < 63
+
+
+def test_repeat_positions_cover_their_range():
+    """Every allowed (a, b) for p=2 in 9 tokens shows up, and nothing outside it."""
+    gen = torch.Generator().manual_seed(0)
+    seen = {induction.repeat_positions(2, 9, gen) for _ in range(2000)}
+    allowed = {(a, b) for b in range(1, 9) for a in range(1, 9) if a + 2 + 1 <= b and b + 2 <= 9}
+    assert seen == allowed
 
 
 def test_matched_prefix_length_by_hand():
@@ -104,9 +123,28 @@ def test_head_dla_matches_plain_transformers(tiny_model, tiny_model_dir):
         for h in range(H):
             o = z[b, h] @ w_o[h]
             o = (o - o.mean()) / scale[b] * hf.transformer.ln_f.weight
-            expected[b, h] = o @ hf.lm_head.weight[target[b]]
+            # vocabulary-centred: the target's logit minus the mean logit over the vocabulary
+            expected[b, h] = o @ hf.lm_head.weight[target[b]] - (hf.lm_head.weight @ o).mean()
     got = induction.head_dla(tiny_model, z, layer, scale, target)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_centred_dla_is_a_hand_einsum(tiny_model):
+    """head_dla equals W_O, the frozen final LN and the centred W_U written out as one einsum over plain tensors."""
+    torch.manual_seed(3)
+    H, dh = tiny_model.n_heads, tiny_model.d_head
+    z, scale, target = torch.randn(4, H, dh), torch.rand(4, 1) + 0.5, torch.tensor([1, 7, 30, 2])
+    w_o, w_u = tiny_model.bridge.W_O[1].detach(), tiny_model.bridge.W_U.detach()
+    ln = tiny_model.bridge.ln_final
+    w_ln = getattr(getattr(ln, "original_component", ln), "weight").detach()
+    out = torch.einsum("bhe,hem->bhm", z, w_o)
+    out = (out - out.mean(-1, keepdim=True)) / scale[:, None] * w_ln
+    logits = torch.einsum("bhm,mv->bhv", out, w_u)
+    expected = logits[torch.arange(4), :, target] - logits.mean(-1)
+    torch.testing.assert_close(induction.head_dla(tiny_model, z, 1, scale, target), expected, atol=1e-4, rtol=1e-4)
+    # a constant shift of W_U over the vocabulary changes nothing once centred
+    c = torch.randn(w_u.shape[0], 1)
+    torch.testing.assert_close(induction.centred_unembed(w_u + c), induction.centred_unembed(w_u), atol=1e-5, rtol=0)
 
 
 def test_synthetic_induction_result_progress_cancel_determinism(tiny_model):

@@ -363,3 +363,103 @@ def test_bad_input(ioi_model, data, tiny_model):
     small = ioi.build_dataset(tiny_model, 4, seed=0, split="all")
     r = ioi.run_noising(tiny_model, small, [1], ["names", "alongside"])
     assert [s["corruption"] for s in r["skipped"]] == ["names"]
+
+
+# ---- the paper's noising: the combined corruption, reference values, fractions, BOS optional ----------------------
+
+
+def test_combined_corruption_token_by_token_on_a_hand_checked_prompt(ioi_model):
+    p = IOIPrompt("After Mary and John went to the store, John gave a drink to", "Mary", "John", "ABBA", 5, "store", "drink")
+    enc, bos = ioi_model.encode, ioi_model.bos_token_id
+    names = ioi_data.single_token_names(enc)
+    assert p.text == ioi_data.fill(BABA_TEMPLATES[5], "Mary", "John", "ABBA", "store", "drink")[: -len(" Mary")]
+    c = ioi_data.corrupt(p, "combined", names, seed=4)
+    assert {c.io, c.s}.isdisjoint({"Mary", "John"}) and c.io != c.s
+    # written out by hand: prefix sentence, new names, and the clause right after the pair
+    assert c.text == (
+        "It was a quiet morning in the town.\n"
+        f"After {c.io} and {c.s}, who had been friends for years, went to the store, {c.s} gave a drink to"
+    )
+    clean = ioi_data.prompt_ids(enc, p, bos)
+    got = ioi_data.prompt_ids(enc, c, bos)
+    prefix, clause = enc(ioi_data.PREFIX_SENTENCE), enc(ioi_data.INSERTED_CLAUSE)
+    k, m = len(prefix), len(clause)
+    C, D = enc(" " + c.io)[0], enc(" " + c.s)[0]
+    pos = ioi_data.prompt_positions(enc, p, bos)
+    # the clean prompt's tokens with IO -> C, S -> D, then the prefix after BOS and the clause after the pair
+    renamed = [C if t == enc(" Mary")[0] else D if t == enc(" John")[0] else t for t in clean]
+    expected = renamed[:1] + prefix + renamed[1 : pos.s1 + 1] + clause + renamed[pos.s1 + 1 :]
+    assert got == expected
+    strs = ioi_model.token_strs(got)
+    new = ioi_data.prompt_positions(enc, c, bos)
+    # absolute positions all move by the prefix; S2 and END move further by the clause (relative positions change)
+    assert (new.io, new.s1, new.s2, new.end) == (pos.io + k, pos.s1 + k, pos.s2 + k + m, pos.end + k + m)
+    assert strs[new.io] == " " + c.io and strs[new.s1] == strs[new.s2] == " " + c.s
+    assert strs[new.io + 1] == " and" and strs[new.end] == " to" and new.end == len(got) - 1
+    assert new.s2 - new.s1 == pos.s2 - pos.s1 + m  # the S1 -> S2 distance grew by the clause
+
+
+@pytest.mark.parametrize("prompt_index", range(0, 30, 3))
+def test_combined_is_names_then_prefix_then_clause(ioi_model, prompt_index):
+    p = every_template()[prompt_index]
+    enc, bos = ioi_model.encode, ioi_model.bos_token_id
+    names = ioi_data.single_token_names(enc)
+    c = ioi_data.corrupt(p, "combined", names, seed=1)
+    n = ioi_data.corrupt(p, "names", names, seed=1)  # same new names (same seeded draw)
+    assert (c.io, c.s) == (n.io, n.s)
+    pos = ioi_data.prompt_positions(enc, n, bos)
+    pair_end = max(pos.io, pos.s1)
+    nids = ioi_data.prompt_ids(enc, n, bos)
+    expected = nids[:1] + enc(ioi_data.PREFIX_SENTENCE) + nids[1 : pair_end + 1] + enc(ioi_data.INSERTED_CLAUSE) + nids[pair_end + 1 :]
+    assert ioi_data.prompt_ids(enc, c, bos) == expected
+
+
+def _ld_one(model, ids, io_id, s_id):
+    with torch.no_grad():
+        logits = model.bridge(torch.tensor([ids]))
+    return float(logits[0, -1, io_id] - logits[0, -1, s_id])
+
+
+def test_noising_references_and_fractions_by_hand(ioi_model):
+    data = ioi.build_dataset(ioi_model, 4, seed=5)
+    r = ioi.run_noising(ioi_model, data, [1], ["combined"], batch_size=3)
+    enc, bos = ioi_model.encode, ioi_model.bos_token_id
+    clean, s2only, own = [], [], []
+    for p in data.prompts:
+        ids = ioi_data.prompt_ids(enc, p, bos)
+        io_id, s_id = enc(" " + p.io)[0], enc(" " + p.s)[0]
+        clean.append(_ld_one(ioi_model, ids, io_id, s_id))
+        s2 = [i for i, t in enumerate(ids) if t == s_id][1]
+        e = ioi_data.third_name(p, data.names, data.seed)
+        assert e not in (p.io, p.s)
+        s2only.append(_ld_one(ioi_model, ids[:s2] + enc(" " + e) + ids[s2 + 1 :], io_id, s_id))
+        c = ioi_data.corrupt(p, "combined", data.names, data.seed)
+        own.append(_ld_one(ioi_model, ioi_data.prompt_ids(enc, c, bos), enc(" " + c.io)[0], enc(" " + c.s)[0]))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    refs = {x["reference"]: x for x in r["references"]}
+    assert refs["clean"]["logit_diff"] == pytest.approx(mean(clean), abs=1e-4)
+    assert refs["clean"]["fraction"] == pytest.approx(1.0)
+    assert refs["S2-only"]["logit_diff"] == pytest.approx(mean(s2only), abs=1e-4)
+    assert refs["S2-only"]["fraction"] == pytest.approx(mean(s2only) / mean(clean), rel=1e-3)
+    assert refs["corrupted (combined)"]["logit_diff"] == pytest.approx(mean(own), abs=1e-4)
+    assert refs["corrupted (combined)"]["fraction"] == pytest.approx(mean(own) / mean(clean), rel=1e-3)
+    res = r["results"][0]
+    assert res["corruption"] == "combined" and res["recovered"] == pytest.approx(res["logit_diff"] / mean(clean), rel=1e-3)
+
+
+def test_no_bos_drops_position_zero(ioi_model):
+    with_bos = ioi.build_dataset(ioi_model, 4, seed=2)
+    without = ioi.build_dataset(ioi_model, 4, seed=2, bos=False)
+    assert with_bos.bos and not without.bos
+    for i in range(4):
+        n = int(without.end[i]) + 1
+        assert without.tokens[i, :n].tolist() == with_bos.tokens[i, 1 : n + 1].tolist()
+    for f in ("io", "s1", "s2", "end"):
+        assert torch.equal(getattr(without, f), getattr(with_bos, f) - 1)
+    r = ioi.run_noising(ioi_model, without, [1], ["rel_pos"], batch_size=4)
+    assert r["bos"] is False and r["results"][0]["logit_diff"] is not None
+
+
+def test_default_split_is_every_template(ioi_model):
+    data = ioi.build_dataset(ioi_model, 200, seed=0)
+    assert data.split == "all" and {p.template for p in data.prompts} == set(range(len(BABA_TEMPLATES)))

@@ -23,10 +23,12 @@ from workbench.screens.findings import FindingsScreen
 from workbench.screens.heads import HeadsScreen
 from workbench.screens.experiments import InductionScreen, IOIScreen
 from workbench.screens.modals import AskScreen, HelpScreen
+from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
 
 
 S = TypeVar("S", bound=WorkbenchScreen)
+STUDY_KEY = "8"
 
 AUTO_BUILD_DELAY_S = 3.0
 KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
@@ -55,6 +57,7 @@ class WorkbenchApp(App):
         "ioi": IOIScreen,
         "training": TrainingScreen,
         "findings": FindingsScreen,
+        "study": StudyScreen,
     }
     BINDINGS = [
         Binding("question_mark", "help", "Help", show=True),
@@ -64,6 +67,7 @@ class WorkbenchApp(App):
         Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
         Binding("escape", "back", "Back", show=False),
         *[Binding(key, f"switch_mode('{mode}')", label, show=False) for mode, key, label in SCREENS],
+        Binding(STUDY_KEY, "switch_mode('study')", "", show=False),  # not in the nav line: a side screen
     ]
 
     def __init__(

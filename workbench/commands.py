@@ -17,6 +17,7 @@ class WorkbenchCommands(Provider):
         out: list[tuple[str, object, str]] = []
         for mode, key, label in SCREENS:
             out.append((f"Screen: {label}", partial(app.switch_mode, mode), f"key {key}"))
+        out.append(("Screen: Study (label random features)", partial(app.switch_mode, "study"), "key 8"))
         info = getattr(getattr(app, "engine", None), "info", None)
         if info is not None:
             for layer in info.sae_layers:

@@ -8,7 +8,6 @@ screens use, and written by rich's `Console(record=True).export_svg`.
 from __future__ import annotations
 
 import io
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -135,16 +134,5 @@ def export_report(path: str | Path, findings: list[Finding], title: str = "attns
     links = write_figures(written, findings)
     if links:
         write_export(written, link_figures(export_markdown(findings, title=title), findings, links))
-    follow_umask(written)
     return written
 
-
-def follow_umask(path: Path) -> None:
-    """Give a report written through a temp file (created 0600) the mode a plain `open` would: 0666 less the
-    umask, so a shared notes folder can read it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(path, 0o666 & ~mask)
-    except OSError:
-        pass

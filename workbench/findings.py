@@ -2,21 +2,25 @@
 
 They live in one JSON file under the platformdirs data dir (`ATTNSCOPE_DATA_DIR` overrides it, which the tests
 use), written atomically: a temp file in the same directory, fsync, then `os.replace`, so a crash leaves either the
-old file or the new one. `export_markdown` turns them into one report.
+old file or the new one. Several workbenches may share the file: every change takes a lock (`findings.json.lock`),
+re-reads the file and applies itself to what is there, so no instance loses another's pins;
+`FindingsStore.reload_if_changed()` tells an instance that another one wrote. `export_markdown` turns them into one
+report.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as _safe_write_text
+
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
 FILE_NAME = "findings.json"
@@ -25,6 +29,14 @@ KINDS = ("feature", "cell", "head", "trace", "experiment", "training", "note")
 
 class ExportError(AttnscopeError):
     """The report could not be written where the user asked; one line for the user."""
+
+
+class FindingsError(AttnscopeError, OSError):
+    """The findings file cannot be read (corrupt, wrong field types) or written; one line for the user. An
+    OSError too, so callers that catch a failed save keep working."""
+
+    def __init__(self, message: str) -> None:
+        AttnscopeError.__init__(self, message)
 
 
 def data_dir() -> Path:
@@ -55,75 +67,171 @@ class Finding:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        """A finding from its JSON form; ValueError (naming the field) for a wrong type or a missing field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a finding is a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kept = {k: v for k, v in d.items() if k in names}
+        for name in ("kind", "title"):
+            if name not in kept:
+                raise ValueError(f"a finding has no {name!r}")
+        for name in ("kind", "title", "note", "body", "model", "saes", "id", "created"):
+            if name in kept and not isinstance(kept[name], str):
+                raise ValueError(f"{name} must be text, got {type(kept[name]).__name__}")
+        layer = kept.get("layer")
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise ValueError(f"layer must be a whole number or null, got {layer!r}"[:80])
+        if "data" in kept and not isinstance(kept["data"], dict):
+            raise ValueError(f"data must be a JSON object, got {type(kept['data']).__name__}")
+        return cls(**kept)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a crash leaves the old file or the new one, never half of either."""
+    """Write `text` to `path` so that a crash leaves the old file or the new one, never half of either (the
+    umask's mode, symlinks written through, one-line OutputError on a full disk or read-only place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    _safe_write_text(path, text)
+
+
+LOCK_TIMEOUT_S = 10.0
+
+
+def parse_findings(text: str) -> list[Finding]:
+    """The findings of a findings.json text; ValueError (one line) for bad JSON or a bad finding."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("the file does not hold a JSON object")
+    items = raw.get("findings", [])
+    if not isinstance(items, list):
+        raise ValueError("'findings' is not a list")
+    out = []
+    for i, d in enumerate(items, 1):
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            out.append(Finding.from_dict(d))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"finding {i}: {exc}") from None
+    return out
 
 
 class FindingsStore:
-    """The findings file. Every change is saved at once; a file that will not parse is moved aside, not lost."""
+    """The findings file. Every change is saved at once, under a lock, merged into what is on disk.
+
+    A file that will not parse is never moved or rewritten silently: `error` says why (the export refuses with
+    it), `warning` is shown by the workbench, and the first change made afterwards keeps the damaged file as
+    `findings.json.unreadable-TIME` (said in `warning`) before writing."""
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else data_dir()
         self.path = self.directory / FILE_NAME
+        self.lock_path = self.directory / (FILE_NAME + ".lock")
         self.findings: list[Finding] = []
         self.warning = ""
+        self.error = ""
+        self._seen: tuple[int, int, int] | None = None
         self.load()
 
-    def load(self) -> list[Finding]:
-        self.findings = []
-        if not self.path.exists():
-            return self.findings
+    def _signature(self) -> tuple[int, int, int] | None:
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            self.findings = [Finding.from_dict(d) for d in raw.get("findings", [])]
-        except (ValueError, TypeError, AttributeError) as exc:
-            aside = self.path.with_name(f"{FILE_NAME}.unreadable-{int(time.time())}")
-            os.replace(self.path, aside)
-            self.warning = f"findings file could not be read ({exc.__class__.__name__}); kept it as {aside.name}"
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> list[Finding]:
+        """What is on disk now; sets `error`/`warning` for a damaged file (which stays where it is)."""
+        self.error = ""
+        if not self.path.exists():
+            return []
+        try:
+            return parse_findings(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            self.error = f"findings file {self.path} cannot be read ({why})"
+            self.warning = self.error + "; it is kept as it is"
+            return []
+
+    def load(self) -> list[Finding]:
+        self._seen = self._signature()
+        self.findings = self._read()
         return self.findings
 
+    def reload_if_changed(self) -> bool:
+        """Re-read the file when another instance (or anything) changed it since this one last read or wrote;
+        True when it did. Costs one `stat` when nothing changed."""
+        if self._signature() == self._seen:
+            return False
+        self.load()
+        return True
+
+    def _change(self, apply: Callable[[list[Finding]], Any]) -> Any:
+        """Lock, re-read, apply `apply(findings)` to the fresh list, write, unlock; returns what `apply` did."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            lock = DirLock(self.directory, what="attnscope findings", lock_path=self.lock_path)
+            lock.acquire(timeout=LOCK_TIMEOUT_S)
+        except (LockedError, OutputError) as exc:
+            raise FindingsError(f"cannot save findings: {exc}") from None
+        except OSError as exc:
+            raise FindingsError(f"cannot save findings in {self.directory}: {exc.strerror or exc}") from None
+        try:
+            current = self._read()
+            if self.error:  # keep the damaged file beside, say so, then start a fresh file
+                aside = self.path.with_name(f"{FILE_NAME}.unreadable-{int(time.time())}")
+                try:
+                    os.replace(self.path, aside)
+                except OSError as exc:
+                    raise FindingsError(f"{self.error}; cannot keep it aside: {exc.strerror or exc}") from None
+                self.warning = f"{self.error}; kept it as {aside.name}"
+                self.error = ""
+            result = apply(current)
+            payload = {"version": 1, "findings": [asdict(f) for f in current]}
+            try:
+                atomic_write_text(self.path, json.dumps(payload, indent=2, default=str))
+            except OutputError as exc:
+                raise FindingsError(str(exc)) from None
+            self.findings = current
+            self._seen = self._signature()
+            return result
+        finally:
+            lock.release()
+
     def save(self) -> None:
-        payload = {"version": 1, "findings": [asdict(f) for f in self.findings]}
-        atomic_write_text(self.path, json.dumps(payload, indent=2, default=str))
+        """Write this instance's list, merged with the file: findings another instance added are kept."""
+        mine = list(self.findings)
+
+        def apply(current: list[Finding]) -> None:
+            ids = {f.id for f in mine}
+            current[:] = mine + [f for f in current if f.id not in ids]
+
+        self._change(apply)
 
     def add(self, finding: Finding) -> Finding:
-        self.findings.append(finding)
-        self.save()
+        def apply(current: list[Finding]) -> None:
+            if all(f.id != finding.id for f in current):
+                current.append(finding)
+
+        self._change(apply)
         return finding
 
     def remove(self, finding_id: str) -> Finding | None:
-        for i, f in enumerate(self.findings):
-            if f.id == finding_id:
-                gone = self.findings.pop(i)
-                self.save()
-                return gone
-        return None
+        def apply(current: list[Finding]) -> Finding | None:
+            for i, f in enumerate(current):
+                if f.id == finding_id:
+                    return current.pop(i)
+            return None
+
+        return self._change(apply)
 
     def set_note(self, finding_id: str, note: str) -> None:
-        for f in self.findings:
-            if f.id == finding_id:
-                f.note = note
-                self.save()
-                return
-        raise KeyError(finding_id)
+        def apply(current: list[Finding]) -> bool:
+            for f in current:
+                if f.id == finding_id:
+                    f.note = note
+                    return True
+            return False
+
+        if not self._change(apply):
+            raise KeyError(finding_id)
 
     def __len__(self) -> int:
         return len(self.findings)
@@ -203,7 +311,10 @@ def export_markdown(findings: list[Finding], title: str = "attnscope findings") 
 
 
 def write_export(path: str | Path, text: str) -> Path:
-    """Write the report; an unwritable place is an `ExportError` with one line, the findings stay untouched."""
+    """Write the report; an unwritable place is an `ExportError` with one line, the findings stay untouched.
+
+    Symlinks are written through (the link stays), devices, FIFOs and directories are refused;
+    `export_replaces(path)` beforehand tells whether an existing file will be replaced."""
     p = Path(path).expanduser()
     if not str(path).strip():
         raise ExportError("no export path given")
@@ -212,7 +323,13 @@ def write_export(path: str | Path, text: str) -> Path:
     if not p.parent.exists():
         raise ExportError(f"cannot write {p}: the folder {p.parent} does not exist")
     try:
-        atomic_write_text(p, text)
-    except OSError as exc:
-        raise ExportError(f"cannot write {p}: {exc.strerror or exc}") from exc
+        _safe_write_text(p, text)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from None
     return p
+
+
+
+def export_replaces(path: str | Path) -> bool:
+    """Whether writing the report to `path` replaces an existing regular file (through a symlink too)."""
+    return Path(os.path.realpath(Path(path).expanduser())).is_file()

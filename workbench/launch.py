@@ -95,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     from workbench.figures import export_report
-    from workbench.findings import FindingsStore
+    from workbench.findings import FindingsStore, export_replaces
 
     store = FindingsStore()
+    if store.error:  # a damaged findings file: say so and stop; the file stays where it is
+        raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
+    replaced = export_replaces(args.out)
     path = export_report(args.out, store.findings, title=args.title)
-    print(f"wrote {len(store)} finding(s) to {path}")
+    print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
 

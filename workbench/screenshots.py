@@ -100,7 +100,20 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         await pilot.press("1", "question_mark")
         await pilot.pause(0.2)
         shot("help")
+        await pilot.press("escape")
+        await study_shot(pilot, app, shot, timeout)
     return paths
+
+
+async def study_shot(pilot: Any, app: Any, shot: Callable[[str], None], timeout: float) -> None:
+    """The study screen with its first feature labelled (into the engine's label file, a temp file here)."""
+    app.screen.set_focus(None)
+    await pilot.press("8")
+    await _until(pilot, lambda: getattr(app.screen, "MODE", "") == "study", timeout)
+    await _until(pilot, lambda: bool(app.screen.items) and app.screen.view is not None, timeout)
+    await pilot.press("3", "r", "2")
+    await pilot.pause(0.3)
+    shot("study")
 
 
 def _ensure_dashboards(model: str, saes: str, device: str) -> None:
@@ -138,5 +151,7 @@ def write_screenshots(
             else:
                 os.environ["ATTNSCOPE_CACHE_DIR"] = saved
         _ensure_dashboards(model, saes, device)
-        app = WorkbenchApp(Engine(model, saes, device=device), findings=store)
+        engine = Engine(model, saes, device=device)
+        engine.labels_path = Path(tmp) / "labels.json"  # the study screen's example label stays out of the user's file
+        app = WorkbenchApp(engine, findings=store)
         return [first_path, *asyncio.run(capture(app, Path(out), size, prompt))]

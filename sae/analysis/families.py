@@ -20,7 +20,8 @@ LONG_MIN = 15  # distances >= 15 are "far back"
 SHARE = 0.5
 
 RULES = [
-    "induction: in at least half of the feature's top examples, the source with the largest positive DFA (BOS left "
+    "induction: in a layer >= 1 (a layer-0 feature is never induction: its heads cannot compose with an earlier "
+    "one), in at least half of the feature's top examples, the source with the largest positive DFA (BOS left "
     "out) comes right after an earlier copy of the current token (tokens[src-1] == tokens[dest], src <= dest-2, "
     "so a previous-token head on text like 'x.y.' does not count)",
     f"short-range context: else, if on average >= {SHARE:.0%} of the positive source DFA (BOS left out) comes from "
@@ -67,11 +68,11 @@ def family_scores(induction_flags: torch.Tensor, dist_mass: torch.Tensor) -> Fam
     return FamilyScores(float(induction_flags.float().mean()), float(near.mean()), float(far.mean()), n)
 
 
-def classify(scores: FamilyScores) -> str:
-    """Apply RULES in order."""
+def classify(scores: FamilyScores, can_compose: bool = True) -> str:
+    """Apply RULES in order; `can_compose` is False for layer 0, whose features are never induction."""
     if scores.n_examples == 0:
         return "other"
-    if scores.induction >= 0.5:
+    if can_compose and scores.induction >= 0.5:
         return "induction"
     if scores.near >= SHARE:
         return "short-range context"
@@ -166,7 +167,7 @@ def classify_layer(directory: Path, n_examples: int = 3, stats: dict[str, Any] |
     for i in live:
         sel = stats["top_val"][i, :n_dfa] > 0  # the top examples that got DFA by source
         sc = family_scores(stats["dfa_induction"][i][sel], stats["dfa_dist"][i][sel])
-        fam = classify(sc)
+        fam = classify(sc, can_compose=int(idx["layer"]) >= 1)
         feats[fam].append(i)
         strength = {"induction": sc.induction, "short-range context": sc.near, "long-range context": sc.far}.get(fam, 0.0)
         scored[fam].append((strength + 1e-3 * float(stats["density"][i]), i, sc))

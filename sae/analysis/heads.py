@@ -1,6 +1,8 @@
-"""Head survey: which features each attention head writes, which family they fall in, and whether the head is
+"""Head survey: which features each attention head writes, which role they have, and whether the head is
 monosemantic or polysemantic (Kissane et al. inspected GPT-2 Small's heads' top-10 features this way and found at
-least 90% polysemantic). Reads built dashboards (`sae.analysis.dashboards`) and feature families (`sae.analysis.families`)."""
+least 90% polysemantic). Reads built dashboards (`sae.analysis.dashboards`). A feature's role is its human label
+where one exists (`sae.analysis.labels`), else its automatic role (`sae.analysis.roles`); every head and layer says
+which it used."""
 
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ from typing import Any
 import torch
 
 from sae.analysis.dashboards import feature_stats
-from sae.analysis.families import FAMILIES, RULES, classify_layer
+from sae.analysis.roles import RULES, Confirmer, roles_layer
 
-NAMED = ("induction", "short-range context", "long-range context")
+UNNAMED = ("other", "uninterpretable")  # labels that say "no one kind", so never make a head monosemantic
 
 
 def criterion_text(n_top: int, agree: float) -> str:
     need = "all" if agree >= 1.0 else f"at least {agree:.0%}"
     return (
-        f"monosemantic when {need} of the head's top-{n_top} live features by decoder-norm share fall in one named "
-        f"family ({', '.join(NAMED)}); polysemantic otherwise. This is the paper's test (are the head's top-10 "
-        "features of one kind?) with the family rules standing in for reading the dashboards by hand."
+        f"monosemantic when {need} of the head's top-{n_top} live features by decoder-norm share have one role "
+        f"(not {' or '.join(repr(u) for u in UNNAMED)}); polysemantic otherwise. A feature's role is its human label "
+        "where one exists (`attnscope study`), else its automatic role (`attnscope roles`: previous-token, "
+        "duplicate-token, induction, short/long-range context); each head says which it used. This is the paper's "
+        "test (are the head's top-10 features of one kind?)."
     )
 
 
@@ -31,7 +35,8 @@ class HeadFeature:
     decoder_share: float  # this head's share of ||W_dec[i]|| over heads
     dfa_share: float  # this head's share of the positive DFA-by-head on the feature's top examples
     density: float
-    family: str
+    family: str  # its role: the human label if there is one, else the automatic role
+    source: str = "automatic"  # "human" or "automatic"
 
 
 @dataclass
@@ -40,9 +45,10 @@ class HeadReport:
     head: int
     top_by_decoder: list[HeadFeature]
     top_by_dfa: list[HeadFeature]
-    families: dict[str, int]  # family counts among top_by_decoder
+    families: dict[str, int]  # role counts among top_by_decoder
     verdict: str  # monosemantic | polysemantic
     main_family: str
+    source: str = "automatic"  # "human", "automatic" or "mixed (k of n human)": where its top features' roles came from
 
 
 @dataclass
@@ -50,6 +56,7 @@ class LayerHeads:
     layer: int
     heads: list[HeadReport]
     polysemantic_fraction: float
+    source: str = "automatic roles"  # what the fraction rests on: human labels, automatic roles, or a mix
 
 
 @dataclass
@@ -83,19 +90,36 @@ def dfa_head_shares(dfa_heads: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
 
 
 def verdict(families: list[str], agree: float = 1.0) -> tuple[str, str]:
-    """(verdict, main family) for a head's top features' families."""
+    """(verdict, main role) for a head's top features' roles: monosemantic when at least `agree` of them share one
+    role that is not in UNNAMED."""
     if not families:
         return "polysemantic", "other"
-    counts = {f: families.count(f) for f in FAMILIES}
-    main = max(NAMED, key=lambda f: counts[f])
-    if counts[main] > 0 and counts[main] >= agree * len(families) - 1e-9:
-        return "monosemantic", main
-    return "polysemantic", max(FAMILIES, key=lambda f: counts[f])
+    counts: dict[str, int] = {}
+    for f in families:
+        counts[f] = counts.get(f, 0) + 1
+    named = [f for f in counts if f not in UNNAMED]
+    if named:
+        main = max(named, key=lambda f: counts[f])
+        if counts[main] >= agree * len(families) - 1e-9:
+            return "monosemantic", main
+    return "polysemantic", max(counts, key=lambda f: counts[f])
 
 
-def survey_layer(directory: Path, n_top: int = 10, agree: float = 1.0) -> LayerHeads:
+def _source(n_human: int, n: int) -> str:
+    if n and n_human == n:
+        return "human"
+    return "automatic" if n_human == 0 else f"mixed ({n_human} of {n} human)"
+
+
+def survey_layer(
+    directory: Path, n_top: int = 10, agree: float = 1.0, labels: dict[int, str] | None = None,
+    confirm: Confirmer | None = None,
+) -> LayerHeads:
+    """Survey one layer's heads. labels: `{feature: human family}` of this layer's SAE (they win over the
+    automatic roles); confirm: the induction test for the automatic roles (see `sae.analysis.roles.roles_layer`)."""
     stats = feature_stats(directory)
-    fam = classify_layer(directory, stats=stats).family_of()
+    fam = roles_layer(directory, stats=stats, confirm=confirm).role_of()
+    labels = labels or {}
     idx = stats["index"]
     live = stats["n_fire"] > 0
     dec = stats["head_share"]  # [d_sae, H]
@@ -111,23 +135,35 @@ def survey_layer(directory: Path, n_top: int = 10, agree: float = 1.0) -> LayerH
             ids = s.topk(k).indices.tolist() if k else []
             return [
                 HeadFeature(id=i, decoder_share=float(dec[i, h]), dfa_share=float(dfa[i, h]),
-                            density=float(density[i]), family=fam.get(i, "other"))
+                            density=float(density[i]), family=labels.get(i, fam.get(i, "other")),
+                            source="human" if i in labels else "automatic")
                 for i in ids
             ]
 
         by_dec, by_dfa = top(dec[:, h].float()), top(dfa[:, h].float())
         fams = [f.family for f in by_dec]
         v, main = verdict(fams, agree)
+        n_human = sum(f.source == "human" for f in by_dec)
         heads.append(HeadReport(layer=idx["layer"], head=h, top_by_decoder=by_dec, top_by_dfa=by_dfa,
-                                families={f: fams.count(f) for f in FAMILIES if fams.count(f)}, verdict=v,
-                                main_family=main))
+                                families={f: fams.count(f) for f in dict.fromkeys(fams)}, verdict=v,
+                                main_family=main, source=_source(n_human, len(by_dec))))
     poly = sum(r.verdict == "polysemantic" for r in heads) / max(1, len(heads))
-    return LayerHeads(layer=idx["layer"], heads=heads, polysemantic_fraction=poly)
+    n_h = sum(f.source == "human" for r in heads for f in r.top_by_decoder)
+    n_all = sum(len(r.top_by_decoder) for r in heads)
+    src = ("human labels" if n_all and n_h == n_all else "automatic roles" if n_h == 0
+           else f"human labels for {n_h} of {n_all} top features, automatic roles for the rest")
+    return LayerHeads(layer=idx["layer"], heads=heads, polysemantic_fraction=poly, source=src)
 
 
-def survey_heads(directories: dict[int, Path], model: str = "", n_top: int = 10, agree: float = 1.0) -> HeadSurvey:
-    """Survey every head of every layer in `directories` ({layer: built dashboard dir})."""
-    layers = [survey_layer(directories[layer], n_top, agree) for layer in sorted(directories)]
+def survey_heads(
+    directories: dict[int, Path], model: str = "", n_top: int = 10, agree: float = 1.0,
+    labels: dict[int, dict[int, str]] | None = None, confirm: dict[int, Confirmer] | None = None,
+) -> HeadSurvey:
+    """Survey every head of every layer in `directories` ({layer: built dashboard dir}). labels: per layer,
+    `{feature: human family}`; confirm: per layer, the induction test of the automatic roles."""
+    labels, confirm = labels or {}, confirm or {}
+    layers = [survey_layer(directories[layer], n_top, agree, labels.get(layer), confirm.get(layer))
+              for layer in sorted(directories)]
     all_heads = [h for lh in layers for h in lh.heads]
     poly = sum(h.verdict == "polysemantic" for h in all_heads) / max(1, len(all_heads))
     return HeadSurvey(model=model, criterion=criterion_text(n_top, agree), family_rules=list(RULES), dfa_note=DFA_NOTE,

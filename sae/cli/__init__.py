@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "dashboards",
     "heads",
     "families",
+    "roles",
+    "study",
     "induction",
     "ioi",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int, job_progress
@@ -49,6 +50,18 @@ def run(args: argparse.Namespace) -> int:
             if layer in saes:
                 raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
             saes[layer] = sae
+    if args.write:  # refuse now, before the evaluation: the shipped SAEs, files, unwritable places
+        from sae.engine.formats import SAEFormatError, check_sae_write_target
+        from sae.engine.safe_io import check_writable_dir
+
+        for sae in saes.values():
+            path = sae.cfg.extra.get("path")
+            if path and sae.cfg.extra.get("source_format") is None:
+                try:
+                    check_sae_write_target(path)
+                except SAEFormatError as exc:
+                    raise UsageError(f"--write: {exc}") from None
+                check_writable_dir(Path(path).parent, "--write target folder")
     ctx = args.context_size or min(sae.cfg.context_size for sae in saes.values())
     ctx = min(ctx, model.n_ctx)
     n_rows = max(1, args.tokens // ctx)

@@ -11,7 +11,12 @@ from sae.cli.common import FitTable as Table
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
 from sae.cli.features import md_table, non_negative_int
 
-SHORT = {"induction": "ind", "short-range context": "short", "long-range context": "long", "other": "other"}
+SHORT = {"induction": "ind", "short-range context": "short", "long-range context": "long", "other": "other",
+         "previous-token": "prev", "duplicate-token": "dup"}
+
+
+def short(role: str) -> str:
+    return SHORT.get(role, role)
 
 
 def _fraction(text: str) -> float:
@@ -25,46 +30,70 @@ def _fraction(text: str) -> float:
 
 
 def register(subparsers: Any) -> None:
+    from sae.analysis.heads import criterion_text
+
     p = subparsers.add_parser(
-        "heads", help="head survey: top features per head, their families, monosemantic or polysemantic",
+        "heads", help="head survey: top features per head, their roles, monosemantic or polysemantic",
         description="For every head: its top features by decoder-norm share and by DFA on the corpus, their "
-        "families, and a verdict with the criterion stated; the fraction of polysemantic heads per layer and "
-        "overall. Needs the layers' dashboards (`attnscope dashboards build`).",
+        "roles (human labels where they exist, automatic roles otherwise), and a verdict; the fraction of "
+        "polysemantic heads per layer and overall, saying whether it rests on human labels or automatic roles. "
+        "Needs the layers' dashboards (`attnscope dashboards build`). Rule (default --top/--agree): "
+        + criterion_text(10, 1.0),
     )
     p.add_argument("--layer", type=non_negative_int, default=None, help="one layer (default: every layer with an SAE)")
     p.add_argument("--top", type=positive_int, default=10, help="top features per head (default 10, as in the paper)")
     p.add_argument("--agree", type=_fraction, default=1.0,
                    help="share of the top features that must share a family for 'monosemantic' (default 1.0 = all)")
+    p.add_argument("--labels", default=None, help="label file of `attnscope study` (default: $ATTNSCOPE_LABELS or "
+                   "the user data dir)")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="skip the repeated-random-token test of induction candidates (faster; then no automatic "
+                   "role is induction)")
     add_model_flags(p)
     add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.cli.dashboards import built_dirs
     from sae.analysis.heads import survey_heads
+    from sae.analysis.labels import LabelError, LabelStore, human_labels_by_layer
+    from sae.analysis.roles import model_confirmer
+    from sae.cli.dashboards import built_dirs
+    from sae.cli.features import open_model_and_saes
 
     name, dirs = built_dirs(args, None if args.layer is None else [args.layer])
     if not dirs:
         raise UsageError("no SAEs were given")
-    survey = survey_heads(dirs, model=name, n_top=args.top, agree=args.agree)
+    confirm = {}
+    if not args.no_confirm and any(layer >= 1 for layer in dirs):
+        model, saes = open_model_and_saes(args)
+        confirm = {layer: model_confirmer(model, saes[layer], layer) for layer in dirs if layer >= 1 and layer in saes}
+    try:
+        labels = human_labels_by_layer(LabelStore(args.labels), dirs)
+    except LabelError as exc:
+        raise UsageError(str(exc)) from None
+    survey = survey_heads(dirs, model=name, n_top=args.top, agree=args.agree, labels=labels, confirm=confirm)
     emit(args, survey.to_dict(), markdown, pretty)
     return 0
 
 
 def _feats(fs: list[dict], key: str) -> str:
-    return ", ".join(f"{f['id']}:{SHORT[f['family']]}({f[key]:.0%})" for f in fs)
+    return ", ".join(f"{f['id']}:{short(f['family'])}{'*' if f.get('source') == 'human' else ''}({f[key]:.0%})"
+                     for f in fs)
 
 
 def markdown(d: dict) -> str:
     lines = [f"## Head survey of {d['model']}", "", f"**Criterion:** {d['criterion']}", "",
-             f"_{d['dfa_note']}_", "", "Family rules:", ""] + [f"- {r}" for r in d["family_rules"]]
+             f"_{d['dfa_note']} A `*` marks a human label._", "", "Automatic role rules (first match wins):", ""]
+    lines += [f"- {r}" for r in d["family_rules"]]
     for lh in d["layers"]:
-        lines += ["", f"### Layer {lh['layer']}: {lh['polysemantic_fraction']:.0%} polysemantic", ""]
+        lines += ["", f"### Layer {lh['layer']}: {lh['polysemantic_fraction']:.0%} polysemantic (from "
+                  f"{lh.get('source', 'automatic roles')})", ""]
         lines.append(md_table(
-            ["head", "verdict", "families (top by decoder share)", "top by decoder share", "top by DFA"],
+            ["head", "verdict", "roles (top by decoder share)", "from", "top by decoder share", "top by DFA"],
             [[f"L{h['layer']}H{h['head']}", h["verdict"], ", ".join(f"{k} {v}" for k, v in h["families"].items()),
-              _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share")] for h in lh["heads"]]))
+              h.get("source", "automatic"), _feats(h["top_by_decoder"], "decoder_share"),
+              _feats(h["top_by_dfa"], "dfa_share")] for h in lh["heads"]]))
     lines += ["", f"**Overall: {d['polysemantic_fraction']:.0%} of heads polysemantic.**"]
     return "\n".join(lines)
 
@@ -73,16 +102,18 @@ def pretty(d: dict) -> None:
     out.print(f"[bold]Head survey[/] · {escape(d['model'])}")
     out.print(f"[dim]criterion: {escape(d['criterion'])}[/]")
     for lh in d["layers"]:
-        t = Table(title=f"layer {lh['layer']} · {lh['polysemantic_fraction']:.0%} polysemantic", header_style="bold")
+        t = Table(title=f"layer {lh['layer']} · {lh['polysemantic_fraction']:.0%} polysemantic · from "
+                  f"{lh.get('source', 'automatic roles')}", header_style="bold")
         t.add_column("head")
         t.add_column("verdict")
-        t.add_column("families")
+        t.add_column("roles")
+        t.add_column("from")
         t.add_column("top by decoder share (id:family(share))", overflow="fold")
         t.add_column("top by DFA", overflow="fold")
         for h in lh["heads"]:
             v = "[green]mono[/]" if h["verdict"] == "monosemantic" else "[yellow]poly[/]"
-            t.add_row(f"L{h['layer']}H{h['head']}", v, ", ".join(f"{SHORT[k]} {n}" for k, n in h["families"].items()),
-                      _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share"))
+            t.add_row(f"L{h['layer']}H{h['head']}", v, ", ".join(f"{short(k)} {n}" for k, n in h["families"].items()),
+                      h.get("source", "automatic"), _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share"))
         out.print(t)
     out.print(f"[bold]overall: {d['polysemantic_fraction']:.0%} of heads polysemantic[/]")
-    out.print(f"[dim]{escape(d['dfa_note'])} Family rules: `attnscope families --layer L`.[/]")
+    out.print(f"[dim]{escape(d['dfa_note'])} A * marks a human label. Role rules: `attnscope roles --layer L`.[/]")

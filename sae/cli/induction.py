@@ -11,14 +11,19 @@ from sae.cli.ioi import load_model_or_fail
 
 
 def register(subparsers) -> None:
+    from sae.experiments.induction import N_SEQUENCES, classification_rule
+
     p = subparsers.add_parser(
         "induction",
         help="long- vs short-prefix induction heads: scores and DLA by repeated-prefix length",
         description="Per head and repeated-prefix length, the induction score (attention from the last repeated "
         "token to the token after its earlier occurrence) and the head's direct logit attribution to that token. "
-        "With --real-text, also matched prefix lengths of strong attention on held-out text and the src-2 test.",
+        "The repeated prefix sits at a random (seeded) position; DLA is vocabulary-centred (the target's logit minus "
+        "the mean logit over the vocabulary). "
+        "With --real-text, also matched prefix lengths of strong attention on held-out text and the src-2 test. "
+        f"Rule: {classification_rule()} (--threshold changes the first number).",
     )
-    p.add_argument("--n", type=int, default=100, help="sequences per prefix length (default 100; the paper used 400)")
+    p.add_argument("--n", type=int, default=N_SEQUENCES, help=f"sequences per prefix length (default {N_SEQUENCES}, as in the paper)")
     p.add_argument("--max-prefix", type=int, default=9, help="prefix lengths 1..MAX (default 9)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128, capped at the context)")
     p.add_argument("--seed", type=int, default=0)
@@ -85,15 +90,15 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     found = [h for h in r["heads"] if h["kind"] != "not induction"]
     names = ", ".join(f"{h['layer']}.{h['head']} ({h['kind']})" for h in found) or "none"
     head = (
-        f"{r['model']}: {r['n_per_length']} sequences of {r['seq_len']} tokens per prefix length; "
-        f"induction heads: {names}. Rule: {r['rule']}"
+        f"{r['model']}: {r['n_per_length']} sequences of {r['seq_len']} tokens per prefix length, the repeat at a "
+        f"random position (seed {r['seed']}); DLA vocabulary-centred; induction heads: {names}. Rule: {r['rule']}"
     )
     rows = []
     for h in r["heads"]:
         rows.append([f"{h['layer']}.{h['head']}", h["kind"]] + [f"{h['scores'][k]:.2f}" for k in lengths]
                     + [f"{h['dla'][lengths[0]]:.2f}", f"{h['dla'][lengths[-1]]:.2f}"])
     cols = ["head", "kind"] + [f"s{k}" for k in lengths] + [f"dla{lengths[0]}", f"dla{lengths[-1]}"]
-    tbls = [("induction score by repeated-prefix length (s1..), DLA to the correct token", cols, rows)]
+    tbls = [("induction score by repeated-prefix length (s1..), vocabulary-centred DLA to the correct token", cols, rows)]
     if "real_text" in r:
         rt = r["real_text"]
         rrows = []

@@ -21,12 +21,13 @@ def register(subparsers) -> None:
     p.add_argument("--experiment", "-e", default="clean", help=f"one of {', '.join(EXPERIMENTS)} (default clean)")
     p.add_argument("--n", type=int, default=100, help="number of prompts, ABBA and BABA alternating (default 100)")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
-    p.add_argument("--split", default="heldout", help="heldout (templates and name pairs unseen by the embedded default), train or all")
+    p.add_argument("--split", default="all", help="all (every template and name pair, the default, as in the paper), heldout (templates and name pairs unseen by the embedded default's training) or train")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS (for models trained without it)")
     p.add_argument("--layer", type=int, default=None, help="SAE layer for features/path (default the middle layer)")
     p.add_argument("--layers", default=None, help="layers to noise, e.g. 1,2 (default the middle layer and the next)")
     p.add_argument("--features", default=None, help="path: feature ids, e.g. 12,40 (default the top 3 by effect)")
     p.add_argument("--heads", default=None, help="path: later heads as L.H, e.g. 2.0,2.3 (default every later head)")
-    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs")
+    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all; 'combined' is the paper's: new names, a prepended sentence and a filler clause)")
     p.add_argument("--names", default=None, help="comma-separated names to draw from (default Wang et al.'s list)")
     p.add_argument("--top", type=int, default=10, help="features: how many to list (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     for l in ([args.layer] if args.layer is not None else []) + (layers or []) + [h[0] for h in heads or []]:
         if not 0 <= l < model.n_layers:
             raise UsageError(f"layer {l} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
-    data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names)
+    data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names, bos=not args.no_bos)
     saes = ioi.load_saes(zoo.resolve_saes(args.saes), model) if args.experiment in ioi.NEEDS_SAES else None
     with job_progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
         if args.experiment == "noising":
@@ -117,7 +118,8 @@ def _pct(x: float | None) -> str:
 def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     """A one-line summary and `(title, columns, rows)` tables: shared by markdown and rich output."""
     head = (
-        f"{r['model']}: IOI {r['experiment']} on {r['n_prompts']} {r['split']} prompts (seed {r['seed']}); "
+        f"{r['model']}: IOI {r['experiment']} on {r['n_prompts']} prompts (split {r['split']}, seed {r['seed']}"
+        f"{'' if r.get('bos', True) else ', no BOS'}); "
         f"clean logit diff {_f(r['clean_logit_diff'])}"
     )
     exp = r["experiment"]
@@ -150,9 +152,12 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     # noising
     rows = [[x["corruption"], x["layers"], _f(x["logit_diff"]), _pct(x["recovered"])] for x in r["results"]]
     rows += [[s["corruption"], "-", "skipped", s["reason"]] for s in r["skipped"]]
+    refs = [[x["reference"], _f(x["logit_diff"]), _pct(x["fraction"]) if "skipped" not in x else x["skipped"]]
+            for x in r.get("references", [])]
     legend = [[k, v] for k, v in r["corruptions"].items()]
     return head, [
-        (f"attention output at S2 patched from corrupted prompts ({r['recovered_is']})", ["corruption", "layers", "logit diff", "recovered"], rows),
+        (f"attention output at S2 patched from corrupted prompts ({r['recovered_is']})", ["corruption", "layers", "logit diff", "fraction of clean"], rows),
+        (f"reference logit differences ({r.get('references_are', '')})", ["reference", "logit diff", "fraction of clean"], refs),
         ("corruptions", ["name", "what changes"], legend),
     ]
 

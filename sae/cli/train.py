@@ -69,6 +69,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the SAEs already in --out (a fresh run)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 1000; 0: end only)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (bf16 autocast on CUDA)")
@@ -130,22 +131,45 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
         if cfg.total_tokens < cfg.batch_size:
             raise UsageError(f"--tokens {args.tokens} is less than one batch of {cfg.batch_size}")
     if args.checkpoint_every is not None:
+        if args.checkpoint_every < 0:
+            raise UsageError(f"--checkpoint-every must be a whole number >= 0 (got {args.checkpoint_every})")
         cfg.checkpoint_every = args.checkpoint_every
     return cfg
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def existing_saes(out_dir: Path) -> list[Path]:
+    """SAE directories (cfg.json beside weights) directly under `out_dir`."""
+    from sae.engine.formats import CFG_FILE, WEIGHTS_FILE
 
-    from sae.engine.activations import CorpusError, corpus_token_rows
-    from sae.zoo import corpus_texts
-    from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
+    if not out_dir.is_dir():
+        return []
+    return sorted(d for d in out_dir.iterdir() if (d / CFG_FILE).is_file() and (d / WEIGHTS_FILE).is_file())
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae.engine.safe_io import check_writable_dir
+    from sae.engine.training import lock_output_dir
 
     if args.tokens is not None and args.tokens <= 0:
         raise UsageError(f"--tokens must be positive (got {args.tokens})")
     if args.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
     out_dir = Path(args.out).expanduser()
+    check_writable_dir(out_dir, "--out")  # a file, a read-only place: one line now, not after the model loads
+    lock = lock_output_dir(out_dir)  # a second `attnscope train` into the same --out is refused here
+    try:
+        return _run_locked(args, out_dir, lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, out_dir: Path, lock) -> int:
+    import torch
+
+    from sae.engine.activations import CorpusError, corpus_token_rows
+    from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
+    from sae.zoo import corpus_texts
+
     if args.resume:
         cfg = resumed_config(args, out_dir)
         model_name, corpus = cfg.model_name, cfg.corpus
@@ -154,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if (out_dir / "checkpoint.pt").exists():
             raise UsageError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+        found = existing_saes(out_dir)
+        if found and not args.overwrite:
+            raise UsageError(
+                f"{out_dir} already holds {len(found)} SAE(s) ({found[0].name}, ...); pass --overwrite to replace "
+                "them or pick another --out"
+            )
         model_name, corpus = args.model, args.corpus
     model = open_model(model_name, args.device)
     if not args.resume:
@@ -166,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     try:
         trainer = Trainer(model, rows, cfg, out_dir, cancel=cancel)
+        trainer.out_lock = lock
         if args.resume:
             trainer.resume()
     except TrainingError as exc:

@@ -54,9 +54,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_train_default(args: argparse.Namespace) -> int:
+    from sae.engine.safe_io import check_writable_dir
     from sae.zoo import build as default_build
 
-    out_dir = Path(args.out)
+    out_dir = check_writable_dir(Path(args.out), "--out")  # a file or read-only place: one line, before any work
     try:
         default_build.run(
             out_dir,

@@ -313,3 +313,21 @@ class ActivationBuffer:
         self.pending = state["pending"].to(self.device).clone()
         self.refills = int(state["refills"])
         self.generator.set_state(state["generator"])
+
+
+def usable_token_ids(model) -> torch.Tensor:
+    """`[n]` ids random-token sequences may use: the whole vocabulary except BOS/EOS/PAD and other special tokens.
+
+    model: a `LoadedModel`."""
+    special = {model.bos_token_id}
+    tok = model.tokenizer
+    for attr in ("eos_token_id", "pad_token_id", "unk_token_id"):
+        v = getattr(tok, attr, None)
+        if v is not None:
+            special.add(int(v))
+    special.update(int(i) for i in (getattr(tok, "all_special_ids", None) or []))
+    keep = torch.ones(model.d_vocab, dtype=torch.bool)
+    for i in special:
+        if 0 <= i < model.d_vocab:
+            keep[i] = False
+    return keep.nonzero().flatten()

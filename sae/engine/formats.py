@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
 from sae.engine.errors import AttnscopeError
+from sae.engine.models import layer_of_hook, z_hook_name
+from sae.engine.safe_io import (
+    UnsafeFileError,
+    is_protected,
+    recover_children,
+    recover_dir,
+    safe_torch_load,
+    swap_dir,
+)
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -89,31 +93,33 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
 
 
 def _write_atomically_dir(target: Path, write: Any) -> None:
-    """Write a directory through a temporary sibling and rename it into place; an old copy is replaced only
-    once the new one is complete, so an interrupted save never leaves a half-written SAE behind."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an SAE directory is meant to be shared
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Write a directory through a temporary sibling and swap it into place (`sae.engine.safe_io.swap_dir`): a
+    kill at any point leaves the old or the new SAE loadable (after `recover_dir`, which every load runs)."""
+    swap_dir(Path(target), write)
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether `path` lies inside a protected root (the package's embedded default, registered by `sae.zoo`
+    through `safe_io.protect`): read-only to the program."""
+    return is_protected(path)
+
+
+def check_sae_write_target(path: str | Path) -> Path:
+    """The SAELens directory a save to `path` would replace, or SAEFormatError (one line): a file (cfg.json,
+    weights) is not an SAE directory, and the shipped SAEs are never rewritten."""
+    p = Path(path).expanduser()
+    if is_shipped(p):
+        raise SAEFormatError(f"{p} is one of attnscope's shipped SAEs, which are read-only; copy it elsewhere first")
+    if p.exists() and not p.is_dir():
+        raise SAEFormatError(f"{p} is a file, not an SAE directory; refusing to replace it with one")
+    return p
 
 
 def save_sae(sae: SAE, path: str | Path, log10_density: torch.Tensor | None = None) -> Path:
     """Save `sae` as a SAELens directory at `path` (atomically). `log10_density [d_sae]` -> sparsity.safetensors."""
     from safetensors.torch import save_file
+
+    check_sae_write_target(path)
 
     cfg = sae.cfg
     tensors = {
@@ -148,7 +154,11 @@ def _json_default(o: Any) -> Any:
 # ---- loading --------------------------------------------------------------------------------------------
 
 
-def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> SAE:
+def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, Any], source: Path) -> SAE:
+    """An SAE from named arrays, after checking every shape against the config (before allocating anything, so
+    a config claiming a huge d_sae costs nothing) and refusing NaN/inf values."""
+    if not isinstance(tensors, dict):
+        raise SAEFormatError(f"{source} does not hold named tensors")
     shapes = {
         "W_enc": (cfg.d_in, cfg.d_sae),
         "W_dec": (cfg.d_sae, cfg.d_in),
@@ -157,16 +167,35 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: 
     }
     if cfg.architecture == "jumprelu":
         shapes["threshold"] = (cfg.d_sae,)
+    checked: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise SAEFormatError(f"{source}: weights have no {name!r} tensor")
+        try:
+            t = torch.as_tensor(tensors[name])
+            if t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"dtype {t.dtype}")
+            t = t.float()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise SAEFormatError(f"{source}: {name} is not a real-valued array ({str(exc).splitlines()[0][:80]})") from None
+        if tuple(t.shape) != shape:
+            raise SAEFormatError(f"{source}: {name} has shape {tuple(t.shape)}, expected {shape} from its config")
+        if not bool(torch.isfinite(t).all()):
+            raise SAEFormatError(f"{source}: {name} holds NaN or inf values; the SAE is damaged (or its training diverged)")
+        checked[name] = t
     sae = SAE(cfg, init=False)
     with torch.no_grad():
-        for name, shape in shapes.items():
-            if name not in tensors:
-                raise SAEFormatError(f"{source}: weights have no {name!r} tensor")
-            t = torch.as_tensor(tensors[name])
-            if tuple(t.shape) != shape:
-                raise SAEFormatError(f"{source}: {name} has shape {tuple(t.shape)}, expected {shape} from its config")
-            getattr(sae, name).copy_(t.float())
+        for name, t in checked.items():
+            getattr(sae, name).copy_(t)
     return sae
+
+
+def _int_field(raw: dict[str, Any], key: str, value: Any) -> int:
+    """A whole-number config field: bools, fractions, NaN, infinities and text are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and (
+            not math.isfinite(value) or value != int(value))):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -180,45 +209,60 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _load_saelens_dir(d: Path) -> SAE:
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    recover_dir(d)
     raw = _read_json(d / CFG_FILE)
     meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise SAEFormatError(f"{d / CFG_FILE}: metadata must be a JSON object, got {type(meta).__name__}")
 
     def get(key: str, default: Any = None) -> Any:
         return meta.get(key, raw.get(key, default))
 
     hook = get("hook_name")
-    if not hook:
+    if not hook or not isinstance(hook, str):
         raise SAEFormatError(f"{d / CFG_FILE} names no hook_name")
     arch = raw.get("architecture", "standard")
     if arch == "jumprelu" or raw.get("activation_fn_str") == "jumprelu":
         arch = "jumprelu"
-    k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+    if not isinstance(arch, str):
+        raise SAEFormatError(f"{d / CFG_FILE}: architecture must be a string, got {arch!r}"[:200])
+    fn_kwargs = raw.get("activation_fn_kwargs") or {}
+    if not isinstance(fn_kwargs, dict):
+        raise SAEFormatError(f"{d / CFG_FILE}: activation_fn_kwargs must be a JSON object")
+    k = raw.get("k") or fn_kwargs.get("k")
     known = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
              "reshape_activations", "metadata", "n_heads", "k", "hook_name", "model_name", "context_size",
              "prepend_bos"}
     try:
+        n_heads = raw.get("n_heads")
         cfg = SAEConfig(
-            d_in=int(raw["d_in"]),
-            d_sae=int(raw["d_sae"]),
+            d_in=_int_field(raw, "d_in", raw["d_in"]),
+            d_sae=_int_field(raw, "d_sae", raw["d_sae"]),
             hook_name=str(hook),
             architecture=arch,
             model_name=str(get("model_name", "") or ""),
-            k=int(k) if k else None,
-            n_heads=raw.get("n_heads"),
-            context_size=int(get("context_size", 128) or 128),
+            k=_int_field(raw, "k", k) if k else None,
+            n_heads=None if n_heads is None else _int_field(raw, "n_heads", n_heads),
+            context_size=_int_field(raw, "context_size", get("context_size", 128) or 128),
             prepend_bos=bool(get("prepend_bos", True)),
             apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
             normalize_activations=str(raw.get("normalize_activations", "none") or "none"),
             extra={key: v for key, v in raw.items() if key not in known},
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SAEFormatError(f"{d / CFG_FILE} is not a usable SAE config: {exc}") from exc
+        if cfg.n_heads is not None and cfg.n_heads <= 0:
+            raise ValueError(f"n_heads must be positive, got {cfg.n_heads}")
+        if cfg.context_size <= 0:
+            raise ValueError(f"context_size must be positive, got {cfg.context_size}")
+        layer_of_hook(cfg.hook_name)
+    except KeyError as exc:
+        raise SAEFormatError(f"{d / CFG_FILE} is not a usable SAE config: no {exc} field") from None
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise SAEFormatError(f"{d / CFG_FILE} is not a usable SAE config: {exc}"[:300]) from None
     try:
         tensors = load_file(str(d / WEIGHTS_FILE))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # SafetensorError, I/O, dtype errors of a damaged file: all one line
         raise SAEFormatError(f"{d / WEIGHTS_FILE} is truncated or corrupted ({str(exc).splitlines()[0][:120]})") from exc
     sae = _sae_from_tensors(cfg, tensors, d / WEIGHTS_FILE)
     if raw.get("rescale_acts_by_decoder_norm") is True:
@@ -284,22 +328,25 @@ def _load_kissane(pt: Path) -> SAE:
         raise SAEFormatError(f"{pt} has no config beside it (expected {cfg_path.name})")
     raw = _read_json(cfg_path)
     try:
-        hook = raw.get("act_name") or z_hook_name(int(raw["layer"]))
+        hook = raw.get("act_name") or z_hook_name(_int_field(raw, "layer", raw["layer"]))
         cfg = SAEConfig(
-            d_in=int(raw["act_size"]),
-            d_sae=int(raw["dict_size"]),
+            d_in=_int_field(raw, "act_size", raw["act_size"]),
+            d_sae=_int_field(raw, "dict_size", raw["dict_size"]),
             hook_name=str(hook),
             architecture="standard",
             model_name=str(raw.get("model_name", "gpt2-small")),
-            context_size=int(raw.get("seq_len", 128)),
+            context_size=_int_field(raw, "seq_len", raw.get("seq_len", 128)),
             extra={"source_format": "kissane", "source_cfg": raw},
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SAEFormatError(f"{cfg_path} is not a usable SAE config: {exc}") from exc
+        layer_of_hook(cfg.hook_name)
+    except KeyError as exc:
+        raise SAEFormatError(f"{cfg_path} is not a usable SAE config: no {exc} field") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SAEFormatError(f"{cfg_path} is not a usable SAE config: {exc}"[:300]) from None
     try:
-        state = torch.load(str(pt), map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip / pickle / unsupported-global errors all mean the same to the user
-        raise SAEFormatError(f"{pt} is truncated, corrupted or not a plain tensor state dict ({type(exc).__name__})") from exc
+        state = safe_torch_load(pt, "SAE weights")
+    except UnsafeFileError as exc:  # a pickle that would run code, truncation, corruption: never executed
+        raise SAEFormatError(str(exc)) from None
     if not isinstance(state, dict):
         raise SAEFormatError(f"{pt} does not hold a state dict")
     return _sae_from_tensors(cfg, state, pt)
@@ -317,12 +364,14 @@ def _load_gemma_scope(npz: Path, hook_name: str | None = None) -> SAE:
     import numpy as np
 
     try:
-        with np.load(str(npz)) as data:
+        with np.load(str(npz), allow_pickle=False) as data:
             tensors = {key: torch.from_numpy(np.array(data[key])) for key in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise SAEFormatError(f"{npz} is truncated or corrupted ({type(exc).__name__})") from exc
+    except Exception as exc:  # noqa: BLE001 - zip, zlib, dtype errors of a damaged file: all one line
+        raise SAEFormatError(f"{npz} is truncated or corrupted ({type(exc).__name__})") from None
     if "W_enc" not in tensors:
         raise SAEFormatError(f"{npz} has no W_enc array: not a Gemma Scope params.npz")
+    if tensors["W_enc"].dim() != 2 or 0 in tensors["W_enc"].shape:
+        raise SAEFormatError(f"{npz}: W_enc has shape {tuple(tensors['W_enc'].shape)}, expected [d_in, d_sae]")
     if hook_name is None:
         layer = _gemma_scope_layer(npz)
         if layer is None:
@@ -366,6 +415,8 @@ def detect_format(path: str | Path) -> str:
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load one SAE from any supported layout (autodetected), on `device`, in eval mode."""
     p = Path(path).expanduser()
+    if not p.exists():
+        recover_dir(p)  # a save killed between its two renames left the old copy aside
     fmt = detect_format(p)
     if fmt == "saelens":
         sae = _load_saelens_dir(p if p.is_dir() else p.parent)
@@ -374,7 +425,8 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
         sae = _load_kissane(pt)
     else:
         sae = _load_gemma_scope(p if p.is_file() else p / GEMMA_SCOPE_FILE)
-    sae.cfg.extra["path"] = str(p.resolve())
+    # where it lives: the SAELens *directory* even when a file inside it was named (a save goes there)
+    sae.cfg.extra["path"] = str((p.parent if fmt == "saelens" and p.is_file() else p).resolve())
     return sae.to(device).eval()
 
 
@@ -449,6 +501,8 @@ def load_sae_set(
             root = _download_release(text)
         else:
             raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
+    if root.is_dir():
+        recover_children(root)
     try:
         detect_format(root)
         paths = [root]

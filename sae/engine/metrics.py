@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
+from sae.engine.jobs import CancelToken
 from sae.engine.autoencoder import SAE
-from sae.engine.jobs import CancelToken, ProgressFn, Steps
+from sae.engine.jobs import ProgressFn, Steps
 
 DENSE_THRESHOLD = 0.1
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -152,8 +153,15 @@ class LoadedModel:
     # ---- tokens ---------------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` without BOS."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        """Token ids of `text` without BOS. ModelLoadError when text gives no token at all: the model came
+        without a usable tokenizer (a model folder without tokenizer files loads an empty one)."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if not ids and text.strip():
+            raise ModelLoadError(
+                f"{self.name} has no usable tokenizer (tokenizer.json, or vocab.json + merges.txt): text gives no "
+                "tokens; copy the model's tokenizer files into its folder"
+            )
+        return ids
 
     def to_tokens(self, text: str, prepend_bos: bool = True, truncate: bool = True) -> tuple[torch.Tensor, bool]:
         """`[1, pos]` token ids with BOS at position 0, cut to the model's context; also whether it was cut."""
@@ -243,33 +251,31 @@ class LoadedModel:
         return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
-def _value_bias_absent(attn: torch.nn.Module) -> bool:
-    """Whether the attention module has no value-bias parameter (so b_V = 0 is the truth, not a guess)."""
-    names = [n for n, _ in attn.named_parameters()]
-    return not any(n.endswith("bias") and any(k in n for k in ("v_proj", "value", "c_attn", "qkv", "W_pack", "Wqkv"))
-                   for n in names)
-
-
 def _z_offset(bridge: object, layer: int, n_heads: int, d_head: int) -> torch.Tensor:
     """`b_V[layer] + ln1_b[layer] @ W_V[layer]`, `[head, d_head]` float32 on the weights' device."""
-    W_V = bridge.W_V[layer].detach().float()  # [head, d_model, d_head]
     try:
-        b_v = bridge.b_V[layer].detach().float()  # [head, d_head]
-    except (AttributeError, TypeError, IndexError, KeyError, NotImplementedError) as exc:
-        attn = bridge.blocks[layer].attn
-        if not _value_bias_absent(attn):
+        b_v_all = getattr(bridge, "b_V", None)
+        b_v = None if b_v_all is None else b_v_all[layer].detach().float()  # [head, d_head]
+    except (AttributeError, TypeError, IndexError, KeyError, NotImplementedError):
+        b_v = None
+    if b_v is None:
+        # zero only when the model truly has no value bias; one the bridge does not expose would stay inside z and
+        # silently break the convention, so that is refused
+        if hf_has_value_bias(bridge):
             raise ModelLoadError(
-                f"layer {layer}'s attention has a value bias that TransformerBridge does not expose as b_V; "
-                "attnscope cannot compute its z convention for this architecture"
-            ) from exc
-        b_v = torch.zeros(n_heads, d_head, device=W_V.device)
-    ln1 = getattr(bridge.blocks[layer], "ln1", None)
+                "the model has attention value biases but its TransformerBridge exposes no b_V, so attnscope cannot "
+                "fold them out of z; this architecture is not supported yet"
+            )
+        b_v = torch.zeros(n_heads, d_head)
+    blocks = getattr(bridge, "blocks", None)
+    ln1 = getattr(blocks[layer], "ln1", None) if blocks is not None else None
     ln_bias = None
     if ln1 is not None:
         inner = getattr(ln1, "original_component", None) or getattr(ln1, "_original_component", None) or ln1
         ln_bias = getattr(inner, "bias", None)
     if ln_bias is not None:  # RMSNorm, or no norm before attention: nothing is folded through W_V
-        b_v = b_v + torch.einsum("m,hmd->hd", ln_bias.detach().float(), W_V)
+        W_V = bridge.W_V[layer].detach().float()  # [head or kv head, d_model, d_head]
+        b_v = b_v.to(W_V.device) + torch.einsum("m,hmd->hd", ln_bias.detach().float(), W_V)
     if b_v.shape[0] != n_heads:  # grouped-query attention: each query head reads its kv head's values
         b_v = b_v.repeat_interleave(n_heads // b_v.shape[0], dim=0)
     return b_v
@@ -287,6 +293,47 @@ def _quiet_transformers() -> None:
         huggingface_hub.utils.logging.set_verbosity_error()
     except (ImportError, AttributeError):
         pass
+
+
+# parameter-name endings of a value (or fused q/k/v) projection bias in Hugging Face attention modules
+_VALUE_BIAS_NAMES = ("v_proj.bias", "c_attn.bias", "query_key_value.bias", "qkv_proj.bias", "Wqkv.bias",
+                     "value.bias", "v.bias", "k_v_proj.bias", "qkv.bias")
+
+
+def hf_has_value_bias(bridge) -> bool:
+    """Whether the wrapped Hugging Face model has a (non-zero) value-projection bias parameter."""
+    hf = getattr(bridge, "original_model", None)
+    if hf is None or not hasattr(hf, "named_parameters"):
+        return False
+    for name, p in hf.named_parameters():
+        if name.endswith(_VALUE_BIAS_NAMES) and bool((p.detach() != 0).any()):
+            return True
+    return False
+
+
+@contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """While active and `offline`: the hub is offline for transformers and huggingface_hub, also when they were
+    imported earlier (they read HF_HUB_OFFLINE once, at import, into `huggingface_hub.constants`)."""
+    if not offline:
+        yield
+        return
+    old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import huggingface_hub.constants as hub_constants
+
+    old_const = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old_const
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -328,18 +375,15 @@ def load_model(
             raise ModelLoadError(f"{p} has no config.json: not a model directory in Hugging Face layout")
         path = str(p.resolve())
 
-    old_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     # A local dir is read from disk by transformers without any hub call. For a hub name, a hub that does not
     # answer means offline mode: the hub cache still serves what it holds, and a missing model fails at once
-    # instead of after a minute of retries. (huggingface_hub reads HF_HUB_OFFLINE once, at import.)
-    if not local and not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # instead of after a minute of retries. `hub_offline` sets the flag where huggingface_hub already read it.
     try:
-        _quiet_transformers()
-        from transformer_lens.model_bridge import TransformerBridge
+        with hub_offline(not local and not hub_reachable()):
+            _quiet_transformers()
+            from transformer_lens.model_bridge import TransformerBridge
 
-        bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)
+            bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)
     except Exception as exc:  # the hub, transformers and TL raise many kinds; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if local:
@@ -348,12 +392,6 @@ def load_model(
             f"could not load model {name!r}: not a local directory, and the Hugging Face hub did not provide it "
             f"({first[:160]})"
         ) from exc
-    finally:
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     bridge.eval()
     return LoadedModel(bridge=bridge, name=display_name or name, device=dev, dtype=dt)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -31,11 +30,12 @@ from typing import Any, Callable, Iterator
 import torch
 
 from sae.engine.activations import ActivationBuffer, ZSource, rows_digest
+from sae.engine.errors import AttnscopeError
 from sae.engine.formats import save_sae
 from sae.engine.models import z_hook_name
 from sae.engine.autoencoder import SAE, SAEConfig
-from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import CancelToken
+from sae.engine.safe_io import DirLock, UnsafeFileError, atomic_write_text, atomic_write_with, clean_stale_temps, safe_torch_load
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "train_config.json"
@@ -96,6 +96,14 @@ class TrainConfig:
         for name in ("d_sae", "batch_size", "context_size", "rows_per_pass", "buffer_batches"):
             if getattr(self, name) <= 0:
                 raise TrainingError(f"{name} must be positive (got {getattr(self, name)})")
+        for name in ("warmup_steps", "checkpoint_every", "resample_every", "resample_window", "max_resamples",
+                     "log_every", "dead_window_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                flag = "--" + name.replace("_", "-")
+                raise TrainingError(f"{flag} must be a whole number >= 0 (got {value!r})")
+        if self.context_size < 2:
+            raise TrainingError(f"--context-size must be at least 2 (BOS plus one token), got {self.context_size}")
         if self.buffer_batches < 2:
             raise TrainingError("buffer_batches must be at least 2 (half is refilled when half is consumed)")
         if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
@@ -327,30 +335,32 @@ class LayerState:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a temporary file renamed into place: a checkpoint is either whole or absent."""
+    """torch.save through a temporary file renamed into place: a checkpoint is either whole or absent; a full
+    disk is a one-line OutputError with the previous checkpoint untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        torch.save(state, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_with(path, lambda tmp: torch.save(state, str(tmp)))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's tensors and plain values (weights only: nothing in it is executed)."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        state = safe_torch_load(path, "checkpoint")
     except FileNotFoundError:
         raise TrainingError(f"no checkpoint to resume from at {path}") from None
-    except Exception as exc:
-        raise TrainingError(f"checkpoint {path} is truncated or corrupted ({type(exc).__name__})") from exc
+    except UnsafeFileError as exc:
+        raise TrainingError(str(exc)) from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {path} does not hold a training state")
+    return state
+
+
+def lock_output_dir(out_dir: str | Path) -> DirLock:
+    """Hold `out_dir` for one training run; a second writer gets a one-line `LockedError` at once."""
+    return DirLock(Path(out_dir), what="attnscope train").acquire()
 
 
 def sae_dir_name(layer: int) -> str:
@@ -444,6 +454,7 @@ class Trainer:
         self._t_rate = 0.0
         self._session_start_step = 0
         self.last_checkpoint_step: int | None = None
+        self.out_lock: DirLock | None = None  # held by the caller (the CLI takes it before loading anything)
 
     # -- checkpoints --
 
@@ -611,8 +622,20 @@ class Trainer:
             st.last["resampled"] = n
 
     def run(self) -> TrainOutcome:
-        cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        own = self.out_lock is None
+        if own:
+            self.out_lock = lock_output_dir(self.out_dir)
+        try:
+            clean_stale_temps(self.out_dir)  # `.checkpoint.pt.tmp-PID-*` of killed runs
+            return self._run()
+        finally:
+            if own and self.out_lock is not None:
+                self.out_lock.release()
+                self.out_lock = None
+
+    def _run(self) -> TrainOutcome:
+        cfg = self.cfg
         cfg.save(self.out_dir / CONFIG_FILE)
         self._t_session = self._t_rate = time.perf_counter()
         self._session_start_step = self.step
@@ -690,9 +713,13 @@ def train_saes(
     Raises TrainingError for bad input and TrainingDiverged for a NaN loss.
     """
     trainer = Trainer(model, token_rows, cfg, out_dir, on_progress=on_progress, cancel=cancel, device=device)
-    if resume:
-        trainer.resume()
-    return trainer.run().saes
+    trainer.out_lock = lock = lock_output_dir(out_dir)  # before the checkpoint is read: one writer per directory
+    try:
+        if resume:
+            trainer.resume()
+        return trainer.run().saes
+    finally:
+        lock.release()
 
 
 @contextmanager

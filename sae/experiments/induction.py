@@ -1,11 +1,13 @@
 """Long- vs short-prefix induction heads (Kissane et al., section on GPT-2 Small heads 5.1 and 5.5).
 
-Synthetic study: sequences of distinct random tokens in which a prefix of `p` tokens, followed by a token `y`,
-appears once and is repeated at the very end. The query is the last token of the repeat; its *induction score*
-is the attention it pays to `y`'s position in the first copy (the token after the earlier occurrence of the
-prefix), and its *direct logit attribution* (DLA) is the head's output at the query, through the final LayerNorm
-with its scale frozen, dotted with the unembedding of `y`. A long-prefix head needs several matching tokens before
-it attends; a short-prefix head attends already when only one token matches.
+Synthetic study (as the paper ran it): 400 sequences per prefix length of distinct random tokens in which a prefix
+of `p` tokens, followed by a token `y`, appears once and is repeated later, both copies at random (seeded)
+positions; random tokens follow the repeat. The query is the last token of the repeat; its *induction score* is the
+attention it pays to `y`'s position in the first copy (the token after the earlier occurrence of the prefix), and
+its *direct logit attribution* (DLA) is the head's output at the query, through the final LayerNorm with its scale
+frozen, dotted with the **vocabulary-centred** unembedding of `y` (`W_U[:, y] - mean_v W_U[:, v]`, so a direction
+that raises every logit alike scores 0). A long-prefix head needs several matching tokens before it attends; a
+short-prefix head attends already when only one token matches.
 
 Real-text study: where a head attends more than 0.3 to a non-BOS source on held-out text, how many tokens before
 the destination match the tokens before the source (the matched prefix length); then, for matches of length two or
@@ -20,23 +22,27 @@ from typing import Sequence
 
 import torch
 
-from sae.engine.activations import pack_tokens
+from sae.engine.activations import pack_tokens, usable_token_ids
 from sae.engine.jobs import CancelToken, ProgressFn, Steps
 from sae.analysis.dfa import pattern_hook_name
 from sae.engine.models import LoadedModel
 
 PREFIX_LENGTHS: tuple[int, ...] = tuple(range(1, 10))
 # Mean score over the longest prefixes for a head to count as an induction head. Uniform attention over a
-# 128-token sequence gives 0.008; GPT-2 Small's 5.1 and 5.5 reach ~0.7, the embedded default's layer-2 heads ~0.2
-# (they reach 0.8 on shorter sequences, where fewer random tokens compete).
+# 128-token sequence gives 0.008; GPT-2 Small's 5.1 and 5.5 reach ~0.7, the embedded default's layer-2 heads
+# 0.35-0.7 with the repeat at random positions (their score falls as more random tokens precede the query).
 INDUCTION_THRESHOLD = 0.15
 SHORT_FRACTION = 0.5  # a short-prefix head already reaches this fraction of its long-prefix score at lengths 1-2
+
+
+N_SEQUENCES = 400  # sequences per prefix length, as in the paper
 
 
 def classification_rule(threshold: float = INDUCTION_THRESHOLD) -> str:
     return (
         f"induction head: mean score over the three longest prefix lengths >= {threshold:g}; "
-        f"long-prefix: its mean score at prefix lengths 1-2 is below {SHORT_FRACTION:g} x that, short-prefix otherwise"
+        f"long-prefix: its mean score at prefix lengths 1-2 is below {SHORT_FRACTION:g} x that long-prefix score, "
+        f"short-prefix otherwise (at 1-2 >= {SHORT_FRACTION:g} x)"
     )
 
 
@@ -44,20 +50,7 @@ CLASSIFICATION_RULE = classification_rule()
 ATTENTION_THRESHOLD = 0.3  # real text: an attention event is a weight above this to a non-BOS source
 
 
-def _vocab_pool(model: LoadedModel) -> torch.Tensor:
-    """Ids random sequences may use: the whole vocabulary except BOS/EOS/PAD and other special tokens."""
-    special = {model.bos_token_id}
-    tok = model.tokenizer
-    for attr in ("eos_token_id", "pad_token_id", "unk_token_id"):
-        v = getattr(tok, attr, None)
-        if v is not None:
-            special.add(int(v))
-    special.update(int(i) for i in (getattr(tok, "all_special_ids", None) or []))
-    keep = torch.ones(model.d_vocab, dtype=torch.bool)
-    for i in special:
-        if 0 <= i < model.d_vocab:
-            keep[i] = False
-    return keep.nonzero().flatten()
+_vocab_pool = usable_token_ids  # the name the tests and the real-text study use
 
 
 # ---- synthetic sequences ---------------------------------------------------------------------------------------
@@ -65,47 +58,56 @@ def _vocab_pool(model: LoadedModel) -> torch.Tensor:
 
 @dataclass
 class RepeatedPrefixBatch:
-    """`tokens [n, seq_len]`: BOS, distinct random ids, and the last `prefix_len` ids repeating an earlier run.
+    """`tokens [n, seq_len]`: BOS, then distinct random ids except that one run of `prefix_len` ids occurs twice.
 
-    The query is position `seq_len - 1` (the last token of the repeat); `key [n]` is the position of the token that
-    followed the earlier copy of the prefix, and `target [n]` that token's id (the correct next token).
+    Both copies sit at random positions. `query [n]` is the position of the last token of the second copy; `key [n]`
+    is the position of the token that followed the first copy, and `target [n]` that token's id (the correct next
+    token at the query).
     """
 
     tokens: torch.Tensor
+    query: torch.Tensor
     key: torch.Tensor
     target: torch.Tensor
     prefix_len: int
 
-    @property
-    def query(self) -> int:
-        return self.tokens.shape[1] - 1
+
+def repeat_positions(prefix_len: int, seq_len: int, generator: torch.Generator) -> tuple[int, int]:
+    """Random `(a, b)`: the first copy at `a .. a+p-1` (followed by the key at `a+p`), the second at `b .. b+p-1`.
+
+    `1 <= a`, `a + p + 1 <= b` (the key precedes the repeat, which does not touch it), `b + p <= seq_len`. `b` is
+    drawn uniformly from its range, then `a` uniformly given `b`."""
+    p = prefix_len
+    b = int(torch.randint(p + 2, seq_len - p + 1, (1,), generator=generator))
+    a = int(torch.randint(1, b - p, (1,), generator=generator))
+    return a, b
 
 
 def repeated_prefix_batch(pool: torch.Tensor, bos_id: int, n: int, prefix_len: int, seq_len: int, generator: torch.Generator) -> RepeatedPrefixBatch:
-    """Build `n` sequences whose only repeated run is a prefix of exactly `prefix_len` tokens.
+    """Build `n` sequences whose only repeated run is a prefix of exactly `prefix_len` tokens, at random positions.
 
     All tokens outside the repeat are distinct, so the tokens before the two copies differ and no longer match
-    exists. `pool` holds the usable ids and must have at least `seq_len` of them.
+    exists. `pool` holds the usable ids and must have at least `seq_len - 1 - prefix_len` of them.
     """
     p = prefix_len
-    body_len = seq_len - p - 1  # positions 1 .. seq_len - p - 1
-    if p < 1 or body_len < p + 2:
+    n_distinct = seq_len - 1 - p  # every position but BOS and the second copy
+    if p < 1 or seq_len < 2 * p + 3:
         raise ValueError(f"prefix length {p} does not fit a sequence of {seq_len} tokens")
-    if len(pool) < body_len:
-        raise ValueError(f"the vocabulary has {len(pool)} usable tokens; {body_len} distinct ones are needed")
-    rows, keys, targets = [], [], []
+    if len(pool) < n_distinct:
+        raise ValueError(f"the vocabulary has {len(pool)} usable tokens; {n_distinct} distinct ones are needed")
+    rows, queries, keys, targets = [], [], [], []
     for _ in range(n):
-        body = pool[torch.randperm(len(pool), generator=generator)[:body_len]]
-        # first copy at positions a .. a+p-1, followed by y at a+p, which must lie before the repeat
-        a = int(torch.randint(1, seq_len - 2 * p, (1,), generator=generator))
-        row = torch.empty(seq_len, dtype=torch.long)
-        row[0] = bos_id
-        row[1 : seq_len - p] = body
-        row[seq_len - p :] = row[a : a + p]
-        rows.append(row)
+        body = pool[torch.randperm(len(pool), generator=generator)[:n_distinct]].tolist()
+        a, b = repeat_positions(p, seq_len, generator)
+        # positions 1..b-1 and b+p..seq_len-1 take distinct tokens; the second copy repeats positions a..a+p-1
+        row = [bos_id] + body[: b - 1]
+        row += row[a : a + p]
+        row += body[b - 1 :]
+        rows.append(torch.tensor(row, dtype=torch.long))
+        queries.append(b + p - 1)
         keys.append(a + p)
-        targets.append(int(row[a + p]))
-    return RepeatedPrefixBatch(torch.stack(rows), torch.tensor(keys), torch.tensor(targets), p)
+        targets.append(row[a + p])
+    return RepeatedPrefixBatch(torch.stack(rows), torch.tensor(queries), torch.tensor(keys), torch.tensor(targets), p)
 
 
 def induction_scores_from_pattern(pattern_rows: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -132,17 +134,24 @@ def final_ln_direct(model: LoadedModel, x: torch.Tensor, scale: torch.Tensor) ->
     return x * w if w is not None else x
 
 
+def centred_unembed(w_u: torch.Tensor) -> torch.Tensor:
+    """`W_U [d_model, d_vocab]` minus its mean over the vocabulary: a logit difference to the average token."""
+    return w_u - w_u.mean(dim=1, keepdim=True)
+
+
 @torch.no_grad()
 def head_dla(model: LoadedModel, z: torch.Tensor, layer: int, scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Direct logit attribution of each head of `layer` to `target`.
+    """Vocabulary-centred direct logit attribution of each head of `layer` to `target`.
 
     z: `[batch, n_heads, d_head]` at the query, value bias removed; scale: `[batch, 1]` final-LN scale at the query;
-    target: `[batch]` token ids. Returns `[batch, n_heads]`.
+    target: `[batch]` token ids. Returns `[batch, n_heads]`: each head's output through the frozen final LayerNorm,
+    dotted with `W_U[:, target] - mean_v W_U[:, v]`.
     """
     w_o = model.bridge.W_O[layer].to(z.dtype)  # [head, d_head, d_model]
     out = torch.einsum("bhe,hem->bhm", z, w_o)
     resid = final_ln_direct(model, out, scale.unsqueeze(1))
-    w_u = model.bridge.W_U[:, target.to(model.bridge.W_U.device)].T.to(resid.dtype)  # [batch, d_model]
+    w_uc = centred_unembed(model.bridge.W_U.to(resid.dtype))
+    w_u = w_uc[:, target.to(w_uc.device)].T  # [batch, d_model]
     return torch.einsum("bhm,bm->bh", resid, w_u)
 
 
@@ -151,7 +160,7 @@ class HeadInduction:
     layer: int
     head: int
     scores: dict[str, float]  # prefix length -> mean induction score
-    dla: dict[str, float]  # prefix length -> mean direct logit attribution to the correct next token
+    dla: dict[str, float]  # prefix length -> mean vocabulary-centred direct logit attribution to the correct token
     kind: str  # "long-prefix", "short-prefix" or "not induction"
 
 
@@ -164,6 +173,11 @@ class SyntheticInduction:
     seed: int
     rule: str
     heads: list[HeadInduction] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)  # the numbers in `rule`
+    design: str = (
+        "the repeated prefix and its second copy at random (seeded) positions among distinct random tokens; "
+        "DLA vocabulary-centred (W_U minus its mean over the vocabulary)"
+    )
 
     def induction_heads(self) -> list[HeadInduction]:
         """Heads classed as induction heads, highest long-prefix score first."""
@@ -191,7 +205,7 @@ def classify(scores: dict[str, float], threshold: float = INDUCTION_THRESHOLD) -
 
 def synthetic_induction(
     model: LoadedModel,
-    n: int = 100,
+    n: int = N_SEQUENCES,
     prefix_lengths: Sequence[int] = PREFIX_LENGTHS,
     seq_len: int = 128,
     seed: int = 0,
@@ -231,26 +245,30 @@ def synthetic_induction(
             scores = {str(p): float(score_mean[i, layer, head]) for i, p in enumerate(lengths)}
             dla = {str(p): float(dla_mean[i, layer, head]) for i, p in enumerate(lengths)}
             heads.append(HeadInduction(layer, head, scores, dla, classify(scores, threshold)))
-    return SyntheticInduction(model.name, n, seq_len, lengths, seed, classification_rule(threshold), heads)
+    return SyntheticInduction(
+        model.name, n, seq_len, lengths, seed, classification_rule(threshold), heads,
+        thresholds={"induction_score": threshold, "short_fraction": SHORT_FRACTION},
+    )
 
 
 @torch.no_grad()
 def _score_batch(model: LoadedModel, batch: RepeatedPrefixBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """`([batch, layer, head] induction scores, [batch, layer, head] DLA)` for one batch of sequences."""
+    b_idx = torch.arange(batch.tokens.shape[0])
     q = batch.query
     rows: dict[int, torch.Tensor] = {}
     zs: dict[int, torch.Tensor] = {}
     grabbed: dict[str, torch.Tensor] = {}
 
     def grab_pattern(pattern: torch.Tensor, hook) -> None:
-        rows[int(hook.name.split(".")[1])] = pattern[:, :, q, :].detach().float()
+        rows[int(hook.name.split(".")[1])] = pattern[b_idx.to(pattern.device), :, q.to(pattern.device), :].detach().float()
 
     def grab_z(z: torch.Tensor, hook) -> None:
         layer = int(hook.name.split(".")[1])
-        zs[layer] = (z[:, q] - model.z_offset(layer)).detach().float()
+        zs[layer] = (z[b_idx.to(z.device), q.to(z.device)] - model.z_offset(layer)).detach().float()
 
     def grab_scale(scale: torch.Tensor, hook) -> None:
-        grabbed["scale"] = scale[:, q].detach().float()
+        grabbed["scale"] = scale[b_idx.to(scale.device), q.to(scale.device)].detach().float()
 
     hooks = []
     for layer in range(model.n_layers):

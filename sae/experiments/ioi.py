@@ -10,7 +10,10 @@ Every experiment takes a model, an `IOIData` set of prompts (and SAEs where it n
   kept, so the change is exactly `z[S2] -= f_i W_dec[i]`; also the error term's own effect at S2.
 - `path`: a feature's residual direction `W_dec[i] W_O` (times its activation at S2) removed from the value input of
   chosen later heads at S2, the LayerNorm recomputed, everything else untouched.
-- `noising`: attention output at S2 in chosen layers replaced by that of each corrupted variant at its S2.
+- `noising`: attention output at S2 in chosen layers replaced by that of each corrupted variant at its S2 (the
+  paper's combined corruption: new names C/D, a prepended sentence and a filler clause), reported as a fraction of
+  the clean logit difference beside three reference logit differences: clean, S2-only (the clean prompt with only
+  its S2 name replaced by a third name, so no name is duplicated) and each corrupted prompt's own (its names).
 
 Prompts are right-padded: a causal model's logits at a position never see later tokens, so padding after END is
 inert and every prompt is read at its own END.
@@ -61,6 +64,7 @@ class IOIData:
     split: str = "all"
     seed: int = 0
     rows: torch.Tensor | None = None  # `[n]` each prompt's index in the full set this one was cut from
+    bos: bool = True  # whether position 0 is BOS (False for models trained without it)
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -76,19 +80,23 @@ class IOIData:
         return IOIData(
             prompts=[self.prompts[i] for i in ids], tokens=self.tokens[idx_t, :width], io_tok=self.io_tok[idx_t],
             s_tok=self.s_tok[idx_t], io=self.io[idx_t], s1=self.s1[idx_t], s2=self.s2[idx_t], end=self.end[idx_t],
-            names=self.names, split=self.split, seed=self.seed, rows=self.rows[idx_t],
+            names=self.names, split=self.split, seed=self.seed, rows=self.rows[idx_t], bos=self.bos,
         )
 
     def orders(self) -> list[str]:
         return [p.order for p in self.prompts]
 
 
-def encode_prompts(model: LoadedModel, prompts: Sequence[IOIPrompt], names: Sequence[str] = (), split: str = "all", seed: int = 0) -> IOIData:
-    """Tokenise prompts and locate IO, S1, S2 and END; NameTokenError if a prompt's names are not single tokens."""
-    bos = model.bos_token_id
+def encode_prompts(
+    model: LoadedModel, prompts: Sequence[IOIPrompt], names: Sequence[str] = (), split: str = "all", seed: int = 0,
+    bos: bool = True,
+) -> IOIData:
+    """Tokenise prompts (BOS first unless `bos` is False) and locate IO, S1, S2 and END; NameTokenError if a
+    prompt's names are not single tokens. Padding after END uses the BOS id either way (it is never read)."""
+    pad = model.bos_token_id
     rows, io_t, s_t, pos = [], [], [], []
     for p in prompts:
-        ids = ioi_data.prompt_ids(model.encode, p, bos)
+        ids = ioi_data.prompt_ids(model.encode, p, pad if bos else None)
         io_id, s_id = ioi_data.name_token(model.encode, p.io), ioi_data.name_token(model.encode, p.s)
         try:
             pos.append(ioi_data.token_positions(ids, io_id, s_id))
@@ -100,7 +108,7 @@ def encode_prompts(model: LoadedModel, prompts: Sequence[IOIPrompt], names: Sequ
         io_t.append(io_id)
         s_t.append(s_id)
     width = max((len(r) for r in rows), default=1)
-    tokens = torch.full((len(rows), width), bos, dtype=torch.long)
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = torch.tensor(r)
 
@@ -110,12 +118,17 @@ def encode_prompts(model: LoadedModel, prompts: Sequence[IOIPrompt], names: Sequ
     return IOIData(
         prompts=list(prompts), tokens=tokens, io_tok=torch.tensor(io_t, dtype=torch.long),
         s_tok=torch.tensor(s_t, dtype=torch.long), io=col("io"), s1=col("s1"), s2=col("s2"), end=col("end"),
-        names=list(names), split=split, seed=seed,
+        names=list(names), split=split, seed=seed, bos=bos,
     )
 
 
-def build_dataset(model: LoadedModel, n: int, seed: int = 0, split: str = "heldout", names: Sequence[str] | None = None) -> IOIData:
-    """`n` prompts (alternating ABBA / BABA) over the names the model's tokenizer keeps as single tokens."""
+def build_dataset(
+    model: LoadedModel, n: int, seed: int = 0, split: str = "all", names: Sequence[str] | None = None,
+    bos: bool = True,
+) -> IOIData:
+    """`n` prompts (alternating ABBA / BABA) over the names the model's tokenizer keeps as single tokens.
+
+    The default split is "all" (every template, every name pair), as in the paper."""
     if n <= 0:
         raise IOIError(f"the number of prompts must be positive, got {n}")
     pool = ioi_data.require_single_token_names(model.encode, model.name, names)
@@ -123,7 +136,7 @@ def build_dataset(model: LoadedModel, n: int, seed: int = 0, split: str = "heldo
         prompts = ioi_data.generate(n, seed=seed, names=pool, split=split)
     except ValueError as exc:
         raise IOIError(str(exc)) from None
-    return encode_prompts(model, prompts, pool, split, seed)
+    return encode_prompts(model, prompts, pool, split, seed, bos=bos)
 
 
 # ---- forward passes --------------------------------------------------------------------------------------------
@@ -307,7 +320,7 @@ def _by_order(values: torch.Tensor, data: IOIData) -> dict[str, float | None]:
 def _header(model: LoadedModel, data: IOIData, experiment: str, clean: torch.Tensor) -> dict:
     return {
         "model": model.name, "n_prompts": len(data), "experiment": experiment, "split": data.split,
-        "seed": data.seed, "clean_logit_diff": _mean(clean),
+        "seed": data.seed, "bos": data.bos, "clean_logit_diff": _mean(clean),
     }
 
 
@@ -527,6 +540,17 @@ def run_path(
     return out
 
 
+def s2_only(data: IOIData, model: LoadedModel) -> IOIData:
+    """The clean prompts with only the S2 name replaced by a third name (`ioi_data.third_name`), so no name repeats.
+
+    Names are single tokens, so every position stays; IO and S (the answer tokens) are the clean ones."""
+    tokens = data.tokens.clone()
+    for i, p in enumerate(data.prompts):
+        e = ioi_data.third_name(p, data.names or ioi_data.NAMES, data.seed)
+        tokens[i, int(data.s2[i])] = ioi_data.name_token(model.encode, e)
+    return IOIData(**{**data.__dict__, "tokens": tokens})
+
+
 def run_noising(
     model: LoadedModel, data: IOIData, layers: Sequence[int] | None = None,
     corruptions: Sequence[str] = tuple(ioi_data.CORRUPTIONS), batch_size: int = 32,
@@ -534,7 +558,9 @@ def run_noising(
 ) -> dict:
     """Patch z (hence the attention output) at S2 in `layers` from each corrupted variant at its own S2.
 
-    Each layer alone and, when several are chosen, all together. `recovered` = noised logit diff / clean.
+    Each layer alone and, when several are chosen, all together. `recovered` = noised logit diff / clean (the
+    fraction of the clean logit difference). References: the clean logit diff, the S2-only prompts' (`s2_only`) and
+    each corrupted prompt's own logit diff (its IO minus its S), each also as a fraction of clean.
     """
     layers = _check_layers(model, layers if layers is not None else default_noising_layers(model))
     data = _rebased(data)
@@ -543,18 +569,29 @@ def run_noising(
             raise IOIError(f"unknown corruption {c!r}; expected one of {', '.join(ioi_data.CORRUPTIONS)}")
     sets = [[l] for l in layers] + ([layers] if len(layers) > 1 else [])
     nb = _n_batches(len(data), batch_size)
-    steps = Steps("ioi", nb * (1 + len(corruptions) * (1 + len(sets))), on_progress, cancel, unit="batches")
+    steps = Steps("ioi", nb * (2 + len(corruptions) * (2 + len(sets))), on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     c_mean = _mean(clean)
+    references: list[dict] = [{"reference": "clean", "logit_diff": c_mean, "fraction": _ratio(c_mean, c_mean)}]
+    try:
+        s2 = _mean(batched_logit_diffs(model, s2_only(data, model), batch_size, steps))
+        references.append({"reference": "S2-only", "logit_diff": s2, "fraction": _ratio(s2, c_mean)})
+    except NameTokenError as exc:
+        steps.step(nb)
+        references.append({"reference": "S2-only", "logit_diff": None, "fraction": None, "skipped": str(exc)})
     records = []
     skipped = []
     for kind in corruptions:
         try:
-            corrupted = encode_prompts(model, [ioi_data.corrupt(p, kind, data.names, data.seed) for p in data.prompts])
+            corrupted = encode_prompts(
+                model, [ioi_data.corrupt(p, kind, data.names, data.seed) for p in data.prompts], bos=data.bos
+            )
         except NameTokenError as exc:
             skipped.append({"corruption": kind, "reason": str(exc)})
-            steps.step(nb * (1 + len(sets)))
+            steps.step(nb * (2 + len(sets)))
             continue
+        own = _mean(batched_logit_diffs(model, corrupted, batch_size, steps))
+        references.append({"reference": f"corrupted ({kind})", "logit_diff": own, "fraction": _ratio(own, c_mean)})
         patch = capture_at(model, corrupted, layers, corrupted.s2, batch_size, steps)
         for ls in sets:
 
@@ -568,8 +605,15 @@ def run_noising(
             })
     out = _header(model, data, "noising", clean)
     out.update({
-        "position": "S2", "layers": layers, "corruptions": {k: ioi_data.CORRUPTIONS[k] for k in corruptions},
-        "recovered_is": "noised logit diff / clean logit diff", "results": records, "skipped": skipped,
+        "position": "S2", "layers": layers,
+        "corruptions": {k: ioi_data.CORRUPTIONS[k] for k in corruptions},
+        "recovered_is": "noised logit diff / clean logit diff (fraction of clean)",
+        "references": references,
+        "references_are": (
+            "logit diff IO - S of: the clean prompts; the clean prompts with only S2 replaced by a third name; each "
+            "corrupted prompt with its own names"
+        ),
+        "results": records, "skipped": skipped,
     })
     return out
 

@@ -179,9 +179,9 @@ def name_token(encode: Encode, name: str) -> int:
     return ids[0]
 
 
-def prompt_ids(encode: Encode, prompt: IOIPrompt, bos_id: int) -> list[int]:
-    """`[BOS] + encode(prompt.text)`."""
-    return [bos_id] + list(encode(prompt.text))
+def prompt_ids(encode: Encode, prompt: IOIPrompt, bos_id: int | None) -> list[int]:
+    """`[BOS] + encode(prompt.text)`; just `encode(prompt.text)` when `bos_id` is None (models trained without BOS)."""
+    return ([] if bos_id is None else [bos_id]) + list(encode(prompt.text))
 
 
 def token_positions(ids: Sequence[int], io_id: int, s_id: int) -> IOIPositions:
@@ -194,7 +194,7 @@ def token_positions(ids: Sequence[int], io_id: int, s_id: int) -> IOIPositions:
     return IOIPositions(io=io_at[0], s1=s_at[0], s2=s_at[1], end=len(ids) - 1)
 
 
-def prompt_positions(encode: Encode, prompt: IOIPrompt, bos_id: int) -> IOIPositions:
+def prompt_positions(encode: Encode, prompt: IOIPrompt, bos_id: int | None) -> IOIPositions:
     return token_positions(prompt_ids(encode, prompt, bos_id), name_token(encode, prompt.io), name_token(encode, prompt.s))
 
 
@@ -207,7 +207,10 @@ CORRUPTIONS: dict[str, str] = {
     "rel_pos": "a clause inserted after the name pair: S2 and END move away from S1, IO and ' and'",
     "alongside": "' and' between the two first names replaced by ' alongside'",
     "names_abs": "names changed (CDD) and a sentence prepended: keeps only 'a name duplicating one beside and'",
+    "combined": "the paper's corruption: names changed (CDD), a sentence prepended and a clause inserted after the "
+    "name pair, so absolute and relative positions both move; keeps only 'a name duplicating one beside and'",
 }
+PAPER_CORRUPTIONS: tuple[str, ...] = ("combined", "alongside")  # the two the paper reports (~93% and ~43%)
 PREFIX_SENTENCE = "It was a quiet morning in the town.\n"  # ends in a newline so the prompt's first word keeps its tokens
 INSERTED_CLAUSE = ", who had been friends for years,"
 PAIR_WORD = " and"
@@ -246,15 +249,25 @@ def corrupt(prompt: IOIPrompt, kind: str, names: Sequence[str] | None = None, se
     """
     if kind not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
-    if kind in ("names", "names_abs"):
+    if kind in ("names", "names_abs", "combined"):
         rng = random.Random(zlib.crc32(f"{seed}|{prompt.text}".encode()))
         c, d = other_names(prompt, list(names if names is not None else NAMES), rng)
+        if kind == "combined":
+            return _render(prompt, c, d, after_pair=INSERTED_CLAUSE, prefix=PREFIX_SENTENCE)
         return _render(prompt, c, d, prefix=PREFIX_SENTENCE if kind == "names_abs" else "")
     if kind == "abs_pos":
         return _render(prompt, prompt.io, prompt.s, prefix=PREFIX_SENTENCE)
     if kind == "rel_pos":
         return _render(prompt, prompt.io, prompt.s, after_pair=INSERTED_CLAUSE)
     return _render(prompt, prompt.io, prompt.s, joiner=PAIR_WORD_ALT)
+
+
+def third_name(prompt: IOIPrompt, names: Sequence[str], seed: int = 0) -> str:
+    """A name other than the prompt's IO and S, drawn reproducibly (seeded by `seed` and the prompt's text)."""
+    pool = [n for n in names if n not in (prompt.io, prompt.s)]
+    if not pool:
+        raise NameTokenError(f"the S2-only reference needs a third single-token name; {len(names)} available")
+    return random.Random(zlib.crc32(f"s2|{seed}|{prompt.text}".encode())).choice(pool)
 
 
 # The IOI runner's experiments (sae.experiments.ioi); listed here so the CLI can offer them without importing torch.

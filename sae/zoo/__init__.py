@@ -14,11 +14,15 @@ if TYPE_CHECKING:
     from sae.engine.autoencoder import SAE
     from sae.engine.models import LoadedModel
 
+from sae.engine.safe_io import protect
+
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_DIR = DEFAULT_DIR / "model"
 DEFAULT_SAES_DIR = DEFAULT_DIR / "saes"
 MODEL_CARD = DEFAULT_DIR / "MODEL_CARD.md"
 DEFAULT_NAME = "attnscope-default"
+
+protect(DEFAULT_DIR)  # the shipped files are read-only to the program: `save_sae` and `eval --write` refuse them
 
 
 def is_default(name: str | Path) -> bool:

@@ -194,31 +194,27 @@ def card_markdown(ph: dict, sae_section: str, cfg: dict) -> str:
 
 
 def install_into_package(out_dir: Path, log: Callable[[str], None] = print) -> None:
-    """Copy model files (fp16), SAEs and the card into sae/zoo/default; checkpoints stay behind."""
+    """Copy model files (fp16), SAEs and the card into sae/zoo/default; checkpoints stay behind. The package
+    directory is swapped whole (`safe_io.swap_dir`): a kill leaves the old default or the new one."""
+    from sae.engine.safe_io import swap_dir
+
     dest = zoo.DEFAULT_DIR
-    tmp = dest.with_name(dest.name + ".new")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "model").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "train_config.json",
-                 "generation_config.json", "special_tokens_map.json"):
-        src = out_dir / "model" / name
-        if src.exists():
-            shutil.copy2(src, tmp / "model" / name)
-    for sae_dir in sorted((out_dir / "saes").glob("blocks.*.attn.hook_z")):
-        (tmp / "saes" / sae_dir.name).mkdir(parents=True)
-        for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
-            if (sae_dir / name).exists():
-                shutil.copy2(sae_dir / name, tmp / "saes" / sae_dir.name / name)
-    for name in ("MODEL_CARD.md", "phenomena.json", "sae_metrics.json"):
-        if (out_dir / name).exists():
-            shutil.copy2(out_dir / name, tmp / name)
-    old = dest.with_name(dest.name + ".old")
-    if dest.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
+
+    def write(tmp: Path) -> None:
+        (tmp / "model").mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                     "train_config.json", "generation_config.json", "special_tokens_map.json"):
+            src = out_dir / "model" / name
+            if src.exists():
+                shutil.copy2(src, tmp / "model" / name)
+        for sae_dir in sorted((out_dir / "saes").glob("blocks.*.attn.hook_z")):
+            (tmp / "saes" / sae_dir.name).mkdir(parents=True)
+            for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+                if (sae_dir / name).exists():
+                    shutil.copy2(sae_dir / name, tmp / "saes" / sae_dir.name / name)
+        for name in ("MODEL_CARD.md", "phenomena.json", "sae_metrics.json"):
+            if (out_dir / name).exists():
+                shutil.copy2(out_dir / name, tmp / name)
+
+    swap_dir(dest, write)
     log(f"installed into {dest}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import threading
 import time
@@ -179,9 +178,24 @@ def lr_at(step: int, cfg: LMConfig) -> float:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through a temporary file renamed into place (umask modes, one-line error on a full disk)."""
+    from sae.engine.safe_io import atomic_write_with
+
+    atomic_write_with(path, lambda tmp: torch.save(obj, str(tmp)))
+
+
+LM_CHECKPOINT_KEYS = ("model", "opt", "sampler_rng", "step")
+
+
+def load_lm_checkpoint(path: Path) -> dict:
+    """The LM training checkpoint, read as weights only (tensors, numbers, strings, containers): a crafted
+    pickle is refused without running anything; a truncated or foreign file is a one-line ValueError."""
+    from sae.engine.safe_io import UnsafeFileError, safe_torch_load
+
+    state = safe_torch_load(path, "LM checkpoint")
+    if not isinstance(state, dict) or any(k not in state for k in LM_CHECKPOINT_KEYS):
+        raise UnsafeFileError(f"LM checkpoint {path} is not an attnscope LM checkpoint (keys {LM_CHECKPOINT_KEYS})")
+    return state
 
 
 def build_model(cfg: LMConfig):
@@ -250,6 +264,8 @@ def train_lm(
 ) -> Path:
     """Train tokenizer + LM into `out_dir/model` (HF layout). Checkpoints to `out_dir/lm_checkpoint.pt`."""
     out_dir = Path(out_dir)
+    ckpt = out_dir / "lm_checkpoint.pt"
+    state = load_lm_checkpoint(ckpt) if resume and ckpt.exists() else None  # fail fast, before any work
     model_dir = out_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -279,13 +295,12 @@ def train_lm(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
     sampler = RowSampler(natural, ioi_stream, cfg, bos, cfg.seed)
     step = 0
-    ckpt = out_dir / "lm_checkpoint.pt"
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)  # our own file, written by this function
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sampler.g.set_state(state["sampler_rng"])
-        step = state["step"]
+        step = int(state["step"])
+        del state
         log(f"resumed at step {step}")
 
     def save_checkpoint() -> None:

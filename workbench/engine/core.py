@@ -57,6 +57,7 @@ class Engine:
         self.dtype = dtype
         self.worker = Worker()
         self.info: EngineInfo | None = None
+        self.labels_path: Any = None  # the study's label file; None: $ATTNSCOPE_LABELS or the data dir
         # touched on the worker thread only
         self._model: Any = None
         self._saes: dict[int, Any] = {}
@@ -236,9 +237,35 @@ class Engine:
 
         def run() -> HeadsView:
             self._need_model()
-            return heads_view(self._model, self._saes)
+            return heads_view(self._model, self._saes, self.label_store())
 
         return await self.call(run, channel="heads")
+
+    # ---- the labelling study (sae.analysis.study, sae.analysis.labels) -------------------------------------
+
+    async def study_layer(self, layer: int, n: int, seed: int) -> Any:
+        """`sae.analysis.study.StudyLayer` (frozen): `n` random live features of `layer` (seeded) and their
+        automatic roles."""
+
+        def run() -> Any:
+            from sae.analysis.study import study_layer
+
+            return study_layer(self._need_model(), self._sae(layer), layer, n, seed)
+
+        return await self.call(run, channel=f"study-{layer}")
+
+    def label_store(self) -> Any:
+        """The label file (`sae.analysis.labels.LabelStore`: $ATTNSCOPE_LABELS or the data dir); plain file work,
+        safe from the UI thread and between processes."""
+        from sae.analysis.labels import LabelStore
+
+        return LabelStore(self.labels_path)
+
+    def study_markdown(self, layers: Any) -> str:
+        """The study's markdown export (`sae.analysis.study.study_markdown`) of `StudyLayer`s."""
+        from sae.analysis.study import study_markdown
+
+        return study_markdown(self.label_store(), layers)
 
     # ---- long jobs ------------------------------------------------------------------------------------
 

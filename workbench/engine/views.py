@@ -140,7 +140,8 @@ class TraceView:
 class HeadFeatureView:
     id: int
     share: float  # of the head's decoder norm
-    family: str
+    family: str  # its role: the human label where one exists, else the automatic role
+    source: str = "automatic"  # "human" or "automatic"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class HeadView:
     verdict: str  # monosemantic | polysemantic
     main_family: str
     features: tuple[HeadFeatureView, ...]
+    source: str = "automatic"  # where its top features' roles came from: human, automatic or mixed (k of n human)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,24 +248,32 @@ def trace_view(tr: Any) -> TraceView:
                      approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict())
 
 
-def heads_view(model: Any, saes: dict[int, Any]) -> HeadsView:
-    """sae.analysis.heads.survey_heads over the layers whose dashboards are built."""
+def heads_view(model: Any, saes: dict[int, Any], labels: Any = None) -> HeadsView:
+    """sae.analysis.heads.survey_heads over the layers whose dashboards are built, each feature's role from the human
+    labels in `labels` (a `sae.analysis.labels.LabelStore`) where they exist, else its automatic role
+    (sae.analysis.roles, with the repeated-random-token test of induction candidates)."""
     from sae.analysis import dashboards as dash
     from sae.analysis import heads
+    from sae.analysis import labels as lab
+    from sae.analysis import roles
 
     dirs = {layer: dash.dashboard_dir(model, sae, layer) for layer, sae in saes.items()}
     built = {layer: d for layer, d in dirs.items() if dash.is_built(d)}
     if not built:
         first = min(saes)
         raise EngineError(f"the head survey reads built dashboards; run `{dash.build_command(first)}` (or b on screen 2)")
-    survey = heads.survey_heads(built, model=model.name)
+    human = lab.human_labels_by_layer(labels, built) if labels is not None else {}
+    confirm = {layer: roles.model_confirmer(model, saes[layer], layer) for layer in built if layer >= 1}
+    survey = heads.survey_heads(built, model=model.name, labels=human, confirm=confirm)
     rows = tuple(
-        HeadView(layer=h.layer, head=h.head, verdict=h.verdict, main_family=h.main_family,
-                 features=tuple(HeadFeatureView(id=f.id, share=f.decoder_share, family=f.family) for f in h.top_by_decoder))
+        HeadView(layer=h.layer, head=h.head, verdict=h.verdict, main_family=h.main_family, source=h.source,
+                 features=tuple(HeadFeatureView(id=f.id, share=f.decoder_share, family=f.family, source=f.source)
+                                for f in h.top_by_decoder))
         for lh in survey.layers for h in lh.heads
     )
     missing = sorted(set(saes) - set(built))
-    summary = f"{survey.polysemantic_fraction:.0%} of heads polysemantic"
+    summary = f"{survey.polysemantic_fraction:.0%} of heads polysemantic · " + "; ".join(
+        f"L{lh.layer} from {lh.source}" for lh in survey.layers)
     if missing:
         summary += f" · dashboards not built for layers {missing}"
     return HeadsView(heads=rows, summary=summary, rule=survey.criterion)

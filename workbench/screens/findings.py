@@ -46,13 +46,9 @@ class StoreWatch:
         return [(f.id, f.note) for f in self.store.findings] != before
 
 
-def restore_finding(store: FindingsStore, f: Finding, index: int) -> None:
-    """Put a deleted finding back at its old place (through the store's add, so its saving rules apply)."""
+def restore_finding(store: FindingsStore, f: Finding) -> None:
+    """Put a deleted finding back (at the end; through `add`, so another instance's changes are kept)."""
     store.add(f)
-    if f in store.findings:
-        store.findings.remove(f)
-        store.findings.insert(min(index, len(store.findings)), f)
-        store.save()
 
 
 class FindingsScreen(WorkbenchScreen):
@@ -164,8 +160,8 @@ class FindingsScreen(WorkbenchScreen):
         if not self.deleted:
             self.query_one(StatusLine).say("nothing to undo")
             return
-        index, f = self.deleted.pop()
-        restore_finding(self.wb.findings, f, index)
+        _, f = self.deleted.pop()
+        restore_finding(self.wb.findings, f)
         self.notify(f"restored: {f.title}", title="Findings")
         self.reload()
         self.query_one("#findings-table", DataTable).move_cursor(row=self.wb.findings.findings.index(f))

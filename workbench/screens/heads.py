@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,9 +11,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadsView, HeadView, StaleRequest, one_line
+from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, one_line
 from workbench.findings import Finding, md_table
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+
+
+def _role(f: HeadFeatureView) -> str:
+    return f.family + ("*" if f.source == "human" else "")
 
 
 def verdict_cell(h: HeadView) -> Text:
@@ -50,7 +55,8 @@ class HeadsScreen(WorkbenchScreen):
         yield Footer()
 
     def help_about(self) -> str:
-        return "Each head's top features by decoder-norm share and their families; polysemantic = top features of several kinds."
+        return ("Each head's top features by decoder-norm share and their roles: the human label (*) where one exists "
+                "(study screen, key 8), else the automatic role; polysemantic = top features of several kinds.")
 
     def on_mount(self) -> None:
         if self.engine.info is not None:
@@ -126,10 +132,13 @@ class HeadsScreen(WorkbenchScreen):
                   title_style="bold", title_justify="left")
         t.add_column("feature", justify="right")
         t.add_column("share", justify="right")
-        t.add_column("family")
+        t.add_column("role (* human label)")
         for f in h.features[:10]:
-            t.add_row(str(f.id), f"{f.share:.2f}", f.family)
-        self.query_one("#head-detail", Static).update(t)
+            t.add_row(str(f.id), f"{f.share:.2f}", _role(f))
+        rule = Text(f"\nroles from {h.source}", style="dim")
+        if self.survey and self.survey.rule:
+            rule.append(f"\nRule: {self.survey.rule}")
+        self.query_one("#head-detail", Static).update(Group(t, rule))
 
     def main_widget(self) -> DataTable:
         return self.query_one("#heads-grid", DataTable)
@@ -142,7 +151,7 @@ class HeadsScreen(WorkbenchScreen):
         h = self.head
         if h is None:
             return None
-        body = md_table(["feature", "share", "family"], [[f.id, f.share, f.family] for f in h.features[:10]])
+        body = md_table(["feature", "share", "role (* human label)"], [[f.id, f.share, _role(f)] for f in h.features[:10]])
         if self.survey and self.survey.rule:
             body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info

@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["LOGIT_NOTE", "BuildResult", "Texts", "build_dashboards", "build_layers", "heldout_rows",
                      "logit_effects"], "build"),
     **dict.fromkeys(["DATA", "FORMAT_VERSION", "INDEX", "PARTIAL", "PARTIAL_INDEX", "REGISTRY", "DashboardError",
-                     "build_command", "cache_root", "dashboard_dir", "is_built", "lookup_built", "model_fingerprint",
+                     "build_command", "cache_root", "dashboard_dir", "is_built", "lookup_built", "model_fingerprint", "readable_build",
                      "register_built", "sae_fingerprint", "source_key"], "store"),
     **dict.fromkeys(["Example", "ExampleDFA", "FeatureDashboard", "QuantileBin", "dashboard_summary", "feature_stats",
                      "load_dashboard", "read_dashboard"], "read"),

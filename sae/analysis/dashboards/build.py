@@ -17,12 +17,11 @@ from safetensors.torch import load_file
 from sae.analysis.dashboards.scan import DFA_FIELDS, DashboardScan, DashboardSpec, topk_acts
 from sae.analysis.dashboards.store import (
     FORMAT_VERSION,
-    INDEX,
     PARTIAL,
     PARTIAL_INDEX,
     DashboardError,
     dashboard_dir,
-    is_built,
+    readable_build,
     save_partial,
     write_final,
 )
@@ -31,6 +30,7 @@ from sae.engine.activations import rows_digest
 from sae.engine.autoencoder import SAE
 from sae.engine.jobs import CancelToken, Progress, ProgressFn, check_cancelled
 from sae.engine.models import LoadedModel, z_hook_name
+from sae.engine.safe_io import check_writable_dir
 
 LOGIT_NOTE = (
     "Logit effect = W_dec[i] split per head, through W_O, centred and multiplied by the final LayerNorm weight, then "
@@ -162,13 +162,14 @@ def build_layers(
             for layer, sae in saes.items()}
     results: dict[int, BuildResult] = {}
     for layer, d in dirs.items():
-        if is_built(d) and not force:
-            idx = json.loads((d / INDEX).read_text())
-            if idx.get("spec") == asdict(spec) and idx.get("version") == FORMAT_VERSION:
-                results[layer] = BuildResult(d, "cached", idx["n_tokens"])
+        idx = None if force else readable_build(d)  # a damaged cache is rebuilt, no --force needed
+        if idx is not None and idx.get("spec") == asdict(spec) and idx.get("version") == FORMAT_VERSION:
+            results[layer] = BuildResult(d, "cached", int(idx.get("n_tokens", 0)))
     todo = sorted(layer for layer in saes if layer not in results)
     if not todo:
         return results
+    for layer in todo:  # a cache dir that is a file or read-only fails now, not after the scan
+        check_writable_dir(dirs[layer], "dashboard cache folder")
     rows = heldout_rows(model, spec.n_tokens, spec.context_size, docs, spec.corpus)
     if rows.shape[0] == 0:
         raise DashboardError("the held-out text is shorter than one context row")
@@ -181,9 +182,12 @@ def build_layers(
         scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
         d = dirs[layer]
         if (d / PARTIAL_INDEX).is_file() and (d / PARTIAL).is_file() and not force:
-            old = json.loads((d / PARTIAL_INDEX).read_text())
-            if all(old.get(k) == v for k, v in metas[layer].items()):
-                scans[layer].load(load_file(str(d / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
+            try:
+                old = json.loads((d / PARTIAL_INDEX).read_text())
+                if isinstance(old, dict) and all(old.get(k) == v for k, v in metas[layer].items()):
+                    scans[layer].load(load_file(str(d / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
+            except Exception:  # noqa: BLE001 - a damaged partial scan: start this layer afresh
+                scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
     total = rows.shape[0] * T
     deepest = todo[-1]
     z_names = tuple(z_hook_name(layer) for layer in todo if layer != deepest)

@@ -112,10 +112,24 @@ def _read_index(directory: Path) -> dict[str, Any]:
 
 
 def read_dashboard(directory: Path, feature: int, n_bins: int = 5, per_bin: int = 4) -> FeatureDashboard:
-    """One feature's dashboard from a built directory (a few memory-mapped slices; no model needed)."""
+    """One feature's dashboard from a built directory (a few memory-mapped slices; no model needed); a damaged
+    cache is a one-line DashboardError naming the build command that replaces it."""
     directory = Path(directory)
     if not is_built(directory):
         raise DashboardError(f"no dashboards in {directory}")
+    try:
+        return _read_dashboard(directory, feature, n_bins, per_bin)
+    except DashboardError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file of any kind: one line, not a traceback
+        layer = directory.name.removeprefix("layer-")
+        raise DashboardError(
+            f"the dashboard cache in {directory} is damaged ({type(exc).__name__}); rebuild it with "
+            f"`{build_command(int(layer)) if layer.isdigit() else 'attnscope dashboards build'}`"
+        ) from None
+
+
+def _read_dashboard(directory: Path, feature: int, n_bins: int, per_bin: int) -> FeatureDashboard:
     idx = _read_index(directory)
     d_sae = idx["d_sae"]
     if not 0 <= feature < d_sae:

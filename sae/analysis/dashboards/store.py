@@ -11,11 +11,13 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import atomic_write_text
 from sae.engine.z_convention import Z_CONVENTION
 
 if TYPE_CHECKING:
@@ -81,17 +83,19 @@ def register_built(model_key: str, sae_key: str, layer: int, directory: Path, ro
         reg = json.loads(reg_path.read_text())
     except (OSError, ValueError):
         reg = {}
+    if not isinstance(reg, dict):  # a damaged registry is only a cache: start it again
+        reg = {}
     reg[_registry_key(model_key, sae_key, layer)] = str(Path(directory).resolve())
-    tmp = reg_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=1))
-    os.replace(tmp, reg_path)
+    atomic_write_text(reg_path, json.dumps(reg, indent=1))
 
 
 def lookup_built(model_key: str, sae_key: str, layer: int, root: Path | None = None) -> Path | None:
     reg_path = (cache_root() if root is None else Path(root)) / "dashboards" / REGISTRY
     try:
         d = json.loads(reg_path.read_text()).get(_registry_key(model_key, sae_key, layer))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # missing, damaged, or not a JSON object
+        return None
+    if not isinstance(d, str):
         return None
     return Path(d) if d and is_built(Path(d)) else None
 
@@ -104,10 +108,31 @@ def is_built(directory: Path) -> bool:
     return (directory / INDEX).is_file() and (directory / DATA).is_file()
 
 
+def readable_build(directory: Path) -> dict[str, Any] | None:
+    """The index of a finished build whose files open (index JSON parses, data header reads), else None: a
+    damaged cache counts as not built, so the next build replaces it without `--force`."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    if not is_built(directory):
+        return None
+    try:
+        idx = json.loads((directory / INDEX).read_text())
+        if not isinstance(idx, dict):
+            return None
+        with safe_open(str(directory / DATA), framework="np") as f:
+            f.keys()
+    except Exception:  # noqa: BLE001 - JSON, I/O and safetensors header errors all mean "damaged"
+        return None
+    return idx
+
+
 # ---- fingerprints: one directory per (model, SAE, layer) ------------------------------------------------
 
 
-_FINGERPRINTS: dict[int, str] = {}
+# keyed by the bridge object itself, held weakly: an entry dies with its model, so a new model that happens to
+# get a freed model's id() never inherits its fingerprint
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 def _hash_tensors(h: "hashlib._Hash", tensors: list[torch.Tensor | None]) -> None:
@@ -122,16 +147,24 @@ def _hash_tensors(h: "hashlib._Hash", tensors: list[torch.Tensor | None]) -> Non
 
 
 def model_fingerprint(model: LoadedModel) -> str:
-    """12 hex digits from the model's shape and a few weight tensors (embeddings, W_V, W_O)."""
-    key = id(model.bridge)
-    if key not in _FINGERPRINTS:
-        h = hashlib.sha1()
-        h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
-        h.update(Z_CONVENTION.encode())  # dashboards built under another z convention live elsewhere
-        b = model.bridge
-        _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
-        _FINGERPRINTS[key] = h.hexdigest()[:12]
-    return _FINGERPRINTS[key]
+    """12 hex digits from the model's shape, the z convention and a few weight tensors (embeddings, W_V, W_O)."""
+    b = model.bridge
+    try:
+        cached = _FINGERPRINTS.get(b)
+    except TypeError:  # not weak-referenceable: no cache
+        cached = None
+    if cached is not None:
+        return cached
+    h = hashlib.sha1()
+    h.update(f"{model.n_layers}/{model.d_model}/{model.n_heads}/{model.d_head}/{model.d_vocab}".encode())
+    h.update(Z_CONVENTION.encode())  # dashboards built under another z convention live elsewhere
+    _hash_tensors(h, [b.W_E[:512], getattr(b, "W_pos", None), b.W_V, b.W_O])
+    digest = h.hexdigest()[:12]
+    try:
+        _FINGERPRINTS[b] = digest
+    except TypeError:
+        pass
+    return digest
 
 
 def sae_fingerprint(sae: SAE) -> str:

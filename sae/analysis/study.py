@@ -1,0 +1,100 @@
+"""One layer of the labelling study, as the workbench's study screen needs it: the sampled live features, the
+SAE's id for the label store, and each sampled feature's automatic role as a suggestion beside the human label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from sae.analysis.dashboards import DashboardError, build_command, is_built
+from sae.engine.jobs import CancelToken, ProgressFn
+
+if TYPE_CHECKING:
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class StudyLayer:
+    """The features of one layer to label, in labelling order, with their automatic role suggestions."""
+
+    model: str
+    layer: int
+    sae: str  # the SAE's content hash: the label store's key
+    n: int
+    seed: int
+    n_live: int
+    features: tuple[int, ...]
+    auto: Mapping[int, str] = field(default_factory=dict)  # feature -> automatic role (sae.analysis.roles)
+    auto_note: str = ""  # how the induction test went
+
+
+def study_layer(
+    model: "LoadedModel", sae: "SAE", layer: int, n: int, seed: int, confirm: bool = True,
+    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+) -> StudyLayer:
+    """Sample `n` live features of `layer` (seeded) from its built dashboards and suggest their automatic roles.
+
+    Only the sampled induction candidates get the repeated-random-token test (the rest of the layer is not shown).
+    DashboardError (naming the build command) when the layer's dashboards are not built."""
+    from sae.analysis.dashboards import dashboard_dir, feature_stats
+    from sae.analysis.labels import sae_id_of, sample_features
+    from sae.analysis.roles import confirm_induction, roles_layer
+
+    directory = dashboard_dir(model, sae, layer)
+    if not is_built(directory):
+        raise DashboardError(f"dashboards for layer {layer} are not built yet; run `{build_command(layer)}`")
+    stats = feature_stats(directory)
+    live = (stats["n_fire"] > 0).nonzero().flatten().tolist()
+    features = sample_features(live, n, seed, layer) if live else []
+    chosen = set(features)
+
+    def confirm_sampled(pairs: dict[int, tuple[int, int]]) -> dict:
+        mine = {f: p for f, p in pairs.items() if f in chosen}
+        if not mine:
+            return {}
+        return confirm_induction(model, sae, layer, mine, seed=seed, on_progress=on_progress, cancel=cancel)
+
+    rep = roles_layer(directory, stats=stats, confirm=confirm_sampled if confirm else None)
+    roles = rep.role_of()
+    sae_id, name = sae_id_of(directory)
+    cands = [c for c in rep.candidates if c.feature in chosen]
+    if layer < 1 or not confirm:
+        note = rep.confirmation
+    else:
+        n_ok = sum(bool(c.confirmation and c.confirmation.confirmed) for c in cands)
+        note = f"repeated random tokens: {n_ok} of the {len(cands)} sampled induction candidates confirmed"
+    return StudyLayer(
+        model=name or str(getattr(model, "name", "")), layer=layer, sae=sae_id, n=n, seed=seed, n_live=len(live),
+        features=tuple(features), auto={f: roles.get(f, "other") for f in features}, auto_note=note,
+    )
+
+
+def study_report_for(store: Any, layers: "list[StudyLayer] | tuple[StudyLayer, ...]") -> Any:
+    """The study report (`sae.analysis.labels.StudyReport`) of the labels of these layers' SAEs, with each layer's
+    automatic-role agreement computed from the suggestions the study showed (sampled features only)."""
+    from sae.analysis.labels import RATINGS, StudyReport, layer_shares
+    from sae.analysis.roles import agreement
+
+    fams = store.families()
+    labs = [lab for sl in layers for lab in store.labels(sae=sl.sae, layer=sl.layer)]
+    rep = StudyReport(families=fams, ratings=dict(RATINGS), layers=layer_shares(labs, fams))
+    for sl in layers:
+        human = {lab.feature: lab.family for lab in labs if lab.sae == sl.sae and lab.layer == sl.layer}
+        if human:
+            a = agreement(dict(sl.auto), {f: h for f, h in human.items() if f in sl.auto})
+            a["induction_test"] = sl.auto_note
+            rep.agreement[str(sl.layer)] = a
+    return rep
+
+
+def study_markdown(store: Any, layers: "list[StudyLayer] | tuple[StudyLayer, ...]") -> str:
+    """The study's export: the report's markdown table, stacked bar figure and agreement."""
+    from sae.analysis.labels import report_markdown
+
+    head = ["# Feature labelling study", ""]
+    if layers:
+        sl = layers[0]
+        head += [f"{sl.model}: {sl.n} random live features per layer (seed {sl.seed}); layers "
+                 + ", ".join(f"{x.layer} ({len(x.features)} of {x.n_live} live)" for x in layers) + ".", ""]
+    return "\n".join(head) + report_markdown(study_report_for(store, layers).to_dict()) + "\n"

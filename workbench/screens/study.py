@@ -1,0 +1,290 @@
+"""The labelling study (key 8): N random live features per layer, each shown with its dashboard, labelled from
+the keyboard (a family or role, an interpretability rating, a note), resumable and exportable as markdown.
+
+Labels go to the shared label file (`sae.analysis.labels`, through the engine), which several workbenches and the
+`attnscope study` CLI can write at once; the automatic role stands beside the human label as a suggestion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Footer, Static
+
+from workbench.engine import StaleRequest, one_line
+from workbench.findings import ExportError, write_export
+from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.feature import dashboard_renderable
+from workbench.screens.modals import AskScreen
+
+DIGITS = "1234567890"  # key i picks family i (0 is the tenth)
+DEFAULT_N = 30  # features per layer, as in the paper
+RATING_KEYS = {"2": 2, "1": 1, "0": 0}  # after r: yes / maybe / no
+RATING_NAMES = {2: "yes", 1: "maybe", 0: "no"}
+
+
+class StudyScreen(WorkbenchScreen):
+    MODE = "study"
+    BINDINGS = [
+        *[Binding(d, f"digit('{d}')", "", show=False) for d in DIGITS],
+        Binding("r", "rate", "Rate", show=True),
+        Binding("n", "note", "Note", show=True),
+        Binding("f", "family_by_name", "Family", show=True),
+        Binding("left_square_bracket", "step(-1)", "Prev", show=True),
+        Binding("right_square_bracket", "step(1)", "Next", show=True),
+        Binding("e", "export", "Export", show=True),
+        Binding("s", "settings", "Size/seed", show=True),
+        Binding("escape", "leave", "Explore", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n, self.seed = DEFAULT_N, 0
+        self.study_layers: list[Any] = []  # sae.analysis.study.StudyLayer, one per layer with built dashboards
+        self.items: list[tuple[int, int]] = []  # (layer, feature) in labelling order
+        self.index = 0
+        self.rating_pending = False
+        self.notes: list[str] = []
+        self.view: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        yield StatusLine("drawing the study's features ...", id="study-status")
+        with Horizontal(id="study-body"):
+            with VerticalScroll(id="study-dashboard-scroll"):
+                yield Static("", id="study-dashboard")
+            with VerticalScroll(id="study-side"):
+                yield Static("", id="study-panel")
+        yield Footer()
+
+    def help_about(self) -> str:
+        return ("The paper's labelling study: N random live features per layer (seeded). Digits pick a family, r then "
+                "2/1/0 rates it yes/maybe/no, n adds a note, [ and ] move; it resumes where you stopped. e exports the "
+                "report (shares per layer, a bar figure, agreement of the automatic roles).")
+
+    # ---- loading ----------------------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        self.run_worker(self._load(), group="study", exclusive=True)
+
+    @property
+    def study_key(self) -> str:
+        ids = "+".join(f"{sl.layer}:{sl.sae[:12]}" for sl in self.study_layers)
+        return f"study|{ids}|n{self.n}|s{self.seed}"
+
+    async def _load(self) -> None:
+        status = self.query_one("#study-status", StatusLine)
+        try:
+            info = self.engine.info or await self.engine.open()
+        except Exception as exc:  # noqa: BLE001 - the model did not open: inline
+            status.error(one_line(exc))
+            return
+        layers, notes = [], []
+        for layer in info.sae_layers:
+            status.say(f"drawing {self.n} features of layer {layer} and their automatic roles ...")
+            try:
+                layers.append(await self.engine.study_layer(layer, self.n, self.seed))
+            except StaleRequest:
+                return
+            except Exception as exc:  # noqa: BLE001 - dashboards not built: a note, the other layers go on
+                notes.append(f"layer {layer}: {one_line(exc)}")
+        self.study_layers, self.notes = layers, notes
+        self.items = [(sl.layer, f) for sl in layers for f in sl.features]
+        if not self.items:
+            status.error("; ".join(notes) or "no live features to label")
+            self.query_one("#study-panel", Static).update(Text("\n".join(notes)))
+            return
+        try:
+            self.index = min(max(self.engine.label_store().position(self.study_key), 0), len(self.items) - 1)
+        except Exception as exc:  # noqa: BLE001 - an unreadable label file: say so, start at 0
+            self.index = 0
+            notes.append(one_line(exc))
+        self.show()
+
+    # ---- showing one feature -------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> tuple[int, int] | None:
+        return self.items[self.index] if self.items else None
+
+    def layer_of(self, layer: int) -> Any:
+        return next(sl for sl in self.study_layers if sl.layer == layer)
+
+    def show(self) -> None:
+        self.rating_pending = False
+        self.refresh_panel()
+        cur = self.current
+        if cur is not None:
+            self.run_worker(self._dashboard(*cur), group="study-dashboard", exclusive=True)
+
+    async def _dashboard(self, layer: int, feature: int) -> None:
+        try:
+            view = await self.engine.dashboard(layer, feature)
+        except StaleRequest:
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.query_one("#study-status", StatusLine).error(one_line(exc))
+            return
+        self.view = view
+        self.query_one("#study-dashboard", Static).update(dashboard_renderable(view))
+
+    def families(self) -> list[str]:
+        return self.engine.label_store().families()
+
+    def current_label(self) -> tuple[int, int, Any, Any, Any] | None:
+        """(layer, feature, its StudyLayer, the label store, its label or None) of the feature shown."""
+        if self.current is None:
+            return None
+        layer, feature = self.current
+        sl = self.layer_of(layer)
+        store = self.engine.label_store()
+        return layer, feature, sl, store, store.get(sl.sae, layer, feature)
+
+    def refresh_panel(self, message: str = "") -> None:
+        got = self.current_label()
+        if got is None:
+            return
+        layer, feature, sl, store, lab = got
+        n_done = sum(store.get(s.sae, s.layer, f) is not None for s in self.study_layers for f in s.features)
+        status = self.query_one("#study-status", StatusLine)
+        status.say(message or f"study: {self.index + 1} of {len(self.items)} · {n_done} labelled · seed {self.seed}, "
+                   f"{self.n} per layer" + (" · " + "; ".join(self.notes) if self.notes else ""))
+        panel = Text()
+        panel.append(f"L{layer} feature {feature}\n", style="bold")
+        panel.append(f"{self.index + 1} of {len(self.items)} · {n_done} labelled\n{sl.n_live} live in layer {layer}\n\n",
+                     style="dim")
+        panel.append("automatic: ", style="dim")
+        panel.append(f"{sl.auto.get(feature, '-')}\n", style="cyan")
+        panel.append("yours: ", style="dim")
+        if lab is None:
+            panel.append("not labelled\n", style="yellow")
+        else:
+            panel.append(lab.family, style="bold green")
+            panel.append(f" · interpretable: {RATING_NAMES.get(lab.rating, 'unrated')}\n")
+            if lab.note:
+                panel.append(f"note: {lab.note}\n", style="italic")
+        panel.append("\n")
+        for d, fam in zip(DIGITS, self.families()):
+            panel.append(f"{d} ", style="bold dark_orange")
+            panel.append(f"{fam}\n")
+        panel.append("\nr then 2 yes · 1 maybe · 0 no", style="bold magenta" if self.rating_pending else "dim")
+        self.query_one("#study-panel", Static).update(panel)
+
+    # ---- labelling -------------------------------------------------------------------------------------------
+
+    def _save(self, **changes: Any) -> None:
+        got = self.current_label()
+        if got is None:
+            return
+        layer, feature, sl, store, old = got
+        family = changes.get("family", old.family if old else None)
+        if family is None:
+            self.refresh_panel()
+            self.query_one("#study-status", StatusLine).error("pick a family first (a digit), then rate or note it")
+            return
+        try:
+            store.put(sl.sae, layer, feature, family, changes.get("rating", old.rating if old else None),
+                      changes.get("note", old.note if old else ""), model=sl.model)
+        except Exception as exc:  # noqa: BLE001 - a locked or corrupt label file: inline, nothing lost
+            self.query_one("#study-status", StatusLine).error(one_line(exc))
+            return
+        self.refresh_panel(f"saved: L{layer} feature {feature} · " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+
+    def action_digit(self, d: str) -> None:
+        if self.rating_pending:
+            self.rating_pending = False
+            if d not in RATING_KEYS:
+                self.refresh_panel()
+                self.query_one("#study-status", StatusLine).error("a rating is 2 (yes), 1 (maybe) or 0 (no)")
+                return
+            self._save(rating=RATING_KEYS[d])
+            return
+        fams = self.families()
+        i = DIGITS.index(d)
+        if i >= len(fams):
+            self.query_one("#study-status", StatusLine).error(f"no family on key {d}")
+            return
+        self._save(family=fams[i])
+
+    def action_rate(self) -> None:
+        self.rating_pending = True
+        self.refresh_panel("rating: press 2 (yes), 1 (maybe) or 0 (no)")
+
+    def action_note(self) -> None:
+        got = self.current_label()
+        if got is None:
+            return
+        layer, feature, _, _, old = got
+
+        def done(text: str | None) -> None:
+            if text is not None:
+                self._save(note=text.strip())
+
+        self.app.push_screen(AskScreen(f"Note on L{layer} feature {feature}:", value=old.note if old else "",
+                                       placeholder="what it does"), done)
+
+    def action_family_by_name(self) -> None:
+        fams = self.families()
+
+        def check(text: str) -> str | None:
+            return None if text.strip() in fams else f"not a family; one of: {', '.join(fams)}"
+
+        def done(text: str | None) -> None:
+            if text is not None:
+                self._save(family=text.strip())
+
+        self.app.push_screen(AskScreen("Family or role (by name):", check=check), done)
+
+    # ---- moving, settings, export ------------------------------------------------------------------------------
+
+    def action_step(self, delta: int) -> None:
+        if not self.items:
+            return
+        self.index = min(max(self.index + delta, 0), len(self.items) - 1)
+        try:
+            self.engine.label_store().set_position(self.study_key, self.index)
+        except Exception as exc:  # noqa: BLE001
+            self.query_one("#study-status", StatusLine).error(one_line(exc))
+        self.show()
+
+    def action_settings(self) -> None:
+        def parse(text: str) -> tuple[int, int] | None:
+            parts = text.split()
+            if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts) or int(parts[0]) <= 0:
+                return None
+            return int(parts[0]), int(parts[1])
+
+        def done(text: str | None) -> None:
+            got = parse(text) if text is not None else None
+            if got is not None:
+                self.n, self.seed = got
+                self.reload()
+
+        self.app.push_screen(AskScreen("Features per layer and seed:", value=f"{self.n} {self.seed}",
+                                       check=lambda t: None if parse(t) else "two whole numbers: N (> 0) and a seed"),
+                             done)
+
+    def export_to(self, path: str) -> Any:
+        return write_export(path, self.engine.study_markdown(self.study_layers))
+
+    def action_export(self) -> None:
+        def check(path: str) -> str | None:
+            try:
+                written = self.export_to(path)
+            except ExportError as exc:
+                return str(exc)
+            self.app.notify(f"study report written to {written}", title="Study")
+            return None
+
+        self.app.push_screen(AskScreen("Export the study report as markdown to:", value="attnscope-study.md",
+                                       check=check))
+
+    def action_leave(self) -> None:
+        self.app.switch_mode("explore")
