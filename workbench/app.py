@@ -132,6 +132,8 @@ class WorkbenchApp(App):
         except Exception as exc:  # noqa: BLE001 - e.g. the user already started the same build
             self.log(f"auto-build skipped: {one_line(exc)}")
             return
+        for s in self.screens_of(ExploreScreen):  # its summary now says "being built", not "not built"
+            s.refresh_summary()
         self.notify(f"building the dashboards of layers {', '.join(map(str, missing))} in the background "
                     "(ctrl+x cancels; it resumes next launch)", title="Dashboards", timeout=6)
 

@@ -27,8 +27,9 @@ def verdict_cell(h: HeadView) -> Text:
     return Text(f" {label} ", style="bold white on dark_red" if poly else "bold black on green3")
 
 
-HEADS_LEGEND = ("mono / poly: the head's top features (by their share of its decoder norm) are of one kind / of "
-                "several; Nf: N feature families among them. Heads are named layer.head (1.3).")
+HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its decoder norm) have one role / "
+                "several; Nf: N different roles among them (the side panel lists them). Heads are named "
+                "layer.head (1.3).")
 
 
 class HeadsScreen(WorkbenchScreen):
