@@ -14,6 +14,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ATTNSCOPE_CACHE", "off")  # no tokenised corpora written to the home directory by tests
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 TINY_TEXT = (

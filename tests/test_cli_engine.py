@@ -52,7 +52,10 @@ def test_train_then_eval_json(tiny_model_dir, corpus, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--tokens", "0"], "--tokens must be positive"),
+        (["--tokens", "0"], "total_tokens must be positive"),
+        (["--warmup-steps", "-1"], "warmup_steps must be >= 0"),
+        (["--checkpoint-every", "-5"], "checkpoint_every must be >= 0"),
+        (["--resample-every", "-2"], "resample_every must be >= 0"),
         (["--tokens", "100"], "less than one batch"),
         (["--layers", "5"], "outside the model"),
         (["--layers", "x"], "--layers expects"),
@@ -90,7 +93,7 @@ def test_nan_loss_keeps_last_good_checkpoint(tiny_model_dir, corpus, tmp_path, c
     from sae.engine.training import load_checkpoint
 
     state = load_checkpoint(out / "checkpoint.pt")
-    assert all(torch.isfinite(t).all() for t in state["layers"]["1"]["sae"].values())
+    assert all(torch.isfinite(t).all() for t in state["units"]["L1"]["sae"].values())
 
 
 def test_resume_and_rerun_errors(tiny_model_dir, corpus, tmp_path, capsys):
@@ -125,10 +128,11 @@ def test_bench_group_and_train_json(tiny_model_dir, capsys):
         main(["bench", "--help"])
     assert "train" in capsys.readouterr().out
     rc = main(["bench", "train", "--model", str(tiny_model_dir), "--width", "64", "--batch-size", "256", "--steps", "1",
-               "--no-reference", "--json"])
+               "--no-reference", "--process-tokens", "0", "--one-pass", "--json"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
-    run = data["runs"][0]
+    assert [r["architecture"] for r in data["runs"]] == ["standard", "topk"]
+    for run in data["runs"]:
+        assert run["loop_tokens_per_s"] > 0 and run["sae_step"]["fraction_of_matmul"] > 0
     for key in ("model_pass_tokens_per_s", "one_layer", "all_layers_one_pass", "separate_runs", "sae_step"):
-        assert key in run
-    assert run["sae_step"]["fraction_of_matmul"] > 0
+        assert key in data["one_pass"]

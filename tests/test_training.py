@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import torch
 
 from sae.engine.formats import load_sae
+from sae.engine.jobs import Progress
 from sae.engine.training import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -31,22 +34,41 @@ def rows(tiny_model):
     return r
 
 
+@contextmanager
+def count_passes(model) -> Iterator[dict[str, int]]:
+    """Counts the model's forward passes while active."""
+    passes = {"n": 0}
+    original = model.bridge.run_with_hooks
+
+    def counting(*a, **k):
+        passes["n"] += 1
+        return original(*a, **k)
+
+    model.bridge.run_with_hooks = counting
+    try:
+        yield passes
+    finally:
+        del model.bridge.run_with_hooks
+
+
 def cfg(**kw) -> TrainConfig:
-    base = dict(layers=[0], d_sae=64, batch_size=64, context_size=CTX, total_tokens=64 * 12, rows_per_pass=4,
+    base = dict(layers=[0], architecture="standard", normalize_activations="none", d_sae=64, batch_size=64, context_size=CTX, total_tokens=64 * 12, rows_per_pass=4,
                 buffer_batches=4, warmup_steps=3, checkpoint_every=0, log_every=1, lr=3e-3, l1_coeff=0.01)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_training_writes_outputs_and_reduces_loss(tiny_model, rows, tmp_path):
-    events: list[dict] = []
+    events: list[Progress] = []
     saes = train_saes(tiny_model, rows, cfg(total_tokens=64 * 30), tmp_path, on_progress=events.append)
-    steps = [e for e in events if e["event"] == "step"]
-    assert steps[-1]["layers"][0]["mse"] < steps[0]["layers"][0]["mse"]
-    for key in ("loss", "l0", "explained_variance", "dead_fraction"):
-        assert key in steps[-1]["layers"][0]
-    assert steps[-1]["tokens_per_s"] > 0 and "eta_s" in steps[-1]
-    assert events[-1]["event"] == "finished"
+    steps = [e for e in events if e.note == "step"]
+    assert steps[-1].metrics["mse"] < steps[0].metrics["mse"]
+    for key in ("loss", "l0", "explained_variance", "dead_fraction", "lr"):
+        assert key in steps[-1].metrics
+    assert steps[-1].rate > 0 and steps[-1].eta_s is not None
+    assert steps[-1].job == "train" and steps[-1].unit == "tokens" and steps[-1].total == 64 * 30
+    assert steps[-1].stage == "step 30/30" and steps[-1].done == 64 * 30
+    assert events[-1].note == "finished"
     assert (tmp_path / CHECKPOINT_FILE).is_file()
     saved = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert saved["layers"] == [0] and saved["d_sae"] == 64
@@ -57,22 +79,12 @@ def test_training_writes_outputs_and_reduces_loss(tiny_model, rows, tmp_path):
 
 
 def test_many_layers_one_pass_equals_separate_runs(tiny_model, rows, tmp_path):
-    passes = {"n": 0}
-    original = tiny_model.bridge.run_with_hooks
-
-    def counting(*a, **k):
-        passes["n"] += 1
-        return original(*a, **k)
-
-    tiny_model.bridge.run_with_hooks = counting
-    try:
+    with count_passes(tiny_model) as passes:
         both = train_saes(tiny_model, rows, cfg(layers=[0, 2]), tmp_path / "both")
         n_both = passes["n"]
         passes["n"] = 0
         only2 = train_saes(tiny_model, rows, cfg(layers=[2]), tmp_path / "only2")
         n_one = passes["n"]
-    finally:
-        del tiny_model.bridge.run_with_hooks
     assert n_both == n_one  # two layers cost the model passes of one
     # same tokens in the same order: the layer-2 SAE is the same whether trained alone or beside layer 0
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
@@ -84,8 +96,8 @@ def test_resume_ends_with_the_same_weights(tiny_model, rows, tmp_path):
     straight = train_saes(tiny_model, rows, cfg(**c), tmp_path / "a")
     cancel = threading.Event()
 
-    def stop_at_7(info: dict) -> None:
-        if info["event"] == "step" and info["step"] == 7:
+    def stop_at_7(info: Progress) -> None:
+        if info.note == "step" and info.stage == "step 7/16":
             cancel.set()
 
     trainer = Trainer(tiny_model, rows, cfg(**c), tmp_path / "b", on_progress=stop_at_7, cancel=cancel)
@@ -119,24 +131,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model, rows, tmp_pat
         trainer.run()
     state = load_checkpoint(tmp_path / CHECKPOINT_FILE)
     assert state["step"] == 4
-    assert all(torch.isfinite(t).all() for t in state["layers"]["0"]["sae"].values())
+    assert all(torch.isfinite(t).all() for t in state["units"]["L0"]["sae"].values())
     sae = load_sae(tmp_path / "blocks.0.attn.hook_z")
     assert torch.isfinite(sae.W_enc).all()
 
 
 def test_topk_training_keeps_k_active(tiny_model, rows, tmp_path):
-    saes = train_saes(tiny_model, rows, cfg(architecture="topk", k=4, dead_window_steps=2), tmp_path)
+    saes = train_saes(tiny_model, rows, cfg(architecture="topk", k=4, dead_tokens=128), tmp_path)
     x = tiny_model.capture_z(rows[:2], [0])[0].reshape(-1, tiny_model.d_z)
     assert ((saes[0].encode(x) > 0).sum(-1) <= 4).all()
     assert load_sae(tmp_path / "blocks.0.attn.hook_z").cfg.k == 4
 
 
 def test_resampling_happens_during_training(tiny_model, rows, tmp_path):
-    events: list[dict] = []
+    events: list[Progress] = []
     # a huge L1 kills most features; resampling every 4 steps must bring some back
     train_saes(tiny_model, rows, cfg(l1_coeff=50.0, resample_every=4, resample_window=4, total_tokens=64 * 9),
                tmp_path, on_progress=events.append)
-    resampled = [e["layers"][0].get("resampled") for e in events if e["event"] == "step"]
+    resampled = [e.metrics.get("resampled") for e in events if e.note == "step"]
     assert any(r and r > 0 for r in resampled)
 
 

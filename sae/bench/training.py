@@ -15,17 +15,25 @@ from typing import Any
 
 import torch
 
-from sae.engine.training import Trainer, TrainConfig, make_optimizer, remove_parallel_grad, standard_step_grads
+from sae.engine.training import (
+    TrainConfig,
+    Trainer,
+    make_optimizer,
+    remove_parallel_grad,
+    standard_step_grads,
+    topk_step_grads,
+)
 
 
 def random_gpt2_dir(path: Path, n_layer: int, d_model: int, n_head: int, n_ctx: int, vocab: int) -> Path:
     """A GPT-2-architecture model with random weights and a placeholder word-level tokenizer, in HF layout."""
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     words = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, vocab)}}
     tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(path)
     cfg = GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=n_ctx, vocab_size=vocab,
                      bos_token_id=0, eos_token_id=0)
@@ -41,10 +49,10 @@ def _random_rows(model, n_rows: int, context: int, seed: int = 0) -> torch.Tenso
 
 
 def _time_training(model, rows: torch.Tensor, layers: list[int], d_sae: int, batch_size: int, steps: int,
-                   warmup: int, autocast: bool) -> float:
+                   warmup: int, autocast: bool, architecture: str = "standard", k: int = 32) -> float:
     """Seconds for `steps` steady-state training steps (after `warmup` steps), all `layers` in one pass."""
     cfg = TrainConfig(
-        layers=layers, d_sae=d_sae, batch_size=batch_size, context_size=rows.shape[1],
+        layers=layers, architecture=architecture, k=k, d_sae=d_sae, batch_size=batch_size, context_size=rows.shape[1],
         total_tokens=batch_size * (steps + warmup), rows_per_pass=max(1, batch_size // rows.shape[1]),
         buffer_batches=2, warmup_steps=10, checkpoint_every=0, log_every=0, resample_every=0, autocast=autocast,
     )
@@ -82,17 +90,26 @@ def _time_model_pass(model, rows: torch.Tensor, layers: list[int], batch_size: i
     return (time.perf_counter() - t) / reps
 
 
-def sae_step_efficiency(d_in: int, d_sae: int, batch_size: int, device: torch.device, reps: int = 5) -> dict[str, float]:
-    """Achieved FLOP/s of one standard SAE step (5 matmuls of B x d_in x d_sae, plus Adam and the decoder
-    constraint) against a plain matmul of the same shape on the same device."""
+def sae_step_efficiency(d_in: int, d_sae: int, batch_size: int, device: torch.device, reps: int = 5,
+                        architecture: str = "standard", k: int = 32) -> dict[str, float]:
+    """Achieved FLOP/s of one SAE step (the loss and its gradients, Adam, the decoder constraint) against a plain
+    `[B, d_in] x [d_in, d_sae]` matmul on the same device. The step is counted as five such matmuls (what a dense
+    implementation does) for both architectures, so a top-k step that decodes through only its k active rows can
+    score above 1: the fraction is then "dense-equivalent"."""
     from sae.engine.autoencoder import SAE, SAEConfig
 
-    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name="blocks.0.attn.hook_z")).to(device)
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name="blocks.0.attn.hook_z", architecture=architecture,
+                        k=k if architecture == "topk" else None)).to(device)
     opt = make_optimizer(sae, TrainConfig(layers=[0]))
     x = torch.randn(batch_size, d_in, device=device)
+    dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
+    dead[: d_sae // 10] = True  # AuxK at work on a tenth of the latents, as early in a run
 
     def step() -> None:
-        standard_step_grads(sae, x, 1.0)
+        if architecture == "topk":
+            topk_step_grads(sae, x, k, dead, max(1, d_in // 2), 1 / 32)
+        else:
+            standard_step_grads(sae, x, 1.0)
         remove_parallel_grad(sae)
         opt.step()
         sae.set_decoder_norm_to_unit()
@@ -161,29 +178,90 @@ def bench_model(model, d_sae: int, batch_size: int = 4096, steps: int = 6, warmu
     }
 
 
+def reference_model_dir() -> Path:
+    """The SAELens reference shape (a 2-layer 256-wide GPT-2, random weights) in a stable directory, so its
+    tokenised corpus is cached across bench runs like any model's."""
+    from sae.zoo.token_cache import cache_root
+
+    root = cache_root() or Path(tempfile.gettempdir()) / "attnscope"
+    path = root / "bench" / "gpt2-2x256-random-v2"
+    if not (path / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        random_gpt2_dir(path, 2, 256, 4, 128, 2048)
+    return path
+
+
+def reference_corpus(path: Path, tokens: int) -> Path:
+    """A text of `tokens` random words the reference model's word-level tokenizer knows (`t1 t2 ...`), written
+    once beside the model (so its tokenisation is cached like a real corpus's)."""
+    f = path / f"corpus-{tokens}.txt"
+    if not f.is_file():
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 2048, (int(tokens * 1.05) + 1024,), generator=g).tolist()
+        f.write_text("\n".join(" ".join(f"t{i}" for i in ids[j : j + 100]) for j in range(0, len(ids), 100)))
+    return f
+
+
+def time_process(model: str, layer: int, architecture: str, d_sae: int, tokens: int, device: str,
+                 corpus: str = "default") -> dict[str, Any]:
+    """Wall-clock of a whole `attnscope train` process (start-up, model, corpus, training, saving) for `tokens`."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "workbench.main", "train", "--model", model, "--corpus", corpus, "--layers", str(layer),
+               "--architecture", architecture, "--width", str(d_sae), "--tokens", str(tokens), "--device", device,
+               "--checkpoint-every", "0", "--out", str(Path(tmp) / "run"), "--json"]
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - t
+    if done.returncode != 0:
+        return {"seconds": None, "tokens_per_s": None, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    import json
+
+    loop = json.loads(done.stdout).get("tokens_per_s")
+    return {"seconds": seconds, "tokens_per_s": tokens / seconds, "loop_tokens_per_s_reported": loop}
+
+
 def bench_train(model=None, d_sae: int | None = None, batch_size: int = 4096, steps: int = 6,
-                reference: bool = True, device: str = "auto") -> dict[str, Any]:
-    """`attnscope bench train`: the embedded default (or `model`), the SAELens reference shape (a 2-layer
-    256-wide GPT-2, 256 -> 2048 SAE on layer 1), and on CUDA a GPT-2-Small-shaped model under bf16 autocast."""
+                reference: bool = True, device: str = "auto", process_tokens: int = 1_000_000,
+                architectures: tuple[str, ...] = ("standard", "topk"), one_pass: bool = False) -> dict[str, Any]:
+    """`attnscope bench train`: for each architecture and shape (the embedded default's 128 -> 1024 on layer 1;
+    the SAELens reference 256 -> 2048 on layer 1 of a 2-layer 256-wide random GPT-2), the trainer loop's tokens/s
+    (steady state), the whole process's tokens/s over `process_tokens` tokens (start-up included; 0 skips it) and
+    the SAE step's FLOP/s against a plain matmul. `one_pass` adds the all-layers-in-one-pass figures."""
     from sae.engine.models import load_model, resolve_device
     from sae.zoo import load_model as load_default
 
     torch.manual_seed(0)
     dev = resolve_device(device)
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "runs": []}
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "runs": [], "process_tokens": process_tokens}
     if model is None:
         model = load_default("default", device=str(dev))
-    results["runs"].append(bench_model(model, d_sae or 16 * model.d_z, batch_size, steps))
-    with tempfile.TemporaryDirectory() as tmp:
-        if reference:
-            ref = load_model(str(random_gpt2_dir(Path(tmp) / "ref", 2, 256, 4, 128, 2048)), device=str(dev))
-            ref.name = "reference: 2-layer 256-wide GPT-2 (random weights)"
-            r = bench_model(ref, 2048, batch_size, steps, layers=[1])
-            r["saelens_reference_tokens_per_s"] = 8500.0
-            r["vs_saelens"] = r["one_layer"]["tokens_per_s"] / 8500.0
-            results["runs"].append(r)
-        if dev.type == "cuda":
-            big = load_model(str(random_gpt2_dir(Path(tmp) / "gpt2s", 12, 768, 12, 1024, 50257)), device=str(dev))
-            big.name = "GPT-2 Small shape (random weights)"
-            results["runs"].append(bench_model(big, 24576, batch_size, steps, autocast=True))
+        model_spec = "default"
+    else:
+        model_spec = model.name
+    shapes = [(model, model_spec, d_sae or 8 * model.d_z, "default")]
+    if reference:
+        ref_dir = reference_model_dir()
+        ref = load_model(str(ref_dir), device=str(dev))
+        ref.name = "reference: 2-layer 256-wide GPT-2 (random weights)"
+        shapes.append((ref, str(ref_dir), 2048, str(reference_corpus(ref_dir, max(process_tokens, 8192)))))
+    for m, spec, width, corpus in shapes:
+        context = min(128, m.n_ctx)
+        rows = _random_rows(m, max(64, 4 * batch_size // context), context)
+        layer = 1 if m.n_layers > 1 else 0
+        for arch in architectures:
+            t_loop = _time_training(m, rows, [layer], width, batch_size, steps, 2, False, architecture=arch)
+            run = {
+                "model": m.name, "architecture": arch, "layer": layer, "d_in": m.d_z, "d_sae": width,
+                "batch_size": batch_size, "device": str(m.device),
+                "loop_tokens_per_s": batch_size * steps / t_loop,
+                "sae_step": sae_step_efficiency(m.d_z, width, batch_size, m.device, architecture=arch),
+            }
+            if process_tokens > 0:
+                run["process"] = time_process(spec, layer, arch, width, process_tokens, str(dev), corpus)
+            results["runs"].append(run)
+    if one_pass:
+        results["one_pass"] = bench_model(model, d_sae or 8 * model.d_z, batch_size, steps)
     return results

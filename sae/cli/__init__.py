@@ -14,6 +14,7 @@ from sae.engine.errors import AttnscopeError
 # module name -> registers its subcommands with `register(subparsers)`
 COMMAND_MODULES = [
     "train",
+    "cache",
     "evaluate",
     "bench",
     "zoo",
@@ -50,6 +51,7 @@ def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
     parser = build_parser(extra_modules)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for commands that relaunch it
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -8,7 +8,7 @@ import argparse
 import importlib
 from typing import Any
 
-from sae.cli.common import open_model, add_output_flags, console, emit, out, positive_int
+from sae.cli.common import UsageError, add_output_flags, console, emit, open_model, out, positive_int
 
 # modules under sae.cli that add `bench` subcommands (this one adds `bench train`)
 BENCH_MODULES = ["bench", "bench_features", "bench_workbench"]
@@ -37,18 +37,27 @@ def _no_sub(p: argparse.ArgumentParser) -> int:
 def register_bench(bench_sub: Any) -> None:
     p = bench_sub.add_parser(
         "train",
-        help="SAE-training tokens/s: one layer, all layers in one pass, separate runs; SAE-step FLOP/s",
-        description="SAE-training throughput on this machine for the embedded default (or --model): one layer, all "
-        "layers from one model pass, the same layers as separate runs; the SAE step's FLOP/s as a fraction of a "
-        "plain matmul of the same shape; the SAELens reference shape (2-layer 256-wide GPT-2, 256 -> 2048); on "
-        "CUDA a GPT-2-Small-shaped model under bf16 autocast.",
+        help="SAE-training tokens/s per architecture and shape: trainer loop, whole process, SAE-step FLOP/s",
+        description="For each architecture (standard, topk) and shape (the embedded default, 128 -> 1024; a 2-layer "
+        "256-wide random GPT-2, 256 -> 2048, SAELens's reference shape): tokens/s of the trainer loop (steady "
+        "state), tokens/s of a whole `attnscope train` process over --process-tokens tokens (start-up, model, "
+        "corpus and saving included; the tokenised corpus is cached on disk, so run it twice to see a warm "
+        "start), and the SAE step's FLOP/s as a fraction of a plain matmul of the same shape.",
     )
     p.add_argument("--model", default="default", help="HF name or local dir (default: the embedded default)")
-    p.add_argument("--width", type=positive_int, default=None, help="d_sae (default 16 x d_in)")
+    p.add_argument("--width", type=positive_int, default=None, help="d_sae of the first shape (default 8 x d_in)")
     p.add_argument("--batch-size", type=positive_int, default=4096)
-    p.add_argument("--steps", type=positive_int, default=6, help="timed steps per measurement (default 6)")
-    p.add_argument("--no-reference", action="store_true", help="skip the SAELens reference shape")
+    p.add_argument("--steps", type=positive_int, default=6, help="timed loop steps per measurement (default 6)")
+    p.add_argument("--process-tokens", type=int, default=1_000_000,
+                   help="tokens of each whole-process run (default 1,000,000; 0 skips them)")
+    p.add_argument("--architectures", default="standard,topk", help="comma list (default standard,topk)")
+    p.add_argument("--no-reference", action="store_true", help="skip the 256 -> 2048 reference shape")
+    p.add_argument("--one-pass", action="store_true", help="also time all layers in one pass vs separate runs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--nproc", type=positive_int, default=None,
+                   help="instead: data-parallel scaling, whole `attnscope train --nproc n` runs of --process-tokens "
+                   "tokens for n = 1, 2, 4, ..., N (the first of --architectures, layer 1, --width), tokens/s and "
+                   "efficiency against one process")
     add_output_flags(p)
     p.set_defaults(func=run_train)
 
@@ -56,31 +65,74 @@ def register_bench(bench_sub: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from sae.bench.training import bench_train
 
+    archs = tuple(a.strip() for a in args.architectures.split(",") if a.strip())
+    bad = [a for a in archs if a not in ("standard", "topk")]
+    if bad or not archs:
+        raise UsageError(f"--architectures takes standard and/or topk, got {args.architectures!r}")
+    if args.nproc:
+        return run_scaling(args, archs[0])
     model = open_model(args.model, args.device)
-    console.print("benchmarking SAE training (this takes a minute or two)...")
-    data = bench_train(model, d_sae=args.width, batch_size=args.batch_size, steps=args.steps,
-                       reference=not args.no_reference, device=args.device)
+    console.print("benchmarking SAE training (minutes: whole-process runs included; --process-tokens 0 skips them)...")
+    data = bench_train(model if args.model != "default" else None, d_sae=args.width, batch_size=args.batch_size,
+                       steps=args.steps, reference=not args.no_reference, device=args.device,
+                       process_tokens=args.process_tokens, architectures=archs, one_pass=args.one_pass)
     emit(args, data, _markdown, _pretty)
     return 0
+
+
+def run_scaling(args: argparse.Namespace, architecture: str) -> int:
+    from sae.bench.scaling import bench_scaling
+    from sae.engine.distributed import DistributedError, check_launch
+
+    try:
+        check_launch(args.nproc, args.device)
+    except DistributedError as exc:
+        raise UsageError(str(exc)) from None
+    if args.process_tokens < args.batch_size:
+        raise UsageError(f"--process-tokens ({args.process_tokens}) is less than one batch of {args.batch_size}")
+    model = open_model(args.model, "cpu")
+    layer = 1 if model.n_layers > 1 else 0
+    width = args.width or 8 * model.d_z
+    del model
+    console.print(f"data-parallel scaling up to {args.nproc} processes ({args.process_tokens:,} tokens per run)...")
+    data = bench_scaling(args.model, "default", layer, architecture, width, args.process_tokens, args.batch_size,
+                         args.nproc, args.device)
+    emit(args, data, _scaling_markdown, None)
+    return 0
+
+
+def _scaling_markdown(data: dict) -> str:
+    lines = [f"data-parallel scaling: {data['model']} layer {data['layer']}, {data['architecture']} -> {data['d_sae']}, "
+             f"global batch {data['batch_size']:,}, {data['tokens']:,} tokens per run ({data['device']})", "",
+             "| processes | trainer loop tokens/s | whole run (s) | efficiency |", "|---|---|---|---|"]
+    for r in data["scaling"]:
+        tps = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else f"failed: {r.get('error', '')}"
+        eff = f"{r['efficiency']:.2f}" if r.get("efficiency") is not None else "–"
+        lines.append(f"| {r['nproc']} | {tps} | {r['seconds']:.1f} | {eff} |")
+    return "\n".join(lines)
 
 
 def _rows(data: dict) -> list[tuple[str, str]]:
     rows = []
     for r in data["runs"]:
-        head = f"{r['model']} ({r['d_in']} -> {r['d_sae']}, {r['device']}{', bf16' if r['autocast_bf16'] else ''})"
-        rows.append((head, ""))
-        rows.append(("  model pass (all layers)", f"{r['model_pass_tokens_per_s']:,.0f} tokens/s"))
-        rows.append((f"  one layer (L{r['one_layer']['layer']})", f"{r['one_layer']['tokens_per_s']:,.0f} tokens/s"))
-        a, s = r["all_layers_one_pass"], r["separate_runs"]
-        rows.append((f"  layers {a['layers']} in one pass", f"{a['tokens_per_s']:,.0f} tokens/s ({a['seconds']:.2f} s)"))
-        if s["tokens_per_s"]:
-            rows.append(("  same layers as separate runs", f"{s['tokens_per_s']:,.0f} tokens/s ({s['seconds']:.2f} s)"))
-        rows.append(("  one pass / (one model pass + SAE steps)", f"{r['one_pass_over_bound']:.2f}"))
+        rows.append((f"{r['model']} L{r['layer']}: {r['architecture']} {r['d_in']} -> {r['d_sae']} ({r['device']})", ""))
+        rows.append(("  trainer loop", f"{r['loop_tokens_per_s']:,.0f} tokens/s"))
+        proc = r.get("process")
+        if proc:
+            if proc.get("tokens_per_s"):
+                rows.append((f"  whole process ({data['process_tokens']:,} tokens)",
+                             f"{proc['tokens_per_s']:,.0f} tokens/s ({proc['seconds']:.1f} s)"))
+            else:
+                rows.append(("  whole process", f"failed: {proc.get('error', '')}"))
         e = r["sae_step"]
-        rows.append(("  SAE step FLOP/s vs plain matmul",
+        rows.append(("  SAE step FLOP/s vs plain matmul (dense-equivalent)",
                      f"{e['step_gflops']:.1f} / {e['matmul_gflops']:.1f} GFLOP/s = {e['fraction_of_matmul']:.2f}"))
-        if "vs_saelens" in r:
-            rows.append(("  vs SAELens 6.54 (8.5k tokens/s)", f"{r['vs_saelens']:.2f}x"))
+    op = data.get("one_pass")
+    if op:
+        a, s = op["all_layers_one_pass"], op["separate_runs"]
+        rows.append((f"{op['model']}: layers {a['layers']} in one pass", f"{a['tokens_per_s']:,.0f} tokens/s"))
+        if s["tokens_per_s"]:
+            rows.append(("  same layers as separate runs", f"{s['tokens_per_s']:,.0f} tokens/s"))
     return rows
 
 

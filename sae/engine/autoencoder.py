@@ -9,17 +9,105 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-ARCHITECTURES = ("standard", "topk", "jumprelu")
+
+
 # SAELens 6's normalize_activations modes. `expected_average_only_in` is a training-time scaling that SAELens folds
 # into the weights before saving (and `load_from_disk` treats as identity); the two run-time modes act on every
 # input row, as SAELens's `run_time_activation_norm_fn_in/out` do.
 NORMALIZE_MODES = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 RUNTIME_NORMS = ("constant_norm_rescale", "layer_norm")
+
+# ---- architectures: one class each, in a registry --------------------------------------------------------------
+
+
+class Architecture:
+    """What distinguishes one SAE architecture from another: its activation function, how it is initialised and
+    (when trainable) its training loss. Pure functions of tensors; the shapes are in each signature."""
+
+    name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False
+    sparsity_param: ClassVar[str] = ""  # the TrainConfig field that sets its sparsity ("l1_coeff", "k")
+
+    @staticmethod
+    def activation(pre: torch.Tensor, cfg: "SAEConfig", threshold: torch.Tensor | None) -> torch.Tensor:
+        """`pre [..., d_sae]` -> feature activations `[..., d_sae]`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def init(sae: "SAE") -> None:
+        """Initial weights; the default is the paper's (independent Kaiming-uniform W_enc and W_dec, decoder rows at
+        unit norm, zero biases)."""
+        nn.init.kaiming_uniform_(sae.W_enc, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(sae.W_dec, a=math.sqrt(5))
+        with torch.no_grad():
+            sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+
+
+class Standard(Architecture):
+    """ReLU SAE trained with an L1 penalty (the paper's recipe)."""
+
+    name = "standard"
+    trainable = True
+    sparsity_param = "l1_coeff"
+
+    @staticmethod
+    def activation(pre: torch.Tensor, cfg: "SAEConfig", threshold: torch.Tensor | None) -> torch.Tensor:
+        return torch.relu(pre)
+
+
+class TopK(Architecture):
+    """Keeps the k largest pre-activations (ReLU of them), zeroes the rest (Gao et al. 2024)."""
+
+    name = "topk"
+    trainable = True
+    sparsity_param = "k"
+
+    @staticmethod
+    def activation(pre: torch.Tensor, cfg: "SAEConfig", threshold: torch.Tensor | None) -> torch.Tensor:
+        vals, idx = pre.topk(int(cfg.k), dim=-1)
+        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+    @staticmethod
+    def init(sae: "SAE") -> None:
+        """Gao et al.: decoder rows random at unit norm, the encoder their transpose, zero biases. Every latent
+        then starts able to fire on the direction it writes, so fewer die in the first steps."""
+        nn.init.kaiming_uniform_(sae.W_dec, a=math.sqrt(5))
+        with torch.no_grad():
+            sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+
+
+class JumpReLU(Architecture):
+    """`f = relu(pre) * (pre > threshold)`, as Gemma Scope writes it (never negative, even for a negative
+    threshold); loaded, not trained here."""
+
+    name = "jumprelu"
+
+    @staticmethod
+    def activation(pre: torch.Tensor, cfg: "SAEConfig", threshold: torch.Tensor | None) -> torch.Tensor:
+        return torch.relu(pre) * (pre > threshold).to(pre.dtype)
+
+
+REGISTRY: dict[str, type[Architecture]] = {a.name: a for a in (Standard, TopK, JumpReLU)}
+ARCHITECTURES = tuple(REGISTRY)
+TRAINABLE = tuple(name for name, a in REGISTRY.items() if a.trainable)
+
+
+def architecture(name: str) -> type[Architecture]:
+    """The registered class for `name`; ValueError naming the choices otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown SAE architecture {name!r}; expected one of {ARCHITECTURES}") from None
 
 
 @dataclass
@@ -41,8 +129,7 @@ class SAEConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # training hyperparameters, eval metrics, provenance
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown SAE architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        architecture(self.architecture)
         if self.d_in <= 0 or self.d_sae <= 0:
             raise ValueError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae})")
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
@@ -95,14 +182,13 @@ class SAE(nn.Module):
         if init:
             self.reset_parameters()
 
+    @property
+    def arch(self) -> type[Architecture]:
+        return REGISTRY[self.cfg.architecture]
+
     def reset_parameters(self) -> None:
-        """The paper's init: independent Kaiming-uniform W_enc and W_dec, decoder rows at unit norm, zero biases."""
-        nn.init.kaiming_uniform_(self.W_enc, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(self.W_dec, a=math.sqrt(5))
-        with torch.no_grad():
-            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            self.b_enc.zero_()
-            self.b_dec.zero_()
+        """The architecture's init (`Architecture.init`)."""
+        self.arch.init(self)
 
     # ---- shapes ---------------------------------------------------------------------------------------
 
@@ -151,15 +237,8 @@ class SAE(nn.Module):
         return x @ self.W_enc + self.b_enc
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        arch = self.cfg.architecture
-        if arch == "standard":
-            return torch.relu(pre)
-        if arch == "topk":
-            vals, idx = pre.topk(int(self.cfg.k), dim=-1)
-            return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-        # jumprelu, as Gemma Scope writes it: relu(pre) where pre > threshold; never negative, even for a
-        # negative threshold
-        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        """`pre [..., d_sae]` -> `f [..., d_sae]` by the architecture's activation function."""
+        return self.arch.activation(pre, self.cfg, self.threshold)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations `[..., d_sae]`."""
@@ -210,3 +289,24 @@ class SAE(nn.Module):
     @torch.no_grad()
     def set_decoder_norm_to_unit(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+@torch.no_grad()
+def fold_input_scale(sae: SAE, scale: float) -> SAE:
+    """Make an SAE trained on `scale * x` read raw `x` (in place; returns it).
+
+    With `s = scale > 0`: the trained SAE gives `pre = (s x - b_dec) W_enc + b_enc` and `x_hat_scaled`. Dividing
+    `b_enc`, `b_dec` (and a JumpReLU threshold) by `s` gives `pre' = pre / s`, so the same latents are selected
+    (ReLU and top-k commute with a positive scale), `f' = f / s`, and `x_hat' = f' W_dec + b_dec / s =
+    x_hat_scaled / s`: the reconstruction in raw units, with the decoder rows untouched (still unit norm) and
+    each activation equal to its latent's contribution in raw z. `normalize_activations` becomes "none".
+    """
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"activation scale must be a positive number, got {scale}")
+    if scale != 1.0:
+        sae.b_enc.div_(scale)
+        sae.b_dec.div_(scale)
+        if sae.threshold is not None:
+            sae.threshold.div_(scale)
+    sae.cfg.normalize_activations = "none"
+    return sae

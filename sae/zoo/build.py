@@ -65,7 +65,8 @@ def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
         k=SAE_K,
         lr=SAE_LR,
         warmup_steps=100,
-        dead_window_steps=100,
+        dead_tokens=100 * 4096,
+        normalize_activations="none",
         total_tokens=tokens,
         resample_every=400,
         resample_window=200,
@@ -88,12 +89,12 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
     cfg = default_sae_config(list(range(model.n_layers)), tokens)
     last = [0.0]
 
-    def progress(info: dict) -> None:
+    def progress(info) -> None:  # sae.engine.jobs.Progress
         import time
 
         if time.time() - last[0] > 30:
             last[0] = time.time()
-            log(str({k: v for k, v in info.items() if k != "layers"}) + " " + str(info.get("layers", ""))[:400])
+            log(f"{info.stage} {info.done:,.0f}/{info.total:,.0f} tokens {info.note} " + str(dict(info.metrics))[:400])
 
     resume = resume and (out_dir / "saes" / "checkpoint.pt").exists()
     train_saes(model, rows, cfg, out_dir / "saes", on_progress=progress, resume=resume)

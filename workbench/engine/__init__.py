@@ -13,6 +13,7 @@ from workbench.engine.views import (
     EngineInfo,
     ExampleView,
     ExperimentView,
+    FormField,
     HeadFeatureView,
     HeadsView,
     HeadView,
@@ -22,6 +23,7 @@ from workbench.engine.views import (
     SourceView,
     TraceNodeView,
     TraceView,
+    train_form_fields,
 )
 from workbench.engine.worker import Cancelled, EngineError, JobHandle, Reporter, StaleRequest, Worker, one_line
 
@@ -29,5 +31,5 @@ __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
     "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates",
+    "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
 ]

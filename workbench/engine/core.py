@@ -301,28 +301,21 @@ class Engine:
 
         def job(rep: Reporter) -> Any:
             from sae.engine import training
-            from sae.engine.activations import pack_tokens
-            from sae.zoo import corpus_texts
+            from sae.zoo.token_cache import cached_token_rows
 
             model = self._need_model()
-            # short interactive runs: warm-up and the dead-latent window scale with the run's length
-            steps = max(1, int(form.get("total_tokens", 0)) // max(1, int(form.get("batch_size", 4096))))
-            schedule = {"warmup_steps": min(1000, max(1, steps // 10)),
-                        "dead_window_steps": min(1000, max(10, steps // 4))}
+            # everything not in the form (warm-up, dead window, resampling) is TrainConfig's default, scaled to the run
             cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
-                                       context_size=min(128, model.n_ctx), **{**schedule, **form})
+                                       **{"context_size": min(128, model.n_ctx), **form})
+            rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
             try:
-                texts = corpus_texts(corpus, "train")
+                rows = cached_token_rows(model, corpus, cfg.context_size, split="train", max_rows=rows_needed)
             except OSError as exc:
                 raise EngineError(one_line(exc)) from exc
-            rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
-            rows = pack_tokens(texts, model.encode, cfg.context_size, model.bos_token_id,
-                               eos_id=getattr(model.tokenizer, "eos_token_id", None), max_rows=rows_needed)
             if rows.shape[0] == 0:
                 raise EngineError(f"corpus {corpus!r} is too small for one {cfg.context_size}-token row")
             rep.progress(Progress("train", 0, cfg.total_tokens, unit="tokens", stage=f"step 0/{cfg.total_steps}",
                                   note="tokens ready"))
-            # the trainer reports Progress (or, before its move to the job protocol, a dict: Reporter reads both)
             return training.train_saes(model, rows, cfg, out_dir, on_progress=rep.progress,
                                        cancel=rep.cancel, resume=resume, device=model.device)
 

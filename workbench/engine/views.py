@@ -312,3 +312,32 @@ def experiment_view(out: dict[str, Any], experiment: str, n: int) -> ExperimentV
         layer=layer if isinstance(layer, int) else None, summary=summary, records=records,
         sort_key=numeric[0] if numeric else None, fields=fields, raw=out,
     )
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One `TrainConfig` field as a form shows it: name, label, one-line help, default as text, kind, choices."""
+
+    name: str
+    label: str
+    help: str
+    default: str
+    kind: str
+    choices: tuple[str, ...] = ()
+
+
+def train_form_fields(names: list[str]) -> dict[str, FormField]:
+    """The training form's fields, read from `TrainConfig` (the one home of training defaults and help)."""
+    from dataclasses import fields as dc_fields
+
+    from sae.engine.train_config import TrainConfig, field_default
+
+    out: dict[str, FormField] = {}
+    for f in dc_fields(TrainConfig):
+        if f.name in names:
+            d = field_default(f.name)
+            text = "" if d is None or d == [] else f"{d:g}" if isinstance(d, float) else str(d)
+            out[f.name] = FormField(f.name, f.name.replace("_", " "), f.metadata.get("help", ""), text,
+                                    f.metadata.get("kind", ""), tuple(f.metadata.get("choices", ())))
+    return out
+

@@ -12,7 +12,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual import on
 from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import one_line
+from workbench.engine import one_line, train_form_fields
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFinished, JobProgress, JobStarted
 from workbench.screens.base import NavBar, StatusLine
@@ -20,6 +20,10 @@ from workbench.screens.jobs import JobScreen
 from workbench.widgets.sparklines import MetricSpark, spark_text
 
 METRICS = [("loss", "{:.4g}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("dead_fraction", "{:.2%}")]
+
+# the form's TrainConfig fields: labels, help (tooltips) and defaults come from TrainConfig itself
+FORM_FIELDS = train_form_fields(["layers", "architecture", "d_sae", "l1_coeff", "k", "total_tokens", "batch_size"])
+SPARSITY = {"topk": "k", "standard": "l1_coeff"}
 
 
 def format_eta(seconds: float | None) -> str:
@@ -95,18 +99,25 @@ class TrainingScreen(JobScreen):
         yield NavBar(self.MODE)
         with Horizontal(id="train-body"):
             with Grid(id="train-form"):
+                F = FORM_FIELDS
+                arch = F["architecture"]
                 yield Label("layers")
-                yield Input("0", id="tr-layers", compact=True)
-                yield Label("architecture")
-                yield Select([("standard (L1)", "standard"), ("topk", "topk")], value="topk", allow_blank=False, id="tr-arch", compact=True)
+                yield Input("0", id="tr-layers", compact=True, tooltip=F["layers"].help)
+                yield Label(arch.label)
+                yield Select([(c, c) for c in arch.choices], value=arch.default, allow_blank=False, id="tr-arch",
+                             compact=True, tooltip=arch.help)
                 yield Label("width (d_sae)")
-                yield Input("1024", id="tr-width", type="integer", compact=True)
+                yield Input(F["d_sae"].default, id="tr-width", type="integer", compact=True,
+                            placeholder="8 x d_in", tooltip=F["d_sae"].help)
+                sp = F[SPARSITY[arch.default]]
                 yield Label("L1 coeff / k")
-                yield Input("24", id="tr-sparsity", compact=True)
+                yield Input(sp.default, id="tr-sparsity", compact=True, tooltip=sp.help)
                 yield Label("tokens")
-                yield Input("400000", id="tr-tokens", type="integer", compact=True)
+                yield Input(F["total_tokens"].default, id="tr-tokens", type="integer", compact=True,
+                            tooltip=F["total_tokens"].help)
                 yield Label("batch")
-                yield Input("1024", id="tr-batch", type="integer", compact=True)
+                yield Input(F["batch_size"].default, id="tr-batch", type="integer", compact=True,
+                            tooltip=F["batch_size"].help)
                 yield Label("corpus")
                 yield Input("default", id="tr-corpus", compact=True)
                 yield Label("output dir")
@@ -133,6 +144,8 @@ class TrainingScreen(JobScreen):
         values: dict[str, Any] = {"layers": layers, "architecture": arch}
         for key, wid in (("d_sae", "tr-width"), ("total_tokens", "tr-tokens"), ("batch_size", "tr-batch")):
             text = get(wid)
+            if key == "d_sae" and not text:
+                continue  # TrainConfig's default: expansion x d_in
             if not text.isdigit() or int(text) <= 0:
                 raise ValueError(f"{key} must be a whole number > 0, got {text!r}")
             values[key] = int(text)
@@ -155,7 +168,7 @@ class TrainingScreen(JobScreen):
     def arch_changed(self, event: Select.Changed) -> None:
         """Swap the sparsity field between the two architectures' defaults unless the user typed their own."""
         field = self.query_one("#tr-sparsity", Input)
-        defaults = {"topk": "24", "standard": "1.0"}
+        defaults = {arch: FORM_FIELDS[name].default for arch, name in SPARSITY.items()}
         if field.value in defaults.values():
             field.value = defaults.get(str(event.value), field.value)
 

@@ -1,0 +1,208 @@
+"""The maths of one training step: losses and hand-written gradients for each trainable architecture.
+
+Both architectures keep decoder rows at unit norm: the gradient component parallel to each row is removed before
+the Adam step and the rows are renormalised after it (the paper's recipe; Gao et al. do the same for top-k). With
+unit rows a feature's activation is its contribution's norm, so top-k compares latents fairly and L1 cannot be
+gamed by growing the decoder.
+
+Shapes: x `[B, d_in]`, pre / f `[B, d_sae]`, top-k indices and values `[B, k]`, x_hat `[B, d_in]`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from sae.engine.autoencoder import SAE
+
+# Top-k decoding through only the k active rows (sparse CSR matmuls) rather than a dense [B, d_sae] x [d_sae, d_in]
+# product. Both give the same numbers (tests/test_train_steps.py); which is faster is measured by `bench train`.
+SPARSE_TOPK = True
+torch.sparse.check_sparse_tensor_invariants.disable()  # built here, valid by construction; silences the warning
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+
+def encoder_bias(sae: SAE) -> torch.Tensor:
+    """`[d_sae]`: `b_enc - b_dec @ W_enc` (the pre-encoder b_dec folded into the encoder bias)."""
+    return sae.b_enc - sae.b_dec @ sae.W_enc if sae.cfg.apply_b_dec_to_input else sae.b_enc
+
+
+def sae_forward_train(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Differentiable forward for autograd training (autocast): `(pre [B, d_sae], f [B, d_sae], x_hat [B, d_in])`."""
+    pre = torch.addmm(encoder_bias(sae), x, sae.W_enc)
+    f = sae.activation(pre)
+    x_hat = torch.addmm(sae.b_dec, f, sae.W_dec)
+    return pre, f, x_hat
+
+
+def standard_loss(x: torch.Tensor, f: torch.Tensor, x_hat: torch.Tensor, l1_coeff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(loss, mse, l1)`: mse = sum over d_in of (x_hat - x)^2, mean over batch; l1 = mean over batch of sum_i |f_i|."""
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    l1 = f.abs().sum(-1).mean()
+    return mse + l1_coeff * l1, mse, l1
+
+
+def topk_aux_loss(
+    sae: SAE, x: torch.Tensor, pre: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor, aux_k: int
+) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the `aux_k` largest pre-activations among the `dead [d_sae]` latents (ReLU) decode
+    the residual `x - x_hat` (detached), no decoder bias; summed squared error over d_in, mean over batch, scaled
+    by min(1, n_dead / aux_k) as SAELens does. Zero when nothing is dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    kk = min(aux_k, n_dead)
+    vals, idx = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
+    f_aux = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    resid = (x - x_hat).detach()
+    return min(1.0, n_dead / aux_k) * (f_aux @ sae.W_dec - resid).pow(2).sum(-1).mean()
+
+
+@torch.no_grad()
+def remove_parallel_grad(sae: SAE) -> None:
+    """Remove from each decoder row's gradient its component along that (unit-norm) row."""
+    g, w = sae.W_dec.grad, sae.W_dec
+    if g is not None:
+        g.sub_((g * w).sum(-1, keepdim=True) * w)
+
+
+# ---- standard: hand-written backward -------------------------------------------------------------------------
+
+
+def _set_grads(sae: SAE, g_W_enc, g_W_dec, g_b_enc, g_b_dec) -> None:
+    if sae.cfg.apply_b_dec_to_input:  # pre = (x - b_dec) @ W_enc + b_enc
+        g_W_enc.addr_(sae.b_dec, g_b_enc, alpha=-1.0)
+        g_b_dec -= sae.W_enc @ g_b_enc
+    for p, g in ((sae.W_enc, g_W_enc), (sae.W_dec, g_W_dec), (sae.b_enc, g_b_enc), (sae.b_dec, g_b_dec)):
+        p.grad = g
+
+
+@torch.no_grad()
+def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> dict[str, torch.Tensor]:
+    """The standard SAE's loss and gradients written out by hand (fp32), filling `.grad` of every parameter.
+
+    Same loss as `standard_loss` on `sae_forward_train`, without autograd's bookkeeping: five matmuls and four
+    passes over the `[B, d_sae]` activations. Returns `{"loss", "mse", "aux", "fired" [d_sae], "x_hat"}`.
+    """
+    n = x.shape[0]
+    W_enc, W_dec = sae.W_enc, sae.W_dec
+    f = torch.addmm(encoder_bias(sae), x, W_enc).relu_()  # [B, d_sae]
+    x_hat = torch.addmm(sae.b_dec, f, W_dec)  # [B, d_in]
+    err = x_hat - x
+    mse = err.pow(2).sum() / n
+    l1 = f.sum() / n  # f >= 0, so |f| = f
+    d_xhat = err.mul_(2.0 / n)  # d loss / d x_hat
+    g_W_dec = f.T @ d_xhat
+    g_b_dec = d_xhat.sum(0)
+    active = f > 0
+    # d loss / d pre = (d_xhat @ W_dec^T + l1/n) where pre > 0, else 0
+    d_pre = torch.addmm(d_xhat.new_full((1,), l1_coeff / n), d_xhat, W_dec.T).mul_(active)
+    g_W_enc = x.T @ d_pre
+    g_b_enc = d_pre.sum(0)
+    _set_grads(sae, g_W_enc, g_W_dec, g_b_enc, g_b_dec)
+    return {"loss": mse + l1_coeff * l1, "mse": mse, "aux": l1, "fired": active.sum(0, dtype=torch.float32),
+            "x_hat": x_hat}
+
+
+# ---- top-k: hand-written backward through the k active rows --------------------------------------------------
+
+
+def _csr(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
+    """`[B, d_sae]` sparse CSR matrix with `vals [B, k]` at columns `idx [B, k]`."""
+    b, k = idx.shape
+    crow = torch.arange(0, b * k + 1, k, device=idx.device, dtype=torch.int64)
+    return torch.sparse_csr_tensor(crow, idx.reshape(-1), vals.reshape(-1), (b, d_sae))
+
+
+def _csr_t(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
+    """The transpose `[d_sae, B]` of `_csr(idx, vals)`, built directly as CSR (entries sorted by latent)."""
+    b, k = idx.shape
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    rows = torch.arange(b, device=idx.device).repeat_interleave(k)[order]
+    counts = torch.bincount(flat, minlength=d_sae)
+    crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=idx.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, rows, vals.reshape(-1)[order], (d_sae, b))
+
+
+def decode_rows(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """`sum_j vals[b, j] * W_dec[idx[b, j]]` -> `[B, d_in]` (no bias)."""
+    if sparse:
+        return _csr(idx, vals, W_dec.shape[0]) @ W_dec
+    return torch.zeros(idx.shape[0], W_dec.shape[0], dtype=vals.dtype, device=vals.device).scatter_add_(1, idx, vals) @ W_dec
+
+
+def rows_dot(d_out: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """`[B, k]`: `d_out[b] . W_dec[idx[b, j]]` (the gradient reaching each active value). A dense
+    `[B, d_in] x [d_in, d_sae]` product then a gather: on CPU it beat gathering the k rows (`W_dec[idx]` + `bmm`)
+    about 5x at 4096 x 128 -> 1024, k 32, so both modes use it (`sparse` is kept for symmetry)."""
+    return (d_out @ W_dec.T).gather(1, idx)
+
+
+def scatter_outer(idx: torch.Tensor, vals: torch.Tensor, rhs: torch.Tensor, d_sae: int, sparse: bool) -> torch.Tensor:
+    """`[d_sae, d]`: `sum_b sum_j e_{idx[b, j]} vals[b, j] rhs[b]^T` (= f^T @ rhs with f holding `vals` at `idx`)."""
+    if sparse:
+        return _csr_t(idx, vals, d_sae) @ rhs
+    f = torch.zeros(idx.shape[0], d_sae, dtype=vals.dtype, device=vals.device).scatter_add_(1, idx, vals)
+    return f.T @ rhs
+
+
+@torch.no_grad()
+def topk_step_grads(
+    sae: SAE, x: torch.Tensor, k: int, dead: torch.Tensor | None, aux_k: int, aux_coeff: float,
+    sparse: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """The top-k SAE's loss `mse + aux_coeff * AuxK` and its gradients by hand, filling `.grad`.
+
+    Same loss as `sae_forward_train` + `topk_aux_loss` under autograd. Only the encoder's forward is a dense
+    `[B, d_in] x [d_in, d_sae]` matmul; decoding, the decoder's gradient and the encoder's gradient go through
+    the k (and aux_k) active rows. `dead [d_sae]` marks the latents AuxK may use (None: no AuxK).
+    Returns `{"loss", "mse", "aux", "fired" [d_sae], "x_hat" [B, d_in]}`.
+    """
+    sparse = SPARSE_TOPK if sparse is None else sparse
+    n, d_sae = x.shape[0], sae.cfg.d_sae
+    W_enc, W_dec = sae.W_enc, sae.W_dec
+    pre = torch.addmm(encoder_bias(sae), x, W_enc)  # [B, d_sae]
+    vals, idx = pre.topk(k, dim=-1)  # [B, k]
+    a = vals.relu()
+    x_hat = decode_rows(a, idx, W_dec, sparse).add_(sae.b_dec)
+    err = x_hat - x
+    mse = err.pow(2).sum() / n
+    d_xhat = err * (2.0 / n)
+    d_a = rows_dot(d_xhat, idx, W_dec, sparse).mul_(vals > 0)  # [B, k]
+    g_b_dec = d_xhat.sum(0)
+    fired = torch.bincount(idx[vals > 0], minlength=d_sae).float()
+    sel_idx, sel_grad = [idx], [d_a]
+    aux = x.new_zeros(())
+    n_dead = int(dead.sum()) if dead is not None else 0
+    if n_dead:
+        # AuxK works on the dead columns only: [B, n_dead] pre-activations, decoder rows W_dec[dead]
+        kk = min(aux_k, n_dead)
+        scale = min(1.0, n_dead / aux_k)
+        dead_idx = dead.nonzero().flatten()
+        pre_d = pre.index_select(1, dead_idx)  # [B, n_dead]
+        W_d = W_dec.index_select(0, dead_idx)  # [n_dead, d_in]
+        if kk < n_dead:
+            av, local = pre_d.topk(kk, dim=-1)
+        else:
+            av, local = pre_d, torch.arange(n_dead, device=x.device).expand(n, -1)
+        aa = av.relu()
+        ai = dead_idx[local]  # [B, kk] latent ids
+        e_err = decode_rows(aa, local, W_d, sparse).add_(err)  # e_hat - (x - x_hat) = e_hat + err
+        aux = scale * e_err.pow(2).sum() / n
+        d_ehat = e_err.mul_(2.0 * aux_coeff * scale / n)
+        d_aa = rows_dot(d_ehat, local, W_d, sparse).mul_(av > 0)
+        sel_idx.append(ai)
+        sel_grad.append(d_aa)
+    g_W_dec = scatter_outer(idx, a, d_xhat, d_sae, sparse)
+    if n_dead:
+        g_W_dec += scatter_outer(ai, aa, d_ehat, d_sae, sparse)
+    all_idx, all_grad = torch.cat(sel_idx, 1), torch.cat(sel_grad, 1)
+    g_W_enc = scatter_outer(all_idx, all_grad, x, d_sae, sparse).T
+    g_b_enc = torch.zeros(d_sae, dtype=x.dtype, device=x.device)
+    for i_, g_ in zip(sel_idx, sel_grad):
+        g_b_enc.index_add_(0, i_.reshape(-1), g_.reshape(-1))
+    _set_grads(sae, g_W_enc.contiguous(), g_W_dec, g_b_enc, g_b_dec)
+    return {"loss": mse + aux_coeff * aux, "mse": mse, "aux": aux, "fired": fired, "x_hat": x_hat}
