@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from sae.engine.jobs import Progress
 from workbench.findings import FindingsStore
 from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, shade_levels, visible_token
-from workbench_pilot import PROMPT, settle, type_prompt
+from workbench_pilot import PROMPT, settle, slow_job, type_prompt
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -177,15 +175,7 @@ async def test_keys_are_handled_while_a_long_job_runs(app):
         import threading
 
         started, release = threading.Event(), threading.Event()
-
-        def slow(rep):
-            started.set()
-            while not release.is_set():
-                time.sleep(0.005)
-                rep.progress(Progress("slow", 0, 0, note="working"))
-            return "ok"
-
-        handle = app.engine.start_job("slow", slow, app.post_message)
+        handle = app.engine.start_job("slow", slow_job(started, release, 0.005), app.post_message)
         await settle(pilot, lambda: started.is_set())
         # switching screens, typing and running a prompt all work while the job holds the worker thread
         await pilot.press("3", "1")

@@ -21,22 +21,11 @@ from workbench.app import WorkbenchApp
 from workbench.engine import Engine, TraceNodeView
 from workbench.findings import Finding, FindingsStore
 from workbench.widgets.heatmap import CELL, Heatmap, HeatmapData
-from workbench_pilot import settle, type_prompt
+from workbench_pilot import settle, slow_job, type_prompt
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def slow_job(started: threading.Event, release: threading.Event):
-    def run(rep):
-        started.set()
-        while not release.is_set():
-            time.sleep(0.01)
-            rep.progress(Progress("slow", 0, 0, note="working"))
-        return "ok"
-
-    return run
 
 
 def env() -> dict[str, str]:
