@@ -120,3 +120,30 @@ def rows(tiny_model) -> torch.Tensor:
     r = torch.randint(1, tiny_model.d_vocab, (48, 16), generator=g)
     r[:, 0] = tiny_model.bos_token_id
     return r
+
+
+# ---- the workbench's pilot tests ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """Findings and dashboards in a tmp dir (workbench tests: `pytestmark = pytest.mark.usefixtures("data_dir")`)."""
+    d = tmp_path / "data"
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(d))
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    return d
+
+
+@pytest.fixture
+def saes(tiny_model):
+    """Random SAEs for the tiny model's layers 0 and 1."""
+    return {0: random_sae(tiny_model, 0, d_sae=48, seed=1), 1: random_sae(tiny_model, 1, d_sae=48, seed=2)}
+
+
+@pytest.fixture
+def app(tiny_model, saes):
+    """The workbench on the tiny model and `saes`, starting on layer 1."""
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+
+    return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)

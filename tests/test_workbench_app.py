@@ -2,54 +2,16 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_sae
 
-from sae.engine.jobs import Progress
-from workbench.app import WorkbenchApp
-from workbench.engine import Engine
 from workbench.findings import FindingsStore
-from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, shade_levels
+from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, shade_levels, visible_token
+from workbench_pilot import PROMPT, settle, slow_job, type_prompt
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
-    d = tmp_path / "data"
-    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(d))
-    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    return d
-
-
-@pytest.fixture
-def saes(tiny_model):
-    return {0: random_sae(tiny_model, 0, d_sae=48, seed=1), 1: random_sae(tiny_model, 1, d_sae=48, seed=2)}
-
-
-@pytest.fixture
-def app(tiny_model, saes):
-    return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
-
-
-async def settle(pilot, cond, timeout: float = 20.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)
-
-
-async def type_prompt(pilot, app, text: str = PROMPT) -> None:
-    await pilot.click("#prompt") if False else None
-    app.screen.query_one("#prompt").focus()
-    app.screen.query_one("#prompt").value = text
-    await pilot.press("enter")
-    await settle(pilot, lambda: app.screen.result is not None and app.screen.result.tokens)
+pytestmark = pytest.mark.usefixtures("data_dir")
 
 
 # ---- the heatmap on its own (synthetic data) --------------------------------------------------------------
@@ -63,9 +25,11 @@ def test_shade_levels_are_relative_to_each_column_peak():
 
 
 def test_escape_token_makes_control_characters_visible():
-    assert escape_token("\n") == "\\n"
-    assert escape_token(" def\t") == " def\\t"
+    assert escape_token("\n") == "↵"
+    assert escape_token(" def\t") == " def⇥"
     assert escape_token("\x01[red]") == "\\x01[red]"  # markup-like text is drawn as is (Line API, no markup)
+    assert visible_token(" the\n") == "␣the↵"  # a token on its own shows its spaces too
+    assert visible_token("") == "∅"
 
 
 async def test_heatmap_cursor_walks_cells_and_draws_tokens(tiny_model, saes):
@@ -211,15 +175,7 @@ async def test_keys_are_handled_while_a_long_job_runs(app):
         import threading
 
         started, release = threading.Event(), threading.Event()
-
-        def slow(rep):
-            started.set()
-            while not release.is_set():
-                time.sleep(0.005)
-                rep.progress(Progress("slow", 0, 0, note="working"))
-            return "ok"
-
-        handle = app.engine.start_job("slow", slow, app.post_message)
+        handle = app.engine.start_job("slow", slow_job(started, release, 0.005), app.post_message)
         await settle(pilot, lambda: started.is_set())
         # switching screens, typing and running a prompt all work while the job holds the worker thread
         await pilot.press("3", "1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from conftest import TINY_TEXT, random_sae
@@ -13,6 +12,7 @@ from workbench.engine import Engine
 from workbench.findings import FindingsStore
 from workbench.screens.modals import AskScreen
 from workbench.screens.study import StudyScreen
+from workbench_pilot import settle
 
 
 @pytest.fixture
@@ -32,14 +32,6 @@ def study_env(tiny_model, tmp_path, monkeypatch):
         stats = feature_stats(dashboard_dir(tiny_model, sae, layer))
         live[layer] = (stats["n_fire"] > 0).nonzero().flatten().tolist()
     return saes, live, tmp_path
-
-
-async def settle(pilot, cond, timeout: float = 30.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.02)
 
 
 def _app(tiny_model, saes, tmp_path) -> WorkbenchApp:

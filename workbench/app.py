@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import TypeVar
 
 from textual.app import App
 from textual.binding import Binding
+from textual.widgets import Input
 
 from workbench.commands import WorkbenchCommands
 from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
-from workbench.findings import ExportError, FindingsStore, export_markdown, write_export
-from workbench.messages import FindingPinned, JobFailed
+from workbench.figures import export_report
+from workbench.findings import ExportError, FindingsStore
+from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
 from workbench.screens.base import SCREENS, WorkbenchScreen
 from workbench.screens.explore import ExploreScreen
 from workbench.screens.feature import FeatureScreen
@@ -26,12 +30,24 @@ from workbench.screens.training import TrainingScreen
 S = TypeVar("S", bound=WorkbenchScreen)
 STUDY_KEY = "8"
 
+AUTO_BUILD_DELAY_S = 3.0
+KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
+             "comma": ",", "full_stop": ".", "escape": "esc", "enter": "enter"}
+HELP_WORDS = {"cancel_job": "cancel the running job (shown in the job line above the footer)",
+              "back": "leave a text field, close a panel, or go back to the previous screen",
+              "quit": "quit (running jobs stop cleanly first; press twice to quit at once)"}
+
+
+def key_label(key: str) -> str:
+    """A binding's key as the user types it: '[' not 'left_square_bracket'; 'escape,q' -> 'esc q'."""
+    return " ".join(KEY_NAMES.get(k.strip(), k.strip()) for k in key.split(","))
+
 
 class WorkbenchApp(App):
     """attnscope's terminal workbench. Every action has a key; Ctrl+P finds features, layers, screens, SAEs."""
 
     TITLE = "attnscope"
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
     MODES = {
         "explore": ExploreScreen,
@@ -48,6 +64,8 @@ class WorkbenchApp(App):
         Binding("p", "pin", "Pin", show=True),
         Binding("e", "export", "Export", show=True),
         Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
+        Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
+        Binding("escape", "back", "Back", show=False),
         *[Binding(key, f"switch_mode('{mode}')", label, show=False) for mode, key, label in SCREENS],
         Binding(STUDY_KEY, "switch_mode('study')", "", show=False),  # not in the nav line: a side screen
     ]
@@ -59,8 +77,13 @@ class WorkbenchApp(App):
         start_layer: int | None = None,
         start_prompt: str = "",
         export_default: str = "attnscope-findings.md",
+        auto_build: bool = False,
     ) -> None:
         super().__init__()
+        self.auto_build = auto_build  # build missing dashboards in the background once the engine is open
+        self._auto_built = False
+        self._quit_at: float | None = None  # when the first ctrl+q asked the jobs to stop
+        self.mode_history: list[str] = []
         self.engine = engine
         self.findings = findings if findings is not None else FindingsStore()
         self.start_layer = start_layer
@@ -82,14 +105,163 @@ class WorkbenchApp(App):
 
     def engine_ready(self, info: EngineInfo) -> None:
         self.sub_title = f"{info.model} · SAEs {info.saes}"
+        if self.auto_build and not self._auto_built:
+            # after the first heatmap (explore calls `start_auto_build`), or after a few idle seconds: the first
+            # prompt must not wait behind the build's set-up
+            self.set_timer(AUTO_BUILD_DELAY_S, lambda: self.start_auto_build(0.0))
+
+    def start_auto_build(self, delay_s: float = AUTO_BUILD_DELAY_S) -> None:
+        """Start the first-launch build `delay_s` from now (once): the first cells the user walks stay instant."""
+        if self.auto_build and not self._auto_built:
+            self._auto_built = True
+            self.set_timer(max(delay_s, 0.01),
+                           lambda: self.run_worker(self._build_missing_dashboards(), group="auto-build"))
+
+    async def _build_missing_dashboards(self) -> None:
+        """First launch: build the dashboards the open SAEs lack, behind the user's own jobs; cancellable from
+        the job indicator (ctrl+x) and resumed on the next launch."""
+        try:
+            missing = await self.engine.missing_dashboards()
+        except Exception as exc:  # noqa: BLE001 - a failed look-up only skips the convenience
+            self.notify(f"could not check the dashboards: {one_line(exc)}", severity="warning")
+            return
+        if not missing:
+            return
+        try:
+            self.engine.build_dashboards(missing, post=self.post_message, background=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. the user already started the same build
+            self.log(f"auto-build skipped: {one_line(exc)}")
+            return
+        for s in self.screens_of(ExploreScreen):  # its summary now says "being built", not "not built"
+            s.refresh_summary()
+        self.notify(f"building the dashboards of layers {', '.join(map(str, missing))} in the background "
+                    "(ctrl+x cancels; it resumes next launch)", title="Dashboards", timeout=6)
+
+    def on_job_finished(self, message: JobFinished) -> None:
+        """A job the app started (the first-launch dashboard build): show its results where they are read."""
+        if message.kind == "dashboards":
+            self.notify("dashboards built", title="Dashboards")
+            self.dashboards_changed()
+
+    def on_job_cancelled(self, message: JobCancelled) -> None:
+        if message.kind == "dashboards":
+            self.notify("dashboard build stopped; the scan so far is kept and resumes next time", title="Dashboards")
+
+    def dashboards_changed(self) -> None:
+        from workbench.screens.explore import ExploreScreen as _Explore
+
+        for s in self.screens_of(FeatureScreen):
+            if s.sae_layer is not None and s.feature is not None:
+                s.load(s.sae_layer, s.feature)
+        for s in self.screens_of(_Explore):
+            s.refresh_summary()
+        for s in self.screens_of(HeadsScreen):
+            s.action_run()
+
+    # ---- actions the command palette offers ----------------------------------------------------------
+
+    def run_action_build(self, layers: list[int]) -> None:
+        """Build dashboards (from the palette); refused when the same build already runs or waits."""
+        try:
+            h = self.engine.build_dashboards(layers, post=self.post_message)
+        except Exception as exc:  # noqa: BLE001 - a duplicate or a missing SAE is a notification
+            self.notify(one_line(exc), title="Dashboards", severity="warning")
+            return
+        self.notify(f"{h.label}: {'building' if h.state == 'running' else 'queued'} (ctrl+x cancels)", title="Dashboards")
+
+    def action_trace_cell(self) -> None:
+        explore = next(iter(self.screens_of(ExploreScreen)), None)
+        if explore is None or explore.selected_cell() is None:
+            self.notify("no heatmap cell chosen yet: type a prompt on screen 1", severity="warning")
+            return
+        explore.action_trace()
+
+    def run_screen_action(self, mode: str, action: str) -> None:
+        """Go to a screen and press its key (run an experiment, start training)."""
+        self.switch_mode(mode)
+
+        def press() -> None:
+            screen = self.screen
+            getattr(screen, f"action_{action}")()
+
+        self.call_after_refresh(press)
+
+    # ---- jobs and quitting ----------------------------------------------------------------------------
+
+    def action_cancel_job(self) -> None:
+        """Cancel the running job (or, with none running, the first waiting one)."""
+        jobs = self.engine.worker.jobs()
+        live = [h for h in jobs if not h.cancelled]
+        if not live:
+            self.notify("no job is running")
+            return
+        live[0].cancel()
+        self.notify(f"stopping {live[0].label} after its current batch", title="Jobs")
+
+    async def action_quit(self) -> None:
+        """Quit. Running jobs are cancelled and waited for (a training run saves its checkpoint, a dashboard
+        build its scan); a second ctrl+q within 5 s quits without waiting (exit status 130)."""
+        now = time.monotonic()
+        if self._quit_at is not None and now - self._quit_at < 5.0:
+            self.exit(return_code=130)
+            return
+        handles = self.engine.worker.cancel_all()
+        if not handles:
+            self.exit()
+            return
+        self._quit_at = now
+        names = ", ".join(h.label for h in handles)
+        self.notify(f"stopping {names} before quitting (a training run saves its checkpoint) · ctrl+q again quits at once",
+                    title="Quitting", timeout=10)
+
+        async def wait_then_exit() -> None:
+            # polled, not waited on in a thread: an executor thread would hold the process after a forced quit
+            while not all(h.done.is_set() for h in handles):
+                await asyncio.sleep(0.05)
+            self.exit()
+
+        self.run_worker(wait_then_exit(), group="quit", exclusive=True)
+
+    # ---- going back -----------------------------------------------------------------------------------
+
+    def _watch_mode_history(self, mode: str) -> None:
+        if not self.mode_history or self.mode_history[-1] != mode:
+            self.mode_history.append(mode)
+            del self.mode_history[:-20]
+
+    def switch_mode(self, mode: str):  # type: ignore[override]
+        self._watch_mode_history(mode)
+        return super().switch_mode(mode)
+
+    def action_back(self) -> None:
+        """Escape: leave a text field first; then close a screen's open panel (`back()`); then go back to the
+        previous screen (explore at the start)."""
+        if isinstance(self.focused, Input):
+            screen = self.screen
+            main = screen.main_widget() if isinstance(screen, WorkbenchScreen) else None
+            self.set_focus(main)
+            return
+        screen = self.screen
+        if isinstance(screen, WorkbenchScreen) and screen.back():
+            return
+        if len(self.mode_history) >= 2:
+            self.mode_history.pop()
+            previous = self.mode_history.pop()
+            self.switch_mode(previous)
+        elif self.current_mode != "explore":
+            self.switch_mode("explore")
 
     # ---- navigation -----------------------------------------------------------------------------------
 
-    def show_feature(self, layer: int, feature: int) -> None:
+    def show_feature(self, layer: int, feature: int, pos: int | None = None, trace: bool = False) -> None:
+        """Open a feature's dashboard; `pos` is the explore prompt's token it was chosen at (what `t` traces),
+        and `trace` starts the trace at once."""
         self.switch_mode("feature")
         screen = self.screen
         if isinstance(screen, FeatureScreen):
-            screen.load(layer, feature)
+            screen.load(layer, feature, pos=pos)
+            if trace:
+                screen.action_trace()
 
     def set_layer(self, layer: int) -> None:
         self.switch_mode("explore")
@@ -100,14 +272,19 @@ class WorkbenchApp(App):
 
     def action_help(self) -> None:
         rows: list[tuple[str, str]] = []
+        seen: set[str] = set()
         screen = self.screen
         for source in (screen, self):
             for b in getattr(source, "BINDINGS", []):
-                if isinstance(b, Binding) and b.description:
-                    rows.append((b.key_display or b.key.replace("_", " "), b.description))
+                if not isinstance(b, Binding) or not b.description or b.action.startswith("switch_mode"):
+                    continue
+                key = key_label(b.key_display or b.key)
+                if key not in seen:  # a screen's own binding hides the app's for the same key
+                    seen.add(key)
+                    rows.append((key, HELP_WORDS.get(b.action, b.description)))
         for mode, key, label in SCREENS:
             rows.append((key, f"{label} screen"))
-        rows.append(("ctrl+p", "command palette: features, layers, screens, SAE directories"))
+        rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories"))
         about = screen.help_about() if isinstance(screen, WorkbenchScreen) else ""
         self.push_screen(HelpScreen(getattr(screen, "MODE", "") or "workbench", rows, about))
 
@@ -139,7 +316,7 @@ class WorkbenchApp(App):
     def action_export(self) -> None:
         def check(path: str) -> str | None:
             try:
-                written = write_export(path, export_markdown(self.findings.findings))
+                written = export_report(path, self.findings.findings)
             except ExportError as exc:
                 return str(exc)
             self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
@@ -185,4 +362,4 @@ class WorkbenchApp(App):
         self.notify(message.error, title=f"{message.kind} failed", severity="error", timeout=8)
 
     def export_to(self, path: str | Path) -> Path:
-        return write_export(path, export_markdown(self.findings.findings))
+        return export_report(path, self.findings.findings)

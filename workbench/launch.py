@@ -94,22 +94,66 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from workbench.findings import FindingsStore, export_markdown, export_replaces, write_export
+    from workbench.figures import export_report
+    from workbench.findings import FindingsStore, export_replaces
 
     store = FindingsStore()
     if store.error:  # a damaged findings file: say so and stop; the file stays where it is
         raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
     replaced = export_replaces(args.out)
-    path = write_export(args.out, export_markdown(store.findings, title=args.title))
+    path = export_report(args.out, store.findings, title=args.title)
     print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
 
-def run_app(args: argparse.Namespace) -> int:
-    from workbench.app import WorkbenchApp
+def check_terminal() -> None:
+    """The workbench draws on a terminal; without one (`attnscope </dev/null`, a pipe) say so and stop."""
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        which = "stdin" if not sys.stdin.isatty() else "stdout"
+        raise UsageError(f"the workbench needs a terminal, but {which} is not one; "
+                         "run it in a terminal, or use a command (attnscope --help lists them)")
+
+
+def open_engine(args: argparse.Namespace):  # -> workbench.engine.Engine
+    """Load the model and SAEs before the TUI opens, so bad flags are one line and exit 2 (a missing model is a
+    model error, SAEs that will not load an SAE error)."""
+    import asyncio
+
     from workbench.engine import Engine
 
     engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
-    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=args.prompt)
-    app.run()
-    return 0
+    print(f"attnscope: loading {args.model} model and {args.saes} SAEs ...", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(engine.open())
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def run_and_close(app, headless: bool = False) -> int:  # app: workbench.app.WorkbenchApp
+    """Run the app, then stop the engine's worker thread. Quitting waited for the jobs (see `action_quit`); after
+    a forced quit a torch call may still be running, and letting the interpreter tear down under it aborts the
+    process (`terminate called without an active exception`), so then the process ends at once, cleanly."""
+    import os
+
+    try:
+        app.run(headless=headless)
+    finally:
+        code = app.return_code or 0
+        stopped = app.engine.worker.close(timeout=2.0 if code == 130 else 30.0)
+    if not stopped:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 130)
+    return code
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from workbench.app import WorkbenchApp
+
+    check_terminal()
+    engine = open_engine(args)
+    auto = args.saes == "default" and args.model == "default"  # first launch: build the default's dashboards
+    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=args.prompt, auto_build=auto)
+    return run_and_close(app)

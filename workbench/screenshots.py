@@ -21,7 +21,35 @@ async def _until(pilot: Any, cond: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeout: float = 120.0) -> list[Path]:
+async def _run_prompt(pilot: Any, prompt: str, timeout: float) -> Any:
+    """Wait for the engine, type `prompt` on the explore screen and wait for its heatmap; returns the screen."""
+    app = pilot.app
+    await _until(pilot, lambda: app.engine.info is not None, timeout)
+    explore = app.screen
+    explore.query_one("#prompt").value = prompt
+    explore.query_one("#prompt").focus()
+    await pilot.press("enter")
+    await _until(pilot, lambda: explore.result is not None, timeout)
+    return explore
+
+
+async def capture_first_run(app: Any, out: Path, size: tuple[int, int], prompt: str, timeout: float = 120.0) -> Path:
+    """The first launch on a fresh machine: no dashboards yet, so the app builds them in the background (the job
+    line above the footer) while the heatmap answers; written as `out/00-first-run.svg`."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "00-first-run.svg"
+    async with app.run_test(size=size) as pilot:
+        await _run_prompt(pilot, prompt, timeout)
+        await _until(pilot, lambda: any(h.state == "running" and h.last is not None and h.last.done > 0
+                                        for h in app.engine.worker.jobs()), timeout)
+        await pilot.pause(0.5)
+        app.save_screenshot(filename=path.name, path=str(out))
+        app.engine.worker.cancel_all()
+        await _until(pilot, lambda: not app.engine.worker.jobs(), timeout)
+    return path
+
+
+async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeout: float = 300.0) -> list[Path]:
     """Walk `app` through its screens and write `out/NN-name.svg`; returns the paths written."""
     from workbench.widgets.heatmap import Heatmap
 
@@ -34,12 +62,7 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         paths.append(path)
 
     async with app.run_test(size=size) as pilot:
-        await _until(pilot, lambda: app.engine.info is not None, timeout)
-        explore = app.screen
-        explore.query_one("#prompt").value = prompt
-        explore.query_one("#prompt").focus()
-        await pilot.press("enter")
-        await _until(pilot, lambda: explore.result is not None, timeout)
+        explore = await _run_prompt(pilot, prompt, timeout)
         await pilot.press("down", "down", "down", "down", "right")
         await _until(pilot, lambda: explore.detail is not None and explore.detail.pos == 4, timeout)
         await pilot.pause(0.3)
@@ -55,14 +78,12 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         await pilot.press("3")
         await _until(pilot, lambda: app.screen.query_one("#heads-status").message != "surveying heads ...", timeout)
         shot("heads")
-        await pilot.press("4")
-        app.screen.query_one("#ind-n").value = "8"
+        await pilot.press("4")  # the experiments run at their default N
         await pilot.press("r")
         await _until(pilot, lambda: app.screen.job is not None and not app.screen.job.running, timeout)
         await pilot.pause(0.2)
         shot("induction")
         await pilot.press("5")
-        app.screen.query_one("#ioi-n").value = "8"
         await pilot.press("r")
         await _until(pilot, lambda: app.screen.job is not None and not app.screen.job.running, timeout)
         await pilot.pause(0.2)
@@ -76,7 +97,7 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         await pilot.press("7")
         await pilot.pause(0.3)
         shot("findings")
-        await pilot.press("question_mark")
+        await pilot.press("1", "question_mark")
         await pilot.pause(0.2)
         shot("help")
         await pilot.press("escape")
@@ -114,11 +135,23 @@ def write_screenshots(
     from workbench.engine import Engine
     from workbench.findings import FindingsStore
 
-    _ensure_dashboards(model, saes, device)
+    os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    prompt = prompt or DEFAULT_PROMPT
     with tempfile.TemporaryDirectory() as tmp:
-        store = FindingsStore(Path(tmp))
-        os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+        store = FindingsStore(Path(tmp) / "findings")
+        # first run: an empty dashboard cache, as on a fresh machine
+        saved = os.environ.get("ATTNSCOPE_CACHE_DIR")
+        os.environ["ATTNSCOPE_CACHE_DIR"] = str(Path(tmp) / "cache")
+        try:
+            first = WorkbenchApp(Engine(model, saes, device=device), findings=store, auto_build=True)
+            first_path = asyncio.run(capture_first_run(first, Path(out), size, prompt))
+        finally:
+            if saved is None:
+                os.environ.pop("ATTNSCOPE_CACHE_DIR", None)
+            else:
+                os.environ["ATTNSCOPE_CACHE_DIR"] = saved
+        _ensure_dashboards(model, saes, device)
         engine = Engine(model, saes, device=device)
         engine.labels_path = Path(tmp) / "labels.json"  # the study screen's example label stays out of the user's file
         app = WorkbenchApp(engine, findings=store)
-        return asyncio.run(capture(app, Path(out), size, prompt or DEFAULT_PROMPT))
+        return [first_path, *asyncio.run(capture(app, Path(out), size, prompt))]

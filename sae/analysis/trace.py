@@ -199,11 +199,11 @@ def feature_children(ctx: TraceContext, layer: int, feature: int, pos: int, coef
     nodes = []
     for h in range(per.shape[0]):
         sources = [
-            TraceNode(kind="head_source", label=f"L{layer}H{h} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
+            TraceNode(kind="head_source", label=f"head {layer}.{h} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
                       layer=layer, head=h, pos=pos, src=s, feature=feature)
             for s in range(pos + 1)
         ]
-        nodes.append(TraceNode(kind="head", label=f"L{layer}H{h}", value=float(per[h].sum()), layer=layer, head=h,
+        nodes.append(TraceNode(kind="head", label=f"head {layer}.{h}", value=float(per[h].sum()), layer=layer, head=h,
                                pos=pos, feature=feature, children=sources))
     bias = float(sae.encoder_bias_total[feature]) * coeff
     nodes.append(TraceNode(kind="enc_bias", label=f"L{layer} SAE encoder bias", value=bias, layer=layer, feature=feature))

@@ -143,7 +143,7 @@ def _markdown(data: dict) -> str:
 
 
 def _pretty(data: dict) -> None:
-    from rich.table import Table
+    from sae.cli.common import FitTable as Table
 
     t = Table(title=f"bench train ({data['threads']} threads)")
     t.add_column("measurement")

@@ -87,7 +87,7 @@ def _md(d: dict) -> str:
 
 
 def _pretty(d: dict) -> None:
-    from rich.table import Table
+    from sae.cli.common import FitTable as Table
 
     t = Table(header_style="bold")
     t.add_column("measure")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,6 +27,42 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
+
+
+_NUMBER = re.compile(r"^[\s+\-−]?[\d.,]+(e[+-]?\d+)?%?\s*$|^[+\-]?(nan|inf)$", re.IGNORECASE)
+
+
+def _cell_text(cell: Any) -> str:
+    return cell.plain if hasattr(cell, "plain") else str(cell)
+
+
+class FitTable(Table):
+    """A rich `Table` that never ellipsizes a number: in a narrow terminal a column of numbers keeps the width of
+    its longest number (its header wraps instead), and text columns fold onto more lines. Every CLI table is one
+    of these (`from sae.cli.common import FitTable as Table`)."""
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        from rich import box
+
+        need = 0
+        for i, col in enumerate(self.columns):
+            cells = [_cell_text(c) for c in col._cells]  # noqa: SLF001 - rich keeps a column's cells there
+            words = [w for c in cells for w in c.split()]
+            numeric = i > 0 and cells and all(_NUMBER.match(c) or not c.strip() for c in cells)
+            col.overflow = "fold"
+            if numeric:
+                col.no_wrap = True
+                col.min_width = max(len(c) for c in cells)
+            else:  # at least its longest word (a head name, a token) up to 16 cells
+                col.min_width = min(max((len(w) for w in words), default=1), 16)
+            need += col.min_width + 3
+        if need + 1 > options.max_width:  # too narrow for boxes: one space between columns, a rule under the header
+            self.box = box.SIMPLE_HEAD
+            self.padding = (0, 1)
+            self.collapse_padding = True
+            self.pad_edge = False
+            self.show_edge = False
+        yield from super().__rich_console__(console, options)
 
 
 class UsageError(AttnscopeError):
@@ -85,11 +123,9 @@ def tables_markdown(head: str, tables: Tables) -> str:
 
 def print_tables(head: str, tables: Tables, bold_row: Callable[[list[str]], bool] = lambda row: False) -> None:
     """The same tables as rich tables on stdout; the first two columns left-aligned, the rest right."""
-    from rich.table import Table
-
     out.print(head)
     for title, cols, rows in tables:
-        t = Table(title=title, title_justify="left")
+        t = FitTable(title=title, title_justify="left")
         for i, c in enumerate(cols):
             t.add_column(c, justify="left" if i < 2 else "right")
         for row in rows:

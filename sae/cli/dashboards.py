@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.markup import escape
 from rich.panel import Panel
-from rich.table import Table
+from sae.cli.common import FitTable as Table
 from rich.text import Text
 
 from sae.cli.common import UsageError, add_model_flags, job_progress, add_output_flags, console, emit, out, positive_int
@@ -219,7 +219,7 @@ def markdown(b: dict) -> str:
     lines = [f"## Layer {b['layer']} feature {b['feature']} ({b['model']})", "",
              f"density {b['density']:.3g} over {b['n_tokens']:,} tokens · mean act when firing {b['mean_act']:.3g} · "
              f"max act {b['max_act']:.3g}", "",
-             "**head shares of the decoder norm:** " + ", ".join(f"H{i} {s:.0%}" for i, s in enumerate(b["head_shares"])),
+             "**head shares of the decoder norm:** " + ", ".join(f"{b['layer']}.{i} {s:.0%}" for i, s in enumerate(b["head_shares"])),
              "", f"**activation histogram (log scale):** `{_hist_line(b['histogram'])}`", "", "### Top examples", ""]
     lines.append(md_table(["act", "context"], [[e["act"], _context_md(e)] for e in b["top"]]))
     lines += ["", "### Quantile samples", ""]
@@ -238,7 +238,7 @@ def markdown(b: dict) -> str:
             srcs = ", ".join(f"{show_token(t)} {v:+.3g}" for t, v in zip(x["src_tokens"], x["dfa_src"]))
             lines.append(f"- example {x['example']}: pre-act {x['pre_act']:.3g} = sources [{srcs}] + earlier "
                          f"{x['dfa_earlier']:+.3g} + bias {x['dfa_bias']:+.3g}; heads "
-                         + ", ".join(f"H{i} {v:+.3g}" for i, v in enumerate(x["dfa_heads"])))
+                         + ", ".join(f"{b['layer']}.{i} {v:+.3g}" for i, v in enumerate(x["dfa_heads"])))
     return "\n".join(lines)
 
 
@@ -260,7 +260,7 @@ def pretty(b: dict) -> None:
     head = Text.assemble(
         (f"L{b['layer']} F{b['feature']}", "bold cyan"), f"  {b['model']}\n",
         f"density {b['density']:.3g} over {b['n_tokens']:,} tokens · mean act {b['mean_act']:.3g} · max {b['max_act']:.3g}\n",
-        "heads: ", ", ".join(f"H{i} {s:.0%}" for i, s in enumerate(b["head_shares"])), "\n",
+        "heads: ", ", ".join(f"{b['layer']}.{i} {s:.0%}" for i, s in enumerate(b["head_shares"])), "\n",
         f"histogram: {_hist_line(b['histogram'])}",
     )
     out.print(Panel(head, title="feature", expand=False))

@@ -108,7 +108,7 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def _pretty(rows: list[dict]) -> None:
-    from rich.table import Table
+    from sae.cli.common import FitTable as Table
 
     t = Table(title="SAE evaluation")
     for c, _ in COLUMNS:

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
+from sae.cli.common import FitTable as Table
 from rich.text import Text
 
 from sae.cli.common import add_model_flags, add_output_flags, emit, out, positive_int

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
+from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, emit, out, positive_int
 
@@ -122,7 +122,7 @@ def _rows(d: dict) -> list[list[Any]]:
             h = max(range(len(heads)), key=lambda i: heads[i]) if heads else 0
             src = f["dfa_src"]
             s = max(range(len(src)), key=lambda i: src[i]) if src else 0
-            rows.append([p["pos"], show_token(p["token"]), f["id"], f["act"], f["pre_act"], f"H{h} {heads[h]:+.3g}",
+            rows.append([p["pos"], show_token(p["token"]), f["id"], f["act"], f["pre_act"], f"{d['layer']}.{h} {heads[h]:+.3g}",
                          f"{s} {show_token(d['tokens'][s])} {src[s]:+.3g}"])
     return rows
 

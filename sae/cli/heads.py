@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
+from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
 from sae.cli.features import md_table, non_negative_int

@@ -496,7 +496,7 @@ def _markdown(data: dict) -> str:
 
 
 def _pretty(data: dict) -> None:
-    from rich.table import Table
+    from sae.cli.common import FitTable as Table
 
     if data.get("sweep"):
         t = Table(title=f"sparsity sweep: {_head(data)} (means over layers, held-out tokens)")

@@ -176,9 +176,21 @@ class LoadedModel:
         return torch.tensor([ids], dtype=torch.long, device=self.device), truncated
 
     def token_strs(self, tokens: torch.Tensor | Iterable[int]) -> list[str]:
-        """One display string per token id (byte-level BPE pieces decoded one at a time)."""
+        """One display string per token id (byte-level BPE pieces decoded one at a time). A piece holding part of
+        a multi-byte character shows its stray bytes as `<0xE2>` instead of `�`."""
         ids = tokens.flatten().tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-        return [self.tokenizer.decode([i]) for i in ids]
+        out = []
+        for i in ids:
+            text = self.tokenizer.decode([i])
+            out.append(self._byte_piece(i) if "\ufffd" in text else text)
+        return out
+
+    def _byte_piece(self, token_id: int) -> str:
+        raw = self.tokenizer.convert_ids_to_tokens(token_id)
+        inverse = _byte_level_inverse()
+        if isinstance(raw, str) and raw and all(ch in inverse for ch in raw):
+            return bytes_text(bytes(inverse[ch] for ch in raw))
+        return str(raw)
 
     # ---- forward passes -------------------------------------------------------------------------------
 
@@ -382,3 +394,38 @@ def load_model(
         ) from exc
     bridge.eval()
     return LoadedModel(bridge=bridge, name=display_name or name, device=dev, dtype=dt)
+
+
+def bytes_text(b: bytes) -> str:
+    """UTF-8 text of `b`, with each byte that is not part of a whole character written as `<0xE2>`."""
+    out, i = [], 0
+    while i < len(b):
+        for n in (1, 2, 3, 4):
+            try:
+                out.append(b[i:i + n].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            i += n
+            break
+        else:
+            out.append(f"<0x{b[i]:02X}>")
+            i += 1
+    return "".join(out)
+
+
+_INVERSE: dict[str, int] = {}
+
+
+def _byte_level_inverse() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (`bytes_to_unicode`) read backwards: printable stand-in -> byte."""
+    if not _INVERSE:
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        _INVERSE.update({chr(c): b for b, c in zip(bs, cs)})
+    return _INVERSE

@@ -7,6 +7,7 @@ through unchanged: the screens show them inline. "default" (model, SAEs, corpus)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -79,8 +80,9 @@ class Engine:
     async def call(self, fn: Callable[..., T], *args: Any, channel: str | None = None, **kwargs: Any) -> T:
         return await self.worker.call(fn, *args, channel=channel, **kwargs)
 
-    def start_job(self, kind: str, fn: Callable[[Reporter], Any], post: Post) -> JobHandle:
-        return self.worker.start_job(kind, fn, post)
+    def start_job(self, kind: str, fn: Callable[[Reporter], Any], post: Post, label: str = "", key: str = "",
+                  background: bool = False) -> JobHandle:
+        return self.worker.start_job(kind, fn, post, label=label, key=key, background=background)
 
     def _describe(self) -> EngineInfo:
         m = self._model
@@ -278,7 +280,7 @@ class Engine:
             return induction.synthetic_induction(model, n=n, seq_len=min(128, model.n_ctx), seed=seed,
                                                  on_progress=rep.progress, cancel=rep.cancel)
 
-        return self.start_job("induction", job, post)
+        return self.start_job("induction", job, post, label="induction experiment", key="induction")
 
     def run_ioi(self, experiment: str, n: int, layer: int | None, post: Post, seed: int = 0) -> JobHandle:
         """One IOI experiment (sae.experiments.ioi) on a fresh held-out dataset; the result is an `ExperimentView`."""
@@ -292,7 +294,7 @@ class Engine:
                                      cancel=rep.cancel)
             return experiment_view(out, experiment, n)
 
-        return self.start_job("ioi", job, post)
+        return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
         """Train SAEs on the open model (sae.engine.training.train_saes); the result is `{layer: SAE}`."""
@@ -317,18 +319,48 @@ class Engine:
             return training.train_saes(model, rows, cfg, out_dir, on_progress=rep.progress,
                                        cancel=rep.cancel, resume=resume, device=model.device)
 
-        return self.start_job("train", job, post)
+        return self.start_job("train", job, post, label="training", key="train")
 
-    def build_dashboards(self, layer: int, post: Post) -> JobHandle:
-        """Scan held-out text once and store every feature's dashboard (sae.analysis.dashboards)."""
+    def build_dashboards(self, layer: int | list[int], post: Post, background: bool = False) -> JobHandle:
+        """Scan held-out text once and store every feature's dashboard (sae.analysis.dashboards.build_layers),
+        for one layer or several from one scan. Cancelling keeps the scan; building again resumes it. The result
+        is `{layer: BuildResult}`."""
+        layers = [layer] if isinstance(layer, int) else sorted(layer)
+        name = f"layer {layers[0]}" if len(layers) == 1 else "layers " + ",".join(map(str, layers))
 
         def job(rep: Reporter) -> Any:
             from sae.analysis import dashboards as dash
             from sae.zoo import corpus_texts
 
-            spec = dash.DashboardSpec()
-            return dash.build_dashboards(self._need_model(), self._sae(layer), layer, spec,
-                                         docs=lambda: corpus_texts(spec.corpus, "heldout"),
-                                         on_progress=rep.progress, cancel=rep.cancel)
+            def progress(p: Progress) -> None:  # name the layers in the stage: "layers 0,1,2: scanning"
+                rep.progress(replace(p, stage=f"{name}: {p.stage}" if p.stage else name))
 
-        return self.start_job("dashboards", job, post)
+            def texts() -> list[str]:
+                rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: reading held-out text"))
+                docs = corpus_texts(spec.corpus, "heldout")
+                rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: tokenizing"))
+                return docs
+
+            # each report also serves the quick requests waiting, so the heatmap answers between batches
+            rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: starting"))
+            self._need_model()
+            spec = dash.DashboardSpec()
+            saes = {x: self._sae(x) for x in layers}
+            return dash.build_layers(self._model, saes, spec, docs=texts, on_progress=progress, cancel=rep.cancel)
+
+        return self.start_job("dashboards", job, post, label=f"dashboards of {name}",
+                              key=",".join(f"dashboards:{x}" for x in layers), background=background)
+
+    def building_dashboards(self, layer: int) -> bool:
+        """A dashboard build of `layer` runs or waits (so a screen says 'being built', not 'not built')."""
+        return any(f"dashboards:{layer}" in h.key.split(",") for h in self.worker.jobs())
+
+    def dashboards_missing(self) -> list[int]:
+        """SAE layers whose dashboards are not built yet (worker-side; cheap: looks up the build registry)."""
+        from sae.analysis.dashboards.store import dashboard_dir, is_built
+
+        self._need_model()
+        return [layer for layer, sae in sorted(self._saes.items()) if not is_built(dashboard_dir(self._model, sae, layer))]
+
+    async def missing_dashboards(self) -> list[int]:
+        return await self.call(self.dashboards_missing)

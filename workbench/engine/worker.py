@@ -77,6 +77,7 @@ class Reporter:
     _serve: Callable[[], None]
     min_interval_s: float = 0.05
     _last: float = 0.0
+    handle: "JobHandle | None" = None
 
     @property
     def cancelled(self) -> bool:
@@ -85,6 +86,8 @@ class Reporter:
     def progress(self, report: Progress | Mapping[str, Any] | None = None) -> None:
         now = time.monotonic()
         p = as_progress(self.kind, report)
+        if self.handle is not None:
+            self.handle.last = p  # what the global job indicator shows
         final = p.total > 0 and p.done >= p.total
         if final or now - self._last >= self.min_interval_s:  # a training loop may report thousands of times
             self._last = now
@@ -99,16 +102,24 @@ class JobHandle:
 
     id: int
     kind: str
+    label: str = ""  # what the job indicator calls it ("dashboards of layer 1", "training")
+    key: str = ""  # comma-separated work items; a job sharing one with a live job is refused (the same work)
+    background: bool = False  # started by the app itself; user jobs go ahead of it in the queue
     token: CancelToken = field(default_factory=CancelToken)
     done: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued, running, finished, failed, cancelled
+    last: Progress | None = None  # the latest progress report
+
+    stopped_by_user: bool = False
+    paused: bool = False  # a background job asked to step aside for a user's job; it is queued again after
 
     def cancel(self) -> None:
+        self.stopped_by_user = True
         self.token.cancel()
 
     @property
     def cancelled(self) -> bool:
-        return self.token.cancelled
+        return self.stopped_by_user or (self.token.cancelled and not self.paused)
 
     @property
     def running(self) -> bool:
@@ -148,6 +159,7 @@ class Worker:
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
+        self._current: _Long | None = None
         self._thread.start()
 
     # ---- called from the event loop ---------------------------------------------------------------------
@@ -167,28 +179,74 @@ class Worker:
         self._wake.put(None)
         return await fut
 
-    def start_job(self, kind: str, fn: Callable[[Reporter], Any], post: Post) -> JobHandle:
-        """Queue a long job; `fn(reporter)` runs on the worker thread and its result is posted as `JobFinished`."""
+    def start_job(self, kind: str, fn: Callable[[Reporter], Any], post: Post, label: str = "", key: str = "",
+                  background: bool = False) -> JobHandle:
+        """Queue a long job; `fn(reporter)` runs on the worker thread and its result is posted as `JobFinished`.
+
+        A job whose `key` shares an item with a queued or running job's is refused (`EngineError`), so pressing a key twice
+        never queues the same work twice. A `background` job (one the app starts by itself) waits behind the
+        user's jobs."""
         if self._closed:
             raise EngineError("the engine is shut down")
-        handle = JobHandle(id=next(self._ids), kind=kind)
+        handle = JobHandle(id=next(self._ids), kind=kind, label=label or kind, key=key, background=background)
         with self._lock:
-            self._long.append(_Long(handle, fn, post))
+            if key:
+                mine = set(key.split(","))
+                for other in self.jobs_locked():
+                    if mine & set(other.key.split(",")):
+                        where = "running" if other.state == "running" else "waiting"
+                        raise EngineError(f"{other.label} is already {where}")
+            item = _Long(handle, fn, post)
+            if background:
+                self._long.append(item)
+            else:  # ahead of queued background jobs, and a running background job steps aside (it resumes after)
+                i = next((i for i, j in enumerate(self._long) if j.handle.background), len(self._long))
+                self._long.insert(i, item)
+                cur = self._current.handle if self._current is not None else None
+                if cur is not None and cur.background and not cur.stopped_by_user:
+                    cur.paused = True
+                    cur.token.cancel()
         self._wake.put(None)
         return handle
+
+    def jobs_locked(self) -> list[JobHandle]:
+        out = [self._current.handle] if self._current is not None else []
+        return out + [j.handle for j in self._long if not j.handle.cancelled]
+
+    def jobs(self) -> list[JobHandle]:
+        """The running job (first) and the jobs waiting behind it, in order."""
+        with self._lock:
+            return self.jobs_locked()
+
+    def cancel_all(self) -> list[JobHandle]:
+        """Ask every running or waiting job to stop; returns them (wait on `handle.done`)."""
+        with self._lock:
+            handles = self.jobs_locked()
+        for h in handles:
+            h.cancel()
+        self._wake.put(None)  # queued ones are dropped (with JobCancelled) when the thread looks again
+        return handles
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._current is None and not self._long
 
     def is_current(self, channel: str, generation: int) -> bool:
         with self._lock:
             return self._generation.get(channel, 0) == generation
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop the thread after the work in hand; running long jobs are asked to cancel."""
+    def close(self, timeout: float | None = 2.0) -> bool:
+        """Stop the thread after the work in hand; running long jobs are asked to cancel. True when the thread
+        ended within `timeout` (None waits for it)."""
         self._closed = True
-        with self._lock:
-            for job in self._long:
-                job.handle.cancel()
+        self.cancel_all()
         self._wake.put(_STOP)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     # ---- the worker thread ------------------------------------------------------------------------------
 
@@ -198,8 +256,13 @@ class Worker:
             self.serve_quick()
             with self._lock:
                 job = self._long.pop(0) if self._long else None
+                self._current = job
             if job is not None:
-                self._run_long(job)
+                try:
+                    self._run_long(job)
+                finally:
+                    with self._lock:
+                        self._current = None
                 self._wake.put(None)  # look again: more jobs may be waiting
             if token is _STOP:
                 self.serve_quick()
@@ -239,14 +302,14 @@ class Worker:
             return
         h.state = "running"
         job.post(JobStarted(h.id, h.kind))
-        reporter = Reporter(h.id, h.kind, h.token, job.post, self.serve_quick)
+        reporter = Reporter(h.id, h.kind, h.token, job.post, self.serve_quick, handle=h)
         try:
             result = job.fn(reporter)
-        except Cancelled:
-            h.state = "cancelled"
-            job.post(JobCancelled(h.id, h.kind))
         except BaseException as exc:  # noqa: BLE001 - a failing job is a notification, never a crash
-            if h.cancelled:
+            if h.paused and not h.stopped_by_user and not self._closed:
+                self._requeue(job)  # stepped aside for a user's job: it saved its state and resumes later
+                return
+            if isinstance(exc, Cancelled) or h.cancelled:
                 h.state = "cancelled"
                 job.post(JobCancelled(h.id, h.kind))
             else:
@@ -260,7 +323,14 @@ class Worker:
                 h.state = "finished"
                 job.post(JobFinished(h.id, h.kind, result))
         finally:
-            h.done.set()
+            if h.state != "queued":
+                h.done.set()
+
+    def _requeue(self, job: _Long) -> None:
+        h = job.handle
+        h.paused, h.token, h.state, h.last = False, CancelToken(), "queued", None
+        with self._lock:
+            self._long.append(job)
 
 
 def _settle(req: _Quick, result: Any = None, exc: BaseException | None = None) -> None:

@@ -67,10 +67,18 @@ class WorkbenchScreen(Screen):
     MODE = ""
 
     def on_mount(self) -> None:
-        """Let the app find this screen in any mode (see `WorkbenchApp.screens_of`); subclasses' `on_mount` run too."""
+        """Let the app find this screen in any mode (see `WorkbenchApp.screens_of`), and put the global job
+        indicator above the footer; subclasses' `on_mount` run too."""
+        from textual.widgets import Footer
+
+        from workbench.widgets.jobbar import JobBar
+
         register = getattr(self.app, "mode_screens", None)
         if register is not None and self.MODE:
             register[self.MODE] = self
+        if not self.query(JobBar):
+            footers = self.query(Footer)
+            self.mount(JobBar(), before=footers.first() if footers else None)
 
     @property
     def wb(self) -> "WorkbenchApp":
@@ -83,6 +91,15 @@ class WorkbenchScreen(Screen):
     def current_finding(self) -> "Finding | None":
         """What `p` pins on this screen; None when there is nothing to pin yet."""
         return None
+
+    def main_widget(self) -> Any:
+        """What escape from a text field focuses (None: nothing, so single-letter keys act)."""
+        return None
+
+    def back(self) -> bool:
+        """Escape outside a text field: close something this screen opened and return True, or False to let the
+        app go back to the previous screen."""
+        return False
 
     def help_about(self) -> str:
         return ""

@@ -55,12 +55,12 @@ class InductionScreen(JobScreen):
             status.error(f"sequences per prefix length must be a whole number > 0, got {text!r}")
             return
         try:
-            self.job = self.engine.run_induction(int(text), post=self.post_message)
+            job = self.engine.run_induction(int(text), post=self.post_message)
         except Exception as exc:  # noqa: BLE001
             status.error(one_line(exc))
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
-        status.say("running ...")
+        self.started(job, f"running the induction experiment on {text} sequences per prefix length ...")
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:
@@ -71,7 +71,7 @@ class InductionScreen(JobScreen):
         table = self.query_one("#ind-table", DataTable)
         table.clear(columns=True)
         lengths = [str(p) for p in res.prefix_lengths]
-        table.add_columns("head", *lengths, "kind")
+        table.add_columns("head", *[f"prefix {k}" for k in lengths], "kind")
         for h in sorted(res.heads, key=lambda h: (h.kind == "not induction", -max(h.scores.values(), default=0))):
             style = "bold green" if h.kind == "long-prefix" else "bold cyan" if h.kind == "short-prefix" else "dim"
             table.add_row(f"{h.layer}.{h.head}", *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style))
@@ -80,7 +80,9 @@ class InductionScreen(JobScreen):
             f"{len(found)} induction head(s): " + ", ".join(f"{h.layer}.{h.head} ({h.kind})" for h in found[:6])
             if found else "no induction heads found"
         )
-        self.query_one("#ind-rule", Static).update(Text(res.rule, style="dim"))
+        self.query_one("#ind-rule", Static).update(Text(
+            "prefix N: the head's induction score on repeats of an N-token random prefix (its attention from each "
+            "token of the second copy to the token after it in the first copy). " + res.rule, style="dim"))
 
     def current_finding(self) -> Finding | None:
         if self.result is None:
@@ -88,13 +90,78 @@ class InductionScreen(JobScreen):
         res = self.result
         lengths = [str(p) for p in res.prefix_lengths]
         rows = [[f"{h.layer}.{h.head}", *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
-        body = md_table(["head", *lengths, "kind"], rows) + f"\n\nRule: {res.rule}"
+        body = md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
         info = self.engine.info
+        best = sorted(res.heads, key=lambda h: -max(h.scores.values(), default=0))[:12]
+        bars = {"title": f"induction score at prefix {lengths[-1]}" if lengths else "induction score",
+                "labels": [f"{h.layer}.{h.head}" for h in best],
+                "values": [h.scores[lengths[-1]] if lengths else 0.0 for h in best]}
         return Finding(kind="experiment", title="induction heads by prefix length", body=body,
-                       model=info.model if info else "", data=res.to_dict())
+                       model=info.model if info else "", data={**res.to_dict(), "bars": bars})
 
 
 IOI_EXPERIMENTS = ["clean", "splice", "heads", "features", "path", "noising"]
+
+# what each experiment's columns mean (shown under the table; the logit diff is logit(IO) - logit(S) at END)
+IOI_TERMS = {
+    "clean": "logit_diff: logit(IO) - logit(S) at END; accuracy: share of prompts where it is > 0",
+    "splice": "recovered: logit diff with the SAE spliced in / clean; max_abs_change: the largest change of any "
+              "one prompt's logit diff; error_term: the SAE's reconstruction error added back",
+    "heads": "zero_delta: change in logit diff when the head's z is zeroed; % clean: that change as a share of the "
+             "clean logit diff; mean_delta: the same with the head's mean z",
+    "features": "delta: mean change in logit diff when the feature is zero-ablated at S2 only (ABBA / BABA: per "
+                "name order); n_active: prompts where it fires at S2",
+    "path": "delta: change in logit diff when the feature's direction is removed from the value input of the "
+            "later heads listed, at S2",
+    "noising": "recovered: logit diff after the attention output at S2 is taken from a corrupted prompt / clean. "
+               "names: other names (ABB->CDD); abs_pos: a sentence prepended; rel_pos: a clause after the name "
+               "pair; alongside: 'and' -> 'alongside'; names_abs: both",
+}
+
+
+def default_ioi_layer(sae_layers: list[int], n_layers: int) -> tuple[int | None, str]:
+    """The layer a feature ablation at S2 can act from, and why: the one nearest the middle among SAE layers
+    that have attention layers after them (an ablation at S2 reaches END only through later attention)."""
+    if not sae_layers:
+        return None, ""
+    useful = [layer for layer in sae_layers if layer < n_layers - 1]
+    if not useful:
+        return sae_layers[-1], no_effect_reason(sae_layers[-1], n_layers)
+    middle = (n_layers - 1) // 2
+    layer = min(useful, key=lambda x: (abs(x - middle), x))
+    later = f"layer {layer + 1}" if layer + 1 == n_layers - 1 else f"layers {layer + 1}-{n_layers - 1}"
+    return layer, (f"layer {layer} by default: a feature ablated at S2 reaches the logit at END only through "
+                   f"attention in later layers ({later} here)")
+
+
+def no_effect_reason(layer: int, n_layers: int) -> str:
+    """Why an S2 feature ablation at `layer` changes nothing ('' when it can)."""
+    if layer < n_layers - 1:
+        return ""
+    return (f"layer {layer}'s features at S2 cannot affect the logit at END through attention in later layers: "
+            "there are none (every delta is 0); choose an earlier layer")
+
+
+def head_name(layer: Any, head: Any) -> str:
+    """The paper's head notation: layer.head, e.g. 1.3."""
+    return f"{layer}.{head}"
+
+
+def display_records(records: list[dict[str, Any]], clean: float | None) -> list[dict[str, Any]]:
+    """Rows as shown: `layer` and `head` joined into one `head` column (L.H); zero_delta also as % of clean."""
+    out = []
+    for r in records:
+        row: dict[str, Any] = {}
+        if "layer" in r and "head" in r and isinstance(r["head"], int):
+            row["head"] = head_name(r["layer"], r["head"])
+        for k, v in r.items():
+            if k in ("layer", "head") and "head" in row and isinstance(r.get("head"), int):
+                continue
+            row[k] = v
+            if k == "zero_delta" and clean:
+                row["% clean"] = v / clean
+        out.append(row)
+    return out
 
 
 class IOIScreen(JobScreen):
@@ -128,6 +195,7 @@ class IOIScreen(JobScreen):
             yield DataTable(id="ioi-table", zebra_stripes=True, cursor_type="row")
             with VerticalScroll(id="ioi-side"):
                 yield Static("", id="ioi-bars")
+        yield Static("", id="ioi-note", classes="dim-note")
         yield Footer()
 
     def help_about(self) -> str:
@@ -136,7 +204,18 @@ class IOIScreen(JobScreen):
     def on_mount(self) -> None:
         info = self.engine.info
         if info is not None and info.sae_layers:
-            self.query_one("#ioi-layer", Input).value = str(info.sae_layers[-1])
+            layer, why = default_ioi_layer(list(info.sae_layers), info.n_layers)
+            self.query_one("#ioi-layer", Input).value = str(layer)
+            self.query_one("#ioi-note", Static).update(why)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "ioi-layer":
+            info = self.engine.info
+            text = event.value.strip()
+            if info is not None and text.isdigit():
+                why = no_effect_reason(int(text), info.n_layers)
+                if why:
+                    self.query_one("#ioi-note", Static).update(Text(why, style="yellow"))
 
     def action_run(self) -> None:
         status = self.query_one(StatusLine)
@@ -160,12 +239,12 @@ class IOIScreen(JobScreen):
                 status.error(f"layer {layer} is outside the model (layers 0..{info.n_layers - 1})")
                 return
         try:
-            self.job = self.engine.run_ioi(exp, int(n_text), layer, post=self.post_message)
+            job = self.engine.run_ioi(exp, int(n_text), layer, post=self.post_message)
         except Exception as exc:  # noqa: BLE001
             status.error(one_line(exc))
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
-        status.say(f"running {exp} on {n_text} prompts ...")
+        self.started(job, f"running {exp} on {n_text} prompts ...")
 
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:
@@ -173,10 +252,16 @@ class IOIScreen(JobScreen):
         self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
         view: ExperimentView = m.result
-        self.records = [dict(r) for r in view.records]
+        clean = view.fields.get("clean_logit_diff")
+        self.records = display_records([dict(r) for r in view.records], clean if isinstance(clean, float) else None)
         self.sort_key = view.sort_key
         self.draw_table()
         self.query_one(StatusLine).say(view.summary)
+        note = IOI_TERMS.get(view.experiment, "")
+        why = no_effect_reason(view.layer, self.engine.info.n_layers) if view.layer is not None and self.engine.info else ""
+        if why and view.experiment in ("features", "path"):
+            note = why + "\n" + note
+        self.query_one("#ioi-note", Static).update(note)
 
     def draw_table(self) -> None:
         table = self.query_one("#ioi-table", DataTable)
@@ -190,17 +275,24 @@ class IOIScreen(JobScreen):
         if self.sort_key in cols:
             recs = sorted(recs, key=lambda r: _num(r.get(self.sort_key)), reverse=self.sort_desc)
         for r in recs:
-            table.add_row(*[f"{v:+.4f}" if isinstance(v, float) else str(v) for v in r.values()])
+            table.add_row(*[format_cell(k, v) for k, v in r.items()])
         bar_key = self.sort_key or next((c for c in cols if isinstance(recs[0].get(c), float)), None)
         if bar_key:
             top = recs[:12]
-            # label each bar by the record's identifying (non-numeric-result) fields, e.g. layer.head
-            ids = [c for c in cols if not isinstance(recs[0].get(c), float)] or cols[:1]
-            labels = [".".join(str(r[c]) for c in ids) for r in top]
+            labels = [bar_label(r) for r in top]
             self.query_one("#ioi-bars", Static).update(
                 Text(f"{bar_key}\n", style="bold")
-                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16, label_width=10)
+                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16,
+                              label_width=min(12, max(len(x) for x in labels) + 1))
             )
+
+    def bars_data(self) -> dict[str, Any]:
+        """The side panel's bars (top 12 rows by the sort column), for the exported figure."""
+        if not self.records or not self.sort_key:
+            return {}
+        top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=self.sort_desc)[:12]
+        return {"title": f"IOI {self.result.experiment if self.result else ''}: {self.sort_key}",
+                "labels": [bar_label(r) for r in top], "values": [_num(r[self.sort_key]) for r in top]}
 
     def action_sort(self) -> None:
         if not self.records:
@@ -226,12 +318,31 @@ class IOIScreen(JobScreen):
             body.append(md_table(cols, [list(r.values()) for r in self.records[:20]]))
             if self.sort_key:
                 top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=True)[:10]
-                body += ["", md_bars([str(r[cols[0]]) for r in top], [_num(r[self.sort_key]) for r in top])]
+                body += ["", md_bars([bar_label(r) for r in top], [_num(r[self.sort_key]) for r in top])]
         info = self.engine.info
         return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
                        data={**v.fields, "summary": v.summary, "records": [dict(r) for r in v.records],
-                             "sort_key": v.sort_key})
+                             "sort_key": v.sort_key, "bars": self.bars_data()})
+
+
+def format_cell(key: str, v: Any) -> str:
+    if key == "% clean" and isinstance(v, float):
+        return f"{v:+.0%}"
+    return f"{v:+.4f}" if isinstance(v, float) else str(v)
+
+
+def bar_label(r: dict[str, Any]) -> str:
+    """What a bar is about, never fields joined with dots: a head as L.H, a feature as F<id>, else the first
+    field ('names', 'all')."""
+    if "head" in r and isinstance(r["head"], str) and "." in r["head"] and "feature" not in r:
+        return r["head"]
+    if "feature" in r:
+        return f"F{r['feature']}"
+    for k in ("corruption", "layers"):
+        if k in r:
+            return f"{r[k]} L{r['layers']}" if k == "corruption" and "layers" in r else str(r[k])
+    return str(next(iter(r.values())))
 
 
 def _num(v: Any) -> float:

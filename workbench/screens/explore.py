@@ -8,7 +8,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
@@ -17,8 +17,10 @@ from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.widgets.bars import HeadBars, SourceStrip
-from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token
+from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, visible_token
 
+HEATMAP_LEGEND = Text("shade: activation / the feature's peak on this prompt · number: activation · ·: off",
+                      style="dim", overflow="ellipsis", no_wrap=False)
 TYPING_DELAY_S = 0.25  # wait this long after the last keystroke before asking the engine
 
 
@@ -26,10 +28,11 @@ class ExploreScreen(WorkbenchScreen):
     MODE = "explore"
     BINDINGS = [
         Binding("enter", "open_feature", "Feature", show=True),
+        Binding("t", "trace", "Trace cell", show=True),
         Binding("left_square_bracket", "layer(-1)", "Layer-", show=True),
         Binding("right_square_bracket", "layer(1)", "Layer+", show=True),
         Binding("slash", "focus_prompt", "Prompt", show=True),
-        Binding("escape", "focus_heatmap", "Heatmap", show=False),
+        Binding("escape", "focus_heatmap", "Leave the prompt, or back", show=False),
         Binding("s", "open_saes", "SAEs", show=True),
     ]
 
@@ -47,7 +50,9 @@ class ExploreScreen(WorkbenchScreen):
         yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt")
         yield StatusLine("", id="explore-status")
         with Horizontal(id="explore-body"):
-            yield Heatmap(id="heatmap")
+            with Vertical(id="heatmap-box"):
+                yield Heatmap(id="heatmap")
+                yield Static(HEATMAP_LEGEND, id="heatmap-legend")
             with VerticalScroll(id="explore-side"):
                 yield Static("", id="cell-title")
                 yield HeadBars("DFA by head", id="head-bars")
@@ -70,7 +75,7 @@ class ExploreScreen(WorkbenchScreen):
         if start and not self.prompt:
             self.prompt = start
             prompt_input.value = start
-        prompt_input.focus()
+        self.query_one("#heatmap", Heatmap).focus()  # keys act at once; / types a prompt
         self.run_worker(self._open(), group="open", exclusive=True)
 
     async def _open(self) -> None:
@@ -80,7 +85,7 @@ class ExploreScreen(WorkbenchScreen):
         try:
             info = await self.engine.open()
         except Exception as exc:  # noqa: BLE001 - a model that will not load is shown, not raised
-            status.error(f"could not open the model: {one_line(exc)}")
+            status.error(one_line(exc))  # says itself whether the model or the SAEs failed
             self.notify(one_line(exc), title="Engine", severity="error")
             return
         self.wb.engine_ready(info)
@@ -143,6 +148,7 @@ class ExploreScreen(WorkbenchScreen):
             self.notify(one_line(exc), title="Explore", severity="error")
             return
         self.result = res
+        self.wb.start_auto_build()  # the first heatmap is drawn: background work may start
         values = res.values if res.values is not None else np.zeros((len(res.tokens), 0))
         self.query_one("#heatmap", Heatmap).set_data(HeatmapData(res.tokens, res.columns, values))
         note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res.truncated else ""
@@ -169,13 +175,13 @@ class ExploreScreen(WorkbenchScreen):
             return
         self.detail = detail
         tokens = self.result.tokens if self.result else []
-        tok = escape_token(tokens[pos]) if pos < len(tokens) else "?"
+        tok = visible_token(tokens[pos]) if pos < len(tokens) else "?"
         title = Text(f"L{layer} feature {feature}", style="bold")
-        title.append(f"  at {pos} {tok!r}\n", style="bold")
+        title.append(f"  at {pos} {tok}\n", style="bold")
         title.append(f"act {detail.act:.3f}  pre {detail.pre_act:+.3f}  bias {detail.dfa_bias:+.3f}", style="dim")
         self.query_one("#cell-title", Static).update(title)
         n = len(detail.dfa_heads)
-        self.query_one("#head-bars", HeadBars).show([f"H{h}" for h in range(n)], detail.dfa_heads)
+        self.query_one("#head-bars", HeadBars).show([f"{layer}.{h}" for h in range(n)], detail.dfa_heads)
         self.query_one("#source-strip", SourceStrip).show(tokens, detail.dfa_src, upto=pos)
         self.run_worker(self._summary(layer, feature), group="summary", exclusive=True)
 
@@ -186,7 +192,11 @@ class ExploreScreen(WorkbenchScreen):
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001 - dashboards not built yet is normal
-            box.update(Text(one_line(exc), style="dim"))
+            if self.engine.building_dashboards(layer):
+                box.update(Text(f"the layer-{layer} dashboards are being built (job line below); "
+                                "the summary appears when they are done", style="dim"))
+            else:
+                box.update(Text(one_line(exc), style="dim"))
             self.summary = None
             return
         self.summary = s
@@ -198,7 +208,27 @@ class ExploreScreen(WorkbenchScreen):
         self.query_one("#prompt", Input).focus()
 
     def action_focus_heatmap(self) -> None:
-        self.query_one("#heatmap", Heatmap).focus()
+        hm = self.query_one("#heatmap", Heatmap)
+        if hm.has_focus:
+            self.wb.action_back()
+        else:
+            hm.focus()
+
+    def main_widget(self) -> Heatmap:
+        return self.query_one("#heatmap", Heatmap)
+
+    def refresh_summary(self) -> None:
+        """Ask again for the selected feature's dashboard summary (after a dashboard build)."""
+        if self.detail is not None and self.result is not None:
+            self.run_worker(self._summary(self.result.layer, self.detail.feature), group="summary", exclusive=True)
+
+    def selected_cell(self) -> tuple[int, int, int] | None:
+        """(layer, token position, feature) under the heatmap cursor: what `t` traces."""
+        hm = self.query_one("#heatmap", Heatmap)
+        if not self.result or hm.selected is None:
+            return None
+        pos, col = hm.selected
+        return self.result.layer, pos, self.result.columns[col]
 
     def action_layer(self, step: int) -> None:
         info = self.engine.info
@@ -220,11 +250,21 @@ class ExploreScreen(WorkbenchScreen):
             self.request_features()
 
     def action_open_feature(self) -> None:
-        sel = self.selected_feature()
-        if sel is None:
+        cell = self.selected_cell()
+        if cell is None:
             self.query_one("#explore-status", StatusLine).error("no feature selected: run a prompt first")
             return
-        self.wb.show_feature(*sel)
+        layer, pos, feature = cell
+        self.wb.show_feature(layer, feature, pos=pos)
+
+    def action_trace(self) -> None:
+        """Trace the chosen cell (its position and feature) on the feature screen."""
+        cell = self.selected_cell()
+        if cell is None:
+            self.query_one("#explore-status", StatusLine).error("no cell selected: run a prompt first")
+            return
+        layer, pos, feature = cell
+        self.wb.show_feature(layer, feature, pos=pos, trace=True)
 
     def selected_feature(self) -> tuple[int, int] | None:
         hm = self.query_one("#heatmap", Heatmap)
@@ -235,12 +275,15 @@ class ExploreScreen(WorkbenchScreen):
     def action_open_saes(self) -> None:
         self.wb.action_open_saes()
 
+    def heatmap_data(self, feature: int) -> dict:
+        return _heatmap_data(self.result, feature) if self.result else {}
+
     def current_finding(self) -> Finding | None:
         if not self.result or self.detail is None:
             return None
         d, r = self.detail, self.result
         tokens = r.tokens
-        heads = [f"H{h}" for h in range(len(d.dfa_heads))]
+        heads = [f"{r.layer}.{h}" for h in range(len(d.dfa_heads))]
         body = [
             f"Feature {d.feature} at token {d.pos} of the prompt: act {d.act:.4g}, pre-activation {d.pre_act:.4g}.",
             "",
@@ -258,11 +301,21 @@ class ExploreScreen(WorkbenchScreen):
         ]
         info = self.engine.info
         return Finding(
-            kind="cell", title=f"L{r.layer} feature {d.feature} on {escape_token(tokens[d.pos])!r}",
+            kind="cell", title=f"L{r.layer} feature {d.feature} on {visible_token(tokens[d.pos])}",
             body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
             layer=r.layer, data={"prompt": self.prompt, "pos": d.pos, "feature": d.feature,
-                                    "dfa_heads": d.dfa_heads, "dfa_bias": d.dfa_bias, "dfa_src": d.dfa_src},
+                                    "dfa_heads": d.dfa_heads, "dfa_bias": d.dfa_bias, "dfa_src": d.dfa_src,
+                                    "heatmap": self.heatmap_data(d.feature)},
         )
+
+
+def _heatmap_data(result: PromptView, feature: int, max_tokens: int = 64, max_columns: int = 16) -> dict:
+    """The prompt's heatmap, small enough to keep in a finding (for its exported figure)."""
+    values = result.values if result.values is not None else np.zeros((len(result.tokens), 0))
+    cols = list(result.columns[:max_columns])
+    return {"tokens": list(result.tokens[:max_tokens]), "columns": cols,
+            "values": np.round(np.asarray(values)[:max_tokens, :len(cols)], 4).tolist(),
+            "column": cols.index(feature) if feature in cols else None}
 
 
 def summary_text(s: DashboardView) -> Text:
@@ -281,7 +334,7 @@ def summary_text(s: DashboardView) -> Text:
         text.append_text(line)
         text.append("\n")
     if s.top_logits:
-        text.append("↑ " + " ".join(escape_token(t) for t, _ in s.top_logits[:6]) + "\n", style="green")
+        text.append("↑ " + " ".join(visible_token(t) for t, _ in s.top_logits[:6]) + "\n", style="green")
     if s.bottom_logits:
-        text.append("↓ " + " ".join(escape_token(t) for t, _ in s.bottom_logits[:6]), style="red")
+        text.append("↓ " + " ".join(visible_token(t) for t, _ in s.bottom_logits[:6]), style="red")
     return text

@@ -14,11 +14,11 @@ from textual.widgets import Footer, Static, Tree
 
 from workbench.engine import DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, one_line
 from workbench.findings import Finding, md_bars, md_context, md_table
-from workbench.messages import JobFailed, JobFinished, JobProgress
+from workbench.messages import JobFailed, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
 from workbench.widgets.bars import signed_bars, source_strip
-from workbench.widgets.heatmap import escape_token
+from workbench.widgets.heatmap import escape_token, visible_token
 from workbench.widgets.sparklines import histogram_text
 
 
@@ -42,7 +42,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([f"H{h}" for h in range(len(d.head_shares))], d.head_shares, width=30))
+        parts.append(signed_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares, width=20, label_width=5))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
@@ -54,8 +54,12 @@ def dashboard_renderable(d: DashboardView) -> Group:
         for ex in d.examples:
             t.add_row(f"{ex.act:.2f}", context_text(ex.tokens, ex.active))
         parts.append(t)
+    if d.quantiles:
+        parts.append(Text("\nActivation bands: random firings from each band of activation values (share of all "
+                          "firings); the top band's examples sit below the top examples above, which are the "
+                          "largest firings overall, hence the gap.", style="dim"))
     for q in d.quantiles:
-        parts.append(Text(f"\nQuantile {q.range}", style="bold"))
+        parts.append(Text(f"\nBand {q.range}", style="bold"))
         for ex in q.examples[:3]:
             line = Text(f"{ex.act:6.2f} ", style="dim")
             line.append_text(context_text(ex.tokens, ex.active))
@@ -71,8 +75,8 @@ def dashboard_renderable(d: DashboardView) -> Group:
         for i in range(max(len(tops), len(bots))):
             a = tops[i] if i < len(tops) else ("", None)
             b = bots[i] if i < len(bots) else ("", None)
-            t.add_row(repr(a[0]) if a[1] is not None else "", f"{a[1]:+.2f}" if a[1] is not None else "",
-                      repr(b[0]) if b[1] is not None else "", f"{b[1]:+.2f}" if b[1] is not None else "")
+            t.add_row(visible_token(a[0]) if a[1] is not None else "", f"{a[1]:+.2f}" if a[1] is not None else "",
+                      visible_token(b[0]) if b[1] is not None else "", f"{b[1]:+.2f}" if b[1] is not None else "")
         parts.append(t)
     if d.top_dfa_src:
         s = d.top_dfa_src
@@ -86,11 +90,13 @@ def dashboard_renderable(d: DashboardView) -> Group:
 class FeatureScreen(WorkbenchScreen):
     MODE = "feature"
     BINDINGS = [
-        Binding("g", "goto", "Go to id", show=True),
+        Binding("g", "goto", "Go to", show=True),
         Binding("left_square_bracket", "step(-1)", "Prev", show=True),
         Binding("right_square_bracket", "step(1)", "Next", show=True),
         Binding("t", "trace", "Trace", show=True),
-        Binding("b", "build", "Build dash", show=True),
+        Binding("comma", "trace_pos(-1)", "Pos-", show=True),
+        Binding("full_stop", "trace_pos(1)", "Pos+", show=True),
+        Binding("b", "build", "Build", show=True),
     ]
 
     def __init__(self) -> None:
@@ -99,6 +105,9 @@ class FeatureScreen(WorkbenchScreen):
         self.feature: int | None = None
         self.view: DashboardView | None = None
         self.trace: TraceView | None = None
+        self.job: Any = None
+        self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
+        self._trace_on_mount = False
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -114,12 +123,18 @@ class FeatureScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built
-            self.load(self.sae_layer, self.feature)
+            self.load(self.sae_layer, self.feature, pos=self.trace_pos)
+            if self._trace_on_mount:
+                self._trace_on_mount = False
+                self.action_trace()
         elif self.sae_layer is None and self.engine.info is not None and self.engine.info.sae_layers:
             self.sae_layer = self.engine.info.sae_layers[0]
 
-    def load(self, layer: int, feature: int) -> None:
+    def load(self, layer: int, feature: int, pos: int | None = None) -> None:
+        """Show a feature's dashboard; `pos` (when given) is the explore-prompt token that `t` traces at."""
         self.sae_layer, self.feature = layer, feature
+        if pos is not None:
+            self.trace_pos = pos
         self.trace = None
         if not self.query("#trace-tree"):
             return  # on_mount loads it
@@ -137,7 +152,12 @@ class FeatureScreen(WorkbenchScreen):
             status.error(one_line(exc))
             return
         self.view = view
-        status.say(f"L{layer} feature {feature}" + ("" if view.built else " · dashboards not built (b builds)"))
+        if view.built:
+            status.say(f"L{layer} feature {feature}")
+        elif self.engine.building_dashboards(layer):
+            status.say(f"L{layer} feature {feature} · dashboards being built (job line below); the page fills in when done")
+        else:
+            status.say(f"L{layer} feature {feature} · dashboards not built (b builds)")
         self.query_one("#dashboard", Static).update(dashboard_renderable(view))
 
     # ---- actions --------------------------------------------------------------------------------------
@@ -171,7 +191,33 @@ class FeatureScreen(WorkbenchScreen):
             return
         self.load(self.sae_layer, (self.feature + delta) % info.d_sae[self.sae_layer])
 
+    def back(self) -> bool:
+        tree = self.query("#trace-tree")
+        if tree and not tree.first().has_class("hidden"):
+            tree.first().add_class("hidden")
+            self.trace = None
+            return True
+        return False
+
+    def action_trace_pos(self, step: int) -> None:
+        """Move the traced position one token left or right on the explore prompt, and trace again."""
+        status = self.query_one("#feature-status", StatusLine)
+        base = self.trace.pos if self.trace is not None else self.trace_pos
+        if base is None:
+            status.error("trace first (t), then , and . move the traced token")
+            return
+        n = len(self.trace.tokens) if self.trace is not None else None
+        new = base + step
+        if new < 0 or (n is not None and new >= n):
+            status.error(f"position {new} is outside the prompt (0..{(n or 1) - 1})")
+            return
+        self.trace_pos = new
+        self.action_trace()
+
     def action_trace(self) -> None:
+        if not self.query("#feature-status"):
+            self._trace_on_mount = True
+            return
         status = self.query_one("#feature-status", StatusLine)
         prompt = self.wb.explore_prompt()
         if self.sae_layer is None or self.feature is None:
@@ -180,13 +226,13 @@ class FeatureScreen(WorkbenchScreen):
         if not prompt.strip():
             status.error("the trace runs on the explore prompt, which is empty: type one on screen 1")
             return
-        self.run_worker(self._trace(prompt, self.sae_layer, self.feature), group="trace", exclusive=True)
+        self.run_worker(self._trace(prompt, self.sae_layer, self.feature, self.trace_pos), group="trace", exclusive=True)
 
-    async def _trace(self, prompt: str, layer: int, feature: int) -> None:
+    async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
         status = self.query_one("#feature-status", StatusLine)
-        status.say("tracing ...")
+        status.say("tracing ..." if pos is None else f"tracing at position {pos} ...")
         try:
-            tr = await self.engine.trace(prompt, layer, feature, depth=1)
+            tr = await self.engine.trace(prompt, layer, feature, pos=pos, depth=1)
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001
@@ -210,27 +256,31 @@ class FeatureScreen(WorkbenchScreen):
         tree.root.expand()
         tree.remove_class("hidden")
         tree.focus()
-        status.say(f"trace of L{layer} F{feature} at position {tr.pos} · children sum to their parent")
+        tok = visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
+        status.say(f"trace of L{layer} F{feature} at {tr.pos} {tok} · , . move it · children sum to parents")
 
     def action_build(self) -> None:
         if self.sae_layer is None:
             return
+        status = self.query_one("#feature-status", StatusLine)
         try:
             self.job = self.engine.build_dashboards(self.sae_layer, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001
-            self.query_one("#feature-status", StatusLine).error(one_line(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. the same build is already running or waiting
+            status.error(one_line(exc))
             return
-        self.query_one("#feature-status", StatusLine).say(f"building layer-{self.sae_layer} dashboards ...")
+        jobs = self.engine.worker.jobs()
+        if jobs and jobs[0].id != self.job.id:
+            status.say(f"layer-{self.sae_layer} dashboards wait behind {jobs[0].label} (ctrl+x cancels that)")
+        else:
+            status.say(f"building layer-{self.sae_layer} dashboards ... (ctrl+x cancels; it resumes later)")
 
     def on_job_progress(self, m: JobProgress) -> None:
-        if m.kind == "dashboards":
+        if m.kind == "dashboards" and self.job is not None and m.job_id == self.job.id:
             p = m.progress
-            self.query_one("#feature-status", StatusLine).say(
-                f"building dashboards: {p.done:,.0f}/{p.total:,.0f} {p.unit}" + (f" · {p.stage}" if p.stage else ""))
-
-    def on_job_finished(self, m: JobFinished) -> None:
-        if m.kind == "dashboards" and self.sae_layer is not None and self.feature is not None:
-            self.load(self.sae_layer, self.feature)
+            status = f"building dashboards of {p.stage}" if p.stage else "building dashboards"
+            if p.total > 0:
+                status += f" {p.done / 1e3:,.0f}k/{p.total / 1e3:,.0f}k {p.unit} ({p.fraction:.0%})"
+            self.query_one("#feature-status", StatusLine).say(status)
 
     def on_job_failed(self, m: JobFailed) -> None:
         if m.kind == "dashboards":
@@ -238,7 +288,7 @@ class FeatureScreen(WorkbenchScreen):
 
     def current_finding(self) -> Finding | None:
         if self.trace is not None and not self.query_one("#trace-tree", Tree).has_class("hidden"):
-            return trace_finding(self.trace, self.engine.info)
+            return trace_finding(self.trace, self.engine.info, self.wb.explore_prompt())
         if self.view is None:
             return None
         d = self.view
@@ -251,23 +301,52 @@ class FeatureScreen(WorkbenchScreen):
                 [a[0], a[1], b[0], b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
             ]), ""]
         if d.head_shares:
-            body += ["Head shares of the decoder norm:", "", md_bars([f"H{h}" for h in range(len(d.head_shares))], d.head_shares)]
+            body += ["Head shares of the decoder norm:", "", md_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
         return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
-                       layer=d.layer, data={"feature": d.feature, "family": d.label} if d.label else {"feature": d.feature})
+                       layer=d.layer, data={"feature": d.feature, **({"family": d.label} if d.label else {}),
+                                            "head_shares": list(d.head_shares)})
 
 
-def trace_finding(tr: TraceView, info: EngineInfo | None) -> Finding:
-    lines = [f"Recursive DFA of L{tr.layer} feature {tr.feature} at position {tr.pos}.", "", "```text"]
+TRACE_EXPORT_DEPTH = 2  # levels below the root written into an exported trace
+TRACE_EXPORT_SHARE = 0.05  # children smaller than this share of the root's |value| are summed into one line
 
-    def walk(node: TraceNodeView, depth: int) -> None:
-        lines.append(f"{'  ' * depth}{node.value:+.4f}  {node.label}")
-        for c in node.children:
-            walk(c, depth + 1)
 
-    walk(tr.root, 0)
+def trace_lines(root: TraceNodeView, depth: int = TRACE_EXPORT_DEPTH, share: float = TRACE_EXPORT_SHARE) -> list[str]:
+    """The top of a trace tree as indented lines: `depth` levels, and only nodes whose |value| is at least
+    `share` of the root's; the rest of each node's children are summed into one 'smaller terms' line."""
+    floor = abs(root.value) * share
+    lines: list[str] = []
+
+    def walk(node: TraceNodeView, level: int) -> None:
+        lines.append(f"{'  ' * level}{node.value:+.4f}  {escape_token(node.label)}")
+        if level >= depth:
+            return
+        big = [c for c in node.children if abs(c.value) >= floor]
+        rest = [c for c in node.children if abs(c.value) < floor]
+        for c in big:
+            walk(c, level + 1)
+        if rest:
+            lines.append(f"{'  ' * (level + 1)}{sum(c.value for c in rest):+.4f}  "
+                         f"({len(rest)} smaller terms, each under {share:.0%} of the root)")
+
+    walk(root, 0)
+    return lines
+
+
+def trace_finding(tr: TraceView, info: EngineInfo | None, prompt: str = "") -> Finding:
+    lines = [f"Recursive DFA of L{tr.layer} feature {tr.feature} at position {tr.pos} "
+             f"({visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else '?'}).", ""]
+    if prompt:
+        lines += ["Prompt:", "", "```text", prompt, "```", ""]
+    lines += [f"Top of the tree ({TRACE_EXPORT_DEPTH} levels, terms of at least {TRACE_EXPORT_SHARE:.0%} of the "
+              "root; children sum to their parent):", "", "```text"]
+    lines += trace_lines(tr.root)
     lines += ["```", "", f"*{tr.approximation}*"]
+    top = sorted(tr.root.children, key=lambda c: -abs(c.value))[:12]
     return Finding(kind="trace", title=f"trace of L{tr.layer} F{tr.feature} at {tr.pos}", body="\n".join(lines),
                    model=info.model if info else "", saes=info.saes if info else "", layer=tr.layer,
-                   data={"trace": tr.to_dict()})
+                   data={"prompt": prompt, "pos": tr.pos, "feature": tr.feature,
+                         "bars": {"title": "trace: first level", "labels": [c.label[:24] for c in top],
+                                  "values": [c.value for c in top]}})

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.markdown import Markdown
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.findings import Finding, export_markdown
+from workbench.findings import Finding, FindingsStore, export_markdown
 from workbench.messages import FindingPinned
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
+
+
+class StoreWatch:
+    """Notices when another process changed the findings file. Uses the store's own `reload_if_changed()` when it
+    has one, else the file's modification time and size."""
+
+    def __init__(self, store: FindingsStore) -> None:
+        self.store = store
+        self.mark = self.read_mark()
+
+    def read_mark(self) -> tuple[int, int] | None:
+        try:
+            st = self.store.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def changed(self) -> bool:
+        """Re-read the file if it changed since last time; True when what it holds differs."""
+        reload = getattr(self.store, "reload_if_changed", None)
+        if reload is not None:
+            return bool(reload())
+        mark = self.read_mark()
+        if mark == self.mark:
+            return False
+        self.mark = mark
+        before = [(f.id, f.note) for f in self.store.findings]
+        self.store.load()
+        return [(f.id, f.note) for f in self.store.findings] != before
+
+
+def restore_finding(store: FindingsStore, f: Finding) -> None:
+    """Put a deleted finding back (at the end; through `add`, so another instance's changes are kept)."""
+    store.add(f)
 
 
 class FindingsScreen(WorkbenchScreen):
@@ -20,22 +56,39 @@ class FindingsScreen(WorkbenchScreen):
     BINDINGS = [
         Binding("n", "edit_note", "Note", show=True),
         Binding("d", "delete", "Delete", show=True),
+        Binding("u", "undo", "Undo delete", show=True),
     ]
+    POLL_S = 1.0  # how often to look for pins made by another running attnscope
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[tuple[int, Finding]] = []  # (index, finding), newest last: what u brings back
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
         yield StatusLine("", id="findings-status")
-        with Horizontal(id="findings-body"):
+        with Vertical(id="findings-body"):
             yield DataTable(id="findings-table", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="findings-side"):
                 yield Static("", id="finding-view")
         yield Footer()
 
     def help_about(self) -> str:
-        return f"Findings are saved as you pin them, in {self.wb.findings.path}. e exports them all as markdown."
+        where = str(self.wb.findings.path).replace(str(Path.home()), "~", 1)
+        return f"Findings are saved as you pin them, in {where}. e exports them all as markdown."
 
     def on_mount(self) -> None:
+        self.watch = StoreWatch(self.wb.findings)
         self.reload()
+        self.set_interval(self.POLL_S, self.poll_store)
+
+    def main_widget(self) -> DataTable:
+        return self.query_one("#findings-table", DataTable)
+
+    def poll_store(self) -> None:
+        """Show pins made (or notes edited) in another running instance: re-read the file when it changed."""
+        if self.watch.changed():
+            self.reload()
 
     def on_screen_resume(self) -> None:
         self.reload()
@@ -48,12 +101,17 @@ class FindingsScreen(WorkbenchScreen):
         table = self.query_one("#findings-table", DataTable)
         row = table.cursor_row
         table.clear(columns=True)
-        table.add_columns("kind", "title", "note")
+        # widths from the content (an auto column would start at its header's width): titles whole up to 48
+        title_w = min(48, max([len("title"), *(len(f.title) for f in store.findings)]))
+        table.add_column("kind", width=10)
+        table.add_column("title", width=title_w)
+        table.add_column("note", width=max(10, table.size.width - title_w - 10 - 8))
         for f in store.findings:
-            table.add_row(f.kind, f.title, f.note[:30], key=f.id)
+            table.add_row(f.kind, f.title, f.note, key=f.id)
         if store.findings:
             table.move_cursor(row=min(row, len(store.findings) - 1))
-        self.query_one(StatusLine).say(f"{len(store)} finding(s) · p pins on any screen · e exports")
+        undo = " · u undoes the delete" if self.deleted else ""
+        self.query_one(StatusLine).say(f"{len(store)} finding(s) · p pins on any screen · e exports{undo}")
         self.show_selected()
 
     def selected(self) -> Finding | None:
@@ -72,7 +130,8 @@ class FindingsScreen(WorkbenchScreen):
         if f is None:
             view.update(Text("nothing pinned yet: press p on any screen", style="dim"))
         else:
-            view.update(Markdown(export_markdown([f], title=f.title).split("\n", 1)[1]))
+            text = export_markdown([f], title=f.title)
+            view.update(Markdown(text[text.find("\n## 1. ") + 1:]))  # the finding's own section, no report header
 
     def action_edit_note(self) -> None:
         f = self.selected()
@@ -88,10 +147,24 @@ class FindingsScreen(WorkbenchScreen):
 
     def action_delete(self) -> None:
         f = self.selected()
-        if f is not None:
-            self.wb.findings.remove(f.id)
-            self.notify(f"deleted: {f.title}")
-            self.reload()
+        if f is None:
+            return
+        index = self.wb.findings.findings.index(f)
+        self.wb.findings.remove(f.id)
+        self.deleted.append((index, f))
+        self.notify(f"deleted: {f.title} · u brings it back", title="Findings")
+        self.reload()
+
+    def action_undo(self) -> None:
+        """Bring back the finding deleted last (any number of deletions can be undone, newest first)."""
+        if not self.deleted:
+            self.query_one(StatusLine).say("nothing to undo")
+            return
+        _, f = self.deleted.pop()
+        restore_finding(self.wb.findings, f)
+        self.notify(f"restored: {f.title}", title="Findings")
+        self.reload()
+        self.query_one("#findings-table", DataTable).move_cursor(row=self.wb.findings.findings.index(f))
 
     def current_finding(self) -> Finding | None:
         return None

@@ -27,6 +27,11 @@ def verdict_cell(h: HeadView) -> Text:
     return Text(f" {label} ", style="bold white on dark_red" if poly else "bold black on green3")
 
 
+HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its decoder norm) have one role / "
+                "several; Nf: N different roles among them (the side panel lists them). Heads are named "
+                "layer.head (1.3).")
+
+
 class HeadsScreen(WorkbenchScreen):
     MODE = "heads"
     BINDINGS = [
@@ -47,6 +52,7 @@ class HeadsScreen(WorkbenchScreen):
             yield DataTable(id="heads-grid", cursor_type="cell")
             with VerticalScroll(id="heads-side"):
                 yield Static("", id="head-detail")
+        yield Static(HEADS_LEGEND, id="heads-legend", classes="dim-note")
         yield Footer()
 
     def help_about(self) -> str:
@@ -68,7 +74,12 @@ class HeadsScreen(WorkbenchScreen):
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+            info = self.engine.info
+            if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+                status.say("the head survey reads the dashboards, which are being built (job line below); "
+                           "it runs by itself when they are done")
+            else:
+                status.error(one_line(exc))
             return
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)
@@ -76,10 +87,10 @@ class HeadsScreen(WorkbenchScreen):
         n_heads = max((h.head for h in survey.heads), default=-1) + 1
         grid.add_column("layer", key="layer")
         for h in range(n_heads):
-            grid.add_column(f"H{h}", key=f"h{h}")
+            grid.add_column(f"head {h}", key=f"h{h}")
         by = {(h.layer, h.head): h for h in survey.heads}
         for layer in sorted({h.layer for h in survey.heads}):
-            grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
+            grid.add_row(f"layer {layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
         grid.focus()
         if n_heads:
             grid.cursor_coordinate = Coordinate(0, 1)  # the first head, so the side panel is never empty
@@ -118,7 +129,7 @@ class HeadsScreen(WorkbenchScreen):
 
     def show_head(self, h: HeadView) -> None:
         self.head = h
-        t = Table(box=None, expand=True, pad_edge=False, title=f"L{h.layer}.H{h.head}: {h.verdict}",
+        t = Table(box=None, expand=True, pad_edge=False, title=f"head {h.layer}.{h.head}: {h.verdict}",
                   title_style="bold", title_justify="left")
         t.add_column("feature", justify="right")
         t.add_column("share", justify="right")
@@ -129,6 +140,9 @@ class HeadsScreen(WorkbenchScreen):
         if self.survey and self.survey.rule:
             rule.append(f"\nRule: {self.survey.rule}")
         self.query_one("#head-detail", Static).update(Group(t, rule))
+
+    def main_widget(self) -> DataTable:
+        return self.query_one("#heads-grid", DataTable)
 
     def action_open_feature(self) -> None:
         if self.head and self.head.features:
@@ -142,5 +156,8 @@ class HeadsScreen(WorkbenchScreen):
         if self.survey and self.survey.rule:
             body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info
-        return Finding(kind="head", title=f"head L{h.layer}.H{h.head}: {h.verdict}", body=body,
-                       model=info.model if info else "", saes=info.saes if info else "", layer=h.layer, data=h.to_dict())
+        return Finding(kind="head", title=f"head {h.layer}.{h.head}: {h.verdict}", body=body,
+                       model=info.model if info else "", saes=info.saes if info else "", layer=h.layer,
+                       data={**h.to_dict(), "bars": {"title": f"head {h.layer}.{h.head}: top features' share of its decoder norm",
+                                                     "labels": [f"F{f.id} {f.family}"[:24] for f in h.features[:10]],
+                                                     "values": [f.share for f in h.features[:10]]}})

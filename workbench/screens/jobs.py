@@ -6,7 +6,7 @@ from __future__ import annotations
 from textual.widgets import ProgressBar
 
 from workbench.engine import JobHandle
-from workbench.messages import JobCancelled, JobFailed, JobMessage, JobProgress
+from workbench.messages import JobCancelled, JobFailed, JobMessage, JobProgress, JobStarted
 from workbench.screens.base import StatusLine, WorkbenchScreen
 
 
@@ -18,7 +18,31 @@ class JobScreen(WorkbenchScreen):
     job: JobHandle | None = None
 
     def action_leave_field(self) -> None:
-        self.set_focus(None)
+        """Escape: leave the text field; outside one, go back (see `WorkbenchApp.action_back`)."""
+        from textual.widgets import Input, Select
+
+        if isinstance(self.focused, (Input, Select)):
+            self.set_focus(None)
+        else:
+            self.wb.action_back()
+
+    def started(self, handle: JobHandle, running: str) -> None:
+        """After starting `handle`: say `running`, or, while it waits behind other jobs, say behind which."""
+        self.job = handle
+        jobs = self.engine.worker.jobs()
+        ids = [h.id for h in jobs]
+        ahead = jobs[: ids.index(handle.id)] if handle.id in ids else []
+        self.running_text = running
+        if ahead and all(h.background for h in ahead):
+            self.query_one(StatusLine).say(f"{running} ({ahead[0].label} steps aside and resumes afterwards)")
+        elif ahead and handle.state == "queued":
+            self.query_one(StatusLine).say(f"waiting behind {ahead[0].label} (ctrl+x cancels that) ...")
+        else:
+            self.query_one(StatusLine).say(running)
+
+    def on_job_started(self, m: JobStarted) -> None:
+        if self.is_mine(m):
+            self.query_one(StatusLine).say(getattr(self, "running_text", "") or "running ...")
 
     def job_running(self) -> bool:
         return self.job is not None and self.job.running
@@ -42,9 +66,11 @@ class JobScreen(WorkbenchScreen):
             self.query_one(ProgressBar).update(total=p.total, progress=p.done)
 
     def on_job_cancelled(self, m: JobCancelled) -> None:
-        if m.kind == self.JOB_KIND:
+        if self.is_mine(m):
+            self.query_one(ProgressBar).update(total=1, progress=0)  # not spinning any more
             self.query_one(StatusLine).say("cancelled")
 
     def on_job_failed(self, m: JobFailed) -> None:
-        if m.kind == self.JOB_KIND:
+        if self.is_mine(m):
+            self.query_one(ProgressBar).update(total=1, progress=0)  # a failed job's bar stops spinning
             self.query_one(StatusLine).error(m.error)

@@ -63,7 +63,7 @@ class AskScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box ask-box"):
-            yield Label(Text(self.question, style="bold"))
+            yield Static(Text(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
             yield Input(value=self.value, placeholder=self.placeholder, id="ask-input")
             yield Label("", id="ask-error", classes="inline-error")
             yield Label(Text("enter accepts · escape cancels", style="dim"))

@@ -62,6 +62,21 @@ def parse_layers(text: str, n_layers: int | None) -> list[int]:
     return sorted(out)
 
 
+NOTE_WORDS = {"checkpoint": "checkpoint saved", "diverged": "diverged"}
+
+
+def progress_status(p: Any) -> str:
+    """'step 51/58 · loss 0.123' — the stage and the first metric; internal event names are not shown."""
+    parts = [p.stage] if p.stage else []
+    note = NOTE_WORDS.get(p.note, p.note if " " in p.note else "")  # a sentence is for the user; a bare word is not
+    if note:
+        parts.append(note)
+    loss = p.metrics.get("loss") if p.metrics else None
+    if loss is not None:
+        parts.append(f"loss {loss:.4g}")
+    return " · ".join(parts)
+
+
 class TrainingScreen(JobScreen):
     MODE = "training"
     JOB_KIND = "train"
@@ -173,7 +188,7 @@ class TrainingScreen(JobScreen):
             status.error(f"no checkpoint in {out_dir} to resume from")
             return
         try:
-            self.job = self.engine.train(form, corpus=corpus, out_dir=out_dir, resume=resume, post=self.post_message)
+            job = self.engine.train(form, corpus=corpus, out_dir=out_dir, resume=resume, post=self.post_message)
         except Exception as exc:  # noqa: BLE001
             status.error(one_line(exc))
             return
@@ -183,7 +198,8 @@ class TrainingScreen(JobScreen):
             for name, _ in METRICS:
                 self.query_one(f"#spark-{name}", MetricSpark).reset()
         self.query_one(ProgressBar).update(total=None, progress=0)
-        status.say(("resuming" if resume else "starting") + f" training into {out_dir} ...")
+        self.stopped_note = ""
+        self.started(job, ("resuming" if resume else "starting") + f" training into {out_dir} ...")
 
     def action_resume(self) -> None:
         self.action_start(resume=True)
@@ -206,11 +222,12 @@ class TrainingScreen(JobScreen):
     # ---- live ---------------------------------------------------------------------------------------
 
     def on_job_started(self, m: JobStarted) -> None:
-        if m.kind == self.JOB_KIND:
+        if self.is_mine(m):
+            m.prevent_default()
             self.query_one(StatusLine).say("preparing tokens and the first batches ...")
 
     def on_job_progress(self, m: JobProgress) -> None:
-        if m.kind != self.JOB_KIND:
+        if not self.is_mine(m):
             return
         p = m.progress  # Progress(job="train", unit="tokens", stage="step s/S", metrics={loss, l0, ...})
         self.last_info = p
@@ -222,22 +239,27 @@ class TrainingScreen(JobScreen):
                 if name in p.metrics:
                     self.query_one(f"#spark-{name}", MetricSpark).push(p.metrics[name])
         text = Text(f"{p.done:,.0f} / {p.total:,.0f} {p.unit}\n")
-        text.append(f"{p.rate or 0.0:,.0f} {p.unit}/s · ETA {format_eta(p.eta_s)}", style="dim")
+        # Progress.rate counts only this run's tokens (not those restored from a checkpoint); the ETA follows it
+        eta = (p.total - p.done) / p.rate if p.rate and p.total > p.done else p.eta_s
+        text.append(f"{p.rate or 0.0:,.0f} {p.unit}/s in this run · ETA {format_eta(eta)}", style="dim")
         self.query_one("#train-rate", Static).update(text)
-        self.query_one(StatusLine).say(" · ".join(x for x in (p.stage, p.note) if x))
+        if not self.job.cancelled:  # after x the status keeps saying that it is stopping
+            self.query_one(StatusLine).say(progress_status(p))
 
     def on_job_finished(self, m: JobFinished) -> None:
-        if m.kind != self.JOB_KIND:
+        if not self.is_mine(m):
             return
         self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
         self.query_one(StatusLine).say(f"finished: SAEs for layers {sorted(m.result)} in {self.out_dir} · o opens them")
 
     def on_job_cancelled(self, m: JobCancelled) -> None:
-        if m.kind != self.JOB_KIND:
+        if not self.is_mine(m):
             return
+        m.prevent_default()  # JobScreen's generic "cancelled" must not overwrite what follows
         if m.partial:
             self.result = m.partial
+        self.query_one(ProgressBar).update(total=1, progress=self.last_info.fraction if self.last_info else 0)
         self.query_one(StatusLine).say(f"stopped; checkpoint kept in {self.out_dir} · u resumes, o opens what it has")
 
     def current_finding(self) -> Finding | None:

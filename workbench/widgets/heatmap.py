@@ -26,11 +26,12 @@ from workbench.messages import CellSelected
 
 CELL = 6  # characters per feature column
 LEVELS = 9  # shades between "off" and a feature's peak
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x00": "\\0"}
+_ESCAPES = {"\n": "↵", "\t": "⇥", "\r": "␍", "\x00": "␀"}
 
 
 def escape_token(text: str) -> str:
-    """A token as one printable line: newlines, tabs and other control characters become escapes, spaces stay."""
+    """A token as one printable line inside running text: newline ↵, tab ⇥, other control characters as escapes;
+    spaces stay spaces."""
     out = []
     for ch in text:
         if ch in _ESCAPES:
@@ -40,6 +41,12 @@ def escape_token(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def visible_token(text: str) -> str:
+    """A token on its own (the heatmap's token column, a cell title): like `escape_token`, and spaces as ␣ so
+    ' the' and 'the' differ at a glance; the empty token as ∅."""
+    return escape_token(text).replace(" ", "␣") if text else "∅"
 
 
 def fit(text: str, width: int) -> str:
@@ -189,12 +196,13 @@ class Heatmap(ScrollView, can_focus=True):
         elif self.cursor_row >= y + body_h:
             y = self.cursor_row - body_h + 1
         body_w = max(CELL, self.scrollable_content_region.width - self.gutter_width)
+        visible = max(body_w // CELL, 1)  # whole columns drawn (see `_render_row`)
         x = self.scroll_offset.x
-        left = self.cursor_col * CELL
-        if left < x:
-            x = left
-        elif left + CELL > x + body_w:
-            x = left + CELL - body_w
+        first = -(-x // CELL)
+        if self.cursor_col < first:
+            x = self.cursor_col * CELL
+        elif self.cursor_col >= first + visible:
+            x = (self.cursor_col - visible + 1) * CELL
         if (x, y) != tuple(self.scroll_offset):
             self.scroll_to(x, y, animate=False, immediate=True)
             self.refresh()
@@ -245,7 +253,7 @@ class Heatmap(ScrollView, can_focus=True):
                 cells.append(Segment(f"{fid:>{CELL - 1}} ", style))
         else:
             on_row = row == self.cursor_row
-            tok = fit(escape_token(self.data.tokens[row]), self.token_width)
+            tok = fit(visible_token(self.data.tokens[row]), self.token_width)
             num_style = (token_style + cursor) if on_row else token_style
             left = [Segment(f"{row:>4} ", num_style), Segment(tok, num_style), Segment("│", token_style)]
             cells = []
@@ -257,7 +265,10 @@ class Heatmap(ScrollView, can_focus=True):
                 cells.append(Segment(f"{format_value(v):>{CELL - 1}} ", style))
         body = Strip(cells, len(self.data.columns) * CELL)
         body_w = max(0, width - gutter)
-        body = body.crop(scroll_x, scroll_x + body_w).extend_cell_length(body_w, base)
+        # whole columns only: a column cut in half shows digits that read as another feature id
+        first = -(-scroll_x // CELL) * CELL
+        shown = max(body_w // CELL, 1) * CELL if body_w >= CELL else 0
+        body = body.crop(first, first + shown).extend_cell_length(body_w, base)
         return Strip.join([Strip(left, gutter), body]).simplify()
 
     def on_focus(self) -> None:
