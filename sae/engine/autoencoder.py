@@ -269,9 +269,11 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> None:
-        """Fold a training-time input scale `s` (SAELens's `expected_average_only_in`) into the weights, so the SAE
-        reads raw x: `W_enc *= s`, `W_dec /= s`, `b_dec /= s` (then encode(x) equals the unfolded encode(s x) and
-        the reconstruction is the unfolded one divided by s)."""
+        """Fold a training-time input scale `s` into the weights the way SAELens does for `expected_average_only_in`
+        (`fold_activation_norm_scaling_factor`): `W_enc *= s`, `W_dec /= s`, `b_dec /= s`, so encode(x) equals the
+        unfolded encode(s x) and the reconstruction is the unfolded one divided by s. Used to read SAELens
+        checkpoints exactly as SAELens would; attnscope's own trainer folds with `fold_input_scale`, which keeps
+        decoder rows at unit norm and puts activations in raw-z units instead (same reconstruction)."""
         self.W_enc.mul_(scale)
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
