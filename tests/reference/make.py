@@ -265,12 +265,8 @@ def hook_z_fixture(
     return info
 
 
-def make_default_model_fixture() -> dict:
-    """(a) the embedded default GPT-2-shaped model."""
-    # TL3's GPT2 config conversion reads hf_config.n_ctx; transformers 5's
-    # GPT2Config only has that attribute when config.json carries "n_ctx" (the
-    # official gpt2 config.json does; ours does not).  Use a temp copy whose
-    # config.json adds n_ctx = n_positions, the only change.
+def default_model_copy() -> tuple[Path, dict]:
+    """A temp copy of the embedded model whose config.json adds n_ctx = n_positions (see below), and that config."""
     tmp = Path(tempfile.mkdtemp(prefix="attnscope_ref_gpt2_"))
     for f in DEFAULT_MODEL_DIR.iterdir():
         if f.is_file():
@@ -278,6 +274,16 @@ def make_default_model_fixture() -> dict:
     cfg = json.loads((tmp / "config.json").read_text())
     cfg["n_ctx"] = cfg["n_positions"]
     (tmp / "config.json").write_text(json.dumps(cfg))
+    return tmp, cfg
+
+
+def make_default_model_fixture() -> dict:
+    """(a) the embedded default GPT-2-shaped model."""
+    # TL3's GPT2 config conversion reads hf_config.n_ctx; transformers 5's
+    # GPT2Config only has that attribute when config.json carries "n_ctx" (the
+    # official gpt2 config.json does; ours does not).  Use a temp copy whose
+    # config.json adds n_ctx = n_positions, the only change.
+    tmp, cfg = default_model_copy()
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp))
     tokens = random_tokens(seed=1, batch=3, pos=16, vocab=cfg["vocab_size"], bos=0)
     info = hook_z_fixture(
@@ -640,13 +646,7 @@ def eval_tokens(tokenizer, vocab: int = 2048) -> tuple[torch.Tensor, dict]:
 
 
 def make_run_evals() -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="attnscope_ref_gpt2_"))
-    for f in DEFAULT_MODEL_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, tmp / f.name)
-    cfg = json.loads((tmp / "config.json").read_text())
-    cfg["n_ctx"] = cfg["n_positions"]
-    (tmp / "config.json").write_text(json.dumps(cfg))
+    tmp, cfg = default_model_copy()
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp))
     model = tl_from_local(tmp, transformers.GPT2LMHeadModel, processed=True, tokenizer=tok)
     raw_model = tl_from_local(tmp, transformers.GPT2LMHeadModel, processed=False, tokenizer=tok)
