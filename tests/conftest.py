@@ -147,3 +147,14 @@ def app(tiny_model, saes):
     from workbench.engine import Engine
 
     return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run `attnscope ARGV` in-process: exit code, stdout, and stderr lines less the libraries' progress noise."""
+    from sae.cli import main
+
+    code = main(argv)
+    cap = capsys.readouterr()
+    err = [line for line in cap.err.splitlines() if line.strip() and "Loading weights" not in line and "it/s]" not in line]
+    return code, cap.out, err
+

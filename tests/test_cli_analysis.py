@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_TEXT, sae_set_dir
+from conftest import TINY_TEXT, run_cli as _run, sae_set_dir
 
-from sae.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +20,6 @@ def dirs(tiny_model, tmp_path_factory):
     mp.setenv("ATTNSCOPE_CACHE_DIR", str(root / "cache"))
     yield tiny_model.name, str(root / "saes"), str(root / "saes" / "blocks.0.attn.hook_z"), str(corpus)
     mp.undo()
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    cap = capsys.readouterr()
-    err = [line for line in cap.err.splitlines() if line.strip() and "Loading weights" not in line and "it/s]" not in line]
-    return code, cap.out, err
 
 
 def test_features_json_is_exact(capsys, dirs):

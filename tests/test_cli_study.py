@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_TEXT, sae_set_dir
+from conftest import TINY_TEXT, run_cli as _run, sae_set_dir
 
 from sae.cli import main
 
@@ -26,13 +26,6 @@ def env(tiny_model, tmp_path_factory):
                      "--corpus", str(corpus), "--json", *flags]) == 0
     yield flags, root
     mp.undo()
-
-
-def _run(capsys, argv):
-    code = main(argv)
-    cap = capsys.readouterr()
-    err = [line for line in cap.err.splitlines() if line.strip() and "Loading weights" not in line and "it/s]" not in line]
-    return code, cap.out, err
 
 
 def test_sample_label_report(capsys, env):
