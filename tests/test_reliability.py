@@ -823,3 +823,31 @@ def test_zoo_out_that_is_a_file_is_one_line(tmp_path, capsys):
     f.write_text("x")
     assert main(["zoo", "train-default", "--out", str(f), "--stage", "lm"]) == 2
     assert "is a file" in one_error_line(capsys)
+
+
+def test_full_disk_while_saving_the_default_lm_keeps_the_old_files(tmp_path, monkeypatch):
+    """`zoo train-default` writes the LM file by file through a temporary sibling: ENOSPC is one line, and every
+    file already there stays whole."""
+    import errno
+    import shutil as shutil_mod
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sae.engine.safe_io import OutputError
+    from sae.zoo.lm import save_model_files
+
+    d = tmp_path / "model"
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=8,
+                                       bos_token_id=0, eos_token_id=0))
+    save_model_files(model, d)
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+
+    def full(src, dst, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil_mod, "copyfile", full)
+    with pytest.raises(OutputError, match="(?i)no space"):
+        save_model_files(model, d)
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before  # no temporaries left, old files whole

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from sae import zoo
+from sae.engine.safe_io import atomic_write_text
 from sae.zoo.lm import LMConfig, train_lm
 
 if TYPE_CHECKING:
@@ -106,15 +107,15 @@ def write_card(out_dir: Path, log: Callable[[str], None] = print) -> str:
     from sae.engine.models import load_model
 
     ph = measure(load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME))
-    (out_dir / "phenomena.json").write_text(json.dumps(ph, indent=2))
+    atomic_write_text(out_dir / "phenomena.json", json.dumps(ph, indent=2))
     sae_section = ""
     if (out_dir / "saes").exists():
         results = evaluate_default_saes(out_dir / "model", out_dir / "saes")
-        (out_dir / "sae_metrics.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(out_dir / "sae_metrics.json", json.dumps(results, indent=2))
         sae_section = sae_metrics_markdown(results)
     cfg = json.loads((out_dir / "model" / "train_config.json").read_text())
     card = card_markdown(ph, sae_section, cfg)
-    (out_dir / "MODEL_CARD.md").write_text(card)
+    atomic_write_text(out_dir / "MODEL_CARD.md", card)
     log(card)
     return card
 

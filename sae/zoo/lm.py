@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from sae.engine.safe_io import atomic_write_text, atomic_write_with
 from sae.zoo import corpus
 
 from sae.experiments import ioi_data
@@ -346,6 +347,22 @@ def train_lm(
             )
             save_checkpoint()
     model.eval()
-    model.half().save_pretrained(model_dir)  # fp16 storage keeps the package small
-    (model_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    save_model_files(model.half(), model_dir)  # fp16 storage keeps the package small
+    atomic_write_text(model_dir / "train_config.json", json.dumps(asdict(cfg), indent=2))
     return model_dir
+
+
+def save_model_files(model, model_dir: Path) -> None:
+    """`save_pretrained` into a temporary sibling, then each file renamed into `model_dir`: a kill or a full disk
+    leaves every file old or new (a full disk is a one-line OutputError), never half-written."""
+    import shutil
+    import tempfile
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=model_dir))
+    try:
+        model.save_pretrained(tmp)
+        for f in sorted(tmp.iterdir()):
+            atomic_write_with(model_dir / f.name, lambda dst, src=f: shutil.copyfile(src, dst))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
