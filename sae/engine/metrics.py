@@ -169,8 +169,12 @@ def evaluate_saes(
         n_pred += int(keep[:, :-1].sum())
         for layer, sae in saes.items():
             a = acc[layer]
-            x = captured[layer][keep].to(sae.W_enc.device)  # [kept tokens, d_in]
-            f, x_hat = sae.encode_and_reconstruct(x)
+            z = captured[layer].to(sae.W_enc.device)  # [batch, pos, d_in]
+            # one SAE pass serves the statistics and the splice: layers below L are untouched in the spliced run,
+            # so the z arriving there is this clean z
+            f_all, x_hat_all = sae.encode_and_reconstruct(z.reshape(-1, sae.cfg.d_in))
+            flat_keep = keep.reshape(-1).to(z.device)
+            x, f, x_hat = z.reshape(-1, sae.cfg.d_in)[flat_keep], f_all[flat_keep], x_hat_all[flat_keep]
             active = f != 0
             a.fired += active.sum(0).double().cpu()
             a.active += active.sum().item()
@@ -178,9 +182,10 @@ def evaluate_saes(
             a.sum_x += x.sum(0).double().cpu()
             a.sum_x2 += x.double().pow(2).sum().item()
             a.n += x.shape[0]
+            recon = x_hat_all.reshape(z.shape)
 
-            def splice(z: torch.Tensor, s: SAE = sae, k: torch.Tensor = keep) -> torch.Tensor:
-                return torch.where(k[..., None], s(z).to(z.dtype), z)
+            def splice(zz: torch.Tensor, r: torch.Tensor = recon, k: torch.Tensor = keep) -> torch.Tensor:
+                return torch.where(k[..., None].to(zz.device), r.to(zz.device, zz.dtype), zz)
 
             spliced = model.logits_with_z_hooks(tokens, {layer: splice})
             a.ce_sae += next_token_ce(spliced, tokens, keep).item()
