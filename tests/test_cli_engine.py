@@ -136,3 +136,30 @@ def test_bench_group_and_train_json(tiny_model_dir, capsys):
         assert run["loop_tokens_per_s"] > 0 and run["sae_step"]["fraction_of_matmul"] > 0
     for key in ("model_pass_tokens_per_s", "one_layer", "all_layers_one_pass", "separate_runs", "sae_step"):
         assert key in data["one_pass"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--k", "8,x"],
+    ["train", "--l1", "1,abc"],
+    ["train", "--tokens", "many"],
+    ["train", "--architecture", "gated"],
+    ["train", "--decoder-norm", "free"],
+    ["eval", "--tokens", "abc"],
+    ["bench", "train", "--bogus"],
+])
+def test_a_bad_command_line_is_one_line(argv, capsys, tmp_path):
+    """argparse's usage block is not printed: one `attnscope: error:` line, exit 2, before anything runs."""
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "train" else argv)
+    assert exc.value.code == 2
+    line = one_error_line(capsys)
+    assert argv[-1].split(",")[-1] in line and "--help" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_command_is_one_line(capsys):
+    from workbench.main import main as attnscope
+
+    assert attnscope(["bogus"]) == 2
+    line = one_error_line(capsys)
+    assert "'bogus'" in line and "train" in line

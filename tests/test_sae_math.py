@@ -91,11 +91,11 @@ def test_topk_keeps_k_latents_and_aux_loss_by_hand():
     assert topk_aux_loss(sae, x, pre, x_hat, dead, 4).item() == 0.0
     dead[:10] = True
     aux = topk_aux_loss(sae, x, pre, x_hat, dead, 4)
-    # by hand: per row, the 4 largest dead pre-activations (ReLU) decode the residual
+    # by hand: per row, the 4 largest dead pre-activations (as they are, SAELens's AuxK) decode the residual
     total = 0.0
     for b in range(9):
         vals, idx = pre[b, :10].topk(4)
-        e_hat = (vals.clamp(min=0)[:, None] * sae.W_dec[idx]).sum(0)
+        e_hat = (vals[:, None] * sae.W_dec[idx]).sum(0)
         total += ((e_hat - (x[b] - x_hat[b])) ** 2).sum()
     torch.testing.assert_close(aux, total / 9, atol=1e-5, rtol=1e-5)
 

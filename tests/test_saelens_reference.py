@@ -168,3 +168,65 @@ def test_attribution_refuses_per_token_normalisation():
     with pytest.raises(AttributionError, match="normalize_activations=layer_norm"):
         encoder_by_head(sae, 4)
     assert encoder_by_head(load_sae(SAELENS / "standard"), 4).shape == (4, 32, 160)
+
+
+# ---- training with SAELens's decoder-norm rescaling ----------------------------------------------------------
+
+
+def _train_step_fixture():
+    from sae.engine.autoencoder import SAE, SAEConfig
+
+    ref = load_file(str(SAELENS / "topk_train_step" / "reference_io.safetensors"))
+    note = json.loads((SAELENS / "topk_train_step" / "note.json").read_text())
+    sae = SAE(SAEConfig(d_in=note["d_in"], d_sae=note["d_sae"], hook_name="blocks.1.attn.hook_z",
+                        architecture="topk", k=note["k"]))
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(sae, name).copy_(ref[f"param.{name}"])
+    return sae, ref, note
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_rescaled_topk_step_gives_saelens_gradients(sparse):
+    """`decoder_norm="rescale"`: SAELens's TopKTrainingSAE (rescale_acts_by_decoder_norm) loss and gradients, with
+    AuxK on a fixed dead mask, from the hand-written step carried back to the free parameters."""
+    from sae.engine.train_steps import rescaled_step_grads, topk_step_grads
+
+    sae, ref, note = _train_step_fixture()
+    assert not torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(note["d_sae"]), atol=0.1)  # rows really vary
+    out = rescaled_step_grads(sae, topk_step_grads, ref["x"], note["k"], ref["dead"].bool(), note["d_in"] // 2,
+                              note["aux_loss_coefficient"], sparse=sparse)
+    _close(out["mse"].reshape(1), ref["mse_loss"], "mse")
+    _close((note["aux_loss_coefficient"] * out["aux"]).reshape(1), ref["aux_loss"], "aux")
+    _close(out["x_hat"], ref["sae_out"], "reconstruction")
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name).grad, ref[f"grad.{name}"], atol=2e-5, rtol=1e-4,
+                                   msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+def test_rescaled_autocast_forward_gives_saelens_gradients():
+    """The autograd path (used under bf16 autocast) computes the same SAELens loss in fp32."""
+    from sae.engine.train_steps import sae_forward_train, topk_aux_loss
+
+    sae, ref, note = _train_step_fixture()
+    x = ref["x"]
+    pre, f, x_hat = sae_forward_train(sae, x, "rescale")
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    aux = topk_aux_loss(sae, x, pre, x_hat, ref["dead"].bool(), note["d_in"] // 2, "rescale")
+    (mse + note["aux_loss_coefficient"] * aux).backward()
+    _close(f.detach(), ref["feature_acts"], "feature acts")
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name).grad, ref[f"grad.{name}"], atol=2e-5, rtol=1e-4)
+
+
+def test_fold_decoder_norm_gives_saelens_saved_weights():
+    """Saving a rescale-trained SAE folds the row norms as SAELens's save_inference_model does."""
+    from sae.engine.train_steps import fold_decoder_norm
+
+    sae, ref, note = _train_step_fixture()
+    saved = load_file(str(SAELENS / "topk_train_step" / "sae_weights.safetensors"))
+    with torch.no_grad():
+        fold_decoder_norm(sae)
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        _close(getattr(sae, name).detach(), saved[name], f"folded {name}")
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(note["d_sae"]), atol=1e-5)

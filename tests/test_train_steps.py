@@ -33,7 +33,7 @@ def _autograd_topk(sae: SAE, x: torch.Tensor, k: int, dead: torch.Tensor, aux_k:
         kk = min(aux_k, n_dead)
         pre_d = torch.where(dead, pre, torch.full_like(pre, -1e30))
         kth_d = pre_d.sort(-1, descending=True).values[:, kk - 1 : kk]
-        f_aux = torch.where((pre_d >= kth_d) & dead, pre.clamp_min(0), torch.zeros_like(pre))
+        f_aux = torch.where((pre_d >= kth_d) & dead, pre, torch.zeros_like(pre))  # no ReLU (SAELens)
         resid = (x - x_hat).detach()
         aux = ((torch.einsum("bs,si->bi", f_aux, W_dec) - resid) ** 2).sum(-1).mean() * min(1.0, n_dead / aux_k)
         loss = mse + aux_coeff * aux

@@ -141,8 +141,20 @@ def test_folded_sae_on_raw_x_equals_unfolded_on_scaled_x(arch):
     assert sae.cfg.normalize_activations == "none"
 
 
-def test_training_normalises_and_the_saved_sae_reads_raw_z(tiny_model, rows, tmp_path):
-    c = cfg(architecture="topk", normalize_activations="expected_average_only_in")
+def _effective_topk(sae, x: torch.Tensor, k: int, rescale: bool) -> torch.Tensor:
+    """The function a trained unit computes, written out: with "rescale" the decoder rows are divided by their
+    norms n and the encoder columns and b_enc multiplied by them (SAELens's rescale_acts_by_decoder_norm)."""
+    with torch.no_grad():
+        n = sae.W_dec.norm(dim=-1) if rescale else torch.ones(sae.cfg.d_sae)
+        pre = torch.einsum("bi,is->bs", x - sae.b_dec, sae.W_enc * n) + sae.b_enc * n
+        kth = pre.sort(-1, descending=True).values[:, k - 1 : k]
+        f = torch.where(pre >= kth, pre.clamp_min(0), torch.zeros_like(pre))
+        return torch.einsum("bs,si->bi", f, sae.W_dec / n[:, None]) + sae.b_dec
+
+
+@pytest.mark.parametrize("decoder_norm", ["rescale", "unit"])
+def test_training_normalises_and_the_saved_sae_reads_raw_z(tiny_model, rows, tmp_path, decoder_norm):
+    c = cfg(architecture="topk", normalize_activations="expected_average_only_in", decoder_norm=decoder_norm)
     trainer = Trainer(tiny_model, rows, c, tmp_path)
     trainer.run()
     x = tiny_model.capture_z(rows[:3], [0])[0].reshape(-1, tiny_model.d_z)  # raw z
@@ -154,11 +166,17 @@ def test_training_normalises_and_the_saved_sae_reads_raw_z(tiny_model, rows, tmp
     assert trainer.scales[0] == pytest.approx(s, rel=1e-5)
     assert abs(s - 1.0) > 0.05  # the test is not vacuous
     inner = trainer.units[0].sae  # trained on s * z
-    want = inner(x * s) / s
+    norms = inner.W_dec.detach().norm(dim=-1)
+    if decoder_norm == "rescale":  # rows really are free, so the fold is not vacuous either
+        assert (norms - 1).abs().max() > 0.5
+    else:
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)
+    want = _effective_topk(inner, x * s, c.k, decoder_norm == "rescale") / s
     saved = load_sae(tmp_path / "blocks.0.attn.hook_z")
     torch.testing.assert_close(saved(x), want, atol=1e-4, rtol=1e-4)
     assert saved.cfg.normalize_activations == "none"
     assert saved.cfg.extra["training"]["activation_scale"] == pytest.approx(s, rel=1e-5)
+    assert saved.cfg.extra["training"]["decoder_norm"] == decoder_norm
     torch.testing.assert_close(saved.W_dec.norm(dim=-1), torch.ones(saved.cfg.d_sae), atol=1e-5, rtol=0)
 
 
@@ -193,10 +211,10 @@ class SyntheticSource:
         pass
 
 
-def _kill_and_train(tmp_path, aux_coeff: float) -> float:
+def _kill_and_train(tmp_path, aux_coeff: float, decoder_norm: str = "rescale") -> float:
     c = TrainConfig(layers=[0], architecture="topk", d_sae=64, k=4, batch_size=256, total_tokens=256 * 300,
                     buffer_batches=4, lr=5e-3, dead_tokens=1024, aux_coeff=aux_coeff, aux_k=16, log_every=0,
-                    checkpoint_every=0, normalize_activations="none")
+                    checkpoint_every=0, normalize_activations="none", decoder_norm=decoder_norm)
     trainer = Trainer(None, None, c, tmp_path, source=SyntheticSource())
     weak = torch.arange(32, 64)
     with torch.no_grad():  # latents 32..63 start with encoders 1000x too small: top-k never picks them
@@ -207,11 +225,13 @@ def _kill_and_train(tmp_path, aux_coeff: float) -> float:
     return alive.float().mean().item()
 
 
-def test_auxk_revives_latents_built_to_be_dead(tmp_path):
-    without = _kill_and_train(tmp_path / "off", aux_coeff=0.0)
-    with_aux = _kill_and_train(tmp_path / "on", aux_coeff=1 / 32)
+@pytest.mark.parametrize("decoder_norm", ["rescale", "unit"])
+def test_auxk_revives_latents_built_to_be_dead(tmp_path, decoder_norm):
+    without = _kill_and_train(tmp_path / "off", aux_coeff=0.0, decoder_norm=decoder_norm)
+    with_aux = _kill_and_train(tmp_path / "on", aux_coeff=1 / 32, decoder_norm=decoder_norm)
     assert without == 0.0  # no gradient ever reaches them
-    assert with_aux >= 0.5, with_aux
+    # 48 true directions and 32 live latents leave work for about 16 of the 32 killed ones
+    assert with_aux >= 0.4, with_aux
 
 
 def test_topk_init_is_the_transposed_decoder_with_unit_rows():

@@ -19,7 +19,9 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from sae.cli import OneLineParser
+
+    parser = OneLineParser(
         prog="attnscope",
         description="The attnscope workbench. Other commands: `attnscope --help` lists them via `attnscope COMMAND -h`.",
     )

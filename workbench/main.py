@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         return launch.main(argv)
     if argv and (argv[0] in commands or argv[0] in ("-h", "--help")) and argv[0] not in workbench_cmds:
         return cli.main(argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in workbench_cmds:
+        known = ", ".join(sorted(commands | workbench_cmds))
+        print(f"attnscope: error: unknown command {argv[0]!r} (commands: {known}; see attnscope --help)",
+              file=sys.stderr)
+        return 2
     from workbench import launch  # Textual is imported only when the workbench is wanted
 
     return launch.main(argv)

@@ -30,8 +30,20 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (`attnscope: error: train: ... (see attnscope train --help)`)
+    and exit 2, like every other error, instead of the usage block followed by the error. Subcommand parsers
+    inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        command = self.prog.removeprefix("attnscope").strip()
+        where = f"{command}: " if command else ""
+        print(f"attnscope: error: {where}{message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="attnscope",
         description="Interpret attention layers with sparse autoencoders. With no command, opens the workbench.",
         epilog=(

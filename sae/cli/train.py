@@ -302,8 +302,9 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
             raise UsageError(f"--resume: the run was made with --model {cfg.model_name}, not {args.model}")
         if cfg.activations:
             args.activations = cfg.activations
-    elif (out_dir / "checkpoint.pt").exists():
-        raise UsageError(f"{out_dir} already holds a training run; pass --resume to continue it or pick another --out")
+    elif (out_dir / "checkpoint.pt").exists() and not args.overwrite:
+        raise UsageError(f"{out_dir} already holds a training run; pass --resume to continue it, --overwrite to "
+                         "start again, or pick another --out")
     elif existing_saes(out_dir) and not args.overwrite:
         found = existing_saes(out_dir)
         raise UsageError(

@@ -18,6 +18,7 @@ from sae.engine.autoencoder import TRAINABLE, REGISTRY
 from sae.engine.errors import AttnscopeError
 
 NORMALIZATIONS = ("none", "expected_average_only_in")
+DECODER_NORMS = ("rescale", "unit")  # sae.engine.train_steps explains both
 
 
 class TrainingError(AttnscopeError, ValueError):
@@ -68,6 +69,13 @@ class TrainConfig:
         "expected_average_only_in: train on z scaled so E||z|| = sqrt(d_in) (estimated on the first buffer), the "
         "scale folded into the saved weights so the saved SAE reads raw z; none: raw z",
         kind="choice", choices=NORMALIZATIONS, flag="--normalize")
+    decoder_norm: str | None = opt(
+        None,
+        "rescale: decoder rows are free and each latent's activation is scaled by its row's norm (SAELens's "
+        "rescale_acts_by_decoder_norm); rows start at norm 0.1, the encoder their transpose, so the directions "
+        "learn fast at a small lr; unit: rows held at unit norm (the paper's recipe). Saved SAEs always have "
+        "unit rows", kind="choice", choices=DECODER_NORMS, shown="rescale for topk, unit for standard")
+    decoder_init_norm: float = opt(0.1, "rescale: the decoder rows' initial norm", kind="float", cli=False)
     lr: float = opt(1.2e-3, "Adam learning rate", kind="float")
     beta1: float = opt(0.9, "Adam beta1", kind="float")
     beta2: float = opt(0.99, "Adam beta2", kind="float")
@@ -138,6 +146,12 @@ class TrainConfig:
         if self.normalize_activations not in NORMALIZATIONS:
             raise TrainingError(f"normalize_activations must be one of {', '.join(NORMALIZATIONS)} "
                                 f"(got {self.normalize_activations!r})")
+        if self.decoder_norm is None:
+            self.decoder_norm = "rescale" if self.architecture == "topk" else "unit"
+        if self.decoder_norm not in DECODER_NORMS:
+            raise TrainingError(f"decoder_norm must be one of {', '.join(DECODER_NORMS)} (got {self.decoder_norm!r})")
+        if not math.isfinite(self.decoder_init_norm) or self.decoder_init_norm <= 0:
+            raise TrainingError(f"decoder_init_norm must be a positive number (got {self.decoder_init_norm})")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise TrainingError(f"lr must be a positive number (got {self.lr})")
         if not math.isfinite(self.aux_coeff) or self.aux_coeff < 0:
@@ -202,6 +216,7 @@ class TrainConfig:
         d = dict(d)
         if "dead_window_steps" in d and "dead_tokens" not in d:  # configs written before dead_tokens
             d["dead_tokens"] = int(d["dead_window_steps"]) * int(d.get("batch_size", 4096))
+        d.setdefault("decoder_norm", "unit")  # configs written before decoder_norm trained with unit rows
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: Path) -> None:
@@ -237,6 +252,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "architecture": "standard",
         "normalize_activations": "none",
+        "decoder_norm": "unit",
         "d_sae": 24576,
         "layer_d_sae": {5: 49152, 7: 49152},
         "layer_l1": dict(enumerate(PAPER_L1)),

@@ -1,8 +1,16 @@
 """The maths of one training step: losses and hand-written gradients for each trainable architecture.
 
-Both architectures keep decoder rows at unit norm: the gradient component parallel to each row is removed before
-the Adam step and the rows are renormalised after it (the paper's recipe; Gao et al. do the same for top-k). With
-unit rows a feature's activation is its contribution's norm, so top-k compares latents fairly and L1 cannot be
+Two ways to handle the decoder's row norms (`decoder_norm`):
+
+- "unit" (the paper's recipe): rows are held at unit norm; the gradient component parallel to each row is removed
+  before the Adam step and the rows are renormalised after it.
+- "rescale" (SAELens's `rescale_acts_by_decoder_norm`, its top-k default): rows are free parameters `W_dec`, and
+  the SAE computed is the one with unit rows `U_i = W_dec_i / n_i`, encoder `E_i = W_enc_i n_i` and bias
+  `b_enc_i n_i` (`n_i = |W_dec_i|`). Rows start at norm 0.1 with the encoder their transpose, so at a given Adam
+  learning rate the decoder's directions move about ten times as far per step as unit rows do. Saving folds the
+  norms in (`fold_decoder_norm`), which leaves the function unchanged.
+
+Either way a latent's activation is its contribution's norm, so top-k compares latents fairly and L1 cannot be
 gamed by growing the decoder.
 
 Shapes: x `[B, d_in]`, pre / f `[B, d_sae]`, top-k indices and values `[B, k]`, x_hat `[B, d_in]`.
@@ -11,6 +19,8 @@ Shapes: x `[B, d_in]`, pre / f `[B, d_sae]`, top-k indices and values `[B, k]`, 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,17 +37,80 @@ torch.sparse.check_sparse_tensor_invariants.disable()  # built here, valid by co
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
+DECODER_NORMS = ("rescale", "unit")
+
+
 def encoder_bias(sae: SAE) -> torch.Tensor:
     """`[d_sae]`: `b_enc - b_dec @ W_enc` (the pre-encoder b_dec folded into the encoder bias)."""
     return sae.b_enc - sae.b_dec @ sae.W_enc if sae.cfg.apply_b_dec_to_input else sae.b_enc
 
 
-def sae_forward_train(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Differentiable forward for autograd training (autocast): `(pre [B, d_sae], f [B, d_sae], x_hat [B, d_in])`."""
+def sae_forward_train(sae: SAE, x: torch.Tensor, decoder_norm: str = "unit") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Differentiable forward for autograd training (autocast): `(pre [B, d_sae], f [B, d_sae], x_hat [B, d_in])`.
+    With `decoder_norm="rescale"` the SAE is the effective one (unit rows, encoder and b_enc times the row norms)."""
+    if decoder_norm == "rescale":
+        n = sae.W_dec.norm(dim=-1)
+        W_enc, b_enc, W_dec = sae.W_enc * n, sae.b_enc * n, sae.W_dec / n.clamp_min(1e-8).unsqueeze(-1)
+        b = b_enc - sae.b_dec @ W_enc if sae.cfg.apply_b_dec_to_input else b_enc
+        pre = torch.addmm(b, x, W_enc)
+        f = sae.activation(pre)
+        return pre, f, torch.addmm(sae.b_dec, f, W_dec)
     pre = torch.addmm(encoder_bias(sae), x, sae.W_enc)
     f = sae.activation(pre)
     x_hat = torch.addmm(sae.b_dec, f, sae.W_dec)
     return pre, f, x_hat
+
+
+@dataclass
+class EffectiveWeights:
+    """The SAE a "rescale" parametrisation computes, as plain tensors the step functions read (and whose
+    `.grad` they fill): `W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]` (unit rows), `b_enc [d_sae]`, `b_dec [d_in]`."""
+
+    cfg: object
+    W_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_enc: torch.Tensor
+    b_dec: torch.Tensor
+
+
+@torch.no_grad()
+def rescaled_step_grads(sae: SAE, step: Callable[..., dict[str, torch.Tensor]], *args, **kwargs) -> dict[str, torch.Tensor]:
+    """Run `step` (`topk_step_grads` or `standard_step_grads`) on the effective SAE of a "rescale" parametrisation
+    and carry its gradients back to the free parameters, filling `sae`'s `.grad`.
+
+    With `n_i = |W_dec_i|`, `U_i = W_dec_i / n_i`, `E = W_enc * n`, `c = b_enc * n`: `dW_enc = dE * n`,
+    `db_enc = dc * n`, and `dW_dec_i = (I - U_i U_i^T) dU_i / n_i + (dE_{:,i} . W_enc_{:,i} + dc_i b_enc_i) U_i`.
+    """
+    n = sae.W_dec.norm(dim=-1).clamp_min(1e-8)  # [d_sae]
+    U = sae.W_dec / n.unsqueeze(-1)
+    eff = EffectiveWeights(sae.cfg, sae.W_enc * n, U, sae.b_enc * n, sae.b_dec.detach().clone())
+    out = step(eff, *args, **kwargs)
+    gE, gU, gc, gbd = eff.W_enc.grad, eff.W_dec.grad, eff.b_enc.grad, eff.b_dec.grad
+    dn = (gE * sae.W_enc).sum(0) + gc * sae.b_enc  # [d_sae]
+    g_dec = gU.sub_((gU * U).sum(-1, keepdim=True) * U).div_(n.unsqueeze(-1)).add_(dn.unsqueeze(-1) * U)
+    for p, g in ((sae.W_enc, gE.mul_(n)), (sae.W_dec, g_dec), (sae.b_enc, gc.mul_(n)), (sae.b_dec, gbd)):
+        p.grad = g
+    return out
+
+
+@torch.no_grad()
+def fold_decoder_norm(sae: SAE) -> SAE:
+    """Fold a "rescale" SAE's decoder row norms into its encoder (in place; returns it): `W_enc *= n`,
+    `b_enc *= n`, `W_dec /= n`. The function is unchanged and the rows are then unit norm."""
+    n = sae.W_dec.norm(dim=-1).clamp_min(1e-8)
+    sae.W_enc.mul_(n)
+    sae.b_enc.mul_(n)
+    sae.W_dec.div_(n.unsqueeze(-1))
+    return sae
+
+
+@torch.no_grad()
+def init_decoder_norm(sae: SAE, norm: float) -> SAE:
+    """SAELens's heuristic init for "rescale" training (Anthropic's 2024 update): decoder rows at `norm`, the
+    encoder their transpose."""
+    sae.W_dec.mul_(norm / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+    sae.W_enc.copy_(sae.W_dec.T)
+    return sae
 
 
 def standard_loss(x: torch.Tensor, f: torch.Tensor, x_hat: torch.Tensor, l1_coeff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,19 +121,22 @@ def standard_loss(x: torch.Tensor, f: torch.Tensor, x_hat: torch.Tensor, l1_coef
 
 
 def topk_aux_loss(
-    sae: SAE, x: torch.Tensor, pre: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor, aux_k: int
+    sae: SAE, x: torch.Tensor, pre: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor, aux_k: int,
+    decoder_norm: str = "unit",
 ) -> torch.Tensor:
-    """AuxK (Gao et al. 2024): the `aux_k` largest pre-activations among the `dead [d_sae]` latents (ReLU) decode
+    """AuxK (Gao et al. 2024) as SAELens computes it: the `aux_k` largest pre-activations among the `dead [d_sae]`
+    latents (as they are, no ReLU, so a latent whose pre-activations are all negative still gets a gradient) decode
     the residual `x - x_hat` (detached), no decoder bias; summed squared error over d_in, mean over batch, scaled
-    by min(1, n_dead / aux_k) as SAELens does. Zero when nothing is dead."""
+    by min(1, n_dead / aux_k). Zero when nothing is dead."""
     n_dead = int(dead.sum())
     if n_dead == 0:
         return pre.new_zeros(())
     kk = min(aux_k, n_dead)
     vals, idx = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
-    f_aux = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    f_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
     resid = (x - x_hat).detach()
-    return min(1.0, n_dead / aux_k) * (f_aux @ sae.W_dec - resid).pow(2).sum(-1).mean()
+    W_dec = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8) if decoder_norm == "rescale" else sae.W_dec
+    return min(1.0, n_dead / aux_k) * (f_aux @ W_dec - resid).pow(2).sum(-1).mean()
 
 
 @torch.no_grad()
@@ -209,12 +285,12 @@ def topk_step_grads(
             av, local = pre_d.topk(kk, dim=-1)
         else:
             av, local = pre_d, torch.arange(n_dead, device=x.device).expand(n, -1)
-        aa = av.relu()
+        aa = av  # no ReLU on AuxK activations (SAELens)
         ai = dead_idx[local]  # [B, kk] latent ids
         e_err = decode_rows(aa, local, W_d, sparse).add_(err)  # e_hat - (x - x_hat) = e_hat + err
         aux = scale * e_err.pow(2).sum() / n
         d_ehat = e_err.mul_(2.0 * aux_coeff * scale / n)
-        d_aa = rows_dot(d_ehat, local, W_d, sparse).mul_(av > 0)
+        d_aa = rows_dot(d_ehat, local, W_d, sparse)
         sel_idx.append(ai)
         sel_grad.append(d_aa)
     g_W_dec = scatter_outer(idx, a, d_xhat, d_sae, sparse)

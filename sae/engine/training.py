@@ -43,7 +43,10 @@ from sae.engine.safe_io import DirLock, UnsafeFileError, atomic_write_text, atom
 from sae.engine.schedule import Schedule, lr_at, resample_phase, resolve_schedule
 from sae.engine.train_config import PRESETS, TrainConfig, TrainingDiverged, TrainingError
 from sae.engine.train_steps import (
+    fold_decoder_norm,
+    init_decoder_norm,
     remove_parallel_grad,
+    rescaled_step_grads,
     sae_forward_train,
     standard_loss,
     standard_step_grads,
@@ -81,6 +84,8 @@ def init_sae(d_in: int, n_heads: int | None, model_name: str, layer: int, cfg: T
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed * 1009 + layer)
         sae = SAE(scfg)
+    if cfg.decoder_norm == "rescale":
+        init_decoder_norm(sae, cfg.decoder_init_norm)
     return sae.to(device)
 
 
@@ -376,6 +381,8 @@ class Trainer:
     def saved_sae(self, u: Unit) -> SAE:
         """A copy of `u`'s SAE that reads raw z: the activation scale folded into its weights."""
         sae = copy.deepcopy(u.sae)
+        if self.cfg.decoder_norm == "rescale":
+            fold_decoder_norm(sae)
         scale = self.scales.get(u.layer, 1.0) if self.scales else 1.0
         fold_input_scale(sae, scale)
         train = {k: v for k, v in self.cfg.to_dict().items() if k not in ("layers", "layer_l1", "layer_d_sae")}
@@ -474,19 +481,21 @@ class Trainer:
         topk = cfg.architecture == "topk"
         aux_k = cfg.aux_k or max(1, self.d_in // 2)
         dead = u.tracker.dead(sched.dead_tokens) if topk and cfg.aux_coeff > 0 else None
+        rescale = cfg.decoder_norm == "rescale"
         if self.autocast_dtype is None:
             if topk:
-                out = topk_step_grads(sae, x, int(u.value), dead, aux_k, cfg.aux_coeff)
+                args: tuple = (topk_step_grads, x, int(u.value), dead, aux_k, cfg.aux_coeff)
             else:
-                out = standard_step_grads(sae, x, cfg.l1_for(u.layer, u.value))
+                args = (standard_step_grads, x, cfg.l1_for(u.layer, u.value))
+            out = rescaled_step_grads(sae, *args) if rescale else args[0](sae, *args[1:])
             loss, mse, aux, fired, x_hat = out["loss"], out["mse"], out["aux"], out["fired"], out["x_hat"]
         else:
             u.opt.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                pre, f, x_hat = sae_forward_train(sae, x)
+                pre, f, x_hat = sae_forward_train(sae, x, cfg.decoder_norm)
                 if topk:
                     mse = (x_hat.float() - x).pow(2).sum(-1).mean()
-                    aux = (topk_aux_loss(sae, x, pre.float(), x_hat.float(), dead, aux_k) if dead is not None
+                    aux = (topk_aux_loss(sae, x, pre.float(), x_hat.float(), dead, aux_k, cfg.decoder_norm) if dead is not None
                            else mse.new_zeros(()))
                     loss = mse + cfg.aux_coeff * aux
                 else:
@@ -495,9 +504,11 @@ class Trainer:
             fired = (f > 0).sum(0).float()
         fired, loss = self.sync.reduce_step(list(sae.parameters()), fired, loss)  # data parallel: mean grads
         n_global = x.shape[0] * self.sync.world_size
-        remove_parallel_grad(sae)
+        if not rescale:
+            remove_parallel_grad(sae)
         u.opt.step()
-        sae.set_decoder_norm_to_unit()
+        if not rescale:
+            sae.set_decoder_norm_to_unit()
         u.tracker.update(fired, n_global)
         if log:
             with torch.no_grad():

@@ -75,7 +75,7 @@ from sae_lens import (
     TopKTrainingSAEConfig,
 )
 from sae_lens.evals import get_eval_everything_config, run_evals
-from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.util import get_special_token_ids
 from transformer_lens import HookedTransformer
@@ -575,6 +575,62 @@ def make_training_saved_topk(x: torch.Tensor) -> dict:
     return info
 
 
+def make_topk_train_step() -> dict:
+    """One SAELens TopK training step's loss and gradients (TopKTrainingSAE, rescale_acts_by_decoder_norm=True,
+    its default): the reference for attnscope's "rescale" decoder-norm training (`rescaled_step_grads`).
+
+    Weights: SAELens's own init (decoder rows at decoder_init_norm 0.1, encoder their transpose), then perturbed so
+    row norms differ and the biases are non-zero. Loss = mse + aux_loss_coefficient * AuxK over the given dead mask,
+    gradients by autograd through SAELens's training_forward_pass; then save_inference_model's folded weights."""
+    d = OUT / "saelens" / "topk_train_step"
+    d_in, d_sae, k, n = 128, D_SAE_SMALL, 8, 64
+    torch.manual_seed(21)
+    cfg = TopKTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu", apply_b_dec_to_input=True,
+        normalize_activations="none", reshape_activations="none", aux_loss_coefficient=0.5,
+        metadata=SAEMetadata(**META),
+    )
+    tsae = TopKTrainingSAE(cfg)
+    g = gen(22)
+    with torch.no_grad():
+        tsae.W_dec.mul_(torch.rand(d_sae, 1, generator=g) * 3 + 0.25)
+        tsae.W_enc.add_(torch.randn(d_in, d_sae, generator=g) * 0.02)
+        tsae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.05)
+        tsae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+    params = {k_: v.detach().clone() for k_, v in tsae.state_dict().items()}
+    x = torch.randn(n, d_in, generator=gen(23)) * 2.0
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=gen(24))[:20]] = True
+    step_in = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0,
+                             is_logging_step=False)
+    with torch.enable_grad():
+        out = tsae.training_forward_pass(step_in)
+        out.loss.backward()
+    tensors = {
+        **{f"param.{k_}": v for k_, v in params.items()},
+        **{f"grad.{k_}": p_.grad for k_, p_ in tsae.named_parameters()},
+        "x": x, "dead": dead.to(torch.uint8), "sae_out": out.sae_out.detach(),
+        "feature_acts": out.feature_acts.detach(), "loss": out.loss.detach().reshape(1),
+        "mse_loss": out.losses["mse_loss"].detach().reshape(1),
+        "aux_loss": out.losses["auxiliary_reconstruction_loss"].detach().reshape(1),
+    }
+    tsae.zero_grad()
+    tsae.save_inference_model(d)
+    save_st(d / "reference_io.safetensors", tensors)
+    info = {
+        "producer": f"sae_lens {sae_lens.__version__}: TopKTrainingSAE.training_forward_pass + autograd; "
+                    "save_inference_model",
+        "k": k, "d_in": d_in, "d_sae": d_sae, "aux_loss_coefficient": 0.5, "n_dead": int(dead.sum()),
+        "rescale_acts_by_decoder_norm": True,
+        "loss": "mse_loss (squared error summed over d_in, mean over batch) + 0.5 * min(n_dead / (d_in // 2), 1) * "
+                "AuxK (top d_in // 2 dead pre-activations decode the detached residual, no b_dec)",
+        "keys": {k_: list(v.shape) for k_, v in tensors.items()},
+        "saved": "cfg.json + sae_weights.safetensors: save_inference_model's weights (row norms folded into W_enc and b_enc)",
+    }
+    dump_json(d / "note.json", info)
+    return info
+
+
 def make_saelens_dirs() -> dict:
     x = sae_inputs()
     res = {}
@@ -596,6 +652,7 @@ def make_saelens_dirs() -> dict:
         normalize="layer_norm",
     )
     res["topk_training_save_inference_model"] = make_training_saved_topk(x)
+    res["topk_train_step"] = make_topk_train_step()
     return res
 
 
