@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--normalize", choices=["none", "expected_average_only_in"], default="none")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -99,7 +100,8 @@ def main() -> None:
     model = load_processed(Path(args.model))
     n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
     d_in = n_heads * d_head
-    common = dict(d_in=d_in, d_sae=args.expansion * d_in, reshape_activations="hook_z", normalize_activations="none")
+    common = dict(d_in=d_in, d_sae=args.expansion * d_in, reshape_activations="hook_z",
+                  normalize_activations=args.normalize)
     if args.arch == "topk":
         sae_cfg = TopKTrainingSAEConfig(k=args.k, **common)
     else:
@@ -119,6 +121,7 @@ def main() -> None:
         train_batch_size_tokens=args.batch,
         store_batch_size_prompts=32,
         n_batches_in_buffer=64,  # buffer = 64 x context tokens (SAELens needs >= batch)
+        n_batches_for_norm_estimate=16,  # 16 training batches: ~65k tokens, like attnscope's first buffer (default 1000)
         lr=args.lr,
         lr_warm_up_steps=0,
         device="cpu",

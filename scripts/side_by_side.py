@@ -8,7 +8,9 @@ For each shape, architecture and layer it trains one SAE with SAELens 6.54's own
 build it) and one with `attnscope train`, on the same token rows (attnscope's, tokenised once and handed to
 SAELens pre-tokenised, as a cached dataset would be), batch 4096, context 128, warm-up 0, 8x wide, the issue's
 settings (top-k k=24 lr 1e-3; standard L1 1.0 lr 1.2e-3 on raw z). Both SAEs are then scored by `attnscope eval`
-on the same held-out tokens. Whole-process seconds are the wall time of each training subprocess, imports
+on the same held-out tokens. On `gpt2-256` both sides train on z scaled to E|z| = sqrt(d_in)
+(`expected_average_only_in`, each tool's own), because a random model's z is tiny and an L1 coefficient meant for
+the default model's raw z would say nothing there. Whole-process seconds are the wall time of each training subprocess, imports
 included; loop tokens/s is each trainer's own figure (SAELens: `runner.run()`; attnscope: the trainer loop).
 
 Shapes: `default` is the embedded model (128 -> 1024); `gpt2-256` a 2-layer, 256-wide GPT-2 with random weights
@@ -109,7 +111,12 @@ def main() -> None:
             prep = prepare_shape(shape, work, args.tokens)
             for arch in args.archs.split(","):
                 for layer in [int(x) for x in args.layers.split(",")]:
-                    s = SETTINGS[arch]
+                    s = dict(SETTINGS[arch])
+                    if shape != "default":  # normalised on both sides (see the docstring)
+                        s["attnscope"] = [a for a in s["attnscope"] if a not in ("--normalize", "none")] + [
+                            "--normalize", "expected_average_only_in"]
+                        s["saelens"] = [*s["saelens"], "--normalize", "expected_average_only_in"]
+                        s["label"] += ", normalised z"
                     sl_out = work / f"sl-{shape}-{arch}-{layer}"
                     sl_s, _ = timed([args.side_python, str(REPO / "scripts" / "saelens_train.py"), "--rows",
                                      prep["rows"], "--model", prep["model_dir"], "--layer", str(layer),

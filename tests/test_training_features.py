@@ -105,6 +105,27 @@ def test_paper_preset_is_the_papers_recipe():
     assert (c.lr, c.beta1, c.beta2, c.total_tokens, c.batch_size, c.context_size) == (1.2e-3, 0.9, 0.99, 2e9, 4096, 128)
     s = resolve_schedule(c)
     assert (s.warmup_steps, s.resample_every, s.resample_window) == (1000, 25_000, 12_500) and c.max_resamples == 4
+    assert c.decoder_norm == "unit"  # the paper keeps decoder rows at unit norm
+
+
+def test_decoder_norm_defaults_and_old_configs():
+    assert TrainConfig(layers=[0], architecture="topk").decoder_norm == "rescale"
+    assert TrainConfig(layers=[0], architecture="topk", decoder_norm="unit").decoder_norm == "unit"
+    with pytest.raises(TrainingError, match="^decoder_norm must be one of"):
+        TrainConfig(layers=[0], decoder_norm="free")
+    # a train_config.json written before decoder_norm existed trained with unit rows; a resume must keep them
+    old = TrainConfig(layers=[0], architecture="topk").to_dict()
+    del old["decoder_norm"]
+    assert TrainConfig.from_dict(old).decoder_norm == "unit"
+
+
+def test_rescale_init_is_saelens_heuristic():
+    from sae.engine.training import init_sae
+
+    c = TrainConfig(layers=[1], architecture="topk", d_sae=40, k=4)
+    sae = init_sae(12, None, "m", 1, c, 4, torch.device("cpu"))
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.full((40,), 0.1))
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
 
 
 # ---- normalisation folded into the saved weights ---------------------------------------------------------------

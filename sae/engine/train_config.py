@@ -58,7 +58,8 @@ class TrainConfig:
                             shown="expansion x d_in")
     expansion: int = opt(8, "d_sae = expansion x n_heads x d_head when --width is not given", kind="int")
     l1_coeff: float | list[float] = opt(
-        5.0, "L1 coefficient (standard), on normalised activations; a comma list trains a sweep",
+        1.5, "L1 coefficient (standard), on normalised activations (1.5: L0 ~60, explained variance ~0.81 on the "
+        "embedded default's layers at 2M tokens; 2: L0 ~39); a comma list trains a sweep",
         kind="float_list", flag="--l1")
     k: int | list[int] = opt(32, "active latents per token (topk); a comma list trains a sweep", kind="int_list")
     aux_k: int | None = opt(None, "topk: dead latents in the AuxK loss", kind="int", shown="d_in // 2")
