@@ -146,6 +146,12 @@ def loop_figures(model, shape: dict, device: torch.device) -> list[dict[str, Any
             if device.type == "cuda":
                 r["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
             out.append(r)
+    # the model pass on a background thread (TrainConfig.prefetch), top-k fp32: does it overlap on this machine?
+    for prefetch in (0, 4):
+        t = _time_training(model, rows, [1], shape["d_sae"], shape["batch"], shape["steps"], 2, False,
+                           architecture="topk", prefetch=prefetch)
+        out.append({"architecture": "topk", "autocast_bf16": False, "prefetch": prefetch,
+                    "loop_tokens_per_s": shape["batch"] * shape["steps"] / t})
     return out
 
 

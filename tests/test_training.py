@@ -102,6 +102,79 @@ def test_resume_ends_with_the_same_weights(tiny_model, rows, tmp_path):
             assert torch.equal(getattr(straight[layer], name), getattr(resumed[layer], name)), (layer, name)
 
 
+@pytest.mark.parametrize("arch", ["standard", "topk"])
+def test_prefetching_changes_nothing_and_resumes_exactly(tiny_model, rows, tmp_path, arch):
+    """The model pass on a background thread (`prefetch`) hands out the same chunks in the same order: the same
+    weights as without it, and a run stopped mid-way (chunks made ahead but not yet used) resumes to them too."""
+    c = dict(layers=[0, 1], total_tokens=64 * 16, checkpoint_every=5, architecture=arch, k=4, rows_per_pass=2)
+    plain = train_saes(tiny_model, rows, cfg(**c), tmp_path / "plain")
+    ahead = train_saes(tiny_model, rows, cfg(**c, prefetch=3), tmp_path / "ahead")
+    cancel = threading.Event()
+
+    def stop_at_7(info: Progress) -> None:
+        if info.note == "step" and info.stage == "step 7/16":
+            cancel.set()
+
+    trainer = Trainer(tiny_model, rows, cfg(**c, prefetch=3), tmp_path / "b", on_progress=stop_at_7, cancel=cancel)
+    assert trainer.run().step == 7
+    resumed = train_saes(tiny_model, rows, cfg(**c, prefetch=2), tmp_path / "b", resume=True)
+    for layer in (0, 1):
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            assert torch.equal(getattr(plain[layer], name), getattr(ahead[layer], name)), (layer, name)
+            assert torch.equal(getattr(plain[layer], name), getattr(resumed[layer], name)), (layer, name)
+
+
+class CountingSource:
+    """chunk i is torch.full((1, 2, 3), i); the state is the next i."""
+
+    def __init__(self) -> None:
+        self.i = 0
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.i = s["i"]
+
+    def next_chunk(self) -> torch.Tensor:
+        self.i += 1
+        return torch.full((1, 2, 3), float(self.i - 1))
+
+
+def test_prefetcher_state_is_that_of_the_first_chunk_not_handed_out():
+    import time
+
+    from sae.engine.activations import Prefetcher
+
+    src = CountingSource()
+    p = Prefetcher(src, depth=3)
+    assert p.next_chunk()[0, 0, 0] == 0
+    deadline = time.monotonic() + 10
+    while len(p._queue) < 3 and time.monotonic() < deadline:  # the worker runs 3 chunks ahead
+        time.sleep(0.01)
+    assert src.i == 4 and p.state_dict() == {"i": 1}  # chunks 1..3 made, none handed out
+    assert p.next_chunk()[0, 0, 0] == 1
+    p.load_state_dict({"i": 1})  # back one chunk: the queue is dropped, the source rewound
+    assert [p.next_chunk()[0, 0, 0].item() for _ in range(3)] == [1, 2, 3]
+    p.close()
+
+
+def test_a_failing_model_pass_on_the_prefetch_thread_is_raised_in_training():
+    from sae.engine.activations import Prefetcher
+
+    class Broken:
+        def state_dict(self) -> dict:
+            return {}
+
+        def next_chunk(self):
+            raise RuntimeError("out of memory in the forward pass")
+
+    p = Prefetcher(Broken(), depth=2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        p.next_chunk()
+    p.close()
+
+
 def test_resume_refuses_a_different_config(tiny_model, rows, tmp_path):
     train_saes(tiny_model, rows, cfg(), tmp_path)
     with pytest.raises(TrainingError, match="d_sae"):

@@ -49,12 +49,14 @@ def _random_rows(model, n_rows: int, context: int, seed: int = 0) -> torch.Tenso
 
 
 def _time_training(model, rows: torch.Tensor, layers: list[int], d_sae: int, batch_size: int, steps: int,
-                   warmup: int, autocast: bool, architecture: str = "standard", k: int = 32) -> float:
+                   warmup: int, autocast: bool, architecture: str = "standard", k: int = 32,
+                   prefetch: int = 0) -> float:
     """Seconds for `steps` steady-state training steps (after `warmup` steps), all `layers` in one pass."""
     cfg = TrainConfig(
         layers=layers, architecture=architecture, k=k, d_sae=d_sae, batch_size=batch_size, context_size=rows.shape[1],
         total_tokens=batch_size * (steps + warmup), rows_per_pass=max(1, batch_size // rows.shape[1]),
         buffer_batches=2, warmup_steps=10, checkpoint_every=0, log_every=0, resample_every=0, autocast=autocast,
+        prefetch=prefetch,
     )
     marks: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -182,6 +182,10 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
         if args.total_tokens < cfg.batch_size:
             raise UsageError(f"total_tokens ({args.total_tokens}) is less than one batch of {cfg.batch_size}")
         cfg.total_tokens = args.total_tokens
+    if args.prefetch is not None:
+        if args.prefetch < 0:
+            raise UsageError(f"prefetch must be >= 0 (got {args.prefetch})")
+        cfg.prefetch = args.prefetch
     if args.checkpoint_every is not None:
         if args.checkpoint_every < 0:
             raise UsageError(f"checkpoint_every must be >= 0 (got {args.checkpoint_every})")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -214,6 +216,93 @@ class ZSource:
         self.epoch = int(state["epoch"])
         self.pos = int(state["pos"])
         self._order = self._epoch_order(self.epoch)
+
+
+class Prefetcher:
+    """Makes a source's chunks ahead of time on a background thread, so the model's forward pass (mostly Python
+    overhead on a small model, which releases nothing to the SAE step's matmuls) overlaps the SAE steps.
+
+    Chunks come out in exactly the order `source.next_chunk()` makes them, so training is unchanged; `state_dict()`
+    is the source's state before the first chunk not yet handed out, so a checkpoint resumes exactly as without
+    prefetching. At most `depth` chunks wait; an error in the worker is raised by the `next_chunk()` that wanted
+    its chunk. `close()` stops the worker (it is a daemon thread, so a dying process never waits for it).
+    """
+
+    def __init__(self, source, depth: int, threads: int | None = None) -> None:
+        self.source = source
+        self.depth = max(1, int(depth))
+        self.threads = threads
+        self._queue: collections.deque = collections.deque()  # (source state before the chunk, chunk)
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getattr__(self, name: str):  # layers, d_in, tokens_per_chunk, ... of the wrapped source
+        if name == "source":  # not set yet (copy / unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def _work(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while True:
+            with self._cond:
+                while len(self._queue) >= self.depth and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                self._busy = True
+            try:
+                state = self.source.state_dict()
+                chunk = self.source.next_chunk()
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                with self._cond:
+                    self._error, self._busy = exc, False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._queue.append((state, chunk))
+                self._busy = False
+                self._cond.notify_all()
+
+    def _ensure_started(self) -> None:
+        if self._thread is None and self._error is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._work, name="attnscope-prefetch", daemon=True)
+            self._thread.start()
+
+    def next_chunk(self) -> torch.Tensor:
+        self._ensure_started()
+        with self._cond:
+            while not self._queue and self._error is None:
+                self._cond.wait()
+            if not self._queue:
+                raise self._error  # type: ignore[misc]
+            _, chunk = self._queue.popleft()
+            self._cond.notify_all()
+        return chunk
+
+    def state_dict(self) -> dict:
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            return dict(self._queue[0][0]) if self._queue else self.source.state_dict()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self._thread = None
+        self._queue.clear()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        self._error = None
+        self.source.load_state_dict(state)
 
 
 class ActivationBuffer:

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from sae.engine.activations import ActivationBuffer
+from sae.engine.activations import ActivationBuffer, Prefetcher
 from sae.engine.errors import AttnscopeError
 
 
@@ -252,6 +252,8 @@ class ShardedBuffer:
         self.buffers: dict[int, ActivationBuffer] = {}
         for lane in self.owned:
             src = shard_source(source, lane, self.n_lanes)
+            if getattr(cfg, "prefetch", 0):
+                src = Prefetcher(src, cfg.prefetch)
             self.sources[lane] = src
             self.buffers[lane] = ActivationBuffer(
                 src.next_chunk, n_layers, d_in, self.capacity, self.lane_batch, device,
@@ -310,6 +312,12 @@ class ShardedBuffer:
         if len(self.owned) < self.n_lanes:
             out = self.sync.all_sum(out)
         return out
+
+    def close(self) -> None:
+        """Stop the prefetching threads (if any); the sources' states stay where they are."""
+        for src in self.sources.values():
+            if isinstance(src, Prefetcher):
+                src.close()
 
     def lane_states(self) -> dict[int, dict[str, Any]]:
         return {lane: {"buffer": self.buffers[lane].state_dict(), "source": self.sources[lane].state_dict()}

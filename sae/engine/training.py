@@ -556,6 +556,7 @@ class Trainer:
                 clean_stale_temps(self.out_dir)  # `.checkpoint.pt.tmp-PID-*` of killed runs
             return self._run()
         finally:
+            self.buffer.close()  # prefetching threads, if any
             if own and self.out_lock is not None:
                 self.out_lock.release()
                 self.out_lock = None
