@@ -3,7 +3,9 @@
 - directories SAELens 6.54 wrote (standard, topk, jumprelu; run-time normalisations; a training-time scaler;
   a TopK saved with decoder-norm rescaling) load in attnscope and give SAELens's features and reconstructions;
 - Gemma Scope's params.npz gives the activations of Gemma Scope's published JumpReLU formula;
-- `attnscope eval`'s metrics equal SAELens's `run_evals` on the same SAE, model and tokens, under both BOS rules.
+- `attnscope eval`'s metrics equal SAELens's `run_evals` on the same SAE, model and tokens, under both BOS rules;
+- a top-k training step with decoder-norm rescaling (`decoder_norm="rescale"`) gives SAELens's loss and gradients,
+  and saving folds the row norms as SAELens's save_inference_model does.
 """
 
 from __future__ import annotations
