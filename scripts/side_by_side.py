@@ -77,6 +77,7 @@ def prepare_shape(shape: str, work: Path, tokens: int) -> dict:
     elif shape == "gpt2-256":
         from sae.bench.training import random_gpt2_dir
 
+        torch.manual_seed(0)  # the same random model every run
         d = random_gpt2_dir(work / "gpt2-256", n_layer=2, d_model=256, n_head=8, n_ctx=128, vocab=4096)
         model_arg = model_dir = str(d)
         train_corpus = str(random_word_corpus(work / "train.txt", 4096, int(tokens * 1.3), seed=0))
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--layers", default="1", help="comma list of layers (gpt2-256 has 0 and 1)")
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--json", default=None, help="also write every figure here")
+    ap.add_argument("--work", default=None, help="keep models, corpora and SAEs here (default: a temp dir)")
     args = ap.parse_args()
     if not Path(args.side_python).exists():
         sys.exit(f"side_by_side: no side python at {args.side_python}; build it as tests/reference/README.md says")
@@ -106,7 +108,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     results = []
     with tempfile.TemporaryDirectory(prefix="side_by_side_") as tmp:
-        work = Path(tmp)
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for shape in args.shapes.split(","):
             prep = prepare_shape(shape, work, args.tokens)
             for arch in args.archs.split(","):
