@@ -119,6 +119,30 @@ def test_decoder_norm_defaults_and_old_configs():
     assert TrainConfig.from_dict(old).decoder_norm == "unit"
 
 
+@pytest.mark.parametrize("arch", ["standard", "topk"])
+@pytest.mark.parametrize("init", ["mean", "zeros"])
+def test_b_dec_starts_at_the_mean_of_the_first_buffer(tiny_model, rows, tmp_path, arch, init):
+    """`b_dec_init="mean"`: b_dec starts at the mean (scaled) activation of the first buffer, computed here again."""
+    c = cfg(architecture=arch, normalize_activations="expected_average_only_in", b_dec_init=init)
+    trainer = Trainer(tiny_model, rows, c, tmp_path)
+    trainer._normalize_setup()
+    z = trainer.buffer.storage[0].double()  # [capacity, d_in], the first buffer
+    s = math.sqrt(z.shape[-1]) / z.norm(dim=-1).mean().item()
+    want = z.mean(0) * s if init == "mean" else torch.zeros(z.shape[-1], dtype=torch.float64)
+    torch.testing.assert_close(trainer.units[0].sae.b_dec.double(), want, atol=1e-5, rtol=1e-5)
+    assert z.mean(0).norm() > 0.1  # not vacuous
+
+
+def test_b_dec_auto_rule():
+    from sae.engine.training import b_dec_starts_at_mean
+
+    topk, std = TrainConfig(layers=[0], architecture="topk"), TrainConfig(layers=[0], architecture="standard")
+    assert b_dec_starts_at_mean(topk, 0.0) and b_dec_starts_at_mean(topk, 0.9)
+    assert not b_dec_starts_at_mean(std, 0.15) and b_dec_starts_at_mean(std, 0.6)
+    assert b_dec_starts_at_mean(TrainConfig(layers=[0], architecture="standard", b_dec_init="mean"), 0.0)
+    assert not b_dec_starts_at_mean(TrainConfig(layers=[0], architecture="topk", b_dec_init="zeros"), 0.9)
+
+
 def test_rescale_init_is_saelens_heuristic():
     from sae.engine.training import init_sae
 

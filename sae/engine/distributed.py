@@ -279,19 +279,20 @@ class ShardedBuffer:
         parts = [self.buffers[lane].next_batch() for lane in self.owned]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def first_moments(self, slot: int) -> tuple[float, torch.Tensor]:
-        """Over every lane's buffer (all processes): the mean norm of one layer's activations and their mean
-        `[d_in]`, for the activation scale and the top-k decoder-bias init."""
+    def first_moments(self, slot: int) -> tuple[float, torch.Tensor, float]:
+        """Over every lane's buffer (all processes): the mean norm of one layer's activations, their mean `[d_in]`
+        and their mean squared norm, for the activation scale and the decoder-bias init."""
         if not self.filled:
             self.fill()
         acc = None
         for lane in self.owned:
             x = self.buffers[lane].storage[slot].double()
-            part = torch.cat([x.norm(dim=-1).sum().reshape(1), x.sum(0), x.new_tensor([x.shape[0]])])
+            part = torch.cat([x.norm(dim=-1).sum().reshape(1), x.pow(2).sum().reshape(1), x.sum(0),
+                              x.new_tensor([x.shape[0]])])
             acc = part if acc is None else acc + part
         acc = self.sync.all_sum(acc)
         n = acc[-1]
-        return float(acc[0] / n), (acc[1:-1] / n).float()
+        return float(acc[0] / n), (acc[2:-1] / n).float(), float(acc[1] / n)
 
     def sample(self, n: int, slot: int, generator: torch.Generator) -> torch.Tensor:
         """`[n, d_in]` activations of one layer at `n` global buffer positions drawn from `generator` (lane-major:

@@ -76,6 +76,10 @@ class TrainConfig:
         "rescale_acts_by_decoder_norm); rows start at norm 0.1, the encoder their transpose, so the directions "
         "learn fast at a small lr; unit: rows held at unit norm (the paper's recipe). Saved SAEs always have "
         "unit rows", kind="choice", choices=DECODER_NORMS, shown="rescale for topk, unit for standard")
+    b_dec_init: str = opt(
+        "auto", "where b_dec starts: mean (the first buffer's mean activation), zeros, or auto (mean for topk; for "
+        "standard, mean only when the mean carries >= 40% of the activations' energy)", kind="choice",
+        choices=("auto", "mean", "zeros"))
     decoder_init_norm: float = opt(0.1, "rescale: the decoder rows' initial norm", kind="float", cli=False)
     lr: float = opt(1.2e-3, "Adam learning rate", kind="float")
     beta1: float = opt(0.9, "Adam beta1", kind="float")
@@ -152,6 +156,8 @@ class TrainConfig:
                                 f"(got {self.normalize_activations!r})")
         if self.decoder_norm is None:
             self.decoder_norm = "rescale" if self.architecture == "topk" else "unit"
+        if self.b_dec_init not in ("auto", "mean", "zeros"):
+            raise TrainingError(f"b_dec_init must be auto, mean or zeros (got {self.b_dec_init!r})")
         if self.decoder_norm not in DECODER_NORMS:
             raise TrainingError(f"decoder_norm must be one of {', '.join(DECODER_NORMS)} (got {self.decoder_norm!r})")
         if not math.isfinite(self.decoder_init_norm) or self.decoder_init_norm <= 0:

@@ -89,6 +89,21 @@ def init_sae(d_in: int, n_heads: int | None, model_name: str, layer: int, cfg: T
     return sae.to(device)
 
 
+MEAN_SHARE_FOR_B_DEC = 0.4
+
+
+def b_dec_starts_at_mean(cfg: TrainConfig, mean_share: float) -> bool:
+    """Whether b_dec starts at the mean activation. `mean_share` = |mean|^2 / E|x|^2 of the first buffer.
+
+    "auto": always for top-k; for standard SAEs only when the mean carries at least 40% of the activations' energy.
+    Measured at 1-2M tokens: on the embedded default (shares 0.13-0.17) a mean start cost the standard SAE ~0.04
+    explained variance at equal L0, while on a random 256-wide GPT-2 (share 0.59) a zero start left it 97% dead at
+    any L1 and a mean start gave L0 211, EV 0.84, none dead."""
+    if cfg.b_dec_init == "auto":
+        return cfg.architecture == "topk" or mean_share >= MEAN_SHARE_FOR_B_DEC
+    return cfg.b_dec_init == "mean"
+
+
 def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
     try:
@@ -452,25 +467,27 @@ class Trainer:
     # -- the loop --
 
     def _normalize_setup(self) -> None:
-        """Estimate each layer's activation scale on the first buffer (1.0 when normalisation is off); topk SAEs
-        start with b_dec at the mean scaled activation."""
+        """Estimate each layer's activation scale on the first buffer (1.0 when normalisation is off) and start
+        b_dec at the mean scaled activation where `cfg.b_dec_init` says so (`b_dec_starts_at_mean`)."""
         if self.scales is not None:
             return
         if not self.buffer.filled:
             self.buffer.fill()
         self.scales = {}
         for slot, layer in enumerate(self.cfg.layers):
-            mean_norm, mean_x = self.buffer.first_moments(slot)  # over every data shard
+            mean_norm, mean_x, mean_sq = self.buffer.first_moments(slot)  # over every data shard
             s = 1.0
             if self.cfg.normalize_activations == "expected_average_only_in" and mean_norm > 0 and math.isfinite(mean_norm):
                 s = math.sqrt(self.d_in) / mean_norm
             self.scales[layer] = s
-            if self.cfg.architecture == "topk":
-                mean = mean_x.to(self.device) * s
-                for u in self.units:
-                    if u.layer == layer:
-                        with torch.no_grad():
-                            u.sae.b_dec.copy_(mean)
+            share = float(mean_x.double().pow(2).sum()) / mean_sq if mean_sq > 0 else 0.0
+            if not b_dec_starts_at_mean(self.cfg, share):
+                continue
+            mean = mean_x.to(self.device) * s
+            for u in self.units:
+                if u.layer == layer:
+                    with torch.no_grad():
+                        u.sae.b_dec.copy_(mean)
 
     def _train_unit(self, u: Unit, x: torch.Tensor, log: bool) -> torch.Tensor:
         cfg, sched = self.cfg, self.schedule
