@@ -223,7 +223,7 @@ def test_rescaled_autocast_forward_gives_saelens_gradients():
 
 def test_fold_decoder_norm_gives_saelens_saved_weights():
     """Saving a rescale-trained SAE folds the row norms as SAELens's save_inference_model does."""
-    from sae.engine.train_steps import fold_decoder_norm
+    from sae.engine.autoencoder import fold_decoder_norm
 
     sae, ref, note = _train_step_fixture()
     saved = load_file(str(SAELENS / "topk_train_step" / "sae_weights.safetensors"))

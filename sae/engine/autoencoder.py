@@ -294,6 +294,21 @@ class SAE(nn.Module):
 
 
 @torch.no_grad()
+def fold_decoder_norm(sae: SAE) -> SAE:
+    """Fold decoder row norms into the encoder (in place; returns it), as SAELens's `fold_W_dec_norm` does:
+    `W_enc *= n`, `b_enc *= n`, `W_dec /= n` with `n = |W_dec_i|`. An SAE whose activations are scaled by its row
+    norms (`rescale_acts_by_decoder_norm`: SAELens checkpoints, attnscope's "rescale" training) then computes the
+    same features and reconstruction as a plain SAE with unit rows. Raises ValueError for a zero-norm row."""
+    n = sae.W_dec.norm(dim=-1)  # [d_sae]
+    if not torch.all(n > 0):
+        raise ValueError("a decoder row has zero norm; its norm cannot be folded")
+    sae.W_enc.mul_(n)
+    sae.b_enc.mul_(n)
+    sae.W_dec.div_(n.unsqueeze(-1))
+    return sae
+
+
+@torch.no_grad()
 def fold_input_scale(sae: SAE, scale: float) -> SAE:
     """Make an SAE trained on `scale * x` read raw `x` (in place; returns it).
 

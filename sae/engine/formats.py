@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sae.engine.autoencoder import SAE, SAEConfig
+from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm
 from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.safe_io import (
@@ -272,17 +272,13 @@ def _load_saelens_dir(d: Path) -> SAE:
     return sae
 
 
-@torch.no_grad()
 def _fold_decoder_norm(sae: SAE) -> None:
     """SAELens TopK `rescale_acts_by_decoder_norm`: pre-activations are multiplied by each decoder row's norm and
-    the decoder reads acts / norm. Folding the norms (W_enc, b_enc times norm; W_dec rows divided by it), as
-    SAELens's `fold_W_dec_norm` does, gives the same features and reconstruction with a plain top-k SAE."""
-    norm = sae.W_dec.norm(dim=-1)  # [d_sae]
-    if not torch.all(norm > 0):
-        raise SAEFormatError("a decoder row has zero norm; cannot fold rescale_acts_by_decoder_norm")
-    sae.W_enc.mul_(norm)
-    sae.b_enc.mul_(norm)
-    sae.W_dec.div_(norm[:, None])
+    the decoder reads acts / norm; `fold_decoder_norm` turns that into a plain top-k SAE with unit rows."""
+    try:
+        fold_decoder_norm(sae)
+    except ValueError:
+        raise SAEFormatError("a decoder row has zero norm; cannot fold rescale_acts_by_decoder_norm") from None
     sae.cfg.extra["folded"] = "rescale_acts_by_decoder_norm"
 
 

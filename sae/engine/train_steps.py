@@ -8,7 +8,7 @@ Two ways to handle the decoder's row norms (`decoder_norm`):
   the SAE computed is the one with unit rows `U_i = W_dec_i / n_i`, encoder `E_i = W_enc_i n_i` and bias
   `b_enc_i n_i` (`n_i = |W_dec_i|`). Rows start at norm 0.1 with the encoder their transpose, so at a given Adam
   learning rate the decoder's directions move about ten times as far per step as unit rows do. Saving folds the
-  norms in (`fold_decoder_norm`), which leaves the function unchanged.
+  norms in (`sae.engine.autoencoder.fold_decoder_norm`), which leaves the function unchanged.
 
 Either way a latent's activation is its contribution's norm, so top-k compares latents fairly and L1 cannot be
 gamed by growing the decoder.
@@ -47,17 +47,11 @@ def encoder_bias(sae: SAE) -> torch.Tensor:
 
 def sae_forward_train(sae: SAE, x: torch.Tensor, decoder_norm: str = "unit") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Differentiable forward for autograd training (autocast): `(pre [B, d_sae], f [B, d_sae], x_hat [B, d_in])`.
-    With `decoder_norm="rescale"` the SAE is the effective one (unit rows, encoder and b_enc times the row norms)."""
-    if decoder_norm == "rescale":
-        n = sae.W_dec.norm(dim=-1)
-        W_enc, b_enc, W_dec = sae.W_enc * n, sae.b_enc * n, sae.W_dec / n.clamp_min(1e-8).unsqueeze(-1)
-        b = b_enc - sae.b_dec @ W_enc if sae.cfg.apply_b_dec_to_input else b_enc
-        pre = torch.addmm(b, x, W_enc)
-        f = sae.activation(pre)
-        return pre, f, torch.addmm(sae.b_dec, f, W_dec)
-    pre = torch.addmm(encoder_bias(sae), x, sae.W_enc)
+    With `decoder_norm="rescale"` the SAE is the effective one (`effective_weights`)."""
+    w = effective_weights(sae) if decoder_norm == "rescale" else sae
+    pre = torch.addmm(encoder_bias(w), x, w.W_enc)
     f = sae.activation(pre)
-    x_hat = torch.addmm(sae.b_dec, f, sae.W_dec)
+    x_hat = torch.addmm(w.b_dec, f, w.W_dec)
     return pre, f, x_hat
 
 
@@ -73,6 +67,13 @@ class EffectiveWeights:
     b_dec: torch.Tensor
 
 
+def effective_weights(sae: SAE) -> EffectiveWeights:
+    """The SAE a "rescale" parametrisation computes (differentiable in `sae`'s parameters): unit rows
+    `W_dec / n`, encoder `W_enc * n`, bias `b_enc * n` with `n = |W_dec_i|`; b_dec as it is."""
+    n = sae.W_dec.norm(dim=-1).clamp_min(1e-8)  # [d_sae]
+    return EffectiveWeights(sae.cfg, sae.W_enc * n, sae.W_dec / n.unsqueeze(-1), sae.b_enc * n, sae.b_dec)
+
+
 @torch.no_grad()
 def rescaled_step_grads(sae: SAE, step: Callable[..., dict[str, torch.Tensor]], *args, **kwargs) -> dict[str, torch.Tensor]:
     """Run `step` (`topk_step_grads` or `standard_step_grads`) on the effective SAE of a "rescale" parametrisation
@@ -81,9 +82,9 @@ def rescaled_step_grads(sae: SAE, step: Callable[..., dict[str, torch.Tensor]], 
     With `n_i = |W_dec_i|`, `U_i = W_dec_i / n_i`, `E = W_enc * n`, `c = b_enc * n`: `dW_enc = dE * n`,
     `db_enc = dc * n`, and `dW_dec_i = (I - U_i U_i^T) dU_i / n_i + (dE_{:,i} . W_enc_{:,i} + dc_i b_enc_i) U_i`.
     """
-    n = sae.W_dec.norm(dim=-1).clamp_min(1e-8)  # [d_sae]
-    U = sae.W_dec / n.unsqueeze(-1)
-    eff = EffectiveWeights(sae.cfg, sae.W_enc * n, U, sae.b_enc * n, sae.b_dec.detach().clone())
+    eff = effective_weights(sae)
+    eff.b_dec = sae.b_dec.detach().clone()  # the step sets .grad on it; the parameter's own is set below
+    n, U = sae.W_dec.norm(dim=-1).clamp_min(1e-8), eff.W_dec
     out = step(eff, *args, **kwargs)
     gE, gU, gc, gbd = eff.W_enc.grad, eff.W_dec.grad, eff.b_enc.grad, eff.b_dec.grad
     dn = (gE * sae.W_enc).sum(0) + gc * sae.b_enc  # [d_sae]
@@ -91,17 +92,6 @@ def rescaled_step_grads(sae: SAE, step: Callable[..., dict[str, torch.Tensor]], 
     for p, g in ((sae.W_enc, gE.mul_(n)), (sae.W_dec, g_dec), (sae.b_enc, gc.mul_(n)), (sae.b_dec, gbd)):
         p.grad = g
     return out
-
-
-@torch.no_grad()
-def fold_decoder_norm(sae: SAE) -> SAE:
-    """Fold a "rescale" SAE's decoder row norms into its encoder (in place; returns it): `W_enc *= n`,
-    `b_enc *= n`, `W_dec /= n`. The function is unchanged and the rows are then unit norm."""
-    n = sae.W_dec.norm(dim=-1).clamp_min(1e-8)
-    sae.W_enc.mul_(n)
-    sae.b_enc.mul_(n)
-    sae.W_dec.div_(n.unsqueeze(-1))
-    return sae
 
 
 @torch.no_grad()
@@ -135,7 +125,7 @@ def topk_aux_loss(
     vals, idx = pre.masked_fill(~dead, float("-inf")).topk(kk, dim=-1)
     f_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
     resid = (x - x_hat).detach()
-    W_dec = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8) if decoder_norm == "rescale" else sae.W_dec
+    W_dec = effective_weights(sae).W_dec if decoder_norm == "rescale" else sae.W_dec
     return min(1.0, n_dead / aux_k) * (f_aux @ W_dec - resid).pow(2).sum(-1).mean()
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from sae.engine.activations import ZSource, rows_digest
-from sae.engine.autoencoder import SAE, SAEConfig, fold_input_scale
+from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm, fold_input_scale
 from sae.engine.distributed import LocalSync, ShardedBuffer, Sync, read_lane_states, write_checkpoint
 from sae.engine.formats import save_sae
 from sae.engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
@@ -43,7 +43,6 @@ from sae.engine.safe_io import DirLock, UnsafeFileError, atomic_write_text, atom
 from sae.engine.schedule import Schedule, lr_at, resample_phase, resolve_schedule
 from sae.engine.train_config import PRESETS, TrainConfig, TrainingDiverged, TrainingError
 from sae.engine.train_steps import (
-    fold_decoder_norm,
     init_decoder_norm,
     remove_parallel_grad,
     rescaled_step_grads,
