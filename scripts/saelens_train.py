@@ -25,7 +25,7 @@ import argparse
 import json
 import logging
 import shutil
-import tempfile
+import sys
 import warnings
 from pathlib import Path
 
@@ -37,7 +37,6 @@ from safetensors.torch import load_file
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
-import transformer_lens.loading_from_pretrained as tl_loading
 from sae_lens import (
     LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
@@ -48,34 +47,19 @@ from sae_lens import (
 from transformer_lens import HookedTransformer
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "reference"))
+from tl_local import gpt2_copy_with_n_ctx, tl_from_local
 DEFAULT_MODEL_DIR = REPO / "sae" / "zoo" / "default" / "model"
 
 
 def load_processed(model_dir: Path) -> HookedTransformer:
-    """The body of TL3 `HookedTransformer.from_pretrained` (default processing) on a local GPT-2 dir.
-    TL3 reads `n_ctx` from the HF config, which our config.json names `n_positions`; a temp copy adds it."""
-    tmp = Path(tempfile.mkdtemp(prefix="saelens_side_"))
+    """The embedded (or any local GPT-2-layout) model as TL3's `from_pretrained` gives it, default processing."""
+    tmp, _ = gpt2_copy_with_n_ctx(model_dir, prefix="saelens_side_")
     try:
-        for f in model_dir.iterdir():
-            if f.is_file():
-                shutil.copy(f, tmp / f.name)
-        cfg_json = json.loads((tmp / "config.json").read_text())
-        cfg_json.setdefault("n_ctx", cfg_json["n_positions"])
-        (tmp / "config.json").write_text(json.dumps(cfg_json))
-        hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp), dtype=torch.float32).eval()
         tok = transformers.AutoTokenizer.from_pretrained(str(tmp))
-        cfg = tl_loading.get_pretrained_model_config(
-            str(tmp), hf_cfg=hf_model.config.to_dict(), fold_ln=True, device="cpu", dtype=torch.float32
-        )
-        state = tl_loading.get_pretrained_state_dict(str(tmp), cfg, hf_model, dtype=torch.float32)
-        model = HookedTransformer(cfg, tok, move_to_device=False)  # reads cfg.tokenizer_name = tmp
-        model.load_and_process_state_dict(
-            state, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True,
-            refactor_factored_attn_matrices=False,
-        )
+        return tl_from_local(tmp, transformers.GPT2LMHeadModel, processed=True, tokenizer=tok)
     finally:
         shutil.rmtree(tmp)
-    return model.eval()
 
 
 def main() -> None:

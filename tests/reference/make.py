@@ -46,7 +46,6 @@ import hashlib
 import json
 import platform
 import shutil
-import tempfile
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -61,7 +60,6 @@ warnings.filterwarnings("ignore")
 
 import sae_lens
 import sae_lens.loading.pretrained_sae_loaders as sl_loaders
-import transformer_lens.loading_from_pretrained as tl_loading
 import transformers
 from sae_lens import (
     SAE,
@@ -78,7 +76,8 @@ from sae_lens.evals import get_eval_everything_config, run_evals
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.util import get_special_token_ids
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer  # noqa: F401 - the anchor this script records
+from tl_local import gpt2_copy_with_n_ctx, tl_from_local
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -132,37 +131,7 @@ def random_tokens(seed: int, batch: int, pos: int, vocab: int, bos: int = 0) -> 
 
 
 # ------------------------------------------------------------ TransformerLens 3.x
-def tl_from_local(hf_dir: Path, hf_model_cls, processed: bool, tokenizer=None) -> HookedTransformer:
-    """Exactly the body of TL3 ``HookedTransformer.from_pretrained`` (or
-    ``from_pretrained_no_processing`` when processed=False) minus the
-    official-name lookup (``get_official_model_name`` rejects local dirs).
-
-    A fresh float32 HF model is loaded each time: TL's conversion may alias HF
-    parameters and its processing works in place.
-    """
-    hf_model = hf_model_cls.from_pretrained(str(hf_dir), dtype=torch.float32)
-    hf_model.eval()
-    cfg = tl_loading.get_pretrained_model_config(
-        str(hf_dir),
-        hf_cfg=hf_model.config.to_dict(),
-        fold_ln=processed,
-        device="cpu",
-        dtype=torch.float32,
-    )
-    if tokenizer is None:
-        cfg.tokenizer_name = None  # tiny random models ship no tokenizer
-    state_dict = tl_loading.get_pretrained_state_dict(str(hf_dir), cfg, hf_model, dtype=torch.float32)
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=processed,
-        center_writing_weights=processed,
-        center_unembed=processed,
-        fold_value_biases=processed,
-        refactor_factored_attn_matrices=False,
-    )
-    model.eval()
-    return model
+# tl_from_local: tl_local.py (shared with scripts/saelens_train.py)
 
 
 def hook_z_fixture(
@@ -267,14 +236,7 @@ def hook_z_fixture(
 
 def default_model_copy() -> tuple[Path, dict]:
     """A temp copy of the embedded model whose config.json adds n_ctx = n_positions (see below), and that config."""
-    tmp = Path(tempfile.mkdtemp(prefix="attnscope_ref_gpt2_"))
-    for f in DEFAULT_MODEL_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, tmp / f.name)
-    cfg = json.loads((tmp / "config.json").read_text())
-    cfg["n_ctx"] = cfg["n_positions"]
-    (tmp / "config.json").write_text(json.dumps(cfg))
-    return tmp, cfg
+    return gpt2_copy_with_n_ctx(DEFAULT_MODEL_DIR, prefix="attnscope_ref_gpt2_")
 
 
 def make_default_model_fixture() -> dict:
