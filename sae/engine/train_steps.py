@@ -65,13 +65,14 @@ class EffectiveWeights:
     W_dec: torch.Tensor
     b_enc: torch.Tensor
     b_dec: torch.Tensor
+    norms: torch.Tensor | None = None  # [d_sae], the free rows' norms n (None for a plain SAE's view)
 
 
 def effective_weights(sae: SAE) -> EffectiveWeights:
     """The SAE a "rescale" parametrisation computes (differentiable in `sae`'s parameters): unit rows
     `W_dec / n`, encoder `W_enc * n`, bias `b_enc * n` with `n = |W_dec_i|`; b_dec as it is."""
     n = sae.W_dec.norm(dim=-1).clamp_min(1e-8)  # [d_sae]
-    return EffectiveWeights(sae.cfg, sae.W_enc * n, sae.W_dec / n.unsqueeze(-1), sae.b_enc * n, sae.b_dec)
+    return EffectiveWeights(sae.cfg, sae.W_enc * n, sae.W_dec / n.unsqueeze(-1), sae.b_enc * n, sae.b_dec, n)
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def rescaled_step_grads(sae: SAE, step: Callable[..., dict[str, torch.Tensor]], 
     """
     eff = effective_weights(sae)
     eff.b_dec = sae.b_dec.detach().clone()  # the step sets .grad on it; the parameter's own is set below
-    n, U = sae.W_dec.norm(dim=-1).clamp_min(1e-8), eff.W_dec
+    n, U = eff.norms, eff.W_dec
     out = step(eff, *args, **kwargs)
     gE, gU, gc, gbd = eff.W_enc.grad, eff.W_dec.grad, eff.b_enc.grad, eff.b_dec.grad
     dn = (gE * sae.W_enc).sum(0) + gc * sae.b_enc  # [d_sae]
