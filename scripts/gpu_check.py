@@ -69,15 +69,15 @@ def step_efficiency(d_in: int, d_sae: int, batch: int, device: torch.device, arc
     """One SAE step as the trainer runs it (fp32: the hand-written backward; bf16: autograd under autocast), its
     dense-equivalent TFLOP/s against same-shape `[B, d_in] x [d_in, d_sae]` matmuls in bf16 and fp32."""
     from sae.engine.autoencoder import SAE, SAEConfig
-    from sae.engine.train_config import TrainConfig
-    from sae.engine.train_steps import (
+    from sae.engine.training.config import TrainConfig
+    from sae.engine.training.steps import (
         remove_parallel_grad,
         sae_forward_train,
         standard_loss,
         standard_step_grads,
         topk_step_grads,
     )
-    from sae.engine.training import make_optimizer
+    from sae.engine.training.loop import make_optimizer
 
     k = 32
     sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name="blocks.0.attn.hook_z", architecture=architecture,

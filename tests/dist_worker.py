@@ -27,10 +27,10 @@ def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     torch.set_num_threads(1)
-    from sae.engine.distributed import init_from_env, shutdown
+    from sae.engine.training.distributed import init_from_env, shutdown
     from sae.engine.jobs import Progress
     from sae.engine.models import load_model
-    from sae.engine.training import TrainConfig, Trainer
+    from sae.engine.training.loop import TrainConfig, Trainer
 
     sync, device = init_from_env(spec.get("device", "cpu"))
     model = load_model(spec["model_dir"], device=str(device))

@@ -90,7 +90,7 @@ def test_nan_loss_keeps_last_good_checkpoint(tiny_model_dir, corpus, tmp_path, c
     assert rc == 2
     line = one_error_line(capsys)
     assert "NaN" in line and "kept the last good checkpoint" in line
-    from sae.engine.training import load_checkpoint
+    from sae.engine.training.loop import load_checkpoint
 
     state = load_checkpoint(out / "checkpoint.pt")
     assert all(torch.isfinite(t).all() for t in state["units"]["L1"]["sae"].values())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sae.engine.formats import load_sae
-from sae.engine.training import TrainConfig, Trainer
+from sae.engine.training.loop import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import token_rows
@@ -56,7 +56,7 @@ def test_cuda_training_lowers_the_loss_and_saves(cuda_model, rows, tmp_path, arc
 @cuda
 def test_cuda_hand_written_standard_step_matches_autograd():
     from sae.engine.autoencoder import SAE, SAEConfig
-    from sae.engine.train_steps import (
+    from sae.engine.training.steps import (
         sae_forward_train,
         standard_loss,
         standard_step_grads,

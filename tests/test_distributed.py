@@ -1,4 +1,4 @@
-"""Data-parallel training (sae.engine.distributed) on this machine: 2 ranks over gloo on the CPU, compared with an
+"""Data-parallel training (sae.engine.training.distributed) on this machine: 2 ranks over gloo on the CPU, compared with an
 independent one-process run of the same global batch over the same tokens (no process group, no all-reduce)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.engine.distributed import (
+from sae.engine.training.distributed import (
     DistributedError,
     check_launch,
     check_split,
@@ -21,7 +21,7 @@ from sae.engine.distributed import (
     free_port,
 )
 from sae.engine.formats import load_sae
-from sae.engine.training import CHECKPOINT_FILE, TrainConfig, Trainer, load_checkpoint
+from sae.engine.training.loop import CHECKPOINT_FILE, TrainConfig, Trainer, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import token_rows

@@ -74,7 +74,7 @@ def test_malicious_lm_checkpoint_runs_nothing(tmp_path, capsys):
 def test_raw_pickle_is_refused_by_every_loader(tmp_path):
     import pickle
 
-    from sae.engine.training import TrainingError, load_checkpoint
+    from sae.engine.training.loop import TrainingError, load_checkpoint
     from sae.zoo.lm import load_lm_checkpoint
 
     marker = tmp_path / "PWNED"
@@ -175,7 +175,7 @@ def test_train_refuses_existing_saes_without_overwrite(tiny_model, tiny_model_di
 
 
 def test_second_writer_in_the_same_process_is_refused(tiny_model_dir, corpus, tmp_path, capsys):
-    from sae.engine.training import lock_output_dir
+    from sae.engine.training.loop import lock_output_dir
 
     out = tmp_path / "run"
     lock = lock_output_dir(out)  # another holder (a second fd: flock treats it as another writer)
@@ -493,7 +493,7 @@ def test_sae_dirs_exports_and_checkpoints_follow_the_umask(tiny_model, monkeypat
         from workbench.findings import write_export
 
         assert stat.S_IMODE(write_export(tmp_path / "r.md", "x").stat().st_mode) == 0o640
-        from sae.engine.training import save_checkpoint
+        from sae.engine.training.loop import save_checkpoint
 
         save_checkpoint(tmp_path / "c.pt", {"a": torch.ones(1)})
         assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o640

@@ -7,7 +7,7 @@ import torch
 from conftest import random_sae
 from sae.engine.activations import ActivationBuffer, ZSource
 from sae.engine.autoencoder import SAE, SAEConfig
-from sae.engine.training import (
+from sae.engine.training.loop import (
     TrainConfig,
     lr_at,
     make_optimizer,

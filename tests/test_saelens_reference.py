@@ -192,7 +192,7 @@ def _train_step_fixture():
 def test_rescaled_topk_step_gives_saelens_gradients(sparse):
     """`decoder_norm="rescale"`: SAELens's TopKTrainingSAE (rescale_acts_by_decoder_norm) loss and gradients, with
     AuxK on a fixed dead mask, from the hand-written step carried back to the free parameters."""
-    from sae.engine.train_steps import rescaled_step_grads, topk_step_grads
+    from sae.engine.training.steps import rescaled_step_grads, topk_step_grads
 
     sae, ref, note = _train_step_fixture()
     assert not torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(note["d_sae"]), atol=0.1)  # rows really vary
@@ -208,7 +208,7 @@ def test_rescaled_topk_step_gives_saelens_gradients(sparse):
 
 def test_rescaled_autocast_forward_gives_saelens_gradients():
     """The autograd path (used under bf16 autocast) computes the same SAELens loss in fp32."""
-    from sae.engine.train_steps import sae_forward_train, topk_aux_loss
+    from sae.engine.training.steps import sae_forward_train, topk_aux_loss
 
     sae, ref, note = _train_step_fixture()
     x = ref["x"]

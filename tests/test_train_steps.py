@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae.engine.autoencoder import SAE, SAEConfig
-from sae.engine.train_steps import standard_step_grads, topk_step_grads
+from sae.engine.training.steps import standard_step_grads, topk_step_grads
 
 
 def _sae(arch: str, d_in: int = 12, d_sae: int = 40, k: int | None = 5, seed: int = 0) -> SAE:
@@ -73,7 +73,7 @@ def test_standard_grads_match_autograd():
 
 
 def test_two_stage_topk_equals_topk():
-    from sae.engine.train_steps import topk_rows
+    from sae.engine.training.steps import topk_rows
 
     g = torch.Generator().manual_seed(3)
     for n, k in ((1024, 32), (64, 5), (40, 12), (30, 4)):

@@ -12,7 +12,7 @@ import torch
 
 from sae.engine.formats import load_sae
 from sae.engine.jobs import Progress
-from sae.engine.training import (
+from sae.engine.training.loop import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     TrainConfig,

@@ -13,9 +13,9 @@ from sae.engine.activation_cache import CacheError, CacheSource, read_manifest, 
 from sae.engine.autoencoder import SAE, SAEConfig, fold_input_scale
 from sae.engine.formats import load_sae
 from sae.engine.jobs import CancelToken, Progress
-from sae.engine.schedule import resolve_schedule
-from sae.engine.train_config import PAPER_L1, PRESETS, TrainConfig, TrainingError, option_fields
-from sae.engine.training import Trainer, train_saes
+from sae.engine.training.schedule import resolve_schedule
+from sae.engine.training.config import PAPER_L1, PRESETS, TrainConfig, TrainingError, option_fields
+from sae.engine.training.loop import Trainer, train_saes
 
 from test_training import CTX, count_passes
 
@@ -134,7 +134,7 @@ def test_b_dec_starts_at_the_mean_of_the_first_buffer(tiny_model, rows, tmp_path
 
 
 def test_b_dec_auto_rule():
-    from sae.engine.training import b_dec_starts_at_mean
+    from sae.engine.training.loop import b_dec_starts_at_mean
 
     topk, std = TrainConfig(layers=[0], architecture="topk"), TrainConfig(layers=[0], architecture="standard")
     assert b_dec_starts_at_mean(topk, 0.0) and b_dec_starts_at_mean(topk, 0.9)
@@ -144,7 +144,7 @@ def test_b_dec_auto_rule():
 
 
 def test_rescale_init_is_saelens_heuristic():
-    from sae.engine.training import init_sae
+    from sae.engine.training.loop import init_sae
 
     c = TrainConfig(layers=[1], architecture="topk", d_sae=40, k=4)
     sae = init_sae(12, None, "m", 1, c, 4, torch.device("cpu"))
@@ -311,7 +311,7 @@ def test_sweep_gives_each_point_the_weights_of_a_separate_run(tiny_model, rows, 
 
 
 def test_sweep_frontier_choice_and_plot():
-    from sae.engine.sweep import SweepPoint, choose_point, text_plot
+    from sae.engine.training.sweep import SweepPoint, choose_point, text_plot
 
     pts = [SweepPoint("k8", 8, {0: {"l0": 8, "explained_variance": 0.7, "ce_loss_recovered": 0.85}}),
            SweepPoint("k16", 16, {0: {"l0": 16, "explained_variance": 0.82, "ce_loss_recovered": 0.91}}),

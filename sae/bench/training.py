@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sae.engine.training import (
+from sae.engine.training.loop import (
     TrainConfig,
     Trainer,
     make_optimizer,

@@ -82,7 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_scaling(args: argparse.Namespace, architecture: str) -> int:
     from sae.bench.scaling import bench_scaling
-    from sae.engine.distributed import DistributedError, check_launch
+    from sae.engine.training.distributed import DistributedError, check_launch
 
     try:
         check_launch(args.nproc, args.device)

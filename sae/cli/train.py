@@ -1,6 +1,6 @@
 """`attnscope train`: train attention-output SAEs (one per layer, one model pass per batch).
 
-Every training flag, its default and its help come from `TrainConfig`'s fields (`sae.engine.train_config`); this
+Every training flag, its default and its help come from `TrainConfig`'s fields (`sae.engine.training.config`); this
 module adds only where the data comes from (--model, --corpus, --activations), where it goes (--out, --resume),
 --preset, --device and --dtype.
 """
@@ -75,7 +75,7 @@ def flag_of(f) -> str:
 
 
 def _default_text(f) -> str:
-    from sae.engine.train_config import field_default
+    from sae.engine.training.config import field_default
 
     if f.name == "layers":
         return "all"
@@ -105,7 +105,7 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
 
 
 def register(subparsers: Any) -> None:
-    from sae.engine.train_config import PRESETS, option_fields, paper_table
+    from sae.engine.training.config import PRESETS, option_fields, paper_table
 
     p = subparsers.add_parser(
         "train", help="train attention-output SAEs on hook_z", description=textwrap.fill(DESCRIPTION, 100),
@@ -145,7 +145,7 @@ def register(subparsers: Any) -> None:
 
 def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int, model_name: str):
     """The run's `TrainConfig`: preset, then the flags given; errors become one-line UsageErrors."""
-    from sae.engine.train_config import PRESETS, TrainConfig, TrainingError, option_fields
+    from sae.engine.training.config import PRESETS, TrainConfig, TrainingError, option_fields
 
     values: dict[str, Any] = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
     for f in option_fields():
@@ -169,7 +169,7 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
     """The saved config of the run in `out_dir`, with the few settings a resume may change."""
     import json
 
-    from sae.engine.training import CONFIG_FILE, TrainConfig, TrainingError
+    from sae.engine.training.loop import CONFIG_FILE, TrainConfig, TrainingError
 
     path = out_dir / CONFIG_FILE
     try:
@@ -194,7 +194,7 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.engine.distributed import DistributedError, init_from_env, launched_by_torchrun, shutdown
+    from sae.engine.training.distributed import DistributedError, init_from_env, launched_by_torchrun, shutdown
 
     if args.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
@@ -224,8 +224,8 @@ def launch_torchrun(args: argparse.Namespace) -> int:
     import subprocess
     import sys
 
-    from sae.engine.distributed import DistributedError, check_launch, check_split, free_port
-    from sae.engine.train_config import PRESETS, field_default
+    from sae.engine.training.distributed import DistributedError, check_launch, check_split, free_port
+    from sae.engine.training.config import PRESETS, field_default
 
     n = args.nproc
     try:
@@ -277,7 +277,7 @@ def existing_saes(out_dir: Path) -> list[Path]:
 
 def _run(args: argparse.Namespace, sync) -> int:
     from sae.engine.safe_io import check_writable_dir
-    from sae.engine.training import lock_output_dir
+    from sae.engine.training.loop import lock_output_dir
 
     out_dir = Path(args.out).expanduser()
     lock = None
@@ -296,7 +296,7 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
 
     from sae.engine.activations import CorpusError
     from sae.engine.jobs import CancelToken, Progress
-    from sae.engine.training import Trainer, TrainingDiverged, TrainingError, stop_on_signals
+    from sae.engine.training.loop import Trainer, TrainingDiverged, TrainingError, stop_on_signals
 
     source = None
     model = None
@@ -411,8 +411,8 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
 def score_sweep(args: argparse.Namespace, cfg, outcome, trainer, model) -> list:
     """Every sweep point scored on held-out tokens (CE loss recovered needs the model; without one, the
     training figures of the last step are used) and the recommended point marked."""
-    from sae.engine.sweep import SweepPoint, choose_point
-    from sae.engine.training import sweep_label
+    from sae.engine.training.sweep import SweepPoint, choose_point
+    from sae.engine.training.loop import sweep_label
 
     if model is None:
         try:
@@ -472,7 +472,7 @@ def _sweep_rows(data: dict) -> list[list[str]]:
 
 
 def _plot(data: dict) -> str:
-    from sae.engine.sweep import SweepPoint, text_plot
+    from sae.engine.training.sweep import SweepPoint, text_plot
 
     pts = []
     for p in data.get("sweep", []):

@@ -2,7 +2,7 @@
 
 Stages, each reading the previous one's output under the working directory:
   lm    -> OUT/model/          tokenizer + GPT-2-architecture LM (sae.zoo.lm.train_lm)
-  saes  -> OUT/saes/           one attention SAE per layer, trained in one pass (sae.engine.training)
+  saes  -> OUT/saes/           one attention SAE per layer, trained in one pass (sae.engine.training.loop)
   card  -> OUT/MODEL_CARD.md   phenomena and SAE metrics, recomputed on the held-out split
 With `install`, OUT/model, OUT/saes and the card are copied into the package (sae/zoo/default/).
 """
@@ -19,7 +19,7 @@ from sae.engine.safe_io import atomic_write_text
 from sae.zoo.lm import LMConfig, train_lm
 
 if TYPE_CHECKING:
-    from sae.engine.training import TrainConfig
+    from sae.engine.training.loop import TrainConfig
 
 # SAE recipe for the default (d_in = 4 heads x 32 = 128): width 8x, top-k. The paper's standard (ReLU + L1)
 # architecture needs an L1 coefficient tuned per layer because z norms differ by ~10x between layers here; top-k
@@ -56,7 +56,7 @@ def run(
 
 
 def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
-    from sae.engine.training import TrainConfig
+    from sae.engine.training.loop import TrainConfig
 
     return TrainConfig(
         layers=layers,
@@ -83,7 +83,7 @@ def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[
     from sae.zoo import corpus
     from sae.engine.activations import pack_tokens
     from sae.engine.models import load_model
-    from sae.engine.training import train_saes
+    from sae.engine.training.loop import train_saes
 
     model = load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME)
     rows = pack_tokens(corpus.documents("train"), model.encode, 128, model.bos_token_id)

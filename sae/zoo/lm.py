@@ -1,4 +1,4 @@
-"""Building the embedded default: tokenizer, GPT-2-architecture LM, and (via sae.engine.training) its attention SAEs.
+"""Building the embedded default: tokenizer, GPT-2-architecture LM, and (via sae.engine.training.loop) its attention SAEs.
 
 The LM recipe follows ../shared/DEFAULT-MODEL-NOTES.md, the trials that formed induction heads on a 2-core CPU:
 AdamW lr 3e-3 with 200 warm-up steps and a cosine decay to 3e-4, no weight decay or dropout, grad clip 1.0,

@@ -297,10 +297,10 @@ class Engine:
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
-        """Train SAEs on the open model (sae.engine.training.train_saes); the result is `{layer: SAE}`."""
+        """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`."""
 
         def job(rep: Reporter) -> Any:
-            from sae.engine import training
+            from sae.engine.training import loop as training
             from sae.zoo.token_cache import cached_token_rows
 
             model = self._need_model()

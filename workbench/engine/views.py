@@ -330,7 +330,7 @@ def train_form_fields(names: list[str]) -> dict[str, FormField]:
     """The training form's fields, read from `TrainConfig` (the one home of training defaults and help)."""
     from dataclasses import fields as dc_fields
 
-    from sae.engine.train_config import TrainConfig, field_default
+    from sae.engine.training.config import TrainConfig, field_default
 
     out: dict[str, FormField] = {}
     for f in dc_fields(TrainConfig):

@@ -131,7 +131,7 @@ class TrainingScreen(JobScreen):
         yield Footer()
 
     def help_about(self) -> str:
-        return "Trains one SAE per layer from one model pass per batch (sae.engine.training). Metrics are the first layer's."
+        return "Trains one SAE per layer from one model pass per batch (sae.engine.training.loop). Metrics are the first layer's."
 
     # ---- form -----------------------------------------------------------------------------------------
 

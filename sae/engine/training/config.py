@@ -18,7 +18,7 @@ from sae.engine.autoencoder import TRAINABLE, REGISTRY
 from sae.engine.errors import AttnscopeError
 
 NORMALIZATIONS = ("none", "expected_average_only_in")
-DECODER_NORMS = ("rescale", "unit")  # sae.engine.train_steps explains both
+DECODER_NORMS = ("rescale", "unit")  # sae.engine.training.steps explains both
 
 
 class TrainingError(AttnscopeError, ValueError):
@@ -44,7 +44,7 @@ class TrainConfig:
 
     `l1_coeff` (standard) or `k` (topk) may be a list: a sparsity sweep, one SAE per value per layer, all trained
     from the same batches (`OUT/k8/blocks.L.attn.hook_z`, ...). Settings left at None are chosen from the run's
-    length (`sae.engine.schedule.resolve_schedule`).
+    length (`sae.engine.training.schedule.resolve_schedule`).
     """
 
     layers: list[int] = opt(None, "layers to train: a comma list (0,1,2) or 'all'", kind="layers",
@@ -118,7 +118,7 @@ class TrainConfig:
                            kind="str", cli=False)
     data_shards: int | None = opt(
         None, "lanes the data stream is split into, each with its own rows, model pass and shuffle buffer; fixed "
-        "for the run, a resume may use any process count dividing it (sae.engine.distributed)", kind="int",
+        "for the run, a resume may use any process count dividing it (sae.engine.training.distributed)", kind="int",
         shown="the number of processes")
     world_size: int = opt(1, "processes of the (last session of the) run; batch_size is the global batch",
                           cli=False)
@@ -230,7 +230,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: Path) -> None:
-        from sae.engine.training import _atomic_write_text
+        from sae.engine.training.loop import _atomic_write_text
 
         _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -1,13 +1,13 @@
 """The training loop: attention-output SAEs on hook_z, many layers (and sparsity values) from one model pass.
 
 The recipe (Kissane et al. 2024, see PAPER.md) and what attnscope adds:
-- the maths of one step per architecture: `sae.engine.train_steps` (standard: ReLU + L1 with a hand-written
+- the maths of one step per architecture: `sae.engine.training.steps` (standard: ReLU + L1 with a hand-written
   backward; topk: top-k + AuxK, decoded through the k active rows);
-- the schedule (warm-up, resampling windows, dead-latent window, all scaled to the run): `sae.engine.schedule`;
-- reviving dead features (Anthropic-style resampling) and firing trackers: `sae.engine.resampling`;
-- every default and its help text: `sae.engine.train_config.TrainConfig`;
+- the schedule (warm-up, resampling windows, dead-latent window, all scaled to the run): `sae.engine.training.schedule`;
+- reviving dead features (Anthropic-style resampling) and firing trackers: `sae.engine.training.resampling`;
+- every default and its help text: `sae.engine.training.config.TrainConfig`;
 - data parallelism over `torch.distributed` (data shards, the gradient all-reduce, rank-0 files): the `sync` and
-  `buffer` hooks, defined in `sae.engine.distributed`.
+  `buffer` hooks, defined in `sae.engine.training.distributed`.
 
 Activations are attnscope's hook_z (value bias removed). By default they are scaled so E||z|| = sqrt(d_in)
 (`normalize_activations="expected_average_only_in"`, the scale estimated on the first buffer) and the scale is
@@ -34,15 +34,15 @@ import torch
 
 from sae.engine.activations import ZSource, rows_digest
 from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm, fold_input_scale
-from sae.engine.distributed import LocalSync, ShardedBuffer, Sync, read_lane_states, write_checkpoint
+from sae.engine.training.distributed import LocalSync, ShardedBuffer, Sync, read_lane_states, write_checkpoint
 from sae.engine.formats import save_sae
 from sae.engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
 from sae.engine.models import z_hook_name
-from sae.engine.resampling import FiringTracker, resample_dead
+from sae.engine.training.resampling import FiringTracker, resample_dead
 from sae.engine.safe_io import DirLock, UnsafeFileError, atomic_write_text, atomic_write_with, clean_stale_temps, safe_torch_load
-from sae.engine.schedule import Schedule, lr_at, resample_phase, resolve_schedule
-from sae.engine.train_config import PRESETS, TrainConfig, TrainingDiverged, TrainingError
-from sae.engine.train_steps import (
+from sae.engine.training.schedule import Schedule, lr_at, resample_phase, resolve_schedule
+from sae.engine.training.config import PRESETS, TrainConfig, TrainingDiverged, TrainingError
+from sae.engine.training.steps import (
     init_decoder_norm,
     remove_parallel_grad,
     rescaled_step_grads,
@@ -259,7 +259,7 @@ class Trainer:
     ) -> None:
         self.model = model
         self.cfg = cfg
-        # data parallelism (sae.engine.distributed): batch_size is the global batch, split into data_shards lanes
+        # data parallelism (sae.engine.training.distributed): batch_size is the global batch, split into data_shards lanes
         self.sync = sync if sync is not None else LocalSync()
         cfg.world_size = self.sync.world_size
         if cfg.data_shards is None:

@@ -364,7 +364,7 @@ def write_checkpoint(path: Path, state: dict[str, Any], lanes: dict[int, dict[st
 
 def read_lane_states(path: Path, state: dict[str, Any], lanes: list[int], load: Any) -> dict[int, dict[str, Any]]:
     """The saved states of `lanes` from a checkpoint `state` read at `path` (inside it or in its lane files)."""
-    from sae.engine.train_config import TrainingError
+    from sae.engine.training.config import TrainingError
 
     if "buffer" in state and "source" in state:  # a one-process checkpoint written before data shards
         data = {0: {"buffer": state["buffer"], "source": state["source"]}}
