@@ -347,7 +347,7 @@ def _announce(args: argparse.Namespace, trainer, rows, sync) -> None:
     if sync is not None:
         console.print(f"data parallel: {sync.world_size} processes, {cfg.batch_size // sync.world_size:,} tokens each "
                       f"per step, {cfg.data_shards} data shards")
-    console.print(trainer.schedule.describe(cfg.architecture))
+    console.print(trainer.schedule.describe(cfg.arch.resamples))
     for warning in trainer.schedule.warnings():
         console.print(f"[yellow]warning:[/] {warning}")
 

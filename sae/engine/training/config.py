@@ -14,7 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sae.engine.autoencoder import TRAINABLE, REGISTRY
+from sae.engine.autoencoder import REGISTRY, TRAINABLE, Architecture
 from sae.engine.errors import TrainingDiverged, TrainingError
 from sae.engine.training.checkpoint import write_text
 
@@ -152,7 +152,7 @@ class TrainConfig:
             raise TrainingError(f"normalize_activations must be one of {', '.join(NORMALIZATIONS)} "
                                 f"(got {self.normalize_activations!r})")
         if self.decoder_norm is None:
-            self.decoder_norm = "rescale" if self.architecture == "topk" else "unit"
+            self.decoder_norm = self.arch.decoder_norm
         if self.b_dec_init not in ("auto", "mean", "zeros"):
             raise TrainingError(f"b_dec_init must be auto, mean or zeros (got {self.b_dec_init!r})")
         if self.decoder_norm not in DECODER_NORMS:
@@ -178,12 +178,12 @@ class TrainConfig:
                 raise TrainingError(f"l1_coeff must be a number >= 0 (got {v})")
         if len(set(ks)) != len(ks) or len(set(l1s)) != len(l1s):
             raise TrainingError("a sweep lists each value once")
-        if self.architecture == "topk":
-            for v in ks:
-                for layer in self.layers:
-                    width = self.layer_d_sae.get(layer, self.d_sae)
-                    if width is not None and v > width:
-                        raise TrainingError(f"k must be in 1..{width} (got {v})")
+        for v in self.sweep_values:
+            for layer in self.layers:
+                width = self.layer_d_sae.get(layer, self.d_sae)
+                problem = self.arch.sparsity_error(v, width) if width is not None else None
+                if problem:
+                    raise TrainingError(problem)
         if self.layer_l1 and isinstance(self.l1_coeff, list) and len(self.l1_coeff) > 1:
             raise TrainingError("layer_l1 and an l1_coeff sweep do not combine")
 
@@ -194,8 +194,13 @@ class TrainConfig:
         return self.total_tokens // self.batch_size
 
     @property
+    def arch(self) -> type[Architecture]:
+        """The architecture's class in the registry: its step and its training defaults."""
+        return REGISTRY[self.architecture]
+
+    @property
     def sparsity_param(self) -> str:
-        return REGISTRY[self.architecture].sparsity_param
+        return self.arch.sparsity_param
 
     @property
     def sweep_values(self) -> list[float]:
@@ -213,6 +218,11 @@ class TrainConfig:
     def l1_for(self, layer: int, value: float) -> float:
         """The L1 coefficient of one layer's SAE at sweep value `value` (a `layer_l1` entry wins)."""
         return float(self.layer_l1.get(layer, value))
+
+    def sparsity_for(self, layer: int, value: float) -> float:
+        """The sparsity value one layer's SAE trains with at sweep value `value`: `value`, or the layer's
+        `layer_l1` entry when the sparsity parameter is the L1 coefficient."""
+        return self.l1_for(layer, value) if self.sparsity_param == "l1_coeff" else float(value)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
