@@ -258,20 +258,21 @@ def scatter_outer(idx: torch.Tensor, vals: torch.Tensor, rhs: torch.Tensor, d_sa
 @torch.no_grad()
 def topk_step_grads(
     sae: SAE, x: torch.Tensor, k: int, dead: torch.Tensor | None, aux_k: int, aux_coeff: float,
-    sparse: bool | None = None,
+    sparse: bool | None = None, select: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] = topk_rows,
 ) -> StepOutput:
     """The top-k SAE's loss `mse + aux_coeff * AuxK` and its gradients by hand, filling `.grad`.
 
     Same loss as `sae_forward_train` + `topk_aux_loss` under autograd. Only the encoder's forward is a dense
     `[B, d_in] x [d_in, d_sae]` matmul; decoding, the decoder's gradient and the encoder's gradient go through
-    the k (and aux_k) active rows. `dead [d_sae]` marks the latents AuxK may use (None: no AuxK).
+    the k (and aux_k) active rows. `dead [d_sae]` marks the latents AuxK may use (None: no AuxK). `select(pre, k)`
+    picks each row's top k (`sae.engine.selection.topk_rows`; `attnscope bench select` passes others).
     """
     n, d_sae = x.shape[0], sae.cfg.d_sae
     if sparse is None:
         sparse = SPARSE_TOPK if SPARSE_TOPK is not None else d_sae >= SPARSE_RATIO * k
     W_enc, W_dec = sae.W_enc, sae.W_dec
     pre = torch.addmm(encoder_bias(sae), x, W_enc)  # [B, d_sae]
-    vals, idx = topk_rows(pre, k)  # [B, k]
+    vals, idx = select(pre, k)  # [B, k]
     a = vals.relu()
     x_hat = decode_rows(a, idx, W_dec, sparse).add_(sae.b_dec)
     err = x_hat - x
