@@ -319,11 +319,11 @@ def _heatmap_data(result: PromptView, feature: int, max_tokens: int = 64, max_co
 
 
 def summary_text(s: DashboardView) -> Text:
-    """The short dashboard summary: label (the feature's family), density, top examples (active token bold), top
-    logits."""
+    """The short dashboard summary: the feature's names with their sources (`DashboardView.words`), density, top
+    examples (active token bold), top logits."""
     text = Text()
-    if s.label:
-        text.append(f"{s.label}\n", style="bold")
+    if s.words:
+        text.append(f"{s.words}\n", style="bold")
     if s.density is not None:
         text.append(f"density {s.density:.2%}\n", style="dim")
     for ex in s.examples[:3]:

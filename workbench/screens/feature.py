@@ -33,12 +33,12 @@ def dashboard_renderable(d: DashboardView) -> Group:
     """Draw a dashboard view (see `Engine.dashboard`) as rich renderables."""
     parts: list[Any] = []
     head = Text(f"L{d.layer} feature {d.feature}", style="bold")
-    if d.label:
-        head.append(f"  {d.label}", style="italic")
     if d.density is not None:
         head.append(f"   density {d.density:.3%}", style="dim")
     if d.max_act is not None:
         head.append(f"   max act {d.max_act:.3f}", style="dim")
+    if d.words:
+        head.append(f"\n{d.words}", style="italic")
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
@@ -292,7 +292,7 @@ class FeatureScreen(WorkbenchScreen):
         if self.view is None:
             return None
         d = self.view
-        body = []
+        body = [d.words, ""] if d.words else []
         if d.examples:
             body += ["Top examples:", ""] + [f"- {ex.act:.3f}: " + md_context(ex.tokens, ex.active)
                                              for ex in d.examples[:8]] + [""]
@@ -303,9 +303,11 @@ class FeatureScreen(WorkbenchScreen):
         if d.head_shares:
             body += ["Head shares of the decoder norm:", "", md_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
-        return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
+        name = d.human_label or d.role
+        words = {"human_label": d.human_label, "role": d.role, "paper_family": d.paper_family}
+        return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {name}" if name else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
-                       layer=d.layer, data={"feature": d.feature, **({"family": d.label} if d.label else {}),
+                       layer=d.layer, data={"feature": d.feature, **{k: v for k, v in words.items() if v},
                                             "head_shares": list(d.head_shares)})
 
 

@@ -160,9 +160,9 @@ class StudyScreen(WorkbenchScreen):
         panel.append(f"L{layer} feature {feature}\n", style="bold")
         panel.append(f"{self.index + 1} of {len(self.items)} · {n_done} labelled\n{sl.n_live} live in layer {layer}\n\n",
                      style="dim")
-        panel.append("automatic: ", style="dim")
+        panel.append("automatic role: ", style="dim")
         panel.append(f"{sl.auto.get(feature, '-')}\n", style="cyan")
-        panel.append("yours: ", style="dim")
+        panel.append("yours (labels.json): ", style="dim")
         if lab is None:
             panel.append("not labelled\n", style="yellow")
         else:
