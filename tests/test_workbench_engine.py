@@ -89,7 +89,7 @@ async def test_error_in_quick_call_reaches_the_awaiter_and_the_worker_survives(w
     assert await worker.call(lambda: "still alive") == "still alive"
 
 
-async def test_long_job_progress_finish_and_failure(worker):
+async def test_long_job_progress_finish_and_failure(worker, tmp_path, monkeypatch):
     inbox = Inbox()
 
     def job(rep):
@@ -105,14 +105,37 @@ async def test_long_job_progress_finish_and_failure(worker):
     assert inbox.of(JobFinished)[0].result == {"answer": 7}
     assert h.state == "finished"
 
-    def bad(rep):
-        raise RuntimeError("NaN loss at step 12; kept the last good checkpoint\nTraceback noise")
+    from workbench.engine import EngineError as TrainingError  # any AttnscopeError
+
+    def bad(rep):  # an error meant for the user: one line, no traceback kept
+        raise TrainingError("NaN loss at step 12; kept the last good checkpoint")
 
     h2 = worker.start_job("train", bad, inbox)
     await wait_until(lambda: inbox.of(JobFailed))
     failed = inbox.of(JobFailed)[0]
     assert failed.job_id == h2.id and failed.error == "NaN loss at step 12; kept the last good checkpoint"
-    assert h2.state == "failed"
+    assert h2.state == "failed" and not failed.bug
+
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path))
+
+    def buggy(rep):  # anything else is a bug: it keeps its traceback, in the bug log and on the message
+        return {}["planted"]
+
+    h3 = worker.start_job("demo", buggy, inbox)
+    await wait_until(lambda: len(inbox.of(JobFailed)) == 2)
+    bug = inbox.of(JobFailed)[1]
+    log = tmp_path / "bugs.log"
+    assert bug.job_id == h3.id and bug.bug and h3.state == "failed"
+    assert bug.error == f"bug: KeyError: 'planted' (traceback in {log})"
+    assert "Traceback" in bug.traceback and "in buggy" in bug.traceback
+    assert "in buggy" in log.read_text() and "KeyError: 'planted'" in log.read_text()
+
+    def cancelled(rep):  # Cancelled is a cancellation, not a failure
+        raise Cancelled()
+
+    worker.start_job("demo", cancelled, inbox)
+    await wait_until(lambda: inbox.of(JobCancelled))
+    assert len(inbox.of(JobFailed)) == 2
 
 
 async def test_cancel_stops_a_long_job_between_steps(worker):

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import Progress
 from workbench.engine.views import (
     CellDetail,
@@ -117,10 +116,7 @@ class Engine:
     def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
         from sae.zoo import load_sae_set
 
-        try:
-            loaded = load_sae_set(spec, model, device=model.device)
-        except (AttnscopeError, ValueError, OSError, KeyError) as exc:
-            raise EngineError(f"could not open SAEs {spec!r}: {one_line(exc)}") from exc
+        loaded = load_sae_set(spec, model, device=model.device)  # its AttnscopeErrors reach the screen as they are
         if not loaded:
             raise EngineError(f"no SAEs found in {spec!r}")
         return dict(loaded)

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
-from workbench.engine import DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, one_line
+from workbench.engine import DashboardView, EngineInfo, TraceNodeView, TraceView
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -144,12 +144,8 @@ class FeatureScreen(WorkbenchScreen):
     async def _load(self, layer: int, feature: int) -> None:
         status = self.query_one("#feature-status", StatusLine)
         status.say(f"L{layer} feature {feature}: loading ...")
-        try:
-            view = await self.engine.dashboard(layer, feature)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001 - unknown id, dashboards not built: inline
-            status.error(one_line(exc))
+        view = await self.ask(self.engine.dashboard(layer, feature), lambda f: status.error(f.text))
+        if view is None:  # stale, or an unknown id / a bug: shown inline
             return
         self.view = view
         if view.built:
@@ -231,12 +227,8 @@ class FeatureScreen(WorkbenchScreen):
     async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
         status = self.query_one("#feature-status", StatusLine)
         status.say("tracing ..." if pos is None else f"tracing at position {pos} ...")
-        try:
-            tr = await self.engine.trace(prompt, layer, feature, pos=pos, depth=1)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+        tr = await self.ask(self.engine.trace(prompt, layer, feature, pos=pos, depth=1), lambda f: status.error(f.text))
+        if tr is None:
             return
         self.trace = tr
         tree = self.query_one("#trace-tree", Tree)
@@ -263,11 +255,11 @@ class FeatureScreen(WorkbenchScreen):
         if self.sae_layer is None:
             return
         status = self.query_one("#feature-status", StatusLine)
-        try:
-            self.job = self.engine.build_dashboards(self.sae_layer, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001 - e.g. the same build is already running or waiting
-            status.error(one_line(exc))
+        job = self.attempt(self.engine.build_dashboards, self.sae_layer, post=self.post_message,
+                           on_error=lambda f: status.error(f.text))  # e.g. the same build already runs or waits
+        if job is None:
             return
+        self.job = job
         jobs = self.engine.worker.jobs()
         if jobs and jobs[0].id != self.job.id:
             status.say(f"layer-{self.sae_layer} dashboards wait behind {jobs[0].label} (ctrl+x cancels that)")

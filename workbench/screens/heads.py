@@ -11,9 +11,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, one_line
+from workbench.engine import HeadFeatureView, HeadsView, HeadView
 from workbench.findings import Finding, md_table
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 
 
 def _role(f: HeadFeatureView) -> str:
@@ -70,17 +70,16 @@ class HeadsScreen(WorkbenchScreen):
     async def _run(self) -> None:
         status = self.query_one(StatusLine)
         status.say("surveying heads ...")
-        try:
-            survey = await self.engine.heads()
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001
+        def failed(f: Failure) -> None:
             info = self.engine.info
-            if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+            if not f.bug and info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
                 status.say("the head survey reads the dashboards, which are being built (job line below); "
                            "it runs by itself when they are done")
             else:
-                status.error(one_line(exc))
+                status.error(f.text)
+
+        survey = await self.ask(self.engine.heads(), failed)
+        if survey is None:
             return
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)
