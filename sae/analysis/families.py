@@ -124,9 +124,11 @@ def classify_layer(directory: Path | None, n_examples: int = 3, stats: dict[str,
     """Every live feature of a built dashboard directory in its paper family, mapped from its automatic role.
 
     roles: the layer's `LayerRoles` (else built from `directory`/`stats` with `confirm`, the induction test)."""
+    from sae.analysis.dashboards import feature_stats
+
+    stats = stats if stats is not None else feature_stats(directory)
     lr = roles if roles is not None else LayerRoles(directory, stats, confirm)
     rep = lr.report()
-    stats = lr.stats
     idx = stats["index"]
     vocab, C = idx["vocab"], idx["spec"]["context"]
     row_len = idx["row_len"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from sae.analysis.dashboards import feature_stats
 from sae.analysis.roles import RULES, Confirmer, LayerRoles
 
 UNNAMED = ("other", "uninterpretable")  # labels that say "no one kind", so never make a head monosemantic
@@ -117,9 +118,9 @@ def survey_layer(
     """Survey one layer's heads. labels: `{feature: human label}` of this layer's SAE (they win over the
     automatic roles); roles: the layer's automatic roles (else scored here, with `confirm` the induction test, see
     `sae.analysis.roles.LayerRoles`)."""
-    lr = roles if roles is not None else LayerRoles(directory, confirm=confirm)
+    stats = feature_stats(directory)
+    lr = roles if roles is not None else LayerRoles(directory, stats, confirm)
     lr.confirm()  # every induction candidate tested in one go
-    stats = lr.stats
     labels = labels or {}
     idx = stats["index"]
     live = stats["n_fire"] > 0

@@ -388,7 +388,8 @@ Confirmer = Callable[[dict[int, tuple[int, int]]], dict[int, Confirmation]]
 class LayerRoles:
     """One layer's automatic roles, scored once from its built dashboards (`feature_stats` output).
 
-    Every live feature's scores are computed here, once. An induction candidate's repeated-random-token test
+    Every live feature's scores are computed here, once (only the scores are kept, not the layer's arrays, so an
+    engine may hold one per layer). An induction candidate's repeated-random-token test
     (`confirm`, see `confirm_induction`; None: not run, so no feature is induction) runs the first time that
     feature's role is asked for and is kept, so the dashboard, the head survey and the study, asking one object,
     all get the same answer."""
@@ -397,15 +398,15 @@ class LayerRoles:
                  confirm: Confirmer | None = None) -> None:
         from sae.analysis.dashboards import feature_stats
 
-        self.stats = stats if stats is not None else feature_stats(directory)
-        idx = self.stats["index"]
+        stats = stats if stats is not None else feature_stats(directory)
+        idx = stats["index"]
         self.model = str(idx["model"])
         self.layer = int(idx["layer"])
-        rel, valid = layer_relations(self.stats)
-        self.live: list[int] = (self.stats["n_fire"] > 0).nonzero().flatten().tolist()
+        rel, valid = layer_relations(stats)
+        self.live: list[int] = (stats["n_fire"] > 0).nonzero().flatten().tolist()
         self.scores = {i: role_scores({k: v[i] for k, v in rel.items()}, valid[i]) for i in self.live}
         self.candidates = [i for i in self.live if is_induction_candidate(self.scores[i], self.layer)]
-        self.pairs = {i: p for i in self.candidates if (p := induction_pair(self.stats, i, rel, valid)) is not None}
+        self.pairs = {i: p for i in self.candidates if (p := induction_pair(stats, i, rel, valid)) is not None}
         self._confirm = confirm if can_compose(self.layer) else None
         self.confirmations: dict[int, Confirmation] = {}
         self._tested: set[int] = set()

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.screen import Screen
 from textual.widgets import Static
 
-from workbench.engine import AttnscopeError, StaleRequest, one_line
+from workbench.engine import AttnscopeError, Cancelled, StaleRequest, one_line
 from workbench.engine.worker import record_bug
 
 T = TypeVar("T")
@@ -86,9 +86,9 @@ class Failure:
 
 
 def failure_of(exc: BaseException, where: str = "", log: Any = None) -> Failure:
-    """An `AttnscopeError` is its one line; anything else is a bug: its traceback goes to the bug log and to `log`
+    """An `AttnscopeError` (or a `Cancelled`) is its one line; anything else is a bug: its traceback goes to the bug log and to `log`
     (a Textual logger, e.g. `screen.log`), and its text says where the traceback is."""
-    if isinstance(exc, AttnscopeError):
+    if isinstance(exc, (AttnscopeError, Cancelled)):  # Cancelled: the user stopped it, said as such
         return Failure(one_line(exc), False, exc)
     line = record_bug(exc, where)
     if log is not None:
