@@ -120,9 +120,18 @@ def test_dashboards_build_show_heads_families(capsys, dirs):
     code, out, _ = _run(capsys, ["families", "--layer", "1", "--json", *flags])
     assert code == 0
     f = json.loads(out)
-    assert sum(x["count"] for x in f["families"]) == f["n_live"] and len(f["rules"]) == 4
+    assert sum(x["count"] for x in f["families"]) == f["n_live"] and len(f["role_rules"]) == 6
+    assert f["mapping"]["previous-token"] == "short-range context" and "mapped from the automatic roles" in f["source"]
+    code, out, _ = _run(capsys, ["roles", "--layer", "1", "--json", *flags])
+    r = json.loads(out)
+    by_role = {x["role"]: set(x["features"]) for x in r["roles"]}
+    for fam in f["families"]:  # each family is the union of the roles mapped to it, the same features
+        assert set(fam["features"]) == set().union(*(by_role[x] for x in fam["from_roles"]))
     code, out, _ = _run(capsys, ["families", "--layer", "1", "--md", *flags])
-    assert code == 0 and "Rules (first match wins)" in out
+    assert code == 0 and "Role rules (first match wins)" in out and "| previous-token | short-range context |" in out
+    with pytest.raises(SystemExit):
+        _run(capsys, ["families", "--help"])
+    assert "mapped from the feature's automatic role" in " ".join(capsys.readouterr().out.split())
 
     code, out, _ = _run(capsys, ["heads", "--layer", "1", "--json", *flags])
     assert code == 0

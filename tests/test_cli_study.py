@@ -123,9 +123,9 @@ def test_roles_cli_and_heads_from_labels(capsys, env):
     assert any(f["id"] % 3 == 0 for f in tops)
     for f in tops:  # labelled features carry their human label; the rest their automatic role
         if f["id"] % 3 == 0:
-            assert f["source"] == "human" and f["family"] == "successor"
+            assert f["source"] == "human" and f["role"] == "successor"
         else:
-            assert f["source"] == "automatic" and f["family"] != "successor"
+            assert f["source"] == "automatic" and f["role"] != "successor"
     for hd in lh["heads"]:
         n_h = sum(f["id"] % 3 == 0 for f in hd["top_by_decoder"])
         assert hd["source"] == ("human" if n_h == len(hd["top_by_decoder"]) else "automatic" if n_h == 0

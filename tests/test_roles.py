@@ -8,8 +8,6 @@ from conftest import random_sae
 
 from sae.analysis import roles
 from sae.analysis.dashboards import example_dfa
-from sae.analysis.families import FamilyScores
-from sae.analysis.families import classify as family_classify
 
 T, H, DH, C = 48, 2, 4, 8
 
@@ -52,12 +50,12 @@ def _stats(layer: int) -> dict:
     v = torch.rand(1, T, H, DH) + 0.1
     w_enc = torch.rand(H, DH, d) + 0.1
     fields: dict[str, list] = {k: [] for k in ("dfa_src", "dfa_dist", "dfa_top_src", "dfa_src_tok", "dfa_prev_tok",
-                                               "dfa_pre", "top_tok", "top_idx")}
+                                               "dfa_induction", "dfa_pre", "top_tok", "top_idx")}
     for f, (_, dest, sources) in PLANTED.items():
         pat = _pattern(dest, sources).unsqueeze(0)
         got = example_dfa(pat, v, toks.unsqueeze(0), w_enc, torch.zeros(d), torch.tensor([0]), torch.tensor([dest]),
                           torch.tensor([f]), C)
-        for k in ("dfa_src", "dfa_dist", "dfa_top_src", "dfa_src_tok", "dfa_prev_tok", "dfa_pre"):
+        for k in ("dfa_src", "dfa_dist", "dfa_top_src", "dfa_src_tok", "dfa_prev_tok", "dfa_induction", "dfa_pre"):
             fields[k].append(got[k])
         win = torch.tensor([int(toks[t]) if 0 <= t < T else -1 for t in range(dest - C, dest + C + 1)])
         fields["top_tok"].append(win.unsqueeze(0))
@@ -98,10 +96,6 @@ def test_layer_zero_is_never_induction():
     assert roles.classify_role(sure, 0, confirmed=True) != "induction"
     assert roles.classify_role(sure, 1, confirmed=True) == "induction"
     assert not roles.is_induction_candidate(sure, 0)
-    # the families rules too: a first layer cannot compute induction
-    fam = FamilyScores(induction=1.0, near=1.0, far=0.0, n_examples=5)
-    assert family_classify(fam, can_compose=False) == "short-range context"
-    assert family_classify(fam) == "induction"
 
 
 def test_unconfirmed_candidates_are_not_induction():
@@ -119,15 +113,18 @@ def test_example_relations_by_hand():
     # one example, window C=3 (sources t-3..t), dest t=10
     dfa_src = torch.tensor([[1.0, -2.0, 3.0, 0.5]])  # distance 3, 2, 1, 0
     dist = torch.tensor([[0.5, 3.0, 1.0, 4.5]])  # total positive mass 9
-    rel = roles.example_relations(dfa_src, dist, torch.tensor([9]), torch.tensor([7]), torch.tensor([5]),
+    rel = roles.example_relations(dfa_src, dist, torch.tensor([9]), torch.tensor([7]), torch.tensor([0]),
                                   torch.tensor([7]), torch.tensor([10]))
     assert float(rel["prev_share"]) == pytest.approx(3.0 / 9.0)
-    assert not bool(rel["dup"])  # top source 9 = t-1: previous token, not a duplicate at least 2 back
-    rel = roles.example_relations(dfa_src, dist, torch.tensor([4]), torch.tensor([7]), torch.tensor([7]),
+    assert not bool(rel["dup"]) and not bool(rel["ind"])  # top source 9 = t-1: not a duplicate at least 2 back
+    rel = roles.example_relations(dfa_src, dist, torch.tensor([4]), torch.tensor([7]), torch.tensor([1]),
                                   torch.tensor([7]), torch.tensor([10]))
-    assert bool(rel["dup"]) and bool(rel["ind"])  # "7 7 ... 7": both relations hold
-    # t-1 is BOS: no previous-token share
-    rel = roles.example_relations(dfa_src, dist, torch.tensor([-1]), torch.tensor([-1]), torch.tensor([-1]),
+    assert bool(rel["dup"]) and bool(rel["ind"])  # "7 7 ... 7": both relations hold (ind: the scan's flag)
+    # t-1 is BOS: no previous-token share; no positive mass: no relation, whatever the flag says
+    rel = roles.example_relations(dfa_src, torch.zeros(1, 4), torch.tensor([-1]), torch.tensor([-1]),
+                                  torch.tensor([1]), torch.tensor([7]), torch.tensor([1]))
+    assert float(rel["prev_share"]) == 0.0 and not bool(rel["dup"]) and not bool(rel["ind"])
+    rel = roles.example_relations(dfa_src, dist, torch.tensor([-1]), torch.tensor([-1]), torch.tensor([0]),
                                   torch.tensor([7]), torch.tensor([1]))
     assert float(rel["prev_share"]) == 0.0 and not bool(rel["dup"]) and not bool(rel["ind"])
 
@@ -202,3 +199,20 @@ def test_agreement_by_hand():
     assert by["induction"] == {"role": "induction", "n_auto": 2, "n_human": 1, "both": 1, "precision": 0.5, "recall": 1.0}
     assert by["previous-token"]["precision"] == 1.0 and by["previous-token"]["recall"] == 0.5
     assert by["other"]["precision"] == 0.0 and by["other"]["recall"] is None
+
+
+def test_layer_roles_tests_each_candidate_once_and_answers_alike():
+    calls: list[dict] = []
+
+    def confirm(pairs):
+        calls.append(dict(pairs))
+        return _all_confirmed(pairs)
+
+    lr = roles.LayerRoles(None, stats=_stats(layer=1), confirm=confirm)
+    assert lr.role(0) == "previous-token" and calls == []  # not a candidate: no test
+    assert lr.role(2) == "induction" and [set(c) for c in calls] == [{2}]
+    assert lr.roles([2, 1]) == {2: "induction", 1: "duplicate-token"} and len(calls) == 1
+    rep = lr.report()
+    assert len(calls) == 1 and rep.role_of() == {f: role for f, (role, _, _) in PLANTED.items()}
+    assert lr.role(99) == ""  # not live
+    assert "1 of 1 induction candidates confirmed" in lr.note()

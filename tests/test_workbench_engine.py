@@ -89,7 +89,7 @@ async def test_error_in_quick_call_reaches_the_awaiter_and_the_worker_survives(w
     assert await worker.call(lambda: "still alive") == "still alive"
 
 
-async def test_long_job_progress_finish_and_failure(worker):
+async def test_long_job_progress_finish_and_failure(worker, tmp_path, monkeypatch):
     inbox = Inbox()
 
     def job(rep):
@@ -105,14 +105,37 @@ async def test_long_job_progress_finish_and_failure(worker):
     assert inbox.of(JobFinished)[0].result == {"answer": 7}
     assert h.state == "finished"
 
-    def bad(rep):
-        raise RuntimeError("NaN loss at step 12; kept the last good checkpoint\nTraceback noise")
+    from workbench.engine import EngineError as TrainingError  # any AttnscopeError
+
+    def bad(rep):  # an error meant for the user: one line, no traceback kept
+        raise TrainingError("NaN loss at step 12; kept the last good checkpoint")
 
     h2 = worker.start_job("train", bad, inbox)
     await wait_until(lambda: inbox.of(JobFailed))
     failed = inbox.of(JobFailed)[0]
     assert failed.job_id == h2.id and failed.error == "NaN loss at step 12; kept the last good checkpoint"
-    assert h2.state == "failed"
+    assert h2.state == "failed" and not failed.bug
+
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path))
+
+    def buggy(rep):  # anything else is a bug: it keeps its traceback, in the bug log and on the message
+        return {}["planted"]
+
+    h3 = worker.start_job("demo", buggy, inbox)
+    await wait_until(lambda: len(inbox.of(JobFailed)) == 2)
+    bug = inbox.of(JobFailed)[1]
+    log = tmp_path / "bugs.log"
+    assert bug.job_id == h3.id and bug.bug and h3.state == "failed"
+    assert bug.error == f"bug: KeyError: 'planted' (traceback in {log})"
+    assert "Traceback" in bug.traceback and "in buggy" in bug.traceback
+    assert "in buggy" in log.read_text() and "KeyError: 'planted'" in log.read_text()
+
+    def cancelled(rep):  # Cancelled is a cancellation, not a failure
+        raise Cancelled()
+
+    worker.start_job("demo", cancelled, inbox)
+    await wait_until(lambda: inbox.of(JobCancelled))
+    assert len(inbox.of(JobFailed)) == 2
 
 
 async def test_cancel_stops_a_long_job_between_steps(worker):
@@ -189,36 +212,45 @@ def test_cancelled_exception_is_not_an_error_type():
 # ---- the typed boundary: views, and the dashboard's label ------------------------------------------------------
 
 
-async def test_dashboard_view_is_frozen_and_labels_a_built_feature_with_its_family(tiny_model, tmp_path, monkeypatch):
-    """Before a build the view says so; after one its `label` is the feature's family as the families rules give it."""
+async def test_dashboard_view_is_frozen_and_names_a_built_feature_by_its_role(tiny_model, tmp_path, monkeypatch):
+    """Before a build the view says so; after one it names the feature by its automatic role (the roles rules with the
+    induction test), the paper family mapped from it, and a human label from the label file, each with its source."""
     import dataclasses
 
     from conftest import TINY_TEXT, random_sae
 
     from sae.analysis import dashboards as dash
-    from sae.analysis import families
+    from sae.analysis import roles
+    from sae.analysis.families import FAMILY_OF_ROLE
+    from sae.analysis.labels import sae_id_of
     from workbench.engine import DashboardView, Engine
 
     monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ATTNSCOPE_LABELS", str(tmp_path / "labels.json"))
     sae = random_sae(tiny_model, 1, d_sae=24, seed=5)
     eng = Engine.from_objects(tiny_model, {1: sae}, "random")
     try:
         before = await eng.dashboard(1, 3)
-        assert isinstance(before, DashboardView) and not before.built and before.label == "" and "not built" in before.note
+        assert isinstance(before, DashboardView) and not before.built and before.role == "" and before.words == ""
+        assert "not built" in before.note
         with pytest.raises(dataclasses.FrozenInstanceError):
-            before.label = "x"  # type: ignore[misc]
+            before.role = "x"  # type: ignore[misc]
         spec = dash.DashboardSpec(n_tokens=32 * 10, context=3, n_top=5, n_samples=8, n_dfa=2, context_size=32, n_logits=4)
         docs = [TINY_TEXT[i : i + 300] for i in range(0, 3000, 300)]
         res = dash.build_dashboards(tiny_model, sae, 1, spec, docs=docs, batch_rows=3)
-        family = families.classify_layer(res.directory).family_of()
-        live = sorted(family)
+        role = roles.roles_layer(res.directory, confirm=roles.model_confirmer(tiny_model, sae, 1)).role_of()
+        live = sorted(role)
         assert live, "the random SAE should have live features"
         views = [await eng.dashboard(1, f) for f in (live[0], live[-1])]
         for f, v in zip((live[0], live[-1]), views):
-            assert v.built and v.label == family[f] and v.label in families.FAMILIES
-        dead = next((f for f in range(24) if f not in family), None)
+            assert v.built and v.role == role[f] and v.paper_family == FAMILY_OF_ROLE[role[f]] and v.human_label == ""
+            assert v.words == f"{role[f]} (automatic role) · {FAMILY_OF_ROLE[role[f]]} (paper family, from the role)"
+        eng.label_store().put(sae_id_of(res.directory)[0], 1, live[0], "successor")
+        v = await eng.dashboard(1, live[0])
+        assert v.human_label == "successor" and v.words.startswith("successor (human label, labels.json) · ")
+        dead = next((f for f in range(24) if f not in role), None)
         if dead is not None:
-            assert (await eng.dashboard(1, dead)).label == ""
+            assert (await eng.dashboard(1, dead)).words == ""
     finally:
         eng.close()
 

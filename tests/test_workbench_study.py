@@ -101,9 +101,74 @@ async def test_engine_head_survey_reads_the_labels(tiny_model, study_env):
         eng.label_store().put(sl.sae, layer, fid, "successor", 2)
         again = await eng.heads()
         mine = [f for h in again.heads if h.layer == layer for f in h.features if f.id == fid]
-        assert mine and all(f.family == "successor" and f.source == "human" for f in mine)
+        assert mine and all(f.role == "successor" and f.source == "human" for f in mine)
         others = [f for h in again.heads for f in h.features if f.id != fid or h.layer != layer]
         assert all(f.source == "automatic" for f in others)
         assert f"L{layer} from human labels for" in again.summary and "human label" in again.rule
     finally:
         eng.close()
+
+
+def _shown(widget) -> str:
+    """The text a Static shows (its content drawn by rich, wide enough not to wrap)."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=400, file=io.StringIO(), record=True)
+    console.print(widget.content)
+    return console.export_text()
+
+
+async def test_a_feature_has_one_name_on_the_dashboard_heads_and_study_screens(tiny_model, study_env):
+    """Issue 20.8: the dashboard header, the heads screen and the study screen name a feature with the same word
+    (its automatic role, or a human label from labels.json where one exists), each saying where it came from."""
+    from sae.analysis.families import FAMILY_OF_ROLE
+    from workbench.screens.feature import FeatureScreen
+    from workbench.screens.heads import HeadsScreen
+
+    saes, _, tmp_path = study_env
+    app = _app(tiny_model, saes, tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("3")
+        await settle(pilot, lambda: isinstance(app.screen, HeadsScreen) and app.screen.survey is not None)
+        heads = app.screen
+        h = heads.survey.heads[-1]  # a layer-1 head: its automatic roles went through the induction test
+        labelled, plain = h.features[0], h.features[1]
+        assert plain.source == "automatic"
+        role = plain.role
+        sl = await app.engine.study_layer(h.layer, 30, 0)
+        assert sl.auto[plain.id] == role  # the study's suggestion is the heads screen's role
+        app.engine.label_store().put(sl.sae, h.layer, labelled.id, "successor")
+
+        def heads_text() -> str:
+            heads.show_head(next(x for x in heads.survey.heads if (x.layer, x.head) == (h.layer, h.head)))
+            return _shown(heads.query_one("#head-detail"))
+
+        heads.action_run()
+        await settle(pilot, lambda: heads.survey.heads[-1].features[0].source == "human")
+        text = heads_text()
+        assert "successor*" in text and role in text and "human label, labels.json" in text
+
+        for fid, word in ((plain.id, f"{role} (automatic role) · {FAMILY_OF_ROLE[role]} (paper family, from the role)"),
+                          (labelled.id, "successor (human label, labels.json)")):
+            app.show_feature(h.layer, fid)
+            await settle(pilot, lambda: isinstance(app.screen, FeatureScreen) and app.screen.view is not None
+                         and app.screen.view.feature == fid)
+            header = _shown(app.screen.query_one("#dashboard"))
+            assert word in header, header[:300]
+
+        app.switch_mode("explore")
+        await pilot.press("8")
+        await settle(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.items)
+        study = app.screen
+        for fid, word in ((plain.id, f"automatic role: {role}"), (labelled.id, "yours (labels.json): successor")):
+            study.index = study.items.index((h.layer, fid))
+            study.show()
+            await settle(pilot, lambda: study.view is not None and study.view.feature == fid)
+            panel = _shown(study.query_one("#study-panel"))
+            assert word in panel and f"automatic role: {sl.auto[fid]}" in panel
+            header = _shown(study.query_one("#study-dashboard"))
+            assert f"{sl.auto[fid]} (automatic role)" in header

@@ -12,11 +12,11 @@ from textual.binding import Binding
 from textual.widgets import Input
 
 from workbench.commands import WorkbenchCommands
-from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
+from workbench.engine import Engine, EngineInfo, one_line
 from workbench.figures import export_report
 from workbench.findings import ExportError, FindingsStore
 from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
-from workbench.screens.base import SCREENS, WorkbenchScreen
+from workbench.screens.base import SCREENS, WorkbenchScreen, reported
 from workbench.screens.explore import ExploreScreen
 from workbench.screens.feature import FeatureScreen
 from workbench.screens.findings import FindingsScreen
@@ -120,17 +120,17 @@ class WorkbenchApp(App):
     async def _build_missing_dashboards(self) -> None:
         """First launch: build the dashboards the open SAEs lack, behind the user's own jobs; cancellable from
         the job indicator (ctrl+x) and resumed on the next launch."""
-        try:
+        missing = None  # a failed look-up only skips the convenience
+        with reported(lambda f: self.notify(f"could not check the dashboards: {f.text}", severity="warning"),
+                      "first-launch build", self.log):
             missing = await self.engine.missing_dashboards()
-        except Exception as exc:  # noqa: BLE001 - a failed look-up only skips the convenience
-            self.notify(f"could not check the dashboards: {one_line(exc)}", severity="warning")
-            return
         if not missing:
             return
-        try:
-            self.engine.build_dashboards(missing, post=self.post_message, background=True)
-        except Exception as exc:  # noqa: BLE001 - e.g. the user already started the same build
-            self.log(f"auto-build skipped: {one_line(exc)}")
+        job = None  # e.g. the user already started the same build: skipped (a bug is still shown)
+        with reported(lambda f: self.notify(f.text, severity="error") if f.bug else self.log(f"auto-build skipped: {f.text}"),
+                      "first-launch build", self.log):
+            job = self.engine.build_dashboards(missing, post=self.post_message, background=True)
+        if job is None:
             return
         for s in self.screens_of(ExploreScreen):  # its summary now says "being built", not "not built"
             s.refresh_summary()
@@ -162,10 +162,11 @@ class WorkbenchApp(App):
 
     def run_action_build(self, layers: list[int]) -> None:
         """Build dashboards (from the palette); refused when the same build already runs or waits."""
-        try:
+        h = None  # a duplicate or a missing SAE is a notification
+        with reported(lambda f: self.notify(f.text, title="Dashboards", severity="error" if f.bug else "warning"),
+                      "palette build", self.log):
             h = self.engine.build_dashboards(layers, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001 - a duplicate or a missing SAE is a notification
-            self.notify(one_line(exc), title="Dashboards", severity="warning")
+        if h is None:
             return
         self.notify(f"{h.label}: {'building' if h.state == 'running' else 'queued'} (ctrl+x cancels)", title="Dashboards")
 
@@ -328,14 +329,11 @@ class WorkbenchApp(App):
         """Swap the SAE set; a set that does not fit the model reopens the question with the error inline."""
 
         async def open_it() -> None:
-            try:
+            info = None  # a bad SAE dir is an inline message in the reopened question
+            with reported(lambda f: self.action_open_saes(spec, f.text), "open SAEs", self.log):
                 info = await self.engine.open_saes(spec)
-            except StaleRequest:
-                return
-            except Exception as exc:  # noqa: BLE001 - a bad SAE dir is an inline message
-                self.action_open_saes(spec, one_line(exc))
-                return
-            self.after_saes_changed(info)
+            if info is not None:
+                self.after_saes_changed(info)
 
         self.run_worker(open_it(), group="saes", exclusive=True)
 
@@ -359,6 +357,8 @@ class WorkbenchApp(App):
         return next((s.prompt for s in self.screens_of(ExploreScreen)), "")
 
     def on_job_failed(self, message: JobFailed) -> None:
+        if message.bug:  # its traceback is in the bug log already; Textual's log gets it too
+            self.log.error(message.traceback)
         self.notify(message.error, title=f"{message.kind} failed", severity="error", timeout=8)
 
     def export_to(self, path: str | Path) -> Path:

@@ -47,11 +47,14 @@ class JobFinished(JobMessage):
 
 
 class JobFailed(JobMessage):
-    """The job raised: `error` is one line meant for the user (shown as a notification)."""
+    """The job raised: `error` is one line meant for the user (shown as a notification). `bug` is True when it was
+    not an `AttnscopeError`: then `error` reads `bug: ... (traceback in <path>)` and `traceback` holds it."""
 
-    def __init__(self, job_id: int, kind: str, error: str) -> None:
+    def __init__(self, job_id: int, kind: str, error: str, bug: bool = False, traceback: str = "") -> None:
         super().__init__(job_id, kind)
         self.error = error
+        self.bug = bug
+        self.traceback = traceback
 
 
 class JobCancelled(JobMessage):

@@ -1,7 +1,16 @@
-"""Feature families (Kissane et al.): induction, short-range context, long-range context, other.
+"""The paper's feature families (Kissane et al.): induction, short-range context, long-range context, other.
 
-A feature is classified from the DFA by source of its top activating examples (stored by the dashboard build,
-see `sae.analysis.dashboards.source_facts`). The rules, in order (the first that holds wins):
+attnscope does not classify families on their own: a feature's family is a fixed mapping of its automatic role
+(`sae.analysis.roles`, the one classifier), the table `FAMILY_OF_ROLE`. So a feature has one role and one family
+everywhere, and the family always says it was mapped from the role. Why each row:
+
+- induction -> induction: the paper's "X is next by induction" (the role also asks for the repeated-token test).
+- previous-token -> short-range context: at least half the positive source DFA comes from t-1, one token back,
+  which is within the short range (`SHORT_MAX` tokens), so the short-range rule holds too.
+- short-range context, long-range context -> themselves (the same distance rules).
+- duplicate-token -> other: the paper names duplicate-token beside the three families (a GPT-2 Small motif, like
+  previous-token, successor, copy-suppression), not within one; the earlier copy may be any distance back.
+- other -> other.
 """
 
 from __future__ import annotations
@@ -10,88 +19,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from sae.analysis.dashboards import distance_bin, feature_stats
+from sae.analysis.roles import LONG_MIN, ROLES, SHORT_MAX, Confirmer, LayerRoles, RoleScores
 
 FAMILIES = ("induction", "short-range context", "long-range context", "other")
-SHORT_MAX = 6  # distances 0..6 are "a few tokens"
-LONG_MIN = 15  # distances >= 15 are "far back"
-SHARE = 0.5
+FAMILY_OF_ROLE: dict[str, str] = {
+    "induction": "induction",
+    "duplicate-token": "other",
+    "previous-token": "short-range context",
+    "short-range context": "short-range context",
+    "long-range context": "long-range context",
+    "other": "other",
+}
 
-RULES = [
-    "induction: in a layer >= 1 (a layer-0 feature is never induction: its heads cannot compose with an earlier "
-    "one), in at least half of the feature's top examples, the source with the largest positive DFA (BOS left "
-    "out) comes right after an earlier copy of the current token (tokens[src-1] == tokens[dest], src <= dest-2, "
-    "so a previous-token head on text like 'x.y.' does not count)",
-    f"short-range context: else, if on average >= {SHARE:.0%} of the positive source DFA (BOS left out) comes from "
-    f"sources at most {SHORT_MAX} tokens back",
-    f"long-range context: else, if on average >= {SHARE:.0%} of it comes from sources {LONG_MIN} or more tokens back",
-    "other: everything else, including features whose top examples have no positive source DFA",
-]
-__doc__ = (__doc__ or "") + "\n" + "\n".join(f"- {r}" for r in RULES) + "\n"
+MAPPING_NOTE = ("each family is mapped from the feature's automatic role (`attnscope roles`): "
+                + ", ".join(f"{r} -> {f}" for r, f in FAMILY_OF_ROLE.items())
+                + f" (short range: sources at most {SHORT_MAX} tokens back; long range: {LONG_MIN} or more)")
 
 
-def _bin_ranges(n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per distance bin, its first and last distance (see `sae.analysis.dashboards.distance_bin`)."""
-    b = torch.arange(n_bins)
-    return 2**b - 1, 2 ** (b + 1) - 2
+def paper_family(role: str) -> str:
+    """The paper's family of an automatic role ("" for "", a human label that is not a role -> "")."""
+    return FAMILY_OF_ROLE.get(role, "")
 
 
-def near_far_masks(n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bins wholly within `SHORT_MAX` and bins wholly at or beyond `LONG_MIN`."""
-    lo, hi = _bin_ranges(n_bins)
-    return hi <= SHORT_MAX, lo >= LONG_MIN
-
-
-@dataclass
-class FamilyScores:
-    """The numbers a feature's family is decided from."""
-
-    induction: float  # fraction of its DFA examples that look like induction
-    near: float  # mean share of positive source DFA within SHORT_MAX
-    far: float  # mean share at LONG_MIN or beyond
-    n_examples: int
-
-
-def family_scores(induction_flags: torch.Tensor, dist_mass: torch.Tensor) -> FamilyScores:
-    """induction_flags `[n]` (0/1), dist_mass `[n, n_bins]` positive DFA mass per distance bin, for the n top
-    examples that have DFA. Examples without positive mass count as neither near nor far."""
-    n = int(induction_flags.numel())
-    if n == 0:
-        return FamilyScores(0.0, 0.0, 0.0, 0)
-    near_m, far_m = near_far_masks(dist_mass.shape[-1])
-    total = dist_mass.sum(-1)
-    ok = total > 0
-    near = torch.where(ok, dist_mass[:, near_m].sum(-1) / total.clamp_min(1e-12), torch.zeros_like(total))
-    far = torch.where(ok, dist_mass[:, far_m].sum(-1) / total.clamp_min(1e-12), torch.zeros_like(total))
-    return FamilyScores(float(induction_flags.float().mean()), float(near.mean()), float(far.mean()), n)
-
-
-def classify(scores: FamilyScores, can_compose: bool = True) -> str:
-    """Apply RULES in order; `can_compose` is False for layer 0, whose features are never induction."""
-    if scores.n_examples == 0:
-        return "other"
-    if can_compose and scores.induction >= 0.5:
-        return "induction"
-    if scores.near >= SHARE:
-        return "short-range context"
-    if scores.far >= SHARE:
-        return "long-range context"
-    return "other"
-
-
-def mass_at_distances(per_src: list[float], dest: int) -> torch.Tensor:
-    """Positive DFA mass per distance bin of one example, from its DFA by source over positions 0..dest (BOS = 0
-    left out). A helper for building cases by hand."""
-    from sae.analysis.dashboards import n_distance_bins
-
-    nb = n_distance_bins(max(dest + 1, 2))
-    out = torch.zeros(nb)
-    for s, v in enumerate(per_src[: dest + 1]):
-        if s >= 1 and v > 0:
-            out[min(int(distance_bin(torch.tensor(dest - s))), nb - 1)] += v
-    return out
+def roles_of(family: str) -> list[str]:
+    """The roles that map to `family`, in `ROLES` order."""
+    return [r for r in ROLES if FAMILY_OF_ROLE[r] == family]
 
 
 # ---- a whole layer ------------------------------------------------------------------------------------
@@ -100,12 +52,13 @@ def mass_at_distances(per_src: list[float], dest: int) -> torch.Tensor:
 @dataclass
 class FamilyExample:
     feature: int
+    role: str  # the automatic role the family was mapped from
     act: float
     tokens: list[str]
     center: int
     top_source_token: str | None
     distance: int | None
-    scores: FamilyScores
+    scores: RoleScores
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -117,7 +70,9 @@ class FamilyExample:
 class FamilyReport:
     model: str
     layer: int
-    rules: list[str]
+    mapping: dict[str, str]  # role -> family
+    role_rules: list[str]
+    confirmation: str  # how the role's induction test went
     n_live: int
     counts: dict[str, int]
     features: dict[str, list[int]]  # family -> feature ids
@@ -130,12 +85,16 @@ class FamilyReport:
         return {
             "model": self.model,
             "layer": self.layer,
-            "rules": self.rules,
+            "source": "paper families mapped from the automatic roles",
+            "mapping": self.mapping,
+            "role_rules": self.role_rules,
+            "confirmation": self.confirmation,
             "n_live": self.n_live,
             "counts": self.counts,
             "families": [
                 {
                     "family": fam,
+                    "from_roles": roles_of(fam),
                     "count": self.counts[fam],
                     "fraction": self.counts[fam] / self.n_live if self.n_live else 0.0,
                     "examples": [e.to_dict() for e in self.examples.get(fam, [])],
@@ -154,38 +113,47 @@ def _context(stats: dict[str, Any], feature: int, vocab: dict[str, str], C: int)
     return [vocab.get(str(int(t)), "?") for t in tok[keep].tolist()], C - int(keep[0])
 
 
-def classify_layer(directory: Path, n_examples: int = 3, stats: dict[str, Any] | None = None) -> FamilyReport:
-    """Classify every live feature of a built dashboard directory."""
+def _strength(role: str, sc: RoleScores) -> float:
+    """How clearly a feature shows its role (for picking examples)."""
+    return {"induction": sc.induction, "duplicate-token": sc.duplicate, "previous-token": sc.previous,
+            "short-range context": sc.near, "long-range context": sc.far}.get(role, 0.0)
+
+
+def classify_layer(directory: Path | None, n_examples: int = 3, stats: dict[str, Any] | None = None,
+                   confirm: Confirmer | None = None, roles: LayerRoles | None = None) -> FamilyReport:
+    """Every live feature of a built dashboard directory in its paper family, mapped from its automatic role.
+
+    roles: the layer's `LayerRoles` (else built from `directory`/`stats` with `confirm`, the induction test)."""
+    from sae.analysis.dashboards import feature_stats
+
     stats = stats if stats is not None else feature_stats(directory)
+    lr = roles if roles is not None else LayerRoles(directory, stats, confirm)
+    rep = lr.report()
     idx = stats["index"]
     vocab, C = idx["vocab"], idx["spec"]["context"]
     row_len = idx["row_len"]
-    live = (stats["n_fire"] > 0).nonzero().flatten().tolist()
     feats: dict[str, list[int]] = {f: [] for f in FAMILIES}
-    scored: dict[str, list[tuple[float, int, FamilyScores]]] = {f: [] for f in FAMILIES}
-    n_dfa = stats["dfa_pre"].shape[1]
-    for i in live:
-        sel = stats["top_val"][i, :n_dfa] > 0  # the top examples that got DFA by source
-        sc = family_scores(stats["dfa_induction"][i][sel], stats["dfa_dist"][i][sel])
-        fam = classify(sc, can_compose=int(idx["layer"]) >= 1)
+    scored: dict[str, list[tuple[float, int]]] = {f: [] for f in FAMILIES}
+    for i, fr in rep.roles.items():
+        fam = FAMILY_OF_ROLE[fr.role]
         feats[fam].append(i)
-        strength = {"induction": sc.induction, "short-range context": sc.near, "long-range context": sc.far}.get(fam, 0.0)
-        scored[fam].append((strength + 1e-3 * float(stats["density"][i]), i, sc))
+        scored[fam].append((_strength(fr.role, fr.scores) + 1e-3 * float(stats["density"][i]), i))
     examples: dict[str, list[FamilyExample]] = {}
     for fam, items in scored.items():
         items.sort(key=lambda x: -x[0])
         out = []
-        for _, i, sc in items[:n_examples]:
+        for _, i in items[:n_examples]:
             tokens, center = _context(stats, i, vocab, C)
             src = int(stats["dfa_top_src"][i, 0])
             dest = int(stats["top_idx"][i, 0]) % row_len
             out.append(FamilyExample(
-                feature=i, act=float(stats["top_val"][i, 0]), tokens=tokens, center=center,
+                feature=i, role=rep.roles[i].role, act=float(stats["top_val"][i, 0]), tokens=tokens, center=center,
                 top_source_token=vocab.get(str(int(stats["dfa_src_tok"][i, 0])), None) if src >= 0 else None,
-                distance=dest - src if src >= 0 else None, scores=sc,
+                distance=dest - src if src >= 0 else None, scores=rep.roles[i].scores,
             ))
         examples[fam] = out
     return FamilyReport(
-        model=idx["model"], layer=idx["layer"], rules=list(RULES), n_live=len(live),
-        counts={f: len(v) for f, v in feats.items()}, features=feats, examples=examples,
+        model=idx["model"], layer=idx["layer"], mapping=dict(FAMILY_OF_ROLE), role_rules=list(rep.rules),
+        confirmation=rep.confirmation, n_live=rep.n_live, counts={f: len(v) for f, v in feats.items()},
+        features=feats, examples=examples,
     )

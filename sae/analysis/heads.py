@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sae.analysis.dashboards import feature_stats
-from sae.analysis.roles import RULES, Confirmer, roles_layer
+from sae.analysis.roles import RULES, Confirmer, LayerRoles
 
 UNNAMED = ("other", "uninterpretable")  # labels that say "no one kind", so never make a head monosemantic
 
@@ -35,8 +35,8 @@ class HeadFeature:
     decoder_share: float  # this head's share of ||W_dec[i]|| over heads
     dfa_share: float  # this head's share of the positive DFA-by-head on the feature's top examples
     density: float
-    family: str  # its role: the human label if there is one, else the automatic role
-    source: str = "automatic"  # "human" or "automatic"
+    role: str  # the human label if there is one, else the automatic role
+    source: str = "automatic"  # "human" (the label file) or "automatic" (sae.analysis.roles)
 
 
 @dataclass
@@ -45,9 +45,9 @@ class HeadReport:
     head: int
     top_by_decoder: list[HeadFeature]
     top_by_dfa: list[HeadFeature]
-    families: dict[str, int]  # role counts among top_by_decoder
+    roles: dict[str, int]  # role counts among top_by_decoder
     verdict: str  # monosemantic | polysemantic
-    main_family: str
+    main_role: str
     source: str = "automatic"  # "human", "automatic" or "mixed (k of n human)": where its top features' roles came from
 
 
@@ -63,7 +63,7 @@ class LayerHeads:
 class HeadSurvey:
     model: str
     criterion: str
-    family_rules: list[str]
+    role_rules: list[str]
     dfa_note: str
     layers: list[LayerHeads] = field(default_factory=list)
     polysemantic_fraction: float = 0.0
@@ -89,18 +89,18 @@ def dfa_head_shares(dfa_heads: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     return tot / tot.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def verdict(families: list[str], agree: float = 1.0) -> tuple[str, str]:
+def verdict(roles: list[str], agree: float = 1.0) -> tuple[str, str]:
     """(verdict, main role) for a head's top features' roles: monosemantic when at least `agree` of them share one
     role that is not in UNNAMED."""
-    if not families:
+    if not roles:
         return "polysemantic", "other"
     counts: dict[str, int] = {}
-    for f in families:
+    for f in roles:
         counts[f] = counts.get(f, 0) + 1
     named = [f for f in counts if f not in UNNAMED]
     if named:
         main = max(named, key=lambda f: counts[f])
-        if counts[main] >= agree * len(families) - 1e-9:
+        if counts[main] >= agree * len(roles) - 1e-9:
             return "monosemantic", main
     return "polysemantic", max(counts, key=lambda f: counts[f])
 
@@ -113,12 +113,14 @@ def _source(n_human: int, n: int) -> str:
 
 def survey_layer(
     directory: Path, n_top: int = 10, agree: float = 1.0, labels: dict[int, str] | None = None,
-    confirm: Confirmer | None = None,
+    confirm: Confirmer | None = None, roles: LayerRoles | None = None,
 ) -> LayerHeads:
-    """Survey one layer's heads. labels: `{feature: human family}` of this layer's SAE (they win over the
-    automatic roles); confirm: the induction test for the automatic roles (see `sae.analysis.roles.roles_layer`)."""
+    """Survey one layer's heads. labels: `{feature: human label}` of this layer's SAE (they win over the
+    automatic roles); roles: the layer's automatic roles (else scored here, with `confirm` the induction test, see
+    `sae.analysis.roles.LayerRoles`)."""
     stats = feature_stats(directory)
-    fam = roles_layer(directory, stats=stats, confirm=confirm).role_of()
+    lr = roles if roles is not None else LayerRoles(directory, stats, confirm)
+    lr.confirm()  # every induction candidate tested in one go
     labels = labels or {}
     idx = stats["index"]
     live = stats["n_fire"] > 0
@@ -135,18 +137,18 @@ def survey_layer(
             ids = s.topk(k).indices.tolist() if k else []
             return [
                 HeadFeature(id=i, decoder_share=float(dec[i, h]), dfa_share=float(dfa[i, h]),
-                            density=float(density[i]), family=labels.get(i, fam.get(i, "other")),
+                            density=float(density[i]), role=labels[i] if i in labels else lr.role(i) or "other",
                             source="human" if i in labels else "automatic")
                 for i in ids
             ]
 
         by_dec, by_dfa = top(dec[:, h].float()), top(dfa[:, h].float())
-        fams = [f.family for f in by_dec]
-        v, main = verdict(fams, agree)
+        rs = [f.role for f in by_dec]
+        v, main = verdict(rs, agree)
         n_human = sum(f.source == "human" for f in by_dec)
         heads.append(HeadReport(layer=idx["layer"], head=h, top_by_decoder=by_dec, top_by_dfa=by_dfa,
-                                families={f: fams.count(f) for f in dict.fromkeys(fams)}, verdict=v,
-                                main_family=main, source=_source(n_human, len(by_dec))))
+                                roles={r: rs.count(r) for r in dict.fromkeys(rs)}, verdict=v,
+                                main_role=main, source=_source(n_human, len(by_dec))))
     poly = sum(r.verdict == "polysemantic" for r in heads) / max(1, len(heads))
     n_h = sum(f.source == "human" for r in heads for f in r.top_by_decoder)
     n_all = sum(len(r.top_by_decoder) for r in heads)
@@ -158,13 +160,15 @@ def survey_layer(
 def survey_heads(
     directories: dict[int, Path], model: str = "", n_top: int = 10, agree: float = 1.0,
     labels: dict[int, dict[int, str]] | None = None, confirm: dict[int, Confirmer] | None = None,
+    roles: dict[int, LayerRoles] | None = None,
 ) -> HeadSurvey:
     """Survey every head of every layer in `directories` ({layer: built dashboard dir}). labels: per layer,
-    `{feature: human family}`; confirm: per layer, the induction test of the automatic roles."""
-    labels, confirm = labels or {}, confirm or {}
-    layers = [survey_layer(directories[layer], n_top, agree, labels.get(layer), confirm.get(layer))
+    `{feature: human label}`; roles: per layer, its automatic roles (else scored here with `confirm`, per layer
+    the induction test)."""
+    labels, confirm, roles = labels or {}, confirm or {}, roles or {}
+    layers = [survey_layer(directories[layer], n_top, agree, labels.get(layer), confirm.get(layer), roles.get(layer))
               for layer in sorted(directories)]
     all_heads = [h for lh in layers for h in lh.heads]
     poly = sum(h.verdict == "polysemantic" for h in all_heads) / max(1, len(all_heads))
-    return HeadSurvey(model=model, criterion=criterion_text(n_top, agree), family_rules=list(RULES), dfa_note=DFA_NOTE,
+    return HeadSurvey(model=model, criterion=criterion_text(n_top, agree), role_rules=list(RULES), dfa_note=DFA_NOTE,
                       layers=layers, polysemantic_fraction=poly)

@@ -25,8 +25,10 @@ from typing import Any
 
 from sae.engine.errors import AttnscopeError
 
-# The paper's families (induction, short- and long-range context) and the finer GPT-2 Small roles it names; the
-# first six are also the automatic roles (`sae.analysis.roles.ROLES`), so the two can be compared.
+# The words a human label may use (the file calls them "families"; any can be added): the first six are the
+# automatic roles (`sae.analysis.roles.ROLES`, among them the paper's families induction and short- / long-range
+# context), so a human label and an automatic role can be compared; then the other GPT-2 Small motifs the paper
+# names. Wherever a human label is shown, it is shown as one ("human label, labels.json").
 DEFAULT_FAMILIES: tuple[str, ...] = (
     "induction", "duplicate-token", "previous-token", "short-range context", "long-range context", "other",
     "successor", "name-mover", "copy-suppression", "preposition mover",

@@ -1,4 +1,12 @@
-"""Automatic roles of attention-SAE features: finer than the families, and each one testable on the data.
+"""Automatic roles of attention-SAE features: the one classifier of what a feature does, each role testable on the data.
+
+attnscope names a feature three ways, and every screen and export says which one it shows:
+
+- its **automatic role** (this module: induction, duplicate-token, previous-token, short-range context, long-range
+  context, other), scored once per layer by `LayerRoles`;
+- the **paper family** (Kissane et al.'s coarse induction / short-range / long-range context / other), never
+  classified on its own: a fixed mapping of the role (`sae.analysis.families.FAMILY_OF_ROLE`);
+- a **human label**, stored in the label file (`sae.analysis.labels`, `labels.json`), which wins where one exists.
 
 A role is read from the DFA by source of a feature's top activating examples (stored by the dashboard build; see
 `sae.analysis.dashboards.source_facts`), with BOS left out as a source. Per example:
@@ -7,7 +15,10 @@ A role is read from the DFA by source of a feature's top activating examples (st
 - whether the source with the largest positive DFA (the *top source*) is an earlier copy of the current token at
   least 2 back (duplicate-token), or the token right after an earlier copy of the current token, at least 2 back
   (induction: "the token after the last time I appeared");
-- the positive DFA mass by source distance (short- and long-range context, as in `sae.analysis.families`).
+- the positive DFA mass by source distance (short- and long-range context).
+
+The induction relation of an example is computed once, by the dashboard scan (`dfa_induction`, see
+`sae.analysis.dashboards.source_facts`), and read here.
 
 Induction needs two heads in series (a previous-token head writes "the token before me was A" at `s`, the
 induction head at the second A reads it), so **a layer-0 feature is never called induction**: its heads read token
@@ -29,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sae.analysis.families import LONG_MIN, SHORT_MAX, near_far_masks
 from sae.engine.jobs import CancelToken, ProgressFn
 
 if TYPE_CHECKING:
@@ -43,6 +53,9 @@ SHARE = 0.5  # every rule's threshold: a share of DFA mass or a fraction of top 
 CONFIRM_FRACTION = 0.5  # of the repeated-random-token sequences that must show the induction behaviour
 CONFIRM_SEQUENCES = 16
 CONFIRM_HALF_LEN = 24  # random tokens before the repeat (the repeat has as many)
+CONFIRM_SEED = 0  # the one seed of the induction test, so every screen and command gets the same answer
+SHORT_MAX = 6  # distances 0..6 are "a few tokens"
+LONG_MIN = 15  # distances >= 15 are "far back"
 
 
 def rules(share: float = SHARE, confirm_fraction: float = CONFIRM_FRACTION) -> list[str]:
@@ -70,21 +83,50 @@ RULES = rules()
 __doc__ = (__doc__ or "") + "\n" + "\n".join(f"- {r}" for r in RULES) + "\n"
 
 
+# ---- source distances ---------------------------------------------------------------------------------------
+
+
+def _bin_ranges(n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per distance bin, its first and last distance (see `sae.analysis.dashboards.distance_bin`)."""
+    b = torch.arange(n_bins)
+    return 2**b - 1, 2 ** (b + 1) - 2
+
+
+def near_far_masks(n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bins wholly within `SHORT_MAX` and bins wholly at or beyond `LONG_MIN`."""
+    lo, hi = _bin_ranges(n_bins)
+    return hi <= SHORT_MAX, lo >= LONG_MIN
+
+
+def mass_at_distances(per_src: list[float], dest: int) -> torch.Tensor:
+    """Positive DFA mass per distance bin of one example, from its DFA by source over positions 0..dest (BOS = 0
+    left out). A helper for building cases by hand."""
+    from sae.analysis.dashboards import distance_bin, n_distance_bins
+
+    nb = n_distance_bins(max(dest + 1, 2))
+    out = torch.zeros(nb)
+    for s, v in enumerate(per_src[: dest + 1]):
+        if s >= 1 and v > 0:
+            out[min(int(distance_bin(torch.tensor(dest - s))), nb - 1)] += v
+    return out
+
+
 # ---- per example (pure tensor code) -----------------------------------------------------------------------
 
 
 def example_relations(
     dfa_src: torch.Tensor, dfa_dist: torch.Tensor, top_src: torch.Tensor, src_tok: torch.Tensor,
-    prev_tok: torch.Tensor, dest_tok: torch.Tensor, dest: torch.Tensor,
+    induction: torch.Tensor, dest_tok: torch.Tensor, dest: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """What the role rules read from each example; any leading shape `[...]`.
 
     dfa_src `[..., C+1]` DFA of sources `t-C .. t` (last entry = the destination itself); dfa_dist `[..., NB]`
     positive DFA mass per distance bin over the whole row, BOS left out; top_src `[...]` the top source's
-    position (-1: none), src_tok / prev_tok `[...]` the tokens at it and before it; dest_tok / dest `[...]` the
-    current token and its position. Returns prev_share (positive DFA at t-1 over all positive DFA; 0 when t-1 is
-    BOS), dup and ind (bool: the top-source relations), near and far (share of positive mass within SHORT_MAX /
-    from LONG_MIN back).
+    position (-1: none), src_tok `[...]` the token at it; induction `[...]` the scan's induction flag
+    (`dfa_induction`: the top source follows an earlier copy of the current token, at least 2 back); dest_tok /
+    dest `[...]` the current token and its position. Returns prev_share (positive DFA at t-1 over all positive
+    DFA; 0 when t-1 is BOS), dup and ind (bool: the top-source relations), near and far (share of positive mass
+    within SHORT_MAX / from LONG_MIN back).
     """
     C = dfa_src.shape[-1] - 1
     total = dfa_dist.sum(-1)
@@ -94,7 +136,7 @@ def example_relations(
     prev_share = torch.where(ok, prev_mass / denom, torch.zeros_like(total))
     has = (top_src >= 0) & ok
     dup = has & (top_src <= dest - 2) & (src_tok == dest_tok)
-    ind = has & (top_src >= 2) & (top_src <= dest - 2) & (prev_tok == dest_tok)
+    ind = has & induction.bool()
     near_m, far_m = near_far_masks(dfa_dist.shape[-1])
     near = torch.where(ok, dfa_dist[..., near_m].sum(-1) / denom, torch.zeros_like(total))
     far = torch.where(ok, dfa_dist[..., far_m].sum(-1) / denom, torch.zeros_like(total))
@@ -325,7 +367,7 @@ def layer_relations(stats: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], 
     dest = stats["top_idx"][:, :n_dfa] % row_len
     rel = example_relations(
         stats["dfa_src"][:, :n_dfa].float(), stats["dfa_dist"][:, :n_dfa].float(), stats["dfa_top_src"][:, :n_dfa],
-        stats["dfa_src_tok"][:, :n_dfa].long(), stats["dfa_prev_tok"][:, :n_dfa].long(),
+        stats["dfa_src_tok"][:, :n_dfa].long(), stats["dfa_induction"][:, :n_dfa],
         stats["top_tok"][:, :n_dfa, C].long(), dest,
     )
     valid = (stats["top_val"][:, :n_dfa] > 0) & (stats["top_idx"][:, :n_dfa] >= 0)
@@ -343,46 +385,92 @@ def induction_pair(stats: Mapping[str, Any], feature: int, rel: Mapping[str, tor
 Confirmer = Callable[[dict[int, tuple[int, int]]], dict[int, Confirmation]]
 
 
-def roles_layer(directory: Path, stats: Mapping[str, Any] | None = None, confirm: Confirmer | None = None) -> RoleReport:
-    """Role of every live feature of a built dashboard directory.
+class LayerRoles:
+    """One layer's automatic roles, scored once from its built dashboards (`feature_stats` output).
+
+    Every live feature's scores are computed here, once (only the scores are kept, not the layer's arrays, so an
+    engine may hold one per layer). An induction candidate's repeated-random-token test
+    (`confirm`, see `confirm_induction`; None: not run, so no feature is induction) runs the first time that
+    feature's role is asked for and is kept, so the dashboard, the head survey and the study, asking one object,
+    all get the same answer."""
+
+    def __init__(self, directory: Path | None, stats: Mapping[str, Any] | None = None,
+                 confirm: Confirmer | None = None) -> None:
+        from sae.analysis.dashboards import feature_stats
+
+        stats = stats if stats is not None else feature_stats(directory)
+        idx = stats["index"]
+        self.model = str(idx["model"])
+        self.layer = int(idx["layer"])
+        rel, valid = layer_relations(stats)
+        self.live: list[int] = (stats["n_fire"] > 0).nonzero().flatten().tolist()
+        self.scores = {i: role_scores({k: v[i] for k, v in rel.items()}, valid[i]) for i in self.live}
+        self.candidates = [i for i in self.live if is_induction_candidate(self.scores[i], self.layer)]
+        self.pairs = {i: p for i in self.candidates if (p := induction_pair(stats, i, rel, valid)) is not None}
+        self._confirm = confirm if can_compose(self.layer) else None
+        self.confirmations: dict[int, Confirmation] = {}
+        self._tested: set[int] = set()
+
+    def confirm(self, features: Sequence[int] | None = None) -> None:
+        """Run the induction test on the candidates among `features` (None: all) not tested yet."""
+        if self._confirm is None:
+            return
+        want = self.candidates if features is None else [f for f in features if f in self.pairs]
+        todo = {f: self.pairs[f] for f in want if f in self.pairs and f not in self._tested}
+        if todo:
+            self.confirmations.update(self._confirm(todo))
+            self._tested.update(todo)
+
+    def role(self, feature: int) -> str:
+        """The feature's role ("" for a dead feature), its induction test run first when it is a candidate."""
+        if feature not in self.scores:
+            return ""
+        self.confirm([feature])
+        c = self.confirmations.get(feature)
+        return classify_role(self.scores[feature], self.layer, c.confirmed if c else None)
+
+    def roles(self, features: Sequence[int]) -> dict[int, str]:
+        self.confirm(features)
+        return {f: self.role(f) for f in features}
+
+    def note(self, features: Sequence[int] | None = None) -> str:
+        """How the induction candidates (among `features`; None: all) were tested."""
+        cands = self.candidates if features is None else [f for f in self.candidates if f in set(features)]
+        which = "" if features is None else " sampled"
+        if not can_compose(self.layer):
+            return "layer 0: no feature can be induction (its heads cannot compose with an earlier one)"
+        if self._confirm is None:
+            return f"not run (no model given): {len(cands)}{which} induction candidates left unconfirmed"
+        n_ok = sum(bool(self.confirmations.get(f) and self.confirmations[f].confirmed) for f in cands)
+        return (f"repeated random tokens: {n_ok} of {len(cands)}{which} induction candidates confirmed "
+                f"({CONFIRM_SEQUENCES} sequences each)")
+
+    def report(self) -> RoleReport:
+        """Every live feature's role (every candidate tested)."""
+        self.confirm()
+        out: dict[int, FeatureRole] = {}
+        feats: dict[str, list[int]] = {r: [] for r in ROLES}
+        for i in self.live:
+            role = self.role(i)
+            out[i] = FeatureRole(i, role, self.scores[i], i in self.candidates, self.confirmations.get(i))
+            feats[role].append(i)
+        return RoleReport(
+            model=self.model, layer=self.layer, rules=list(RULES), n_live=len(self.live),
+            counts={r: len(v) for r, v in feats.items()}, features=feats, confirmation=self.note(),
+            candidates=[out[i] for i in self.candidates], roles=out,
+        )
+
+
+def roles_layer(directory: Path | None, stats: Mapping[str, Any] | None = None,
+                confirm: Confirmer | None = None) -> RoleReport:
+    """Role of every live feature of a built dashboard directory (`LayerRoles(...).report()`).
 
     confirm: runs the repeated-random-token test on `{feature: (current token, source token)}` (see
     `confirm_induction`); None leaves every induction candidate unconfirmed (so not induction)."""
-    from sae.analysis.dashboards import feature_stats
-
-    stats = stats if stats is not None else feature_stats(directory)
-    idx = stats["index"]
-    layer = int(idx["layer"])
-    rel, valid = layer_relations(stats)
-    live = (stats["n_fire"] > 0).nonzero().flatten().tolist()
-    scores = {i: role_scores({k: v[i] for k, v in rel.items()}, valid[i]) for i in live}
-    cands = [i for i in live if is_induction_candidate(scores[i], layer)]
-    pairs = {i: p for i in cands if (p := induction_pair(stats, i, rel, valid)) is not None}
-    if not can_compose(layer):
-        note = "layer 0: no feature can be induction (its heads cannot compose with an earlier one)"
-        confirmations: dict[int, Confirmation] = {}
-    elif confirm is None:
-        note = f"not run (no model given): {len(cands)} induction candidates left unconfirmed"
-        confirmations = {}
-    else:
-        confirmations = confirm(pairs) if pairs else {}
-        n_ok = sum(c.confirmed for c in confirmations.values())
-        note = (f"repeated random tokens: {n_ok} of {len(cands)} induction candidates confirmed "
-                f"({CONFIRM_SEQUENCES} sequences each)")
-    out: dict[int, FeatureRole] = {}
-    feats: dict[str, list[int]] = {r: [] for r in ROLES}
-    for i in live:
-        c = confirmations.get(i)
-        role = classify_role(scores[i], layer, c.confirmed if c else None)
-        out[i] = FeatureRole(i, role, scores[i], i in cands, c)
-        feats[role].append(i)
-    return RoleReport(
-        model=idx["model"], layer=layer, rules=list(RULES), n_live=len(live), counts={r: len(v) for r, v in feats.items()},
-        features=feats, confirmation=note, candidates=[out[i] for i in cands], roles=out,
-    )
+    return LayerRoles(directory, stats, confirm).report()
 
 
-def model_confirmer(model: "LoadedModel", sae: "SAE", layer: int, seed: int = 0, **kw: Any) -> Confirmer:
+def model_confirmer(model: "LoadedModel", sae: "SAE", layer: int, seed: int = CONFIRM_SEED, **kw: Any) -> Confirmer:
     """A `Confirmer` that runs `confirm_induction` on `model` and `sae`."""
 
     def run(pairs: dict[int, tuple[int, int]]) -> dict[int, Confirmation]:

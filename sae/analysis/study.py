@@ -11,6 +11,7 @@ from sae.engine.jobs import CancelToken, ProgressFn
 
 if TYPE_CHECKING:
     from sae.engine.autoencoder import SAE
+    from sae.analysis.roles import LayerRoles
     from sae.engine.models import LoadedModel
 
 
@@ -25,48 +26,37 @@ class StudyLayer:
     seed: int
     n_live: int
     features: tuple[int, ...]
-    auto: Mapping[int, str] = field(default_factory=dict)  # feature -> automatic role (sae.analysis.roles)
+    auto: Mapping[int, str] = field(default_factory=dict)  # feature -> automatic role (sae.analysis.roles.LayerRoles)
     auto_note: str = ""  # how the induction test went
 
 
 def study_layer(
     model: "LoadedModel", sae: "SAE", layer: int, n: int, seed: int, confirm: bool = True,
-    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+    on_progress: ProgressFn | None = None, cancel: CancelToken | None = None, roles: "LayerRoles | None" = None,
 ) -> StudyLayer:
     """Sample `n` live features of `layer` (seeded) from its built dashboards and suggest their automatic roles.
 
-    Only the sampled induction candidates get the repeated-random-token test (the rest of the layer is not shown).
-    DashboardError (naming the build command) when the layer's dashboards are not built."""
-    from sae.analysis.dashboards import dashboard_dir, feature_stats
+    roles: the layer's `LayerRoles` (the workbench passes the one its other screens ask, so a feature has one role
+    everywhere); else scored here. Only the sampled induction candidates get the repeated-random-token test (the
+    rest of the layer is not shown); its seed is `roles.CONFIRM_SEED`, not the sampling seed. DashboardError
+    (naming the build command) when the layer's dashboards are not built."""
+    from sae.analysis.dashboards import dashboard_dir
     from sae.analysis.labels import sae_id_of, sample_features
-    from sae.analysis.roles import confirm_induction, roles_layer
+    from sae.analysis.roles import LayerRoles, model_confirmer
 
     directory = dashboard_dir(model, sae, layer)
     if not is_built(directory):
         raise DashboardError(f"dashboards for layer {layer} are not built yet; run `{build_command(layer)}`")
-    stats = feature_stats(directory)
-    live = (stats["n_fire"] > 0).nonzero().flatten().tolist()
+    if roles is None:
+        conf = model_confirmer(model, sae, layer, on_progress=on_progress, cancel=cancel) if confirm else None
+        roles = LayerRoles(directory, confirm=conf)
+    live = roles.live
     features = sample_features(live, n, seed, layer) if live else []
-    chosen = set(features)
-
-    def confirm_sampled(pairs: dict[int, tuple[int, int]]) -> dict:
-        mine = {f: p for f, p in pairs.items() if f in chosen}
-        if not mine:
-            return {}
-        return confirm_induction(model, sae, layer, mine, seed=seed, on_progress=on_progress, cancel=cancel)
-
-    rep = roles_layer(directory, stats=stats, confirm=confirm_sampled if confirm else None)
-    roles = rep.role_of()
+    auto = roles.roles(features)
     sae_id, name = sae_id_of(directory)
-    cands = [c for c in rep.candidates if c.feature in chosen]
-    if layer < 1 or not confirm:
-        note = rep.confirmation
-    else:
-        n_ok = sum(bool(c.confirmation and c.confirmation.confirmed) for c in cands)
-        note = f"repeated random tokens: {n_ok} of the {len(cands)} sampled induction candidates confirmed"
     return StudyLayer(
         model=name or str(getattr(model, "name", "")), layer=layer, sae=sae_id, n=n, seed=seed, n_live=len(live),
-        features=tuple(features), auto={f: roles.get(f, "other") for f in features}, auto_note=note,
+        features=tuple(features), auto={f: auto[f] or "other" for f in features}, auto_note=roles.note(features),
     )
 
 

@@ -1,4 +1,5 @@
-"""`attnscope heads [--layer L]`: each head's top features, their families, and a mono/polysemantic verdict."""
+"""`attnscope heads [--layer L]`: each head's top features, their roles (human label or automatic role), and a
+mono/polysemantic verdict."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--layer", type=non_negative_int, default=None, help="one layer (default: every layer with an SAE)")
     p.add_argument("--top", type=positive_int, default=10, help="top features per head (default 10, as in the paper)")
     p.add_argument("--agree", type=_fraction, default=1.0,
-                   help="share of the top features that must share a family for 'monosemantic' (default 1.0 = all)")
+                   help="share of the top features that must share a role for 'monosemantic' (default 1.0 = all)")
     p.add_argument("--labels", default=None, help="label file of `attnscope study` (default: $ATTNSCOPE_LABELS or "
                    "the user data dir)")
     p.add_argument("--no-confirm", action="store_true",
@@ -78,20 +79,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _feats(fs: list[dict], key: str) -> str:
-    return ", ".join(f"{f['id']}:{short(f['family'])}{'*' if f.get('source') == 'human' else ''}({f[key]:.0%})"
+    return ", ".join(f"{f['id']}:{short(f['role'])}{'*' if f.get('source') == 'human' else ''}({f[key]:.0%})"
                      for f in fs)
 
 
 def markdown(d: dict) -> str:
     lines = [f"## Head survey of {d['model']}", "", f"**Criterion:** {d['criterion']}", "",
-             f"_{d['dfa_note']} A `*` marks a human label._", "", "Automatic role rules (first match wins):", ""]
-    lines += [f"- {r}" for r in d["family_rules"]]
+             f"_{d['dfa_note']} Roles are automatic roles; a `*` marks a human label (labels.json) instead._", "", "Automatic role rules (first match wins):", ""]
+    lines += [f"- {r}" for r in d["role_rules"]]
     for lh in d["layers"]:
         lines += ["", f"### Layer {lh['layer']}: {lh['polysemantic_fraction']:.0%} polysemantic (from "
                   f"{lh.get('source', 'automatic roles')})", ""]
         lines.append(md_table(
             ["head", "verdict", "roles (top by decoder share)", "from", "top by decoder share", "top by DFA"],
-            [[f"L{h['layer']}H{h['head']}", h["verdict"], ", ".join(f"{k} {v}" for k, v in h["families"].items()),
+            [[f"L{h['layer']}H{h['head']}", h["verdict"], ", ".join(f"{k} {v}" for k, v in h["roles"].items()),
               h.get("source", "automatic"), _feats(h["top_by_decoder"], "decoder_share"),
               _feats(h["top_by_dfa"], "dfa_share")] for h in lh["heads"]]))
     lines += ["", f"**Overall: {d['polysemantic_fraction']:.0%} of heads polysemantic.**"]
@@ -108,12 +109,12 @@ def pretty(d: dict) -> None:
         t.add_column("verdict")
         t.add_column("roles")
         t.add_column("from")
-        t.add_column("top by decoder share (id:family(share))", overflow="fold")
+        t.add_column("top by decoder share (id:role(share))", overflow="fold")
         t.add_column("top by DFA", overflow="fold")
         for h in lh["heads"]:
             v = "[green]mono[/]" if h["verdict"] == "monosemantic" else "[yellow]poly[/]"
-            t.add_row(f"L{h['layer']}H{h['head']}", v, ", ".join(f"{short(k)} {n}" for k, n in h["families"].items()),
+            t.add_row(f"L{h['layer']}H{h['head']}", v, ", ".join(f"{short(k)} {n}" for k, n in h["roles"].items()),
                       h.get("source", "automatic"), _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share"))
         out.print(t)
     out.print(f"[bold]overall: {d['polysemantic_fraction']:.0%} of heads polysemantic[/]")
-    out.print(f"[dim]{escape(d['dfa_note'])} A * marks a human label. Role rules: `attnscope roles --layer L`.[/]")
+    out.print(f"[dim]{escape(d['dfa_note'])} Roles are automatic roles; a * marks a human label (labels.json) instead. Role rules: `attnscope roles --layer L`.[/]")

@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from sae.analysis.labels import LabelError, LabelStore, human_labels_by_layer
     from sae.analysis.roles import agreement
 
+    from sae.analysis.families import FAMILY_OF_ROLE
+
     rep, directory = compute(args, args.layer)
     d = rep.to_dict()
+    for r in d["roles"]:
+        r["paper_family"] = FAMILY_OF_ROLE[r["role"]]  # the paper's family, mapped from the role
     try:
         human = human_labels_by_layer(LabelStore(args.labels), {args.layer: directory})[args.layer]
     except LabelError as exc:
@@ -86,8 +90,8 @@ CAND_COLS = ["feature", "role", "ind. examples", "pair (current → source)", "a
 def markdown(d: dict) -> str:
     lines = [f"## Automatic roles of {d['model']} layer {d['layer']}", "", "Rules (first match wins):", ""]
     lines += [f"{i + 1}. {r}" for i, r in enumerate(d["rules"])]
-    lines += ["", md_table(["role", "features", "share of live"],
-                           [[r["role"], r["count"], f"{r['fraction']:.0%}"] for r in d["roles"]]),
+    lines += ["", md_table(["role", "paper family (mapped)", "features", "share of live"],
+                           [[r["role"], r["paper_family"], r["count"], f"{r['fraction']:.0%}"] for r in d["roles"]]),
               "", f"{d['n_live']} live features. Induction test: {d['confirmation']}."]
     if d.get("agreement"):
         from sae.analysis.labels import AGREE_COLS, agreement_rows
@@ -105,11 +109,12 @@ def pretty(d: dict) -> None:
         out.print(f"[dim]{i + 1}. {escape(r)}[/]")
     t = Table(header_style="bold")
     t.add_column("role")
+    t.add_column("paper family (mapped)")
     t.add_column("features", justify="right")
     t.add_column("share", justify="right")
     t.add_column("first ids", overflow="fold")
     for r in d["roles"]:
-        t.add_row(r["role"], str(r["count"]), f"{r['fraction']:.0%}", ", ".join(map(str, r["features"][:12])))
+        t.add_row(r["role"], r["paper_family"], str(r["count"]), f"{r['fraction']:.0%}", ", ".join(map(str, r["features"][:12])))
     out.print(t)
     out.print(f"induction test: {escape(d['confirmation'])}")
     if d.get("agreement"):

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import Progress
 from workbench.engine.views import (
     CellDetail,
@@ -62,7 +61,7 @@ class Engine:
         self._model: Any = None
         self._saes: dict[int, Any] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
-        self._families: dict[Any, dict[int, str]] = {}  # dashboard dir -> {feature: family}
+        self._roles: dict[Any, Any] = {}  # dashboard dir -> its sae.analysis.roles.LayerRoles
 
     @classmethod
     def from_objects(cls, model: Any, saes: dict[int, Any], saes_label: str = "in memory") -> "Engine":
@@ -117,10 +116,7 @@ class Engine:
     def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
         from sae.zoo import load_sae_set
 
-        try:
-            loaded = load_sae_set(spec, model, device=model.device)
-        except (AttnscopeError, ValueError, OSError, KeyError) as exc:
-            raise EngineError(f"could not open SAEs {spec!r}: {one_line(exc)}") from exc
+        loaded = load_sae_set(spec, model, device=model.device)  # its AttnscopeErrors reach the screen as they are
         if not loaded:
             raise EngineError(f"no SAEs found in {spec!r}")
         return dict(loaded)
@@ -215,7 +211,7 @@ class Engine:
         sae = self._sae(layer)
         if not 0 <= feature < sae.cfg.d_sae:
             raise EngineError(f"feature {feature} is outside the layer-{layer} SAE (ids 0..{sae.cfg.d_sae - 1})")
-        return dashboard_view(self._model, sae, layer, feature, self._families)
+        return dashboard_view(self._model, sae, layer, feature, lambda: self._layer_roles(layer), self.label_store())
 
     async def dashboard(self, layer: int, feature: int) -> DashboardView:
         """The full dashboard of one feature (see `screens.feature.dashboard_renderable`)."""
@@ -237,9 +233,21 @@ class Engine:
 
         def run() -> HeadsView:
             self._need_model()
-            return heads_view(self._model, self._saes, self.label_store())
+            return heads_view(self._model, self._saes, self.label_store(), self._layer_roles)
 
         return await self.call(run, channel="heads")
+
+    def _layer_roles(self, layer: int) -> Any:
+        """Worker-side: the layer's `sae.analysis.roles.LayerRoles`, scored once per built dashboard directory and
+        asked by the dashboard header, the head survey and the study alike (one role per feature everywhere)."""
+        from sae.analysis.dashboards import dashboard_dir
+        from sae.analysis.roles import LayerRoles, model_confirmer
+
+        sae = self._sae(layer)
+        directory = dashboard_dir(self._model, sae, layer)
+        if directory not in self._roles:
+            self._roles[directory] = LayerRoles(directory, confirm=model_confirmer(self._model, sae, layer))
+        return self._roles[directory]
 
     # ---- the labelling study (sae.analysis.study, sae.analysis.labels) -------------------------------------
 
@@ -250,7 +258,11 @@ class Engine:
         def run() -> Any:
             from sae.analysis.study import study_layer
 
-            return study_layer(self._need_model(), self._sae(layer), layer, n, seed)
+            model, sae = self._need_model(), self._sae(layer)
+            from sae.analysis.dashboards import dashboard_dir, is_built
+
+            roles = self._layer_roles(layer) if is_built(dashboard_dir(model, sae, layer)) else None
+            return study_layer(model, sae, layer, n, seed, roles=roles)
 
         return await self.call(run, channel=f"study-{layer}")
 
@@ -346,7 +358,10 @@ class Engine:
             self._need_model()
             spec = dash.DashboardSpec()
             saes = {x: self._sae(x) for x in layers}
-            return dash.build_layers(self._model, saes, spec, docs=texts, on_progress=progress, cancel=rep.cancel)
+            out = dash.build_layers(self._model, saes, spec, docs=texts, on_progress=progress, cancel=rep.cancel)
+            for x in layers:  # rebuilt: score its roles again when next asked
+                self._roles.pop(dash.dashboard_dir(self._model, saes[x], x), None)
+            return out
 
         return self.start_job("dashboards", job, post, label=f"dashboards of {name}",
                               key=",".join(f"dashboards:{x}" for x in layers), background=background)

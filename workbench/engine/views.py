@@ -7,7 +7,7 @@ views' attributes and never import `sae/` themselves.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -92,15 +92,20 @@ class SourceView:
 class DashboardView:
     """One feature's dashboard. Without a build (`built` False) only `head_shares` and `note` are filled.
 
-    `label` is the feature's family (sae.analysis.families: induction, short-range context, ...), decided from
-    the built dashboards; empty when they are not built."""
+    What the feature is called, three words each with its source (`words` says them together): `role` its
+    automatic role (sae.analysis.roles, the one classifier; the same object answers the heads and study screens),
+    `paper_family` the paper's family mapped from that role (sae.analysis.families.FAMILY_OF_ROLE), `human_label`
+    a person's label from the label file (labels.json; "" when none). Role and family are "" when the dashboards are
+    not built or the feature is dead."""
 
     layer: int
     feature: int
     built: bool
     head_shares: list[float]
     note: str = ""
-    label: str = ""
+    role: str = ""
+    paper_family: str = ""
+    human_label: str = ""
     density: float | None = None
     max_act: float | None = None
     examples: tuple[ExampleView, ...] = ()
@@ -109,6 +114,24 @@ class DashboardView:
     top_logits: tuple[tuple[str, float], ...] = ()
     bottom_logits: tuple[tuple[str, float], ...] = ()
     top_dfa_src: SourceView | None = None
+
+    @property
+    def words(self) -> str:
+        """The feature's names with where each came from; "" when it has none."""
+        return feature_words(self.human_label, self.role, self.paper_family)
+
+
+HUMAN_SOURCE = "human label, labels.json"
+ROLE_SOURCE = "automatic role"
+FAMILY_SOURCE = "paper family, from the role"
+
+
+def feature_words(human: str, role: str, paper_family: str) -> str:
+    """`successor (human label, labels.json) · previous-token (automatic role) · short-range context (paper
+    family, from the role)`, leaving out what is empty."""
+    parts = [f"{w} ({src})" for w, src in ((human, HUMAN_SOURCE), (role, ROLE_SOURCE), (paper_family, FAMILY_SOURCE))
+             if w]
+    return " · ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -140,8 +163,8 @@ class TraceView:
 class HeadFeatureView:
     id: int
     share: float  # of the head's decoder norm
-    family: str  # its role: the human label where one exists, else the automatic role
-    source: str = "automatic"  # "human" or "automatic"
+    role: str  # the human label where one exists, else the automatic role
+    source: str = "automatic"  # "human" (labels.json) or "automatic" (automatic role)
 
 
 @dataclass(frozen=True)
@@ -149,7 +172,7 @@ class HeadView:
     layer: int
     head: int
     verdict: str  # monosemantic | polysemantic
-    main_family: str
+    main_role: str
     features: tuple[HeadFeatureView, ...]
     source: str = "automatic"  # where its top features' roles came from: human, automatic or mixed (k of n human)
 
@@ -193,12 +216,15 @@ def _example(e: Any) -> ExampleView:
     return ExampleView(tokens=list(e.tokens), active=int(e.center), act=float(e.act))
 
 
-def dashboard_view(model: Any, sae: Any, layer: int, feature: int, families: dict[Any, dict[int, str]] | None = None) -> DashboardView:
+def dashboard_view(model: Any, sae: Any, layer: int, feature: int, roles: Callable[[], Any] | None = None,
+                   labels: Any = None) -> DashboardView:
     """sae.analysis.dashboards.load_dashboard -> the feature screen's view; not built -> head shares and a note.
 
-    `families` caches each built layer's feature -> family map (sae.analysis.families.classify_layer)."""
+    roles: gives the layer's `sae.analysis.roles.LayerRoles` (the engine's, shared with the other screens);
+    labels: the `sae.analysis.labels.LabelStore` to read a human label from."""
     from sae.analysis import dashboards as dash
     from sae.analysis import dfa
+    from sae.analysis.families import paper_family
 
     shares = dfa.head_shares(sae, model.n_heads)[feature].tolist()
     try:
@@ -207,13 +233,14 @@ def dashboard_view(model: Any, sae: Any, layer: int, feature: int, families: dic
         return DashboardView(layer=layer, feature=feature, built=False, head_shares=shares,
                              note=one_line(exc) + " (or press b on the feature screen)")
     hist = d.histogram
+    role = roles().role(feature) if roles is not None else ""
     top_src = None
     if d.dfa:
         first = d.dfa[0]
         top_src = SourceView(tokens=list(first.src_tokens), values=list(first.dfa_src), active=len(first.src_tokens) - 1)
     return DashboardView(
         layer=layer, feature=feature, built=True, head_shares=list(d.head_shares), note=d.logit_note,
-        label=family_label(model, sae, layer, feature, families),
+        role=role, paper_family=paper_family(role), human_label=human_label(labels, model, sae, layer, feature),
         density=d.density, max_act=d.max_act,
         examples=tuple(_example(e) for e in d.top[:10]),
         quantiles=tuple(QuantileView(range=f"{q.lo:.3g}-{q.hi:.3g} ({q.share:.0%})",
@@ -226,16 +253,16 @@ def dashboard_view(model: Any, sae: Any, layer: int, feature: int, families: dic
     )
 
 
-def family_label(model: Any, sae: Any, layer: int, feature: int, cache: dict[Any, dict[int, str]] | None) -> str:
-    """The feature's family from the layer's built dashboards (sae.analysis.families); "" for a dead feature."""
+def human_label(labels: Any, model: Any, sae: Any, layer: int, feature: int) -> str:
+    """The feature's human label in `labels` (a `sae.analysis.labels.LabelStore`; None: none), "" when unlabelled."""
+    if labels is None:
+        return ""
     from sae.analysis import dashboards as dash
-    from sae.analysis import families
+    from sae.analysis.labels import sae_id_of
 
-    directory = dash.dashboard_dir(model, sae, layer)
-    cache = {} if cache is None else cache
-    if directory not in cache:
-        cache[directory] = families.classify_layer(directory, n_examples=0).family_of()
-    return cache[directory].get(feature, "")
+    sae_id, _ = sae_id_of(dash.dashboard_dir(model, sae, layer))
+    lab = labels.get(sae_id, layer, feature)
+    return lab.family if lab else ""
 
 
 def trace_view(tr: Any) -> TraceView:
@@ -248,14 +275,15 @@ def trace_view(tr: Any) -> TraceView:
                      approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict())
 
 
-def heads_view(model: Any, saes: dict[int, Any], labels: Any = None) -> HeadsView:
+def heads_view(model: Any, saes: dict[int, Any], labels: Any = None,
+               roles: Callable[[int], Any] | None = None) -> HeadsView:
     """sae.analysis.heads.survey_heads over the layers whose dashboards are built, each feature's role from the human
     labels in `labels` (a `sae.analysis.labels.LabelStore`) where they exist, else its automatic role
-    (sae.analysis.roles, with the repeated-random-token test of induction candidates)."""
+    (sae.analysis.roles, with the repeated-random-token test of induction candidates). roles: gives a layer's
+    `LayerRoles` (the engine's, shared with the other screens); None: scored here."""
     from sae.analysis import dashboards as dash
     from sae.analysis import heads
     from sae.analysis import labels as lab
-    from sae.analysis import roles
 
     dirs = {layer: dash.dashboard_dir(model, sae, layer) for layer, sae in saes.items()}
     built = {layer: d for layer, d in dirs.items() if dash.is_built(d)}
@@ -263,11 +291,16 @@ def heads_view(model: Any, saes: dict[int, Any], labels: Any = None) -> HeadsVie
         first = min(saes)
         raise EngineError(f"the head survey reads built dashboards; run `{dash.build_command(first)}` (or b on screen 2)")
     human = lab.human_labels_by_layer(labels, built) if labels is not None else {}
-    confirm = {layer: roles.model_confirmer(model, saes[layer], layer) for layer in built if layer >= 1}
-    survey = heads.survey_heads(built, model=model.name, labels=human, confirm=confirm)
+    if roles is None:
+        from sae.analysis.roles import LayerRoles, model_confirmer
+
+        layer_roles = {layer: LayerRoles(d, confirm=model_confirmer(model, saes[layer], layer)) for layer, d in built.items()}
+    else:
+        layer_roles = {layer: roles(layer) for layer in built}
+    survey = heads.survey_heads(built, model=model.name, labels=human, roles=layer_roles)
     rows = tuple(
-        HeadView(layer=h.layer, head=h.head, verdict=h.verdict, main_family=h.main_family, source=h.source,
-                 features=tuple(HeadFeatureView(id=f.id, share=f.decoder_share, family=f.family, source=f.source)
+        HeadView(layer=h.layer, head=h.head, verdict=h.verdict, main_role=h.main_role, source=h.source,
+                 features=tuple(HeadFeatureView(id=f.id, share=f.decoder_share, role=f.role, source=f.source)
                                 for f in h.top_by_decoder))
         for lh in survey.layers for h in lh.heads
     )

@@ -7,18 +7,27 @@ pass. The UI talks to it through an asyncio API:
   older ones stale: they are dropped before they start, or their result is discarded, and the awaiter gets
   `StaleRequest` (the UI ignores it). This is what keeps typing in the prompt box cheap.
 - `worker.start_job(kind, fn, post=...)`: a long job (training, dashboards, experiments). It reports through
-  typed messages (`workbench.messages`), can be cancelled, and an exception becomes a `JobFailed` message, never
-  a crash. While a long job runs, each of its progress reports also serves the quick requests waiting in line,
-  so the explore screen keeps answering during a training run.
+  typed messages (`workbench.messages`) and can be cancelled. While a long job runs, each of its progress reports
+  also serves the quick requests waiting in line, so the explore screen keeps answering during a training run.
+
+How a failure ends (the error rule, ARCHITECTURE.md "Errors"): `Cancelled` is a cancellation (`JobCancelled`); an
+`AttnscopeError` is meant for the user and becomes a one-line `JobFailed` (or, for a quick request, goes back to
+the awaiting screen, which shows it inline); anything else is a bug: its traceback is written to the bug log
+(`bug_log_path`, in the data dir) and Textual's log, and the user sees `bug: <one line> (traceback in <path>)`.
+A failure never stops the worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import queue
 import threading
 import time
+import traceback
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -42,6 +51,37 @@ def one_line(exc: BaseException) -> str:
     """The first line of an exception's message, with its type when the message is empty."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+BUG_LOG = "bugs.log"
+_log = logging.getLogger("attnscope.workbench")
+_bug_lock = threading.Lock()
+
+
+def bug_log_path() -> Path:
+    """Where bugs' tracebacks go: `bugs.log` in the data dir (`$ATTNSCOPE_DATA_DIR` or the platform's)."""
+    data = os.environ.get("ATTNSCOPE_DATA_DIR")
+    if data:
+        return Path(data).expanduser() / BUG_LOG
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("attnscope")) / BUG_LOG
+
+
+def record_bug(exc: BaseException, where: str = "") -> str:
+    """Log a bug (an exception that is not an `AttnscopeError`) with its traceback, appended to the bug log and to
+    the `attnscope.workbench` logger; returns the line the user sees: `bug: <one line> (traceback in <path>)`."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = bug_log_path()
+    _log.error("bug%s: %s", f" in {where}" if where else "", tb)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _bug_lock, open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"--- {stamp}{' ' + where if where else ''}\n{tb}\n")
+    except OSError as err:  # the log itself cannot be written: say so in the line instead of the path
+        return f"bug: {type(exc).__name__}: {one_line(exc)} (traceback not saved: {one_line(err)})"
+    return f"bug: {type(exc).__name__}: {one_line(exc)} (traceback in {path})"
 
 
 def as_progress(kind: str, info: Progress | Mapping[str, Any] | None) -> Progress:
@@ -285,7 +325,7 @@ class Worker:
             return
         try:
             result = req.fn(*req.args, **req.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the awaiter
+        except BaseException as exc:  # noqa: BLE001 - every failure, with its traceback, goes back to the awaiter
             _settle(req, exc=exc)
             return
         if req.channel is not None and not self.is_current(req.channel, req.generation):
@@ -305,16 +345,21 @@ class Worker:
         reporter = Reporter(h.id, h.kind, h.token, job.post, self.serve_quick, handle=h)
         try:
             result = job.fn(reporter)
-        except BaseException as exc:  # noqa: BLE001 - a failing job is a notification, never a crash
+        except BaseException as exc:  # noqa: BLE001 - the thread outlives any job; each failure is sorted below
             if h.paused and not h.stopped_by_user and not self._closed:
                 self._requeue(job)  # stepped aside for a user's job: it saved its state and resumes later
                 return
-            if isinstance(exc, Cancelled) or h.cancelled:
+            if isinstance(exc, Cancelled) or (h.cancelled and isinstance(exc, AttnscopeError)):
                 h.state = "cancelled"
                 job.post(JobCancelled(h.id, h.kind))
-            else:
+            elif isinstance(exc, AttnscopeError):
                 h.state = "failed"
                 job.post(JobFailed(h.id, h.kind, one_line(exc)))
+            else:  # a bug: it keeps its traceback
+                h.state = "failed"
+                line = record_bug(exc, f"job {h.label}")
+                job.post(JobFailed(h.id, h.kind, line, bug=True,
+                                   traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
         else:
             if h.cancelled:  # the sae/ function noticed the token and returned what it had
                 h.state = "cancelled"

@@ -1,12 +1,27 @@
-"""What every workbench screen shares: the navigation line, a status line for inline messages, and pinning."""
+"""What every workbench screen shares: the navigation line, a status line for inline messages, pinning, and the one
+way to ask the engine (`WorkbenchScreen.ask` / `attempt`, built on `reported`).
+
+The error rule for screens: a stale request (`StaleRequest`) is ignored; an `AttnscopeError` is shown inline as its
+one line; anything else is a bug, logged with its traceback (the bug log in the data dir and Textual's log) and
+shown as `bug: <one line> (traceback in <path>)`. No screen catches exceptions itself.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.text import Text
 from textual.screen import Screen
 from textual.widgets import Static
+
+from workbench.engine import AttnscopeError, Cancelled, StaleRequest, one_line
+from workbench.engine.worker import record_bug
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from workbench.app import WorkbenchApp
@@ -61,6 +76,37 @@ class StatusLine(Static):
         self.update(Text(message, style="bold red"))
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A failed request as the user sees it: `text` one line; `bug` True when it was not an `AttnscopeError`."""
+
+    text: str
+    bug: bool
+    error: BaseException
+
+
+def failure_of(exc: BaseException, where: str = "", log: Any = None) -> Failure:
+    """An `AttnscopeError` (or a `Cancelled`) is its one line; anything else is a bug: its traceback goes to the bug log and to `log`
+    (a Textual logger, e.g. `screen.log`), and its text says where the traceback is."""
+    if isinstance(exc, (AttnscopeError, Cancelled)):  # Cancelled: the user stopped it, said as such
+        return Failure(one_line(exc), False, exc)
+    line = record_bug(exc, where)
+    if log is not None:
+        log.error("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return Failure(line, True, exc)
+
+
+@contextmanager
+def reported(on_error: Callable[[Failure], None], where: str = "", log: Any = None) -> Iterator[None]:
+    """Run the block; a `StaleRequest` is ignored, any other failure goes to `on_error` as a `Failure`."""
+    try:
+        yield
+    except StaleRequest:
+        return
+    except Exception as exc:  # noqa: BLE001 - the one place a UI request's failure is caught, sorted by failure_of
+        on_error(failure_of(exc, where, log))
+
+
 class WorkbenchScreen(Screen):
     """A screen that knows the app's engine and can pin what it shows."""
 
@@ -87,6 +133,32 @@ class WorkbenchScreen(Screen):
     @property
     def engine(self) -> "Engine":
         return self.wb.engine
+
+    # ---- asking the engine ---------------------------------------------------------------------------------
+
+    def show_failure(self, failure: Failure) -> None:
+        """Inline on the screen's status line (or a notification when it has none)."""
+        lines = self.query(StatusLine)
+        if lines:
+            lines.first().error(failure.text)
+        else:
+            self.notify(failure.text, severity="error", timeout=10)
+
+    async def ask(self, request: Awaitable[T], on_error: Callable[[Failure], None] | None = None) -> T | None:
+        """Await an engine request: its result, or None when it was stale (ignored) or failed (shown by `on_error`,
+        default `show_failure`; bugs are logged with their traceback first)."""
+        result: T | None = None
+        with reported(on_error or self.show_failure, f"{self.MODE} screen", self.log):
+            result = await request
+        return result
+
+    def attempt(self, fn: Callable[..., T], *args: Any, on_error: Callable[[Failure], None] | None = None,
+                **kwargs: Any) -> T | None:
+        """`ask` for a synchronous call (starting a job, writing a label): its result, or None when it failed."""
+        result: T | None = None
+        with reported(on_error or self.show_failure, f"{self.MODE} screen", self.log):
+            result = fn(*args, **kwargs)
+        return result
 
     def current_finding(self) -> "Finding | None":
         """What `p` pins on this screen; None when there is nothing to pin yet."""

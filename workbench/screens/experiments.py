@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import ExperimentView, one_line
+from workbench.engine import ExperimentView
 from workbench.findings import Finding, md_bars, md_table
 from workbench.messages import JobFinished
 from workbench.screens.base import NavBar, StatusLine
@@ -54,10 +54,8 @@ class InductionScreen(JobScreen):
         if not text.isdigit() or int(text) <= 0:
             status.error(f"sequences per prefix length must be a whole number > 0, got {text!r}")
             return
-        try:
-            job = self.engine.run_induction(int(text), post=self.post_message)
-        except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+        job = self.attempt(self.engine.run_induction, int(text), post=self.post_message)
+        if job is None:
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
         self.started(job, f"running the induction experiment on {text} sequences per prefix length ...")
@@ -238,10 +236,8 @@ class IOIScreen(JobScreen):
             if info is not None and not 0 <= layer < info.n_layers:
                 status.error(f"layer {layer} is outside the model (layers 0..{info.n_layers - 1})")
                 return
-        try:
-            job = self.engine.run_ioi(exp, int(n_text), layer, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+        job = self.attempt(self.engine.run_ioi, exp, int(n_text), layer, post=self.post_message)
+        if job is None:
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
         self.started(job, f"running {exp} on {n_text} prompts ...")

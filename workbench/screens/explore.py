@@ -12,10 +12,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
-from workbench.engine import AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, one_line
+from workbench.engine import CellDetail, DashboardView, PromptView
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import CellSelected
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.widgets.bars import HeadBars, SourceStrip
 from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, visible_token
 
@@ -82,11 +82,12 @@ class ExploreScreen(WorkbenchScreen):
         status = self.query_one("#explore-status", StatusLine)
         if self.engine.info is None:
             status.say(f"loading {self.engine.model_spec} and SAEs {self.engine.saes_spec} ...")
-        try:
-            info = await self.engine.open()
-        except Exception as exc:  # noqa: BLE001 - a model that will not load is shown, not raised
-            status.error(one_line(exc))  # says itself whether the model or the SAEs failed
-            self.notify(one_line(exc), title="Engine", severity="error")
+        def failed(f: Failure) -> None:  # a model that will not load is shown, not raised
+            status.error(f.text)  # says itself whether the model or the SAEs failed
+            self.notify(f.text, title="Engine", severity="error")
+
+        info = await self.ask(self.engine.open(), failed)
+        if info is None:
             return
         self.wb.engine_ready(info)
         if self.sae_layer is None or self.sae_layer not in info.d_sae:
@@ -136,16 +137,13 @@ class ExploreScreen(WorkbenchScreen):
 
     async def _features(self, prompt: str, layer: int) -> None:
         status = self.query_one("#explore-status", StatusLine)
-        try:
-            res = await self.engine.features(prompt, layer)
-        except StaleRequest:
-            return
-        except (AttnscopeError, ValueError) as exc:
-            status.error(one_line(exc))
-            return
-        except Exception as exc:  # noqa: BLE001
-            status.error(f"features failed: {one_line(exc)}")
-            self.notify(one_line(exc), title="Explore", severity="error")
+        def failed(f: Failure) -> None:
+            status.error(f.text)
+            if f.bug:
+                self.notify(f.text, title="Explore", severity="error")
+
+        res = await self.ask(self.engine.features(prompt, layer), failed)
+        if res is None:
             return
         self.result = res
         self.wb.start_auto_build()  # the first heatmap is drawn: background work may start
@@ -166,12 +164,9 @@ class ExploreScreen(WorkbenchScreen):
         self.run_worker(self._cell(self.result.layer, event.pos, feature), group="cell", exclusive=True)
 
     async def _cell(self, layer: int, pos: int, feature: int) -> None:
-        try:
-            detail = await self.engine.cell(layer, pos, feature)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001
-            self.query_one("#cell-title", Static).update(Text(one_line(exc), style="red"))
+        detail = await self.ask(self.engine.cell(layer, pos, feature),
+                                lambda f: self.query_one("#cell-title", Static).update(Text(f.text, style="red")))
+        if detail is None:
             return
         self.detail = detail
         tokens = self.result.tokens if self.result else []
@@ -187,17 +182,16 @@ class ExploreScreen(WorkbenchScreen):
 
     async def _summary(self, layer: int, feature: int) -> None:
         box = self.query_one("#feature-summary", Static)
-        try:
-            s = await self.engine.summary(layer, feature)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001 - dashboards not built yet is normal
-            if self.engine.building_dashboards(layer):
+        def failed(f: Failure) -> None:  # dashboards not built yet is normal
+            if not f.bug and self.engine.building_dashboards(layer):
                 box.update(Text(f"the layer-{layer} dashboards are being built (job line below); "
                                 "the summary appears when they are done", style="dim"))
             else:
-                box.update(Text(one_line(exc), style="dim"))
+                box.update(Text(f.text, style="red" if f.bug else "dim"))
             self.summary = None
+
+        s = await self.ask(self.engine.summary(layer, feature), failed)
+        if s is None:
             return
         self.summary = s
         box.update(summary_text(s))
@@ -319,11 +313,11 @@ def _heatmap_data(result: PromptView, feature: int, max_tokens: int = 64, max_co
 
 
 def summary_text(s: DashboardView) -> Text:
-    """The short dashboard summary: label (the feature's family), density, top examples (active token bold), top
-    logits."""
+    """The short dashboard summary: the feature's names with their sources (`DashboardView.words`), density, top
+    examples (active token bold), top logits."""
     text = Text()
-    if s.label:
-        text.append(f"{s.label}\n", style="bold")
+    if s.words:
+        text.append(f"{s.words}\n", style="bold")
     if s.density is not None:
         text.append(f"density {s.density:.2%}\n", style="dim")
     for ex in s.examples[:3]:

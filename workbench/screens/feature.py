@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
-from workbench.engine import DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, one_line
+from workbench.engine import DashboardView, EngineInfo, TraceNodeView, TraceView
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -33,12 +33,12 @@ def dashboard_renderable(d: DashboardView) -> Group:
     """Draw a dashboard view (see `Engine.dashboard`) as rich renderables."""
     parts: list[Any] = []
     head = Text(f"L{d.layer} feature {d.feature}", style="bold")
-    if d.label:
-        head.append(f"  {d.label}", style="italic")
     if d.density is not None:
         head.append(f"   density {d.density:.3%}", style="dim")
     if d.max_act is not None:
         head.append(f"   max act {d.max_act:.3f}", style="dim")
+    if d.words:
+        head.append(f"\n{d.words}", style="italic")
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
@@ -144,12 +144,8 @@ class FeatureScreen(WorkbenchScreen):
     async def _load(self, layer: int, feature: int) -> None:
         status = self.query_one("#feature-status", StatusLine)
         status.say(f"L{layer} feature {feature}: loading ...")
-        try:
-            view = await self.engine.dashboard(layer, feature)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001 - unknown id, dashboards not built: inline
-            status.error(one_line(exc))
+        view = await self.ask(self.engine.dashboard(layer, feature), lambda f: status.error(f.text))
+        if view is None:  # stale, or an unknown id / a bug: shown inline
             return
         self.view = view
         if view.built:
@@ -231,12 +227,8 @@ class FeatureScreen(WorkbenchScreen):
     async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
         status = self.query_one("#feature-status", StatusLine)
         status.say("tracing ..." if pos is None else f"tracing at position {pos} ...")
-        try:
-            tr = await self.engine.trace(prompt, layer, feature, pos=pos, depth=1)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+        tr = await self.ask(self.engine.trace(prompt, layer, feature, pos=pos, depth=1), lambda f: status.error(f.text))
+        if tr is None:
             return
         self.trace = tr
         tree = self.query_one("#trace-tree", Tree)
@@ -263,11 +255,11 @@ class FeatureScreen(WorkbenchScreen):
         if self.sae_layer is None:
             return
         status = self.query_one("#feature-status", StatusLine)
-        try:
-            self.job = self.engine.build_dashboards(self.sae_layer, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001 - e.g. the same build is already running or waiting
-            status.error(one_line(exc))
+        job = self.attempt(self.engine.build_dashboards, self.sae_layer, post=self.post_message,
+                           on_error=lambda f: status.error(f.text))  # e.g. the same build already runs or waits
+        if job is None:
             return
+        self.job = job
         jobs = self.engine.worker.jobs()
         if jobs and jobs[0].id != self.job.id:
             status.say(f"layer-{self.sae_layer} dashboards wait behind {jobs[0].label} (ctrl+x cancels that)")
@@ -292,7 +284,7 @@ class FeatureScreen(WorkbenchScreen):
         if self.view is None:
             return None
         d = self.view
-        body = []
+        body = [d.words, ""] if d.words else []
         if d.examples:
             body += ["Top examples:", ""] + [f"- {ex.act:.3f}: " + md_context(ex.tokens, ex.active)
                                              for ex in d.examples[:8]] + [""]
@@ -303,9 +295,11 @@ class FeatureScreen(WorkbenchScreen):
         if d.head_shares:
             body += ["Head shares of the decoder norm:", "", md_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
-        return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
+        name = d.human_label or d.role
+        words = {"human_label": d.human_label, "role": d.role, "paper_family": d.paper_family}
+        return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {name}" if name else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",
-                       layer=d.layer, data={"feature": d.feature, **({"family": d.label} if d.label else {}),
+                       layer=d.layer, data={"feature": d.feature, **{k: v for k, v in words.items() if v},
                                             "head_shares": list(d.head_shares)})
 
 

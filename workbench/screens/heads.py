@@ -1,4 +1,4 @@
-"""The head survey: a layer x head grid shaded by polysemanticity; enter lists a head's top features and families."""
+"""The head survey: a layer x head grid shaded by polysemanticity; enter lists a head's top features and roles."""
 
 from __future__ import annotations
 
@@ -11,25 +11,26 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, one_line
+from workbench.engine import HeadFeatureView, HeadsView, HeadView
 from workbench.findings import Finding, md_table
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 
 
 def _role(f: HeadFeatureView) -> str:
-    return f.family + ("*" if f.source == "human" else "")
+    return f.role + ("*" if f.source == "human" else "")
 
 
 def verdict_cell(h: HeadView) -> Text:
     poly = h.verdict == "polysemantic"
-    n_fam = len({f.family for f in h.features if f.family})
+    n_fam = len({f.role for f in h.features if f.role})
     label = f"{'poly' if poly else 'mono'} {n_fam}f" if n_fam else ("poly" if poly else "mono")
     return Text(f" {label} ", style="bold white on dark_red" if poly else "bold black on green3")
 
 
+ROLE_COLUMN = "automatic role (* human label, labels.json)"
 HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its decoder norm) have one role / "
-                "several; Nf: N different roles among them (the side panel lists them). Heads are named "
-                "layer.head (1.3).")
+                "several; Nf: N different roles among them (the side panel lists them). A role is the automatic role; * marks "
+                "a human label (labels.json) instead. Heads are named layer.head (1.3).")
 
 
 class HeadsScreen(WorkbenchScreen):
@@ -69,17 +70,16 @@ class HeadsScreen(WorkbenchScreen):
     async def _run(self) -> None:
         status = self.query_one(StatusLine)
         status.say("surveying heads ...")
-        try:
-            survey = await self.engine.heads()
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001
+        def failed(f: Failure) -> None:
             info = self.engine.info
-            if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+            if not f.bug and info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
                 status.say("the head survey reads the dashboards, which are being built (job line below); "
                            "it runs by itself when they are done")
             else:
-                status.error(one_line(exc))
+                status.error(f.text)
+
+        survey = await self.ask(self.engine.heads(), failed)
+        if survey is None:
             return
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)
@@ -133,7 +133,7 @@ class HeadsScreen(WorkbenchScreen):
                   title_style="bold", title_justify="left")
         t.add_column("feature", justify="right")
         t.add_column("share", justify="right")
-        t.add_column("role (* human label)")
+        t.add_column(ROLE_COLUMN)
         for f in h.features[:10]:
             t.add_row(str(f.id), f"{f.share:.2f}", _role(f))
         rule = Text(f"\nroles from {h.source}", style="dim")
@@ -152,12 +152,12 @@ class HeadsScreen(WorkbenchScreen):
         h = self.head
         if h is None:
             return None
-        body = md_table(["feature", "share", "role (* human label)"], [[f.id, f.share, _role(f)] for f in h.features[:10]])
+        body = md_table(["feature", "share", ROLE_COLUMN], [[f.id, f.share, _role(f)] for f in h.features[:10]])
         if self.survey and self.survey.rule:
             body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info
         return Finding(kind="head", title=f"head {h.layer}.{h.head}: {h.verdict}", body=body,
                        model=info.model if info else "", saes=info.saes if info else "", layer=h.layer,
                        data={**h.to_dict(), "bars": {"title": f"head {h.layer}.{h.head}: top features' share of its decoder norm",
-                                                     "labels": [f"F{f.id} {f.family}"[:24] for f in h.features[:10]],
+                                                     "labels": [f"F{f.id} {_role(f)}"[:24] for f in h.features[:10]],
                                                      "values": [f.share for f in h.features[:10]]}})

@@ -15,7 +15,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static
 
-from workbench.engine import StaleRequest, one_line
 from workbench.findings import ExportError, write_export
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.feature import dashboard_renderable
@@ -81,31 +80,28 @@ class StudyScreen(WorkbenchScreen):
 
     async def _load(self) -> None:
         status = self.query_one("#study-status", StatusLine)
-        try:
-            info = self.engine.info or await self.engine.open()
-        except Exception as exc:  # noqa: BLE001 - the model did not open: inline
-            status.error(one_line(exc))
+        info = self.engine.info or await self.ask(self.engine.open(), lambda f: status.error(f.text))
+        if info is None:  # the model did not open: inline
             return
         layers, notes = [], []
         for layer in info.sae_layers:
             status.say(f"drawing {self.n} features of layer {layer} and their automatic roles ...")
-            try:
-                layers.append(await self.engine.study_layer(layer, self.n, self.seed))
-            except StaleRequest:
+            n_notes = len(notes)  # dashboards not built: a note, the other layers go on
+            sl = await self.ask(self.engine.study_layer(layer, self.n, self.seed),
+                                lambda f, layer=layer: notes.append(f"layer {layer}: {f.text}"))
+            if sl is not None:
+                layers.append(sl)
+            elif len(notes) == n_notes:  # stale: a newer load took over
                 return
-            except Exception as exc:  # noqa: BLE001 - dashboards not built: a note, the other layers go on
-                notes.append(f"layer {layer}: {one_line(exc)}")
         self.study_layers, self.notes = layers, notes
         self.items = [(sl.layer, f) for sl in layers for f in sl.features]
         if not self.items:
             status.error("; ".join(notes) or "no live features to label")
             self.query_one("#study-panel", Static).update(Text("\n".join(notes)))
             return
-        try:
-            self.index = min(max(self.engine.label_store().position(self.study_key), 0), len(self.items) - 1)
-        except Exception as exc:  # noqa: BLE001 - an unreadable label file: say so, start at 0
-            self.index = 0
-            notes.append(one_line(exc))
+        pos = self.attempt(lambda: self.engine.label_store().position(self.study_key),
+                           on_error=lambda f: notes.append(f.text))  # an unreadable label file: say so, start at 0
+        self.index = min(max(pos or 0, 0), len(self.items) - 1)
         self.show()
 
     # ---- showing one feature -------------------------------------------------------------------------------
@@ -125,12 +121,8 @@ class StudyScreen(WorkbenchScreen):
             self.run_worker(self._dashboard(*cur), group="study-dashboard", exclusive=True)
 
     async def _dashboard(self, layer: int, feature: int) -> None:
-        try:
-            view = await self.engine.dashboard(layer, feature)
-        except StaleRequest:
-            return
-        except Exception as exc:  # noqa: BLE001
-            self.query_one("#study-status", StatusLine).error(one_line(exc))
+        view = await self.ask(self.engine.dashboard(layer, feature))
+        if view is None:
             return
         self.view = view
         self.query_one("#study-dashboard", Static).update(dashboard_renderable(view))
@@ -160,9 +152,9 @@ class StudyScreen(WorkbenchScreen):
         panel.append(f"L{layer} feature {feature}\n", style="bold")
         panel.append(f"{self.index + 1} of {len(self.items)} · {n_done} labelled\n{sl.n_live} live in layer {layer}\n\n",
                      style="dim")
-        panel.append("automatic: ", style="dim")
+        panel.append("automatic role: ", style="dim")
         panel.append(f"{sl.auto.get(feature, '-')}\n", style="cyan")
-        panel.append("yours: ", style="dim")
+        panel.append("yours (labels.json): ", style="dim")
         if lab is None:
             panel.append("not labelled\n", style="yellow")
         else:
@@ -189,11 +181,9 @@ class StudyScreen(WorkbenchScreen):
             self.refresh_panel()
             self.query_one("#study-status", StatusLine).error("pick a family first (a digit), then rate or note it")
             return
-        try:
-            store.put(sl.sae, layer, feature, family, changes.get("rating", old.rating if old else None),
-                      changes.get("note", old.note if old else ""), model=sl.model)
-        except Exception as exc:  # noqa: BLE001 - a locked or corrupt label file: inline, nothing lost
-            self.query_one("#study-status", StatusLine).error(one_line(exc))
+        saved = self.attempt(store.put, sl.sae, layer, feature, family, changes.get("rating", old.rating if old else None),
+                             changes.get("note", old.note if old else ""), model=sl.model)
+        if saved is None:  # a locked or corrupt label file: inline, nothing lost
             return
         self.refresh_panel(f"saved: L{layer} feature {feature} · " + ", ".join(f"{k} {v}" for k, v in changes.items()))
 
@@ -248,10 +238,7 @@ class StudyScreen(WorkbenchScreen):
         if not self.items:
             return
         self.index = min(max(self.index + delta, 0), len(self.items) - 1)
-        try:
-            self.engine.label_store().set_position(self.study_key, self.index)
-        except Exception as exc:  # noqa: BLE001
-            self.query_one("#study-status", StatusLine).error(one_line(exc))
+        self.attempt(lambda: self.engine.label_store().set_position(self.study_key, self.index))
         self.show()
 
     def action_settings(self) -> None:

@@ -187,10 +187,8 @@ class TrainingScreen(JobScreen):
         if resume and not (Path(out_dir).expanduser() / "checkpoint.pt").exists():
             status.error(f"no checkpoint in {out_dir} to resume from")
             return
-        try:
-            job = self.engine.train(form, corpus=corpus, out_dir=out_dir, resume=resume, post=self.post_message)
-        except Exception as exc:  # noqa: BLE001
-            status.error(one_line(exc))
+        job = self.attempt(self.engine.train, form, corpus=corpus, out_dir=out_dir, resume=resume, post=self.post_message)
+        if job is None:
             return
         self.out_dir = out_dir
         if not resume:
@@ -211,10 +209,8 @@ class TrainingScreen(JobScreen):
         self.run_worker(self._open_result(), group="open-result", exclusive=True)
 
     async def _open_result(self) -> None:
-        try:
-            info = await self.engine.use_saes(self.result, label=self.out_dir)
-        except Exception as exc:  # noqa: BLE001
-            self.query_one(StatusLine).error(one_line(exc))
+        info = await self.ask(self.engine.use_saes(self.result, label=self.out_dir))
+        if info is None:
             return
         self.wb.engine_ready(info)
         self.wb.set_layer(info.sae_layers[0])

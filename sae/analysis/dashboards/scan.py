@@ -188,7 +188,8 @@ def distance_bin(dist: torch.Tensor) -> torch.Tensor:
 
 
 def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What the families rules read from one example's DFA by source.
+    """What the role rules (`sae.analysis.roles`) read from one example's DFA by source; the one place the
+    induction flag is computed.
 
     per_src `[P, T]` (DFA of each source position, zero after `dest`), tokens `[P, T]`, dest `[P]`. The BOS source
     (position 0) is left out: it is where heads park attention, not context. Returns per example: dfa_dist `[P, NB]`
