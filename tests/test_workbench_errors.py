@@ -89,3 +89,24 @@ async def test_a_bug_in_a_long_job_is_a_bug_notification_with_its_traceback_logg
         await settle(pilot, lambda: seen)
         assert seen[0].bug and seen[0].error.startswith("bug: ZeroDivisionError: division by zero (traceback in ")
         assert "in buggy" in (data_dir / "bugs.log").read_text()
+
+
+async def test_a_bad_corpus_in_a_training_job_is_its_own_one_line_error(tiny_model, saes, tmp_path, data_dir):
+    """The engine passes sae/'s CorpusError on as it is (no re-wrap): one line, not a bug."""
+    from workbench.messages import JobFailed
+
+    eng = Engine.from_objects(tiny_model, saes, "random")
+    seen: list = []
+    try:
+        eng.train({"layers": [1], "architecture": "topk", "k": 4, "total_tokens": 2000, "batch_size": 64},
+                  corpus=str(tmp_path / "no-such-corpus"), out_dir=str(tmp_path / "run"), resume=False,
+                  post=seen.append)
+        for _ in range(200):
+            if any(isinstance(m, JobFailed) for m in seen):
+                break
+            await asyncio.sleep(0.05)
+        failed = next(m for m in seen if isinstance(m, JobFailed))
+        assert not failed.bug and failed.error.startswith("corpus ") and "no-such-corpus" in failed.error
+        assert not (data_dir / "bugs.log").exists()
+    finally:
+        eng.close()

@@ -25,11 +25,21 @@ from workbench.engine.views import (
     TraceView,
     train_form_fields,
 )
-from workbench.engine.worker import Cancelled, EngineError, JobHandle, Reporter, StaleRequest, Worker, one_line
+from workbench.engine.worker import (
+    Cancelled,
+    EngineError,
+    JobHandle,
+    Reporter,
+    StaleRequest,
+    Worker,
+    bug_log_path,
+    one_line,
+    record_bug,
+)
 
 __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
     "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
+    "one_line", "sae_dir_candidates", "FormField", "train_form_fields", "bug_log_path", "record_bug",
 ]

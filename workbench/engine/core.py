@@ -25,7 +25,7 @@ from workbench.engine.views import (
     prompt_view,
     trace_view,
 )
-from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker, one_line
+from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker
 
 T = TypeVar("T")
 
@@ -320,10 +320,8 @@ class Engine:
             cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
                                        **{"context_size": min(128, model.n_ctx), **form})
             rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
-            try:
-                rows = cached_token_rows(model, corpus, cfg.context_size, split="train", max_rows=rows_needed)
-            except OSError as exc:
-                raise EngineError(one_line(exc)) from exc
+            # a bad corpus is a CorpusError from sae/ (passed on as it is); any other failure is a bug
+            rows = cached_token_rows(model, corpus, cfg.context_size, split="train", max_rows=rows_needed)
             if rows.shape[0] == 0:
                 raise EngineError(f"corpus {corpus!r} is too small for one {cfg.context_size}-token row")
             rep.progress(Progress("train", 0, cfg.total_tokens, unit="tokens", stage=f"step 0/{cfg.total_steps}",

@@ -18,8 +18,7 @@ from rich.text import Text
 from textual.screen import Screen
 from textual.widgets import Static
 
-from workbench.engine import AttnscopeError, Cancelled, StaleRequest, one_line
-from workbench.engine.worker import record_bug
+from workbench.engine import AttnscopeError, Cancelled, StaleRequest, one_line, record_bug
 
 T = TypeVar("T")
 
