@@ -290,6 +290,67 @@ def test_the_cycle_and_private_checks_can_fail(tmp_path, monkeypatch):
     assert len(bad) == 2
 
 
+def user_error_names(files: list[Path]) -> set[str]:
+    """The names of `AttnscopeError` and every class deriving from it in `files` (read with `ast`, to a fixpoint)."""
+    bases: dict[str, set[str]] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ClassDef):
+                bases.setdefault(node.name, set()).update(ast.unparse(b).rpartition(".")[2] for b in node.bases)
+    names = {"AttnscopeError"}
+    while True:
+        more = {n for n, b in bases.items() if b & names} - names
+        if not more:
+            return names
+        names |= more
+
+
+def rewrapped_errors() -> list[str]:
+    """Handlers in `sae/` that catch a user error (an `AttnscopeError` subclass, by name) and raise a new exception
+    made from it: the error rule says let it pass unchanged."""
+    files = sorted((ROOT / "sae").rglob("*.py"))
+    names = user_error_names(files)
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.ExceptHandler) and node.name and node.type is not None):
+                continue
+            types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+            caught = [ast.unparse(t).rpartition(".")[2] for t in types]
+            if not any(c in names for c in caught):
+                continue
+            for r in ast.walk(ast.Module(body=node.body, type_ignores=[])):
+                if (isinstance(r, ast.Raise) and isinstance(r.exc, ast.Call)
+                        and any(isinstance(a, ast.Name) and a.id == node.name for a in ast.walk(r.exc))):
+                    bad.append(f"{path.relative_to(ROOT)}:{r.lineno} re-wraps {', '.join(caught)} as "
+                               f"{ast.unparse(r.exc.func)}")
+    return bad
+
+
+def test_no_user_error_is_rewrapped():
+    assert rewrapped_errors() == []
+
+
+def test_the_rewrap_check_can_fail(tmp_path, monkeypatch):
+    """Planted: a re-wrap of a user error (reported, also through a subclass of a subclass and a tuple) and a
+    conversion of a library's ValueError (fine)."""
+    (tmp_path / "sae").mkdir()
+    (tmp_path / "sae" / "m.py").write_text(
+        "class AttnscopeError(Exception): ...\nclass AError(AttnscopeError, ValueError): ...\n"
+        "class BError(AError): ...\n"
+        "def f():\n    try:\n        g()\n    except (KeyError, BError) as exc:\n        raise AError(str(exc)) from None\n"
+        "def h():\n    try:\n        g()\n    except ValueError as exc:\n        raise AError(f'bad: {exc}') from exc\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert rewrapped_errors() == ["sae/m.py:8 re-wraps KeyError, BError as AError"]
+
+
+def test_cancelled_is_not_a_user_error():
+    from sae.engine.errors import AttnscopeError
+    from sae.engine.jobs import Cancelled
+
+    assert not issubclass(Cancelled, AttnscopeError)
+
+
 def test_importing_every_sae_module_pulls_in_no_textual():
     mods = [module_name(p) for p in project_files() if module_name(p).startswith("sae")]
     code = (

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import random_sae
+from sae.engine.safe_io import UnsafeFileError
 from sae.engine.formats import SAEFormatError, detect_format, load_sae, load_sae_set, load_sparsity, save_sae
 
 WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -102,7 +103,7 @@ def test_paper_release_refuses_pickled_code(tmp_path):
 
     torch.save({"W_enc": Evil()}, tmp_path / "run.pt")
     (tmp_path / "run_cfg.json").write_text(json.dumps({"act_size": 4, "dict_size": 8, "act_name": "blocks.0.attn.hook_z", "layer": 0}))
-    with pytest.raises(SAEFormatError, match="could run code"):
+    with pytest.raises(UnsafeFileError, match="could run code"):  # safe_io's own error, not re-wrapped
         load_sae(tmp_path / "run.pt")
 
 
@@ -154,7 +155,7 @@ def test_truncated_and_corrupted_files(tiny_model, tmp_path):
     run = write_kissane(tmp_path / "rel", random_sae(tiny_model, 0), 0)
     pt = tmp_path / "rel" / f"{run}.pt"
     pt.write_bytes(pt.read_bytes()[:100])
-    with pytest.raises(SAEFormatError, match="truncated"):
+    with pytest.raises(UnsafeFileError, match="truncated"):
         load_sae(pt)
     d = tmp_path / "layer_1"
     d.mkdir()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from sae.engine.formats import load_sae
-from sae.engine.jobs import Progress
+from sae.engine.jobs import CancelToken, Progress
 from sae.engine.training.loop import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -86,11 +85,11 @@ def test_many_layers_one_pass_equals_separate_runs(tiny_model, rows, tmp_path):
 def test_resume_ends_with_the_same_weights(tiny_model, rows, tmp_path):
     c = dict(layers=[0, 1], total_tokens=64 * 16, resample_every=6, resample_window=3, checkpoint_every=5)
     straight = train_saes(tiny_model, rows, cfg(**c), tmp_path / "a")
-    cancel = threading.Event()
+    cancel = CancelToken()
 
     def stop_at_7(info: Progress) -> None:
         if info.note == "step" and info.stage == "step 7/16":
-            cancel.set()
+            cancel.cancel()
 
     trainer = Trainer(tiny_model, rows, cfg(**c), tmp_path / "b", on_progress=stop_at_7, cancel=cancel)
     outcome = trainer.run()
@@ -109,11 +108,11 @@ def test_prefetching_changes_nothing_and_resumes_exactly(tiny_model, rows, tmp_p
     c = dict(layers=[0, 1], total_tokens=64 * 16, checkpoint_every=5, architecture=arch, k=4, rows_per_pass=2)
     plain = train_saes(tiny_model, rows, cfg(**c), tmp_path / "plain")
     ahead = train_saes(tiny_model, rows, cfg(**c, prefetch=3), tmp_path / "ahead")
-    cancel = threading.Event()
+    cancel = CancelToken()
 
     def stop_at_7(info: Progress) -> None:
         if info.note == "step" and info.stage == "step 7/16":
-            cancel.set()
+            cancel.cancel()
 
     trainer = Trainer(tiny_model, rows, cfg(**c, prefetch=3), tmp_path / "b", on_progress=stop_at_7, cancel=cancel)
     assert trainer.run().step == 7

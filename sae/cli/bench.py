@@ -83,12 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_scaling(args: argparse.Namespace, architecture: str) -> int:
     from sae.bench.scaling import bench_scaling
-    from sae.engine.training.distributed import DistributedError, check_launch
+    from sae.engine.training.distributed import check_launch
 
-    try:
-        check_launch(args.nproc, args.device)
-    except DistributedError as exc:
-        raise UsageError(str(exc)) from None
+    check_launch(args.nproc, args.device)
     if args.process_tokens < args.batch_size:
         raise UsageError(f"--process-tokens ({args.process_tokens}) is less than one batch of {args.batch_size}")
     model = open_model(args.model, "cpu")

@@ -51,16 +51,13 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
             saes[layer] = sae
     if args.write:  # refuse now, before the evaluation: the shipped SAEs, files, unwritable places
-        from sae.engine.formats import SAEFormatError, check_sae_write_target
+        from sae.engine.formats import check_sae_write_target
         from sae.engine.safe_io import check_writable_dir
 
         for sae in saes.values():
             path = sae.cfg.extra.get("path")
             if path and sae.cfg.extra.get("source_format") is None:
-                try:
-                    check_sae_write_target(path)
-                except SAEFormatError as exc:
-                    raise UsageError(f"--write: {exc}") from None
+                check_sae_write_target(path)
                 check_writable_dir(Path(path).parent, "--write target folder")
     ctx = args.context_size or min(sae.cfg.context_size for sae in saes.values())
     ctx = min(ctx, model.n_ctx)

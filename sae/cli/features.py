@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from rich.markup import escape
+from sae.engine.errors import AttnscopeError
 from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, emit, out, positive_int
@@ -26,8 +27,10 @@ def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
     model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:
         saes = load_sae_set(args.saes, model=model, device=model.device)
-    except (OSError, ValueError) as exc:  # the SAE files themselves (SAEFormatError passes to the CLI)
-        raise UsageError(str(exc)) from None
+    except AttnscopeError:
+        raise
+    except (OSError, ValueError) as exc:  # reading the SAE files themselves
+        raise UsageError(str(exc)) from exc
     if layer is not None:
         check_layer(model, saes, layer)
     return model, saes

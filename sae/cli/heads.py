@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae.analysis.heads import survey_heads
-    from sae.analysis.labels import LabelError, LabelStore, human_labels_by_layer
+    from sae.analysis.labels import LabelStore, human_labels_by_layer
     from sae.analysis.roles import model_confirmer
     from sae.cli.dashboards import built_dirs
     from sae.cli.features import open_model_and_saes
@@ -69,10 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_confirm and any(layer >= 1 for layer in dirs):
         model, saes = open_model_and_saes(args)
         confirm = {layer: model_confirmer(model, saes[layer], layer) for layer in dirs if layer >= 1 and layer in saes}
-    try:
-        labels = human_labels_by_layer(LabelStore(args.labels), dirs)
-    except LabelError as exc:
-        raise UsageError(str(exc)) from None
+    labels = human_labels_by_layer(LabelStore(args.labels), dirs)
     survey = survey_heads(dirs, model=name, n_top=args.top, agree=args.agree, labels=labels, confirm=confirm)
     emit(args, survey.to_dict(), markdown, pretty)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 
+from sae.engine.errors import AttnscopeError
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
 from sae.cli.common import job_progress
 from sae.cli.ioi import load_model_or_fail
@@ -69,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
                     on_progress=on_progress,
                 )
             result["real_text"] = real.to_dict()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except AttnscopeError:
+        raise
+    except ValueError as exc:  # the experiment's own checks on its settings (prefix lengths, text length)
+        raise UsageError(str(exc)) from exc
     emit(args, result, to_markdown, pretty)
     return 0
 

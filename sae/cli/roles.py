@@ -10,7 +10,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out
+from sae.cli.common import add_model_flags, add_output_flags, emit, out
 from sae.cli.features import md_table, non_negative_int
 
 
@@ -51,7 +51,7 @@ def compute(args: argparse.Namespace, layer: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.analysis.labels import LabelError, LabelStore, human_labels_by_layer
+    from sae.analysis.labels import LabelStore, human_labels_by_layer
     from sae.analysis.roles import agreement
 
     from sae.analysis.families import FAMILY_OF_ROLE
@@ -60,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
     d = rep.to_dict()
     for r in d["roles"]:
         r["paper_family"] = FAMILY_OF_ROLE[r["role"]]  # the paper's family, mapped from the role
-    try:
-        human = human_labels_by_layer(LabelStore(args.labels), {args.layer: directory})[args.layer]
-    except LabelError as exc:
-        raise UsageError(str(exc)) from None
+    human = human_labels_by_layer(LabelStore(args.labels), {args.layer: directory})[args.layer]
     if human:  # each rule against the people who labelled this layer's features
         d["agreement"] = {str(args.layer): {**agreement(rep.role_of(), human), "induction_test": rep.confirmation}}
     emit(args, d, markdown, pretty)

@@ -133,7 +133,6 @@ def run_sample(args: argparse.Namespace) -> int:
     from sae.analysis.dashboards import feature_stats
     from sae.analysis.labels import (
         RATINGS,
-        LabelError,
         sae_id_of,
         sample_features,
         study_id,
@@ -145,10 +144,7 @@ def run_sample(args: argparse.Namespace) -> int:
     live = (stats["n_fire"] > 0).nonzero().flatten().tolist()
     ids = sample_features(live, args.n, args.seed, args.layer)
     store = _store(args)
-    try:
-        have = {lab.feature: lab for lab in store.labels(sae=sae, layer=args.layer)}
-    except LabelError as exc:
-        raise UsageError(str(exc)) from None
+    have = {lab.feature: lab for lab in store.labels(sae=sae, layer=args.layer)}
     vocab, C = stats["index"]["vocab"], stats["index"]["spec"]["context"]
     rows = []
     for i in ids:
@@ -187,7 +183,7 @@ def _sample_pretty(d: dict) -> None:
         t.add_row(str(r["feature"]), f"{r['density']:.2e}", escape(r["top_context"]), r["family"] or "-", r["rating"] or "-")
     out.print(t)
     out.print("[dim]label one: attnscope study label --layer L --feature F --family NAME --rating yes|maybe|no "
-              "--note TEXT · or press S in the workbench[/]")
+              "--note TEXT · or press 8 (the study screen) in the workbench[/]")
 
 
 # ---- label / families -------------------------------------------------------------------------------------
@@ -197,7 +193,7 @@ def run_label(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from sae.analysis.dashboards import dashboard_summary
-    from sae.analysis.labels import LabelError, sae_id_of
+    from sae.analysis.labels import sae_id_of
 
     rating = _rating(args.rating)
     name, d = _layer_dir(args, args.layer)
@@ -205,23 +201,15 @@ def run_label(args: argparse.Namespace) -> int:
     d_sae = int(dashboard_summary(d).get("d_sae", 0))
     if d_sae and args.feature >= d_sae:
         raise UsageError(f"feature {args.feature} is outside the layer-{args.layer} SAE (ids 0..{d_sae - 1})")
-    try:
-        lab = _store(args).put(sae, args.layer, args.feature, args.family, rating, args.note, args.author, model or name)
-    except LabelError as exc:
-        raise UsageError(str(exc)) from None
+    lab = _store(args).put(sae, args.layer, args.feature, args.family, rating, args.note, args.author, model or name)
     emit(args, asdict(lab), lambda x: f"labelled layer {x['layer']} feature {x['feature']}: {x['family']}"
          + (f", rating {x['rating']}" if x["rating"] is not None else "") + (f" — {x['note']}" if x["note"] else ""))
     return 0
 
 
 def run_families(args: argparse.Namespace) -> int:
-    from sae.analysis.labels import LabelError
-
     store = _store(args)
-    try:
-        fams = store.add_family(args.add) if args.add else store.families()
-    except LabelError as exc:
-        raise UsageError(str(exc)) from None
+    fams = store.add_family(args.add) if args.add else store.families()
     for i, f in enumerate(fams):
         print(f"{(i + 1) % 10 if i < 10 else ' '}  {f}")
     return 0
@@ -231,12 +219,9 @@ def run_families(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from sae.analysis.labels import LabelError, add_agreement, study_report
+    from sae.analysis.labels import add_agreement, study_report
 
-    try:
-        rep = study_report(_store(args))
-    except LabelError as exc:
-        raise UsageError(str(exc)) from None
+    rep = study_report(_store(args))
     if not rep.layers:
         raise UsageError(f"no labels yet in {_store(args).path}; start with `attnscope study sample --layer 0`")
     if not args.no_agreement:

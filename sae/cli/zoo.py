@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sae.engine.errors import AttnscopeError
 from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int
 
 
@@ -41,6 +42,8 @@ def measure(model_name: str, device: str = "auto", n_ioi: int = 200) -> dict:
     model = open_model(model_name, device)
     try:
         return measure_model(model, n_ioi=n_ioi)
+    except AttnscopeError:
+        raise
     except ValueError as exc:  # phenomena's own checks (too few single-token names, ...)
         raise UsageError(str(exc)) from exc
 
@@ -69,6 +72,8 @@ def cmd_train_default(args: argparse.Namespace) -> int:
             install=args.install,
             log=lambda s: console.print(s),
         )
+    except AttnscopeError:
+        raise
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         raise UsageError(str(exc)) from exc
     console.print(f"[green]done[/]: artefacts in {out_dir}")

@@ -30,7 +30,6 @@ from sae.engine.autoencoder import SAE, SAEConfig, architecture, fold_decoder_no
 from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.safe_io import (
-    UnsafeFileError,
     is_protected,
     recover_children,
     recover_dir,
@@ -339,10 +338,7 @@ def _load_kissane(pt: Path) -> SAE:
         raise SAEFormatError(f"{cfg_path} is not a usable SAE config: no {exc} field") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise SAEFormatError(f"{cfg_path} is not a usable SAE config: {exc}"[:300]) from None
-    try:
-        state = safe_torch_load(pt, "SAE weights")
-    except UnsafeFileError as exc:  # a pickle that would run code, truncation, corruption: never executed
-        raise SAEFormatError(str(exc)) from None
+    state = safe_torch_load(pt, "SAE weights")  # a pickle that would run code, truncation: UnsafeFileError
     if not isinstance(state, dict):
         raise SAEFormatError(f"{pt} does not hold a state dict")
     return _sae_from_tensors(cfg, state, pt)

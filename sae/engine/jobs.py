@@ -13,11 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from sae.engine.errors import AttnscopeError
 
-
-class Cancelled(AttnscopeError):
-    """The caller asked to stop; raised between batches, so no half-made result is returned."""
+class Cancelled(Exception):
+    """The caller asked to stop; raised between batches, so no half-made result is returned. Not an
+    `AttnscopeError`: nothing went wrong, so no error is shown; the caller that cancelled expects it."""
 
     def __init__(self, message: str = "cancelled") -> None:
         super().__init__(message)

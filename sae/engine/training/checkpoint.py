@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sae.engine.errors import TrainingError
-from sae.engine.safe_io import UnsafeFileError, atomic_write_text, atomic_write_with, safe_torch_load
+from sae.engine.safe_io import atomic_write_text, atomic_write_with, safe_torch_load
 from sae.engine.training.distributed import Sync
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -39,13 +39,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's tensors and plain values (weights only: nothing in it is executed)."""
+    """The checkpoint's tensors and plain values (weights only: nothing in it is executed; a file that would run
+    code, or a truncated one, is `safe_io.UnsafeFileError`)."""
     try:
         state = safe_torch_load(path, "checkpoint")
-    except FileNotFoundError:
-        raise TrainingError(f"no checkpoint to resume from at {path}") from None
-    except UnsafeFileError as exc:
-        raise TrainingError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise TrainingError(f"no checkpoint to resume from at {path}") from exc
     if not isinstance(state, dict):
         raise TrainingError(f"checkpoint {path} does not hold a training state")
     return state

@@ -15,7 +15,7 @@ folded into the saved weights (`fold_input_scale`), so a saved SAE reads raw z.
 
 `train_saes(model, token_rows, cfg, out_dir)` is the entry point for Python callers (the CLI, the workbench's
 training screen in a worker thread). Progress goes out as `sae.engine.jobs.Progress` (job "train", unit "tokens");
-a `CancelToken` (or `threading.Event`) stops a run between steps with a checkpoint written.
+a `CancelToken` stops a run between steps with a checkpoint written.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -172,15 +172,6 @@ def sae_dir_name(layer: int) -> str:
     return z_hook_name(layer)
 
 
-def _cancelled(cancel: Any) -> bool:
-    """`cancel` is a `CancelToken`, a `threading.Event` or a zero-argument callable."""
-    if cancel is None:
-        return False
-    if hasattr(cancel, "cancelled"):
-        return bool(cancel.cancelled)
-    return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
-
-
 # ---- the trainer ---------------------------------------------------------------------------------------------
 
 
@@ -219,7 +210,7 @@ class Trainer:
         cfg: TrainConfig,
         out_dir: str | Path,
         on_progress: ProgressFn | None = None,
-        cancel: CancelToken | threading.Event | Callable[[], bool] | None = None,
+        cancel: CancelToken | None = None,
         device: str | torch.device | None = None,
         source: Any = None,
         sync: Sync | None = None,
@@ -265,10 +256,7 @@ class Trainer:
         self.d_in = d_in
         self.autocast_dtype = torch.bfloat16 if (cfg.autocast and self.device.type == "cuda") else None
         self.schedule: Schedule = resolve_schedule(cfg)
-        try:
-            self.buffer = ShardedBuffer(self.source, len(cfg.layers), d_in, cfg, self.device, self.sync)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
+        self.buffer = ShardedBuffer(self.source, len(cfg.layers), d_in, cfg, self.device, self.sync)
         self.scales: dict[int, float] | None = None  # per layer, set from the first buffer
         param = cfg.sparsity_param
         self.units: list[Unit] = []
@@ -537,7 +525,7 @@ class Trainer:
         normalize = bool((scales != 1.0).any())
         self._report("start")
         while self.step < cfg.total_steps:
-            if self.sync.any(self._stop_requested or _cancelled(self.cancel)):
+            if self.sync.any(self._stop_requested or self.cancel.cancelled):
                 status = "cancelled"
                 break
             batch = self.buffer.next_batch()  # [n_layers, B, d_in]
@@ -604,7 +592,7 @@ def train_saes(
     cfg: TrainConfig,
     out_dir: str | Path,
     on_progress: ProgressFn | None = None,
-    cancel: CancelToken | threading.Event | None = None,
+    cancel: CancelToken | None = None,
     resume: bool = False,
     device: str | torch.device | None = None,
     source: Any = None,
@@ -631,7 +619,7 @@ def train_saes(
 
 
 @contextmanager
-def stop_on_signals(cancel: CancelToken | threading.Event) -> Iterator[None]:
+def stop_on_signals(cancel: CancelToken) -> Iterator[None]:
     """While active (main thread only), Ctrl-C and SIGTERM set `cancel` instead of killing the process, so the
     trainer finishes its step and writes a checkpoint. A second Ctrl-C interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
@@ -640,9 +628,9 @@ def stop_on_signals(cancel: CancelToken | threading.Event) -> Iterator[None]:
     old: dict[int, Any] = {}
 
     def handler(signum, frame) -> None:
-        if _cancelled(cancel):
+        if cancel.cancelled:
             raise KeyboardInterrupt
-        cancel.cancel() if hasattr(cancel, "cancel") else cancel.set()
+        cancel.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         old[sig] = signal.signal(sig, handler)
