@@ -1,13 +1,14 @@
 """The training loop: attention-output SAEs on hook_z, many layers (and sparsity values) from one model pass.
 
 The recipe (Kissane et al. 2024, see PAPER.md) and what attnscope adds:
-- the maths of one step per architecture: `sae.engine.training.steps` (standard: ReLU + L1 with a hand-written
-  backward; topk: top-k + AuxK, decoded through the k active rows);
+- one step per architecture: its class in the registry (`sae.engine.autoencoder.REGISTRY`, `cfg.arch.step`), with
+  its kernels in `sae.engine.training.steps` (standard: ReLU + L1 with a hand-written backward; topk: top-k + AuxK,
+  decoded through the k active rows), and its defaults (decoder norm, resampling, AuxK, where b_dec starts);
 - the schedule (warm-up, resampling windows, dead-latent window, all scaled to the run): `sae.engine.training.schedule`;
 - reviving dead features (Anthropic-style resampling) and firing trackers: `sae.engine.training.resampling`;
 - every default and its help text: `sae.engine.training.config.TrainConfig`;
 - data parallelism over `torch.distributed` (data shards, the gradient all-reduce, rank-0 files): the `sync` and
-  `buffer` hooks, defined in `sae.engine.training.distributed`.
+  `buffer` hooks, defined in `sae.engine.training.distributed`; the run's files: `sae.engine.training.checkpoint`.
 
 Activations are attnscope's hook_z (value bias removed). By default they are scaled so E||z|| = sqrt(d_in)
 (`normalize_activations="expected_average_only_in"`, the scale estimated on the first buffer) and the scale is

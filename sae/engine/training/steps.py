@@ -274,7 +274,9 @@ def topk_step_grads(
     pre = torch.addmm(encoder_bias(sae), x, W_enc)  # [B, d_sae]
     vals, idx = select(pre, k)  # [B, k]
     a = vals.relu()
-    x_hat = decode_rows(a, idx, W_dec, sparse).add_(sae.b_dec)
+    # dense mode: the [B, d_sae] activations are built once, for the decode and the decoder's gradient
+    f = None if sparse else torch.zeros(n, d_sae, dtype=a.dtype, device=a.device).scatter_add_(1, idx, a)
+    x_hat = (decode_rows(a, idx, W_dec, sparse) if f is None else f @ W_dec).add_(sae.b_dec)
     err = x_hat - x
     mse = err.pow(2).sum() / n
     d_xhat = err * (2.0 / n)
@@ -303,9 +305,9 @@ def topk_step_grads(
         d_aa = rows_dot(d_ehat, local, W_d, sparse)
         sel_idx.append(ai)
         sel_grad.append(d_aa)
-    g_W_dec = scatter_outer(idx, a, d_xhat, d_sae, sparse)
-    if n_dead:
-        g_W_dec += scatter_outer(ai, aa, d_ehat, d_sae, sparse)
+    g_W_dec = scatter_outer(idx, a, d_xhat, d_sae, sparse) if f is None else f.T @ d_xhat
+    if n_dead:  # AuxK reaches only the dead rows: [n_dead, d_in], added into them
+        g_W_dec.index_add_(0, dead_idx, scatter_outer(local, aa, d_ehat, n_dead, sparse))
     all_idx, all_grad = torch.cat(sel_idx, 1), torch.cat(sel_grad, 1)
     g_W_enc = scatter_outer(all_idx, all_grad, x, d_sae, sparse).T
     g_b_enc = torch.zeros(d_sae, dtype=x.dtype, device=x.device)
