@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import Progress
@@ -27,6 +27,10 @@ from workbench.engine.views import (
     trace_view,
 )
 from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker, one_line
+
+if TYPE_CHECKING:
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
 
 T = TypeVar("T")
 
@@ -59,13 +63,13 @@ class Engine:
         self.info: EngineInfo | None = None
         self.labels_path: Any = None  # the study's label file; None: $ATTNSCOPE_LABELS or the data dir
         # touched on the worker thread only
-        self._model: Any = None
-        self._saes: dict[int, Any] = {}
+        self._model: LoadedModel | None = None
+        self._saes: dict[int, SAE] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
         self._families: dict[Any, dict[int, str]] = {}  # dashboard dir -> {feature: family}
 
     @classmethod
-    def from_objects(cls, model: Any, saes: dict[int, Any], saes_label: str = "in memory") -> "Engine":
+    def from_objects(cls, model: LoadedModel, saes: dict[int, SAE], saes_label: str = "in memory") -> "Engine":
         eng = cls(model=getattr(model, "name", "model"), saes=saes_label)
         eng._model = model
         eng._saes = dict(saes)
@@ -91,12 +95,13 @@ class Engine:
             saes=self.saes_spec, d_sae={layer: int(s.cfg.d_sae) for layer, s in self._saes.items()},
         )
 
-    def _need_model(self) -> Any:
+    def _need_model(self) -> LoadedModel:
         if self._model is None:
             self._open_sync()
+        assert self._model is not None
         return self._model
 
-    def _sae(self, layer: int) -> Any:
+    def _sae(self, layer: int) -> SAE:
         self._need_model()
         if layer not in self._saes:
             have = ", ".join(map(str, sorted(self._saes))) or "none"
@@ -114,7 +119,7 @@ class Engine:
         self.info = self._describe()
         return self.info
 
-    def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
+    def _load_saes(self, spec: str, model: LoadedModel) -> dict[int, SAE]:
         from sae.zoo import load_sae_set
 
         try:
@@ -292,7 +297,7 @@ class Engine:
             data = ioi.build_dataset(model, n, seed=seed)
             out = ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
                                      cancel=rep.cancel)
-            return experiment_view(out, experiment, n)
+            return experiment_view(out)
 
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
 

@@ -252,8 +252,7 @@ class IOIScreen(JobScreen):
         self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
         view: ExperimentView = m.result
-        clean = view.fields.get("clean_logit_diff")
-        self.records = display_records([dict(r) for r in view.records], clean if isinstance(clean, float) else None)
+        self.records = display_records([dict(r) for r in view.records], view.clean_logit_diff)
         self.sort_key = view.sort_key
         self.draw_table()
         self.query_one(StatusLine).say(view.summary)
@@ -322,7 +321,8 @@ class IOIScreen(JobScreen):
         info = self.engine.info
         return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
-                       data={**v.fields, "summary": v.summary, "records": [dict(r) for r in v.records],
+                       data={**v.settings, "experiment": v.experiment, "clean_logit_diff": v.clean_logit_diff,
+                             "summary": v.summary, "records": [dict(r) for r in v.records],
                              "sort_key": v.sort_key, "bars": self.bars_data()})
 
 
