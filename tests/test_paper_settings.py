@@ -1,0 +1,132 @@
+"""The paper settings rebuild what the paper's own code builds, token for token, on the embedded default.
+
+The fixtures in tests/reference/fixtures/paper/ were written by tests/reference/paper_settings.py, which runs the
+paper authors' functions (ckkissane/attention-output-saes 03b2bc2) in the side environment; nothing of attnscope
+made them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae.experiments import induction, ioi, ioi_data
+
+FIXTURES = Path(__file__).parent / "reference" / "fixtures" / "paper"
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from sae.zoo import load_model
+
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def paper_ioi() -> dict:
+    return json.loads((FIXTURES / "paper_ioi.json").read_text())
+
+
+def test_paper_names_are_the_papers_list_cut_to_single_tokens(default_model, paper_ioi):
+    assert len(ioi_data.PAPER_NAMES) == paper_ioi["names_all"] == 109
+    assert ioi_data.single_token_names(default_model.encode, ioi_data.PAPER_NAMES) == paper_ioi["names"]
+    assert (ioi_data.PAPER_PREFIX, ioi_data.PAPER_FILLER) == (paper_ioi["prepend_text"], paper_ioi["filler_text"])
+
+
+def test_paper_ioi_prompts_token_by_token(default_model, paper_ioi):
+    data = ioi.build_dataset(default_model, paper_ioi["n"], seed=paper_ioi["seed"], bos=False, setting="paper")
+    assert (data.split, data.bos, data.setting, data.names_source) == ("mixed", False, "paper", "paper")
+    for i, ref in enumerate(paper_ioi["prompts"]):
+        p = data.prompts[i]
+        assert (p.full_text, p.io, p.s, p.order) == (ref["text"], ref["IO"], ref["S"], ref["order"])
+        end = int(data.end[i])
+        # the paper's tokens hold the answer after END; attnscope's prompt stops at END
+        assert data.tokens[i, : end + 1].tolist() == ref["tokens"][:-1]
+        assert ref["tokens"][-1] == int(data.io_tok[i])
+        w = ref["word_idx"]
+        assert (int(data.io[i]), int(data.s1[i]), int(data.s2[i]), end) == (w["IO"], w["S1"], w["S2"], w["end"])
+
+
+def test_paper_combined_corruption_token_by_token(default_model, paper_ioi):
+    enc = default_model.encode
+    data = ioi.build_dataset(default_model, paper_ioi["n"], seed=paper_ioi["seed"], bos=False, setting="paper")
+    same_names = 0
+    for i, ref in enumerate(paper_ioi["prompts"]):
+        c, d = ref["flipped_IO"], ref["flipped_S"]  # the names the paper drew (hash-order dependent, see ioi_data)
+        same_names += c == d
+        got = ioi_data.paper_combined(data.prompts[i], c, d, enc, None)
+        row = ref["corrupted_tokens"]
+        assert got.ids == row[: len(got.ids)]
+        assert row[len(got.ids):] == enc(" " + ref["IO"])  # the paper keeps the clean answer as the last word
+        assert ioi_data.paper_punct_index(ref["tokens"], enc, ref["text"]) == ref["word_idx"]["punct"]
+        # S2 moved by the paper's corr_offset (prefix + filler); IO and S1 by the prefix alone
+        assert got.positions.s2 == ref["word_idx"]["S2"] + paper_ioi["corr_offset"]
+        assert got.ids[got.positions.s2] == enc(" " + d)[0] and got.ids[got.positions.io] == enc(" " + c)[0]
+        k = len(enc(paper_ioi["prepend_text"]))
+        assert (got.positions.io, got.positions.s1) == (ref["word_idx"]["IO"] + k, ref["word_idx"]["S1"] + k)
+    assert same_names > 0  # the paper draws C and D independently: C = D happens (27 names here)
+
+
+def test_paper_name_draw_is_independent_and_reproducible(default_model):
+    data = ioi.build_dataset(default_model, 300, bos=False, setting="paper", seed=1)
+    a = ioi_data.paper_new_names(data.prompts, data.names, data.seed)
+    assert a == ioi_data.paper_new_names(data.prompts, data.names, data.seed)
+    assert all({c, d}.isdisjoint({p.io, p.s}) for (c, d), p in zip(a, data.prompts))
+    same = sum(c == d for c, d in a)
+    assert 2 <= same <= 30  # ~ 300 / 27 when C and D are independent
+
+
+def test_paper_noising_runs_the_papers_combined_corruption(default_model):
+    data = ioi.build_dataset(default_model, 6, bos=False, setting="paper")
+    r = ioi.run_noising(default_model, data, [1], ["combined"], batch_size=6)
+    assert r.settings.setting == "paper" and r.settings.corruption_text == ioi_data.PAPER_COMBINED
+    assert "It was a nice day." in r.corruptions["combined"] and r.settings.split == "mixed"
+    corrupted = ioi.corrupted_data(default_model, data, "combined")
+    new = ioi_data.paper_new_names(data.prompts, data.names, data.seed)
+    for i, (c, d) in enumerate(new):
+        pc = ioi_data.paper_combined(data.prompts[i], c, d, default_model.encode, None)
+        assert corrupted.tokens[i, : len(pc.ids)].tolist() == pc.ids and int(corrupted.s2[i]) == pc.positions.s2
+
+
+# ---- synthetic induction ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def paper_induction() -> dict:
+    path = FIXTURES / "paper_induction.json"
+    if not path.exists():
+        pytest.skip("paper_induction.json not generated (needs TransformerLens 3 in the side environment)")
+    return json.loads(path.read_text())
+
+
+def test_paper_induction_sequences_token_by_token(default_model, paper_induction):
+    n, seq_len = paper_induction["n_per_length"], paper_induction["seq_len"]
+    gen = torch.Generator().manual_seed(paper_induction["seed"])
+    import random
+
+    rng = random.Random(paper_induction["seed"])
+    got = []
+    for p in paper_induction["prefix_lengths"]:
+        b = induction.paper_batch(default_model.d_vocab, default_model.bos_token_id, n, p, seq_len, gen, rng)
+        got += b.tokens.tolist()
+        # the query is the repeat's last token, the key the token after the first copy
+        for row, q, k in zip(b.tokens.tolist(), b.query.tolist(), b.key.tolist()):
+            assert row[q - p + 1 : q + 1] == row[k - p : k] and 1 <= k - p <= seq_len - 30
+    assert got == paper_induction["sequences"]
+
+
+def test_paper_induction_scores_match_the_papers(default_model, paper_induction):
+    res = induction.synthetic_induction(
+        default_model, n=paper_induction["n_per_length"], seq_len=paper_induction["seq_len"],
+        seed=paper_induction["seed"], sampling="paper", batch_size=paper_induction["n_per_length"],
+    )
+    assert res.sampling == "paper" and "paper" in res.design
+    layer = paper_induction["layer"]
+    for h in res.heads:
+        if h.layer == layer:
+            for p, want in paper_induction["scores"][str(h.head)].items():
+                assert h.scores[p] == pytest.approx(want, abs=2e-4), (h.head, p)
+    assert res.mean_query_pos > 80  # the paper's sampling puts the query late (attnscope's: ~69)
