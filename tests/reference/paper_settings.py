@@ -22,7 +22,6 @@ Side environment (see README.md here), from the repo root:
 
     PAPER_REPO=/path/to/attention-output-saes /work/refenv/bin/python tests/reference/paper_settings.py
 """
-# ruff: noqa: E402
 
 from __future__ import annotations
 
