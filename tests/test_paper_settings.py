@@ -130,3 +130,48 @@ def test_paper_induction_scores_match_the_papers(default_model, paper_induction)
             for p, want in paper_induction["scores"][str(h.head)].items():
                 assert h.scores[p] == pytest.approx(want, abs=2e-4), (h.head, p)
     assert res.mean_query_pos > 80  # the paper's sampling puts the query late (attnscope's: ~69)
+
+
+# ---- training: the paper preset's optimiser and b_dec start ------------------------------------------------------
+
+
+def test_paper_preset_uses_train_py_betas_and_offers_the_geometric_median_start():
+    from sae.engine.training.config import PRESETS, TrainConfig
+
+    assert (PRESETS["paper"]["beta1"], PRESETS["paper"]["beta2"]) == (0.0, 0.9999)  # the authors' train.py
+    assert PRESETS["paper"]["b_dec_init"] == "zeros"
+    assert TrainConfig(layers=[0], b_dec_init="geometric-median").b_dec_init == "geometric-median"
+
+
+def test_geometric_median_minimises_the_summed_distance():
+    from sae.engine.training.loop import geometric_median
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g) + torch.tensor([3.0, 0, 0, 0, 0])
+    x[:20] += 40.0  # outliers pull the mean, barely the median
+    m = geometric_median(x)
+
+    def cost(p: torch.Tensor) -> float:
+        return float((x.double() - p.double()).norm(dim=1).sum())
+
+    # optimality by hand: the unit vectors from m to the points sum to ~0, and no nudge lowers the cost
+    unit = (x.double() - m.double()) / (x.double() - m.double()).norm(dim=1, keepdim=True)
+    assert float(unit.sum(0).norm()) < 1e-3
+    for d in torch.eye(5):
+        assert cost(m) <= cost(m + 0.01 * d) and cost(m) <= cost(m - 0.01 * d)
+    assert cost(m) < cost(x.mean(0))
+    # one dimension: the median
+    line = torch.tensor([[0.0], [1.0], [2.0], [10.0], [50.0]])
+    assert float(geometric_median(line)) == pytest.approx(2.0, abs=1e-3)
+
+
+def test_training_starts_b_dec_at_a_geometric_median(tiny_model, rows, tmp_path):
+    from sae.engine.training.config import TrainConfig
+    from sae.engine.training.loop import train_saes
+
+    kw = dict(layers=[0], architecture="standard", normalize_activations="none", d_sae=32, batch_size=64,
+              context_size=rows.shape[1], total_tokens=64, rows_per_pass=4, buffer_batches=4, warmup_steps=1,
+              checkpoint_every=0, log_every=1, lr=1e-12, l1_coeff=0.01)
+    zero = train_saes(tiny_model, rows, TrainConfig(**kw, b_dec_init="zeros"), tmp_path / "z")[0]
+    gm = train_saes(tiny_model, rows, TrainConfig(**kw, b_dec_init="geometric-median"), tmp_path / "g")[0]
+    assert float(zero.b_dec.abs().max()) < 1e-6 < float(gm.b_dec.norm())
