@@ -174,4 +174,4 @@ def test_training_starts_b_dec_at_a_geometric_median(tiny_model, rows, tmp_path)
               checkpoint_every=0, log_every=1, lr=1e-12, l1_coeff=0.01)
     zero = train_saes(tiny_model, rows, TrainConfig(**kw, b_dec_init="zeros"), tmp_path / "z")[0]
     gm = train_saes(tiny_model, rows, TrainConfig(**kw, b_dec_init="geometric-median"), tmp_path / "g")[0]
-    assert float(zero.b_dec.abs().max()) < 1e-6 < float(gm.b_dec.norm())
+    assert float(zero.b_dec.detach().abs().max()) < 1e-6 < float(gm.b_dec.detach().norm())
