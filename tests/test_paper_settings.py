@@ -175,3 +175,31 @@ def test_training_starts_b_dec_at_a_geometric_median(tiny_model, rows, tmp_path)
     zero = train_saes(tiny_model, rows, TrainConfig(**kw, b_dec_init="zeros"), tmp_path / "z")[0]
     gm = train_saes(tiny_model, rows, TrainConfig(**kw, b_dec_init="geometric-median"), tmp_path / "g")[0]
     assert float(zero.b_dec.detach().abs().max()) < 1e-6 < float(gm.b_dec.detach().norm())
+
+
+# ---- real-text induction: the paper's first event per row with fuzzy matching ------------------------------------
+
+
+def test_fuzzy_match_variants_are_the_papers(default_model, paper_induction):
+    rt = paper_induction["real_text"]
+    tok = default_model.tokenizer
+    fuzzy = induction.FuzzyMatch(lambda t: tok.decode([t]), default_model.encode)
+    for t, paper in enumerate(rt["variants"]):  # with space, without space, capitalised, lower-cased
+        assert fuzzy.variants(t) == frozenset([t, *paper]), t
+
+
+def test_first_fuzzy_real_text_matches_the_papers_check_long_prefix_by_attn(default_model, paper_induction):
+    rt = paper_induction["real_text"]
+    rows = torch.tensor(rt["rows"])
+    res = induction.real_text_induction(default_model, [], rows=rows, threshold=rt["threshold"], matching="first-fuzzy")
+    assert res.matching == "first-fuzzy"
+    for h in res.heads:
+        if h.layer != rt["layer"]:
+            continue
+        lens = rt["heads"][str(h.head)]["prefix_lens"]
+        hist = {k: 0 for k in ("0", "1", "2", "3", "4+")}
+        for m in lens:
+            hist[str(m) if m < 4 else "4+"] += 1
+        assert h.n_events == len(lens) and h.prefix_hist == hist, h.head
+    every = induction.real_text_induction(default_model, [], rows=rows, threshold=rt["threshold"])
+    assert sum(h.n_events for h in every.heads) > sum(h.n_events for h in res.heads)  # every event, not one per row

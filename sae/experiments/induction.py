@@ -434,13 +434,15 @@ def real_text_induction(
     batch_size: int = 16,
     source: str = "held-out text",
     matching: str = "every-exact",
+    rows: torch.Tensor | None = None,
     on_progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
 ) -> RealTextInduction:
     """Matched prefix lengths of strong attention on `texts`, and the src-2 replacement test, per head.
 
     matching (a key of `MATCHINGS`): "every-exact" counts every event with exact token matching; "first-fuzzy" the
-    first event of each row per head with the paper's fuzzy matching (`FuzzyMatch`)."""
+    first event of each row per head with the paper's fuzzy matching (`FuzzyMatch`). `rows [n, seq]` (BOS first)
+    replaces the rows packed from `texts`."""
     if matching not in MATCHINGS:
         raise ValueError(f"matching must be one of {', '.join(MATCHINGS)}, got {matching!r}")
     same = None
@@ -448,7 +450,10 @@ def real_text_induction(
         tok = model.tokenizer
         same = FuzzyMatch(lambda t: tok.decode([t]), model.encode)
     seq_len = min(seq_len, model.n_ctx)
-    rows = pack_tokens(texts, model.encode, seq_len, model.bos_token_id, max_rows=n_rows)
+    if rows is None:
+        rows = pack_tokens(texts, model.encode, seq_len, model.bos_token_id, max_rows=n_rows)
+    else:
+        seq_len = rows.shape[1]
     if len(rows) == 0:
         raise ValueError(f"the text is shorter than one row of {seq_len} tokens")
     L, H = model.n_layers, model.n_heads

@@ -52,6 +52,7 @@ COMMIT = "03b2bc2"
 DEFAULT_MODEL_DIR = ROOT / "sae" / "zoo" / "default" / "model"
 N_IOI = 24
 N_INDUCTION = 12
+N_REAL_ROWS = 12
 sys.path.insert(0, str(HERE))
 
 
@@ -156,7 +157,28 @@ def induction_fixture(tok) -> dict:
             if head == 0:
                 sequences = list(seen)
             assert seen == sequences  # every head sees the same sequences
+    # the real-text study: check_long_prefix_by_attn (first event per row, fuzzy prefix match) on token rows of
+    # this repo's model card and ARCHITECTURE.md, every head of the last layer, and the fuzzy variants of every token
+    text = (ROOT / "sae" / "zoo" / "default" / "MODEL_CARD.md").read_text() + (ROOT / "ARCHITECTURE.md").read_text()
+    ids = tok(text)["input_ids"]
+    bos = tl_model.tokenizer.bos_token_id
+    rows = [[bos] + ids[i : i + 127] for i in range(0, 127 * N_REAL_ROWS, 127)]
+    all_tokens = torch.tensor(rows)
+    real_ns = {"model": tl_model, "torch": torch, "all_tokens": all_tokens,
+               "tqdm": types.SimpleNamespace(trange=range, tqdm=lambda x: x)}
+    wanted = ("get_token_with_space", "remove_space_from_token", "get_uppercase_token", "get_lowercase_token",
+              "check_fuzzy_match", "check_long_prefix_by_attn")
+    fns = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name in wanted]
+    exec(compile(ast.Module(fns, type_ignores=[]), "long_prefix_induction.py", "exec"), real_ns)
+    real = {}
+    with torch.no_grad():
+        for head in range(tl_model.cfg.n_heads):
+            examples, lens = real_ns["check_long_prefix_by_attn"](tl_model, N_REAL_ROWS, 1, layer, head, 0.3)
+            real[str(head)] = {"prefix_lens": lens, "events": [[int(e[1]), int(e[2])] for e in examples]}
+    variants = [[real_ns[f](t) for f in wanted[:4]] for t in range(tl_model.cfg.d_vocab)]
     return {
+        "real_text": {"rows": rows, "threshold": 0.3, "layer": layer, "heads": real, "variants": variants,
+                      "variants_are": list(wanted[:4])},
         "made_by": "long_prefix_induction.py get_avg_prefix_score_for_head (torch.manual_seed(0); random.seed(0); "
                    "prefix lengths 1..9) from ckkissane/attention-output-saes " + COMMIT + " on the embedded default "
                    "as a TransformerLens HookedTransformer",
