@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{model.name}'s context ({model.n_ctx}) is too short for prefixes up to {args.max_prefix}")
     texts = None
     if args.real_text:
-        texts, source = _texts(args.corpus)
+        texts, source = heldout_texts(args.corpus)
     try:
         with job_progress("induction (synthetic)", enabled=not args.json) as on_progress:
             syn = induction.synthetic_induction(
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _texts(spec: str) -> tuple[list[str], str]:
+def heldout_texts(spec: str) -> tuple[list[str], str]:
     from sae.zoo import corpus_texts, is_default
 
     texts = corpus_texts(spec, "heldout", synthetic=False)
