@@ -203,3 +203,14 @@ def test_first_fuzzy_real_text_matches_the_papers_check_long_prefix_by_attn(defa
         assert h.n_events == len(lens) and h.prefix_hist == hist, h.head
     every = induction.real_text_induction(default_model, [], rows=rows, threshold=rt["threshold"])
     assert sum(h.n_events for h in every.heads) > sum(h.n_events for h in res.heads)  # every event, not one per row
+
+
+def test_induction_proxy_is_the_papers_create_better_proxy_mask(default_model, paper_induction):
+    from sae.analysis import proxy as px
+    from sae.analysis.fuzzy import FuzzyMatch
+
+    rt, ref = paper_induction["real_text"], paper_induction["proxy"]
+    tok = default_model.tokenizer
+    fuzzy = FuzzyMatch(lambda t: tok.decode([t]), default_model.encode)
+    got = px.induction_mask(rt["rows"], ref["target"], lambda t: sorted(fuzzy.variants(t)))
+    assert got.int().tolist() == ref["mask"] and got.sum() > 10

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--layers", default=None, help="layers to noise, e.g. 1,2 (default the middle layer and the next)")
     p.add_argument("--features", default=None, help="path: feature ids, e.g. 12,40 (default the top 3 by effect)")
     p.add_argument("--heads", default=None, help="path: later heads as L.H, e.g. 2.0,2.3 (default every later head)")
-    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all; 'combined': new names, a prepended sentence and an inserted clause; its text is attnscope's unless --paper, which uses the paper's exact text and name draw)")
+    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all, or with --paper the paper's two: combined,alongside; 'combined': new names, a prepended sentence and an inserted clause; its text is attnscope's unless --paper, which uses the paper's exact text and name draw)")
     p.add_argument("--names", default=None, help="comma-separated names to draw from (default attnscope's 60 names, or the paper's 109 with --paper/--split mixed; only single-token ones are used)")
     p.add_argument("--top", type=int, default=10, help="features: how many to list (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     with job_progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
         if args.experiment == "noising":
             result = ioi.run_noising(
-                model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
+                model, data, layers,
+                corruptions or (ioi_data.PAPER_CORRUPTIONS if args.paper else tuple(ioi_data.CORRUPTIONS)),
+                batch_size=args.batch_size,
                 on_progress=on_progress,
             )
         else:

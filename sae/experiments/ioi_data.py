@@ -207,8 +207,9 @@ CORRUPTIONS: dict[str, str] = {
     "rel_pos": "a clause inserted after the name pair: S2 and END move away from S1, IO and ' and'",
     "alongside": "' and' between the two first names replaced by ' alongside'",
     "names_abs": "names changed (CDD) and a sentence prepended: keeps only 'a name duplicating one beside and'",
-    "combined": "the paper's corruption: names changed (CDD), a sentence prepended and a clause inserted after the "
-    "name pair, so absolute and relative positions both move; keeps only 'a name duplicating one beside and'",
+    "combined": "the paper's kind of corruption in attnscope's text: names changed (CDD, C != D), a sentence "
+    "prepended and a clause inserted after the name pair, so absolute and relative positions both move; keeps only "
+    "'a name duplicating one beside and' (the paper's exact text and name draw: the paper setting)",
 }
 PAPER_CORRUPTIONS: tuple[str, ...] = ("combined", "alongside")  # the two the paper reports (~93% and ~43%)
 PREFIX_SENTENCE = "It was a quiet morning in the town.\n"  # ends in a newline so the prompt's first word keeps its tokens

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import ast
+import collections
 import json
 import random
 import subprocess
@@ -176,9 +177,24 @@ def induction_fixture(tok) -> dict:
             examples, lens = real_ns["check_long_prefix_by_attn"](tl_model, N_REAL_ROWS, 1, layer, head, 0.3)
             real[str(head)] = {"prefix_lens": lens, "events": [[int(e[1]), int(e[2])] for e in examples]}
     variants = [[real_ns[f](t) for f in wanted[:4]] for t in range(tl_model.cfg.d_vocab)]
+
+    # induction_feature_deep_dive.py's proxy ("X is next by induction") on the same rows, for the most frequent
+    # token that follows a repeated token there
+    deep = ast.parse(paper_file("induction_feature_deep_dive.py"))
+    keep = [st for st in deep.body if (isinstance(st, ast.FunctionDef) and st.name in (*wanted[:4], "create_better_proxy_mask"))
+            or (isinstance(st, ast.Assign) and getattr(st.targets[0], "id", "").endswith(("_token", "_to_token"))
+                and getattr(st.targets[0], "id", "") != "board_token")]
+    proxy_ns = {"model": tl_model, "torch": torch, "collections": collections}
+    exec(compile(ast.Module(keep, type_ignores=[]), "induction_feature_deep_dive.py", "exec"), proxy_ns)
+    after_repeat = collections.Counter(
+        r[i + 1] for r in rows for i in range(1, len(r) - 1) if r[i] in r[1:i])
+    target = after_repeat.most_common(1)[0][0]
+    proxy_mask = proxy_ns["create_better_proxy_mask"](all_tokens, target)
     return {
         "real_text": {"rows": rows, "threshold": 0.3, "layer": layer, "heads": real, "variants": variants,
                       "variants_are": list(wanted[:4])},
+        "proxy": {"target": int(target), "mask": proxy_mask.int().tolist(),
+                  "made_by": "induction_feature_deep_dive.py create_better_proxy_mask(rows, target)"},
         "made_by": "long_prefix_induction.py get_avg_prefix_score_for_head (torch.manual_seed(0); random.seed(0); "
                    "prefix lengths 1..9) from ckkissane/attention-output-saes " + COMMIT + " on the embedded default "
                    "as a TransformerLens HookedTransformer",
