@@ -19,6 +19,7 @@ from workbench.engine.views import (
     HeadView,
     HistogramView,
     PromptView,
+    ProxyView,
     QuantileView,
     SourceView,
     TraceNodeView,
@@ -30,6 +31,6 @@ from workbench.engine.worker import Cancelled, EngineError, JobHandle, Reporter,
 __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
-    "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
+    "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
     "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
 ]

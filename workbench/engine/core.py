@@ -24,6 +24,7 @@ from workbench.engine.views import (
     experiment_view,
     heads_view,
     prompt_view,
+    proxy_view,
     trace_view,
 )
 from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker, one_line
@@ -300,6 +301,35 @@ class Engine:
             return experiment_view(out)
 
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
+
+    def run_proxy(self, layer: int, feature: int, rule: str, post: Post, rows: int = 64) -> JobHandle:
+        """A feature against a proxy on held-out text (sae.analysis.proxy.proxy_study); the result is a
+        `ProxyView`. A rule that cannot be read fails the job with its one-line `ProxyError`."""
+
+        def job(rep: Reporter) -> Any:
+            from sae.analysis.dashboards.scan import DashboardSpec
+            from sae.analysis.proxy import parse_proxy, proxy_study
+            from sae.engine.activations import pack_tokens
+            from sae.zoo import corpus_texts
+
+            model = self._need_model()
+            sae = self._sae(layer)
+            proxy = parse_proxy(rule, model.encode)
+            seq = min(128, model.n_ctx)
+            docs, chars = [], 0
+            for doc in corpus_texts(DashboardSpec().corpus, "heldout", synthetic=False):
+                docs.append(doc)
+                chars += len(doc)
+                if chars > rows * seq * 8:  # enough text for `rows` rows; the rest is not tokenised
+                    break
+            token_rows = pack_tokens(docs, model.encode, seq, model.bos_token_id, max_rows=rows)
+            if len(token_rows) == 0:
+                raise EngineError(f"the held-out text is shorter than one row of {seq} tokens")
+            study = proxy_study(model, sae, layer, feature, proxy, token_rows, source="held-out text",
+                                on_progress=rep.progress, cancel=rep.cancel)
+            return proxy_view(study)
+
+        return self.start_job("proxy", job, post, label=f"proxy of L{layer} F{feature}", key=f"proxy:{layer}")
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
         """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`."""

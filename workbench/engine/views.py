@@ -182,6 +182,25 @@ class ExperimentView:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ProxyView:
+    """A feature against a proxy (sae.analysis.proxy.ProxyStudy): `summary` one line; `bins` (range, proxy-true
+    count, proxy-false count, expected value true, expected value false) per activation bin; examples of false
+    positives (the feature fires, the proxy does not hold) and false negatives; `data` the study as JSON."""
+
+    layer: int
+    feature: int
+    proxy: str
+    rule: str
+    summary: str
+    specificity: float | None
+    sensitivity: float | None
+    bins: tuple[tuple[str, int, int, float, float], ...]
+    false_positives: tuple[ExampleView, ...]
+    false_negatives: tuple[ExampleView, ...]
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
 # ---- adapters: `sae/` results -> views -----------------------------------------------------------------
 
 
@@ -314,6 +333,29 @@ def experiment_view(result: IOIResult) -> ExperimentView:
         experiment=result.experiment, n_prompts=st.n_prompts, layer=result.sae_layer, summary=summary,
         clean_logit_diff=clean, records=records, sort_key=numeric[0] if numeric else None,
         settings=asdict(st), data=result.to_dict(),
+    )
+
+
+def proxy_view(study: Any) -> ProxyView:
+    """sae.analysis.proxy.ProxyStudy -> the feature screen's proxy panel."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    e = study.edges
+    bins = tuple((f"{e[i]:.3g}-{e[i + 1]:.3g}", int(study.counts_true[i]), int(study.counts_false[i]),
+                  float(study.expected_true[i]), float(study.expected_false[i])) for i in range(len(e) - 1))
+    summary = (f"proxy {study.proxy}: specificity {pct(study.specificity)} ({study.true_positives} of "
+               f"{study.n_fires} firings), sensitivity {pct(study.sensitivity)} ({study.true_positives} of "
+               f"{study.n_proxy} proxy tokens) on {study.n_tokens:,} tokens of {study.source}")
+    return ProxyView(
+        layer=study.layer, feature=study.feature, proxy=study.proxy, rule=study.rule, summary=summary,
+        specificity=study.specificity, sensitivity=study.sensitivity, bins=bins,
+        false_positives=tuple(ExampleView(tokens=list(x.tokens), active=x.active, act=x.act)
+                              for x in study.false_positive_examples),
+        false_negatives=tuple(ExampleView(tokens=list(x.tokens), active=x.active, act=x.act)
+                              for x in study.false_negative_examples),
+        data=study.to_dict(),
     )
 
 
