@@ -150,11 +150,6 @@ class FeatureRow:
 @dataclass(frozen=True)
 class FeaturesResult(IOIResult):
     layer: int
-
-    @property
-    def sae_layer(self) -> int | None:
-        return self.layer
-
     position: str
     n_live: int
     d_sae: int
@@ -162,6 +157,10 @@ class FeaturesResult(IOIResult):
     error_term: OrderDelta
     features: tuple[FeatureRow, ...]
     top_by_order: dict[str, list[int]]
+
+    @property
+    def sae_layer(self) -> int | None:
+        return self.layer
 
     def rows(self) -> tuple[FeatureRow, ...]:
         return self.features
@@ -180,15 +179,14 @@ class PathRow:
 @dataclass(frozen=True)
 class PathResult(IOIResult):
     layer: int
-
-    @property
-    def sae_layer(self) -> int | None:
-        return self.layer
-
     position: str
     features_picked: str
     features: tuple[int, ...]
     paths: tuple[PathRow, ...]
+
+    @property
+    def sae_layer(self) -> int | None:
+        return self.layer
 
     def rows(self) -> tuple[PathRow, ...]:
         return self.paths
