@@ -18,6 +18,8 @@ from workbench.engine.views import (
     HeadsView,
     HeadView,
     HistogramView,
+    InductionHeadView,
+    InductionView,
     PromptView,
     ProxyView,
     QuantileView,
@@ -30,7 +32,7 @@ from workbench.engine.worker import Cancelled, EngineError, JobHandle, Reporter,
 
 __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
-    "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
+    "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "InductionHeadView", "InductionView", "JobHandle",
     "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
     "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
 ]

@@ -23,6 +23,7 @@ from workbench.engine.views import (
     dashboard_view,
     experiment_view,
     heads_view,
+    induction_view,
     prompt_view,
     proxy_view,
     trace_view,
@@ -277,14 +278,14 @@ class Engine:
 
     def run_induction(self, n: int, post: Post, seed: int = 0) -> JobHandle:
         """Synthetic repeated-prefix induction scores per head (sae.experiments.induction.synthetic_induction);
-        the result is its `SyntheticInduction`."""
+        the result is an `InductionView`."""
 
         def job(rep: Reporter) -> Any:
             from sae.experiments import induction
 
             model = self._need_model()
-            return induction.synthetic_induction(model, n=n, seq_len=min(128, model.n_ctx), seed=seed,
-                                                 on_progress=rep.progress, cancel=rep.cancel)
+            return induction_view(induction.synthetic_induction(
+                model, n=n, seq_len=min(128, model.n_ctx), seed=seed, on_progress=rep.progress, cancel=rep.cancel))
 
         return self.start_job("induction", job, post, label="induction experiment", key="induction")
 

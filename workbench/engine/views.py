@@ -183,6 +183,29 @@ class ExperimentView:
 
 
 @dataclass(frozen=True)
+class InductionHeadView:
+    layer: int
+    head: int
+    scores: Mapping[str, float]  # prefix length -> mean induction score
+    kind: str  # long-prefix | short-prefix | not induction
+
+
+@dataclass(frozen=True)
+class InductionView:
+    """sae.experiments.induction.SyntheticInduction for the induction screen: scores per head and prefix length,
+    the heads classed as induction heads (highest long-prefix score first), the rule, and which sampling ran;
+    `data` the whole result as JSON (for findings)."""
+
+    prefix_lengths: tuple[int, ...]
+    heads: tuple[InductionHeadView, ...]
+    found: tuple[InductionHeadView, ...]
+    rule: str
+    sampling: str
+    design: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ProxyView:
     """A feature against a proxy (sae.analysis.proxy.ProxyStudy): `summary` one line; `bins` (range, proxy-true
     count, proxy-false count, expected value true, expected value false) per activation bin; examples of false
@@ -333,6 +356,19 @@ def experiment_view(result: IOIResult) -> ExperimentView:
         experiment=result.experiment, n_prompts=st.n_prompts, layer=result.sae_layer, summary=summary,
         clean_logit_diff=clean, records=records, sort_key=numeric[0] if numeric else None,
         settings=asdict(st), data=result.to_dict(),
+    )
+
+
+def induction_view(res: Any) -> InductionView:
+    """sae.experiments.induction.SyntheticInduction -> the induction screen's view."""
+
+    def head(h: Any) -> InductionHeadView:
+        return InductionHeadView(layer=h.layer, head=h.head, scores=dict(h.scores), kind=h.kind)
+
+    return InductionView(
+        prefix_lengths=tuple(res.prefix_lengths), heads=tuple(head(h) for h in res.heads),
+        found=tuple(head(h) for h in res.induction_heads()), rule=res.rule, sampling=res.sampling, design=res.design,
+        data=res.to_dict(),
     )
 
 
