@@ -104,8 +104,12 @@ def test_logit_effects_by_hand(tiny_model, sae, built):
     dh = tiny_model.d_head
     direction = sum(sae.W_dec[f, h * dh : (h + 1) * dh] @ b.W_O[LAYER, h] for h in range(tiny_model.n_heads))
     direction = (direction - direction.mean()) * b.ln_final.original_component.weight
-    logits = (direction @ b.W_U).detach()
+    w_u = b.W_U - b.W_U.mean(dim=1, keepdim=True)  # vocabulary-centred, as the paper's DLA
+    logits = (direction @ w_u).detach()
     top = logits.topk(4)
+    raw = (direction @ b.W_U).detach()  # the raw unembedding ranks the same tokens, shifted by a constant
+    assert torch.equal(raw.topk(4).indices, top.indices)
+    torch.testing.assert_close(raw - logits, (direction @ b.W_U.mean(dim=1)).detach().expand_as(raw), atol=1e-4, rtol=1e-4)
     assert [t for t, _ in board.logits_top] == tiny_model.token_strs(top.indices)
     torch.testing.assert_close(torch.tensor([v for _, v in board.logits_top]), top.values, atol=1e-4, rtol=1e-4)
     shares = torch.tensor(board.head_shares)

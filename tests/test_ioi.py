@@ -123,9 +123,10 @@ def test_clean_logit_diff_matches_unpadded_single_prompts(ioi_model, data):
             toks, _ = ioi_model.to_tokens(p.text)
             last = ioi_model.bridge(toks)[0, -1]
             diffs.append(float(last[ioi_model.encode(" " + p.io)[0]] - last[ioi_model.encode(" " + p.s)[0]]))
-    assert r["clean_logit_diff"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-5)
-    assert r["accuracy"] == pytest.approx(sum(d > 0 for d in diffs) / len(diffs))
-    assert set(r) >= {"model", "n_prompts", "experiment", "clean_logit_diff"} and r["n_prompts"] == 8
+    assert r.clean_logit_diff == pytest.approx(sum(diffs) / len(diffs), abs=1e-5)
+    assert r.accuracy == pytest.approx(sum(d > 0 for d in diffs) / len(diffs))
+    assert set(r.to_dict()) >= {"model", "n_prompts", "experiment", "clean_logit_diff", "setting"} and r.n_prompts == 8
+    assert (r.settings.seed, r.settings.split, r.settings.bos, r.settings.setting) == (3, "all", True, "attnscope")
 
 
 def test_splice_with_error_term_reproduces_clean_logits(ioi_model, data):
@@ -137,9 +138,9 @@ def test_splice_with_error_term_reproduces_clean_logits(ioi_model, data):
     torch.testing.assert_close(with_err, clean, atol=1e-5, rtol=0)
     assert (without - clean).abs().max() > 1e-3  # the test would be vacuous if the SAEs were the identity
     r = ioi.run_splice(ioi_model, data, saes, batch_size=4)
-    rec = {(s["layers"], s["error_term"]): s for s in r["splices"]}
-    assert rec[("all", True)]["max_abs_change"] < 1e-5
-    assert rec[("all", False)]["max_abs_change"] > 1e-4
+    rec = {(s.layers, s.error_term): s for s in r.splices}
+    assert rec[("all", True)].max_abs_change < 1e-5
+    assert rec[("all", False)].max_abs_change > 1e-4
 
 
 def test_feature_ablation_touches_only_s2(ioi_model, data):
@@ -185,13 +186,13 @@ def test_features_experiment_effects_match_a_direct_ablation(ioi_model, data):
     layer = 1
     sae = random_sae(ioi_model, layer, d_sae=48, seed=5)
     r = ioi.run_features(ioi_model, data, sae, layer, top=0, batch_size=3)
-    assert r["n_live"] == len(r["features"]) > 0
-    top = r["features"][0]
-    clean = ioi.run_clean(ioi_model, data)["clean_logit_diff"]
+    assert r.n_live == len(r.features) > 0
+    top = r.features[0]
+    clean = ioi.run_clean(ioi_model, data).clean_logit_diff
     # independent: subtract f_i W_dec[i] from the raw hook_z at S2 for every prompt (silent prompts: f = 0)
     z = ioi_model.capture_z(data.tokens, [layer])[layer]
-    f = sae.encode(z[torch.arange(len(data)), data.s2])[:, top["feature"]]
-    delta = (f[:, None] * sae.W_dec[top["feature"]]).view(len(data), ioi_model.n_heads, ioi_model.d_head)
+    f = sae.encode(z[torch.arange(len(data)), data.s2])[:, top.feature]
+    delta = (f[:, None] * sae.W_dec[top.feature]).view(len(data), ioi_model.n_heads, ioi_model.d_head)
 
     def hook(zz, hook):
         zz = zz.clone()
@@ -201,13 +202,13 @@ def test_features_experiment_effects_match_a_direct_ablation(ioi_model, data):
     with torch.no_grad():
         logits = ioi_model.bridge.run_with_hooks(data.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
     ld = ioi.logit_diffs_from_logits(logits, data).mean()
-    assert top["delta"] == pytest.approx(float(ld) - clean, abs=1e-5)
+    assert top.delta == pytest.approx(float(ld) - clean, abs=1e-5)
 
 
 def test_head_zero_ablation_matches_raw_hook(ioi_model, data):
     r = ioi.run_heads(ioi_model, data, batch_size=8)
-    rec = {(h["layer"], h["head"]): h for h in r["heads"]}
-    clean = r["clean_logit_diff"]
+    rec = {(h.layer, h.head): h for h in r.heads}
+    clean = r.clean_logit_diff
     layer, head = 2, 1
     blk = ioi_model.bridge.blocks[layer]
     b_v = ioi_model.bridge.b_V[layer, head] + blk.ln1.original_component.bias @ ioi_model.bridge.W_V[layer, head]
@@ -219,9 +220,9 @@ def test_head_zero_ablation_matches_raw_hook(ioi_model, data):
 
     with torch.no_grad():
         logits = ioi_model.bridge.run_with_hooks(data.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
-    assert rec[(layer, head)]["zero_delta"] == pytest.approx(float(ioi.logit_diffs_from_logits(logits, data).mean()) - clean, abs=1e-5)
-    assert len(r["heads"]) == ioi_model.n_layers * ioi_model.n_heads
-    assert abs(r["heads"][0]["zero_delta"]) >= abs(r["heads"][-1]["zero_delta"])
+    assert rec[(layer, head)].zero_delta == pytest.approx(float(ioi.logit_diffs_from_logits(logits, data).mean()) - clean, abs=1e-5)
+    assert len(r.heads) == ioi_model.n_layers * ioi_model.n_heads
+    assert abs(r.heads[0].zero_delta) >= abs(r.heads[-1].zero_delta)
 
 
 def test_feature_direction_is_its_attention_output(ioi_model):
@@ -303,14 +304,14 @@ def test_noising_patches_s2_from_the_corrupted_prompt(ioi_model, data):
 
         logits = ioi_model.bridge.run_with_hooks(data.tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
     expected = float(ioi.logit_diffs_from_logits(logits, data).mean())
-    assert r["results"][0]["logit_diff"] == pytest.approx(expected, abs=1e-5)
-    assert r["results"][0]["recovered"] == pytest.approx(expected / r["clean_logit_diff"], rel=1e-4)
+    assert r.results[0].logit_diff == pytest.approx(expected, abs=1e-5)
+    assert r.results[0].recovered == pytest.approx(expected / r.clean_logit_diff, rel=1e-4)
 
 
 def test_path_experiment_runs_and_validates(ioi_model, data):
     sae = random_sae(ioi_model, 1, d_sae=48, seed=5)
     r = ioi.run_path(ioi_model, data, sae, 1, features=[3, 4], heads=[(2, 0), (2, 3)], batch_size=4)
-    assert {p["heads"] for p in r["paths"]} == {"2.0", "2.3", "2.0,2.3"} and len(r["paths"]) == 6
+    assert {p.heads for p in r.paths} == {"2.0", "2.3", "2.0,2.3"} and len(r.paths) == 6
     with pytest.raises(ioi.IOIError, match="not after layer"):
         ioi.run_path(ioi_model, data, sae, 1, features=[3], heads=[(1, 0)])
     with pytest.raises(ioi.IOIError, match="outside the SAE"):
@@ -362,7 +363,7 @@ def test_bad_input(ioi_model, data, tiny_model):
     # the shared tiny model's tokenizer keeps only two names: clean runs, the names corruption is skipped
     small = ioi.build_dataset(tiny_model, 4, seed=0, split="all")
     r = ioi.run_noising(tiny_model, small, [1], ["names", "alongside"])
-    assert [s["corruption"] for s in r["skipped"]] == ["names"]
+    assert [s.corruption for s in r.skipped] == ["names"]
 
 
 # ---- the paper's noising: the combined corruption, reference values, fractions, BOS optional ----------------------
@@ -436,15 +437,15 @@ def test_noising_references_and_fractions_by_hand(ioi_model):
         c = ioi_data.corrupt(p, "combined", data.names, data.seed)
         own.append(_ld_one(ioi_model, ioi_data.prompt_ids(enc, c, bos), enc(" " + c.io)[0], enc(" " + c.s)[0]))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    refs = {x["reference"]: x for x in r["references"]}
-    assert refs["clean"]["logit_diff"] == pytest.approx(mean(clean), abs=1e-4)
-    assert refs["clean"]["fraction"] == pytest.approx(1.0)
-    assert refs["S2-only"]["logit_diff"] == pytest.approx(mean(s2only), abs=1e-4)
-    assert refs["S2-only"]["fraction"] == pytest.approx(mean(s2only) / mean(clean), rel=1e-3)
-    assert refs["corrupted (combined)"]["logit_diff"] == pytest.approx(mean(own), abs=1e-4)
-    assert refs["corrupted (combined)"]["fraction"] == pytest.approx(mean(own) / mean(clean), rel=1e-3)
-    res = r["results"][0]
-    assert res["corruption"] == "combined" and res["recovered"] == pytest.approx(res["logit_diff"] / mean(clean), rel=1e-3)
+    refs = {x.reference: x for x in r.references}
+    assert refs["clean"].logit_diff == pytest.approx(mean(clean), abs=1e-4)
+    assert refs["clean"].fraction == pytest.approx(1.0)
+    assert refs["S2-only"].logit_diff == pytest.approx(mean(s2only), abs=1e-4)
+    assert refs["S2-only"].fraction == pytest.approx(mean(s2only) / mean(clean), rel=1e-3)
+    assert refs["corrupted (combined)"].logit_diff == pytest.approx(mean(own), abs=1e-4)
+    assert refs["corrupted (combined)"].fraction == pytest.approx(mean(own) / mean(clean), rel=1e-3)
+    res = r.results[0]
+    assert res.corruption == "combined" and res.recovered == pytest.approx(res.logit_diff / mean(clean), rel=1e-3)
 
 
 def test_no_bos_drops_position_zero(ioi_model):
@@ -457,9 +458,35 @@ def test_no_bos_drops_position_zero(ioi_model):
     for f in ("io", "s1", "s2", "end"):
         assert torch.equal(getattr(without, f), getattr(with_bos, f) - 1)
     r = ioi.run_noising(ioi_model, without, [1], ["rel_pos"], batch_size=4)
-    assert r["bos"] is False and r["results"][0]["logit_diff"] is not None
+    assert r.settings.bos is False and r.results[0].logit_diff is not None
 
 
 def test_default_split_is_every_template(ioi_model):
     data = ioi.build_dataset(ioi_model, 200, seed=0)
     assert data.split == "all" and {p.template for p in data.prompts} == set(range(len(BABA_TEMPLATES)))
+
+
+def test_noising_zero_ablation_reference_zeroes_attn_out_at_s2_only(ioi_model):
+    """The zero-ablation reference, by hand: the attention output (W_O z + b_O) of layer 1 set to 0 at S2 alone,
+    written as a plain hook on the block's residual update (not the paper's helper, which zeroes every position)."""
+    data = ioi.build_dataset(ioi_model, 4, seed=6)
+    r = ioi.run_noising(ioi_model, data, [1], ["abs_pos"], batch_size=4)
+    zero = next(x for x in r.references if x.reference.startswith("zero-ablated"))
+    seen = {}
+
+    def hook(out, hook):
+        seen["positions"] = out.shape[1]
+        out = out.clone()
+        for b in range(out.shape[0]):
+            out[b, int(data.s2[b])] = 0.0
+        return out
+
+    with torch.no_grad():
+        logits = ioi_model.bridge.run_with_hooks(data.tokens, fwd_hooks=[("blocks.1.hook_attn_out", hook)])
+    expected = float(ioi.logit_diffs_from_logits(logits, data).mean())
+    assert zero.logit_diff == pytest.approx(expected, abs=1e-5)
+    assert zero.fraction == pytest.approx(expected / r.clean_logit_diff, rel=1e-4)
+    # zeroing everywhere (the paper's inverted condition) gives another number
+    with torch.no_grad():
+        everywhere = ioi_model.bridge.run_with_hooks(data.tokens, fwd_hooks=[("blocks.1.hook_attn_out", lambda o, hook: o * 0)])
+    assert abs(float(ioi.logit_diffs_from_logits(everywhere, data).mean()) - expected) > 1e-3

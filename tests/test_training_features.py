@@ -102,7 +102,9 @@ def test_paper_preset_is_the_papers_recipe():
     assert c.architecture == "standard" and c.normalize_activations == "none"
     assert [c.width(layer, 768) for layer in range(12)] == [24576] * 5 + [49152, 24576, 49152] + [24576] * 4
     assert [c.l1_for(layer, 1.0) for layer in range(12)] == list(PAPER_L1)
-    assert (c.lr, c.beta1, c.beta2, c.total_tokens, c.batch_size, c.context_size) == (1.2e-3, 0.9, 0.99, 2e9, 4096, 128)
+    # betas and the b_dec start: the authors' train.py (the released runs' names give lr, width, L1, batch, resampling)
+    assert (c.lr, c.beta1, c.beta2, c.total_tokens, c.batch_size, c.context_size) == (1.2e-3, 0.0, 0.9999, 2e9, 4096, 128)
+    assert c.b_dec_init == "zeros"
     s = resolve_schedule(c)
     assert (s.warmup_steps, s.resample_every, s.resample_window) == (1000, 25_000, 12_500) and c.max_resamples == 4
     assert c.decoder_norm == "unit"  # the paper keeps decoder rows at unit norm

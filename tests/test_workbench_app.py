@@ -259,3 +259,33 @@ async def test_induction_screen_runs_a_job_and_ioi_errors_inline(app, tiny_model
             assert ioi.query_one("#ioi-status").is_error
         else:
             assert ioi.query_one("#ioi-table").row_count > 0
+
+
+async def test_feature_screen_proxy_study(app, tmp_path, monkeypatch):
+    """y on the feature screen: a proxy rule, the study on held-out text, its panel; escape returns to the dashboard."""
+    corpus = tmp_path / "heldout.txt"
+    corpus.write_text("Mary and John went to the store. John gave a drink to Mary. " * 60)
+    from sae.analysis.dashboards import scan
+
+    monkeypatch.setattr(scan.DashboardSpec, "corpus", str(corpus))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        await pilot.press("enter")
+        await settle(pilot, lambda: getattr(app.screen, "view", None) is not None)
+        feat = app.screen
+        await pilot.press("y")
+        await pilot.pause()
+        await pilot.press(*"bogus", "enter")
+        await pilot.pause()
+        assert "KIND:ARG" in str(app.screen.query_one("#ask-error").render())
+        app.screen.query_one("#ask-input").value = "regex:Mary"
+        await pilot.press("enter")
+        await settle(pilot, lambda: feat.proxy is not None, timeout=60)
+        assert feat.proxy.proxy == "regex:Mary" and "specificity" in feat.proxy.summary
+        assert sum(t + f for _, t, f, _, _ in feat.proxy.bins) == feat.proxy.data["n_fires"]
+        finding = feat.current_finding()
+        assert finding is not None and "against regex:Mary" in finding.title and finding.data["proxy"] == "regex:Mary"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert feat.proxy is None

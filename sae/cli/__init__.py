@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "zoo",
     "features",
     "trace",
+    "compose",
+    "proxy",
     "dashboards",
     "heads",
     "families",

@@ -29,8 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--context-size", type=positive_int, default=None, help="row length (default: the SAE's, capped by the model)")
     p.add_argument("--batch-rows", type=positive_int, default=8, help="rows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    p.add_argument("--include-bos", action="store_true",
-                   help="count special-token positions (BOS/EOS/PAD) too; default: leave them out, as SAELens does")
+    p.add_argument("--include-bos", "--paper", dest="include_bos", action="store_true",
+                   help="count special-token positions (BOS/EOS/PAD) too, as the paper's CE loss recovered does "
+                   "(--paper is the same flag); default: leave them out, as SAELens does")
     p.add_argument("--write", action="store_true", help="store the metrics in each SAELens dir's cfg.json and sparsity file")
     add_output_flags(p)
     p.set_defaults(func=run)

@@ -12,7 +12,7 @@ from sae.cli.ioi import load_model_or_fail
 
 
 def register(subparsers) -> None:
-    from sae.experiments.induction import N_SEQUENCES, classification_rule
+    from sae.experiments.induction import MATCHINGS, N_SEQUENCES, SAMPLINGS, classification_rule
 
     p = subparsers.add_parser(
         "induction",
@@ -31,6 +31,13 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threshold", type=float, default=None, help="score over the longest prefixes that makes an induction head (default 0.15)")
     p.add_argument("--real-text", action="store_true", help="also run the held-out-text study")
+    p.add_argument("--sampling", choices=list(SAMPLINGS), default=None,
+                   help="synthetic sequences: " + "; ".join(f"{k}: {v}" for k, v in SAMPLINGS.items())
+                   + " (default attnscope; paper with --paper)")
+    p.add_argument("--matching", choices=list(MATCHINGS), default=None,
+                   help="--real-text events: " + "; ".join(f"{k}: {v}" for k, v in MATCHINGS.items())
+                   + " (default every-exact; first-fuzzy with --paper)")
+    p.add_argument("--paper", action="store_true", help="the paper's choices: --sampling paper --matching first-fuzzy")
     p.add_argument("--corpus", default="default", help="text for --real-text: a file or directory (default: the held-out split of the embedded corpus)")
     p.add_argument("--rows", type=int, default=16, help="--real-text: rows of text (default 16)")
     add_model_flags(p, saes=False)
@@ -55,19 +62,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{model.name}'s context ({model.n_ctx}) is too short for prefixes up to {args.max_prefix}")
     texts = None
     if args.real_text:
-        texts, source = _texts(args.corpus)
+        texts, source = heldout_texts(args.corpus)
     try:
         with job_progress("induction (synthetic)", enabled=not args.json) as on_progress:
             syn = induction.synthetic_induction(
                 model, n=args.n, prefix_lengths=range(1, args.max_prefix + 1), seq_len=args.seq_len, seed=args.seed,
                 batch_size=args.batch_size, threshold=threshold, on_progress=on_progress,
+                sampling=args.sampling or ("paper" if args.paper else "attnscope"),
             )
         result = syn.to_dict()
         if texts is not None:
             with job_progress("induction (real text)", enabled=not args.json) as on_progress:
                 real = induction.real_text_induction(
                     model, texts, n_rows=args.rows, seq_len=args.seq_len, seed=args.seed, source=source,
-                    on_progress=on_progress,
+                    matching=args.matching or ("first-fuzzy" if args.paper else "every-exact"), on_progress=on_progress,
                 )
             result["real_text"] = real.to_dict()
     except AttnscopeError:
@@ -78,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _texts(spec: str) -> tuple[list[str], str]:
+def heldout_texts(spec: str) -> tuple[list[str], str]:
     from sae.zoo import corpus_texts, is_default
 
     texts = corpus_texts(spec, "heldout", synthetic=False)
@@ -93,8 +101,9 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     found = [h for h in r["heads"] if h["kind"] != "not induction"]
     names = ", ".join(f"{h['layer']}.{h['head']} ({h['kind']})" for h in found) or "none"
     head = (
-        f"{r['model']}: {r['n_per_length']} sequences of {r['seq_len']} tokens per prefix length, the repeat at a "
-        f"random position (seed {r['seed']}); DLA vocabulary-centred; induction heads: {names}. Rule: {r['rule']}"
+        f"{r['model']}: {r['n_per_length']} sequences of {r['seq_len']} tokens per prefix length, sampling "
+        f"{r['sampling']} ({r['design']}; seed {r['seed']}, mean query position {r['mean_query_pos']:.1f}); "
+        f"induction heads: {names}. Rule: {r['rule']}"
     )
     rows = []
     for h in r["heads"]:
@@ -113,8 +122,8 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
                 f"{h['attn_before']:.2f}", f"{h['attn_after']:.2f}",
             ])
         tbls.append((
-            f"real text ({rt['source']}, {rt['n_rows']} rows): attention > {rt['threshold']} to a non-BOS token; "
-            "src-2 replaced by a random token",
+            f"real text ({rt['source']}, {rt['n_rows']} rows): attention > {rt['threshold']} to a non-BOS token, "
+            f"matching {rt['matching']}; src-2 replaced by a random token",
             ["head", "events", "induction", "prefix 0/1/2/3/4+", "mean", "replaced", "before", "after"],
             rrows,
         ))

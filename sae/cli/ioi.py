@@ -20,15 +20,21 @@ def register(subparsers) -> None:
     )
     p.add_argument("--experiment", "-e", default="clean", help=f"one of {', '.join(EXPERIMENTS)} (default clean)")
     p.add_argument("--n", type=int, default=100, help="number of prompts, ABBA and BABA alternating (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
-    p.add_argument("--split", default="all", help="all (every template and name pair, the default, as in the paper), heldout (templates and name pairs unseen by the embedded default's training) or train")
-    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS (for models trained without it)")
+    p.add_argument("--paper", action="store_true", help="the paper's settings exactly: its IOIDataset('mixed') prompts "
+                   "(BABA[:7] + ABBA[:7], its 109 names kept where single tokens, 8 places, 8 objects), no BOS, seed 1 "
+                   "unless --seed, and its combined corruption ('It was a nice day. ' prepended, ' while the weather "
+                   "was nice' before the first clause's punctuation, C and D drawn independently)")
+    p.add_argument("--seed", type=int, default=None, help="prompt seed (default 0; 1 with --paper, the paper's)")
+    p.add_argument("--split", default=None, help="all (every one of the 15 templates and name pairs; attnscope's "
+                   "default), heldout (templates and name pairs unseen by the embedded default's training), train, or "
+                   "mixed (the paper's: 7 BABA + 7 ABBA templates, drawn as its IOIDataset; implied by --paper)")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS (models trained without it; implied by --paper, as the paper's prepend_bos=False)")
     p.add_argument("--layer", type=int, default=None, help="SAE layer for features/path (default the middle layer)")
     p.add_argument("--layers", default=None, help="layers to noise, e.g. 1,2 (default the middle layer and the next)")
     p.add_argument("--features", default=None, help="path: feature ids, e.g. 12,40 (default the top 3 by effect)")
     p.add_argument("--heads", default=None, help="path: later heads as L.H, e.g. 2.0,2.3 (default every later head)")
-    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all; 'combined' is the paper's: new names, a prepended sentence and a filler clause)")
-    p.add_argument("--names", default=None, help="comma-separated names to draw from (default Wang et al.'s list)")
+    p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all, or with --paper the paper's two: combined,alongside; 'combined': new names, a prepended sentence and an inserted clause; its text is attnscope's unless --paper, which uses the paper's exact text and name draw)")
+    p.add_argument("--names", default=None, help="comma-separated names to draw from (default attnscope's 60 names, or the paper's 109 with --paper/--split mixed; only single-token ones are used)")
     p.add_argument("--top", type=int, default=10, help="features: how many to list (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
     add_model_flags(p)
@@ -73,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--n must be a positive number of prompts, got {args.n}")
     if args.batch_size <= 0 or args.top < 0:
         raise UsageError("--batch-size must be positive and --top not negative")
-    if args.split not in ("heldout", "train", "all"):
-        raise UsageError(f"--split must be heldout, train or all, got {args.split!r}")
+    split = args.split or ("mixed" if args.paper else "all")
+    if split not in ("heldout", "train", "all", "mixed"):
+        raise UsageError(f"--split must be all, heldout, train or mixed, got {split!r}")
+    if args.paper and split != "mixed":
+        raise UsageError(f"--paper uses the paper's mixed split; drop --split {split}")
+    setting = "paper" if split == "mixed" else "attnscope"
+    seed = args.seed if args.seed is not None else (ioi_data.PAPER_SEED if setting == "paper" else 0)
     layers = _int_list(args.layers, "--layers")
     features = _int_list(args.features, "--features")
     heads = _heads(args.heads)
@@ -85,12 +96,19 @@ def run(args: argparse.Namespace) -> int:
     for l in ([args.layer] if args.layer is not None else []) + (layers or []) + [h[0] for h in heads or []]:
         if not 0 <= l < model.n_layers:
             raise UsageError(f"layer {l} is outside the model ({model.name} has layers 0..{model.n_layers - 1})")
-    data = ioi.build_dataset(model, args.n, seed=args.seed, split=args.split, names=names, bos=not args.no_bos)
-    saes = ioi.load_saes(zoo.resolve_saes(args.saes), model) if args.experiment in ioi.NEEDS_SAES else None
+    data = ioi.build_dataset(model, args.n, seed=seed, split=split, names=names,
+                             bos=not (args.no_bos or args.paper), setting=setting)
+    saes = None
+    if args.experiment in ioi.NEEDS_SAES:
+        saes = zoo.load_sae_set(args.saes, model=model, device=model.device)
+        for sae in saes.values():
+            sae.eval()
     with job_progress(f"ioi {args.experiment}", enabled=not args.json) as on_progress:
         if args.experiment == "noising":
             result = ioi.run_noising(
-                model, data, layers, corruptions or tuple(ioi_data.CORRUPTIONS), batch_size=args.batch_size,
+                model, data, layers,
+                corruptions or (ioi_data.PAPER_CORRUPTIONS if args.paper else tuple(ioi_data.CORRUPTIONS)),
+                batch_size=args.batch_size,
                 on_progress=on_progress,
             )
         else:
@@ -98,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 args.experiment, model, data, saes, layer=args.layer, layers=layers, features=features,
                 heads=heads, top=args.top, batch_size=args.batch_size, on_progress=on_progress,
             )
-    emit(args, result, to_markdown, pretty)
+    emit(args, result.to_dict(), to_markdown, pretty)
     return 0
 
 
@@ -118,8 +136,8 @@ def _pct(x: float | None) -> str:
 def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     """A one-line summary and `(title, columns, rows)` tables: shared by markdown and rich output."""
     head = (
-        f"{r['model']}: IOI {r['experiment']} on {r['n_prompts']} prompts (split {r['split']}, seed {r['seed']}"
-        f"{'' if r.get('bos', True) else ', no BOS'}); "
+        f"{r['model']}: IOI {r['experiment']} on {r['n_prompts']} prompts (setting {r['setting']}: split {r['split']}, "
+        f"seed {r['seed']}, {'BOS' if r['bos'] else 'no BOS'}, {r['n_names']} {r['names']} names); "
         f"clean logit diff {_f(r['clean_logit_diff'])}"
     )
     exp = r["experiment"]
@@ -152,12 +170,11 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     # noising
     rows = [[x["corruption"], x["layers"], _f(x["logit_diff"]), _pct(x["recovered"])] for x in r["results"]]
     rows += [[s["corruption"], "-", "skipped", s["reason"]] for s in r["skipped"]]
-    refs = [[x["reference"], _f(x["logit_diff"]), _pct(x["fraction"]) if "skipped" not in x else x["skipped"]]
-            for x in r.get("references", [])]
+    refs = [[x["reference"], _f(x["logit_diff"]), x["skipped"] or _pct(x["fraction"])] for x in r["references"]]
     legend = [[k, v] for k, v in r["corruptions"].items()]
     return head, [
         (f"attention output at S2 patched from corrupted prompts ({r['recovered_is']})", ["corruption", "layers", "logit diff", "fraction of clean"], rows),
-        (f"reference logit differences ({r.get('references_are', '')})", ["reference", "logit diff", "fraction of clean"], refs),
+        (f"reference logit differences ({r['references_are']})", ["reference", "logit diff", "fraction of clean"], refs),
         ("corruptions", ["name", "what changes"], legend),
     ]
 

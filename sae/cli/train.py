@@ -29,7 +29,8 @@ DESCRIPTION = (
 PAPER_EPILOG = (
     "--preset paper: the paper's GPT-2 Small recipe (Kissane et al. 2024): standard ReLU SAEs on raw z (no "
     "normalisation), width 24576 (32 x 768; 49152 for layers 5 and 7), per-layer L1 below, lr 1.2e-3, Adam "
-    "(0.9, 0.99), 1000 warm-up steps re-warmed after each resample, resampling every 25k steps at most 4 times "
+    "(0.0, 0.9999) and b_dec starting at zeros (the authors' train.py; the released runs' names carry no betas), "
+    "1000 warm-up steps re-warmed after each resample, resampling every 25k steps at most 4 times "
     "(dead = frequency <= 1e-6 over the last 12.5k steps), 2e9 tokens in batches of 4096, context 128, a "
     "384-batch shuffle buffer, bf16 autocast. Meant for `--model gpt2` on a GPU; flags given with it override it. "
     "The paper's per-layer L1 and the L0 it reports:"

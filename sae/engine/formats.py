@@ -69,7 +69,7 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
         "device": "cpu",
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "normalize_activations": cfg.normalize_activations,
-        "reshape_activations": "hook_z",
+        "reshape_activations": "hook_z" if cfg.hook_name.endswith("hook_z") else "none",
         "metadata": {
             # SAELens 6 reads the nested metadata only when it finds a version >= 6 here; without it, it takes the
             # file for a pre-6 config and drops this whole object (hook, model and context come back None)

@@ -105,9 +105,11 @@ def special_token_ids(tokenizer: Any) -> list[int]:
 
 BOS_RULE_EXCLUDED = (
     "positions holding a special token (BOS, EOS, PAD) are left out: not spliced, not counted in any average "
-    "(SAELens run_evals' exclude_special_tokens=True); zero-ablation still zeroes every position"
+    "(SAELens run_evals' exclude_special_tokens=True; not the paper's convention, which counts BOS: --include-bos); "
+    "zero-ablation still zeroes every position"
 )
-BOS_RULE_INCLUDED = "every position counts, the BOS position included (SAELens run_evals' exclude_special_tokens=False)"
+BOS_RULE_INCLUDED = ("every position counts, the BOS position included (the paper's CE-loss-recovered convention; "
+                     "SAELens run_evals' exclude_special_tokens=False)")
 
 
 class _Accum:

@@ -9,22 +9,31 @@ frozen, dotted with the **vocabulary-centred** unembedding of `y` (`W_U[:, y] - 
 that raises every logit alike scores 0). A long-prefix head needs several matching tokens before it attends; a
 short-prefix head attends already when only one token matches.
 
+Two samplings of the synthetic sequences (`SAMPLINGS`): "attnscope" draws the repeat's start `b` first and the
+first copy's start `a` before it, from non-special tokens, each prefix length seeded on its own; "paper" is the
+paper's `get_avg_prefix_score_for_head`: `torch.randperm(d_vocab)[:seq_len]` (the whole vocabulary) with BOS at 0,
+`a1 ~ U[1, seq_len - 30]`, `a2 ~ U[a1 + p + 1, seq_len - p - 1]`, one torch generator and one Python `random` seeded
+once for all prefix lengths in order. The paper's sampling puts the query later (mean position ~92 vs ~69 at 128).
+
 Real-text study: where a head attends more than 0.3 to a non-BOS source on held-out text, how many tokens before
 the destination match the tokens before the source (the matched prefix length); then, for matches of length two or
 more, the token at `src - 2` is replaced by a random token and the head's attention to `src` is measured again.
+Two matchings (`MATCHINGS`): "every-exact" (attnscope: every event, tokens equal) and "first-fuzzy" (the paper's
+`check_long_prefix_by_attn`: the first event of each row, tokens equal up to a leading space or case).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from sae.engine.activations import pack_tokens, usable_token_ids
 from sae.engine.jobs import CancelToken, ProgressFn, Steps
 from sae.analysis.dfa import pattern_hook_name
+from sae.analysis.fuzzy import FuzzyMatch
 from sae.engine.models import LoadedModel
 
 PREFIX_LENGTHS: tuple[int, ...] = tuple(range(1, 10))
@@ -36,6 +45,17 @@ SHORT_FRACTION = 0.5  # a short-prefix head already reaches this fraction of its
 
 
 N_SEQUENCES = 400  # sequences per prefix length, as in the paper
+SAMPLINGS: dict[str, str] = {
+    "attnscope": "the repeat's start drawn first at random, the first copy at random before it; distinct "
+                 "non-special tokens; each prefix length seeded on its own",
+    "paper": "the paper's: the first copy at a1 ~ U[1, seq_len-30], the repeat at a2 ~ U[a1+p+1, seq_len-p-1]; "
+             "tokens a random permutation of the whole vocabulary; one seed for all prefix lengths in order",
+}
+MATCHINGS: dict[str, str] = {
+    "every-exact": "every attention event (> threshold to a non-BOS source), prefix tokens equal",
+    "first-fuzzy": "the paper's: the first event of each row per head, prefix tokens equal up to a leading space "
+                   "or case (its check_fuzzy_match)",
+}
 
 
 def classification_rule(threshold: float = INDUCTION_THRESHOLD) -> str:
@@ -56,7 +76,7 @@ _vocab_pool = usable_token_ids  # the name the tests and the real-text study use
 # ---- synthetic sequences ---------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class RepeatedPrefixBatch:
     """`tokens [n, seq_len]`: BOS, then distinct random ids except that one run of `prefix_len` ids occurs twice.
 
@@ -110,6 +130,32 @@ def repeated_prefix_batch(pool: torch.Tensor, bos_id: int, n: int, prefix_len: i
     return RepeatedPrefixBatch(torch.stack(rows), torch.tensor(queries), torch.tensor(keys), torch.tensor(targets), p)
 
 
+def paper_batch(d_vocab: int, bos_id: int, n: int, prefix_len: int, seq_len: int, generator: torch.Generator,
+                rng: random.Random) -> RepeatedPrefixBatch:
+    """`n` sequences drawn as the paper's `get_avg_prefix_score_for_head` draws them, draw for draw.
+
+    Per sequence: `torch.randperm(d_vocab)[:seq_len]` from `generator`, BOS at 0, `a1 = rng.randint(1, seq_len-30)`,
+    `a2 = rng.randint(a1+p+1, seq_len-(p+1))`, then `tokens[a2:a2+p] = tokens[a1:a1+p]`. Query `a2+p-1`, key `a1+p`.
+    """
+    p = prefix_len
+    if p < 1 or seq_len < 31 or seq_len - 30 + p + 1 > seq_len - p - 1:
+        raise ValueError(f"the paper's sampling needs seq_len >= 31 and prefix length <= 14 (got {seq_len}, {p})")
+    if d_vocab < seq_len:
+        raise ValueError(f"the vocabulary ({d_vocab}) is smaller than a sequence ({seq_len})")
+    rows, queries, keys, targets = [], [], [], []
+    for _ in range(n):
+        row = torch.randperm(d_vocab, generator=generator)[:seq_len].clone()
+        row[0] = bos_id
+        a1 = rng.randint(1, seq_len - 30)
+        a2 = rng.randint(a1 + p + 1, seq_len - (p + 1))
+        row[a2 : a2 + p] = row[a1 : a1 + p].clone()
+        rows.append(row)
+        queries.append(a2 + p - 1)
+        keys.append(a1 + p)
+        targets.append(int(row[a1 + p]))
+    return RepeatedPrefixBatch(torch.stack(rows), torch.tensor(queries), torch.tensor(keys), torch.tensor(targets), p)
+
+
 def induction_scores_from_pattern(pattern_rows: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Attention from the query to each example's key.
 
@@ -155,7 +201,7 @@ def head_dla(model: LoadedModel, z: torch.Tensor, layer: int, scale: torch.Tenso
     return torch.einsum("bhm,bm->bh", resid, w_u)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadInduction:
     layer: int
     head: int
@@ -164,7 +210,7 @@ class HeadInduction:
     kind: str  # "long-prefix", "short-prefix" or "not induction"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticInduction:
     model: str
     n_per_length: int
@@ -174,10 +220,12 @@ class SyntheticInduction:
     rule: str
     heads: list[HeadInduction] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)  # the numbers in `rule`
+    sampling: str = "attnscope"  # a key of SAMPLINGS
     design: str = (
         "the repeated prefix and its second copy at random (seeded) positions among distinct random tokens; "
         "DLA vocabulary-centred (W_U minus its mean over the vocabulary)"
     )
+    mean_query_pos: float = 0.0  # the mean position of the query over every sequence
 
     def induction_heads(self) -> list[HeadInduction]:
         """Heads classed as induction heads, highest long-prefix score first."""
@@ -211,10 +259,14 @@ def synthetic_induction(
     seed: int = 0,
     batch_size: int = 32,
     threshold: float = INDUCTION_THRESHOLD,
+    sampling: str = "attnscope",
     on_progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
 ) -> SyntheticInduction:
-    """Induction score and DLA of every head at each prefix length, `n` sequences per length."""
+    """Induction score and DLA of every head at each prefix length, `n` sequences per length, drawn by `sampling`
+    (a key of `SAMPLINGS`)."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
     if n <= 0:
         raise ValueError(f"the number of sequences per prefix length must be positive, got {n}")
     seq_len = min(seq_len, model.n_ctx)
@@ -227,12 +279,18 @@ def synthetic_induction(
     steps = Steps("induction", len(lengths) * n_batches, on_progress, cancel, unit="batches")
     score_sum = torch.zeros(len(lengths), L, H, dtype=torch.float64)
     dla_sum = torch.zeros(len(lengths), L, H, dtype=torch.float64)
+    query_sum = 0
+    paper_gen, paper_rng = torch.Generator().manual_seed(seed), random.Random(seed)  # the paper: seeded once
     for li, p in enumerate(lengths):
-        gen = torch.Generator().manual_seed(seed * 1000 + p)  # each length reproducible on its own
+        gen = torch.Generator().manual_seed(seed * 1000 + p)  # attnscope: each length reproducible on its own
         done = 0
         while done < n:
             b = min(batch_size, n - done)
-            batch = repeated_prefix_batch(pool, model.bos_token_id, b, p, seq_len, gen)
+            if sampling == "paper":
+                batch = paper_batch(model.d_vocab, model.bos_token_id, b, p, seq_len, paper_gen, paper_rng)
+            else:
+                batch = repeated_prefix_batch(pool, model.bos_token_id, b, p, seq_len, gen)
+            query_sum += int(batch.query.sum())
             s, d = _score_batch(model, batch)
             score_sum[li] += s.sum(0).double()
             dla_sum[li] += d.sum(0).double()
@@ -245,9 +303,12 @@ def synthetic_induction(
             scores = {str(p): float(score_mean[i, layer, head]) for i, p in enumerate(lengths)}
             dla = {str(p): float(dla_mean[i, layer, head]) for i, p in enumerate(lengths)}
             heads.append(HeadInduction(layer, head, scores, dla, classify(scores, threshold)))
+    design = ("the paper's sampling: " if sampling == "paper" else "") + SAMPLINGS[sampling] + (
+        "; DLA vocabulary-centred (W_U minus its mean over the vocabulary)")
     return SyntheticInduction(
         model.name, n, seq_len, lengths, seed, classification_rule(threshold), heads,
-        thresholds={"induction_score": threshold, "short_fraction": SHORT_FRACTION},
+        thresholds={"induction_score": threshold, "short_fraction": SHORT_FRACTION}, sampling=sampling,
+        design=design, mean_query_pos=query_sum / (n * len(lengths)),
     )
 
 
@@ -287,14 +348,19 @@ def _score_batch(model: LoadedModel, batch: RepeatedPrefixBatch) -> tuple[torch.
 # ---- real text ---------------------------------------------------------------------------------------------
 
 
-def matched_prefix_length(tokens: Sequence[int], dst: int, src: int) -> int:
+def matched_prefix_length(tokens: Sequence[int], dst: int, src: int,
+                          same: Callable[[int, int], bool] | None = None) -> int:
     """How many tokens ending at `dst` equal the tokens ending at `src - 1` (BOS at 0 never counts).
 
     An induction head at `dst` attends to `src` because `tokens[src - 1] == tokens[dst]`; a longer match also
-    has `tokens[src - 2] == tokens[dst - 1]`, and so on.
+    has `tokens[src - 2] == tokens[dst - 1]`, and so on. `same(dst_token, src_token)` replaces equality (the
+    paper's fuzzy match: `FuzzyMatch`).
     """
     m = 0
-    while src - 1 - m >= 1 and dst - m >= 1 and tokens[dst - m] == tokens[src - 1 - m]:
+    while src - 1 - m >= 1 and dst - m >= 1:
+        a, b = tokens[dst - m], tokens[src - 1 - m]
+        if not (a == b if same is None else same(a, b)):
+            break
         m += 1
     return m
 
@@ -303,7 +369,7 @@ def _hist_key(m: int) -> str:
     return str(m) if m < 4 else "4+"
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadRealText:
     layer: int
     head: int
@@ -316,7 +382,7 @@ class HeadRealText:
     attn_after: float  # ... with the token at src-2 replaced by a random token
 
 
-@dataclass
+@dataclass(frozen=True)
 class RealTextInduction:
     model: str
     n_rows: int
@@ -325,6 +391,7 @@ class RealTextInduction:
     seed: int
     source: str
     heads: list[HeadRealText] = field(default_factory=list)
+    matching: str = "every-exact"  # a key of MATCHINGS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -340,12 +407,27 @@ def real_text_induction(
     seed: int = 0,
     batch_size: int = 16,
     source: str = "held-out text",
+    matching: str = "every-exact",
+    rows: torch.Tensor | None = None,
     on_progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
 ) -> RealTextInduction:
-    """Matched prefix lengths of strong attention on `texts`, and the src-2 replacement test, per head."""
+    """Matched prefix lengths of strong attention on `texts`, and the src-2 replacement test, per head.
+
+    matching (a key of `MATCHINGS`): "every-exact" counts every event with exact token matching; "first-fuzzy" the
+    first event of each row per head with the paper's fuzzy matching (`FuzzyMatch`). `rows [n, seq]` (BOS first)
+    replaces the rows packed from `texts`."""
+    if matching not in MATCHINGS:
+        raise ValueError(f"matching must be one of {', '.join(MATCHINGS)}, got {matching!r}")
+    same = None
+    if matching == "first-fuzzy":
+        tok = model.tokenizer
+        same = FuzzyMatch(lambda t: tok.decode([t]), model.encode)
     seq_len = min(seq_len, model.n_ctx)
-    rows = pack_tokens(texts, model.encode, seq_len, model.bos_token_id, max_rows=n_rows)
+    if rows is None:
+        rows = pack_tokens(texts, model.encode, seq_len, model.bos_token_id, max_rows=n_rows)
+    else:
+        seq_len = rows.shape[1]
     if len(rows) == 0:
         raise ValueError(f"the text is shorter than one row of {seq_len} tokens")
     L, H = model.n_layers, model.n_heads
@@ -356,10 +438,15 @@ def real_text_induction(
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         pats = model.attention_patterns(chunk)  # [layer, batch, head, q, k]
-        hits = ((pats > threshold) & (torch.arange(pats.shape[-1]) > 0)).nonzero().tolist()
+        hits = ((pats > threshold) & (torch.arange(pats.shape[-1]) > 0)).nonzero().tolist()  # (l, b, h, dst, src) order
+        seen: set[tuple[int, int, int]] = set()
         for l, b, h, dst, src in hits:
+            if matching == "first-fuzzy":
+                if (l, b, h) in seen:
+                    continue
+                seen.add((l, b, h))
             row = start + b
-            m = matched_prefix_length(toks_list[row], dst, src)
+            m = matched_prefix_length(toks_list[row], dst, src, same)
             events[(l, h)].append((row, dst, src, float(pats[l, b, h, dst, src]), m))
         steps.step()
 
@@ -374,7 +461,7 @@ def real_text_induction(
             jobs.append((l, h, row, dst, src, a))
     after = _attention_after_replacement(model, rows, jobs, pool, rng, batch_size, steps, n_batches)
 
-    out = RealTextInduction(model.name, len(rows), seq_len, threshold, seed, source)
+    heads: list[HeadRealText] = []
     for l in range(L):
         for h in range(H):
             evs = events[(l, h)]
@@ -383,7 +470,7 @@ def real_text_induction(
                 hist[_hist_key(e[4])] += 1
             ind = [e[4] for e in evs if e[4] >= 1]
             mine = [(j[5], a) for j, a in zip(jobs, after) if (j[0], j[1]) == (l, h)]
-            out.heads.append(
+            heads.append(
                 HeadRealText(
                     layer=l, head=h, n_events=len(evs), n_induction=len(ind), prefix_hist=hist,
                     mean_prefix=sum(ind) / len(ind) if ind else 0.0, n_intervened=len(mine),
@@ -391,7 +478,7 @@ def real_text_induction(
                     attn_after=sum(a for _, a in mine) / len(mine) if mine else 0.0,
                 )
             )
-    return out
+    return RealTextInduction(model.name, len(rows), seq_len, threshold, seed, source, heads, matching)
 
 
 def _attention_after_replacement(

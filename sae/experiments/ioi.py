@@ -1,7 +1,13 @@
 """The IOI runner: logit difference IO - S on Wang et al.'s prompts, and the interventions of Kissane et al.
 
-Every experiment takes a model, an `IOIData` set of prompts (and SAEs where it needs them) and returns a plain dict:
-`{"model", "n_prompts", "experiment", "clean_logit_diff", ...}` with the experiment's results as lists of records.
+Every experiment takes a model, an `IOIData` set of prompts (and SAEs where it needs them) and returns a frozen
+result (`sae.experiments.ioi_results`: `CleanResult`, ..., `NoisingResult`) that records the settings that made it
+(N, seed, split, names, BOS, the corruption text); `to_dict()` is the JSON the CLI prints.
+
+Two settings (`IOIData.setting`): "attnscope" (BOS, every template, attnscope's names and corruption text) and
+"paper" (the paper's code: no BOS, the mixed split BABA[:7] + ABBA[:7] drawn as its `IOIDataset`, its 109 names as
+far as the model keeps them single tokens, and its combined corruption: "It was a nice day. " prepended,
+" while the weather was nice" before the first clause's punctuation, C and D drawn independently).
 
 - `clean`: logit difference and accuracy.
 - `splice`: SAEs spliced into hook_z, one layer at a time and all together, with and without the error term.
@@ -11,9 +17,11 @@ Every experiment takes a model, an `IOIData` set of prompts (and SAEs where it n
 - `path`: a feature's residual direction `W_dec[i] W_O` (times its activation at S2) removed from the value input of
   chosen later heads at S2, the LayerNorm recomputed, everything else untouched.
 - `noising`: attention output at S2 in chosen layers replaced by that of each corrupted variant at its S2 (the
-  paper's combined corruption: new names C/D, a prepended sentence and a filler clause), reported as a fraction of
-  the clean logit difference beside three reference logit differences: clean, S2-only (the clean prompt with only
-  its S2 name replaced by a third name, so no name is duplicated) and each corrupted prompt's own (its names).
+  combined corruption: new names C/D, a prepended sentence and a filler clause), reported as a fraction of
+  the clean logit difference beside four reference logit differences: clean, zero-ablation (the attention output
+  of the same layers set to 0 at S2 only: what the paper's `zero_abl_attn_out` meant to do), S2-only (the clean
+  prompt with only its S2 name replaced by a third name, so no name is duplicated) and each corrupted prompt's own
+  (its names).
 
 Prompts are right-padded: a causal model's logits at a position never see later tokens, so padding after END is
 inert and every prompt is read at its own END.
@@ -27,6 +35,25 @@ from typing import Callable, Sequence
 import torch
 
 from sae.experiments import ioi_data
+from sae.experiments.ioi_results import (
+    CleanResult,
+    FeatureRow,
+    FeaturesResult,
+    HeadRow,
+    HeadsResult,
+    IOIResult,
+    IOISettings,
+    NoisingResult,
+    NoisingRow,
+    OrderDelta,
+    OrderRow,
+    PathResult,
+    PathRow,
+    ReferenceRow,
+    SkippedCorruption,
+    SpliceResult,
+    SpliceRow,
+)
 from sae.engine.jobs import CancelToken, ProgressFn, Steps
 from sae.experiments.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
 from sae.engine.models import LoadedModel, z_hook_name
@@ -64,7 +91,9 @@ class IOIData:
     split: str = "all"
     seed: int = 0
     rows: torch.Tensor | None = None  # `[n]` each prompt's index in the full set this one was cut from
-    bos: bool = True  # whether position 0 is BOS (False for models trained without it)
+    bos: bool = True  # whether position 0 is BOS (False for models trained without it, and the paper's setting)
+    setting: str = "attnscope"  # "attnscope" or "paper" (which combined corruption noising uses)
+    names_source: str = "attnscope"  # where `names` came from: attnscope, paper or given
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -81,6 +110,7 @@ class IOIData:
             prompts=[self.prompts[i] for i in ids], tokens=self.tokens[idx_t, :width], io_tok=self.io_tok[idx_t],
             s_tok=self.s_tok[idx_t], io=self.io[idx_t], s1=self.s1[idx_t], s2=self.s2[idx_t], end=self.end[idx_t],
             names=self.names, split=self.split, seed=self.seed, rows=self.rows[idx_t], bos=self.bos,
+            setting=self.setting, names_source=self.names_source,
         )
 
     def orders(self) -> list[str]:
@@ -89,7 +119,7 @@ class IOIData:
 
 def encode_prompts(
     model: LoadedModel, prompts: Sequence[IOIPrompt], names: Sequence[str] = (), split: str = "all", seed: int = 0,
-    bos: bool = True,
+    bos: bool = True, setting: str = "attnscope", names_source: str = "attnscope",
 ) -> IOIData:
     """Tokenise prompts (BOS first unless `bos` is False) and locate IO, S1, S2 and END; NameTokenError if a
     prompt's names are not single tokens. Padding after END uses the BOS id either way (it is never read)."""
@@ -118,25 +148,36 @@ def encode_prompts(
     return IOIData(
         prompts=list(prompts), tokens=tokens, io_tok=torch.tensor(io_t, dtype=torch.long),
         s_tok=torch.tensor(s_t, dtype=torch.long), io=col("io"), s1=col("s1"), s2=col("s2"), end=col("end"),
-        names=list(names), split=split, seed=seed, bos=bos,
+        names=list(names), split=split, seed=seed, bos=bos, setting=setting, names_source=names_source,
     )
 
 
 def build_dataset(
     model: LoadedModel, n: int, seed: int = 0, split: str = "all", names: Sequence[str] | None = None,
-    bos: bool = True,
+    bos: bool = True, setting: str = "attnscope",
 ) -> IOIData:
-    """`n` prompts (alternating ABBA / BABA) over the names the model's tokenizer keeps as single tokens.
+    """`n` prompts over the names the model's tokenizer keeps as single tokens.
 
-    The default split is "all" (every template, every name pair), as in the paper."""
+    setting "attnscope": attnscope's generator (orders alternating; split all | train | heldout) over attnscope's
+    names. setting "paper": the paper's `IOIDataset("mixed")` generator (`ioi_data.generate_paper`, split "mixed":
+    BABA[:7] + ABBA[:7]) over the paper's 109 names; the caller passes `bos=False` for the paper's exact tokens.
+    `names` overrides either pool."""
     if n <= 0:
         raise IOIError(f"the number of prompts must be positive, got {n}")
-    pool = ioi_data.require_single_token_names(model.encode, model.name, names)
+    if setting not in ioi_data.SETTINGS:
+        raise IOIError(f"setting must be one of {', '.join(ioi_data.SETTINGS)}, got {setting!r}")
+    source = "given" if names is not None else setting
+    base = names if names is not None else ioi_data.PAPER_NAMES if setting == "paper" else None
+    pool = ioi_data.require_single_token_names(model.encode, model.name, base, need=3 if setting == "paper" else 2)
     try:
-        prompts = ioi_data.generate(n, seed=seed, names=pool, split=split)
+        if setting == "paper":
+            split = "mixed"
+            prompts = ioi_data.generate_paper(n, seed=seed, names=pool)
+        else:
+            prompts = ioi_data.generate(n, seed=seed, names=pool, split=split)
     except ValueError as exc:
         raise IOIError(str(exc)) from None
-    return encode_prompts(model, prompts, pool, split, seed, bos=bos)
+    return encode_prompts(model, prompts, pool, split, seed, bos=bos, setting=setting, names_source=source)
 
 
 # ---- forward passes --------------------------------------------------------------------------------------------
@@ -317,11 +358,10 @@ def _by_order(values: torch.Tensor, data: IOIData) -> dict[str, float | None]:
     return {"all": _mean(values), "ABBA": _mean(values[o]), "BABA": _mean(values[~o])}
 
 
-def _header(model: LoadedModel, data: IOIData, experiment: str, clean: torch.Tensor) -> dict:
-    return {
-        "model": model.name, "n_prompts": len(data), "experiment": experiment, "split": data.split,
-        "seed": data.seed, "bos": data.bos, "clean_logit_diff": _mean(clean),
-    }
+def _settings(model: LoadedModel, data: IOIData, corruption_text: str = "") -> IOISettings:
+    return IOISettings(model=model.name, n_prompts=len(data), seed=data.seed, split=data.split, bos=data.bos,
+                       setting=data.setting, names=data.names_source, n_names=len(data.names),
+                       corruption_text=corruption_text)
 
 
 def _check_layers(model: LoadedModel, layers: Sequence[int]) -> list[int]:
@@ -352,18 +392,18 @@ def default_noising_layers(model: LoadedModel) -> list[int]:
     return sorted({max(min(m + 1, last_useful) - 1, 0), min(m + 1, last_useful)})
 
 
-def run_clean(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict:
+def run_clean(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> CleanResult:
     steps = Steps("ioi", _n_batches(len(data), batch_size), on_progress, cancel, unit="batches")
     ld = batched_logit_diffs(model, data, batch_size, steps)
-    out = _header(model, data, "clean", ld)
     o = _by_order(ld, data)
     acc = _by_order((ld > 0).float(), data)
-    out["accuracy"] = acc["all"]
-    out["by_order"] = [{"order": k, "logit_diff": o[k], "accuracy": acc[k]} for k in ("ABBA", "BABA")]
-    return out
+    return CleanResult(
+        experiment="clean", settings=_settings(model, data), clean_logit_diff=_mean(ld), accuracy=acc["all"],
+        by_order=tuple(OrderRow(order=k, logit_diff=o[k], accuracy=acc[k]) for k in ("ABBA", "BABA")),
+    )
 
 
-def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict:
+def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> SpliceResult:
     """Logit difference with SAEs spliced in: each layer alone and all layers, with and without the error term."""
     if not saes:
         raise IOIError("the splice experiment needs at least one SAE")
@@ -374,22 +414,20 @@ def run_splice(model: LoadedModel, data: IOIData, saes: dict[int, SAE], batch_si
     nb = _n_batches(len(data), batch_size)
     steps = Steps("ioi", nb * (len(settings) + 1), on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
-    out = _header(model, data, "splice", clean)
     records = []
     for name, ls, err in settings:
         ld = batched_logit_diffs(
             model, data, batch_size, steps, make_z_fns=lambda sub, ls=ls, err=err: {l: splice_fn(saes[l], err) for l in ls}
         )
-        records.append({
-            "layers": name, "error_term": err, "logit_diff": _mean(ld),
-            "recovered": _ratio(_mean(ld), _mean(clean)),
-            "max_abs_change": float((ld - clean).abs().max()),
-        })
-    out["splices"] = records
-    return out
+        records.append(SpliceRow(
+            layers=name, error_term=err, logit_diff=_mean(ld), recovered=_ratio(_mean(ld), _mean(clean)),
+            max_abs_change=float((ld - clean).abs().max()),
+        ))
+    return SpliceResult(experiment="splice", settings=_settings(model, data), clean_logit_diff=_mean(clean),
+                        splices=tuple(records))
 
 
-def run_heads(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict:
+def run_heads(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> HeadsResult:
     """Change in logit difference when each head's z is zeroed, or set to its mean over every prompt token."""
     L, H = model.n_layers, model.n_heads
     nb = _n_batches(len(data), batch_size)
@@ -404,13 +442,13 @@ def run_heads(model: LoadedModel, data: IOIData, batch_size: int = 32, on_progre
             mean = batched_logit_diffs(
                 model, data, batch_size, steps, make_z_fns=lambda sub, l=l, h=h, m=mean_h: {l: lambda z: set_head(z, H, h, m.to(z.device, z.dtype))}
             )
-            records.append({"layer": l, "head": h, "zero_delta": _mean(zero - clean), "mean_delta": _mean(mean - clean)})
-    records.sort(key=lambda r: -abs(r["zero_delta"]))
-    out = _header(model, data, "heads", clean)
-    out["ranking"] = "by |change in logit diff| under zero-ablation, largest first"
-    out["mean_ablation"] = "each head's z replaced by its mean over every token of the prompts"
-    out["heads"] = records
-    return out
+            records.append(HeadRow(layer=l, head=h, zero_delta=_mean(zero - clean), mean_delta=_mean(mean - clean)))
+    records.sort(key=lambda r: -abs(r.zero_delta or 0.0))
+    return HeadsResult(
+        experiment="heads", settings=_settings(model, data), clean_logit_diff=_mean(clean),
+        ranking="by |change in logit diff| under zero-ablation, largest first",
+        mean_ablation="each head's z replaced by its mean over every token of the prompts", heads=tuple(records),
+    )
 
 
 @torch.no_grad()
@@ -432,7 +470,7 @@ def _mean_z(model: LoadedModel, data: IOIData, batch_size: int, steps: Steps) ->
 def run_features(
     model: LoadedModel, data: IOIData, sae: SAE, layer: int, top: int = 10, batch_size: int = 32,
     on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-) -> dict:
+) -> FeaturesResult:
     """Zero-ablate each live feature of `sae` (at `layer`) at S2 only; rank features by |change in logit diff|.
 
     A feature is live when it fires at S2 on at least one prompt. Only those prompts can change, so each feature
@@ -456,31 +494,30 @@ def run_features(
         delta = torch.zeros(len(data))
         delta[idx] = ld - clean[idx]
         d = _by_order(delta, data)
-        records.append({
-            "feature": i, "n_active": len(idx), "mean_act": float(acts[idx, i].mean()),
-            "delta": d["all"], "delta_abba": d["ABBA"], "delta_baba": d["BABA"],
-        })
-    records.sort(key=lambda r: -abs(r["delta"]))
+        records.append(FeatureRow(
+            feature=i, n_active=len(idx), mean_act=float(acts[idx, i].mean()),
+            delta=d["all"], delta_abba=d["ABBA"], delta_baba=d["BABA"],
+        ))
+    records.sort(key=lambda r: -abs(r.delta or 0.0))
     e = _by_order(err - clean, data)
-    out = _header(model, data, "features", clean)
-    out.update({
-        "layer": layer, "position": "S2", "n_live": len(live), "d_sae": int(sae.cfg.d_sae),
-        "ranking": "by |mean change in logit diff| over all prompts, largest first",
-        "error_term": {"delta": e["all"], "delta_abba": e["ABBA"], "delta_baba": e["BABA"]},
-        "features": records[:top] if top else records,
-        "top_by_order": {
-            o: [r["feature"] for r in sorted(records, key=lambda r: -abs(r[f"delta_{o.lower()}"] or 0.0))[: top or 5]]
-            for o in ("ABBA", "BABA")
-        },
-    })
-    return out
+    by_order = {
+        "ABBA": [r.feature for r in sorted(records, key=lambda r: -abs(r.delta_abba or 0.0))[: top or 5]],
+        "BABA": [r.feature for r in sorted(records, key=lambda r: -abs(r.delta_baba or 0.0))[: top or 5]],
+    }
+    return FeaturesResult(
+        experiment="features", settings=_settings(model, data), clean_logit_diff=_mean(clean),
+        layer=layer, position="S2", n_live=len(live), d_sae=int(sae.cfg.d_sae),
+        ranking="by |mean change in logit diff| over all prompts, largest first",
+        error_term=OrderDelta(delta=e["all"], delta_abba=e["ABBA"], delta_baba=e["BABA"]),
+        features=tuple(records[:top] if top else records), top_by_order=by_order,
+    )
 
 
 def run_path(
     model: LoadedModel, data: IOIData, sae: SAE, layer: int, features: Sequence[int] | None = None,
     heads: Sequence[tuple[int, int]] | None = None, top: int = 3, batch_size: int = 32,
     on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-) -> dict:
+) -> PathResult:
     """Remove each feature's `act * W_dec[i] W_O` at S2 from the value input of each chosen later head.
 
     features: default the `top` features of the `features` experiment; heads: default every head after `layer`.
@@ -503,7 +540,7 @@ def run_path(
     if features is None:
         picked_by = f"top {top} of the features experiment"
         ranked = run_features(model, data, sae, layer, top=top, batch_size=batch_size, on_progress=on_progress, cancel=cancel)
-        features = [r["feature"] for r in ranked["features"]]
+        features = [r.feature for r in ranked.features]
     for i in features:
         if not 0 <= i < sae.cfg.d_sae:
             raise IOIError(f"feature {i} is outside the SAE (d_sae = {sae.cfg.d_sae})")
@@ -530,14 +567,15 @@ def run_path(
                 )
                 delta[idx] = ld - clean[idx]
             d = _by_order(delta, data)
-            records.append({
-                "feature": i, "heads": ",".join(f"{l}.{h}" for l, h in g) if len(g) > 1 else f"{g[0][0]}.{g[0][1]}",
-                "n_active": len(idx), "delta": d["all"], "delta_abba": d["ABBA"], "delta_baba": d["BABA"],
-            })
-    records.sort(key=lambda r: -abs(r["delta"]))
-    out = _header(model, data, "path", clean)
-    out.update({"layer": layer, "position": "S2", "features_picked": picked_by, "features": list(features), "paths": records})
-    return out
+            records.append(PathRow(
+                feature=i, heads=",".join(f"{l}.{h}" for l, h in g) if len(g) > 1 else f"{g[0][0]}.{g[0][1]}",
+                n_active=len(idx), delta=d["all"], delta_abba=d["ABBA"], delta_baba=d["BABA"],
+            ))
+    records.sort(key=lambda r: -abs(r.delta or 0.0))
+    return PathResult(
+        experiment="path", settings=_settings(model, data), clean_logit_diff=_mean(clean), layer=layer,
+        position="S2", features_picked=picked_by, features=tuple(features), paths=tuple(records),
+    )
 
 
 def s2_only(data: IOIData, model: LoadedModel) -> IOIData:
@@ -551,16 +589,67 @@ def s2_only(data: IOIData, model: LoadedModel) -> IOIData:
     return IOIData(**{**data.__dict__, "tokens": tokens})
 
 
+def corrupted_data(model: LoadedModel, data: IOIData, kind: str) -> IOIData:
+    """The corrupted variant `kind` of every prompt, encoded (NameTokenError when the names do not allow it).
+
+    In the paper setting "combined" is the paper's (`ioi_data.paper_combined`: token-level prefix and filler, C and
+    D drawn independently); positions come from the clean ones moved by the inserted tokens, since C = D can make
+    a name search ambiguous."""
+    if kind == "combined" and data.setting == "paper":
+        new = ioi_data.paper_new_names(data.prompts, data.names, data.seed)
+        pcs = [ioi_data.paper_combined(p, c, d, model.encode, model.bos_token_id if data.bos else None)
+               for p, (c, d) in zip(data.prompts, new)]
+        width = max(len(pc.ids) for pc in pcs)
+        if width > model.n_ctx:
+            raise IOIError(f"a corrupted IOI prompt has {width} tokens; the model's context is {model.n_ctx}")
+        tokens = torch.full((len(pcs), width), model.bos_token_id, dtype=torch.long)
+        for i, pc in enumerate(pcs):
+            tokens[i, : len(pc.ids)] = torch.tensor(pc.ids)
+
+        def col(attr: str) -> torch.Tensor:
+            return torch.tensor([getattr(pc.positions, attr) for pc in pcs], dtype=torch.long)
+
+        return IOIData(
+            prompts=[pc.prompt for pc in pcs], tokens=tokens,
+            io_tok=torch.tensor([ioi_data.name_token(model.encode, pc.prompt.io) for pc in pcs]),
+            s_tok=torch.tensor([ioi_data.name_token(model.encode, pc.prompt.s) for pc in pcs]),
+            io=col("io"), s1=col("s1"), s2=col("s2"), end=col("end"), names=data.names, split=data.split,
+            seed=data.seed, bos=data.bos, setting=data.setting, names_source=data.names_source,
+        )
+    return encode_prompts(model, [ioi_data.corrupt(p, kind, data.names, data.seed) for p in data.prompts], bos=data.bos)
+
+
+def corruption_text(data: IOIData, kind: str) -> str:
+    """What corruption `kind` does under the data's setting (the paper's text for "combined" in the paper setting)."""
+    if kind == "combined" and data.setting == "paper":
+        return ioi_data.PAPER_COMBINED
+    return ioi_data.CORRUPTIONS[kind]
+
+
+def zero_attn_out_hooks(layers: Sequence[int], pos: torch.Tensor) -> list:
+    """Hooks setting the attention output (`blocks.L.hook_attn_out`, bias included) to 0 at `(b, pos[b])` only,
+    in each of `layers`: the paper's `zero_abl_attn_out` as meant (its condition is inverted, so it zeroes every
+    position)."""
+
+    def zero(out: torch.Tensor, hook) -> torch.Tensor:
+        out = out.clone()
+        out[_rows(out), pos.to(out.device)] = 0.0
+        return out
+
+    return [(f"blocks.{layer}.hook_attn_out", zero) for layer in layers]
+
+
 def run_noising(
     model: LoadedModel, data: IOIData, layers: Sequence[int] | None = None,
     corruptions: Sequence[str] = tuple(ioi_data.CORRUPTIONS), batch_size: int = 32,
     on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-) -> dict:
+) -> NoisingResult:
     """Patch z (hence the attention output) at S2 in `layers` from each corrupted variant at its own S2.
 
     Each layer alone and, when several are chosen, all together. `recovered` = noised logit diff / clean (the
-    fraction of the clean logit difference). References: the clean logit diff, the S2-only prompts' (`s2_only`) and
-    each corrupted prompt's own logit diff (its IO minus its S), each also as a fraction of clean.
+    fraction of the clean logit difference). References: the clean logit diff, the zero-ablated one (attention
+    output of all `layers` set to 0 at S2), the S2-only prompts' (`s2_only`) and each corrupted prompt's own logit
+    diff (its IO minus its S), each also as a fraction of clean.
     """
     layers = _check_layers(model, layers if layers is not None else default_noising_layers(model))
     data = _rebased(data)
@@ -569,29 +658,30 @@ def run_noising(
             raise IOIError(f"unknown corruption {c!r}; expected one of {', '.join(ioi_data.CORRUPTIONS)}")
     sets = [[l] for l in layers] + ([layers] if len(layers) > 1 else [])
     nb = _n_batches(len(data), batch_size)
-    steps = Steps("ioi", nb * (2 + len(corruptions) * (2 + len(sets))), on_progress, cancel, unit="batches")
+    steps = Steps("ioi", nb * (3 + len(corruptions) * (2 + len(sets))), on_progress, cancel, unit="batches")
     clean = batched_logit_diffs(model, data, batch_size, steps)
     c_mean = _mean(clean)
-    references: list[dict] = [{"reference": "clean", "logit_diff": c_mean, "fraction": _ratio(c_mean, c_mean)}]
+    references: list[ReferenceRow] = [ReferenceRow("clean", c_mean, _ratio(c_mean, c_mean))]
+    zero = _mean(batched_logit_diffs(model, data, batch_size, steps, make_hooks=lambda sub: zero_attn_out_hooks(layers, sub.s2)))
+    references.append(ReferenceRow(f"zero-ablated attn_out at S2 (layers {','.join(map(str, layers))})", zero,
+                                   _ratio(zero, c_mean)))
     try:
         s2 = _mean(batched_logit_diffs(model, s2_only(data, model), batch_size, steps))
-        references.append({"reference": "S2-only", "logit_diff": s2, "fraction": _ratio(s2, c_mean)})
+        references.append(ReferenceRow("S2-only", s2, _ratio(s2, c_mean)))
     except NameTokenError as exc:
         steps.step(nb)
-        references.append({"reference": "S2-only", "logit_diff": None, "fraction": None, "skipped": str(exc)})
-    records = []
-    skipped = []
+        references.append(ReferenceRow("S2-only", None, None, skipped=str(exc)))
+    records: list[NoisingRow] = []
+    skipped: list[SkippedCorruption] = []
     for kind in corruptions:
         try:
-            corrupted = encode_prompts(
-                model, [ioi_data.corrupt(p, kind, data.names, data.seed) for p in data.prompts], bos=data.bos
-            )
+            corrupted = corrupted_data(model, data, kind)
         except NameTokenError as exc:
-            skipped.append({"corruption": kind, "reason": str(exc)})
+            skipped.append(SkippedCorruption(kind, str(exc)))
             steps.step(nb * (2 + len(sets)))
             continue
         own = _mean(batched_logit_diffs(model, corrupted, batch_size, steps))
-        references.append({"reference": f"corrupted ({kind})", "logit_diff": own, "fraction": _ratio(own, c_mean)})
+        references.append(ReferenceRow(f"corrupted ({kind})", own, _ratio(own, c_mean)))
         patch = capture_at(model, corrupted, layers, corrupted.s2, batch_size, steps)
         for ls in sets:
 
@@ -599,23 +689,21 @@ def run_noising(
                 return {l: (lambda z, l=l: patch_at(z, sub.s2, patch[l][sub.rows])) for l in ls}
 
             ld = batched_logit_diffs(model, data, batch_size, steps, make_z_fns=fns)
-            records.append({
-                "corruption": kind, "layers": ",".join(map(str, ls)), "logit_diff": _mean(ld),
-                "recovered": _ratio(_mean(ld), c_mean),
-            })
-    out = _header(model, data, "noising", clean)
-    out.update({
-        "position": "S2", "layers": layers,
-        "corruptions": {k: ioi_data.CORRUPTIONS[k] for k in corruptions},
-        "recovered_is": "noised logit diff / clean logit diff (fraction of clean)",
-        "references": references,
-        "references_are": (
-            "logit diff IO - S of: the clean prompts; the clean prompts with only S2 replaced by a third name; each "
-            "corrupted prompt with its own names"
+            records.append(NoisingRow(corruption=kind, layers=",".join(map(str, ls)), logit_diff=_mean(ld),
+                                      recovered=_ratio(_mean(ld), c_mean)))
+    texts = {k: corruption_text(data, k) for k in corruptions}
+    return NoisingResult(
+        experiment="noising", settings=_settings(model, data, texts.get("combined", "")),
+        clean_logit_diff=c_mean, position="S2", layers=tuple(layers), corruptions=texts,
+        recovered_is="noised logit diff / clean logit diff (fraction of clean)",
+        references=tuple(references),
+        references_are=(
+            "logit diff IO - S of: the clean prompts; the clean prompts with the attention output of the noised "
+            "layers zeroed at S2; the clean prompts with only S2 replaced by a third name; each corrupted prompt "
+            "with its own names"
         ),
-        "results": records, "skipped": skipped,
-    })
-    return out
+        results=tuple(records), skipped=tuple(skipped),
+    )
 
 
 def run_experiment(
@@ -623,7 +711,7 @@ def run_experiment(
     layers: Sequence[int] | None = None, features: Sequence[int] | None = None,
     heads: Sequence[tuple[int, int]] | None = None, top: int = 10, batch_size: int = 32,
     on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-) -> dict:
+) -> IOIResult:
     """Dispatch to one experiment by name (a key of `EXPERIMENTS`)."""
     if name not in EXPERIMENTS:
         raise IOIError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
@@ -645,33 +733,3 @@ def run_experiment(
     if name == "features":
         return run_features(model, data, saes[layer], layer, top=top, **kw)
     return run_path(model, data, saes[layer], layer, features, heads, top=min(top, 3) if features is None else top, **kw)
-
-
-# ---- SAEs --------------------------------------------------------------------------------------------------
-
-
-def saes_by_layer(loaded: object) -> dict[int, SAE]:
-    """Normalise what an SAE loader returns (a mapping by layer or hook name, an object holding one, a list)."""
-    for attr in ("by_layer", "saes"):
-        if hasattr(loaded, attr) and not isinstance(loaded, dict):
-            inner = getattr(loaded, attr)
-            loaded = inner() if callable(inner) else inner
-    items = loaded.items() if isinstance(loaded, dict) else [(None, s) for s in loaded]  # type: ignore[union-attr]
-    out: dict[int, SAE] = {}
-    for key, sae in items:
-        sae = getattr(sae, "sae", sae)
-        layer = key if isinstance(key, int) else sae.cfg.layer
-        out[int(layer)] = sae
-    return out
-
-
-def load_saes(spec: str, model: LoadedModel) -> dict[int, SAE]:
-    """`{layer: SAE}` from `sae.engine.formats.load_sae_set`, checked against `model` and moved to its device."""
-    from sae.engine.formats import load_sae_set
-
-    saes = saes_by_layer(load_sae_set(spec, model, device=model.device))  # SAEFormatError reaches the caller as is
-    for sae in saes.values():
-        sae.to(model.device).eval()
-        if sae.cfg.d_in != model.d_z:
-            raise IOIError(f"SAE for {sae.cfg.hook_name} has d_in={sae.cfg.d_in}; {model.name}'s z has {model.d_z}")
-    return saes

@@ -207,8 +207,9 @@ CORRUPTIONS: dict[str, str] = {
     "rel_pos": "a clause inserted after the name pair: S2 and END move away from S1, IO and ' and'",
     "alongside": "' and' between the two first names replaced by ' alongside'",
     "names_abs": "names changed (CDD) and a sentence prepended: keeps only 'a name duplicating one beside and'",
-    "combined": "the paper's corruption: names changed (CDD), a sentence prepended and a clause inserted after the "
-    "name pair, so absolute and relative positions both move; keeps only 'a name duplicating one beside and'",
+    "combined": "the paper's kind of corruption in attnscope's text: names changed (CDD, C != D), a sentence "
+    "prepended and a clause inserted after the name pair, so absolute and relative positions both move; keeps only "
+    "'a name duplicating one beside and' (the paper's exact text and name draw: the paper setting)",
 }
 PAPER_CORRUPTIONS: tuple[str, ...] = ("combined", "alongside")  # the two the paper reports (~93% and ~43%)
 PREFIX_SENTENCE = "It was a quiet morning in the town.\n"  # ends in a newline so the prompt's first word keeps its tokens
@@ -268,6 +269,131 @@ def third_name(prompt: IOIPrompt, names: Sequence[str], seed: int = 0) -> str:
     if not pool:
         raise NameTokenError(f"the S2-only reference needs a third single-token name; {len(names)} available")
     return random.Random(zlib.crc32(f"s2|{seed}|{prompt.text}".encode())).choice(pool)
+
+
+# ---- the paper's settings (ckkissane/attention-output-saes, ioi_dataset.py and ioi_circuit_analysis.py) -------
+
+# The paper's ioi_dataset.py lists, verbatim: 109 names, 8 places, 8 objects.
+PAPER_NAMES: list[str] = [
+    "Aaron", "Adam", "Alan", "Alex", "Alice", "Amy", "Anderson", "Andre", "Andrew", "Andy", "Anna", "Anthony",
+    "Arthur", "Austin", "Blake", "Brandon", "Brian", "Carter", "Charles", "Charlie", "Christian", "Christopher",
+    "Clark", "Cole", "Collins", "Connor", "Crew", "Crystal", "Daniel", "David", "Dean", "Edward", "Elizabeth",
+    "Emily", "Eric", "Eva", "Ford", "Frank", "George", "Georgia", "Graham", "Grant", "Henry", "Ian", "Jack",
+    "Jacob", "Jake", "James", "Jamie", "Jane", "Jason", "Jay", "Jennifer", "Jeremy", "Jessica", "John", "Jonathan",
+    "Jordan", "Joseph", "Joshua", "Justin", "Kate", "Kelly", "Kevin", "Kyle", "Laura", "Leon", "Lewis", "Lisa",
+    "Louis", "Luke", "Madison", "Marco", "Marcus", "Maria", "Mark", "Martin", "Mary", "Matthew", "Max", "Michael",
+    "Michelle", "Morgan", "Patrick", "Paul", "Peter", "Prince", "Rachel", "Richard", "River", "Robert", "Roman",
+    "Rose", "Ruby", "Russell", "Ryan", "Sarah", "Scott", "Sean", "Simon", "Stephen", "Steven", "Sullivan", "Taylor",
+    "Thomas", "Tyler", "Victoria", "Warren", "William",
+]
+PAPER_PLACES: list[str] = ["store", "garden", "restaurant", "school", "hospital", "office", "house", "station"]
+PAPER_OBJECTS: list[str] = ["ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack"]
+PAPER_TEMPLATES_PER_ORDER = 7  # IOIDataset("mixed"): BABA_TEMPLATES[:15 // 2] + ABBA_TEMPLATES[:15 // 2]
+PAPER_SEED = 1  # ioi_circuit_analysis.py: IOIDataset(prompt_type="mixed", N=100, prepend_bos=False, seed=1)
+PAPER_PREFIX = "It was a nice day. "  # prepended as its own tokens (to_tokens(..., prepend_bos=False))
+PAPER_FILLER = " while the weather was nice"  # inserted before the first clause's closing punctuation
+PAPER_FLIP = "ABB->CDD, BAB->DCD"
+PAPER_COMBINED = (
+    f"the paper's corruption: names redrawn (ABB->CDD, BAB->DCD; C and D drawn independently, so C = D can happen), "
+    f"{PAPER_PREFIX!r} prepended and {PAPER_FILLER!r} inserted before the first clause's closing punctuation"
+)
+SETTINGS = ("attnscope", "paper")
+
+
+def generate_paper(n: int, seed: int = PAPER_SEED, names: Sequence[str] | None = None) -> list[IOIPrompt]:
+    """The paper's `IOIDataset(prompt_type="mixed", N=n, seed=seed)` prompts, draw for draw.
+
+    Its generator: `random.seed(seed)`; the 7 first BABA and 7 first ABBA templates, shuffled; per prompt a
+    template, then three names until all differ (IO, S and an unused third), then a place and an object. Python's
+    `random.Random(seed)` gives the same draws as the seeded module functions. `names` defaults to `PAPER_NAMES`
+    (pass the ones the model keeps as single tokens).
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    pool = list(names if names is not None else PAPER_NAMES)
+    if len(pool) < 3:
+        raise ValueError("the paper's IOI generator draws three distinct names; fewer than 3 are available")
+    rng = random.Random(seed)
+    k = PAPER_TEMPLATES_PER_ORDER
+    templates = [(i, "BABA") for i in range(k)] + [(i, "ABBA") for i in range(k)]
+    rng.shuffle(templates)
+    out: list[IOIPrompt] = []
+    for _ in range(n):
+        t, order = rng.choice(templates)
+        io = s = third = ""
+        while len({io, s, third}) < 3:
+            io, s, third = rng.choice(pool), rng.choice(pool), rng.choice(pool)
+        place, obj = rng.choice(PAPER_PLACES), rng.choice(PAPER_OBJECTS)
+        full = fill(BABA_TEMPLATES[t], io, s, order, place, obj)
+        out.append(IOIPrompt(text=full[: -(len(io) + 1)], io=io, s=s, order=order, template=t, place=place, obj=obj))
+    return out
+
+
+def paper_flip_seed(seed: int) -> int:
+    """`IOIDataset.gen_flipped_prompts`: the dataset seed plus the character codes of the flip string."""
+    return seed + sum(map(ord, PAPER_FLIP))
+
+
+def paper_new_names(prompts: Sequence[IOIPrompt], names: Sequence[str], seed: int) -> list[tuple[str, str]]:
+    """C (the new IO) and D (the new S) per prompt, each drawn independently from the names other than the
+    prompt's IO and S, as the paper's `gen_flipped_prompts` does (C = D is possible).
+
+    The paper draws with `np.random.choice(list(set(names) - set(orig_names)))` for the letters of a set, so its
+    exact names depend on Python's string hashing (PYTHONHASHSEED); attnscope draws from the sorted pool, C first,
+    with `random.Random(paper_flip_seed(seed))`: the same distribution, reproducible."""
+    rng = random.Random(paper_flip_seed(seed))
+    out = []
+    for p in prompts:
+        pool = sorted(set(names) - {p.io, p.s})
+        if not pool:
+            raise NameTokenError(f"the paper's name corruption needs a third single-token name; {len(names)} available")
+        out.append((rng.choice(pool), rng.choice(pool)))
+    return out
+
+
+def paper_punct_index(ids: Sequence[int], encode: Encode, text: str) -> int:
+    """The paper's `get_word_idxs(prompts, [",", "."])`: for each of "," and "." present in the text, the position
+    of its last token; "." wins when both are present (the clause before S2 ends there). `ids` without BOS."""
+    idx = None
+    for w in (",", "."):
+        if w in text:
+            tok = encode(w)
+            if len(tok) != 1 or tok[0] not in ids:
+                raise NameTokenError(f"the paper's filler position needs {w!r} as its own token in {text!r}")
+            idx = len(ids) - 1 - list(ids)[::-1].index(tok[0])
+    if idx is None:
+        raise NameTokenError(f"the paper's filler position needs ',' or '.' in {text!r}")
+    return idx
+
+
+@dataclass(frozen=True)
+class PaperCorrupted:
+    """One prompt under the paper's combined corruption: its token ids and where IO, S1, S2, END moved to."""
+
+    prompt: IOIPrompt  # the renamed prompt (C as io, D as s), without the prefix and filler
+    ids: list[int]
+    positions: IOIPositions
+
+
+def paper_combined(prompt: IOIPrompt, c: str, d: str, encode: Encode, bos_id: int | None) -> PaperCorrupted:
+    """The paper's combined corruption of one prompt, token for token: `[BOS] + prefix + renamed[:punct] + filler +
+    renamed[punct:]` (the prefix and filler tokenised on their own, as `to_tokens(..., prepend_bos=False)` does).
+
+    Names are single tokens, so IO and S1 move by the prefix, S2 and END by the prefix and the filler (the paper's
+    `corr_offset`)."""
+    renamed = _render(prompt, c, d)
+    body = list(encode(renamed.text))
+    clean_body = list(encode(prompt.text))
+    pre, fill_ids = list(encode(PAPER_PREFIX)), list(encode(PAPER_FILLER))
+    punct = paper_punct_index(clean_body, encode, prompt.text + " " + prompt.io)
+    ids = ([] if bos_id is None else [bos_id]) + pre + body[:punct] + fill_ids + body[punct:]
+    clean = token_positions(([] if bos_id is None else [bos_id]) + clean_body, name_token(encode, prompt.io),
+                            name_token(encode, prompt.s))
+    k, m = len(pre), len(fill_ids)
+    if not clean.s1 < punct + (bos_id is not None) <= clean.s2:
+        raise NameTokenError(f"the paper's filler position is not between S1 and S2 in {prompt.text!r}")
+    pos = IOIPositions(io=clean.io + k, s1=clean.s1 + k, s2=clean.s2 + k + m, end=len(ids) - 1)
+    return PaperCorrupted(renamed, ids, pos)
 
 
 # The IOI runner's experiments (sae.experiments.ioi); listed here so the CLI can offer them without importing torch.

@@ -18,7 +18,10 @@ from workbench.engine.views import (
     HeadsView,
     HeadView,
     HistogramView,
+    InductionHeadView,
+    InductionView,
     PromptView,
+    ProxyView,
     QuantileView,
     SourceView,
     TraceNodeView,
@@ -39,7 +42,8 @@ from workbench.engine.worker import (
 
 __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
-    "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
-    "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates", "FormField", "train_form_fields", "bug_log_path", "record_bug",
+    "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "InductionHeadView",
+    "InductionView", "JobHandle", "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest",
+    "TraceNodeView", "TraceView", "Worker", "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
+    "bug_log_path", "record_bug",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from sae.engine.jobs import Progress
 from workbench.engine.views import (
@@ -22,10 +22,16 @@ from workbench.engine.views import (
     dashboard_view,
     experiment_view,
     heads_view,
+    induction_view,
     prompt_view,
+    proxy_view,
     trace_view,
 )
 from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker
+
+if TYPE_CHECKING:
+    from sae.engine.autoencoder import SAE
+    from sae.engine.models import LoadedModel
 
 T = TypeVar("T")
 
@@ -58,13 +64,13 @@ class Engine:
         self.info: EngineInfo | None = None
         self.labels_path: Any = None  # the study's label file; None: $ATTNSCOPE_LABELS or the data dir
         # touched on the worker thread only
-        self._model: Any = None
-        self._saes: dict[int, Any] = {}
+        self._model: LoadedModel | None = None
+        self._saes: dict[int, SAE] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
         self._roles: dict[Any, Any] = {}  # dashboard dir -> its sae.analysis.roles.LayerRoles
 
     @classmethod
-    def from_objects(cls, model: Any, saes: dict[int, Any], saes_label: str = "in memory") -> "Engine":
+    def from_objects(cls, model: LoadedModel, saes: dict[int, SAE], saes_label: str = "in memory") -> "Engine":
         eng = cls(model=getattr(model, "name", "model"), saes=saes_label)
         eng._model = model
         eng._saes = dict(saes)
@@ -90,12 +96,13 @@ class Engine:
             saes=self.saes_spec, d_sae={layer: int(s.cfg.d_sae) for layer, s in self._saes.items()},
         )
 
-    def _need_model(self) -> Any:
+    def _need_model(self) -> LoadedModel:
         if self._model is None:
             self._open_sync()
+        assert self._model is not None
         return self._model
 
-    def _sae(self, layer: int) -> Any:
+    def _sae(self, layer: int) -> SAE:
         self._need_model()
         if layer not in self._saes:
             have = ", ".join(map(str, sorted(self._saes))) or "none"
@@ -113,7 +120,7 @@ class Engine:
         self.info = self._describe()
         return self.info
 
-    def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
+    def _load_saes(self, spec: str, model: LoadedModel) -> dict[int, SAE]:
         from sae.zoo import load_sae_set
 
         loaded = load_sae_set(spec, model, device=model.device)  # its AttnscopeErrors reach the screen as they are
@@ -283,14 +290,14 @@ class Engine:
 
     def run_induction(self, n: int, post: Post, seed: int = 0) -> JobHandle:
         """Synthetic repeated-prefix induction scores per head (sae.experiments.induction.synthetic_induction);
-        the result is its `SyntheticInduction`."""
+        the result is an `InductionView`."""
 
         def job(rep: Reporter) -> Any:
             from sae.experiments import induction
 
             model = self._need_model()
-            return induction.synthetic_induction(model, n=n, seq_len=min(128, model.n_ctx), seed=seed,
-                                                 on_progress=rep.progress, cancel=rep.cancel)
+            return induction_view(induction.synthetic_induction(
+                model, n=n, seq_len=min(128, model.n_ctx), seed=seed, on_progress=rep.progress, cancel=rep.cancel))
 
         return self.start_job("induction", job, post, label="induction experiment", key="induction")
 
@@ -304,9 +311,38 @@ class Engine:
             data = ioi.build_dataset(model, n, seed=seed)
             out = ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
                                      cancel=rep.cancel)
-            return experiment_view(out, experiment, n)
+            return experiment_view(out)
 
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
+
+    def run_proxy(self, layer: int, feature: int, rule: str, post: Post, rows: int = 64) -> JobHandle:
+        """A feature against a proxy on held-out text (sae.analysis.proxy.proxy_study); the result is a
+        `ProxyView`. A rule that cannot be read fails the job with its one-line `ProxyError`."""
+
+        def job(rep: Reporter) -> Any:
+            from sae.analysis.dashboards.scan import DashboardSpec
+            from sae.analysis.proxy import parse_proxy, proxy_study
+            from sae.engine.activations import pack_tokens
+            from sae.zoo import corpus_texts
+
+            model = self._need_model()
+            sae = self._sae(layer)
+            proxy = parse_proxy(rule, model.encode)
+            seq = min(128, model.n_ctx)
+            docs, chars = [], 0
+            for doc in corpus_texts(DashboardSpec().corpus, "heldout", synthetic=False):
+                docs.append(doc)
+                chars += len(doc)
+                if chars > rows * seq * 8:  # enough text for `rows` rows; the rest is not tokenised
+                    break
+            token_rows = pack_tokens(docs, model.encode, seq, model.bos_token_id, max_rows=rows)
+            if len(token_rows) == 0:
+                raise EngineError(f"the held-out text is shorter than one row of {seq} tokens")
+            study = proxy_study(model, sae, layer, feature, proxy, token_rows, source="held-out text",
+                                on_progress=rep.progress, cancel=rep.cancel)
+            return proxy_view(study)
+
+        return self.start_job("proxy", job, post, label=f"proxy of L{layer} F{feature}", key=f"proxy:{layer}")
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
         """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`."""

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from sae.experiments.ioi_results import CleanResult, IOIResult
 from workbench.engine.worker import EngineError, one_line
 
 
@@ -189,17 +190,61 @@ class HeadsView:
 
 @dataclass(frozen=True)
 class ExperimentView:
-    """An IOI experiment as a table: `records` (one flat dict per row; their keys are the columns), `sort_key` the
-    first numeric column; `fields` the result's scalars and settings, `raw` the whole `sae/` result."""
+    """An IOI experiment as a table: `records` (one row per record of the result's main table, column -> value),
+    `sort_key` the first numeric column; `settings` what made it (model, N, seed, split, BOS, setting, names,
+    corruption text: `IOISettings`' fields), recorded in findings; `data` the whole result as JSON (`to_dict()`)."""
 
     experiment: str
     n_prompts: int
     layer: int | None
     summary: str
+    clean_logit_diff: float | None
     records: tuple[Mapping[str, Any], ...]
     sort_key: str | None
-    fields: Mapping[str, Any]
-    raw: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InductionHeadView:
+    layer: int
+    head: int
+    scores: Mapping[str, float]  # prefix length -> mean induction score
+    kind: str  # long-prefix | short-prefix | not induction
+
+
+@dataclass(frozen=True)
+class InductionView:
+    """sae.experiments.induction.SyntheticInduction for the induction screen: scores per head and prefix length,
+    the heads classed as induction heads (highest long-prefix score first), the rule, and which sampling ran;
+    `data` the whole result as JSON (for findings)."""
+
+    prefix_lengths: tuple[int, ...]
+    heads: tuple[InductionHeadView, ...]
+    found: tuple[InductionHeadView, ...]
+    rule: str
+    sampling: str
+    design: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    """A feature against a proxy (sae.analysis.proxy.ProxyStudy): `summary` one line; `bins` (range, proxy-true
+    count, proxy-false count, expected value true, expected value false) per activation bin; examples of false
+    positives (the feature fires, the proxy does not hold) and false negatives; `data` the study as JSON."""
+
+    layer: int
+    feature: int
+    proxy: str
+    rule: str
+    summary: str
+    specificity: float | None
+    sensitivity: float | None
+    bins: tuple[tuple[str, int, int, float, float], ...]
+    false_positives: tuple[ExampleView, ...]
+    false_negatives: tuple[ExampleView, ...]
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ---- adapters: `sae/` results -> views -----------------------------------------------------------------
@@ -312,10 +357,10 @@ def heads_view(model: Any, saes: dict[int, Any], labels: Any = None,
     return HeadsView(heads=rows, summary=summary, rule=survey.criterion)
 
 
-def flat_record(r: dict[str, Any]) -> dict[str, Any]:
-    """One table row: scalars kept, nested dicts spread as `key.sub`, lists shortened to text."""
+def flat_record(r: Any) -> dict[str, Any]:
+    """One table row from a record dataclass: scalars kept, nested records spread as `key.sub`, lists as text."""
     out: dict[str, Any] = {}
-    for k, v in r.items():
+    for k, v in asdict(r).items():
         if isinstance(v, dict):
             for k2, v2 in v.items():
                 if isinstance(v2, (int, float, str)):
@@ -327,23 +372,59 @@ def flat_record(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def experiment_view(out: dict[str, Any], experiment: str, n: int) -> ExperimentView:
-    """sae.experiments.ioi.run_experiment's result -> a table: its first list of records, flattened."""
-    lists = [k for k, v in out.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
-    records = tuple(flat_record(r) for r in out[lists[0]]) if lists else ()
-    scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    summary = (f"{out.get('experiment', experiment)} · {out.get('n_prompts', n)} prompts · clean logit diff "
-               f"{out.get('clean_logit_diff', float('nan')):+.3f}")
-    for k in ("accuracy", "layer"):
-        if k in scalars:
-            summary += f" · {k} {scalars[k]:.3g}" if isinstance(scalars[k], float) else f" · {k} {scalars[k]}"
+def experiment_view(result: IOIResult) -> ExperimentView:
+    """sae.experiments.ioi's result (an `IOIResult`) -> a table of its main records, and its settings."""
+    records = tuple(flat_record(r) for r in result.rows())
+    st = result.settings
+    clean = result.clean_logit_diff
+    summary = (f"{result.experiment} · {st.n_prompts} prompts · clean logit diff "
+               + (f"{clean:+.3f}" if clean is not None else "-"))
+    if isinstance(result, CleanResult) and result.accuracy is not None:
+        summary += f" · accuracy {result.accuracy:.3g}"
+    if result.sae_layer is not None:
+        summary += f" · layer {result.sae_layer}"
+    summary += f" · {st.describe()}"
     numeric = [k for k, v in (records[0].items() if records else []) if isinstance(v, float)]
-    fields = {k: v for k, v in out.items() if not isinstance(v, list)}
-    layer = out.get("layer")
     return ExperimentView(
-        experiment=str(out.get("experiment", experiment)), n_prompts=int(out.get("n_prompts", n)),
-        layer=layer if isinstance(layer, int) else None, summary=summary, records=records,
-        sort_key=numeric[0] if numeric else None, fields=fields, raw=out,
+        experiment=result.experiment, n_prompts=st.n_prompts, layer=result.sae_layer, summary=summary,
+        clean_logit_diff=clean, records=records, sort_key=numeric[0] if numeric else None,
+        settings=asdict(st), data=result.to_dict(),
+    )
+
+
+def induction_view(res: Any) -> InductionView:
+    """sae.experiments.induction.SyntheticInduction -> the induction screen's view."""
+
+    def head(h: Any) -> InductionHeadView:
+        return InductionHeadView(layer=h.layer, head=h.head, scores=dict(h.scores), kind=h.kind)
+
+    return InductionView(
+        prefix_lengths=tuple(res.prefix_lengths), heads=tuple(head(h) for h in res.heads),
+        found=tuple(head(h) for h in res.induction_heads()), rule=res.rule, sampling=res.sampling, design=res.design,
+        data=res.to_dict(),
+    )
+
+
+def proxy_view(study: Any) -> ProxyView:
+    """sae.analysis.proxy.ProxyStudy -> the feature screen's proxy panel."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    e = study.edges
+    bins = tuple((f"{e[i]:.3g}-{e[i + 1]:.3g}", int(study.counts_true[i]), int(study.counts_false[i]),
+                  float(study.expected_true[i]), float(study.expected_false[i])) for i in range(len(e) - 1))
+    summary = (f"proxy {study.proxy}: specificity {pct(study.specificity)} ({study.true_positives} of "
+               f"{study.n_fires} firings), sensitivity {pct(study.sensitivity)} ({study.true_positives} of "
+               f"{study.n_proxy} proxy tokens) on {study.n_tokens:,} tokens of {study.source}")
+    return ProxyView(
+        layer=study.layer, feature=study.feature, proxy=study.proxy, rule=study.rule, summary=summary,
+        specificity=study.specificity, sensitivity=study.sensitivity, bins=bins,
+        false_positives=tuple(ExampleView(tokens=list(x.tokens), active=x.active, act=x.act)
+                              for x in study.false_positive_examples),
+        false_negatives=tuple(ExampleView(tokens=list(x.tokens), active=x.active, act=x.act)
+                              for x in study.false_negative_examples),
+        data=study.to_dict(),
     )
 
 

@@ -29,7 +29,7 @@ import time
 import traceback
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import CancelToken, Cancelled, Progress
@@ -84,24 +84,9 @@ def record_bug(exc: BaseException, where: str = "") -> str:
     return f"bug: {type(exc).__name__}: {one_line(exc)} (traceback in {path})"
 
 
-def as_progress(kind: str, info: Progress | Mapping[str, Any] | None) -> Progress:
-    """A job's report as a `Progress`. `sae/` jobs report `Progress` (the one job protocol); a dict is read in the
-    shape the trainer used before it moved to `Progress` (step/total_steps, tokens/total_tokens, tokens_per_s,
-    eta_s, event, and `layers: {layer: {loss, l0, ...}}`, of which the first layer's figures become `metrics`),
-    or as plain `done`/`total`/`note`."""
-    if isinstance(info, Progress):
-        return info
-    d = dict(info or {})
-    if "total_steps" in d or "total_tokens" in d:
-        layers = d.get("layers") or {}
-        first = layers[min(layers)] if layers else {}
-        stage = f"step {d.get('step', 0)}/{d.get('total_steps', '?')}"
-        return Progress(job=kind, done=float(d.get("tokens", 0)), total=float(d.get("total_tokens", 0)),
-                        unit="tokens", stage=stage, rate=d.get("tokens_per_s"), eta_s=d.get("eta_s"),
-                        note=str(d.get("event", "")), metrics=dict(first or {}))
-    return Progress(job=kind, done=float(d.get("done", 0)), total=float(d.get("total", 0)),
-                    unit=str(d.get("unit", "steps")), stage=str(d.get("stage", "")), rate=d.get("tokens_per_s"),
-                    eta_s=d.get("eta_s"), note=str(d.get("note", "")))
+def as_progress(kind: str, info: Progress | None) -> Progress:
+    """A job's report as a `Progress` (the one job protocol); None becomes an empty report of `kind`."""
+    return info if info is not None else Progress(job=kind, done=0, total=0)
 
 
 @dataclass
@@ -123,7 +108,7 @@ class Reporter:
     def cancelled(self) -> bool:
         return self.cancel.cancelled
 
-    def progress(self, report: Progress | Mapping[str, Any] | None = None) -> None:
+    def progress(self, report: Progress | None = None) -> None:
         now = time.monotonic()
         p = as_progress(self.kind, report)
         if self.handle is not None:

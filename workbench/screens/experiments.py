@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import ExperimentView
+from workbench.engine import ExperimentView, InductionView
 from workbench.findings import Finding, md_bars, md_table
 from workbench.messages import JobFinished
 from workbench.screens.base import NavBar, StatusLine
@@ -29,7 +29,7 @@ class InductionScreen(JobScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.result: Any = None
+        self.result: InductionView | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -65,7 +65,7 @@ class InductionScreen(JobScreen):
             return
         self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
-        res = m.result
+        res: InductionView = m.result
         table = self.query_one("#ind-table", DataTable)
         table.clear(columns=True)
         lengths = [str(p) for p in res.prefix_lengths]
@@ -73,14 +73,15 @@ class InductionScreen(JobScreen):
         for h in sorted(res.heads, key=lambda h: (h.kind == "not induction", -max(h.scores.values(), default=0))):
             style = "bold green" if h.kind == "long-prefix" else "bold cyan" if h.kind == "short-prefix" else "dim"
             table.add_row(f"{h.layer}.{h.head}", *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style))
-        found = res.induction_heads()
+        found = res.found
         self.query_one(StatusLine).say(
             f"{len(found)} induction head(s): " + ", ".join(f"{h.layer}.{h.head} ({h.kind})" for h in found[:6])
             if found else "no induction heads found"
         )
         self.query_one("#ind-rule", Static).update(Text(
             "prefix N: the head's induction score on repeats of an N-token random prefix (its attention from each "
-            "token of the second copy to the token after it in the first copy). " + res.rule, style="dim"))
+            f"token of the second copy to the token after it in the first copy). {res.rule}. Sampling {res.sampling}: "
+            f"{res.design}", style="dim"))
 
     def current_finding(self) -> Finding | None:
         if self.result is None:
@@ -88,14 +89,15 @@ class InductionScreen(JobScreen):
         res = self.result
         lengths = [str(p) for p in res.prefix_lengths]
         rows = [[f"{h.layer}.{h.head}", *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
-        body = md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
+        body = (md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
+                + f"\n\nSampling {res.sampling}: {res.design}")
         info = self.engine.info
         best = sorted(res.heads, key=lambda h: -max(h.scores.values(), default=0))[:12]
         bars = {"title": f"induction score at prefix {lengths[-1]}" if lengths else "induction score",
                 "labels": [f"{h.layer}.{h.head}" for h in best],
                 "values": [h.scores[lengths[-1]] if lengths else 0.0 for h in best]}
         return Finding(kind="experiment", title="induction heads by prefix length", body=body,
-                       model=info.model if info else "", data={**res.to_dict(), "bars": bars})
+                       model=info.model if info else "", data={**res.data, "bars": bars})
 
 
 IOI_EXPERIMENTS = ["clean", "splice", "heads", "features", "path", "noising"]
@@ -248,8 +250,7 @@ class IOIScreen(JobScreen):
         self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
         view: ExperimentView = m.result
-        clean = view.fields.get("clean_logit_diff")
-        self.records = display_records([dict(r) for r in view.records], clean if isinstance(clean, float) else None)
+        self.records = display_records([dict(r) for r in view.records], view.clean_logit_diff)
         self.sort_key = view.sort_key
         self.draw_table()
         self.query_one(StatusLine).say(view.summary)
@@ -318,7 +319,8 @@ class IOIScreen(JobScreen):
         info = self.engine.info
         return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
-                       data={**v.fields, "summary": v.summary, "records": [dict(r) for r in v.records],
+                       data={**v.settings, "experiment": v.experiment, "clean_logit_diff": v.clean_logit_diff,
+                             "summary": v.summary, "records": [dict(r) for r in v.records],
                              "sort_key": v.sort_key, "bars": self.bars_data()})
 
 

@@ -12,9 +12,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
-from workbench.engine import DashboardView, EngineInfo, TraceNodeView, TraceView
+from workbench.engine import DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView
 from workbench.findings import Finding, md_bars, md_context, md_table
-from workbench.messages import JobFailed, JobProgress
+from workbench.messages import JobFailed, JobFinished, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
 from workbench.widgets.bars import signed_bars, source_strip
@@ -87,6 +87,38 @@ def dashboard_renderable(d: DashboardView) -> Group:
     return Group(*parts)
 
 
+PROXY_HELP = ("Proxy (where the feature should fire): induction:TOKEN (TOKEN is next by induction, the paper's), "
+              "token:TOKEN, or regex:PATTERN over the text up to the token")
+
+
+def proxy_renderable(v: ProxyView, width: int = 24) -> Group:
+    """The proxy panel: the summary, a histogram of firings split by proxy true (green) / false (red) with the
+    paper's expected values, and examples of false positives and negatives."""
+    top = max([max(t, f) for _, t, f, _, _ in v.bins] or [1]) or 1
+    hist = Text()
+    for rng, t, f, et, ef in v.bins:
+        hist.append(f"{rng:>15} ")
+        hist.append("█" * round(width * t / top), style="green")
+        hist.append(f" {t}", style="green")
+        hist.append("  ")
+        hist.append("█" * round(width * f / top), style="red")
+        hist.append(f" {f}", style="red")
+        hist.append(f"   EV {et:.3f} / {ef:.3f}\n", style="dim")
+    parts: list[Any] = [Text(v.summary, style="bold"), Text(v.rule, style="dim"), Text(""),
+                        Text("activation where it fires: proxy true (green) / false (red); EV = bin centre x count / "
+                             "the category's firings", style="dim"), hist]
+    for title, examples in (("false positives (fires, proxy false)", v.false_positives),
+                            ("false negatives (proxy true, silent)", v.false_negatives)):
+        parts.append(Text(title, style="bold"))
+        for ex in examples:
+            line = Text(f"{ex.act:7.3f}  ")
+            line.append_text(context_text(ex.tokens, ex.active))
+            parts.append(line)
+        if not examples:
+            parts.append(Text("none", style="dim"))
+    return Group(*parts)
+
+
 class FeatureScreen(WorkbenchScreen):
     MODE = "feature"
     BINDINGS = [
@@ -97,6 +129,7 @@ class FeatureScreen(WorkbenchScreen):
         Binding("comma", "trace_pos(-1)", "Pos-", show=True),
         Binding("full_stop", "trace_pos(1)", "Pos+", show=True),
         Binding("b", "build", "Build", show=True),
+        Binding("y", "proxy", "Proxy", show=True),
     ]
 
     def __init__(self) -> None:
@@ -107,6 +140,8 @@ class FeatureScreen(WorkbenchScreen):
         self.trace: TraceView | None = None
         self.job: Any = None
         self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
+        self.proxy: ProxyView | None = None  # the last proxy study of this feature (y)
+        self.proxy_job: Any = None
         self._trace_on_mount = False
 
     def compose(self) -> ComposeResult:
@@ -136,6 +171,7 @@ class FeatureScreen(WorkbenchScreen):
         if pos is not None:
             self.trace_pos = pos
         self.trace = None
+        self.proxy = None
         if not self.query("#trace-tree"):
             return  # on_mount loads it
         self.query_one("#trace-tree", Tree).add_class("hidden")
@@ -188,6 +224,10 @@ class FeatureScreen(WorkbenchScreen):
         self.load(self.sae_layer, (self.feature + delta) % info.d_sae[self.sae_layer])
 
     def back(self) -> bool:
+        if self.proxy is not None and self.view is not None:
+            self.proxy = None
+            self.query_one("#dashboard", Static).update(dashboard_renderable(self.view))
+            return True
         tree = self.query("#trace-tree")
         if tree and not tree.first().has_class("hidden"):
             tree.first().add_class("hidden")
@@ -275,10 +315,57 @@ class FeatureScreen(WorkbenchScreen):
             self.query_one("#feature-status", StatusLine).say(status)
 
     def on_job_failed(self, m: JobFailed) -> None:
-        if m.kind == "dashboards":
+        if m.kind in ("dashboards", "proxy"):
             self.query_one("#feature-status", StatusLine).error(m.error)
 
+    def action_proxy(self) -> None:
+        """Ask for a proxy rule and run the specificity / sensitivity study of this feature on held-out text."""
+        status = self.query_one("#feature-status", StatusLine)
+        if self.sae_layer is None or self.feature is None:
+            status.error("no feature: choose one first")
+            return
+
+        def check(value: str) -> str | None:
+            kind, sep, arg = value.partition(":")
+            if not sep or kind.strip() not in ("induction", "token", "regex") or not arg:
+                return "write KIND:ARG, e.g. induction: board, token: the, regex:[0-9]+"
+            return None
+
+        def done(value: str | None) -> None:
+            if value is None or self.sae_layer is None or self.feature is None:
+                return
+            job = self.attempt(self.engine.run_proxy, self.sae_layer, self.feature, value.strip(),
+                               post=self.post_message)
+            if job is None:  # e.g. one already running: attempt showed why
+                return
+            self.proxy_job = job
+            status.say(f"proxy {value.strip()} on held-out text ... (ctrl+x cancels)")
+
+        self.app.push_screen(AskScreen(PROXY_HELP, placeholder="induction: board", check=check), done)
+
+    def on_job_finished(self, m: JobFinished) -> None:
+        if m.kind != "proxy" or self.proxy_job is None or m.job_id != self.proxy_job.id:
+            return
+        view: ProxyView = m.result
+        if (view.layer, view.feature) != (self.sae_layer, self.feature):
+            return
+        self.proxy = view
+        self.query_one("#dashboard", Static).update(proxy_renderable(view))
+        self.query_one("#feature-status", StatusLine).say(view.summary + " · escape: back to the dashboard")
+
     def current_finding(self) -> Finding | None:
+        if self.proxy is not None:
+            v = self.proxy
+            rows = [[r, t, f, f"{et:.4f}", f"{ef:.4f}"] for r, t, f, et, ef in v.bins]
+            body = "\n".join([v.summary, "", v.rule, "", md_table(["activation", "proxy true", "proxy false", "EV true",
+                                                                  "EV false"], rows)]
+                             + ["", "False positives:", ""] + [f"- {ex.act:.3f}: " + md_context(ex.tokens, ex.active)
+                                                                for ex in v.false_positives]
+                             + ["", "False negatives:", ""] + ["- " + md_context(ex.tokens, ex.active)
+                                                                for ex in v.false_negatives])
+            info = self.engine.info
+            return Finding(kind="proxy", title=f"L{v.layer} F{v.feature} against {v.proxy}", body=body,
+                           model=info.model if info else "", layer=v.layer, data=dict(v.data))
         if self.trace is not None and not self.query_one("#trace-tree", Tree).has_class("hidden"):
             return trace_finding(self.trace, self.engine.info, self.wb.explore_prompt())
         if self.view is None:

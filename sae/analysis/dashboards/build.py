@@ -34,7 +34,8 @@ from sae.engine.safe_io import check_writable_dir
 
 LOGIT_NOTE = (
     "Logit effect = W_dec[i] split per head, through W_O, centred and multiplied by the final LayerNorm weight, then "
-    "W_U. Approximation: the final LayerNorm's per-token scale (a positive factor, so it cannot change the ranking) and "
+    "the vocabulary-centred W_U (W_U minus its mean over the vocabulary, as the paper and attnscope's induction DLA "
+    "use it: a direction that raises every logit alike scores 0). Approximation: the final LayerNorm's per-token scale (a positive factor, so it cannot change the ranking) and "
     "all later layers are ignored; it is the feature's direct path to the logits."
 )
 
@@ -59,6 +60,7 @@ def logit_effects(model: LoadedModel, sae: SAE, layer: int, n: int = 10, chunk: 
     Returns top_ids/top_vals/bot_ids/bot_vals, each `[d_sae, n]`."""
     W_O = model.bridge.W_O[layer].float()  # [H, dh, d_model]
     W_U = model.bridge.W_U.float()  # [d_model, vocab]
+    W_U = W_U - W_U.mean(dim=1, keepdim=True)  # vocabulary-centred: logit relative to the average token
     w_ln, centre = _final_ln(model)
     dec = decoder_by_head(sae, model.n_heads).float()  # [d_sae, H, dh]
     n = min(n, W_U.shape[1])

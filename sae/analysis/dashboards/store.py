@@ -40,7 +40,7 @@ PARTIAL = "partial.safetensors"
 PARTIAL_INDEX = "partial.json"
 
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: feature logit tables through the vocabulary-centred W_U
 
 
 class DashboardError(AttnscopeError, ValueError):

@@ -19,6 +19,7 @@ from sae.engine.errors import TrainingDiverged, TrainingError
 from sae.engine.training.checkpoint import write_text
 
 NORMALIZATIONS = ("none", "expected_average_only_in")
+B_DEC_INITS = ("auto", "mean", "zeros", "geometric-median")  # where b_dec starts
 DECODER_NORMS = ("rescale", "unit")  # sae.engine.training.steps explains both
 
 
@@ -74,9 +75,11 @@ class TrainConfig:
         "learn fast at a small lr; unit: rows held at unit norm (the paper's recipe). Saved SAEs always have "
         "unit rows", kind="choice", choices=DECODER_NORMS, shown="rescale for topk, unit for standard")
     b_dec_init: str = opt(
-        "auto", "where b_dec starts: mean (the first buffer's mean activation), zeros, or auto (mean for topk; for "
-        "standard, mean only when the mean carries >= 40% of the activations' energy)", kind="choice",
-        choices=("auto", "mean", "zeros"))
+        "auto", "where b_dec starts: mean (the first buffer's mean activation), zeros, geometric-median (of up to "
+        "16384 activations of the first buffer, by Weiszfeld's iteration: the paper's train.py option "
+        "'geometric_mean_init'), or auto (mean for topk; for standard, mean only when the mean carries >= 40% of the "
+        "activations' energy)", kind="choice",
+        choices=B_DEC_INITS)
     decoder_init_norm: float = opt(0.1, "rescale: the decoder rows' initial norm", kind="float", cli=False)
     lr: float = opt(1.2e-3, "Adam learning rate", kind="float")
     beta1: float = opt(0.9, "Adam beta1", kind="float")
@@ -153,8 +156,8 @@ class TrainConfig:
                                 f"(got {self.normalize_activations!r})")
         if self.decoder_norm is None:
             self.decoder_norm = self.arch.decoder_norm
-        if self.b_dec_init not in ("auto", "mean", "zeros"):
-            raise TrainingError(f"b_dec_init must be auto, mean or zeros (got {self.b_dec_init!r})")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise TrainingError(f"b_dec_init must be one of {', '.join(B_DEC_INITS)} (got {self.b_dec_init!r})")
         if self.decoder_norm not in DECODER_NORMS:
             raise TrainingError(f"decoder_norm must be one of {', '.join(DECODER_NORMS)} (got {self.decoder_norm!r})")
         if not math.isfinite(self.decoder_init_norm) or self.decoder_init_norm <= 0:
@@ -261,6 +264,12 @@ def field_default(name: str) -> Any:
 # 24576 (32 x 768) except layers 5 and 7 (49152), per-layer L1, lr 1.2e-3, Adam (0.9, 0.99), 1000 warm-up steps
 # re-warmed after each resample, resampling every 25k steps at most 4 times (dead = frequency <= 1e-6 over the last
 # 12.5k steps), 2e9 tokens in batches of 4096, context 128, a 384-batch shuffle buffer, bf16 autocast.
+# Where each value comes from: width, L1, lr, batch, resample interval (rie25000), 4 resamples and the dead cutoff
+# are in the released runs' names (ckkissane/attn-saes-gpt2-small-all-layers, as listed in the authors'
+# ioi_circuit_analysis.py); Adam's betas are not in the names, so they come from the authors' train.py
+# default_cfg (beta1 0.0, beta2 0.9999), which also has lr 1.2e-3 and dead cutoff 1e-6 as the names say (the
+# released {run}_cfg.json files record beta1/beta2 but were not readable offline; PAPER.md's (0.9, 0.99) is the
+# earlier 1L-Sparse-Autoencoder default). b_dec starts at zeros, train.py's default.
 PAPER_L1 = (1.8, 0.8, 1.0, 0.9, 1.1, 1.0, 1.1, 1.1, 1.3, 1.2, 1.3, 3.0)
 PAPER_L0 = (3, 23, 16, 15, 14, 17, 17, 19, 23, 23, 14, 9.4)  # reported, approximate
 PRESETS: dict[str, dict[str, Any]] = {
@@ -273,8 +282,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "layer_l1": dict(enumerate(PAPER_L1)),
         "l1_coeff": 1.0,
         "lr": 1.2e-3,
-        "beta1": 0.9,
-        "beta2": 0.99,
+        "beta1": 0.0,
+        "beta2": 0.9999,
+        "b_dec_init": "zeros",
         "warmup_steps": 1000,
         "resample_every": 25_000,
         "resample_window": 12_500,

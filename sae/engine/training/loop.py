@@ -103,6 +103,25 @@ def b_dec_starts_at_mean(cfg: TrainConfig, mean_share: float) -> bool:
     return cfg.b_dec_init == "mean"
 
 
+GEOMETRIC_MEDIAN_POINTS = 16384  # activations of the first buffer the geometric-median b_dec start is taken over
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
+    """The point minimising the summed Euclidean distance to the rows of `x [n, d]` (Weiszfeld's iteration, from
+    the mean; a point sitting on a row is kept off it by a 1e-12 floor on the distances). Returns `[d]`."""
+    pts = x.double()
+    m = pts.mean(0)
+    for _ in range(max_iter):
+        w = 1.0 / (pts - m).norm(dim=1).clamp_min(1e-12)
+        new = (w.unsqueeze(1) * pts).sum(0) / w.sum()
+        moved = float((new - m).norm())
+        m = new
+        if moved <= tol * max(1.0, float(m.norm())):
+            break
+    return m.to(x.dtype)
+
+
 def make_optimizer(sae: SAE, cfg: TrainConfig) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
     try:
@@ -435,6 +454,15 @@ class Trainer:
                 s = math.sqrt(self.d_in) / mean_norm
             self.scales[layer] = s
             share = float(mean_x.double().pow(2).sum()) / mean_sq if mean_sq > 0 else 0.0
+            if self.cfg.b_dec_init == "geometric-median":
+                gen = torch.Generator().manual_seed(self.cfg.seed * 1009 + layer)
+                n = min(GEOMETRIC_MEDIAN_POINTS, self.buffer.capacity * self.buffer.n_lanes)
+                start = geometric_median(self.buffer.sample(n, slot, gen).float()).to(self.device) * s
+                for u in self.units:
+                    if u.layer == layer:
+                        with torch.no_grad():
+                            u.sae.b_dec.copy_(start)
+                continue
             if not b_dec_starts_at_mean(self.cfg, share):
                 continue
             mean = mean_x.to(self.device) * s
