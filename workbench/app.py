@@ -11,6 +11,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.widgets import Input
 
+from workbench.engine import visible
 from workbench.commands import WorkbenchCommands
 from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
 from workbench.figures import export_report
@@ -47,6 +48,13 @@ class WorkbenchApp(App):
     """attnscope's terminal workbench. Every action has a key; Ctrl+P finds features, layers, screens, SAEs."""
 
     TITLE = "attnscope"
+
+    def notify(self, message: str, *, title: str = "", severity: str = "information",  # type: ignore[override]
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Textual's toast, but its text is never markup (a note, a title or a path may hold `[/]`) and its
+        control characters are shown, not sent to the terminal. Every screen's `notify` comes here."""
+        super().notify(visible(message), title=visible(title, keep=""), severity=severity,  # type: ignore[arg-type]
+                       timeout=timeout, markup=markup)
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
     MODES = {

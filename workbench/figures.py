@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from workbench.engine import visible, xml_clean
 from workbench.findings import ExportError, Finding, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
@@ -26,7 +27,7 @@ def svg(renderable: RenderableType, title: str, width: int = SVG_WIDTH) -> str:
     """`renderable` drawn as an SVG (a terminal window of `width` columns, as tall as it needs)."""
     console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
     console.print(renderable)
-    return console.export_svg(title=title)
+    return xml_clean(console.export_svg(title=visible(title, keep="")))  # user text: ESC/NUL would break the XML
 
 
 def heatmap_renderable(tokens: list[str], columns: list[int], values: list[list[float]], pos: int | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_text import md_block, md_code, md_inline, visible
 from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as _safe_write_text
 
 
@@ -231,7 +232,7 @@ class FindingsStore:
             return False
 
         if not self._change(apply):
-            raise KeyError(finding_id)
+            raise FindingsError("that finding is no longer pinned (deleted in another window?); the note was not saved")
 
     def __len__(self) -> int:
         return len(self.findings)
@@ -241,9 +242,9 @@ class FindingsStore:
 
 
 def md_escape(text: str) -> str:
-    """Escape a token or label for a markdown table cell or inline text."""
-    out = text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_").replace("`", "\\`")
-    return out.replace("\n", "\\n").replace("\t", "\\t")
+    """Escape a token or label for a markdown table cell or inline text: no HTML, emphasis, link, pipe or line
+    break; control characters visible (`sae.engine.safe_text.md_inline`)."""
+    return md_inline(text)
 
 
 def md_context(tokens: list[str], active: int) -> str:
@@ -283,7 +284,7 @@ def md_bars(labels: list[str], values: list[float], width: int = 24) -> str:
 
 def export_markdown(findings: list[Finding], title: str = "attnscope findings") -> str:
     """One report: a table of contents, then each finding's heading, provenance, note and body."""
-    out = [f"# {title}", "", f"{len(findings)} finding(s), exported {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    out = [f"# {md_inline(title)}", "", f"{len(findings)} finding(s), exported {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if findings:
         out.append(md_table(["#", "kind", "title", "model", "layer"], [
             [i + 1, f.kind, f.title, f.model, "" if f.layer is None else f.layer] for i, f in enumerate(findings)
@@ -292,20 +293,20 @@ def export_markdown(findings: list[Finding], title: str = "attnscope findings") 
     for i, f in enumerate(findings, 1):
         out.append(f"## {i}. {md_escape(f.title)}")
         out.append("")
-        prov = [f"kind: {f.kind}", f"pinned {f.created}"]
+        prov = [f"kind: {md_inline(f.kind)}", f"pinned {md_inline(f.created)}"]
         if f.model:
-            prov.append(f"model: `{f.model}`")
+            prov.append(f"model: `{md_code(f.model)}`")
         if f.saes:
-            prov.append(f"SAEs: `{f.saes}`")
+            prov.append(f"SAEs: `{md_code(f.saes)}`")
         if f.layer is not None:
             prov.append(f"layer {f.layer}")
         out.append("*" + " · ".join(prov) + "*")
         out.append("")
         if f.note.strip():
-            out.append("> " + f.note.strip().replace("\n", "\n> "))
+            out.append("> " + md_block(f.note.strip()).replace("\n", "\n> "))
             out.append("")
         if f.body.strip():
-            out.append(f.body.strip())
+            out.append(visible(f.body.strip()))
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 

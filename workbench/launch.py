@@ -7,6 +7,7 @@ import sys
 
 from sae.cli.common import UsageError, fail
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_text import term_line
 
 EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -65,7 +66,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from sae.cli import text_args
+
+    argv = text_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = write_screenshots(args.out, model=args.model, saes=args.saes, device=args.device,
                                       size=parse_size(args.size), prompt=args.prompt)
             for p in paths:
-                print(p)
+                print(term_line(p))
             return 0
         if args.command == "bench":
             if args.bench != "tui":
@@ -104,7 +107,7 @@ def export_command(args: argparse.Namespace) -> int:
         raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
     replaced = export_replaces(args.out)
     path = export_report(args.out, store.findings, title=args.title)
-    print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
+    print(f"wrote {len(store)} finding(s) to {term_line(path)}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
 
@@ -124,7 +127,8 @@ def open_engine(args: argparse.Namespace):  # -> workbench.engine.Engine
     from workbench.engine import Engine
 
     engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
-    print(f"attnscope: loading {args.model} model and {args.saes} SAEs ...", file=sys.stderr, flush=True)
+    print(f"attnscope: loading {term_line(args.model)} model and {term_line(args.saes)} SAEs ...", file=sys.stderr,
+          flush=True)
     try:
         asyncio.run(engine.open())
     except BaseException:

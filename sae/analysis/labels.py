@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_text import md_cell
 
 # The paper's families (induction, short- and long-range context) and the finer GPT-2 Small roles it names; the
 # first six are also the automatic roles (`sae.analysis.roles.ROLES`), so the two can be compared.
@@ -404,7 +405,7 @@ def add_agreement(report: StudyReport, directories: Mapping[int, Path], confirm:
 
 def md_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return md_cell(str(v).replace("\n", " "))
 
     return "\n".join(["| " + " | ".join(map(cell, cols)) + " |", "|" + "---|" * len(cols)]
                      + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])

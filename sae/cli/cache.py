@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     data = {"path": str(out), **manifest.to_dict()}
     emit(args, data, _markdown)
-    console.print(f"train from it with: attnscope train --activations {out} --out RUN_DIR")
+    console.print(f"train from it with: attnscope train --activations {out} --out RUN_DIR", markup=False)
     return 0
 
 

@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.screen import Screen
 from textual.widgets import Static
 
+from workbench.engine import plain
+
 if TYPE_CHECKING:
     from workbench.app import WorkbenchApp
     from workbench.engine import Engine
@@ -54,11 +56,11 @@ class StatusLine(Static):
 
     def say(self, message: str) -> None:
         self.message, self.is_error = message, False
-        self.update(Text(message, style="dim"))
+        self.update(plain(message, style="dim"))
 
     def error(self, message: str) -> None:
         self.message, self.is_error = message, True
-        self.update(Text(message, style="bold red"))
+        self.update(plain(message, style="bold red"))
 
 
 class WorkbenchScreen(Screen):
