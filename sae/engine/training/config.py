@@ -15,18 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from sae.engine.autoencoder import TRAINABLE, REGISTRY
-from sae.engine.errors import AttnscopeError
+from sae.engine.errors import TrainingDiverged, TrainingError
+from sae.engine.training.checkpoint import write_text
 
 NORMALIZATIONS = ("none", "expected_average_only_in")
 DECODER_NORMS = ("rescale", "unit")  # sae.engine.training.steps explains both
 
 
-class TrainingError(AttnscopeError, ValueError):
-    """Training could not start or had to stop; the message is one line meant for the user."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN/inf. The last good checkpoint (if any) is kept untouched."""
+__all__ = ["DECODER_NORMS", "NORMALIZATIONS", "PRESETS", "TrainConfig", "TrainingDiverged", "TrainingError",
+           "field_default", "option_fields", "paper_table"]
 
 
 def opt(default: Any, help: str, kind: str = "", flag: str | None = None, choices: tuple = (), cli: bool = True,
@@ -230,9 +227,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: Path) -> None:
-        from sae.engine.training.loop import _atomic_write_text
-
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # fields that may differ between a checkpoint and the run that resumes it
     RESUMABLE_CHANGES = ("total_tokens", "checkpoint_every", "log_every", "world_size", "prefetch")

@@ -34,14 +34,24 @@ import torch
 
 from sae.engine.activations import ZSource, rows_digest
 from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm, fold_input_scale
-from sae.engine.training.distributed import LocalSync, ShardedBuffer, Sync, read_lane_states, write_checkpoint
+from sae.engine.training.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    CONFIG_FILE,
+    load_checkpoint,
+    read_lane_states,
+    save_checkpoint,
+    write_checkpoint,
+)
+from sae.engine.training.distributed import LocalSync, ShardedBuffer, Sync
 from sae.engine.formats import save_sae
 from sae.engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
 from sae.engine.models import z_hook_name
 from sae.engine.training.resampling import FiringTracker, resample_dead
-from sae.engine.safe_io import DirLock, UnsafeFileError, atomic_write_text, atomic_write_with, clean_stale_temps, safe_torch_load
+from sae.engine.safe_io import DirLock, clean_stale_temps
 from sae.engine.training.schedule import Schedule, lr_at, resample_phase, resolve_schedule
 from sae.engine.training.config import PRESETS, TrainConfig, TrainingDiverged, TrainingError
+from sae.engine.training.sweep import sweep_label
 from sae.engine.training.steps import (
     init_decoder_norm,
     remove_parallel_grad,
@@ -55,15 +65,10 @@ from sae.engine.training.steps import (
 
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "PRESETS", "Schedule", "TrainConfig", "Trainer", "TrainingDiverged",
-    "TrainingError", "TrainOutcome", "load_checkpoint", "lr_at", "make_optimizer", "remove_parallel_grad",
+    "TrainingError", "TrainOutcome", "load_checkpoint", "save_checkpoint", "lr_at", "make_optimizer", "remove_parallel_grad",
     "resample_dead", "sae_forward_train", "standard_loss", "standard_step_grads", "stop_on_signals",
     "topk_aux_loss", "topk_step_grads", "train_saes",
 ]
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "train_config.json"
-CHECKPOINT_FORMAT = "attnscope-train-checkpoint-2"
-
 
 def init_sae(d_in: int, n_heads: int | None, model_name: str, layer: int, cfg: TrainConfig, value: float,
              device: torch.device) -> SAE:
@@ -117,13 +122,6 @@ def activation_scale(x: torch.Tensor) -> float:
     return math.sqrt(x.shape[-1]) / mean_norm if mean_norm > 0 and math.isfinite(mean_norm) else 1.0
 
 
-def sweep_label(param: str, value: float) -> str:
-    """The sub-directory of one sweep point: `k32`, `l1_0.5`."""
-    if param == "k":
-        return f"k{int(value)}"
-    return f"l1_{value:g}"
-
-
 # ---- one SAE being trained -----------------------------------------------------------------------------------
 
 
@@ -168,31 +166,6 @@ class Unit:
 
 
 # ---- files ----------------------------------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a temporary file renamed into place: a checkpoint is either whole or absent; a full
-    disk is a one-line OutputError with the previous checkpoint untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda tmp: torch.save(state, str(tmp)))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's tensors and plain values (weights only: nothing in it is executed)."""
-    try:
-        state = safe_torch_load(path, "checkpoint")
-    except FileNotFoundError:
-        raise TrainingError(f"no checkpoint to resume from at {path}") from None
-    except UnsafeFileError as exc:
-        raise TrainingError(str(exc)) from None
-    if not isinstance(state, dict):
-        raise TrainingError(f"checkpoint {path} does not hold a training state")
-    return state
 
 
 def lock_output_dir(out_dir: str | Path) -> DirLock:
@@ -369,7 +342,7 @@ class Trainer:
             self.cfg.total_steps, saved_schedule.warmup_steps, saved_schedule.resample_every,
             saved_schedule.resample_window, saved_schedule.dead_tokens, saved_schedule.chosen)
         self.scales = {int(k): float(v) for k, v in state["scales"].items()} if state["scales"] else None
-        self.buffer.load_lane_states(read_lane_states(self.checkpoint_path, state, self.buffer.owned, load_checkpoint))
+        self.buffer.load_lane_states(read_lane_states(self.checkpoint_path, state, self.buffer.owned))
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
         self.last_checkpoint_step = self.step
@@ -379,8 +352,7 @@ class Trainer:
 
     def _save_state(self) -> None:
         """The checkpoint: global state from rank 0, each process's data lanes from itself."""
-        write_checkpoint(self.checkpoint_path, self.state_dict(), self.buffer.lane_states(), self.step, self.sync,
-                         save_checkpoint)
+        write_checkpoint(self.checkpoint_path, self.state_dict(), self.buffer.lane_states(), self.step, self.sync)
 
     def write_checkpoint(self) -> dict[str, dict[int, SAE]]:
         """Write `checkpoint.pt` and every SAE (folded, reading raw z); returns the saved SAEs by sweep label."""
