@@ -323,6 +323,9 @@ class WorkbenchApp(App):
 
     def action_export(self) -> None:
         def check(path: str) -> str | None:
+            self.findings.reload_if_changed()
+            if self.findings.error:  # a damaged findings file never becomes a report of "0 findings" over the old one
+                return f"{self.findings.error}; nothing exported"
             try:
                 written = export_report(path, self.findings.findings)
             except ExportError as exc:

@@ -15,8 +15,8 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from workbench.engine import visible, xml_clean
-from workbench.findings import ExportError, Finding, export_markdown, write_export
+from workbench.engine import OutputError, swap_dir, visible, xml_clean
+from workbench.findings import ExportError, Finding, check_export_target, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
 
@@ -97,20 +97,48 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "finding"
 
 
+def figures_folder(markdown_path: Path) -> Path:
+    """`<report stem>-figures/` beside the report."""
+    return markdown_path.with_name(markdown_path.stem + "-figures")
+
+
 def write_figures(markdown_path: Path, findings: list[Finding]) -> dict[str, list[tuple[str, str]]]:
-    """Write every finding's figures into `<report stem>-figures/` beside the report (created with the umask);
-    returns {finding id: [(caption, path relative to the report)]}."""
-    folder = markdown_path.with_name(markdown_path.stem + "-figures")
+    """Write every finding's figures into `<report stem>-figures/` beside the report; returns {finding id:
+    [(caption, path relative to the report)]}.
+
+    All or nothing: the figures are drawn into a fresh folder that replaces only the figure files in
+    `-figures/` (`safe_io.swap_dir`: the user's other files there stay). A `-figures` that is a symlink, a file
+    or a read-only place is an `ExportError` before anything is written; no figure is written through a link."""
+    folder = figures_folder(markdown_path)
+    planned: list[tuple[Finding, str, str, RenderableType]] = []
     links: dict[str, list[tuple[str, str]]] = {}
     for i, f in enumerate(findings, 1):
-        for stem, caption, renderable in finding_figures(f):
+        try:
+            figures = finding_figures(f)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ExportError(f"finding {i} ({visible(f.title, keep='')[:40]}): its figure data is damaged "
+                              f"({type(exc).__name__}); nothing exported") from None
+        for stem, caption, renderable in figures:
             name = f"{i:02d}-{slug(f.title)}-{stem}.svg"
-            try:
-                folder.mkdir(exist_ok=True)
-                (folder / name).write_text(svg(renderable, f"{f.title}: {caption}"), encoding="utf-8")
-            except OSError as exc:
-                raise ExportError(f"cannot write the figure {folder / name}: {exc.strerror or exc}") from exc
+            planned.append((f, name, caption, renderable))
             links.setdefault(f.id, []).append((caption, f"{folder.name}/{name}"))
+    if not planned:
+        return links
+    if folder.is_symlink():
+        raise ExportError(f"{folder} is a symbolic link; refusing to write figures through it (remove it or pick "
+                          "another report name)")
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} is a file, not a folder for the figures; pick another report name")
+    drawn = {name: svg(renderable, f"{f.title}: {caption}") for f, name, caption, renderable in planned}
+
+    def write(tmp: Path) -> None:
+        for name, text in drawn.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    try:
+        swap_dir(folder, write, owned=drawn)
+    except OutputError as exc:
+        raise ExportError(f"cannot write the figures: {exc}") from None
     return links
 
 
@@ -129,11 +157,10 @@ def link_figures(markdown: str, findings: list[Finding], links: dict[str, list[t
 
 
 def export_report(path: str | Path, findings: list[Finding], title: str = "attnscope findings") -> Path:
-    """The markdown report and, beside it, each finding's figures as SVG, linked from the report. A bad path is
-    an `ExportError` before anything is written."""
-    written = write_export(path, export_markdown(findings, title=title))  # checks the place first
-    links = write_figures(written, findings)
-    if links:
-        write_export(written, link_figures(export_markdown(findings, title=title), findings, links))
-    return written
-
+    """The markdown report and, beside it, each finding's figures as SVG, linked from it. The report's place is
+    checked first, the figures written next, and the report replaced last: a failure anywhere leaves the old
+    report as it was (`ExportError`, one line)."""
+    target = check_export_target(path)
+    links = write_figures(target, findings)
+    text = export_markdown(findings, title=title)
+    return write_export(path, link_figures(text, findings, links) if links else text)

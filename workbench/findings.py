@@ -21,6 +21,7 @@ from typing import Any, Callable
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_text import md_block, md_code, md_inline, visible
 from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as _safe_write_text
+from sae.engine.safe_io import resolve_output as _resolve_output
 
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
@@ -311,11 +312,10 @@ def export_markdown(findings: list[Finding], title: str = "attnscope findings") 
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_export(path: str | Path, text: str) -> Path:
-    """Write the report; an unwritable place is an `ExportError` with one line, the findings stay untouched.
-
-    Symlinks are written through (the link stays), devices, FIFOs and directories are refused;
-    `export_replaces(path)` beforehand tells whether an existing file will be replaced."""
+def check_export_target(path: str | Path) -> Path:
+    """The report's path if a report can be written there, else `ExportError` (one line) before anything is
+    written: an empty path, a directory, a missing folder, a device or FIFO, a read-only file, the installed
+    package, an unwritable folder."""
     p = Path(path).expanduser()
     if not str(path).strip():
         raise ExportError("no export path given")
@@ -323,6 +323,21 @@ def write_export(path: str | Path, text: str) -> Path:
         raise ExportError(f"{p} is a directory; give a file name such as {p / 'findings.md'}")
     if not p.parent.exists():
         raise ExportError(f"cannot write {p}: the folder {p.parent} does not exist")
+    try:
+        _resolve_output(p)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {p}: the folder {p.parent} is not writable")
+    return p
+
+
+def write_export(path: str | Path, text: str) -> Path:
+    """Write the report; an unwritable place is an `ExportError` with one line, the findings stay untouched.
+
+    Symlinks the user named are written through (the link stays), devices, FIFOs, directories and read-only
+    files are refused; `export_replaces(path)` beforehand tells whether an existing file will be replaced."""
+    p = check_export_target(path)
     try:
         _safe_write_text(p, text)
     except OutputError as exc:

@@ -7,6 +7,7 @@ import sys
 
 from sae.cli.common import UsageError, fail
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import environment_error_line
 from sae.engine.safe_text import term_line
 
 EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(args)
     except AttnscopeError as exc:  # every error meant for the user, caught once
         return fail(str(exc))
+    except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
+        line = environment_error_line(exc)
+        if line is None:
+            raise
+        return fail(line)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import atomic_write_text, os_error_line, read_text_file
 from sae.engine.safe_text import md_cell
 
 # The paper's families (induction, short- and long-range context) and the finer GPT-2 Small roles it names; the
@@ -101,13 +101,17 @@ def _author() -> str:
 @contextmanager
 def _locked(lock_path: Path, timeout_s: float = 30.0) -> Iterator[None]:
     """An exclusive inter-process lock on `lock_path` (flock where there is one; else an O_EXCL lock file)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         fcntl = None  # type: ignore[assignment]
     if fcntl is not None:
-        with open(lock_path, "a+") as fh:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(lock_path, "a+")
+        except OSError as exc:
+            raise LabelError(f"cannot write beside the label file ({lock_path.parent}): {os_error_line(exc)}") from None
+        with fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -141,11 +145,9 @@ class LabelStore:
 
     def _read(self) -> dict[str, Any]:
         try:
-            raw = self.path.read_text()
+            raw = read_text_file(self.path, "the label file")  # a FIFO, /dev/zero, a directory: one line, no hang
         except FileNotFoundError:
             return {"format": FORMAT, "families": list(DEFAULT_FAMILIES), "labels": {}}
-        except OSError as exc:
-            raise LabelError(f"cannot read the label file {self.path}: {exc.strerror}") from None
         try:
             data = json.loads(raw)
         except ValueError:
@@ -156,18 +158,9 @@ class LabelStore:
         return data
 
     def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Atomically, through `safe_io`: the file's mode kept (644 stays 644), a read-only file refused, a
+        symlink the user named written through (the link stays), a device or full disk one line."""
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
 
     @contextmanager
     def _transaction(self) -> Iterator[dict[str, Any]]:

@@ -12,6 +12,7 @@ import os
 
 from sae.cli.common import fail
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import environment_error_line
 from sae.engine.safe_text import from_argv, term_line
 
 # module name -> registers its subcommands with `register(subparsers)`
@@ -80,6 +81,8 @@ def text_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
+    import sae.zoo  # noqa: F401 - registers the installed package as read-only to every writer (safe_io.protect)
+
     parser = build_parser(extra_modules)
     raw = list(sys.argv[1:] if argv is None else argv)
     argv = text_args(raw)
@@ -92,6 +95,11 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
         return int(args.func(args) or 0)
     except AttnscopeError as exc:  # every error meant for the user, caught once
         return fail(str(exc))
+    except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
+        line = environment_error_line(exc)
+        if line is None:
+            raise
+        return fail(line)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.engine.safe_text import markup_escape as escape
+from sae.engine.safe_text import markup_escape as escape, term_line
 from sae.cli.common import FitTable as Table
 from rich.text import Text
 
@@ -223,7 +223,7 @@ def run_families(args: argparse.Namespace) -> int:
     except LabelError as exc:
         raise UsageError(str(exc)) from None
     for i, f in enumerate(fams):
-        print(f"{(i + 1) % 10 if i < 10 else ' '}  {f}")
+        print(f"{(i + 1) % 10 if i < 10 else ' '}  {term_line(f)}")
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sae.cli.common import UsageError, add_output_flags, console, emit, job_progress, open_model, out
+from sae.engine.safe_text import markup_escape
 
 DESCRIPTION = (
     "Train one SAE per layer on blocks.L.attn.hook_z (value bias folded out), all layers from one model pass per "
@@ -226,7 +227,7 @@ def launch(args: argparse.Namespace) -> int:
         batch = args.batch_size or preset.get("batch_size") or field_default("batch_size")
         check_split(batch, args.data_shards or n, n)
     argv = strip_nproc(getattr(args, "argv", None) or sys.argv[1:])
-    return launch_torchrun(n, args.device, ["-m", "workbench.main", *argv], announce=console.print)
+    return launch_torchrun(n, args.device, ["-m", "workbench.main", *argv], announce=lambda line: console.print(line, markup=False))
 
 
 def existing_saes(out_dir: Path) -> list[Path]:
@@ -238,6 +239,36 @@ def existing_saes(out_dir: Path) -> list[Path]:
     return sorted(d for d in out_dir.iterdir() if (d / CFG_FILE).is_file() and (d / WEIGHTS_FILE).is_file())
 
 
+def run_entries(out_dir: Path) -> tuple[bool, list[str]]:
+    """(whether `out_dir` holds an attnscope training run, the names in it that are not attnscope's). A run is a
+    `train_config.json`, a checkpoint or SAE directories (a sweep's in their point folders); attnscope's lock and
+    temporaries are its own; anything else is the user's."""
+    from sae.engine.safe_io import LOCK_FILE, is_own_temp
+    from sae.engine.training.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, LANES_DIR
+
+    try:
+        entries = sorted(p.name for p in out_dir.iterdir())
+    except OSError:
+        return False, []
+    ours = {CHECKPOINT_FILE, CONFIG_FILE, LANES_DIR, LOCK_FILE}
+    is_run = CONFIG_FILE in entries or CHECKPOINT_FILE in entries or bool(existing_saes(out_dir))
+    foreign = [n for n in entries if n not in ours and not is_own_temp(n) and not n.startswith(".probe-")]
+    return is_run, foreign
+
+
+def refuse_foreign_dir(out_dir: Path) -> None:
+    """A fresh run goes into a new or empty directory or replaces a run of attnscope's own: a directory holding
+    anything else (a home directory, a folder of the user's files, an SAE folder holding only a README) is refused
+    with one line, with or without --overwrite, before anything is written in it."""
+    if not out_dir.is_dir() or out_dir.is_symlink() and not out_dir.exists():
+        return
+    is_run, foreign = run_entries(out_dir)
+    if foreign and not is_run:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"--out {out_dir} already holds files that are not an attnscope training run ({shown}); "
+                         "pick a new or empty directory")
+
+
 def _run(args: argparse.Namespace, sync) -> int:
     from sae.engine.safe_io import check_writable_dir
     from sae.engine.training.loop import lock_output_dir
@@ -245,6 +276,8 @@ def _run(args: argparse.Namespace, sync) -> int:
     out_dir = Path(args.out).expanduser()
     lock = None
     if sync is None or sync.is_main:  # one writer per --out: rank 0 holds the lock for the whole run
+        if not args.resume:
+            refuse_foreign_dir(out_dir)  # the user's own files: refused before anything is written there
         check_writable_dir(out_dir, "--out")  # a file, a read-only place: one line now, not after the model loads
         lock = lock_output_dir(out_dir)  # a second `attnscope train` into the same --out is refused here
     try:
@@ -268,7 +301,8 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
     if sync is None or sync.is_main:  # one report per run, not one per process
         emit(args, data, _markdown, _pretty)
     if outcome.status == "cancelled":
-        console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume")
+        console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume",
+                      markup=False)
         return 130
     return 0
 
@@ -342,14 +376,15 @@ def _announce(args: argparse.Namespace, trainer, rows, sync) -> None:
     console.print(
         f"training {len(trainer.units)} SAE(s) on {cfg.model_name} layers {cfg.layers}: {cfg.architecture},{sweep} "
         f"{trainer.d_in} -> {cfg.width(cfg.layers[0], trainer.d_in)}, {cfg.total_steps:,} steps of "
-        f"{cfg.batch_size:,} tokens ({where}){' (resumed at step ' + str(trainer.step) + ')' if args.resume else ''}"
+        f"{cfg.batch_size:,} tokens ({where}){' (resumed at step ' + str(trainer.step) + ')' if args.resume else ''}",
+        markup=False,
     )
     if sync is not None:
         console.print(f"data parallel: {sync.world_size} processes, {cfg.batch_size // sync.world_size:,} tokens each "
                       f"per step, {cfg.data_shards} data shards")
     console.print(trainer.schedule.describe(cfg.architecture))
     for warning in trainer.schedule.warnings():
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {markup_escape(warning)}")
 
 
 def _step_note(p) -> str:

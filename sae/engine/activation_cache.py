@@ -15,8 +15,6 @@ from the cache therefore matches training from the model on the same rows.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from sae.engine.activations import ZSource, rows_digest
 from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import CancelToken, Progress, ProgressFn
 from sae.engine.models import z_hook_name
+from sae.engine.safe_io import DirLock, atomic_write_text, atomic_write_with, check_writable_dir
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "attnscope-activation-cache-1"
@@ -108,7 +107,6 @@ def write_cache(
     Shards are written whole (temporary file renamed into place) and the manifest last, so a directory with a
     manifest is a complete cache. Raises CacheError for bad input, `Cancelled` when stopped.
     """
-    from safetensors.torch import save_file
 
     if dtype not in DTYPES:
         raise CacheError(f"dtype must be one of float16, bfloat16, float32 (got {dtype!r})")
@@ -123,7 +121,19 @@ def write_cache(
     out = Path(out_dir).expanduser()
     if (out / MANIFEST).exists():
         raise CacheError(f"{out} already holds an activation cache; pick another directory")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, "cache --out")  # a file, a read-only place: one line before the model runs
+    with DirLock(out, what="attnscope cache"):  # a second `attnscope cache` into the same --out is refused
+        if (out / MANIFEST).exists():  # written by a run that finished while this one waited
+            raise CacheError(f"{out} already holds an activation cache; pick another directory")
+        return _write_cache_locked(model, token_rows, layers, out, dtype, rows_per_shard, rows_per_pass, corpus,
+                                   on_progress, cancel)
+
+
+def _write_cache_locked(model, token_rows: torch.Tensor, layers: list[int], out: Path, dtype: str,
+                        rows_per_shard: int, rows_per_pass: int, corpus: str, on_progress: ProgressFn | None,
+                        cancel: CancelToken | None) -> Manifest:
+    from safetensors.torch import save_file
+
     n_rows, ctx = token_rows.shape
     torch_dtype = DTYPES[dtype]
     manifest = Manifest(
@@ -146,16 +156,14 @@ def write_cache(
                    for i, layer in enumerate(layers)}
         tensors["tokens"] = rows.to(torch.int32).contiguous()
         name = f"shard_{shard_i:05d}.safetensors"
-        tmp = out / f".{name}.tmp-{os.getpid()}-{threading.get_ident()}"
-        save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT})
-        os.replace(tmp, out / name)
+        # whole or absent, never through a link, a full disk one line (OutputError)
+        atomic_write_with(out / name, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT}),
+                          follow_symlink=False)
         manifest.shards.append({"file": name, "rows": int(rows.shape[0])})
         if on_progress is not None:
             on_progress(Progress("cache", min(start + rows.shape[0], n_rows) * ctx, n_rows * ctx, unit="tokens",
                                  stage=f"shard {shard_i + 1}/{-(-n_rows // rows_per_shard)}"))
-    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n", follow_symlink=False)
     return manifest
 
 

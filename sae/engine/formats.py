@@ -32,6 +32,7 @@ from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.safe_io import (
     UnsafeFileError,
     is_protected,
+    is_own_temp,
     recover_children,
     recover_dir,
     safe_torch_load,
@@ -92,10 +93,14 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
     return d
 
 
+SAE_FILES = frozenset({"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"})  # what save_sae owns
+
+
 def _write_atomically_dir(target: Path, write: Any) -> None:
     """Write a directory through a temporary sibling and swap it into place (`sae.engine.safe_io.swap_dir`): a
-    kill at any point leaves the old or the new SAE loadable (after `recover_dir`, which every load runs)."""
-    swap_dir(Path(target), write)
+    kill at any point leaves the old or the new SAE loadable (after `recover_dir`, which every load runs). Only
+    the SAE's own files are replaced: anything else in the directory (the user's notes, plots) is kept."""
+    swap_dir(Path(target), write, owned=SAE_FILES)
 
 
 def is_shipped(path: str | Path) -> bool:
@@ -211,7 +216,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _load_saelens_dir(d: Path) -> SAE:
     from safetensors.torch import load_file
 
-    recover_dir(d)
+    recover_dir(d, clean=False)  # a load restores a half-swapped SAE but deletes nothing
     raw = _read_json(d / CFG_FILE)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
@@ -412,7 +417,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load one SAE from any supported layout (autodetected), on `device`, in eval mode."""
     p = Path(path).expanduser()
     if not p.exists():
-        recover_dir(p)  # a save killed between its two renames left the old copy aside
+        recover_dir(p, clean=False)  # a save killed between its two renames left the old copy aside
     fmt = detect_format(p)
     if fmt == "saelens":
         sae = _load_saelens_dir(p if p.is_dir() else p.parent)
@@ -477,7 +482,8 @@ def _candidates(root: Path) -> list[Path]:
             found.append(pt)
     for npz in root.rglob(GEMMA_SCOPE_FILE):
         found.append(npz)
-    return sorted(set(found))
+    # attnscope's own temporaries (a dead save's half-written copy) are never SAEs to load
+    return sorted(p for p in set(found) if not any(is_own_temp(part) for part in p.relative_to(root).parts))
 
 
 def load_sae_set(

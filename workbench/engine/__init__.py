@@ -6,6 +6,7 @@ the workbench draws their results and never computes science itself.
 """
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import OutputError, swap_dir
 from sae.engine.safe_text import plain, visible, xml_clean  # user text, never markup (the one escaping home)
 from workbench.engine.core import Engine, sae_dir_candidates
 from workbench.engine.views import (
@@ -32,5 +33,5 @@ __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
     "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates", "FormField", "train_form_fields", "plain", "visible", "xml_clean",
+    "one_line", "sae_dir_candidates", "FormField", "train_form_fields", "plain", "visible", "xml_clean", "OutputError", "swap_dir",
 ]
