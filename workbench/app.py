@@ -13,9 +13,9 @@ from textual.widgets import Input
 
 from workbench.engine import visible
 from workbench.commands import WorkbenchCommands
-from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
+from workbench.engine import AttnscopeError, Engine, EngineInfo, StaleRequest, one_line
 from workbench.figures import export_report
-from workbench.findings import ExportError, FindingsStore
+from workbench.findings import FindingsStore
 from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
 from workbench.screens.base import SCREENS, WorkbenchScreen
 from workbench.screens.explore import ExploreScreen
@@ -328,7 +328,7 @@ class WorkbenchApp(App):
                 return f"{self.findings.error}; nothing exported"
             try:
                 written = export_report(path, self.findings.findings)
-            except ExportError as exc:
+            except AttnscopeError as exc:  # ExportError, damaged figure data (FileFormatError), ...
                 return str(exc)
             self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
             return None

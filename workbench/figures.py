@@ -16,7 +16,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from workbench.engine import OutputError, swap_dir, visible, xml_clean
-from workbench.findings import ExportError, Finding, check_export_target, export_markdown, write_export
+from workbench.findings import ExportError, Finding, check_export_target, check_figure_data, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
 
@@ -113,11 +113,8 @@ def write_figures(markdown_path: Path, findings: list[Finding]) -> dict[str, lis
     planned: list[tuple[Finding, str, str, RenderableType]] = []
     links: dict[str, list[tuple[str, str]]] = {}
     for i, f in enumerate(findings, 1):
-        try:
-            figures = finding_figures(f)
-        except (TypeError, ValueError, KeyError, IndexError) as exc:
-            raise ExportError(f"finding {i} ({visible(f.title, keep='')[:40]}): its figure data is damaged "
-                              f"({type(exc).__name__}); nothing exported") from None
+        check_figure_data(f, i - 1)  # damaged figure data: one line naming the field, nothing exported
+        figures = finding_figures(f)
         for stem, caption, renderable in figures:
             name = f"{i:02d}-{slug(f.title)}-{stem}.svg"
             planned.append((f, name, caption, renderable))

@@ -21,7 +21,9 @@ from typing import Any, Callable
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_text import md_block, md_code, md_inline, visible
 from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as _safe_write_text
+from sae.engine.safe_io import read_text_file
 from sae.engine.safe_io import resolve_output as _resolve_output
+from sae.engine.schema import FileFormatError, Float, Int, List, Obj, Optional, Str, check
 
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
@@ -115,6 +117,36 @@ def parse_findings(text: str) -> list[Finding]:
     return out
 
 
+# The figure data a finding may carry (`Finding.data`), checked before an export draws it.
+HEATMAP_SPEC = Obj(required={"tokens": List(Str(), min_len=1), "columns": List(Int(), min_len=1),
+                             "values": List(List(Float(finite=False)))},
+                   optional={"column": (Optional(Int()), None)})
+FIGURE_DATA_SPEC = Obj(optional={
+    "heatmap": (Optional(HEATMAP_SPEC), None), "pos": (Optional(Int()), None), "dfa_heads": (List(Float()), []),
+    "dfa_bias": (Float(), 0.0), "dfa_src": (List(Float()), []), "head_shares": (List(Float()), []),
+    "bars": (Optional(Obj({"labels": List(Str()), "values": List(Float())}, optional={"title": (Str(), "")})), None),
+})
+
+
+def check_figure_data(f: Finding, index: int, file: str | Path = FILE_NAME) -> dict[str, Any]:
+    """`f.data` checked as figure data (`FIGURE_DATA_SPEC` plus the shapes that must agree); one-line
+    `FileFormatError` naming `findings[index].data.<field>` otherwise."""
+    where = f"findings[{index}].data"
+    d = check(f.data or {}, FIGURE_DATA_SPEC, file, where)
+    hm = d["heatmap"]
+    if hm is not None:
+        n_tok, n_col = len(hm["tokens"]), len(hm["columns"])
+        if len(hm["values"]) != n_tok or any(len(row) != n_col for row in hm["values"]):
+            raise FileFormatError(file, f"{where}.heatmap.values", f"{n_tok} rows of {n_col} numbers (tokens x "
+                                  "columns)", has_got=False)
+    if d["dfa_src"] and (hm is None or len(d["dfa_src"]) > len(hm["tokens"])):
+        raise FileFormatError(file, f"{where}.dfa_src", "at most one number per heatmap token", has_got=False)
+    bars = d["bars"]
+    if bars is not None and len(bars["labels"]) != len(bars["values"]):
+        raise FileFormatError(file, f"{where}.bars", "as many values as labels", has_got=False)
+    return d
+
+
 class FindingsStore:
     """The findings file. Every change is saved at once, under a lock, merged into what is on disk.
 
@@ -145,7 +177,7 @@ class FindingsStore:
         if not self.path.exists():
             return []
         try:
-            return parse_findings(self.path.read_text(encoding="utf-8"))
+            return parse_findings(read_text_file(self.path, "findings file"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             self.error = f"findings file {self.path} cannot be read ({why})"

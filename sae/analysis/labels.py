@@ -24,6 +24,7 @@ from typing import Any
 
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_io import atomic_write_text, os_error_line, read_text_file
+from sae.engine.schema import Dict, Int, List, Obj, Optional, Str, check, parse_json
 from sae.engine.safe_text import md_cell
 
 # The paper's families (induction, short- and long-range context) and the finer GPT-2 Small roles it names; the
@@ -148,14 +149,10 @@ class LabelStore:
             raw = read_text_file(self.path, "the label file")  # a FIFO, /dev/zero, a directory: one line, no hang
         except FileNotFoundError:
             return {"format": FORMAT, "families": list(DEFAULT_FAMILIES), "labels": {}}
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise LabelError(f"the label file {self.path} is not valid JSON; fix or move it (nothing was changed)") from None
-        if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
-            raise LabelError(f"{self.path} is not an attnscope label file")
-        data.setdefault("families", list(DEFAULT_FAMILIES))
-        return data
+        data = parse_json(raw, self.path)
+        if not isinstance(data, dict) or "labels" not in data:
+            raise LabelError(f"{self.path} is not an attnscope label file (no \"labels\" object)")
+        return check(data, LABELS_SPEC, self.path)  # a wrong type is one line naming the field
 
     def _write(self, data: dict[str, Any]) -> None:
         """Atomically, through `safe_io`: the file's mode kept (644 stays 644), a read-only file refused, a
@@ -239,6 +236,17 @@ class LabelStore:
         with self._transaction() as data:
             data.setdefault("positions", {})[study] = int(index)
 
+
+LABEL_SPEC = Obj(
+    required={"layer": Int(min=0), "feature": Int(min=0), "family": Str()},
+    optional={"sae": (Str(), ""), "rating": (Optional(Int(min=min(RATINGS), max=max(RATINGS))), None),
+              "note": (Str(), ""), "author": (Str(), ""), "time": (Str(), ""), "model": (Str(), "")},
+)
+LABELS_SPEC = Obj(
+    required={"labels": Dict(LABEL_SPEC)},
+    optional={"families": (List(Str(nonempty=True)), list(DEFAULT_FAMILIES)), "positions": (Dict(Int(min=0)), {}),
+              "format": (Int(), FORMAT)},
+)
 
 _FIELDS: dict[str, Any] = {"sae": "", "layer": 0, "feature": 0, "family": "other", "rating": None, "note": "",
                            "author": "", "time": "", "model": ""}

@@ -153,6 +153,9 @@ def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int,
         v = getattr(args, f.name, None)
         if v is not None and v is not False:
             values[f.name] = v
+            # an explicit flag overrides the preset, its per-layer table included (`--preset paper --l1 0.5`
+            # trains every layer at 0.5, `--width 4096` every layer 4096 wide)
+            values.pop({"l1_coeff": "layer_l1", "d_sae": "layer_d_sae"}.get(f.name, ""), None)
     if args.dtype in ("bfloat16", "bf16"):
         values["autocast"] = True
     values["layers"] = parse_layers(values.get("layers", "all"), n_layers)
@@ -160,7 +163,9 @@ def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int,
     values["model_name"] = model_name
     values["corpus"] = args.corpus
     values["activations"] = args.activations or ""
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    cfg.check_widths(d_in)  # `--k 2000` on a 1024-wide SAE: one line now, not a torch error mid-run
+    return cfg
 
 
 def resumed_config(args: argparse.Namespace, out_dir: Path):
@@ -182,10 +187,42 @@ def resumed_config(args: argparse.Namespace, out_dir: Path):
         raise UsageError(f"--resume: {path} is damaged (not a JSON object)")
     changes = {name: getattr(args, name) for name in ("total_tokens", "prefetch", "checkpoint_every")
                if getattr(args, name, None) is not None}
+    refuse_changed_settings(args, saved, path)
     try:
         return TrainConfig.from_dict({**saved, **changes})
     except TypeError as exc:  # a field missing or of the wrong type
         raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
+
+
+def refuse_changed_settings(args: argparse.Namespace, saved: dict[str, Any], path: Path) -> None:
+    """`--resume` continues the saved run: a flag that would change anything but its length, prefetch or
+    checkpoint interval (`--lr`, a sweep list, `--preset`) is refused with one line naming it, never ignored."""
+    from sae.engine.training.config import TrainConfig, option_fields
+
+    allowed = set(TrainConfig.RESUMABLE_CHANGES)
+    differ = []
+    for f in option_fields():
+        v = getattr(args, f.name, None)
+        if v is None or v is False or f.name in allowed or f.name == "layers" and v == "all":
+            continue
+        old = saved.get(f.name)
+        same = v == old or (isinstance(old, list) and isinstance(v, list) and [float(x) for x in old] == [
+            float(x) for x in v]) or (isinstance(v, (int, float)) and isinstance(old, (int, float)) and float(v) == float(old))
+        if f.name == "layers" and isinstance(old, list):
+            same = str(v).replace(" ", "") == ",".join(str(x) for x in old)
+        if not same:
+            differ.append(f"{flag_of(f)} {_show_value(v)} (the run has {_show_value(old)})")
+    if getattr(args, "preset", None):
+        differ.append(f"--preset {args.preset}")
+    if differ:
+        raise UsageError(f"--resume continues the run in {path.parent} with its own settings; it cannot change "
+                         f"{'; '.join(differ)}. Start a new --out to train with them")
+
+
+def _show_value(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace) -> int:

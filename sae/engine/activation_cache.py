@@ -15,6 +15,7 @@ from the cache therefore matches training from the model on the same rows.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from sae.engine.activations import ZSource, rows_digest
 from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import CancelToken, Progress, ProgressFn
 from sae.engine.models import z_hook_name
+from sae.engine.schema import FileFormatError, Int, List, OneOf, Obj, Optional, Str, check, read_json
 from sae.engine.safe_io import DirLock, atomic_write_text, atomic_write_with, check_writable_dir
 
 MANIFEST = "manifest.json"
@@ -63,21 +65,38 @@ class Manifest:
         return {**asdict(self), "tokens": self.tokens}
 
 
+MANIFEST_SPEC = Obj(
+    required={"format": OneOf(CACHE_FORMAT), "model": Str(), "layers": List(Int(min=0), min_len=1),
+              "d_in": Int(min=1, max=1 << 20), "context_size": Int(min=2), "rows": Int(min=1),
+              "dtype": OneOf("float16", "bfloat16", "float32"),
+              "shards": List(Obj({"file": Str(nonempty=True), "rows": Int(min=1)}), min_len=1)},
+    optional={"n_heads": (Optional(Int(min=1)), None), "corpus": (Str(), ""), "corpus_hash": (Str(), ""),
+              "hooks": (List(Str()), []), "z_convention": (Str(), Z_CONVENTION)},
+)
+
+
 def read_manifest(path: str | Path) -> Manifest:
+    """The cache's manifest, checked by `MANIFEST_SPEC` and for consistency (shard rows add up to `rows`, shard
+    files are plain names inside the cache folder, `d_in` splits into `n_heads`); one-line errors otherwise."""
     d = Path(path).expanduser()
+    file = d / MANIFEST
     try:
-        raw = json.loads((d / MANIFEST).read_text())
+        raw = read_json(file, "activation cache manifest")
     except FileNotFoundError:
         raise CacheError(f"{d} is not an activation cache (no {MANIFEST}); write one with `attnscope cache`") from None
-    except (OSError, ValueError) as exc:
-        raise CacheError(f"{d / MANIFEST} is unreadable ({exc})") from None
-    if raw.get("format") != CACHE_FORMAT:
-        raise CacheError(f"{d} holds an activation cache of an unknown format {raw.get('format')!r}")
-    raw.pop("tokens", None)
-    try:
-        return Manifest(**raw)
-    except TypeError as exc:
-        raise CacheError(f"{d / MANIFEST} is damaged ({exc})") from None
+    if isinstance(raw, dict) and "format" in raw and raw["format"] != CACHE_FORMAT:
+        raise CacheError(f"{d} holds an activation cache of an unknown format {str(raw.get('format'))[:40]!r}")
+    m = check(raw, MANIFEST_SPEC, file)
+    for i, shard in enumerate(m["shards"]):
+        name = shard["file"]
+        if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name) or "\x00" in name:
+            raise FileFormatError(file, f"shards[{i}].file", "a file name inside the cache folder", name)
+    total = sum(s["rows"] for s in m["shards"])
+    if total != m["rows"]:
+        raise FileFormatError(file, "shards", f"shards whose rows add up to rows ({m['rows']})", total)
+    if m["n_heads"] is not None and m["d_in"] % m["n_heads"]:
+        raise FileFormatError(file, "n_heads", f"a divisor of d_in ({m['d_in']})", m["n_heads"])
+    return Manifest(**{k: m[k] for k in Manifest.__dataclass_fields__})
 
 
 class _InOrder(ZSource):
@@ -191,11 +210,26 @@ class CacheSource(ZSource):
         self._files = []
         self._starts = []
         start = 0
-        for shard in self.manifest.shards:
+        m = self.manifest
+        real_dir = self.dir.resolve()
+        for shard in m.shards:
             f = self.dir / shard["file"]
+            if f.is_symlink() or f.resolve().parent != real_dir:  # a cache reads only inside its own folder
+                raise CacheError(f"the cache in {self.dir}: shard {shard['file']!r} is not a file inside it")
             if not f.is_file():
                 raise CacheError(f"the cache in {self.dir} lacks its shard {shard['file']}")
-            self._files.append(safe_open(str(f), framework="pt"))
+            try:
+                handle = safe_open(str(f), framework="pt")
+                shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            except Exception as exc:  # noqa: BLE001 - safetensors' errors of a damaged file: all one line
+                raise CacheError(f"the cache's shard {f} is damaged ({type(exc).__name__})") from None
+            want = {z_hook_name(layer): [shard["rows"], m.context_size, m.d_in] for layer in m.layers}
+            want["tokens"] = [shard["rows"], m.context_size]
+            for name, shape in want.items():
+                if shapes.get(name) != shape:
+                    raise CacheError(f"the cache's shard {f}: {name} has shape {shapes.get(name)}, its manifest "
+                                     f"says {shape}")
+            self._files.append(handle)
             self._starts.append(start)
             start += int(shard["rows"])
         if start != n:

@@ -29,7 +29,9 @@ import torch
 from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm
 from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
+from sae.engine.schema import Bool, FileFormatError, Int, Obj, Optional, Str, check, read_json
 from sae.engine.safe_io import (
+    UnreadableFileError,
     UnsafeFileError,
     is_protected,
     is_own_temp,
@@ -53,6 +55,23 @@ RELEASES: dict[str, str] = {  # release id -> Hugging Face repository (its files
 
 class SAEFormatError(AttnscopeError):
     """An SAE could not be loaded or does not fit the model; the message is one line meant for the user."""
+
+
+class SAEConfigError(FileFormatError, SAEFormatError):
+    """An SAE's config file has a field of the wrong type or value (named, with what was expected)."""
+
+
+# the typed fields of a SAELens cfg.json (and its `metadata`): a text "false" is no boolean, 0 heads no head count
+SAE_CFG_SPEC = Obj(
+    required={"d_in": Int(min=1, max=1 << 22), "d_sae": Int(min=1, max=1 << 26)},
+    optional={"apply_b_dec_to_input": (Bool(), True), "prepend_bos": (Bool(), True),
+              "n_heads": (Optional(Int(min=1, max=1 << 16)), None), "k": (Optional(Int(min=0)), None),
+              "context_size": (Optional(Int(min=1)), None), "normalize_activations": (Optional(Str()), None),
+              "architecture": (Str(), "standard"), "metadata": (Optional(Obj()), None),
+              "activation_fn_kwargs": (Optional(Obj()), None)},
+)
+SAE_META_SPEC = Obj(optional={"prepend_bos": (Bool(), True), "context_size": (Optional(Int(min=1)), None),
+                              "hook_name": (Optional(Str()), None), "model_name": (Optional(Str()), None)})
 
 
 # ---- saving ---------------------------------------------------------------------------------------------
@@ -205,9 +224,11 @@ def _int_field(raw: dict[str, Any], key: str, value: Any) -> int:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SAEFormatError(f"{path} is not readable JSON ({type(exc).__name__}); the file may be truncated") from exc
+        data = read_json(path, "SAE config", error=SAEConfigError)  # FIFO, NaN, 10k-deep nesting: one line
+    except FileNotFoundError:
+        raise SAEFormatError(f"{path} is missing") from None
+    except UnreadableFileError as exc:
+        raise SAEFormatError(str(exc)) from None
     if not isinstance(data, dict):
         raise SAEFormatError(f"{path} does not hold a JSON object")
     return data
@@ -218,6 +239,12 @@ def _load_saelens_dir(d: Path) -> SAE:
 
     recover_dir(d, clean=False)  # a load restores a half-swapped SAE but deletes nothing
     raw = _read_json(d / CFG_FILE)
+    if isinstance(raw.get("metadata"), list) or isinstance(raw.get("metadata"), str):
+        raise SAEFormatError(f"{d / CFG_FILE}: metadata must be a JSON object, got {type(raw['metadata']).__name__}")
+    if "d_in" in raw and "d_sae" in raw:
+        check(raw, SAE_CFG_SPEC, d / CFG_FILE, error=SAEConfigError)
+        if isinstance(raw.get("metadata"), dict):
+            check(raw["metadata"], SAE_META_SPEC, d / CFG_FILE, "metadata", error=SAEConfigError)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
         raise SAEFormatError(f"{d / CFG_FILE}: metadata must be a JSON object, got {type(meta).__name__}")
@@ -499,6 +526,11 @@ def load_sae_set(
     text = str(spec)
     root = Path(text).expanduser()
     if not root.exists():
+        first = text.split("/", 1)[0]
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and first not in (".", "..") and Path(first).expanduser().is_dir():
+            # `runs/mine` where ./runs exists: a mistyped local path, not a hub repository
+            raise SAEFormatError(f"no such SAE path: {text} (the folder {first}/ is here, so this is read as a path; "
+                                 f"for a hub repository write hf:{text})")
         if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
             root = _download_release(text)
         else:

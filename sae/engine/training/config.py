@@ -35,6 +35,11 @@ def opt(default: Any, help: str, kind: str = "", flag: str | None = None, choice
     return field(default=default, metadata=meta)
 
 
+MAX_SWEEP = 64  # sweep values in one run (each one SAE per layer, all in memory at once)
+MAX_L1 = 1e4  # an L1 coefficient beyond this trains nothing but zeros
+MAX_PREFETCH = 16  # chunks made ahead of time (each one holds rows_per_pass rows of z)
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; saved as `train_config.json` beside the outputs.
@@ -178,6 +183,21 @@ class TrainConfig:
                 raise TrainingError(f"l1_coeff must be a number >= 0 (got {v})")
         if len(set(ks)) != len(ks) or len(set(l1s)) != len(l1s):
             raise TrainingError("a sweep lists each value once")
+        if len(ks) > MAX_SWEEP or len(l1s) > MAX_SWEEP:
+            raise TrainingError(f"a sweep trains at most {MAX_SWEEP} values at once (got {max(len(ks), len(l1s))}); "
+                                "split it into several runs")
+        for v in l1s:
+            if v > MAX_L1:
+                raise TrainingError(f"l1_coeff must be at most {MAX_L1:g} (got {v:g}): the loss would be all L1")
+        if self.prefetch is not None and self.prefetch > MAX_PREFETCH:
+            raise TrainingError(f"prefetch must be at most {MAX_PREFETCH} chunks ahead (got {self.prefetch})")
+        labels: dict[str, float] = {}
+        for v in (ks if self.architecture == "topk" else l1s):
+            name = f"{v:g}"  # the sweep point's folder name (sweep.sweep_label)
+            if name in labels and len(ks if self.architecture == "topk" else l1s) > 1:
+                raise TrainingError(f"sweep values {labels[name]!r} and {v!r} both write the folder of {name}; "
+                                    "give values that differ in their first 6 digits")
+            labels[name] = v
         if self.architecture == "topk":
             for v in ks:
                 for layer in self.layers:
@@ -213,6 +233,16 @@ class TrainConfig:
     def l1_for(self, layer: int, value: float) -> float:
         """The L1 coefficient of one layer's SAE at sweep value `value` (a `layer_l1` entry wins)."""
         return float(self.layer_l1.get(layer, value))
+
+    def check_widths(self, d_in: int) -> None:
+        """Once d_in is known: every k of a top-k run fits its layer's width (TrainingError otherwise)."""
+        if self.architecture != "topk":
+            return
+        for v in (self.k if isinstance(self.k, list) else [self.k]):
+            for layer in self.layers:
+                width = self.width(layer, d_in)
+                if v > width:
+                    raise TrainingError(f"k must be in 1..{width}, the SAE width of layer {layer} (got {v})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
