@@ -139,7 +139,11 @@ class LabelStore:
     """The label file. Every read re-reads it; every write is locked, merged with what is on disk, and atomic."""
 
     def __init__(self, path: Path | str | None = None) -> None:
+        if path is not None and not str(path).strip():
+            raise LabelError("no label file given (an empty path)")
         self.path = Path(path) if path is not None else default_path()
+        if not self.path.name or self.path.name in (".", ".."):
+            raise LabelError(f"the label file {self.path} names a folder, not a file")
         self._lock = self.path.with_name(self.path.name + ".lock")
 
     # ---- the file ----------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
 
     parser = build_parser(extra_modules)
     raw = list(sys.argv[1:] if argv is None else argv)
+    if any("\x00" in a for a in raw):  # no real command line holds one; no path or prompt may
+        return fail("an argument holds a NUL character")
     argv = text_args(raw)
     args = parser.parse_args(argv)
     args.argv = raw  # the command line, for commands that relaunch it

@@ -171,27 +171,29 @@ def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int,
 def resumed_config(args: argparse.Namespace, out_dir: Path):
     """The saved config of the run in `out_dir` with the few settings a resume may change (`--tokens`,
     `--prefetch`, `--checkpoint-every`), validated once by `TrainConfig`."""
-    import json
 
+    from sae.engine.errors import AttnscopeError
+    from sae.engine.schema import check, read_json
     from sae.engine.training.checkpoint import CONFIG_FILE
-    from sae.engine.training.config import TrainConfig
+    from sae.engine.training.config import TrainConfig, config_spec
 
     path = out_dir / CONFIG_FILE
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path, "training config")  # a FIFO, NaN, deep nesting: one line
     except FileNotFoundError:
         raise UsageError(f"--resume: {out_dir} holds no {CONFIG_FILE}; nothing to resume") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
     if not isinstance(saved, dict):
         raise UsageError(f"--resume: {path} is damaged (not a JSON object)")
+    check(saved, config_spec(), path)  # a wrong type is one line naming its field
     changes = {name: getattr(args, name) for name in ("total_tokens", "prefetch", "checkpoint_every")
                if getattr(args, name, None) is not None}
     refuse_changed_settings(args, saved, path)
     try:
         return TrainConfig.from_dict({**saved, **changes})
-    except TypeError as exc:  # a field missing or of the wrong type
-        raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
+    except (TypeError, ValueError, KeyError) as exc:  # a field missing, or values that do not fit together
+        if isinstance(exc, AttnscopeError):
+            raise
+        raise UsageError(f"--resume: {path} is damaged ({str(exc)[:120]})") from None
 
 
 def refuse_changed_settings(args: argparse.Namespace, saved: dict[str, Any], path: Path) -> None:

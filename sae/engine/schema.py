@@ -146,6 +146,25 @@ class OneOf(Spec):
         return v
 
 
+class Either(Spec):
+    """The first of several specs that accepts the value (`Either(Float(), List(Float()))`)."""
+
+    def __init__(self, *options: Spec) -> None:
+        self.options = options
+
+    @property
+    def expected(self) -> str:  # type: ignore[override]
+        return " or ".join(o.expected for o in self.options)
+
+    def check(self, v: Any, where: str, file: str) -> Any:
+        for o in self.options:
+            try:
+                return o.check(v, where, file)
+            except FileFormatError:
+                continue
+        raise self.fail(v, where, file)
+
+
 @dataclass
 class Optional(Spec):
     inner: Spec = field(default_factory=Spec)

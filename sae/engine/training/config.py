@@ -263,6 +263,29 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("total_tokens", "checkpoint_every", "log_every", "world_size", "prefetch")
 
 
+def config_spec():
+    """The schema of a saved `train_config.json` (`sae.engine.schema`), built from the fields' kinds: a resumed
+    run reads its config through it, so a wrong type is one line naming the field."""
+    from sae.engine import schema as sc
+
+    by_kind = {"int": sc.Optional(sc.Int()), "float": sc.Float(), "bool": sc.Bool(), "choice": sc.Optional(sc.Str()),
+               "float_list": sc.Either(sc.Float(), sc.List(sc.Float(), min_len=1)),
+               "int_list": sc.Either(sc.Int(min=1), sc.List(sc.Int(min=1), min_len=1)),
+               "layers": sc.Either(sc.List(sc.Int(min=0), min_len=1), sc.Str())}
+    optional: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        spec = by_kind.get(f.metadata.get("kind") or "")
+        if f.name in ("layer_l1", "layer_d_sae"):
+            spec = sc.Optional(sc.Dict(sc.Float() if f.name == "layer_l1" else sc.Int(min=1)))
+        elif f.name in ("model_name", "corpus"):
+            spec = sc.Str()
+        elif f.name == "world_size":
+            spec = sc.Int(min=1)
+        if spec is not None:
+            optional[f.name] = (spec, None)
+    return sc.Obj(optional=optional)
+
+
 def option_fields() -> list:
     """The `TrainConfig` fields exposed as options (CLI flags, form fields), in declaration order."""
     return [f for f in fields(TrainConfig) if f.metadata.get("cli", True) and f.metadata.get("help")]
