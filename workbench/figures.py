@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from workbench.engine import OutputError, swap_dir, visible, xml_clean
+from workbench.findings import md_escape
 from workbench.findings import ExportError, Finding, check_export_target, check_figure_data, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
@@ -149,7 +151,7 @@ def link_figures(markdown: str, findings: list[Finding], links: dict[str, list[t
         fid = next((v for k, v in heads.items() if line.startswith(k)), None)
         if fid and links.get(fid):
             out.append("")
-            out += [f"![{caption}]({path})" for caption, path in links[fid]]
+            out += [f"![{md_escape(caption)}]({quote(path)})" for caption, path in links[fid]]
     return "\n".join(out)
 
 
