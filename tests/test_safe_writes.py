@@ -409,3 +409,27 @@ def test_read_text_file_refuses_fifos_and_devices(tmp_path):
         safe_io.read_text_file(fifo)
     with pytest.raises(safe_io.UnreadableFileError):
         safe_io.read_text_file("/dev/zero")
+
+
+def test_a_lock_file_that_is_a_link_never_empties_its_target(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".attnscope.lock").symlink_to(precious)
+    with pytest.raises(safe_io.OutputError):
+        safe_io.DirLock(run).acquire()
+    assert precious.read_text() == "keep me"
+
+
+def test_a_checkpoint_name_that_is_a_link_is_refused(tmp_path):
+    import torch
+
+    from sae.engine.training.checkpoint import save_checkpoint
+
+    precious = tmp_path / "precious.bin"
+    precious.write_bytes(b"mine")
+    (tmp_path / "checkpoint.pt").symlink_to(precious)
+    with pytest.raises(safe_io.OutputError, match="symbolic link"):
+        save_checkpoint(tmp_path / "checkpoint.pt", {"a": torch.ones(1)})
+    assert precious.read_bytes() == b"mine"

@@ -366,7 +366,8 @@ class DirLock:
         if fcntl is None:  # pragma: no cover - no flock: O_EXCL file + pid check
             return self._try_acquire_excl()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+            # never through a link: truncating "the lock" must not empty a file it points to
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), file_mode())
         except OSError as exc:
             raise OutputError(f"cannot lock {self.directory}: {os_error_line(exc)}") from None
         try:
