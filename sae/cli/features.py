@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from sae.engine.safe_text import markup_escape as escape, md_cell
+from sae.engine.safe_text import markup_escape as escape, md_cell, term_line
 from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, emit, out, positive_int
@@ -46,7 +46,7 @@ def check_feature(sae, layer: int, feature: int) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"attnscope: warning: {message}", file=sys.stderr)
+    print(f"attnscope: warning: {term_line(message)}", file=sys.stderr)
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
