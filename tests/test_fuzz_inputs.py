@@ -281,12 +281,21 @@ def test_hostile_text_through_real_commands(which, value):
 
     from sae.cli import main
 
+    import os
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp_p = Path(tmp)
         (tmp_p / "file").write_text("a file")
+        (tmp_p / "cwd").mkdir()
         out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(CHEAP_COMMANDS[which](value, tmp_p))
+        here = os.getcwd()
+        os.chdir(tmp_p / "cwd")  # a relative hostile path lands in the temporary folder
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(CHEAP_COMMANDS[which](value, tmp_p))
+        finally:
+            os.chdir(here)
+        assert sorted(os.listdir(tmp_p / "cwd")) == [], "a command that failed left files behind"
         assert rc in (0, 2), err.getvalue()
         text = out.getvalue() + err.getvalue()
         assert "Traceback" not in text

@@ -433,3 +433,11 @@ def test_a_checkpoint_name_that_is_a_link_is_refused(tmp_path):
     with pytest.raises(safe_io.OutputError, match="symbolic link"):
         save_checkpoint(tmp_path / "checkpoint.pt", {"a": torch.ones(1)})
     assert precious.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("out", ["new-run", ""])
+def test_a_failed_resume_or_an_empty_out_creates_nothing(tmp_path, monkeypatch, capsys, out):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", out, "--resume"]) == 2
+    one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--context-size must be at least 2 (BOS plus one token), got {args.context_size}")
     from sae.engine.safe_io import check_writable_dir
 
+    if not str(args.out).strip():
+        raise UsageError("--out is empty; name the cache's directory")
     out = Path(args.out).expanduser()
     check_writable_dir(out, "cache --out")  # a file, a read-only place: one line before the model loads
     model = open_model(args.model, args.device)

@@ -312,10 +312,17 @@ def _run(args: argparse.Namespace, sync) -> int:
     from sae.engine.safe_io import check_writable_dir
     from sae.engine.training.loop import lock_output_dir
 
+    if not str(args.out).strip():
+        raise UsageError("--out is empty; name the run's directory")
     out_dir = Path(args.out).expanduser()
     lock = None
     if sync is None or sync.is_main:  # one writer per --out: rank 0 holds the lock for the whole run
-        if not args.resume:
+        if args.resume:
+            from sae.engine.training.checkpoint import CONFIG_FILE
+
+            if not (out_dir / CONFIG_FILE).is_file():  # nothing is created in a directory that holds no run
+                raise UsageError(f"--resume: {out_dir} holds no {CONFIG_FILE}; nothing to resume")
+        else:
             refuse_foreign_dir(out_dir)  # the user's own files: refused before anything is written there
         check_writable_dir(out_dir, "--out")  # a file, a read-only place: one line now, not after the model loads
         lock = lock_output_dir(out_dir)  # a second `attnscope train` into the same --out is refused here
