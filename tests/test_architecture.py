@@ -26,7 +26,7 @@ SAE_RULES: dict[str, tuple[str, ...]] = {
 # workbench modules that may reach `sae` directly: the engine (the one door) and the entry points around the app
 WORKBENCH_DOORS = ("workbench.engine", "workbench.launch", "workbench.main", "workbench.screenshots", "workbench.bench_tui")
 # the shared primitives every layer may use
-PRIMITIVES = ("sae.engine.errors", "sae.engine.jobs", "sae.engine.safe_io")
+PRIMITIVES = ("sae.engine.errors", "sae.engine.jobs", "sae.engine.safe_io", "sae.engine.safe_text", "sae.engine.schema")
 THIRD_PARTY_UI = ("textual",)
 
 

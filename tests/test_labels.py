@@ -72,7 +72,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(labels.json, "dump", boom)
+    monkeypatch.setattr(labels.json, "dumps", boom)  # the text is made before the atomic write
     with pytest.raises(OSError):
         store.put("s", 0, 2, "other")
     monkeypatch.undo()
@@ -87,7 +87,9 @@ def test_bad_labels_and_files_are_one_line_errors(tmp_path):
     with pytest.raises(LabelError, match="rating must be one of"):
         store.put("s", 0, 1, "other", rating=5)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(LabelError, match="not valid JSON"):
+    from sae.engine.schema import FileFormatError
+
+    with pytest.raises(FileFormatError, match="bad.json: expected valid JSON"):  # the schema layer's one error type
         LabelStore(tmp_path / "bad.json").put("s", 0, 1, "other")
     assert (tmp_path / "bad.json").read_text() == "{not json"  # nothing already saved is lost
 

@@ -11,10 +11,11 @@ from textual.app import App
 from textual.binding import Binding
 from textual.widgets import Input
 
+from workbench.engine import visible
 from workbench.commands import WorkbenchCommands
-from workbench.engine import Engine, EngineInfo, one_line
+from workbench.engine import AttnscopeError, Engine, EngineInfo, one_line
 from workbench.figures import export_report
-from workbench.findings import ExportError, FindingsStore
+from workbench.findings import FindingsStore
 from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
 from workbench.screens.base import SCREENS, WorkbenchScreen, reported
 from workbench.screens.explore import ExploreScreen
@@ -47,6 +48,13 @@ class WorkbenchApp(App):
     """attnscope's terminal workbench. Every action has a key; Ctrl+P finds features, layers, screens, SAEs."""
 
     TITLE = "attnscope"
+
+    def notify(self, message: str, *, title: str = "", severity: str = "information",  # type: ignore[override]
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Textual's toast, but its text is never markup (a note, a title or a path may hold `[/]`) and its
+        control characters are shown, not sent to the terminal. Every screen's `notify` comes here."""
+        super().notify(visible(message), title=visible(title, keep=""), severity=severity,  # type: ignore[arg-type]
+                       timeout=timeout, markup=markup)
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
     MODES = {
@@ -316,9 +324,12 @@ class WorkbenchApp(App):
 
     def action_export(self) -> None:
         def check(path: str) -> str | None:
+            self.findings.reload_if_changed()
+            if self.findings.error:  # a damaged findings file never becomes a report of "0 findings" over the old one
+                return f"{self.findings.error}; nothing exported"
             try:
                 written = export_report(path, self.findings.findings)
-            except ExportError as exc:
+            except AttnscopeError as exc:  # ExportError, damaged figure data (FileFormatError), ...
                 return str(exc)
             self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
             return None

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import re
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from workbench.findings import ExportError, Finding, export_markdown, write_export
+from workbench.engine import OutputError, swap_dir, visible, xml_clean
+from workbench.findings import md_escape
+from workbench.findings import ExportError, Finding, check_export_target, check_figure_data, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
 
@@ -26,7 +29,7 @@ def svg(renderable: RenderableType, title: str, width: int = SVG_WIDTH) -> str:
     """`renderable` drawn as an SVG (a terminal window of `width` columns, as tall as it needs)."""
     console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
     console.print(renderable)
-    return console.export_svg(title=title)
+    return xml_clean(console.export_svg(title=visible(title, keep="")))  # user text: ESC/NUL would break the XML
 
 
 def heatmap_renderable(tokens: list[str], columns: list[int], values: list[list[float]], pos: int | None = None,
@@ -96,20 +99,45 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "finding"
 
 
+def figures_folder(markdown_path: Path) -> Path:
+    """`<report stem>-figures/` beside the report."""
+    return markdown_path.with_name(markdown_path.stem + "-figures")
+
+
 def write_figures(markdown_path: Path, findings: list[Finding]) -> dict[str, list[tuple[str, str]]]:
-    """Write every finding's figures into `<report stem>-figures/` beside the report (created with the umask);
-    returns {finding id: [(caption, path relative to the report)]}."""
-    folder = markdown_path.with_name(markdown_path.stem + "-figures")
+    """Write every finding's figures into `<report stem>-figures/` beside the report; returns {finding id:
+    [(caption, path relative to the report)]}.
+
+    All or nothing: the figures are drawn into a fresh folder that replaces only the figure files in
+    `-figures/` (`safe_io.swap_dir`: the user's other files there stay). A `-figures` that is a symlink, a file
+    or a read-only place is an `ExportError` before anything is written; no figure is written through a link."""
+    folder = figures_folder(markdown_path)
+    planned: list[tuple[Finding, str, str, RenderableType]] = []
     links: dict[str, list[tuple[str, str]]] = {}
     for i, f in enumerate(findings, 1):
-        for stem, caption, renderable in finding_figures(f):
+        check_figure_data(f, i - 1)  # damaged figure data: one line naming the field, nothing exported
+        figures = finding_figures(f)
+        for stem, caption, renderable in figures:
             name = f"{i:02d}-{slug(f.title)}-{stem}.svg"
-            try:
-                folder.mkdir(exist_ok=True)
-                (folder / name).write_text(svg(renderable, f"{f.title}: {caption}"), encoding="utf-8")
-            except OSError as exc:
-                raise ExportError(f"cannot write the figure {folder / name}: {exc.strerror or exc}") from exc
+            planned.append((f, name, caption, renderable))
             links.setdefault(f.id, []).append((caption, f"{folder.name}/{name}"))
+    if not planned:
+        return links
+    if folder.is_symlink():
+        raise ExportError(f"{folder} is a symbolic link; refusing to write figures through it (remove it or pick "
+                          "another report name)")
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} is a file, not a folder for the figures; pick another report name")
+    drawn = {name: svg(renderable, f"{f.title}: {caption}") for f, name, caption, renderable in planned}
+
+    def write(tmp: Path) -> None:
+        for name, text in drawn.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    try:
+        swap_dir(folder, write, owned=drawn)
+    except OutputError as exc:
+        raise ExportError(f"cannot write the figures: {exc}") from None
     return links
 
 
@@ -123,16 +151,15 @@ def link_figures(markdown: str, findings: list[Finding], links: dict[str, list[t
         fid = next((v for k, v in heads.items() if line.startswith(k)), None)
         if fid and links.get(fid):
             out.append("")
-            out += [f"![{caption}]({path})" for caption, path in links[fid]]
+            out += [f"![{md_escape(caption)}]({quote(path)})" for caption, path in links[fid]]
     return "\n".join(out)
 
 
 def export_report(path: str | Path, findings: list[Finding], title: str = "attnscope findings") -> Path:
-    """The markdown report and, beside it, each finding's figures as SVG, linked from the report. A bad path is
-    an `ExportError` before anything is written."""
-    written = write_export(path, export_markdown(findings, title=title))  # checks the place first
-    links = write_figures(written, findings)
-    if links:
-        write_export(written, link_figures(export_markdown(findings, title=title), findings, links))
-    return written
-
+    """The markdown report and, beside it, each finding's figures as SVG, linked from it. The report's place is
+    checked first, the figures written next, and the report replaced last: a failure anywhere leaves the old
+    report as it was (`ExportError`, one line)."""
+    target = check_export_target(path)
+    links = write_figures(target, findings)
+    text = export_markdown(findings, title=title)
+    return write_export(path, link_figures(text, findings, links) if links else text)

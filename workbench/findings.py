@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_text import md_block, md_code, md_inline, visible
 from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as _safe_write_text
+from sae.engine.safe_io import read_text_file
+from sae.engine.safe_io import resolve_output as _resolve_output
+from sae.engine.schema import FileFormatError, Float, Int, List, Obj, Optional, Str, check
 
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
@@ -113,6 +117,36 @@ def parse_findings(text: str) -> list[Finding]:
     return out
 
 
+# The figure data a finding may carry (`Finding.data`), checked before an export draws it.
+HEATMAP_SPEC = Obj(required={"tokens": List(Str(), min_len=1), "columns": List(Int(), min_len=1),
+                             "values": List(List(Float(finite=False)))},
+                   optional={"column": (Optional(Int()), None)})
+FIGURE_DATA_SPEC = Obj(optional={
+    "heatmap": (Optional(HEATMAP_SPEC), None), "pos": (Optional(Int()), None), "dfa_heads": (List(Float()), []),
+    "dfa_bias": (Float(), 0.0), "dfa_src": (List(Float()), []), "head_shares": (List(Float()), []),
+    "bars": (Optional(Obj({"labels": List(Str()), "values": List(Float())}, optional={"title": (Str(), "")})), None),
+})
+
+
+def check_figure_data(f: Finding, index: int, file: str | Path = FILE_NAME) -> dict[str, Any]:
+    """`f.data` checked as figure data (`FIGURE_DATA_SPEC` plus the shapes that must agree); one-line
+    `FileFormatError` naming `findings[index].data.<field>` otherwise."""
+    where = f"findings[{index}].data"
+    d = check(f.data or {}, FIGURE_DATA_SPEC, file, where)
+    hm = d["heatmap"]
+    if hm is not None:
+        n_tok, n_col = len(hm["tokens"]), len(hm["columns"])
+        if len(hm["values"]) != n_tok or any(len(row) != n_col for row in hm["values"]):
+            raise FileFormatError(file, f"{where}.heatmap.values", f"{n_tok} rows of {n_col} numbers (tokens x "
+                                  "columns)", has_got=False)
+    if d["dfa_src"] and (hm is None or len(d["dfa_src"]) > len(hm["tokens"])):
+        raise FileFormatError(file, f"{where}.dfa_src", "at most one number per heatmap token", has_got=False)
+    bars = d["bars"]
+    if bars is not None and len(bars["labels"]) != len(bars["values"]):
+        raise FileFormatError(file, f"{where}.bars", "as many values as labels", has_got=False)
+    return d
+
+
 class FindingsStore:
     """The findings file. Every change is saved at once, under a lock, merged into what is on disk.
 
@@ -143,7 +177,7 @@ class FindingsStore:
         if not self.path.exists():
             return []
         try:
-            return parse_findings(self.path.read_text(encoding="utf-8"))
+            return parse_findings(read_text_file(self.path, "findings file"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             self.error = f"findings file {self.path} cannot be read ({why})"
@@ -231,7 +265,7 @@ class FindingsStore:
             return False
 
         if not self._change(apply):
-            raise KeyError(finding_id)
+            raise FindingsError("that finding is no longer pinned (deleted in another window?); the note was not saved")
 
     def __len__(self) -> int:
         return len(self.findings)
@@ -241,9 +275,9 @@ class FindingsStore:
 
 
 def md_escape(text: str) -> str:
-    """Escape a token or label for a markdown table cell or inline text."""
-    out = text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_").replace("`", "\\`")
-    return out.replace("\n", "\\n").replace("\t", "\\t")
+    """Escape a token or label for a markdown table cell or inline text: no HTML, emphasis, link, pipe or line
+    break; control characters visible (`sae.engine.safe_text.md_inline`)."""
+    return md_inline(text)
 
 
 def md_context(tokens: list[str], active: int) -> str:
@@ -283,7 +317,7 @@ def md_bars(labels: list[str], values: list[float], width: int = 24) -> str:
 
 def export_markdown(findings: list[Finding], title: str = "attnscope findings") -> str:
     """One report: a table of contents, then each finding's heading, provenance, note and body."""
-    out = [f"# {title}", "", f"{len(findings)} finding(s), exported {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    out = [f"# {md_inline(title)}", "", f"{len(findings)} finding(s), exported {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if findings:
         out.append(md_table(["#", "kind", "title", "model", "layer"], [
             [i + 1, f.kind, f.title, f.model, "" if f.layer is None else f.layer] for i, f in enumerate(findings)
@@ -292,29 +326,28 @@ def export_markdown(findings: list[Finding], title: str = "attnscope findings") 
     for i, f in enumerate(findings, 1):
         out.append(f"## {i}. {md_escape(f.title)}")
         out.append("")
-        prov = [f"kind: {f.kind}", f"pinned {f.created}"]
+        prov = [f"kind: {md_inline(f.kind)}", f"pinned {md_inline(f.created)}"]
         if f.model:
-            prov.append(f"model: `{f.model}`")
+            prov.append(f"model: `{md_code(f.model)}`")
         if f.saes:
-            prov.append(f"SAEs: `{f.saes}`")
+            prov.append(f"SAEs: `{md_code(f.saes)}`")
         if f.layer is not None:
             prov.append(f"layer {f.layer}")
         out.append("*" + " · ".join(prov) + "*")
         out.append("")
         if f.note.strip():
-            out.append("> " + f.note.strip().replace("\n", "\n> "))
+            out.append("> " + md_block(f.note.strip()).replace("\n", "\n> "))
             out.append("")
         if f.body.strip():
-            out.append(f.body.strip())
+            out.append(visible(f.body.strip()))
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_export(path: str | Path, text: str) -> Path:
-    """Write the report; an unwritable place is an `ExportError` with one line, the findings stay untouched.
-
-    Symlinks are written through (the link stays), devices, FIFOs and directories are refused;
-    `export_replaces(path)` beforehand tells whether an existing file will be replaced."""
+def check_export_target(path: str | Path) -> Path:
+    """The report's path if a report can be written there, else `ExportError` (one line) before anything is
+    written: an empty path, a directory, a missing folder, a device or FIFO, a read-only file, the installed
+    package, an unwritable folder."""
     p = Path(path).expanduser()
     if not str(path).strip():
         raise ExportError("no export path given")
@@ -322,6 +355,21 @@ def write_export(path: str | Path, text: str) -> Path:
         raise ExportError(f"{p} is a directory; give a file name such as {p / 'findings.md'}")
     if not p.parent.exists():
         raise ExportError(f"cannot write {p}: the folder {p.parent} does not exist")
+    try:
+        _resolve_output(p)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {p}: the folder {p.parent} is not writable")
+    return p
+
+
+def write_export(path: str | Path, text: str) -> Path:
+    """Write the report; an unwritable place is an `ExportError` with one line, the findings stay untouched.
+
+    Symlinks the user named are written through (the link stays), devices, FIFOs, directories and read-only
+    files are refused; `export_replaces(path)` beforehand tells whether an existing file will be replaced."""
+    p = check_export_target(path)
     try:
         _safe_write_text(p, text)
     except OutputError as exc:

@@ -7,6 +7,8 @@ import sys
 
 from sae.cli.common import UsageError, fail
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import environment_error_line
+from sae.engine.safe_text import term_line
 
 EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -65,7 +67,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from sae.cli import text_args
+
+    argv = text_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = write_screenshots(args.out, model=args.model, saes=args.saes, device=args.device,
                                       size=parse_size(args.size), prompt=args.prompt)
             for p in paths:
-                print(p)
+                print(term_line(p))
             return 0
         if args.command == "bench":
             if args.bench != "tui":
@@ -91,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(args)
     except AttnscopeError as exc:  # every error meant for the user, caught once
         return fail(str(exc))
+    except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
+        line = environment_error_line(exc)
+        if line is None:
+            raise
+        return fail(line)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
 
@@ -104,7 +113,7 @@ def export_command(args: argparse.Namespace) -> int:
         raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
     replaced = export_replaces(args.out)
     path = export_report(args.out, store.findings, title=args.title)
-    print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
+    print(f"wrote {len(store)} finding(s) to {term_line(path)}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
 
@@ -124,7 +133,8 @@ def open_engine(args: argparse.Namespace):  # -> workbench.engine.Engine
     from workbench.engine import Engine
 
     engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
-    print(f"attnscope: loading {args.model} model and {args.saes} SAEs ...", file=sys.stderr, flush=True)
+    print(f"attnscope: loading {term_line(args.model)} model and {term_line(args.saes)} SAEs ...", file=sys.stderr,
+          flush=True)
     try:
         asyncio.run(engine.open())
     except BaseException:

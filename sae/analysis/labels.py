@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import atomic_write_text, os_error_line, read_text_file
+from sae.engine.schema import Dict, Int, List, Obj, Optional, Str, check, parse_json
+from sae.engine.safe_text import md_cell
 
 # The words a human label may use (the file calls them "families"; any can be added): the first six are the
 # automatic roles (`sae.analysis.roles.ROLES`, among them the paper's families induction and short- / long-range
@@ -102,13 +104,17 @@ def _author() -> str:
 @contextmanager
 def _locked(lock_path: Path, timeout_s: float = 30.0) -> Iterator[None]:
     """An exclusive inter-process lock on `lock_path` (flock where there is one; else an O_EXCL lock file)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         fcntl = None  # type: ignore[assignment]
     if fcntl is not None:
-        with open(lock_path, "a+") as fh:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(lock_path, "a+")
+        except OSError as exc:
+            raise LabelError(f"cannot write beside the label file ({lock_path.parent}): {os_error_line(exc)}") from None
+        with fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -135,40 +141,29 @@ class LabelStore:
     """The label file. Every read re-reads it; every write is locked, merged with what is on disk, and atomic."""
 
     def __init__(self, path: Path | str | None = None) -> None:
+        if path is not None and not str(path).strip():
+            raise LabelError("no label file given (an empty path)")
         self.path = Path(path) if path is not None else default_path()
+        if not self.path.name or self.path.name in (".", ".."):
+            raise LabelError(f"the label file {self.path} names a folder, not a file")
         self._lock = self.path.with_name(self.path.name + ".lock")
 
     # ---- the file ----------------------------------------------------------------------------------------
 
     def _read(self) -> dict[str, Any]:
         try:
-            raw = self.path.read_text()
+            raw = read_text_file(self.path, "the label file")  # a FIFO, /dev/zero, a directory: one line, no hang
         except FileNotFoundError:
             return {"format": FORMAT, "families": list(DEFAULT_FAMILIES), "labels": {}}
-        except OSError as exc:
-            raise LabelError(f"cannot read the label file {self.path}: {exc.strerror}") from None
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise LabelError(f"the label file {self.path} is not valid JSON; fix or move it (nothing was changed)") from None
-        if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
-            raise LabelError(f"{self.path} is not an attnscope label file")
-        data.setdefault("families", list(DEFAULT_FAMILIES))
-        return data
+        data = parse_json(raw, self.path)
+        if not isinstance(data, dict) or "labels" not in data:
+            raise LabelError(f"{self.path} is not an attnscope label file (no \"labels\" object)")
+        return check(data, LABELS_SPEC, self.path)  # a wrong type is one line naming the field
 
     def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Atomically, through `safe_io`: the file's mode kept (644 stays 644), a read-only file refused, a
+        symlink the user named written through (the link stays), a device or full disk one line."""
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
 
     @contextmanager
     def _transaction(self) -> Iterator[dict[str, Any]]:
@@ -247,6 +242,17 @@ class LabelStore:
         with self._transaction() as data:
             data.setdefault("positions", {})[study] = int(index)
 
+
+LABEL_SPEC = Obj(
+    required={"layer": Int(min=0), "feature": Int(min=0), "family": Str()},
+    optional={"sae": (Str(), ""), "rating": (Optional(Int(min=min(RATINGS), max=max(RATINGS))), None),
+              "note": (Str(), ""), "author": (Str(), ""), "time": (Str(), ""), "model": (Str(), "")},
+)
+LABELS_SPEC = Obj(
+    required={"labels": Dict(LABEL_SPEC)},
+    optional={"families": (List(Str(nonempty=True)), list(DEFAULT_FAMILIES)), "positions": (Dict(Int(min=0)), {}),
+              "format": (Int(), FORMAT)},
+)
 
 _FIELDS: dict[str, Any] = {"sae": "", "layer": 0, "feature": 0, "family": "other", "rating": None, "note": "",
                            "author": "", "time": "", "model": ""}
@@ -406,7 +412,7 @@ def add_agreement(report: StudyReport, directories: Mapping[int, Path], confirm:
 
 def md_table(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return md_cell(str(v).replace("\n", " "))
 
     return "\n".join(["| " + " | ".join(map(cell, cols)) + " |", "|" + "---|" * len(cols)]
                      + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])

@@ -326,10 +326,12 @@ def trace_feature(
         act = sae.activation(sae.encode_pre(ctx.z[layer]))[:, feature]
     if pos is None:
         pos = int(act.argmax()) if float(act.max()) > 0 else int(pre.argmax())
+    given = pos
     if pos < 0:
         pos += n
-    if not 0 <= pos < n:
-        raise TraceError(f"position {pos} is outside the prompt (positions 0..{n - 1})")
+    if not 0 <= pos < n:  # said in the user's terms: the position they gave, not the one it counted to
+        raise TraceError(f"position {given} is outside the prompt of {n} tokens (positions 0..{n - 1}, or -1..-{n} "
+                         "counting from the end)")
     root = TraceNode(kind="feature", label=f"L{layer} F{feature} @{pos} {_tok(ctx, pos)}", value=float(pre[pos]),
                      layer=layer, pos=pos, feature=feature, act=float(pre[pos]))
     expand_feature(ctx, root, depth, keep)

@@ -8,8 +8,12 @@ import argparse
 import importlib
 import sys
 
+import os
+
 from sae.cli.common import fail
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import environment_error_line
+from sae.engine.safe_text import from_argv, term_line
 
 # module name -> registers its subcommands with `register(subparsers)`
 COMMAND_MODULES = [
@@ -40,7 +44,7 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         command = self.prog.removeprefix("attnscope").strip()
         where = f"{command}: " if command else ""
-        print(f"attnscope: error: {where}{message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"attnscope: error: {where}{term_line(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -62,10 +66,32 @@ def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def text_args(argv: list[str]) -> list[str]:
+    """The command line as valid text: an argument holding bytes that are not UTF-8 (Python passes them as lone
+    surrogates) becomes text with U+FFFD in their place, unless it names an existing file (kept byte for byte)."""
+    out = []
+    for a in argv:
+        fixed = from_argv(a)
+        if fixed != a:
+            try:
+                if os.path.lexists(a):
+                    fixed = a
+            except (OSError, ValueError):
+                pass
+        out.append(fixed)
+    return out
+
+
 def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
+    import sae.zoo  # noqa: F401 - registers the installed package as read-only to every writer (safe_io.protect)
+
     parser = build_parser(extra_modules)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if any("\x00" in a for a in raw):  # no real command line holds one; no path or prompt may
+        return fail("an argument holds a NUL character")
+    argv = text_args(raw)
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for commands that relaunch it
+    args.argv = raw  # the command line, for commands that relaunch it
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -73,6 +99,11 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
         return int(args.func(args) or 0)
     except AttnscopeError as exc:  # every error meant for the user, caught once
         return fail(str(exc))
+    except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
+        line = environment_error_line(exc)
+        if line is None:
+            raise
+        return fail(line)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
 

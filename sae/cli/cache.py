@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sae.cli.common import add_output_flags, console, emit, open_model, positive_int, job_progress
+from sae.cli.common import UsageError, add_output_flags, console, emit, open_model, positive_int, job_progress
 
 
 def register(subparsers: Any) -> None:
@@ -37,18 +37,25 @@ def run(args: argparse.Namespace) -> int:
     from sae.engine.activation_cache import write_cache
     from sae.zoo.token_cache import cached_token_rows
 
+    if args.context_size is not None and args.context_size < 2:
+        raise UsageError(f"--context-size must be at least 2 (BOS plus one token), got {args.context_size}")
+    from sae.engine.safe_io import check_writable_dir
+
+    if not str(args.out).strip():
+        raise UsageError("--out is empty; name the cache's directory")
+    out = Path(args.out).expanduser()
+    check_writable_dir(out, "cache --out")  # a file, a read-only place: one line before the model loads
     model = open_model(args.model, args.device)
     layers = parse_layers(args.layers, model.n_layers)
     ctx = min(args.context_size or 128, model.n_ctx)
     rows = cached_token_rows(model, args.corpus, ctx, split="train")
     rows = rows[: max(1, -(-args.tokens // ctx))]
-    out = Path(args.out).expanduser()
     with job_progress("cache", transient=False) as on_progress:
         manifest = write_cache(model, rows, layers, out, dtype=args.dtype, rows_per_shard=args.rows_per_shard,
                                corpus=args.corpus, on_progress=on_progress)
     data = {"path": str(out), **manifest.to_dict()}
     emit(args, data, _markdown)
-    console.print(f"train from it with: attnscope train --activations {out} --out RUN_DIR")
+    console.print(f"train from it with: attnscope train --activations {out} --out RUN_DIR", markup=False)
     return 0
 
 

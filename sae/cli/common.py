@@ -19,14 +19,28 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
+
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_text import md_cell, plain, term_line, visible
 
 if TYPE_CHECKING:
     from sae.engine.jobs import Progress as JobProgress
     from sae.engine.jobs import ProgressFn
 
-console = Console(stderr=True)
-out = Console(soft_wrap=True)
+
+class SafeConsole(Console):
+    """A rich Console that never lets a control character of the text it prints reach the terminal: ESC, NUL,
+    OSC/CSI bytes, bidi overrides in a prompt, a token, a path or a note are shown as visible marks (`␛`). Rich's
+    own styles and cursor moves (style and control segments) are untouched. Every CLI print goes through one."""
+
+    def _render_buffer(self, buffer: Any) -> str:
+        safe = (seg if seg.control else Segment(visible(seg.text), seg.style, seg.control) for seg in buffer)
+        return super()._render_buffer(safe)
+
+
+console = SafeConsole(stderr=True)
+out = SafeConsole(soft_wrap=True)
 
 
 _NUMBER = re.compile(r"^[\s+\-−]?[\d.,]+(e[+-]?\d+)?%?\s*$|^[+\-]?(nan|inf)$", re.IGNORECASE)
@@ -39,7 +53,19 @@ def _cell_text(cell: Any) -> str:
 class FitTable(Table):
     """A rich `Table` that never ellipsizes a number: in a narrow terminal a column of numbers keeps the width of
     its longest number (its header wraps instead), and text columns fold onto more lines. Every CLI table is one
-    of these (`from sae.cli.common import FitTable as Table`)."""
+    of these (`from sae.cli.common import FitTable as Table`).
+
+    Its text is never markup: a str title or cell is shown as it is (a family named `[/]` is that name); a
+    styled cell is a `rich.text.Text`."""
+
+    def __init__(self, *headers: Any, title: Any = None, **kwargs: Any) -> None:
+        super().__init__(*headers, title=plain(title) if isinstance(title, str) else title, **kwargs)
+
+    def add_column(self, header: Any = "", *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_column(plain(header) if isinstance(header, str) else header, *args, **kwargs)
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_row(*(plain(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
     def __rich_console__(self, console: Console, options: Any) -> Any:
         from rich import box
@@ -71,7 +97,7 @@ class UsageError(AttnscopeError):
 
 def fail(message: str, code: int = 2) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    print(f"attnscope: error: {first}", file=sys.stderr)
+    print(f"attnscope: error: {term_line(first)}", file=sys.stderr)
     return code
 
 
@@ -104,7 +130,7 @@ def emit(args: argparse.Namespace, data: Any, markdown: Callable[[Any], str], pr
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, default=_json_default))
     elif getattr(args, "md", False) or pretty is None:
-        print(markdown(data))
+        print(visible(markdown(data)))  # no terminal control characters from the user's text
     else:
         pretty(data)
 
@@ -117,7 +143,7 @@ def tables_markdown(head: str, tables: Tables) -> str:
     parts = [head]
     for title, cols, rows in tables:
         parts += [f"\n**{title}**\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        parts += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        parts += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(parts)
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
+from sae.engine.safe_text import markup_escape as escape
 from rich.panel import Panel
 from sae.cli.common import FitTable as Table
 from rich.text import Text
@@ -119,7 +119,7 @@ def _build_pretty(d: dict) -> None:
     for h in BUILD_HEADERS:
         t.add_column(h, overflow="fold")
     for r in _build_rows(d):
-        t.add_row(*(escape(str(x)) for x in r))
+        t.add_row(*(str(x) for x in r))
     out.print(t)
     out.print("[dim]open one with: attnscope dashboard --layer L --feature F[/]")
 
@@ -283,15 +283,15 @@ def pretty(b: dict) -> None:
     for c in ("top", "effect", "bottom", "effect "):
         lg.add_column(c)
     for u, v in zip(b["logits_top"], b["logits_bottom"]):
-        lg.add_row(escape(show_token(u["token"])), f"{u['value']:+.3f}", escape(show_token(v["token"])), f"{v['value']:+.3f}")
+        lg.add_row(show_token(u["token"]), f"{u['value']:+.3f}", show_token(v["token"]), f"{v['value']:+.3f}")
     out.print(lg)
     for x in b["dfa"][:1]:
         dt = Table(title=f"DFA by source, top example (pre-act {x['pre_act']:.3f})", header_style="bold")
         dt.add_column("source")
         dt.add_column("DFA", justify="right")
         for tok, v in zip(x["src_tokens"], x["dfa_src"]):
-            dt.add_row(escape(show_token(tok)), f"{v:+.3f}")
-        dt.add_row("[dim]earlier sources[/]", f"{x['dfa_earlier']:+.3f}")
-        dt.add_row("[dim]encoder bias[/]", f"{x['dfa_bias']:+.3f}")
+            dt.add_row(show_token(tok), f"{v:+.3f}")
+        dt.add_row(Text("earlier sources", style="dim"), f"{x['dfa_earlier']:+.3f}")
+        dt.add_row(Text("encoder bias", style="dim"), f"{x['dfa_bias']:+.3f}")
         out.print(dt)
     out.print(f"[dim]{escape(b['logit_note'])}[/]")

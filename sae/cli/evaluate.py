@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 sae.cfg.extra["eval"] = {k: v for k, v in r.to_dict().items() if k not in ("path",)}
                 save_sae(sae, path, r.log10_density)
             else:
-                console.print(f"not writing metrics into {path}: not a SAELens directory")
+                console.print(f"not writing metrics into {path}: not a SAELens directory", markup=False)
     emit(args, [r.to_dict() for r in results], _markdown, _pretty)
     return 0
 

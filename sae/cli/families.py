@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
+from sae.engine.safe_text import markup_escape as escape
 from sae.cli.common import FitTable as Table
 from rich.text import Text
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from rich.markup import escape
+from sae.engine.safe_text import markup_escape as escape, md_cell, term_line
 from sae.engine.errors import AttnscopeError
 from sae.cli.common import FitTable as Table
 
@@ -49,14 +49,14 @@ def check_feature(sae, layer: int, feature: int) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"attnscope: warning: {message}", file=sys.stderr)
+    print(f"attnscope: warning: {term_line(message)}", file=sys.stderr)
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
             v = f"{v:.4g}"
-        return str(v).replace("|", "\\|").replace("\n", "\\n")
+        return md_cell(v)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
@@ -148,6 +148,6 @@ def pretty(d: dict) -> None:
         pos, tok = r[0], r[1]
         first = pos != last
         last = pos
-        t.add_row(str(pos) if first else "", escape(tok) if first else "", str(r[2]), f"{r[3]:.3f}", f"{r[4]:.3f}",
+        t.add_row(str(pos) if first else "", tok if first else "", str(r[2]), f"{r[3]:.3f}", f"{r[4]:.3f}",
                   r[5], escape(r[6]))
     out.print(t)

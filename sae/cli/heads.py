@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
+from sae.engine.safe_text import markup_escape as escape
+from rich.text import Text
+
 from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
@@ -109,7 +111,7 @@ def pretty(d: dict) -> None:
         t.add_column("top by decoder share (id:role(share))", overflow="fold")
         t.add_column("top by DFA", overflow="fold")
         for h in lh["heads"]:
-            v = "[green]mono[/]" if h["verdict"] == "monosemantic" else "[yellow]poly[/]"
+            v = Text("mono", style="green") if h["verdict"] == "monosemantic" else Text("poly", style="yellow")
             t.add_row(f"L{h['layer']}H{h['head']}", v, ", ".join(f"{short(k)} {n}" for k, n in h["roles"].items()),
                       h.get("source", "automatic"), _feats(h["top_by_decoder"], "decoder_share"), _feats(h["top_by_dfa"], "dfa_share"))
         out.print(t)

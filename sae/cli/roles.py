@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
+from sae.engine.safe_text import markup_escape as escape
+from sae.cli.common import FitTable as Table
 
 from sae.cli.common import add_model_flags, add_output_flags, emit, out
 from sae.cli.features import md_table, non_negative_int
@@ -123,5 +123,5 @@ def pretty(d: dict) -> None:
         for col in CAND_COLS:
             c.add_column(col)
         for row in _cand_rows(d)[:30]:
-            c.add_row(*[escape(str(x)) for x in row])
+            c.add_row(*[str(x) for x in row])
         out.print(c)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
+from sae.engine.safe_text import markup_escape as escape, term_line
+from sae.cli.common import FitTable as Table
 from rich.text import Text
 
 from sae.cli.common import (
@@ -180,7 +180,7 @@ def _sample_pretty(d: dict) -> None:
     for c in ("feature", "density", "top context", "family", "rating"):
         t.add_column(c, overflow="fold")
     for r in d["features"]:
-        t.add_row(str(r["feature"]), f"{r['density']:.2e}", escape(r["top_context"]), r["family"] or "-", r["rating"] or "-")
+        t.add_row(str(r["feature"]), f"{r['density']:.2e}", r["top_context"], r["family"] or "-", r["rating"] or "-")
     out.print(t)
     out.print("[dim]label one: attnscope study label --layer L --feature F --family NAME --rating yes|maybe|no "
               "--note TEXT · or press 8 (the study screen) in the workbench[/]")
@@ -211,7 +211,7 @@ def run_families(args: argparse.Namespace) -> int:
     store = _store(args)
     fams = store.add_family(args.add) if args.add else store.families()
     for i, f in enumerate(fams):
-        print(f"{(i + 1) % 10 if i < 10 else ' '}  {f}")
+        print(f"{(i + 1) % 10 if i < 10 else ' '}  {term_line(f)}")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.markup import escape
+from sae.engine.safe_text import markup_escape as escape
 from rich.tree import Tree
 
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sae.cli.common import UsageError, add_output_flags, console, emit, job_progress, open_model, out
+from sae.engine.safe_text import markup_escape
 
 DESCRIPTION = (
     "Train one SAE per layer on blocks.L.attn.hook_z (value bias folded out), all layers from one model pass per "
@@ -153,6 +154,9 @@ def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int,
         v = getattr(args, f.name, None)
         if v is not None and v is not False:
             values[f.name] = v
+            # an explicit flag overrides the preset, its per-layer table included (`--preset paper --l1 0.5`
+            # trains every layer at 0.5, `--width 4096` every layer 4096 wide)
+            values.pop({"l1_coeff": "layer_l1", "d_sae": "layer_d_sae"}.get(f.name, ""), None)
     if args.dtype in ("bfloat16", "bf16"):
         values["autocast"] = True
     values["layers"] = parse_layers(values.get("layers", "all"), n_layers)
@@ -160,32 +164,68 @@ def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int,
     values["model_name"] = model_name
     values["corpus"] = args.corpus
     values["activations"] = args.activations or ""
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    cfg.check_widths(d_in)  # `--k 2000` on a 1024-wide SAE: one line now, not a torch error mid-run
+    return cfg
 
 
 def resumed_config(args: argparse.Namespace, out_dir: Path):
     """The saved config of the run in `out_dir` with the few settings a resume may change (`--tokens`,
     `--prefetch`, `--checkpoint-every`), validated once by `TrainConfig`."""
-    import json
 
+    from sae.engine.errors import AttnscopeError
+    from sae.engine.schema import check, read_json
     from sae.engine.training.checkpoint import CONFIG_FILE
-    from sae.engine.training.config import TrainConfig
+    from sae.engine.training.config import TrainConfig, config_spec
 
     path = out_dir / CONFIG_FILE
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json(path, "training config")  # a FIFO, NaN, deep nesting: one line
     except FileNotFoundError:
         raise UsageError(f"--resume: {out_dir} holds no {CONFIG_FILE}; nothing to resume") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
     if not isinstance(saved, dict):
         raise UsageError(f"--resume: {path} is damaged (not a JSON object)")
+    check(saved, config_spec(), path)  # a wrong type is one line naming its field
     changes = {name: getattr(args, name) for name in ("total_tokens", "prefetch", "checkpoint_every")
                if getattr(args, name, None) is not None}
+    refuse_changed_settings(args, saved, path)
     try:
         return TrainConfig.from_dict({**saved, **changes})
-    except TypeError as exc:  # a field missing or of the wrong type
-        raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
+    except (TypeError, ValueError, KeyError) as exc:  # a field missing, or values that do not fit together
+        if isinstance(exc, AttnscopeError):
+            raise
+        raise UsageError(f"--resume: {path} is damaged ({str(exc)[:120]})") from None
+
+
+def refuse_changed_settings(args: argparse.Namespace, saved: dict[str, Any], path: Path) -> None:
+    """`--resume` continues the saved run: a flag that would change anything but its length, prefetch or
+    checkpoint interval (`--lr`, a sweep list, `--preset`) is refused with one line naming it, never ignored."""
+    from sae.engine.training.config import TrainConfig, option_fields
+
+    allowed = set(TrainConfig.RESUMABLE_CHANGES)
+    differ = []
+    for f in option_fields():
+        v = getattr(args, f.name, None)
+        if v is None or v is False or f.name in allowed or f.name == "layers" and v == "all":
+            continue
+        old = saved.get(f.name)
+        same = v == old or (isinstance(old, list) and isinstance(v, list) and [float(x) for x in old] == [
+            float(x) for x in v]) or (isinstance(v, (int, float)) and isinstance(old, (int, float)) and float(v) == float(old))
+        if f.name == "layers" and isinstance(old, list):
+            same = str(v).replace(" ", "") == ",".join(str(x) for x in old)
+        if not same:
+            differ.append(f"{flag_of(f)} {_show_value(v)} (the run has {_show_value(old)})")
+    if getattr(args, "preset", None):
+        differ.append(f"--preset {args.preset}")
+    if differ:
+        raise UsageError(f"--resume continues the run in {path.parent} with its own settings; it cannot change "
+                         f"{'; '.join(differ)}. Start a new --out to train with them")
+
+
+def _show_value(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -227,7 +267,7 @@ def launch(args: argparse.Namespace) -> int:
         batch = args.batch_size or preset.get("batch_size") or field_default("batch_size")
         check_split(batch, args.data_shards or n, n)
     argv = strip_nproc(getattr(args, "argv", None) or sys.argv[1:])
-    return launch_torchrun(n, args.device, ["-m", "workbench.main", *argv], announce=console.print)
+    return launch_torchrun(n, args.device, ["-m", "workbench.main", *argv], announce=lambda line: console.print(line, markup=False))
 
 
 def existing_saes(out_dir: Path) -> list[Path]:
@@ -239,13 +279,52 @@ def existing_saes(out_dir: Path) -> list[Path]:
     return sorted(d for d in out_dir.iterdir() if (d / CFG_FILE).is_file() and (d / WEIGHTS_FILE).is_file())
 
 
+def run_entries(out_dir: Path) -> tuple[bool, list[str]]:
+    """(whether `out_dir` holds an attnscope training run, the names in it that are not attnscope's). A run is a
+    `train_config.json`, a checkpoint or SAE directories (a sweep's in their point folders); attnscope's lock and
+    temporaries are its own; anything else is the user's."""
+    from sae.engine.safe_io import LOCK_FILE, is_own_temp
+    from sae.engine.training.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, LANES_DIR
+
+    try:
+        entries = sorted(p.name for p in out_dir.iterdir())
+    except OSError:
+        return False, []
+    ours = {CHECKPOINT_FILE, CONFIG_FILE, LANES_DIR, LOCK_FILE}
+    is_run = CONFIG_FILE in entries or CHECKPOINT_FILE in entries or bool(existing_saes(out_dir))
+    foreign = [n for n in entries if n not in ours and not is_own_temp(n) and not n.startswith(".probe-")]
+    return is_run, foreign
+
+
+def refuse_foreign_dir(out_dir: Path) -> None:
+    """A fresh run goes into a new or empty directory or replaces a run of attnscope's own: a directory holding
+    anything else (a home directory, a folder of the user's files, an SAE folder holding only a README) is refused
+    with one line, with or without --overwrite, before anything is written in it."""
+    if not out_dir.is_dir() or out_dir.is_symlink() and not out_dir.exists():
+        return
+    is_run, foreign = run_entries(out_dir)
+    if foreign and not is_run:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"--out {out_dir} already holds files that are not an attnscope training run ({shown}); "
+                         "pick a new or empty directory")
+
+
 def _run(args: argparse.Namespace, sync) -> int:
     from sae.engine.safe_io import check_writable_dir
     from sae.engine.training.loop import lock_output_dir
 
+    if not str(args.out).strip():
+        raise UsageError("--out is empty; name the run's directory")
     out_dir = Path(args.out).expanduser()
     lock = None
     if sync is None or sync.is_main:  # one writer per --out: rank 0 holds the lock for the whole run
+        if args.resume:
+            from sae.engine.training.checkpoint import CONFIG_FILE
+
+            if not (out_dir / CONFIG_FILE).is_file():  # nothing is created in a directory that holds no run
+                raise UsageError(f"--resume: {out_dir} holds no {CONFIG_FILE}; nothing to resume")
+        else:
+            refuse_foreign_dir(out_dir)  # the user's own files: refused before anything is written there
         check_writable_dir(out_dir, "--out")  # a file, a read-only place: one line now, not after the model loads
         lock = lock_output_dir(out_dir)  # a second `attnscope train` into the same --out is refused here
     try:
@@ -269,7 +348,8 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
     if sync is None or sync.is_main:  # one report per run, not one per process
         emit(args, data, _markdown, _pretty)
     if outcome.status == "cancelled":
-        console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume")
+        console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume",
+                      markup=False)
         return 130
     return 0
 
@@ -343,14 +423,15 @@ def _announce(args: argparse.Namespace, trainer, rows, sync) -> None:
     console.print(
         f"training {len(trainer.units)} SAE(s) on {cfg.model_name} layers {cfg.layers}: {cfg.architecture},{sweep} "
         f"{trainer.d_in} -> {cfg.width(cfg.layers[0], trainer.d_in)}, {cfg.total_steps:,} steps of "
-        f"{cfg.batch_size:,} tokens ({where}){' (resumed at step ' + str(trainer.step) + ')' if args.resume else ''}"
+        f"{cfg.batch_size:,} tokens ({where}){' (resumed at step ' + str(trainer.step) + ')' if args.resume else ''}",
+        markup=False,
     )
     if sync is not None:
         console.print(f"data parallel: {sync.world_size} processes, {cfg.batch_size // sync.world_size:,} tokens each "
                       f"per step, {cfg.data_shards} data shards")
     console.print(trainer.schedule.describe(cfg.arch.resamples))
     for warning in trainer.schedule.warnings():
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {markup_escape(warning)}")
 
 
 def _step_note(p) -> str:

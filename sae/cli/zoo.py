@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sae.engine.errors import AttnscopeError
 from sae.cli.common import UsageError, open_model, add_output_flags, console, emit, out, positive_int
+from sae.engine.safe_text import markup_escape
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,11 +71,11 @@ def cmd_train_default(args: argparse.Namespace) -> int:
             sae_tokens=args.sae_tokens,
             resume=not args.no_resume,
             install=args.install,
-            log=lambda s: console.print(s),
+            log=lambda s: console.print(s, markup=False),
         )
     except AttnscopeError:
         raise
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         raise UsageError(str(exc)) from exc
-    console.print(f"[green]done[/]: artefacts in {out_dir}")
+    console.print(f"[green]done[/]: artefacts in {markup_escape(str(out_dir))}")
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from sae.engine.activations import ZSource, rows_digest
 from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import CancelToken, Progress, ProgressFn
 from sae.engine.models import z_hook_name
+from sae.engine.schema import FileFormatError, Int, List, OneOf, Obj, Optional, Str, check, read_json
+from sae.engine.safe_io import DirLock, atomic_write_text, atomic_write_with, check_writable_dir
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "attnscope-activation-cache-1"
@@ -64,21 +65,38 @@ class Manifest:
         return {**asdict(self), "tokens": self.tokens}
 
 
+MANIFEST_SPEC = Obj(
+    required={"format": OneOf(CACHE_FORMAT), "model": Str(), "layers": List(Int(min=0), min_len=1),
+              "d_in": Int(min=1, max=1 << 20), "context_size": Int(min=2), "rows": Int(min=1),
+              "dtype": OneOf("float16", "bfloat16", "float32"),
+              "shards": List(Obj({"file": Str(nonempty=True), "rows": Int(min=1)}), min_len=1)},
+    optional={"n_heads": (Optional(Int(min=1)), None), "corpus": (Str(), ""), "corpus_hash": (Str(), ""),
+              "hooks": (List(Str()), []), "z_convention": (Str(), Z_CONVENTION)},
+)
+
+
 def read_manifest(path: str | Path) -> Manifest:
+    """The cache's manifest, checked by `MANIFEST_SPEC` and for consistency (shard rows add up to `rows`, shard
+    files are plain names inside the cache folder, `d_in` splits into `n_heads`); one-line errors otherwise."""
     d = Path(path).expanduser()
+    file = d / MANIFEST
     try:
-        raw = json.loads((d / MANIFEST).read_text())
+        raw = read_json(file, "activation cache manifest")
     except FileNotFoundError:
         raise CacheError(f"{d} is not an activation cache (no {MANIFEST}); write one with `attnscope cache`") from None
-    except (OSError, ValueError) as exc:
-        raise CacheError(f"{d / MANIFEST} is unreadable ({exc})") from None
-    if raw.get("format") != CACHE_FORMAT:
-        raise CacheError(f"{d} holds an activation cache of an unknown format {raw.get('format')!r}")
-    raw.pop("tokens", None)
-    try:
-        return Manifest(**raw)
-    except TypeError as exc:
-        raise CacheError(f"{d / MANIFEST} is damaged ({exc})") from None
+    if isinstance(raw, dict) and "format" in raw and raw["format"] != CACHE_FORMAT:
+        raise CacheError(f"{d} holds an activation cache of an unknown format {str(raw.get('format'))[:40]!r}")
+    m = check(raw, MANIFEST_SPEC, file)
+    for i, shard in enumerate(m["shards"]):
+        name = shard["file"]
+        if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name) or "\x00" in name:
+            raise FileFormatError(file, f"shards[{i}].file", "a file name inside the cache folder", name)
+    total = sum(s["rows"] for s in m["shards"])
+    if total != m["rows"]:
+        raise FileFormatError(file, "shards", f"shards whose rows add up to rows ({m['rows']})", total)
+    if m["n_heads"] is not None and m["d_in"] % m["n_heads"]:
+        raise FileFormatError(file, "n_heads", f"a divisor of d_in ({m['d_in']})", m["n_heads"])
+    return Manifest(**{k: m[k] for k in Manifest.__dataclass_fields__})
 
 
 class _InOrder(ZSource):
@@ -108,7 +126,6 @@ def write_cache(
     Shards are written whole (temporary file renamed into place) and the manifest last, so a directory with a
     manifest is a complete cache. Raises CacheError for bad input, `Cancelled` when stopped.
     """
-    from safetensors.torch import save_file
 
     if dtype not in DTYPES:
         raise CacheError(f"dtype must be one of float16, bfloat16, float32 (got {dtype!r})")
@@ -123,7 +140,19 @@ def write_cache(
     out = Path(out_dir).expanduser()
     if (out / MANIFEST).exists():
         raise CacheError(f"{out} already holds an activation cache; pick another directory")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, "cache --out")  # a file, a read-only place: one line before the model runs
+    with DirLock(out, what="attnscope cache"):  # a second `attnscope cache` into the same --out is refused
+        if (out / MANIFEST).exists():  # written by a run that finished while this one waited
+            raise CacheError(f"{out} already holds an activation cache; pick another directory")
+        return _write_cache_locked(model, token_rows, layers, out, dtype, rows_per_shard, rows_per_pass, corpus,
+                                   on_progress, cancel)
+
+
+def _write_cache_locked(model, token_rows: torch.Tensor, layers: list[int], out: Path, dtype: str,
+                        rows_per_shard: int, rows_per_pass: int, corpus: str, on_progress: ProgressFn | None,
+                        cancel: CancelToken | None) -> Manifest:
+    from safetensors.torch import save_file
+
     n_rows, ctx = token_rows.shape
     torch_dtype = DTYPES[dtype]
     manifest = Manifest(
@@ -146,16 +175,14 @@ def write_cache(
                    for i, layer in enumerate(layers)}
         tensors["tokens"] = rows.to(torch.int32).contiguous()
         name = f"shard_{shard_i:05d}.safetensors"
-        tmp = out / f".{name}.tmp-{os.getpid()}-{threading.get_ident()}"
-        save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT})
-        os.replace(tmp, out / name)
+        # whole or absent, never through a link, a full disk one line (OutputError)
+        atomic_write_with(out / name, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT}),
+                          follow_symlink=False)
         manifest.shards.append({"file": name, "rows": int(rows.shape[0])})
         if on_progress is not None:
             on_progress(Progress("cache", min(start + rows.shape[0], n_rows) * ctx, n_rows * ctx, unit="tokens",
                                  stage=f"shard {shard_i + 1}/{-(-n_rows // rows_per_shard)}"))
-    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n", follow_symlink=False)
     return manifest
 
 
@@ -183,11 +210,26 @@ class CacheSource(ZSource):
         self._files = []
         self._starts = []
         start = 0
-        for shard in self.manifest.shards:
+        m = self.manifest
+        real_dir = self.dir.resolve()
+        for shard in m.shards:
             f = self.dir / shard["file"]
+            if f.is_symlink() or f.resolve().parent != real_dir:  # a cache reads only inside its own folder
+                raise CacheError(f"the cache in {self.dir}: shard {shard['file']!r} is not a file inside it")
             if not f.is_file():
                 raise CacheError(f"the cache in {self.dir} lacks its shard {shard['file']}")
-            self._files.append(safe_open(str(f), framework="pt"))
+            try:
+                handle = safe_open(str(f), framework="pt")
+                shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            except Exception as exc:  # noqa: BLE001 - safetensors' errors of a damaged file: all one line
+                raise CacheError(f"the cache's shard {f} is damaged ({type(exc).__name__})") from None
+            want = {z_hook_name(layer): [shard["rows"], m.context_size, m.d_in] for layer in m.layers}
+            want["tokens"] = [shard["rows"], m.context_size]
+            for name, shape in want.items():
+                if shapes.get(name) != shape:
+                    raise CacheError(f"the cache's shard {f}: {name} has shape {shapes.get(name)}, its manifest "
+                                     f"says {shape}")
+            self._files.append(handle)
             self._starts.append(start)
             start += int(shard["rows"])
         if start != n:

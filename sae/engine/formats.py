@@ -29,8 +29,11 @@ import torch
 from sae.engine.autoencoder import SAE, SAEConfig, architecture, fold_decoder_norm
 from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
+from sae.engine.schema import Bool, FileFormatError, Int, Obj, Optional, Str, check, read_json
 from sae.engine.safe_io import (
+    UnreadableFileError,
     is_protected,
+    is_own_temp,
     recover_children,
     recover_dir,
     safe_torch_load,
@@ -51,6 +54,23 @@ RELEASES: dict[str, str] = {  # release id -> Hugging Face repository (its files
 
 class SAEFormatError(AttnscopeError):
     """An SAE could not be loaded or does not fit the model; the message is one line meant for the user."""
+
+
+class SAEConfigError(FileFormatError, SAEFormatError):
+    """An SAE's config file has a field of the wrong type or value (named, with what was expected)."""
+
+
+# the typed fields of a SAELens cfg.json (and its `metadata`): a text "false" is no boolean, 0 heads no head count
+SAE_CFG_SPEC = Obj(
+    required={"d_in": Int(min=1, max=1 << 22), "d_sae": Int(min=1, max=1 << 26)},
+    optional={"apply_b_dec_to_input": (Bool(), True), "prepend_bos": (Bool(), True),
+              "n_heads": (Optional(Int(min=1, max=1 << 16)), None), "k": (Optional(Int(min=0)), None),
+              "context_size": (Optional(Int(min=1)), None), "normalize_activations": (Optional(Str()), None),
+              "architecture": (Str(), "standard"), "metadata": (Optional(Obj()), None),
+              "activation_fn_kwargs": (Optional(Obj()), None)},
+)
+SAE_META_SPEC = Obj(optional={"prepend_bos": (Bool(), True), "context_size": (Optional(Int(min=1)), None),
+                              "hook_name": (Optional(Str()), None), "model_name": (Optional(Str()), None)})
 
 
 # ---- saving ---------------------------------------------------------------------------------------------
@@ -91,10 +111,14 @@ def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
     return d
 
 
+SAE_FILES = frozenset({"cfg.json", "sae_weights.safetensors", "sparsity.safetensors"})  # what save_sae owns
+
+
 def _write_atomically_dir(target: Path, write: Any) -> None:
     """Write a directory through a temporary sibling and swap it into place (`sae.engine.safe_io.swap_dir`): a
-    kill at any point leaves the old or the new SAE loadable (after `recover_dir`, which every load runs)."""
-    swap_dir(Path(target), write)
+    kill at any point leaves the old or the new SAE loadable (after `recover_dir`, which every load runs). Only
+    the SAE's own files are replaced: anything else in the directory (the user's notes, plots) is kept."""
+    swap_dir(Path(target), write, owned=SAE_FILES)
 
 
 def is_shipped(path: str | Path) -> bool:
@@ -199,9 +223,11 @@ def _int_field(raw: dict[str, Any], key: str, value: Any) -> int:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SAEFormatError(f"{path} is not readable JSON ({type(exc).__name__}); the file may be truncated") from exc
+        data = read_json(path, "SAE config", error=SAEConfigError)  # FIFO, NaN, 10k-deep nesting: one line
+    except FileNotFoundError:
+        raise SAEFormatError(f"{path} is missing") from None
+    except UnreadableFileError as exc:
+        raise SAEFormatError(str(exc)) from None
     if not isinstance(data, dict):
         raise SAEFormatError(f"{path} does not hold a JSON object")
     return data
@@ -210,8 +236,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _load_saelens_dir(d: Path) -> SAE:
     from safetensors.torch import load_file
 
-    recover_dir(d)
+    recover_dir(d, clean=False)  # a load restores a half-swapped SAE but deletes nothing
     raw = _read_json(d / CFG_FILE)
+    if isinstance(raw.get("metadata"), list) or isinstance(raw.get("metadata"), str):
+        raise SAEFormatError(f"{d / CFG_FILE}: metadata must be a JSON object, got {type(raw['metadata']).__name__}")
+    if "d_in" in raw and "d_sae" in raw:
+        check(raw, SAE_CFG_SPEC, d / CFG_FILE, error=SAEConfigError)
+        if isinstance(raw.get("metadata"), dict):
+            check(raw["metadata"], SAE_META_SPEC, d / CFG_FILE, "metadata", error=SAEConfigError)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
         raise SAEFormatError(f"{d / CFG_FILE}: metadata must be a JSON object, got {type(meta).__name__}")
@@ -408,7 +440,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Load one SAE from any supported layout (autodetected), on `device`, in eval mode."""
     p = Path(path).expanduser()
     if not p.exists():
-        recover_dir(p)  # a save killed between its two renames left the old copy aside
+        recover_dir(p, clean=False)  # a save killed between its two renames left the old copy aside
     fmt = detect_format(p)
     if fmt == "saelens":
         sae = _load_saelens_dir(p if p.is_dir() else p.parent)
@@ -473,7 +505,8 @@ def _candidates(root: Path) -> list[Path]:
             found.append(pt)
     for npz in root.rglob(GEMMA_SCOPE_FILE):
         found.append(npz)
-    return sorted(set(found))
+    # attnscope's own temporaries (a dead save's half-written copy) are never SAEs to load
+    return sorted(p for p in set(found) if not any(is_own_temp(part) for part in p.relative_to(root).parts))
 
 
 def load_sae_set(
@@ -489,6 +522,11 @@ def load_sae_set(
     text = str(spec)
     root = Path(text).expanduser()
     if not root.exists():
+        first = text.split("/", 1)[0]
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and first not in (".", "..") and Path(first).expanduser().is_dir():
+            # `runs/mine` where ./runs exists: a mistyped local path, not a hub repository
+            raise SAEFormatError(f"no such SAE path: {text} (the folder {first}/ is here, so this is read as a path; "
+                                 f"for a hub repository write hf:{text})")
         if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
             root = _download_release(text)
         else:

@@ -7,11 +7,16 @@
 - `DirLock`: one writer per directory. A lock file holds `{pid, host, started, what}` under an `fcntl.flock`, so
   a lock of a killed process is free again at once (the kernel drops it); on systems without `flock` the pid is
   checked instead.
-- `swap_dir`: replace a whole directory (an SAE) so that a kill at any point leaves the old or the new one
-  loadable: new copy in `.NAME.tmp-PID-*`, old moved to `.NAME.old-PID-*`, new renamed in, old renamed to
-  `.NAME.trash-PID-*` and deleted. `recover_dir` (called by every load and save) puts back an `.old` copy when a
-  dead process left the target missing, and removes the leftovers of dead processes.
-- `clean_stale_temps`: deletes `.*.tmp-PID-*` files and directories whose process is gone.
+- `swap_dir`: replace the files a writer owns in a directory (an SAE) so that a kill at any point leaves the old
+  or the new one loadable, carrying over every other entry (the user's README, plots): new copy in
+  `.NAME.attnscope-tmp-PID-*`, old moved to `.NAME.attnscope-old-PID-*`, new renamed in, old renamed to
+  `.NAME.attnscope-trash-PID-*` and deleted. `recover_dir` puts back an `-old-` copy when a dead process left the
+  target missing; writers (not loads) then remove the leftovers of dead processes.
+- `clean_stale_temps`: deletes attnscope's own `.*.attnscope-tmp-PID-*` (and -old-, -trash-) entries whose
+  process is gone; a name without attnscope's tag is never touched.
+- `read_text_file`: a regular file's text, refusing FIFOs, devices and huge files in one line.
+- Nothing is written inside a protected root (the installed package, `protect`), through a symlink the user did
+  not name (`follow_symlink=False`), or over a read-only (no owner write bit) file.
 - `safe_torch_load`: `torch.load(weights_only=True)`; a pickle that would run code, a truncated or corrupt file,
   are one-line `UnsafeFileError`s.
 - `check_writable_dir`: the output directory is probed *before* long work starts.
@@ -28,7 +33,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,10 @@ class OutputError(AttnscopeError, OSError):
 
 class LockedError(AttnscopeError):
     """Another live process holds the directory's lock."""
+
+
+class UnreadableFileError(AttnscopeError, ValueError):
+    """A file attnscope reads is not a readable regular text file (a FIFO, a device, no permission, not UTF-8)."""
 
 
 class UnsafeFileError(AttnscopeError, ValueError):
@@ -98,6 +107,21 @@ def os_error_line(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
+# errors of the user's environment (permissions, a full or read-only disk, a bad path), not of the program
+ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+                                errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.ENXIO,
+                                errno.EFBIG})
+
+
+def environment_error_line(exc: BaseException) -> str | None:
+    """One line for an OSError the user's environment caused (a permission, a full disk, a read-only mount, a
+    path too long), naming the file; None for any other exception (a bug keeps its traceback)."""
+    if not isinstance(exc, OSError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot use{where}: {os_error_line(exc)}"
+
+
 # ---- pids -------------------------------------------------------------------------------------------------
 
 
@@ -116,7 +140,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_TEMP_PID = re.compile(r"^\..+\.(?:tmp|old|trash)-(\d+)(?:-.*)?$")
+# attnscope's own temporaries carry its name: `.NAME.attnscope-tmp-PID-...` (and -old-, -trash-). Nothing else is
+# ever taken for one: a user's `.thesis.tmp-31337` or `.photos.old-2020/` is not ours and is never touched.
+TEMP_TAG = "attnscope"
+_TEMP_PID = re.compile(r"^\..+\.attnscope-(?:tmp|old|trash)-(\d+)(?:-.*)?$")
+
+
+def temp_name(name: str, kind: str = "tmp") -> str:
+    """The name of this process's temporary (`kind` tmp/old/trash) for the file or directory `name`."""
+    return f".{name}.{TEMP_TAG}-{kind}-{os.getpid()}-{threading.get_ident()}"
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether `name` is one of attnscope's temporaries (of any process)."""
+    return _TEMP_PID.match(name) is not None
 
 
 def _owner_pid(name: str) -> int | None:
@@ -127,12 +164,19 @@ def _owner_pid(name: str) -> int | None:
 # ---- atomic files -----------------------------------------------------------------------------------------
 
 
-def resolve_output(path: str | Path) -> tuple[Path, bool]:
-    """Where a write to `path` must land (symlinks followed) and whether a file is already there.
+def resolve_output(path: str | Path, follow_symlink: bool = True) -> tuple[Path, bool]:
+    """Where a write to `path` must land (symlinks followed when the user named the link, `follow_symlink`) and
+    whether a file is already there.
 
-    Raises OutputError for a directory, device node, FIFO or socket, and for a missing parent directory."""
+    Raises OutputError for a directory, device node, FIFO or socket, a read-only file (mode without the owner's
+    write bit: refused, never replaced), a symlink the user did not name (`follow_symlink=False`), a place inside
+    a protected root (the installed package), and a missing parent directory."""
     p = Path(path).expanduser()
+    if not follow_symlink and p.is_symlink():
+        raise OutputError(f"{p} is a symbolic link attnscope did not make; refusing to write through it")
     real = Path(os.path.realpath(p))
+    if is_protected(real):
+        raise OutputError(f"{p} is inside attnscope's installed files, which are read-only; write elsewhere")
     if real.exists() or real.is_symlink():
         import stat
 
@@ -144,20 +188,24 @@ def resolve_output(path: str | Path) -> tuple[Path, bool]:
             raise OutputError(f"{p} is a directory; give a file name")
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(f"{p} is not a regular file (a device, FIFO or socket); refusing to replace it")
+        if not st.st_mode & stat.S_IWUSR:
+            raise OutputError(f"{p} is read-only (mode {stat.S_IMODE(st.st_mode):o}); refusing to replace it")
         return real, True
     if not real.parent.is_dir():
         raise OutputError(f"cannot write {p}: the folder {real.parent} does not exist")
     return real, False
 
 
-def atomic_write_with(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> bool:
+def atomic_write_with(path: str | Path, write: Callable[[Path], None], fsync: bool = True,
+                      follow_symlink: bool = True) -> bool:
     """Call `write(tmp_path)` then rename the temporary file over `path`; True when a file was replaced.
 
-    The result has the replaced file's mode, or the umask's default; symlinks are written through; errors
-    (full disk, read-only place) are one-line `OutputError`s and leave the old file untouched."""
-    real, existed = resolve_output(path)
+    The result has the replaced file's mode, or the umask's default; a symlink the user named is written through
+    (`follow_symlink=False` for a name the program chose: a link there is refused); a read-only file is refused;
+    errors (full disk, read-only place) are one-line `OutputError`s and leave the old file untouched."""
+    real, existed = resolve_output(path, follow_symlink=follow_symlink)
     mode = (os.stat(real).st_mode & 0o7777) if existed else file_mode()
-    tmp = real.with_name(f".{real.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = real.with_name(temp_name(real.name))
     try:
         write(tmp)
         os.chmod(tmp, mode)
@@ -178,17 +226,52 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None], fsync: bo
     return existed
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> bool:
+def atomic_write_bytes(path: str | Path, data: bytes, follow_symlink: bool = True) -> bool:
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
 
-    return atomic_write_with(path, write)
+    return atomic_write_with(path, write, follow_symlink=follow_symlink)
 
 
-def atomic_write_text(path: str | Path, text: str) -> bool:
+def atomic_write_text(path: str | Path, text: str, follow_symlink: bool = True) -> bool:
     """Write `text` (UTF-8) atomically; True when an existing file was replaced."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), follow_symlink=follow_symlink)
+
+
+# ---- reading user files ------------------------------------------------------------------------------------
+
+MAX_TEXT_BYTES = 256 * 2**20
+
+
+def read_text_file(path: str | Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file; OutputError-free: `FileNotFoundError` passes through, anything else that
+    is not a readable regular file of at most `max_bytes` (a FIFO that would hang, /dev/zero, a directory, a
+    permission error, bytes that are not UTF-8) is one-line `UnreadableFileError`."""
+    import stat
+
+    p = Path(path).expanduser()
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UnreadableFileError(f"cannot read {what} {p}: {os_error_line(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UnreadableFileError(f"{what} {p} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableFileError(f"{what} {p} is not a regular file (a device, FIFO or socket)")
+    if st.st_size > max_bytes:
+        raise UnreadableFileError(f"{what} {p} is too large ({st.st_size:,} bytes; at most {max_bytes:,})")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise UnreadableFileError(f"cannot read {what} {p}: {os_error_line(exc)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableFileError(f"{what} {p} is not UTF-8 text (byte {exc.start})") from None
 
 
 def fsync_dir(d: Path) -> None:
@@ -218,6 +301,8 @@ def check_writable_dir(path: str | Path, what: str = "output directory") -> Path
 
     Called before long work starts, so a bad `--out` or cache dir fails in a second, not after an hour."""
     p = Path(path).expanduser()
+    if is_protected(p):
+        raise OutputError(f"{what} {p} is inside attnscope's installed files, which are read-only; write elsewhere")
     if p.exists() and not p.is_dir():
         raise OutputError(f"{what} {p} is a file, not a directory")
     try:
@@ -263,7 +348,12 @@ class DirLock:
         return LockedError(f"{self.directory} is in use by {who}{doing}{since}; wait for it to finish or pick another place")
 
     def acquire(self, timeout: float = 0.0) -> DirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if is_protected(self.path):
+            raise OutputError(f"{self.directory} is inside attnscope's installed files, which are read-only")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot lock {self.directory}: {os_error_line(exc)}") from None
         deadline = time.monotonic() + timeout
         while True:
             if self._try_acquire():
@@ -276,7 +366,8 @@ class DirLock:
         if fcntl is None:  # pragma: no cover - no flock: O_EXCL file + pid check
             return self._try_acquire_excl()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+            # never through a link: truncating "the lock" must not empty a file it points to
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), file_mode())
         except OSError as exc:
             raise OutputError(f"cannot lock {self.directory}: {os_error_line(exc)}") from None
         try:
@@ -337,10 +428,12 @@ class DirLock:
 
 
 def clean_stale_temps(directory: str | Path, prefix: str = "") -> list[Path]:
-    """Remove `.{prefix}*.tmp-PID-*` / `.old-` / `.trash-` entries in `directory` whose process is gone.
+    """Remove attnscope's own temporaries (`.{prefix}*.attnscope-tmp-PID-*` / `-old-` / `-trash-`) in `directory`
+    whose process is gone. Nothing else is ever removed: a user's `.draft.tmp-1234` is not ours.
 
-    An `.old-PID-*` directory is removed only when the directory it was moved away from exists again (else
-    `recover_dir` restores it). Returns what was removed; errors (read-only place) are ignored."""
+    An `-old-` directory is removed only when the directory it was moved away from exists again (else
+    `recover_dir` restores it). Called by writers only (a read-only command removes nothing). Returns what was
+    removed; errors (read-only place) are ignored."""
     d = Path(directory)
     removed: list[Path] = []
     try:
@@ -353,8 +446,8 @@ def clean_stale_temps(directory: str | Path, prefix: str = "") -> list[Path]:
         pid = _owner_pid(p.name)
         if pid is None or pid_alive(pid):
             continue
-        if ".old-" in p.name:
-            base = p.name[1:].split(".old-")[0]
+        if f".{TEMP_TAG}-old-" in p.name:
+            base = p.name[1:].split(f".{TEMP_TAG}-old-")[0]
             if not (d / base).exists():
                 continue
         try:
@@ -370,16 +463,26 @@ def clean_stale_temps(directory: str | Path, prefix: str = "") -> list[Path]:
 
 # ---- directory swap ---------------------------------------------------------------------------------------
 
-def recover_dir(target: str | Path) -> bool:
-    """After a crash: if `target` is missing but a dead process left `.NAME.old-PID-*` (the complete previous
-    copy) beside it, rename it back; then remove stale temporaries. True when something was restored."""
+
+def _dead_olds(target: Path) -> list[Path]:
+    parent = target.parent
+    try:
+        return [p for p in parent.glob(f".{glob_escape(target.name)}.{TEMP_TAG}-old-*")
+                if p.is_dir() and (pid := _owner_pid(p.name)) is not None and not pid_alive(pid)]
+    except OSError:
+        return []
+
+
+def recover_dir(target: str | Path, clean: bool = True) -> bool:
+    """After a crash: if `target` is missing but a dead attnscope process left its complete previous copy
+    (`.NAME.attnscope-old-PID-*`) beside it, rename it back (the user's SAE is whole again, nothing deleted);
+    with `clean` (writers only) then remove that name's stale temporaries. True when something was restored."""
     target = Path(target)
     parent = target.parent
     restored = False
     try:
         if not target.exists() and parent.is_dir():
-            olds = [p for p in parent.glob(f".{glob_escape(target.name)}.old-*")
-                    if p.is_dir() and (pid := _owner_pid(p.name)) is not None and not pid_alive(pid)]
+            olds = _dead_olds(target)
             if olds:
                 newest = max(olds, key=lambda p: p.stat().st_mtime)
                 os.replace(newest, target)
@@ -387,33 +490,65 @@ def recover_dir(target: str | Path) -> bool:
                 restored = True
     except OSError:
         return False
-    clean_stale_temps(parent, prefix=target.name + ".")
+    if clean:
+        clean_stale_temps(parent, prefix=target.name + ".")
     return restored
 
 
-def recover_children(root: str | Path) -> None:
-    """`recover_dir` for every directory a dead process left half-swapped directly under `root`."""
+def recover_children(root: str | Path, clean: bool = False) -> None:
+    """`recover_dir` for every directory a dead attnscope process left half-swapped directly under `root`."""
     root = Path(root)
     try:
-        names = {p.name[1:].split(".old-")[0] for p in root.glob(".*.old-*")}
+        names = {p.name[1:].split(f".{TEMP_TAG}-old-")[0] for p in root.glob(f".*.{TEMP_TAG}-old-*")}
     except OSError:
         return
     for name in names:
-        recover_dir(root / name)
+        recover_dir(root / name, clean=clean)
 
 
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def swap_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Fill a fresh directory with `write(tmp_dir)` and put it at `target`, replacing what was there.
+def _carry_over(old: Path, new: Path, owned: frozenset[str] | None) -> None:
+    """Hard-link (or copy) into `new` every entry of `old` that the write did not produce and that is not one of
+    the writer's own file names (`owned`): the user's README, notes and plots stay in a swapped directory."""
+    for entry in old.iterdir():
+        if (new / entry.name).exists() or (owned is not None and entry.name in owned) or is_own_temp(entry.name):
+            continue
+        dest = new / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dest)
+        elif entry.is_dir():
+            shutil.copytree(entry, dest, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(dest))
 
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def swap_dir(target: str | Path, write: Callable[[Path], None], owned: Iterable[str] | None = None,
+             keep_foreign: bool = True, allow_protected: bool = False) -> Path:
+    """Fill a fresh directory with `write(tmp_dir)` and put it at `target`, replacing the files it owns.
+
+    `owned` names the files this writer makes (an SAE: cfg.json, weights, sparsity); every other entry already in
+    `target` (the user's README.md, plots/, notes) is carried into the new copy (hard links), so a swap never
+    loses a file it did not write (`keep_foreign=False` replaces the directory whole: the package's own files).
     A kill at any point leaves `target` whole (old or new) or, between the two renames, missing with the
-    complete old copy at `.NAME.old-PID-*`, which `recover_dir` puts back. Directory and files get the umask's
-    modes. OutputError (one line) when the place is not writable or the disk is full."""
+    complete old copy at `.NAME.attnscope-old-PID-*`, which `recover_dir` puts back. Directory and files get
+    the umask's modes. OutputError (one line) when the place is not writable, protected, or the disk is full."""
     target = Path(target)
     parent = target.parent
+    if not allow_protected and is_protected(target):
+        raise OutputError(f"{target} is inside attnscope's installed files, which are read-only; write elsewhere")
+    if target.is_symlink():
+        raise OutputError(f"{target} is a symbolic link; refusing to replace the directory it points to")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -422,9 +557,9 @@ def swap_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
         raise OutputError(f"{target} exists and is not a directory")
     recover_dir(target)
     tag = f"{os.getpid()}-{threading.get_ident()}"
-    old = parent / f".{target.name}.old-{tag}"
+    old = parent / f".{target.name}.{TEMP_TAG}-old-{tag}"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{tag}-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{TEMP_TAG}-tmp-{tag}-", dir=parent))
     except OSError as exc:
         raise OutputError(f"cannot write into {parent}: {os_error_line(exc)}") from None
     try:
@@ -440,10 +575,12 @@ def swap_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
                 finally:
                     os.close(fd)
         if target.exists():
+            if keep_foreign:
+                _carry_over(target, tmp, frozenset(owned) if owned is not None else None)
             os.replace(target, old)
             os.replace(tmp, target)
             fsync_dir(parent)
-            trash = parent / f".{target.name}.trash-{tag}"
+            trash = parent / f".{target.name}.{TEMP_TAG}-trash-{tag}"
             os.replace(old, trash)
             shutil.rmtree(trash, ignore_errors=True)
         else:

@@ -23,6 +23,7 @@ MODEL_CARD = DEFAULT_DIR / "MODEL_CARD.md"
 DEFAULT_NAME = "attnscope-default"
 
 protect(DEFAULT_DIR)  # the shipped files are read-only to the program: `save_sae` and `eval --write` refuse them
+protect(Path(__file__).resolve().parents[1])  # and nothing is ever written inside the installed package
 
 
 def is_default(name: str | Path) -> bool:

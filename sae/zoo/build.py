@@ -218,5 +218,5 @@ def install_into_package(out_dir: Path, log: Callable[[str], None] = print) -> N
             if (out_dir / name).exists():
                 shutil.copy2(out_dir / name, tmp / name)
 
-    swap_dir(dest, write)
+    swap_dir(dest, write, keep_foreign=False, allow_protected=True)  # the package's own files, replaced whole
     log(f"installed into {dest}")

@@ -6,6 +6,8 @@ the workbench draws their results and never computes science itself.
 """
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.safe_io import OutputError, swap_dir
+from sae.engine.safe_text import plain, visible, xml_clean  # user text, never markup (the one escaping home)
 from workbench.engine.core import Engine, sae_dir_candidates
 from workbench.engine.views import (
     CellDetail,
@@ -45,5 +47,6 @@ __all__ = [
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "InductionHeadView",
     "InductionView", "JobHandle", "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest",
     "TraceNodeView", "TraceView", "Worker", "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
-    "bug_log_path", "record_bug",
+    "bug_log_path", "record_bug", "plain", "visible", "xml_clean", "OutputError",
+    "swap_dir",
 ]

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.screen import Screen
 from textual.widgets import Static
 
-from workbench.engine import AttnscopeError, Cancelled, StaleRequest, one_line, record_bug
+from workbench.engine import AttnscopeError, Cancelled, StaleRequest, one_line, plain, record_bug
 
 T = TypeVar("T")
 
@@ -68,11 +68,11 @@ class StatusLine(Static):
 
     def say(self, message: str) -> None:
         self.message, self.is_error = message, False
-        self.update(Text(message, style="dim"))
+        self.update(plain(message, style="dim"))
 
     def error(self, message: str) -> None:
         self.message, self.is_error = message, True
-        self.update(Text(message, style="bold red"))
+        self.update(plain(message, style="bold red"))
 
 
 @dataclass(frozen=True)

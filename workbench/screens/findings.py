@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
+from workbench.engine import plain
 from workbench.findings import Finding, FindingsStore, export_markdown
 from workbench.messages import FindingPinned
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -107,7 +108,8 @@ class FindingsScreen(WorkbenchScreen):
         table.add_column("title", width=title_w)
         table.add_column("note", width=max(10, table.size.width - title_w - 10 - 8))
         for f in store.findings:
-            table.add_row(f.kind, f.title, f.note, key=f.id)
+            table.add_row(plain(f.kind, one_line=True), plain(f.title, one_line=True), plain(f.note, one_line=True),
+                          key=f.id)
         if store.findings:
             table.move_cursor(row=min(row, len(store.findings) - 1))
         undo = " · u undoes the delete" if self.deleted else ""
@@ -140,7 +142,10 @@ class FindingsScreen(WorkbenchScreen):
 
         def done(note: str | None) -> None:
             if note is not None:
-                self.wb.findings.set_note(f.id, note)
+                try:
+                    self.wb.findings.set_note(f.id, note)
+                except OSError as exc:  # FindingsError: deleted by another workbench, or the file cannot be written
+                    self.notify(str(exc), title="Findings", severity="error")
                 self.reload()
 
         self.app.push_screen(AskScreen(f"Note for “{f.title}”:", value=f.note), done)

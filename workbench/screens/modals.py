@@ -12,6 +12,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from workbench.engine import plain
+
 
 class HelpScreen(ModalScreen[None]):
     """Every key of the screen underneath and of the app, in one table."""
@@ -63,7 +65,7 @@ class AskScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box ask-box"):
-            yield Static(Text(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
+            yield Static(plain(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
             yield Input(value=self.value, placeholder=self.placeholder, id="ask-input")
             yield Label("", id="ask-error", classes="inline-error")
             yield Label(Text("enter accepts · escape cancels", style="dim"))
@@ -72,7 +74,7 @@ class AskScreen(ModalScreen[str | None]):
         self.query_one("#ask-input", Input).focus()
 
     def show_error(self, message: str) -> None:
-        self.query_one("#ask-error", Label).update(message)
+        self.query_one("#ask-error", Label).update(plain(message, one_line=True))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

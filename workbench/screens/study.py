@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static
 
+from workbench.engine import plain, visible
 from workbench.findings import ExportError, write_export
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.feature import dashboard_renderable
@@ -97,7 +98,7 @@ class StudyScreen(WorkbenchScreen):
         self.items = [(sl.layer, f) for sl in layers for f in sl.features]
         if not self.items:
             status.error("; ".join(notes) or "no live features to label")
-            self.query_one("#study-panel", Static).update(Text("\n".join(notes)))
+            self.query_one("#study-panel", Static).update(plain("\n".join(notes)))
             return
         pos = self.attempt(lambda: self.engine.label_store().position(self.study_key),
                            on_error=lambda f: notes.append(f.text))  # an unreadable label file: say so, start at 0
@@ -158,14 +159,14 @@ class StudyScreen(WorkbenchScreen):
         if lab is None:
             panel.append("not labelled\n", style="yellow")
         else:
-            panel.append(lab.family, style="bold green")
+            panel.append(visible(lab.family, keep=""), style="bold green")
             panel.append(f" · interpretable: {RATING_NAMES.get(lab.rating, 'unrated')}\n")
             if lab.note:
-                panel.append(f"note: {lab.note}\n", style="italic")
+                panel.append(f"note: {visible(lab.note)}\n", style="italic")
         panel.append("\n")
         for d, fam in zip(DIGITS, self.families()):
             panel.append(f"{d} ", style="bold dark_orange")
-            panel.append(f"{fam}\n")
+            panel.append(f"{visible(fam, keep='')}\n")
         panel.append("\nr then 2 yes · 1 maybe · 0 no", style="bold magenta" if self.rating_pending else "dim")
         self.query_one("#study-panel", Static).update(panel)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae.engine.errors import AttnscopeError
-from sae.engine.safe_io import atomic_write_text
+from sae.engine.safe_io import atomic_write_text, atomic_write_with, check_writable_dir
 from sae.engine.z_convention import Z_CONVENTION
 
 if TYPE_CHECKING:
@@ -190,13 +190,11 @@ def save_partial(directory: Path, scan: DashboardScan, meta: dict[str, Any]) -> 
     """The scan so far (`partial.safetensors` + `partial.json`), replaced atomically; a later build resumes from it."""
     from safetensors.torch import save_file
 
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (PARTIAL + ".tmp")
-    save_file(scan.tensors(), str(tmp))
-    os.replace(tmp, directory / PARTIAL)
+    check_writable_dir(directory, "dashboard cache folder")
+    tensors = scan.tensors()
+    atomic_write_with(directory / PARTIAL, lambda tmp: save_file(tensors, str(tmp)), follow_symlink=False)
     meta = dict(meta, n_tokens_seen=scan.n_tokens, rows_done=scan.rows_done)
-    (directory / (PARTIAL_INDEX + ".tmp")).write_text(json.dumps(meta))
-    os.replace(directory / (PARTIAL_INDEX + ".tmp"), directory / PARTIAL_INDEX)
+    atomic_write_text(directory / PARTIAL_INDEX, json.dumps(meta), follow_symlink=False)
 
 
 def _window_tokens(rows: torch.Tensor, idx: torch.Tensor, context: int) -> torch.Tensor:
@@ -268,8 +266,8 @@ def write_final(
         **stats,
         "vocab": vocab,
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / (DATA + ".tmp")))
-    os.replace(directory / (DATA + ".tmp"), directory / DATA)
-    (directory / (INDEX + ".tmp")).write_text(json.dumps(index))
-    os.replace(directory / (INDEX + ".tmp"), directory / INDEX)
+    check_writable_dir(directory, "dashboard cache folder")
+    data = {k: v.contiguous() for k, v in tensors.items()}
+    # the umask's mode (another user sharing the cache can read it), never through a link, a full disk one line
+    atomic_write_with(directory / DATA, lambda tmp: save_file(data, str(tmp)), follow_symlink=False)
+    atomic_write_text(directory / INDEX, json.dumps(index), follow_symlink=False)

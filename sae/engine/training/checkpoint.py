@@ -28,14 +28,14 @@ LANES_DIR = "lanes"
 def write_text(path: Path, text: str) -> None:
     """`text` written to `path` atomically, its directory created first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, follow_symlink=False)  # a name the program chose: never through a link
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save through a temporary file renamed into place: a checkpoint is either whole or absent; a full
     disk is a one-line OutputError with the previous checkpoint untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda tmp: torch.save(state, str(tmp)))
+    atomic_write_with(path, lambda tmp: torch.save(state, str(tmp)), follow_symlink=False)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

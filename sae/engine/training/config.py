@@ -36,6 +36,11 @@ def opt(default: Any, help: str, kind: str = "", flag: str | None = None, choice
     return field(default=default, metadata=meta)
 
 
+MAX_SWEEP = 64  # sweep values in one run (each one SAE per layer, all in memory at once)
+MAX_L1 = 1e4  # an L1 coefficient beyond this trains nothing but zeros
+MAX_PREFETCH = 16  # chunks made ahead of time (each one holds rows_per_pass rows of z)
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; saved as `train_config.json` beside the outputs.
@@ -181,6 +186,21 @@ class TrainConfig:
                 raise TrainingError(f"l1_coeff must be a number >= 0 (got {v})")
         if len(set(ks)) != len(ks) or len(set(l1s)) != len(l1s):
             raise TrainingError("a sweep lists each value once")
+        if len(ks) > MAX_SWEEP or len(l1s) > MAX_SWEEP:
+            raise TrainingError(f"a sweep trains at most {MAX_SWEEP} values at once (got {max(len(ks), len(l1s))}); "
+                                "split it into several runs")
+        for v in l1s:
+            if v > MAX_L1:
+                raise TrainingError(f"l1_coeff must be at most {MAX_L1:g} (got {v:g}): the loss would be all L1")
+        if self.prefetch is not None and self.prefetch > MAX_PREFETCH:
+            raise TrainingError(f"prefetch must be at most {MAX_PREFETCH} chunks ahead (got {self.prefetch})")
+        labels: dict[str, float] = {}
+        for v in self.sweep_values:
+            name = f"{v:g}"  # the sweep point's folder name (sweep.sweep_label)
+            if name in labels and len(self.sweep_values) > 1:
+                raise TrainingError(f"sweep values {labels[name]!r} and {v!r} both write the folder of {name}; "
+                                    "give values that differ in their first 6 digits")
+            labels[name] = v
         for v in self.sweep_values:
             for layer in self.layers:
                 width = self.layer_d_sae.get(layer, self.d_sae)
@@ -227,6 +247,14 @@ class TrainConfig:
         `layer_l1` entry when the sparsity parameter is the L1 coefficient."""
         return self.l1_for(layer, value) if self.sparsity_param == "l1_coeff" else float(value)
 
+    def check_widths(self, d_in: int) -> None:
+        """Once d_in is known: every k of a top-k run fits its layer's width (TrainingError otherwise)."""
+        for v in self.sweep_values:
+            for layer in self.layers:
+                problem = self.arch.sparsity_error(v, self.width(layer, d_in))
+                if problem:
+                    raise TrainingError(f"{problem}: the SAE width of layer {layer}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -244,6 +272,29 @@ class TrainConfig:
 
     # fields that may differ between a checkpoint and the run that resumes it
     RESUMABLE_CHANGES = ("total_tokens", "checkpoint_every", "log_every", "world_size", "prefetch")
+
+
+def config_spec():
+    """The schema of a saved `train_config.json` (`sae.engine.schema`), built from the fields' kinds: a resumed
+    run reads its config through it, so a wrong type is one line naming the field."""
+    from sae.engine import schema as sc
+
+    by_kind = {"int": sc.Optional(sc.Int()), "float": sc.Float(), "bool": sc.Bool(), "choice": sc.Optional(sc.Str()),
+               "float_list": sc.Either(sc.Float(), sc.List(sc.Float(), min_len=1)),
+               "int_list": sc.Either(sc.Int(min=1), sc.List(sc.Int(min=1), min_len=1)),
+               "layers": sc.Either(sc.List(sc.Int(min=0), min_len=1), sc.Str())}
+    optional: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        spec = by_kind.get(f.metadata.get("kind") or "")
+        if f.name in ("layer_l1", "layer_d_sae"):
+            spec = sc.Optional(sc.Dict(sc.Float() if f.name == "layer_l1" else sc.Int(min=1)))
+        elif f.name in ("model_name", "corpus"):
+            spec = sc.Str()
+        elif f.name == "world_size":
+            spec = sc.Int(min=1)
+        if spec is not None:
+            optional[f.name] = (spec, None)
+    return sc.Obj(optional=optional)
 
 
 def option_fields() -> list:

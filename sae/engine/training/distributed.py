@@ -29,6 +29,7 @@ import copy
 import datetime
 import math
 import os
+import re
 import socket
 from typing import Any, Callable
 
@@ -242,7 +243,50 @@ def launch_torchrun(nproc: int, device: str, program: list[str],
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     if announce is not None:
         announce(f"launching {nproc} processes: {' '.join(cmd[1:])}")
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    said_error, noise = filter_torchrun_stderr(proc.stderr, sys.stderr)
+    rc = proc.wait()
+    if rc != 0 and not said_error:  # a rank died without a message of ours: one line instead of torchrun's
+        raise DistributedError(rank_death_line(noise, rc))
+    return rc
+
+
+def filter_torchrun_stderr(lines: Any, sink: Any) -> tuple[bool, str]:
+    """Pass the ranks' own stderr lines (progress, warnings, `attnscope: error: ...`) to `sink`, hold back the
+    launcher's tracebacks and logging; (whether a rank printed an attnscope error, the text held back)."""
+    held: list[str] = []
+    said_error, in_traceback = False, False
+    for line in lines:
+        if line.startswith("attnscope: error:"):
+            said_error, in_traceback = True, False
+            sink.write(line)
+            continue
+        if line.startswith("Traceback") or line.lstrip().startswith("torch.distributed.elastic") or in_traceback:
+            in_traceback = True
+            held.append(line)
+            continue
+        if re.match(r"^\s*(\[?[WEI]\d{4}|W\d|E\d|\*+|=+|-{5,}|\s+(rank|exitcode|error_file|time|host|"
+                    r"local_rank|traceback)\s*:|\[\d+\]:|Root Cause|Failures:|\S*ChildFailedError)", line):
+            held.append(line)
+            continue
+        sink.write(line)
+    sink.flush()
+    return said_error, "".join(held)
+
+
+def rank_death_line(held: str, rc: int) -> str:
+    """One line from torchrun's failure report: which rank died and how, and that --resume continues."""
+    m = re.search(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", held, re.S)
+    sig = re.search(r"Signal (\d+) \((SIG\w+)\)", held)
+    if m:
+        code = int(m.group(2))
+        how = f"was killed ({sig.group(2)})" if sig else (f"was killed by signal {-code}" if code < 0
+                                                           else f"exited with status {code}")
+        who = f"the process of rank {m.group(1)} {how}"
+    else:
+        who = f"a training process died (torchrun exit status {rc})"
+    return (f"{who}; the other processes were stopped. The run keeps its last checkpoint: continue it with the "
+            "same command and --resume")
 
 
 # ---- data shards ----------------------------------------------------------------------------------------------
