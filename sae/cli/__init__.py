@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "zoo",
     "features",
     "trace",
+    "intervene",
     "dashboards",
     "heads",
     "families",
