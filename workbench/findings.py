@@ -24,7 +24,7 @@ from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_t
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
 FILE_NAME = "findings.json"
-KINDS = ("feature", "cell", "head", "trace", "experiment", "training", "note")
+KINDS = ("feature", "cell", "head", "trace", "experiment", "training", "note", "intervention")
 
 
 class ExportError(AttnscopeError):

@@ -145,9 +145,13 @@ def _check(model: LoadedModel, saes: dict[int, SAE], layer: int, edits: Sequence
 
 @torch.no_grad()
 def intervene(
-    model: LoadedModel, saes: dict[int, SAE], prompt: str, layer: int, edits: Sequence[Edit], top: int = 10
+    model: LoadedModel, saes: dict[int, SAE], prompt: str, layer: int, edits: Sequence[Edit], top: int = 10,
+    at: int | None = None,
 ) -> Intervention:
     """Run `prompt`, then run it again with `edits` applied to layer `layer`'s z, and compare.
+
+    `top_before`, `top_after` and `logit_change` are read at position `at` (default: the last; the workbench reads
+    them at the cell it edits).
 
     One clean pass captures z at `layer` and at every later layer with an SAE, and the logits `[pos, d_vocab]`; the
     edited pass adds `delta [pos, d_z]` (the sum of every edit's `(v - a) * W_dec[F]` rows) to layer `layer`'s raw z
@@ -196,7 +200,10 @@ def intervene(
     logits1 = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)[0]
 
     ids = tokens[0]
-    last0, last1 = logits0[-1].float(), logits1[-1].float()
+    if at is not None and not -n <= at < n:
+        raise InterventionError(f"position {at} is outside the prompt ({n} tokens, 0 = BOS)")
+    read = n - 1 if at is None else at % n
+    last0, last1 = logits0[read].float(), logits1[read].float()
     change = (last1 - last0).abs()
     cids = [i for i in change.topk(min(top, change.shape[0])).indices.tolist() if float(change[i]) > 0]
     cstr = model.token_strs(cids)
@@ -272,3 +279,35 @@ def attention_pattern(model: LoadedModel, prompt: str, layer: int, head: int) ->
     else:
         model.bridge.run_with_hooks(tokens, fwd_hooks=[(name, grab)], stop_at_layer=stop, return_type=None)
     return model.token_strs(tokens[0].tolist()), got["p"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same features on two prompts: `a[i]` / `b[i]` the peak activation of `features[i]` over each prompt's
+    positions, sorted by |b - a| (largest first)."""
+
+    layer: int
+    features: list[int]
+    a: list[float]
+    b: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def compare_prompts(model: LoadedModel, sae: SAE, prompt_a: str, prompt_b: str, top: int = 16) -> Comparison:
+    """Peak activation `[d_sae]` of every feature on each prompt; keeps the `top` features with the largest
+    peak on either, sorted by the size of their difference."""
+    layer = sae.cfg.layer
+    peaks = []
+    for prompt in (prompt_a, prompt_b):
+        tokens, _ = prompt_tokens(model, prompt)
+        z = model.capture_z(tokens, [layer])[layer][0]  # [pos, d_z]
+        peaks.append(sae.encode(z).max(0).values.float())  # [d_sae]
+    a, b = peaks
+    k = min(top, a.shape[0])
+    either = torch.maximum(a, b)
+    keep = [i for i in either.topk(k).indices.tolist() if float(either[i]) > 0]
+    keep.sort(key=lambda i: -abs(float(b[i] - a[i])))
+    return Comparison(layer=layer, features=keep, a=[float(a[i]) for i in keep], b=[float(b[i]) for i in keep])

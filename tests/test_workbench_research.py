@@ -1,0 +1,104 @@
+"""Pilot tests of the researcher's moves in the workbench (issue 24): ablate a cell in one key, set / scale it
+from a small form, read the model's prediction before / after, pin it, the loss strip and a head's pattern. The
+numbers are checked against the CLI's function run independently of the screen (itself tested against a plain
+forward hook in test_intervene.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sae.analysis.intervene import Edit, intervene, predictions
+from workbench_pilot import PROMPT, settle, type_prompt
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+
+
+async def _on_a_firing_cell(pilot, app):
+    await type_prompt(pilot, app)
+    screen = app.screen
+    await settle(pilot, lambda: screen.detail is not None and screen.predictions is not None)
+    return screen
+
+
+async def test_ablate_in_one_key_shows_prediction_before_after(app, tiny_model, saes):
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        layer, pos, feature = screen.selected_cell()
+        panel = screen.query_one("#predict-panel")
+        # the model's own prediction at the selected token, before anything
+        want = predictions(tiny_model, PROMPT, top=10)
+        assert [t.id for t in screen.predictions.top[pos]] == [t.id for t in want.top[pos]]
+        assert "next token after" in str(panel.render())
+        await pilot.press("a")
+        await settle(pilot, lambda: screen.intervention is not None)
+        v = screen.intervention
+        ref = intervene(tiny_model, saes, PROMPT, layer, [Edit(feature, "ablate", pos=pos)], top=10, at=pos)
+        assert v.positions == (pos,) and v.features == (feature,)
+        assert [t.id for t in v.top_after] == [t.id for t in ref.top_after]
+        assert v.loss_after == pytest.approx(ref.loss_after, abs=1e-5)
+        shown = str(panel.render())
+        assert "loss" in shown and "before" in shown and "after" in shown and "ablated" in shown
+        # pinning makes a finding with all of it
+        await pilot.press("p")
+        await pilot.press("enter")
+        await settle(pilot, lambda: len(app.findings) == 1)
+        f = app.findings.findings[0]
+        assert f.kind == "intervention" and f.data["prompt"] == PROMPT and f.data["pos"] == pos
+        assert f.data["intervention"]["loss_after"] == pytest.approx(ref.loss_after, abs=1e-5)
+        assert "before" in f.body and "after" in f.body
+
+
+async def test_form_sets_and_scales(app, tiny_model, saes):
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        layer, pos, feature = screen.selected_cell()
+        await pilot.press("i")
+        await settle(pilot, lambda: app.screen.id == "intervene-form")
+        form = app.screen
+        form.query_one("#ask-input").value = "nonsense"
+        await pilot.press("enter")
+        assert app.screen is form and "not a number" in str(form.query_one("#ask-error").render())
+        form.query_one("#ask-input").value = "x3 all"
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.screen is screen and screen.intervention is not None)
+        ref = intervene(tiny_model, saes, PROMPT, layer, [Edit(feature, "scale", 3.0)], top=10)
+        v = screen.intervention
+        assert list(v.positions) == ref.positions
+        assert [t.logit for t in v.top_after] == pytest.approx([t.logit for t in ref.top_after], abs=1e-4)
+        assert v.at == len(v.tokens) - 1
+        await pilot.press("i")
+        await settle(pilot, lambda: app.screen.id == "intervene-form")
+        app.screen.query_one("#ask-input").value = "2.5"
+        await pilot.press("enter")
+        await settle(pilot, lambda: screen.intervention is not None and screen.intervention.describe != v.describe)
+        assert screen.intervention.new_activation == (2.5,)
+
+
+async def test_loss_strip_and_head_pattern(app, tiny_model):
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        await pilot.press("l")
+        shown = str(screen.query_one("#predict-panel").render())
+        want = predictions(tiny_model, PROMPT, top=3)
+        assert "loss per token" in shown and f"{want.loss[0]:6.3f}" in shown
+        await pilot.press("v")
+        await settle(pilot, lambda: getattr(app.screen, "pattern_view", None) is not None)
+        pat = app.screen
+        assert pat.pattern_view.values.shape == (len(want.tokens), len(want.tokens))
+        head0 = pat.p_head
+        await pilot.press("right_square_bracket")
+        await settle(pilot, lambda: pat.pattern_view.head != head0)
+        await pilot.press("escape")
+        await settle(pilot, lambda: app.screen is screen)
+
+
+def test_parse_intervention():
+    from workbench.screens.explore import parse_intervention
+
+    assert parse_intervention("2.5") == ("set", 2.5, "cell")
+    assert parse_intervention("x3 all") == ("scale", 3.0, "all")
+    assert parse_intervention("*0.5") == ("scale", 0.5, "cell")
+    assert parse_intervention("0") == ("ablate", 0.0, "cell")
+    for bad in ("", "abc", "1 2", "nan", "x"):
+        with pytest.raises(ValueError):
+            parse_intervention(bad)

@@ -1,0 +1,173 @@
+"""The researcher's moves on a prompt, as `Engine` methods (a mixin of `workbench.engine.core.Engine`) and their
+frozen views: intervene on a feature (sae.analysis.intervene), the model's own next-token predictions and per-token
+loss, one head's attention pattern, compare two prompts, and search the dashboards (sae.analysis.search).
+
+Like every engine method, each is a thin wrapper over one `sae/` function; the adapters only rename and select.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from workbench.engine.worker import EngineError
+
+# ---- views ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenView:
+    token: str
+    id: int
+    logit: float
+    prob: float
+
+
+@dataclass(frozen=True)
+class InterventionView:
+    """One intervention (sae.analysis.intervene.Intervention): `top_before` / `top_after` at position `at`,
+    `logit_change` there as (token, id, before, after), `downstream` as (layer, feature, pos, before, after).
+    `data` is the whole result in the CLI's JSON form (for findings and exports)."""
+
+    prompt: str
+    layer: int
+    describe: str
+    at: int
+    tokens: list[str]
+    positions: tuple[int, ...]
+    features: tuple[int, ...]
+    activation: tuple[float, ...]
+    new_activation: tuple[float, ...]
+    top_before: tuple[TokenView, ...]
+    top_after: tuple[TokenView, ...]
+    logit_change: tuple[tuple[str, int, float, float], ...]
+    loss_before: float
+    loss_after: float
+    downstream: tuple[tuple[int, int, int, float, float], ...]
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictionsView:
+    """The model's next-token top-k after every token (`top[t]`) and the loss of each actual next token
+    (`loss[t]` for `tokens[t + 1]`)."""
+
+    prompt: str
+    tokens: list[str]
+    top: tuple[tuple[TokenView, ...], ...]
+    loss: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PatternView:
+    """One head's attention on a prompt: `values [query, key]` (rows sum to 1, zero above the diagonal)."""
+
+    prompt: str
+    layer: int
+    head: int
+    tokens: list[str]
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class CompareView:
+    """The same features on two prompts: `a[i]`, `b[i]` the peak activation of `features[i]` on each prompt
+    (clean vs corrupted), sorted by |b - a|."""
+
+    layer: int
+    prompt_a: str
+    prompt_b: str
+    features: tuple[int, ...]
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SearchHitView:
+    layer: int
+    feature: int
+    score: float
+    why: str  # what matched: "mean 2.1 on ' the'", "label: ...", "example: ..."
+
+
+def _tokens(xs: Any) -> tuple[TokenView, ...]:
+    return tuple(TokenView(t.token, int(t.id), float(t.logit), float(t.prob)) for t in xs)
+
+
+def intervention_view(res: Any, prompt: str, describe: str, at: int) -> InterventionView:
+    """sae.analysis.intervene.Intervention -> the explore panel's view."""
+    return InterventionView(
+        prompt=prompt, layer=res.layer, describe=describe, at=at, tokens=list(res.tokens),
+        positions=tuple(res.positions), features=tuple(res.features), activation=tuple(res.activation),
+        new_activation=tuple(res.new_activation), top_before=_tokens(res.top_before), top_after=_tokens(res.top_after),
+        logit_change=tuple((c.token, c.id, c.before, c.after) for c in res.logit_change),
+        loss_before=res.loss_before, loss_after=res.loss_after,
+        downstream=tuple((d.layer, d.feature, d.pos, d.before, d.after) for d in res.downstream),
+        data=res.to_dict(),
+    )
+
+
+# ---- the methods -----------------------------------------------------------------------------------------
+
+
+class ResearchMethods:
+    """Mixed into `Engine`: uses its `call`, `_need_model`, `_sae` and `_saes`."""
+
+    _model: Any
+    _saes: dict[int, Any]
+
+    async def intervene(self, prompt: str, layer: int, feature: int, mode: str, value: float = 0.0,
+                        pos: int | str | None = None, at: int | None = None, top: int = 10) -> InterventionView:
+        """Set / scale / ablate one feature (sae.analysis.intervene.intervene) and read the next-token top-k at
+        position `at` (default the last)."""
+
+        def run() -> InterventionView:
+            from sae.analysis.intervene import Edit, intervene
+
+            self._sae(layer)  # type: ignore[attr-defined]
+            edit = Edit(feature, mode, value, pos)  # type: ignore[arg-type]
+            res = intervene(self._model, self._saes, prompt, layer, [edit], top=top, at=at)
+            n = len(res.tokens)
+            return intervention_view(res, prompt, edit.describe(), n - 1 if at is None else at % n)
+
+        return await self.call(run, channel="intervene")  # type: ignore[attr-defined]
+
+    async def predictions(self, prompt: str, top: int = 10) -> PredictionsView:
+        """The model's next-token top-k at every position and the per-token loss (sae.analysis.intervene.predictions)."""
+
+        def run() -> PredictionsView:
+            from sae.analysis.intervene import predictions
+
+            p = predictions(self._need_model(), prompt, top=top)  # type: ignore[attr-defined]
+            return PredictionsView(prompt=prompt, tokens=list(p.tokens), top=tuple(_tokens(row) for row in p.top),
+                                   loss=tuple(p.loss))
+
+        return await self.call(run, channel="predict")  # type: ignore[attr-defined]
+
+    async def pattern(self, prompt: str, layer: int, head: int) -> PatternView:
+        """One head's attention pattern on a prompt (sae.analysis.intervene.attention_pattern)."""
+
+        def run() -> PatternView:
+            from sae.analysis.intervene import attention_pattern
+
+            model = self._need_model()  # type: ignore[attr-defined]
+            if not 0 <= layer < model.n_layers:
+                raise EngineError(f"layer {layer} is outside the model (layers 0..{model.n_layers - 1})")
+            toks, p = attention_pattern(model, prompt, layer, head)
+            return PatternView(prompt=prompt, layer=layer, head=head, tokens=toks, values=p.numpy())
+
+        return await self.call(run, channel="pattern")  # type: ignore[attr-defined]
+
+    async def compare(self, prompt_a: str, prompt_b: str, layer: int, top: int = 16) -> CompareView:
+        """The features strongest on either prompt, their peak activation on each (sae.analysis.intervene.compare)."""
+
+        def run() -> CompareView:
+            from sae.analysis.intervene import compare_prompts
+
+            c = compare_prompts(self._need_model(), self._sae(layer), prompt_a, prompt_b, top=top)  # type: ignore[attr-defined]
+            return CompareView(layer=layer, prompt_a=prompt_a, prompt_b=prompt_b, features=tuple(c.features),
+                               a=tuple(c.a), b=tuple(c.b))
+
+        return await self.call(run, channel="compare")  # type: ignore[attr-defined]
