@@ -102,3 +102,25 @@ def test_parse_intervention():
     for bad in ("", "abc", "1 2", "nan", "x"):
         with pytest.raises(ValueError):
             parse_intervention(bad)
+
+
+async def test_head_to_any_of_its_features_and_its_pattern(app):
+    from workbench.engine import HeadFeatureView, HeadView
+
+    head = HeadView(layer=1, head=2, verdict="polysemantic", main_family="induction",
+                    features=tuple(HeadFeatureView(id=i, share=0.3 - 0.1 * n, family="x") for n, i in enumerate((5, 9, 17))))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await pilot.press("3")
+        heads = app.screen
+        heads.show_head(head)
+        heads.query_one("#head-features").focus()
+        await pilot.press("down", "enter")
+        await settle(pilot, lambda: app.screen.MODE == "feature")
+        await settle(pilot, lambda: getattr(app.screen, "feature", None) == 9)
+        assert app.screen.sae_layer == 1
+        await pilot.press("3")
+        await settle(pilot, lambda: app.screen is heads)
+        await pilot.press("v")
+        await settle(pilot, lambda: getattr(app.screen, "pattern_view", None) is not None)
+        assert (app.screen.p_layer, app.screen.p_head) == (1, 2)
