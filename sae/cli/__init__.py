@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "features",
     "trace",
     "intervene",
+    "search",
     "dashboards",
     "heads",
     "families",
