@@ -124,3 +124,30 @@ async def test_head_to_any_of_its_features_and_its_pattern(app):
         await pilot.press("v")
         await settle(pilot, lambda: getattr(app.screen, "pattern_view", None) is not None)
         assert (app.screen.p_layer, app.screen.p_head) == (1, 2)
+
+
+def test_parse_palette_query():
+    from workbench.search_commands import parse_query
+
+    assert parse_query("token:  the") == ("token", " the")
+    assert parse_query("token: the") == ("token", "the")
+    assert parse_query("Role: induction") == ("role", "induction")
+    assert parse_query("here") == ("position", "")
+    assert parse_query("feature 3") is None and parse_query("text:") is None
+
+
+async def test_palette_here_opens_the_strongest_feature_at_the_cell(app, tiny_model, saes):
+    from sae.analysis.search import at_position
+
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        pos = screen.selected_pos()
+        want = at_position(tiny_model, saes, PROMPT, pos, top=20).hits[0]
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        for ch in "here":
+            await pilot.press(ch)
+        await pilot.pause(1.0)
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.screen.MODE == "feature")
+        await settle(pilot, lambda: (app.screen.sae_layer, app.screen.feature) == (want.layer, want.feature))

@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.widgets import Input
 
 from workbench.commands import WorkbenchCommands
+from workbench.search_commands import FeatureSearch
 from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
 from workbench.figures import export_report
 from workbench.findings import ExportError, FindingsStore
@@ -48,7 +49,7 @@ class WorkbenchApp(App):
 
     TITLE = "attnscope"
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
-    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    COMMANDS = App.COMMANDS | {WorkbenchCommands, FeatureSearch}
     MODES = {
         "explore": ExploreScreen,
         "feature": FeatureScreen,

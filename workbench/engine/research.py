@@ -171,3 +171,48 @@ class ResearchMethods:
                                a=tuple(c.a), b=tuple(c.b))
 
         return await self.call(run, channel="compare")  # type: ignore[attr-defined]
+
+
+def _hit_views(res: Any) -> tuple[SearchHitView, ...]:
+    return tuple(SearchHitView(h.layer, h.feature, h.score, h.why) for h in res.hits)
+
+
+class SearchMethods:
+    """Mixed into `Engine`: the feature search (sae.analysis.search)."""
+
+    _model: Any
+    _saes: dict[int, Any]
+
+    def _built_dirs(self) -> dict[int, Any]:
+        from sae.analysis.dashboards import build_command, dashboard_dir, is_built
+
+        self._need_model()  # type: ignore[attr-defined]
+        dirs = {x: dashboard_dir(self._model, s, x) for x, s in sorted(self._saes.items())}
+        built = {x: d for x, d in dirs.items() if is_built(d)}
+        if not built:
+            first = min(dirs)
+            raise EngineError(f"searching features reads the built dashboards; run `{build_command(first)}` (or b on screen 2)")
+        return built
+
+    async def search(self, kind: str, query: str, prompt: str = "", pos: int = -1, top: int = 20) -> tuple[SearchHitView, ...]:
+        """Features by `kind` (token, text, label, role: from the dashboards; position: `pos` of `prompt` over the
+        whole SAE of every layer). Newer searches make older ones stale."""
+
+        def run() -> tuple[SearchHitView, ...]:
+            from sae.analysis import search
+
+            if kind == "position":
+                self._need_model()  # type: ignore[attr-defined]
+                return _hit_views(search.at_position(self._model, self._saes, prompt, pos, top=top))
+            dirs = self._built_dirs()
+            if kind == "token":
+                return _hit_views(search.by_token(dirs, query, top))
+            if kind == "text":
+                return _hit_views(search.by_text(dirs, query, top))
+            if kind == "label":
+                return _hit_views(search.by_label(dirs, self.label_store(), query, top))  # type: ignore[attr-defined]
+            if kind == "role":
+                return _hit_views(search.by_role(dirs, query, top))
+            raise EngineError(f"unknown search {kind!r}: token, text, label, role or position")
+
+        return await self.call(run, channel="search")  # type: ignore[attr-defined]
