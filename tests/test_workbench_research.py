@@ -151,3 +151,20 @@ async def test_palette_here_opens_the_strongest_feature_at_the_cell(app, tiny_mo
         await pilot.press("enter")
         await settle(pilot, lambda: app.screen.MODE == "feature")
         await settle(pilot, lambda: (app.screen.sae_layer, app.screen.feature) == (want.layer, want.feature))
+
+
+async def test_key_E_writes_the_html_page(app, tmp_path):
+    out = tmp_path / "page.html"
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        await pilot.press("a")
+        await settle(pilot, lambda: screen.intervention is not None)
+        await pilot.press("p", "enter")
+        await settle(pilot, lambda: len(app.findings) == 1)
+        await pilot.press("E")
+        await settle(pilot, lambda: app.screen.id == "export-html")
+        app.screen.query_one("#ask-input").value = str(out)
+        await pilot.press("enter")
+        await settle(pilot, lambda: out.is_file())
+    page = out.read_text()
+    assert "intervention" in page and "<script" not in page

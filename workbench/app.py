@@ -64,6 +64,7 @@ class WorkbenchApp(App):
         Binding("question_mark", "help", "Help", show=True),
         Binding("p", "pin", "Pin", show=True),
         Binding("e", "export", "Export", show=True),
+        Binding("E", "export_html", "Export HTML", show=False),
         Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
         Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
         Binding("escape", "back", "Back", show=False),
@@ -324,6 +325,21 @@ class WorkbenchApp(App):
             return None
 
         self.push_screen(AskScreen("Export findings as markdown to:", value=self.export_default, check=check))
+
+    def action_export_html(self) -> None:
+        """The pinned findings as one self-contained HTML page (workbench.html_export)."""
+        from workbench.html_export import write_html
+
+        def check(path: str) -> str | None:
+            try:
+                written = write_html(path, self.findings.findings)
+            except ExportError as exc:
+                return str(exc)
+            self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
+            return None
+
+        default = str(Path(self.export_default).with_suffix(".html"))
+        self.push_screen(AskScreen("Export findings as one HTML page to:", value=default, check=check, id="export-html"))
 
     def open_saes_spec(self, spec: str) -> None:
         """Swap the SAE set; a set that does not fit the model reopens the question with the error inline."""

@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", default="120x36", help="terminal size WIDTHxHEIGHT (default 120x36)")
     s.add_argument("--prompt", default=None, help="prompt typed on the explore screen")
 
-    e = sub.add_parser("export", help="write the pinned findings as one markdown report")
-    e.add_argument("--out", required=True, help="markdown file to write")
+    e = sub.add_parser("export", help="write the pinned findings as one markdown report (or --html: one web page)")
+    e.add_argument("--out", required=True, help="markdown file to write (with --html: the HTML file)")
+    e.add_argument("--html", action="store_true",
+                   help="one self-contained HTML page (no network, no script) instead of markdown and SVG figures")
     e.add_argument("--title", default="attnscope findings")
 
     b = sub.add_parser("bench", help="workbench benchmarks")
@@ -103,7 +105,12 @@ def export_command(args: argparse.Namespace) -> int:
     if store.error:  # a damaged findings file: say so and stop; the file stays where it is
         raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
     replaced = export_replaces(args.out)
-    path = export_report(args.out, store.findings, title=args.title)
+    if getattr(args, "html", False):
+        from workbench.html_export import write_html
+
+        path = write_html(args.out, store.findings, title=args.title)
+    else:
+        path = export_report(args.out, store.findings, title=args.title)
     print(f"wrote {len(store)} finding(s) to {path}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
