@@ -186,3 +186,20 @@ def test_cli_json_and_errors(capsys, tiny_model_dir, tiny_model, tmp_path):
         run_cli(capsys, ["intervene", PROMPT, "--layer", "1", "--feature", "2"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("attnscope: error: intervene: one of the arguments --set --scale")
+
+
+def test_compare_prompts_by_hand(tiny_model, hf, saes):
+    from sae.analysis.intervene import compare_prompts
+
+    a, b = PROMPT, "When Mary and John went to the store, Mary gave a drink to"
+    peaks = []
+    for p in (a, b):
+        _, raw = _hand_run(hf, tiny_model.to_tokens(p)[0].cpu(), LAYER)
+        peaks.append(_hand_acts(saes[LAYER], raw - hf_z_offset(hf, LAYER)).max(0).values)
+    c = compare_prompts(tiny_model, saes[LAYER], a, b, top=10)
+    either = torch.maximum(*peaks)
+    assert set(c.features) == set(either.topk(10).indices.tolist())
+    for f, x, y in zip(c.features, c.a, c.b):
+        assert x == pytest.approx(float(peaks[0][f]), abs=1e-4) and y == pytest.approx(float(peaks[1][f]), abs=1e-4)
+    diffs = [abs(y - x) for x, y in zip(c.a, c.b)]
+    assert diffs == sorted(diffs, reverse=True)

@@ -168,3 +168,64 @@ async def test_key_E_writes_the_html_page(app, tmp_path):
         await settle(pilot, lambda: out.is_file())
     page = out.read_text()
     assert "intervention" in page and "<script" not in page
+
+
+async def test_finding_goes_back_to_where_it_was_made_and_copy(app):
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        await pilot.press("down", "down", "right")
+        await settle(pilot, lambda: screen.detail is not None and screen.detail.pos == screen.selected_pos())
+        layer, pos, feature = screen.selected_cell()
+        await pilot.press("y")
+        assert app.copied.startswith(f"L{layer} feature {feature}") and "DFA by head" in app.copied
+        await pilot.press("p", "enter")
+        await settle(pilot, lambda: len(app.findings) == 1)
+        await type_prompt(pilot, app, "The quick brown fox jumps over the lazy dog")
+        await pilot.press("7")
+        await settle(pilot, lambda: app.screen.MODE == "findings")
+        await pilot.press("g")
+        await settle(pilot, lambda: app.screen is screen and screen.prompt == PROMPT and screen.result is not None
+                     and screen.result.tokens[1] == "When")
+        await settle(pilot, lambda: screen.selected_cell() == (layer, pos, feature))
+
+
+async def test_prompt_history_is_remembered_across_launches(tiny_model, saes):
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+
+    first = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+    async with first.run_test(size=(120, 36)) as pilot:
+        await type_prompt(pilot, first, "one two three")
+        await type_prompt(pilot, first, "four five six")
+    again = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+    async with again.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: again.screen.MODE == "explore")
+        assert again.prompt_history()[-2:] == ["one two three", "four five six"]
+        box = again.screen.query_one("#prompt")
+        box.focus()
+        await pilot.press("up")
+        assert box.value == "four five six"
+        await pilot.press("up")
+        assert box.value == "one two three"
+        await pilot.press("down")
+        assert box.value == "four five six"
+
+
+async def test_compare_two_prompts(app, tiny_model, saes):
+    from sae.analysis.intervene import compare_prompts
+
+    other = "When Mary and John went to the store, Mary gave a drink to"
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _on_a_firing_cell(pilot, app)
+        await pilot.press("c")
+        await settle(pilot, lambda: app.screen.id == "compare-form")
+        app.screen.query_one("#ask-input").value = other
+        await pilot.press("enter")
+        await settle(pilot, lambda: getattr(app.screen, "compare_view", None) is not None)
+        v = app.screen.compare_view
+        ref = compare_prompts(tiny_model, saes[1], PROMPT, other)
+        assert list(v.features) == ref.features and list(v.b) == pytest.approx(ref.b)
+        await pilot.press("p")
+        await settle(pilot, lambda: len(app.findings) == 1)
+        await pilot.press("escape")
+        await settle(pilot, lambda: app.screen is screen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -65,6 +65,7 @@ class WorkbenchApp(App):
         Binding("p", "pin", "Pin", show=True),
         Binding("e", "export", "Export", show=True),
         Binding("E", "export_html", "Export HTML", show=False),
+        Binding("y", "copy", "Copy", show=False),
         Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
         Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
         Binding("escape", "back", "Back", show=False),
@@ -80,6 +81,7 @@ class WorkbenchApp(App):
         start_prompt: str = "",
         export_default: str = "attnscope-findings.md",
         auto_build: bool = False,
+        session: Any = None,
     ) -> None:
         super().__init__()
         self.auto_build = auto_build  # build missing dashboards in the background once the engine is open
@@ -92,6 +94,11 @@ class WorkbenchApp(App):
         self.start_prompt = start_prompt
         self.export_default = export_default
         self.mode_screens: dict[str, WorkbenchScreen] = {}  # filled by each screen as it mounts
+        self.copied = ""  # the last text copied with y (OSC 52 cannot be read back)
+        from workbench.session import Session
+
+        # prompt history, training form, last experiment results, kept across launches (the data dir)
+        self.session = session if session is not None else Session()
 
     def screens_of(self, cls: type[S]) -> list[S]:
         """The mounted workbench screens of one class, in every mode (not just the current one)."""
@@ -103,6 +110,9 @@ class WorkbenchApp(App):
             self.notify(self.findings.warning, title="Findings", severity="warning")
 
     def on_unmount(self) -> None:
+        prompt = self.explore_prompt()
+        if prompt.strip() and getattr(self, "remember", True):
+            self.session.add_prompt(prompt)  # the next launch starts with it
         self.engine.close()
 
     def engine_ready(self, info: EngineInfo) -> None:
@@ -371,6 +381,33 @@ class WorkbenchApp(App):
         self.push_screen(ask, done)
         if error:
             self.call_after_refresh(ask.show_error, error)
+
+    def remember_prompt(self, prompt: str) -> None:
+        """Add a prompt to the history kept across launches (up / down in the prompt field walk it)."""
+        self.session.add_prompt(prompt)
+
+    def prompt_history(self) -> list[str]:
+        return self.session.prompts()
+
+    def action_copy(self) -> None:
+        """Copy what this screen shows (its pinnable finding: a cell's numbers, a table, a trace) as markdown text
+        through the terminal's clipboard (OSC 52, so it works over SSH)."""
+        screen = self.screen
+        finding = screen.current_finding() if isinstance(screen, WorkbenchScreen) else None
+        if finding is None:
+            self.notify("nothing to copy here yet", severity="warning")
+            return
+        text = f"{finding.title}\n\n{finding.body}".strip() + "\n"
+        self.copy_to_clipboard(text)
+        self.copied = text
+        self.notify(f"copied {len(text.splitlines())} line(s) to the clipboard (OSC 52)", title="Copy")
+
+    def go_to_finding(self, finding) -> None:
+        """Back to where a finding was made: its prompt, layer and cell on the explore screen, its feature's
+        dashboard (and trace), or its screen."""
+        from workbench.navigation import go_to_finding
+
+        go_to_finding(self, finding)
 
     def explore_prompt(self) -> str:
         return next((s.prompt for s in self.screens_of(ExploreScreen)), "")

@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", type=int, default=None, help="layer to explore first")
     parser.add_argument(
         "--prompt",
-        default=EXAMPLE_PROMPT,
-        help="prompt to start with (default: an IOI sentence; pass '' to start empty)",
+        default=None,
+        help="prompt to start with (default: the last prompt of the previous session, else an IOI sentence; pass '' "
+        "to start empty)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -164,5 +165,10 @@ def run_app(args: argparse.Namespace) -> int:
     check_terminal()
     engine = open_engine(args)
     auto = args.saes == "default" and args.model == "default"  # first launch: build the default's dashboards
-    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=args.prompt, auto_build=auto)
+    prompt = args.prompt
+    if prompt is None:
+        from workbench.session import Session
+
+        prompt = Session().last_prompt() or EXAMPLE_PROMPT
+    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=prompt, auto_build=auto)
     return run_and_close(app)

@@ -42,6 +42,9 @@ class ExploreScreen(WorkbenchScreen):
         Binding("i", "intervene_form", "Set/scale", show=True),
         Binding("l", "toggle_loss", "Loss/token", show=False),
         Binding("v", "pattern", "Head pattern", show=False),
+        Binding("c", "compare", "Compare", show=False),
+        Binding("up", "history(-1)", "Earlier prompt", show=False),
+        Binding("down", "history(1)", "Later prompt", show=False),
     ]
 
     def __init__(self) -> None:
@@ -55,6 +58,8 @@ class ExploreScreen(WorkbenchScreen):
         self.predictions: PredictionsView | None = None
         self.intervention: InterventionView | None = None
         self.show_loss = False
+        self._goto: tuple[int, int] | None = None  # (pos, feature) to select when the next heatmap arrives
+        self._history_at: int | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -124,6 +129,8 @@ class ExploreScreen(WorkbenchScreen):
 
     @on(Input.Changed, "#prompt")
     def prompt_changed(self, event: Input.Changed) -> None:
+        if self._history_at is not None and event.value not in self.wb.prompt_history():
+            self._history_at = None
         self.prompt = event.value
         if self._typing is not None:
             self._typing.stop()
@@ -138,6 +145,8 @@ class ExploreScreen(WorkbenchScreen):
         if not event.value.strip():
             self.query_one("#explore-status", StatusLine).error("the prompt is empty: type some text first")
             return
+        self.wb.remember_prompt(event.value)
+        self._history_at = None
         self.request_features()
         self.query_one("#heatmap", Heatmap).focus()
 
@@ -166,6 +175,11 @@ class ExploreScreen(WorkbenchScreen):
         self.wb.start_auto_build()  # the first heatmap is drawn: background work may start
         values = res.values if res.values is not None else np.zeros((len(res.tokens), 0))
         self.query_one("#heatmap", Heatmap).set_data(HeatmapData(res.tokens, res.columns, values))
+        if self._goto is not None:
+            pos, feature = self._goto
+            self._goto = None
+            if feature in res.columns and pos < len(res.tokens):
+                self.query_one("#heatmap", Heatmap).move_to(pos, res.columns.index(feature))
         note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res.truncated else ""
         if not res.columns:
             note = "no feature fires on this prompt"
@@ -311,6 +325,53 @@ class ExploreScreen(WorkbenchScreen):
         if self.detail is not None and self.detail.dfa_heads:
             head = max(range(len(self.detail.dfa_heads)), key=lambda h: abs(self.detail.dfa_heads[h]))
         self.app.push_screen(PatternScreen(self.engine, self.prompt, self.result.layer, head))
+
+    # ---- jump here, prompt history, compare -----------------------------------------------------------
+
+    def go_to(self, prompt: str, layer: int | None = None, pos: int | None = None, feature: int | None = None) -> None:
+        """Show `prompt` at `layer` with the cell (pos, feature) selected: where a finding was made."""
+        self.prompt = prompt
+        self.query_one("#prompt", Input).value = prompt
+        if self._typing is not None:
+            self._typing.stop()
+        self._goto = (pos, feature) if pos is not None and feature is not None else None
+        info = self.engine.info
+        if layer is not None and (info is None or layer in info.d_sae):
+            self.sae_layer = layer
+        self.refresh_status()
+        self.request_features()
+        self.query_one("#heatmap", Heatmap).focus()
+
+    def action_history(self, step: int) -> None:
+        """Up / down in the prompt field: the prompts run before (remembered across launches)."""
+        box = self.query_one("#prompt", Input)
+        if not box.has_focus:
+            return
+        past = self.wb.prompt_history()
+        if not past:
+            return
+        i = len(past) if self._history_at is None else self._history_at
+        i = max(0, min(len(past) - 1, i + step))
+        self._history_at = i
+        box.value = past[i]
+        box.cursor_position = len(box.value)
+
+    def action_compare(self) -> None:
+        """Ask for a second prompt (the corrupted one) and show the same features on both, with their difference."""
+        if self.result is None or not self.prompt.strip():
+            self.query_one("#explore-status", StatusLine).error("run a prompt first")
+            return
+        from workbench.screens.compare import CompareScreen
+
+        layer, prompt = self.result.layer, self.prompt
+
+        def done(other: str | None) -> None:
+            if other:
+                self.app.push_screen(CompareScreen(self.engine, prompt, other, layer))
+
+        self.app.push_screen(AskScreen("Compare with this prompt (e.g. the corrupted one):", value=self.prompt,
+                                       check=lambda v: None if v.strip() else "type the second prompt",
+                                       id="compare-form"), done)
 
     # ---- actions --------------------------------------------------------------------------------------
 

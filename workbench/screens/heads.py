@@ -108,6 +108,10 @@ class HeadsScreen(WorkbenchScreen):
             if first is not None:
                 self.show_head(first)
         status.say(survey.summary)
+        want = getattr(self, "_want", None)
+        if want is not None:
+            self._want = None
+            self.select_head(*want)
 
     def _head_at_cursor(self) -> HeadView | None:
         if not self.survey:
@@ -167,6 +171,18 @@ class HeadsScreen(WorkbenchScreen):
             return
         prompt = next((s.prompt for s in self.wb.screens_of(_explore()) if s.prompt.strip()), "") or SAMPLE_PROMPT
         self.app.push_screen(PatternScreen(self.engine, prompt, h.layer, h.head))
+
+    def select_head(self, layer: int, head: int) -> None:
+        """Put the grid's cursor on head layer.head (once the survey is there) and show it."""
+        if not self.survey:
+            self._want = (layer, head)
+            return
+        layers = sorted({h.layer for h in self.survey.heads})
+        if layer in layers:
+            self.query_one("#heads-grid", DataTable).cursor_coordinate = Coordinate(layers.index(layer), head + 1)
+        h = self._head_at_cursor()
+        if h is not None:
+            self.show_head(h)
 
     def main_widget(self) -> DataTable:
         return self.query_one("#heads-grid", DataTable)
