@@ -229,3 +229,42 @@ async def test_compare_two_prompts(app, tiny_model, saes):
         await settle(pilot, lambda: len(app.findings) == 1)
         await pilot.press("escape")
         await settle(pilot, lambda: app.screen is screen)
+
+
+async def test_training_form_and_experiment_results_are_remembered(tiny_model, saes, tmp_path):
+    """A run's form and an experiment's result come back in a new workbench (the session file in the data dir)."""
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+    from workbench.messages import JobFinished
+
+    first = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+    async with first.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: first.engine.info is not None)
+        await pilot.press("6")
+        tr = first.screen
+        tr.query_one("#tr-tokens").value = "4096"
+        tr.query_one("#tr-out").value = str(tmp_path / "run")
+        first.session.put("training_form", tr.form_values())  # what r does before it starts the run
+        await pilot.press("5")
+        ioi = first.screen
+        view = first.engine.experiment_from_dict({
+            "experiment": "heads", "n_prompts": 4, "layer": 1, "summary": "heads · 4 prompts",
+            "records": [{"layer": 1, "head": 2, "zero_delta": -0.5}, {"layer": 0, "head": 1, "zero_delta": 0.25}],
+            "sort_key": "zero_delta", "fields": {"clean_logit_diff": 1.0}})
+        ioi.post_message(JobFinished(0, "ioi", view))
+        await settle(pilot, lambda: ioi.result is not None)
+        await settle(pilot, lambda: isinstance(first.session.get("ioi"), dict))
+    again = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+    async with again.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, lambda: again.engine.info is not None)
+        await pilot.press("6")
+        await settle(pilot, lambda: again.screen.query_one("#tr-tokens").value == "4096")
+        assert again.screen.query_one("#tr-out").value == str(tmp_path / "run")
+        await pilot.press("5")
+        ioi = again.screen
+        await settle(pilot, lambda: ioi.result is not None)
+        assert ioi.query_one("#ioi-table").row_count == 2
+        # enter on the first row (sorted by zero_delta: head 0.1) jumps to that head
+        ioi.query_one("#ioi-table").focus()
+        await pilot.press("enter")
+        await settle(pilot, lambda: again.screen.MODE == "heads")

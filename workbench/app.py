@@ -275,6 +275,12 @@ class WorkbenchApp(App):
             if trace:
                 screen.action_trace()
 
+    def show_head(self, layer: int, head: int) -> None:
+        """The heads screen with head layer.head selected (its top features; v its attention pattern)."""
+        self.switch_mode("heads")
+        if isinstance(self.screen, HeadsScreen):
+            self.screen.select_head(layer, head)
+
     def set_layer(self, layer: int) -> None:
         self.switch_mode("explore")
         if isinstance(self.screen, ExploreScreen):

@@ -43,7 +43,7 @@ class Session:
             finally:
                 lock.release()
             return True
-        except (OSError, OutputError, LockedError):
+        except (OSError, OutputError, LockedError, TypeError, ValueError):  # TypeError: not JSON-able
             return False
 
     # ---- prompts -----------------------------------------------------------------------------------------

@@ -216,3 +216,34 @@ class SearchMethods:
             raise EngineError(f"unknown search {kind!r}: token, text, label, role or position")
 
         return await self.call(run, channel="search")  # type: ignore[attr-defined]
+
+
+class ResultStore:
+    """Mixed into `Engine`: experiment results to and from plain JSON, so the last one is remembered across
+    launches (the workbench's session file). Plain data work, safe on the UI thread."""
+
+    @staticmethod
+    def restore_induction(d: Mapping[str, Any]) -> Any:
+        """A saved `SyntheticInduction.to_dict()` back as the result object the induction screen draws."""
+        from sae.experiments.induction import HeadInduction, SyntheticInduction
+
+        d = dict(d)
+        d["heads"] = [HeadInduction(**h) for h in d.get("heads", [])]
+        return SyntheticInduction(**d)
+
+    @staticmethod
+    def experiment_to_dict(v: Any) -> dict[str, Any]:
+        import json
+
+        d = {"experiment": v.experiment, "n_prompts": v.n_prompts, "layer": v.layer, "summary": v.summary,
+             "records": [dict(r) for r in v.records], "sort_key": v.sort_key, "fields": dict(v.fields)}
+        return json.loads(json.dumps(d, default=str))
+
+    @staticmethod
+    def experiment_from_dict(d: Mapping[str, Any]) -> Any:
+        from workbench.engine.views import ExperimentView
+
+        return ExperimentView(experiment=str(d["experiment"]), n_prompts=int(d["n_prompts"]),
+                              layer=d["layer"] if isinstance(d.get("layer"), int) else None, summary=str(d["summary"]),
+                              records=tuple(dict(r) for r in d["records"]), sort_key=d.get("sort_key"),
+                              fields=dict(d.get("fields", {})), raw=dict(d))
