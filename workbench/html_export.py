@@ -238,9 +238,9 @@ def export_html(findings: list[Finding], title: str = "attnscope findings") -> s
 
 
 def write_html(path: str | Path, findings: list[Finding], title: str = "attnscope findings") -> Path:
-    """Write the page atomically through `sae.engine.safe_io` (a symlink at `path` is refused, never followed);
-    a bad place is an `ExportError` with one line."""
-    from sae.engine.safe_io import OutputError, atomic_write_text
+    """Write the page atomically through `sae.engine.safe_io` (via `workbench.findings.write_export`); a symlink at
+    `path` is refused, never followed; a bad place is an `ExportError` with one line."""
+    from workbench.findings import write_export
 
     p = Path(path).expanduser()
     if not str(path).strip():
@@ -249,10 +249,4 @@ def write_html(path: str | Path, findings: list[Finding], title: str = "attnscop
         raise ExportError(f"{p} is a symbolic link; give the path of a regular file (links are not followed)")
     if p.is_dir():
         raise ExportError(f"{p} is a directory; give a file name such as {p / 'findings.html'}")
-    if not p.parent.exists():
-        raise ExportError(f"cannot write {p}: the folder {p.parent} does not exist")
-    try:
-        atomic_write_text(p, export_html(findings, title))
-    except OutputError as exc:
-        raise ExportError(str(exc)) from None
-    return p
+    return write_export(p, export_html(findings, title))

@@ -1,6 +1,6 @@
 """What the workbench remembers across launches: the prompt and its history, the training form, and the last
 result of each experiment. One JSON file in the data dir (`session.json` beside findings.json), written atomically
-through `sae.engine.safe_io` under a lock, each change merged into what is on disk (two open workbenches keep
+through `sae.engine.safe_io` (the names `workbench.findings` imports) under a lock, each change merged into what is on disk (two open workbenches keep
 each other's entries). A damaged file is ignored (the workbench starts fresh) and replaced at the next change.
 """
 
@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text
-from workbench.findings import data_dir
+from workbench.findings import DirLock, LockedError, OutputError, data_dir
+from workbench.findings import _safe_write_text as atomic_write_text  # sae.engine.safe_io's, via findings
 
 FILE_NAME = "session.json"
 HISTORY = 50  # prompts kept
