@@ -20,14 +20,16 @@ def _tok(t: str, width: int = 10) -> str:
 
 
 def predictions_text(tokens: Sequence[str], top: Sequence[Any], pos: int, k: int = 10,
-                     loss: Sequence[float] | None = None) -> Text:
+                     loss: Sequence[float] | None = None, width: int = 60) -> Text:
     """The model's own top-k after token `pos` (probabilities), and the per-token loss strip when `loss` is given."""
     text = Text()
     text.append(f"next token after {pos} {_tok(tokens[pos]) if pos < len(tokens) else '?'}", style="bold")
-    text.append("  (a ablates the cell · i sets/scales · l loss)\n", style="dim")
+    text.append("\n(a ablates the cell · i sets/scales · l loss)\n" if width < 60 else
+                "  (a ablates the cell · i sets/scales · l loss)\n", style="dim")
+    tw = max(6, min(14, width - 12))
     for i, t in enumerate(top[:k]):
         text.append(f"{i + 1:>2} ", style="dim")
-        text.append(f"{_tok(t.token, 14):<14}", style="bold" if i == 0 else "")
+        text.append(f"{_tok(t.token, tw):<{tw}}", style="bold" if i == 0 else "")
         text.append(f" {t.prob:6.1%}\n", style="dim")
     if loss is not None:
         text.append("loss per token (of the token that follows)\n", style="bold")
@@ -39,30 +41,34 @@ def predictions_text(tokens: Sequence[str], top: Sequence[Any], pos: int, k: int
     return text
 
 
-def intervention_text(v: Any, k: int = 10) -> Text:
-    """Before / after columns of the next-token top-k, the loss change, the logits that moved, later features."""
+def intervention_text(v: Any, k: int = 10, width: int = 60) -> Text:
+    """Before / after columns of the next-token top-k, the loss change, the logits that moved, later features;
+    token columns as wide as `width` (the panel's) allows."""
+    tw = max(5, min(12, (width - 16) // 2))
     text = Text()
     text.append(f"L{v.layer} {v.describe}\n", style="bold")
+    d = v.loss_after - v.loss_before
+    text.append(f"loss {v.loss_before:.4f} → {v.loss_after:.4f} ", style="")
+    text.append(f"({d:+.4f})\n", style="red" if d > 0 else "green")
+    text.append(f"next token after {v.at} {_tok(v.tokens[v.at])}\n", style="bold")
+    text.append(f"{'before':<{tw + 9}}after\n", style="dim")
+    before = {t.id for t in v.top_before}
+    for i in range(min(k, len(v.top_before))):
+        b, a = v.top_before[i], v.top_after[i]
+        text.append(f"{_tok(b.token, tw):<{tw}} {b.prob:6.1%}  ")
+        text.append(f"{_tok(a.token, tw):<{tw}}", style="bold" if a.id not in before else "")
+        text.append(f" {a.prob:6.1%}\n")
     edited = ", ".join(f"{p}:{a:.2f}→{n:.2f}" for p, a, n in zip(v.positions[:6], v.activation, v.new_activation))
     if not v.positions:
         text.append("it does not fire there: nothing changed (i sets a value)\n", style="yellow")
     else:
         text.append(f"edited {len(v.positions)} position(s) {edited}{' …' if len(v.positions) > 6 else ''}\n", style="dim")
-    d = v.loss_after - v.loss_before
-    text.append(f"loss {v.loss_before:.4f} → {v.loss_after:.4f} ", style="")
-    text.append(f"({d:+.4f})\n", style="red" if d > 0 else "green")
-    text.append(f"next token after {v.at} {_tok(v.tokens[v.at])}\n", style="bold")
-    text.append(f"{'before':<21} after\n", style="dim")
-    before = {t.id for t in v.top_before}
-    for i in range(min(k, len(v.top_before))):
-        b, a = v.top_before[i], v.top_after[i]
-        text.append(f"{_tok(b.token, 12):<12} {b.prob:6.1%}  ")
-        text.append(f"{_tok(a.token, 12):<12}", style="bold" if a.id not in before else "")
-        text.append(f" {a.prob:6.1%}\n")
+    if d == 0 and v.positions and set(v.positions) == {len(v.tokens) - 1}:
+        text.append("(the last token's prediction is not part of the prompt's loss)\n", style="dim")
     if v.logit_change:
         text.append("logits that moved most\n", style="bold")
         for tok, _id, b, a in v.logit_change[:5]:
-            text.append(f"{_tok(tok, 12):<12} {b:+7.2f} → {a:+7.2f}\n", style="green" if a > b else "red")
+            text.append(f"{_tok(tok, tw):<{tw}} {b:+7.2f} → {a:+7.2f}\n", style="green" if a > b else "red")
     if v.downstream:
         text.append("later features that changed most\n", style="bold")
         for layer, feat, pos, b, a in v.downstream[:5]:
@@ -75,14 +81,30 @@ class PredictPanel(Static):
 
     DEFAULT_CSS = "PredictPanel { height: auto; margin-bottom: 1; }"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._draw: Any = None  # redraws the last content at the current width
+
+    def _width(self) -> int:
+        return self.size.width or (self.parent.size.width - 2 if self.parent is not None else 60) or 60
+
+    def _show(self, draw: Any) -> None:
+        self._draw = draw
+        self.update(draw(self._width()))
+
+    def on_resize(self) -> None:
+        if self._draw is not None:
+            self.update(self._draw(self._width()))
+
     def show_predictions(self, tokens: Sequence[str], top: Sequence[Any], pos: int,
                          loss: Sequence[float] | None = None) -> None:
-        self.update(predictions_text(tokens, top, pos, loss=loss))
+        self._show(lambda w: predictions_text(tokens, top, pos, loss=loss, width=w))
 
     def show_intervention(self, view: Any) -> None:
-        self.update(intervention_text(view))
+        self._show(lambda w: intervention_text(view, width=w))
 
     def show_message(self, message: str, style: str = "dim") -> None:
+        self._draw = None
         self.update(Text(message, style=style))
 
 
