@@ -193,7 +193,7 @@ def intervene(
         delta = delta / stats[0]
 
     def edit(z: torch.Tensor, hook) -> torch.Tensor:
-        return z + delta.to(z.dtype).reshape(z.shape[1:]).unsqueeze(0)
+        return z + delta.to(device=z.device, dtype=z.dtype).reshape(z.shape[1:]).unsqueeze(0)
 
     edited: dict[int, torch.Tensor] = {}
     hooks = [(z_hook_name(layer), edit)] + [(z_hook_name(x), capture(edited)) for x in later]

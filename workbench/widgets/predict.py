@@ -24,7 +24,7 @@ def predictions_text(tokens: Sequence[str], top: Sequence[Any], pos: int, k: int
     """The model's own top-k after token `pos` (probabilities), and the per-token loss strip when `loss` is given."""
     text = Text()
     text.append(f"next token after {pos} {_tok(tokens[pos]) if pos < len(tokens) else '?'}", style="bold")
-    text.append("\n(a ablates the cell · i sets/scales · l loss)\n" if width < 60 else
+    text.append("\na ablate · i set/scale · l loss\n" if width < 60 else
                 "  (a ablates the cell · i sets/scales · l loss)\n", style="dim")
     tw = max(6, min(14, width - 12))
     for i, t in enumerate(top[:k]):
@@ -98,7 +98,9 @@ class PredictPanel(Static):
 
     def show_predictions(self, tokens: Sequence[str], top: Sequence[Any], pos: int,
                          loss: Sequence[float] | None = None) -> None:
-        self._show(lambda w: predictions_text(tokens, top, pos, loss=loss, width=w))
+        # a short terminal keeps room for the cell's DFA below: the top 5 there, the top 10 from 36 rows
+        k = 10 if self.app.size.height >= 36 else 5
+        self._show(lambda w: predictions_text(tokens, top, pos, k=k, loss=loss, width=w))
 
     def show_intervention(self, view: Any) -> None:
         self._show(lambda w: intervention_text(view, width=w))
