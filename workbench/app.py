@@ -36,7 +36,17 @@ KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_
              "comma": ",", "full_stop": ".", "escape": "esc", "enter": "enter"}
 HELP_WORDS = {"cancel_job": "cancel the running job (shown in the job line above the footer)",
               "back": "leave a text field, close a panel, or go back to the previous screen",
-              "quit": "quit (running jobs stop cleanly first; press twice to quit at once)"}
+              "quit": "quit (running jobs stop cleanly first; press twice to quit at once)",
+              "copy": "copy what this screen shows as text (terminal clipboard, OSC 52: works over SSH)",
+              "export_html": "export the findings as one self-contained HTML page (no network, no script)",
+              "ablate": "ablate the selected feature at the selected token; the prediction there before / after",
+              "intervene_form": "set (2.5) or scale (x3) the selected feature at its token; add 'all' for every firing",
+              "toggle_loss": "show / hide the prompt's loss per token",
+              "pattern": "attention pattern (query x key) of a head: the cell's strongest DFA head, or the selected one",
+              "compare": "compare this prompt with a second one: the same features side by side, and B - A",
+              "history(-1)": "in the prompt: the previous prompt run (kept across launches)",
+              "history(1)": "in the prompt: the next prompt run",
+              "go_to": "go back to where the selected finding was made (prompt, layer, cell, screen)"}
 
 
 def key_label(key: str) -> str:
@@ -302,7 +312,8 @@ class WorkbenchApp(App):
                     rows.append((key, HELP_WORDS.get(b.action, b.description)))
         for mode, key, label in SCREENS:
             rows.append((key, f"{label} screen"))
-        rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories"))
+        rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories; search "
+                               "'token: the', 'text: ...', 'label: ...', 'role: ...', 'here'"))
         about = screen.help_about() if isinstance(screen, WorkbenchScreen) else ""
         self.push_screen(HelpScreen(getattr(screen, "MODE", "") or "workbench", rows, about))
 
