@@ -203,3 +203,21 @@ def test_compare_prompts_by_hand(tiny_model, hf, saes):
         assert x == pytest.approx(float(peaks[0][f]), abs=1e-4) and y == pytest.approx(float(peaks[1][f]), abs=1e-4)
     diffs = [abs(y - x) for x, y in zip(c.a, c.b)]
     assert diffs == sorted(diffs, reverse=True)
+
+
+def test_cli_compare(capsys, tiny_model_dir, tiny_model, tmp_path):
+    import json
+
+    from conftest import sae_set_dir
+
+    from sae.analysis.intervene import compare_prompts
+    from sae.engine.formats import load_sae_set
+
+    d = sae_set_dir(tiny_model, tmp_path)
+    b = "When Mary and John went to the store, Mary gave a drink to"
+    code, out, err = run_cli(capsys, ["compare", PROMPT, b, "--layer", "1", "--model", str(tiny_model_dir),
+                                      "--saes", str(d), "--device", "cpu", "--json", "--top", "5"])
+    assert code == 0, err
+    data = json.loads(out)
+    ref = compare_prompts(tiny_model, load_sae_set(str(d), tiny_model)[1], PROMPT, b, top=5)
+    assert data["features"] == ref.features and data["b"] == pytest.approx(ref.b, abs=1e-5)

@@ -268,3 +268,15 @@ async def test_training_form_and_experiment_results_are_remembered(tiny_model, s
         ioi.query_one("#ioi-table").focus()
         await pilot.press("enter")
         await settle(pilot, lambda: again.screen.MODE == "heads")
+
+
+async def test_screenshot_scenario_of_the_intervention(app):
+    from workbench.screenshots import intervene_shot
+
+    shots: list[str] = []
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _on_a_firing_cell(pilot, app)
+        await pilot.press("7")
+        await intervene_shot(pilot, app, shots.append, 30.0)
+        assert shots == ["intervene"] and app.screen.intervention is not None
+        assert app.screen.intervention.positions  # the chosen cell fires, so the shot shows a change

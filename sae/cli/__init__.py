@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "trace",
     "intervene",
     "search",
+    "compare",
     "dashboards",
     "heads",
     "families",
