@@ -280,3 +280,34 @@ async def test_screenshot_scenario_of_the_intervention(app):
         await intervene_shot(pilot, app, shots.append, 30.0)
         assert shots == ["intervene"] and app.screen.intervention is not None
         assert app.screen.intervention.positions  # the chosen cell fires, so the shot shows a change
+
+
+async def test_induction_result_is_remembered_and_a_row_opens_its_head(tiny_model, saes):
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+    from workbench.messages import JobFinished
+
+    saved = {"model": "tiny", "n_per_length": 2, "seq_len": 16, "prefix_lengths": [2, 4], "seed": 0, "rule": "r",
+             "heads": [{"layer": 1, "head": 3, "scores": {"2": 0.1, "4": 0.9}, "dla": {"2": 0.0, "4": 0.1},
+                        "kind": "long-prefix"},
+                       {"layer": 0, "head": 0, "scores": {"2": 0.0, "4": 0.0}, "dla": {"2": 0.0, "4": 0.0},
+                        "kind": "not induction"}]}
+    first = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+    async with first.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: first.engine.info is not None)
+        await pilot.press("4")
+        ind = first.screen
+        ind.post_message(JobFinished(0, "induction", first.engine.restore_induction(saved)))
+        await settle(pilot, lambda: isinstance(first.session.get("induction"), dict))
+    again = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
+    async with again.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: again.engine.info is not None)
+        await pilot.press("4")
+        ind = again.screen
+        await settle(pilot, lambda: ind.result is not None)
+        table = ind.query_one("#ind-table")
+        assert table.row_count == 2
+        table.focus()
+        await pilot.press("enter")  # the first row: the induction head 1.3
+        await settle(pilot, lambda: again.screen.MODE == "heads")
+        assert getattr(again.screen, "_want", None) == (1, 3)  # selected once the survey is there
