@@ -311,3 +311,17 @@ async def test_induction_result_is_remembered_and_a_row_opens_its_head(tiny_mode
         await pilot.press("enter")  # the first row: the induction head 1.3
         await settle(pilot, lambda: again.screen.MODE == "heads")
         assert getattr(again.screen, "_want", None) == (1, 3)  # selected once the survey is there
+
+
+async def test_palette_search_hint_types_the_prefix(app):
+    from textual.command import CommandInput, CommandPalette
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"Search features: token")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot, lambda: isinstance(app.screen, CommandPalette)
+                     and app.screen.query_one(CommandInput).value == "token: ")

@@ -41,11 +41,33 @@ class FeatureSearch(Provider):
             yield DiscoveryHit(f"Search features: {example}", partial(self._prefill, example), help=help_)
 
     def _prefill(self, example: str) -> None:
-        self.app.notify(f"type '{example}' in the command palette (ctrl+p)", title="Search")
+        """Open the palette again with the search's prefix typed (`token: `), ready for the word."""
+        text = example.split(":")[0] + ": " if ":" in example else example
+        app = self.app
+
+        def fill() -> None:
+            from textual.command import CommandInput, CommandPalette
+
+            if isinstance(app.screen, CommandPalette):
+                box = app.screen.query_one(CommandInput)
+                box.value = text
+                box.cursor_position = len(text)
+
+        def reopen() -> None:
+            app.action_command_palette()
+            app.call_after_refresh(fill)
+
+        app.call_after_refresh(reopen)
 
     async def search(self, query: str) -> Hits:
         parsed = parse_query(query)
-        if parsed is None:
+        if parsed is None:  # not a search yet: the searches themselves, as hints that type their prefix
+            matcher = self.matcher(query)
+            for example, help_ in HELP:
+                name = f"Search features: {example}"
+                score = matcher.match(name)
+                if score > 0:
+                    yield Hit(score, matcher.highlight(name), partial(self._prefill, example), help=help_)
             return
         kind, text = parsed
         app = self.app
