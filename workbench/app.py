@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -13,6 +13,7 @@ from textual.widgets import Input
 
 from workbench.engine import visible
 from workbench.commands import WorkbenchCommands
+from workbench.search_commands import FeatureSearch
 from workbench.engine import AttnscopeError, Engine, EngineInfo, one_line
 from workbench.figures import export_report
 from workbench.findings import FindingsStore
@@ -36,7 +37,17 @@ KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_
              "comma": ",", "full_stop": ".", "escape": "esc", "enter": "enter"}
 HELP_WORDS = {"cancel_job": "cancel the running job (shown in the job line above the footer)",
               "back": "leave a text field, close a panel, or go back to the previous screen",
-              "quit": "quit (running jobs stop cleanly first; press twice to quit at once)"}
+              "quit": "quit (running jobs stop cleanly first; press twice to quit at once)",
+              "copy": "copy what this screen shows as text (terminal clipboard, OSC 52: works over SSH)",
+              "export_html": "export the findings as one self-contained HTML page (no network, no script)",
+              "ablate": "ablate the selected feature at the selected token; the prediction there before / after",
+              "intervene_form": "set (2.5) or scale (x3) the selected feature at its token; add 'all' for every firing",
+              "toggle_loss": "show / hide the prompt's loss per token",
+              "pattern": "attention pattern (query x key) of a head: the cell's strongest DFA head, or the selected one",
+              "compare": "compare this prompt with a second one: the same features side by side, and B - A",
+              "history(-1)": "in the prompt: the previous prompt run (kept across launches)",
+              "history(1)": "in the prompt: the next prompt run",
+              "go_to": "go back to where the selected finding was made (prompt, layer, cell, screen)"}
 
 
 def key_label(key: str) -> str:
@@ -56,7 +67,7 @@ class WorkbenchApp(App):
         super().notify(visible(message), title=visible(title, keep=""), severity=severity,  # type: ignore[arg-type]
                        timeout=timeout, markup=markup)
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses elsewhere find it too
-    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    COMMANDS = App.COMMANDS | {WorkbenchCommands, FeatureSearch}
     MODES = {
         "explore": ExploreScreen,
         "feature": FeatureScreen,
@@ -71,6 +82,8 @@ class WorkbenchApp(App):
         Binding("question_mark", "help", "Help", show=True),
         Binding("p", "pin", "Pin", show=True),
         Binding("e", "export", "Export", show=True),
+        Binding("E", "export_html", "Export HTML", show=False),
+        Binding("y", "copy", "Copy", show=False),
         Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
         Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
         Binding("escape", "back", "Back", show=False),
@@ -86,6 +99,7 @@ class WorkbenchApp(App):
         start_prompt: str = "",
         export_default: str = "attnscope-findings.md",
         auto_build: bool = False,
+        session: Any = None,
     ) -> None:
         super().__init__()
         self.auto_build = auto_build  # build missing dashboards in the background once the engine is open
@@ -98,6 +112,11 @@ class WorkbenchApp(App):
         self.start_prompt = start_prompt
         self.export_default = export_default
         self.mode_screens: dict[str, WorkbenchScreen] = {}  # filled by each screen as it mounts
+        self.copied = ""  # the last text copied with y (OSC 52 cannot be read back)
+        from workbench.session import Session
+
+        # prompt history, training form, last experiment results, kept across launches (the data dir)
+        self.session = session if session is not None else Session()
 
     def screens_of(self, cls: type[S]) -> list[S]:
         """The mounted workbench screens of one class, in every mode (not just the current one)."""
@@ -109,6 +128,9 @@ class WorkbenchApp(App):
             self.notify(self.findings.warning, title="Findings", severity="warning")
 
     def on_unmount(self) -> None:
+        prompt = self.explore_prompt()
+        if prompt.strip() and getattr(self, "remember", True):
+            self.session.add_prompt(prompt)  # the next launch starts with it
         self.engine.close()
 
     def engine_ready(self, info: EngineInfo) -> None:
@@ -272,6 +294,12 @@ class WorkbenchApp(App):
             if trace:
                 screen.action_trace()
 
+    def show_head(self, layer: int, head: int) -> None:
+        """The heads screen with head layer.head selected (its top features; v its attention pattern)."""
+        self.switch_mode("heads")
+        if isinstance(self.screen, HeadsScreen):
+            self.screen.select_head(layer, head)
+
     def set_layer(self, layer: int) -> None:
         self.switch_mode("explore")
         if isinstance(self.screen, ExploreScreen):
@@ -293,7 +321,8 @@ class WorkbenchApp(App):
                     rows.append((key, HELP_WORDS.get(b.action, b.description)))
         for mode, key, label in SCREENS:
             rows.append((key, f"{label} screen"))
-        rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories"))
+        rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories; search "
+                               "'token: the', 'text: ...', 'label: ...', 'role: ...', 'here'"))
         about = screen.help_about() if isinstance(screen, WorkbenchScreen) else ""
         self.push_screen(HelpScreen(getattr(screen, "MODE", "") or "workbench", rows, about))
 
@@ -336,6 +365,21 @@ class WorkbenchApp(App):
 
         self.push_screen(AskScreen("Export findings as markdown to:", value=self.export_default, check=check))
 
+    def action_export_html(self) -> None:
+        """The pinned findings as one self-contained HTML page (workbench.html_export)."""
+        from workbench.html_export import write_html
+
+        def check(path: str) -> str | None:
+            try:
+                written = write_html(path, self.findings.findings)
+            except AttnscopeError as exc:  # ExportError, an unsafe path, ...
+                return str(exc)
+            self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
+            return None
+
+        default = str(Path(self.export_default).with_suffix(".html"))
+        self.push_screen(AskScreen("Export findings as one HTML page to:", value=default, check=check, id="export-html"))
+
     def open_saes_spec(self, spec: str) -> None:
         """Swap the SAE set; a set that does not fit the model reopens the question with the error inline."""
 
@@ -363,6 +407,33 @@ class WorkbenchApp(App):
         self.push_screen(ask, done)
         if error:
             self.call_after_refresh(ask.show_error, error)
+
+    def remember_prompt(self, prompt: str) -> None:
+        """Add a prompt to the history kept across launches (up / down in the prompt field walk it)."""
+        self.session.add_prompt(prompt)
+
+    def prompt_history(self) -> list[str]:
+        return self.session.prompts()
+
+    def action_copy(self) -> None:
+        """Copy what this screen shows (its pinnable finding: a cell's numbers, a table, a trace) as markdown text
+        through the terminal's clipboard (OSC 52, so it works over SSH)."""
+        screen = self.screen
+        finding = screen.current_finding() if isinstance(screen, WorkbenchScreen) else None
+        if finding is None:
+            self.notify("nothing to copy here yet", severity="warning")
+            return
+        text = f"{finding.title}\n\n{finding.body}".strip() + "\n"
+        self.copy_to_clipboard(text)
+        self.copied = text
+        self.notify(f"copied {len(text.splitlines())} line(s) to the clipboard (OSC 52)", title="Copy")
+
+    def go_to_finding(self, finding) -> None:
+        """Back to where a finding was made: its prompt, layer and cell on the explore screen, its feature's
+        dashboard (and trace), or its screen."""
+        from workbench.navigation import go_to_finding
+
+        go_to_finding(self, finding)
 
     def explore_prompt(self) -> str:
         return next((s.prompt for s in self.screens_of(ExploreScreen)), "")

@@ -28,7 +28,7 @@ from sae.engine.schema import FileFormatError, Float, Int, List, Obj, Optional, 
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
 FILE_NAME = "findings.json"
-KINDS = ("feature", "cell", "head", "trace", "experiment", "training", "note")
+KINDS = ("feature", "cell", "head", "trace", "experiment", "training", "note", "intervention")
 
 
 class ExportError(AttnscopeError):

@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", type=int, default=None, help="layer to explore first")
     parser.add_argument(
         "--prompt",
-        default=EXAMPLE_PROMPT,
-        help="prompt to start with (default: an IOI sentence; pass '' to start empty)",
+        default=None,
+        help="prompt to start with (default: the last prompt of the previous session, else an IOI sentence; pass '' "
+        "to start empty)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -42,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", default="120x36", help="terminal size WIDTHxHEIGHT (default 120x36)")
     s.add_argument("--prompt", default=None, help="prompt typed on the explore screen")
 
-    e = sub.add_parser("export", help="write the pinned findings as one markdown report")
-    e.add_argument("--out", required=True, help="markdown file to write")
+    e = sub.add_parser("export", help="write the pinned findings as one markdown report (or --html: one web page)")
+    e.add_argument("--out", required=True, help="markdown file to write (with --html: the HTML file)")
+    e.add_argument("--html", action="store_true",
+                   help="one self-contained HTML page (no network, no script) instead of markdown and SVG figures")
     e.add_argument("--title", default="attnscope findings")
 
     b = sub.add_parser("bench", help="workbench benchmarks")
@@ -112,7 +115,12 @@ def export_command(args: argparse.Namespace) -> int:
     if store.error:  # a damaged findings file: say so and stop; the file stays where it is
         raise UsageError(f"{store.error}; nothing exported (fix or remove the file)")
     replaced = export_replaces(args.out)
-    path = export_report(args.out, store.findings, title=args.title)
+    if getattr(args, "html", False):
+        from workbench.html_export import write_html
+
+        path = write_html(args.out, store.findings, title=args.title)
+    else:
+        path = export_report(args.out, store.findings, title=args.title)
     print(f"wrote {len(store)} finding(s) to {term_line(path)}" + (" (replaced the existing file)" if replaced else ""))
     return 0
 
@@ -167,5 +175,10 @@ def run_app(args: argparse.Namespace) -> int:
     check_terminal()
     engine = open_engine(args)
     auto = args.saes == "default" and args.model == "default"  # first launch: build the default's dashboards
-    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=args.prompt, auto_build=auto)
+    prompt = args.prompt
+    if prompt is None:
+        from workbench.session import Session
+
+        prompt = Session().last_prompt() or EXAMPLE_PROMPT
+    app = WorkbenchApp(engine, start_layer=args.layer, start_prompt=prompt, auto_build=auto)
     return run_and_close(app)

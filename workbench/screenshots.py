@@ -102,7 +102,28 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         shot("help")
         await pilot.press("escape")
         await study_shot(pilot, app, shot, timeout)
+        await intervene_shot(pilot, app, shot, timeout)
     return paths
+
+
+async def intervene_shot(pilot: Any, app: Any, shot: Callable[[str], None], timeout: float) -> None:
+    """The explore screen after `a`: the selected feature ablated at its cell, the prediction before / after."""
+    from workbench.widgets.heatmap import Heatmap
+
+    app.screen.set_focus(None)
+    await pilot.press("1")
+    explore = app.screen
+    hm = explore.query_one(Heatmap)
+    hm.focus()
+    values = explore.result.values
+    last = len(explore.result.tokens) - 1
+    hm.move_to(last, int(values[last].argmax()) if values is not None else 0)  # the strongest feature on the last token
+    await _until(pilot, lambda: explore.detail is not None and explore.detail.pos == last
+                 and explore.predictions is not None, timeout)
+    await pilot.press("a")
+    await _until(pilot, lambda: explore.intervention is not None, timeout)
+    await pilot.pause(0.3)
+    shot("intervene")
 
 
 async def study_shot(pilot: Any, app: Any, shot: Callable[[str], None], timeout: float) -> None:
@@ -134,6 +155,7 @@ def write_screenshots(
     from workbench.app import WorkbenchApp
     from workbench.engine import Engine
     from workbench.findings import FindingsStore
+    from workbench.session import Session
 
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     prompt = prompt or DEFAULT_PROMPT
@@ -143,7 +165,8 @@ def write_screenshots(
         saved = os.environ.get("ATTNSCOPE_CACHE_DIR")
         os.environ["ATTNSCOPE_CACHE_DIR"] = str(Path(tmp) / "cache")
         try:
-            first = WorkbenchApp(Engine(model, saes, device=device), findings=store, auto_build=True)
+            first = WorkbenchApp(Engine(model, saes, device=device), findings=store, auto_build=True,
+                                 session=Session(Path(tmp) / "session"))
             first_path = asyncio.run(capture_first_run(first, Path(out), size, prompt))
         finally:
             if saved is None:
@@ -153,5 +176,5 @@ def write_screenshots(
         _ensure_dashboards(model, saes, device)
         engine = Engine(model, saes, device=device)
         engine.labels_path = Path(tmp) / "labels.json"  # the study screen's example label stays out of the user's file
-        app = WorkbenchApp(engine, findings=store)
+        app = WorkbenchApp(engine, findings=store, session=Session(Path(tmp) / "session"))
         return [first_path, *asyncio.run(capture(app, Path(out), size, prompt))]

@@ -27,6 +27,7 @@ from workbench.engine.views import (
     proxy_view,
     trace_view,
 )
+from workbench.engine.research import ResearchMethods, ResultStore, SearchMethods
 from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def sae_dir_candidates(roots: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-class Engine:
+class Engine(ResearchMethods, SearchMethods, ResultStore):
     """The model and SAEs, owned by one worker thread; every method is a thin wrapper over `sae/`.
 
     Build it with specs (`Engine("default", "default")`, loaded on the worker by `await open()`), or with objects

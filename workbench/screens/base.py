@@ -106,6 +106,16 @@ def reported(on_error: Callable[[Failure], None], where: str = "", log: Any = No
         on_error(failure_of(exc, where, log))
 
 
+async def ask_engine(request: Awaitable[T], on_error: Callable[[Failure], None], where: str = "",
+                     log: Any = None) -> T | None:
+    """Await an engine request: its result, or None when it was stale (ignored) or failed (handed to `on_error`;
+    bugs are logged with their traceback first). `WorkbenchScreen.ask` and the modal screens use it."""
+    result: T | None = None
+    with reported(on_error, where, log):
+        result = await request
+    return result
+
+
 class WorkbenchScreen(Screen):
     """A screen that knows the app's engine and can pin what it shows."""
 
@@ -146,10 +156,7 @@ class WorkbenchScreen(Screen):
     async def ask(self, request: Awaitable[T], on_error: Callable[[Failure], None] | None = None) -> T | None:
         """Await an engine request: its result, or None when it was stale (ignored) or failed (shown by `on_error`,
         default `show_failure`; bugs are logged with their traceback first)."""
-        result: T | None = None
-        with reported(on_error or self.show_failure, f"{self.MODE} screen", self.log):
-            result = await request
-        return result
+        return await ask_engine(request, on_error or self.show_failure, f"{self.MODE} screen", self.log)
 
     def attempt(self, fn: Callable[..., T], *args: Any, on_error: Callable[[Failure], None] | None = None,
                 **kwargs: Any) -> T | None:

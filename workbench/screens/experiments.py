@@ -60,19 +60,39 @@ class InductionScreen(JobScreen):
         self.query_one(ProgressBar).update(total=None, progress=0)
         self.started(job, f"running the induction experiment on {text} sequences per prefix length ...")
 
+    def on_mount(self) -> None:
+        saved = self.wb.session.get("induction")  # the last result, from an earlier launch too
+        if isinstance(saved, dict) and self.result is None:
+            try:
+                self.show_result(self.engine.restore_induction(saved))
+            except (TypeError, KeyError, ValueError):
+                return  # a result saved by another version: run again
+            self.query_one(StatusLine).say("the last result (r runs again) · " + self.query_one(StatusLine).message)
+
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:
             return
-        self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
-        res: InductionView = m.result
+        self.show_result(m.result)
+        self.wb.session.put("induction", self.engine.induction_to_dict(m.result))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a head's row: that head on the heads screen (its top features, its pattern with v)."""
+        key = str(event.row_key.value or "")
+        if event.data_table.id == "ind-table" and "." in key:
+            layer, head = (int(x) for x in key.split("."))
+            self.wb.show_head(layer, head)
+
+    def show_result(self, res: InductionView) -> None:
+        self.result = res
         table = self.query_one("#ind-table", DataTable)
         table.clear(columns=True)
         lengths = [str(p) for p in res.prefix_lengths]
         table.add_columns("head", *[f"prefix {k}" for k in lengths], "kind")
         for h in sorted(res.heads, key=lambda h: (h.kind == "not induction", -max(h.scores.values(), default=0))):
             style = "bold green" if h.kind == "long-prefix" else "bold cyan" if h.kind == "short-prefix" else "dim"
-            table.add_row(f"{h.layer}.{h.head}", *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style))
+            table.add_row(f"{h.layer}.{h.head}", *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style),
+                          key=f"{h.layer}.{h.head}")
         found = res.found
         self.query_one(StatusLine).say(
             f"{len(found)} induction head(s): " + ", ".join(f"{h.layer}.{h.head} ({h.kind})" for h in found[:6])
@@ -207,6 +227,13 @@ class IOIScreen(JobScreen):
             layer, why = default_ioi_layer(list(info.sae_layers), info.n_layers)
             self.query_one("#ioi-layer", Input).value = str(layer)
             self.query_one("#ioi-note", Static).update(why)
+        saved = self.wb.session.get("ioi")  # the last result, from an earlier launch too
+        if isinstance(saved, dict) and self.result is None:
+            try:
+                self.show_result(self.engine.experiment_from_dict(saved))
+            except (TypeError, KeyError, ValueError):
+                return
+            self.query_one(StatusLine).say("the last result (r runs again) · " + self.query_one(StatusLine).message)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "ioi-layer":
@@ -247,9 +274,28 @@ class IOIScreen(JobScreen):
     def on_job_finished(self, m: JobFinished) -> None:
         if m.kind != self.JOB_KIND:
             return
-        self.result = m.result
         self.query_one(ProgressBar).update(total=1, progress=1)
-        view: ExperimentView = m.result
+        self.show_result(m.result)
+        self.wb.session.put("ioi", self.engine.experiment_to_dict(m.result))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row: a feature row opens that feature's dashboard, a head row that head on the heads screen."""
+        if event.data_table.id != "ioi-table" or self.result is None:
+            return
+        shown = getattr(self, "shown", [])
+        if not 0 <= event.cursor_row < len(shown):
+            return
+        r = shown[event.cursor_row]
+        if isinstance(r.get("feature"), int) and self.result.layer is not None:
+            self.wb.show_feature(self.result.layer, r["feature"])
+        elif isinstance(r.get("head"), str) and "." in r["head"]:
+            layer, head = (int(x) for x in r["head"].split("."))
+            self.wb.show_head(layer, head)
+        else:
+            self.query_one(StatusLine).say("this row names no feature or head")
+
+    def show_result(self, view: ExperimentView) -> None:
+        self.result = view
         self.records = display_records([dict(r) for r in view.records], view.clean_logit_diff)
         self.sort_key = view.sort_key
         self.draw_table()
@@ -271,6 +317,7 @@ class IOIScreen(JobScreen):
         recs = self.records
         if self.sort_key in cols:
             recs = sorted(recs, key=lambda r: _num(r.get(self.sort_key)), reverse=self.sort_desc)
+        self.shown = recs  # in table order: what enter on a row opens
         for r in recs:
             table.add_row(*[format_cell(k, v) for k, v in r.items()])
         bar_key = self.sort_key or next((c for c in cols if isinstance(recs[0].get(c), float)), None)

@@ -13,11 +13,15 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from workbench.engine import CellDetail, DashboardView, PromptView
+from workbench.engine.research import InterventionView, PredictionsView
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.modals import AskScreen
+from workbench.screens.pattern import PatternScreen
 from workbench.widgets.bars import HeadBars, SourceStrip
 from workbench.widgets.heatmap import Heatmap, HeatmapData, escape_token, visible_token
+from workbench.widgets.predict import PredictPanel
 
 HEATMAP_LEGEND = Text("shade: activation / the feature's peak on this prompt · number: activation · ·: off",
                       style="dim", overflow="ellipsis", no_wrap=False)
@@ -34,6 +38,13 @@ class ExploreScreen(WorkbenchScreen):
         Binding("slash", "focus_prompt", "Prompt", show=True),
         Binding("escape", "focus_heatmap", "Leave the prompt, or back", show=False),
         Binding("s", "open_saes", "SAEs", show=True),
+        Binding("a", "ablate", "Ablate", show=True),
+        Binding("i", "intervene_form", "Set/scale", show=True),
+        Binding("l", "toggle_loss", "Loss/token", show=False),
+        Binding("v", "pattern", "Head pattern", show=False),
+        Binding("c", "compare", "Compare", show=False),
+        Binding("up", "history(-1)", "Earlier prompt", show=False),
+        Binding("down", "history(1)", "Later prompt", show=False),
     ]
 
     def __init__(self) -> None:
@@ -44,6 +55,11 @@ class ExploreScreen(WorkbenchScreen):
         self.detail: CellDetail | None = None
         self.summary: DashboardView | None = None
         self._typing: Timer | None = None
+        self.predictions: PredictionsView | None = None
+        self.intervention: InterventionView | None = None
+        self.show_loss = False
+        self._goto: tuple[int, int] | None = None  # (pos, feature) to select when the next heatmap arrives
+        self._history_at: int | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -54,6 +70,7 @@ class ExploreScreen(WorkbenchScreen):
                 yield Heatmap(id="heatmap")
                 yield Static(HEATMAP_LEGEND, id="heatmap-legend")
             with VerticalScroll(id="explore-side"):
+                yield PredictPanel("", id="predict-panel")
                 yield Static("", id="cell-title")
                 yield HeadBars("DFA by head", id="head-bars")
                 yield SourceStrip(id="source-strip")
@@ -113,6 +130,8 @@ class ExploreScreen(WorkbenchScreen):
 
     @on(Input.Changed, "#prompt")
     def prompt_changed(self, event: Input.Changed) -> None:
+        if self._history_at is not None and event.value not in self.wb.prompt_history():
+            self._history_at = None
         self.prompt = event.value
         if self._typing is not None:
             self._typing.stop()
@@ -127,6 +146,8 @@ class ExploreScreen(WorkbenchScreen):
         if not event.value.strip():
             self.query_one("#explore-status", StatusLine).error("the prompt is empty: type some text first")
             return
+        self.wb.remember_prompt(event.value)
+        self._history_at = None
         self.request_features()
         self.query_one("#heatmap", Heatmap).focus()
 
@@ -146,9 +167,17 @@ class ExploreScreen(WorkbenchScreen):
         if res is None:
             return
         self.result = res
+        self.intervention = None
+        if self.predictions is None or self.predictions.prompt != prompt:
+            self.run_worker(self._predictions(prompt), group="predict", exclusive=True)
         self.wb.start_auto_build()  # the first heatmap is drawn: background work may start
         values = res.values if res.values is not None else np.zeros((len(res.tokens), 0))
         self.query_one("#heatmap", Heatmap).set_data(HeatmapData(res.tokens, res.columns, values))
+        if self._goto is not None:
+            pos, feature = self._goto
+            self._goto = None
+            if feature in res.columns and pos < len(res.tokens):
+                self.query_one("#heatmap", Heatmap).move_to(pos, res.columns.index(feature))
         note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res.truncated else ""
         if not res.columns:
             note = "no feature fires on this prompt"
@@ -161,6 +190,8 @@ class ExploreScreen(WorkbenchScreen):
         if not self.result or not self.result.columns:
             return
         feature = self.result.columns[event.column]
+        self.intervention = None
+        self.show_prediction_panel()
         self.run_worker(self._cell(self.result.layer, event.pos, feature), group="cell", exclusive=True)
 
     async def _cell(self, layer: int, pos: int, feature: int) -> None:
@@ -195,6 +226,139 @@ class ExploreScreen(WorkbenchScreen):
             return
         self.summary = s
         box.update(summary_text(s))
+
+    # ---- what the model predicts, and interventions ---------------------------------------------------
+
+    async def _predictions(self, prompt: str) -> None:
+        panel = self.query_one("#predict-panel", PredictPanel)
+        p = await self.ask(self.engine.predictions(prompt), lambda f: panel.show_message(f.text, style="red"))
+        if p is None:
+            return
+        self.predictions = p
+        if self.intervention is None:
+            self.show_prediction_panel()
+
+    def selected_pos(self) -> int:
+        hm = self.query_one("#heatmap", Heatmap)
+        return hm.selected[0] if hm.selected is not None else 0
+
+    def show_prediction_panel(self) -> None:
+        """The model's own next-token top-10 at the selected position (and the per-token loss when asked)."""
+        p = self.predictions
+        if p is None or self.result is None or p.tokens != self.result.tokens:
+            return
+        pos = min(self.selected_pos(), len(p.top) - 1)
+        self.query_one("#predict-panel", PredictPanel).show_predictions(
+            p.tokens, p.top[pos], pos, loss=p.loss if self.show_loss else None)
+
+    def action_toggle_loss(self) -> None:
+        self.show_loss = not self.show_loss
+        self.intervention = None
+        self.show_prediction_panel()
+
+    def action_ablate(self) -> None:
+        """Ablate the selected feature at the selected token and show the prediction there before / after."""
+        self.start_intervention("ablate", 0.0)
+
+    def action_intervene_form(self) -> None:
+        """Ask how to change the selected feature: `2.5` sets it, `x3` scales it; `all` after it acts at every
+        position where the feature fires instead of the selected one."""
+        cell = self.selected_cell()
+        if cell is None:
+            self.query_one("#explore-status", StatusLine).error("no cell selected: run a prompt first")
+            return
+        layer, pos, feature = cell
+
+        def check(text: str) -> str | None:
+            try:
+                mode, value, where = parse_intervention(text)
+            except ValueError as exc:
+                return str(exc)
+            self.start_intervention(mode, value, where)
+            return None
+
+        self.app.push_screen(AskScreen(
+            f"L{layer} feature {feature} at token {pos}: new activation (2.5 sets it, x3 scales it, 0 ablates; "
+            "add 'all' to act wherever it fires)", value="0", check=check, id="intervene-form"))
+
+    def start_intervention(self, mode: str, value: float, where: str = "cell") -> None:
+        cell = self.selected_cell()
+        if cell is None:
+            self.query_one("#explore-status", StatusLine).error("no cell selected: run a prompt first")
+            return
+        layer, pos, feature = cell
+        self.query_one("#predict-panel", PredictPanel).show_message(f"intervening on L{layer} feature {feature} ...")
+        at = pos if where == "cell" else None
+        self.run_worker(self._intervene(self.prompt, layer, feature, mode, value, None if where == "all" else pos, at),
+                        group="intervene", exclusive=True)
+
+    async def _intervene(self, prompt: str, layer: int, feature: int, mode: str, value: float,
+                         pos: int | None, at: int | None) -> None:
+        panel = self.query_one("#predict-panel", PredictPanel)
+        v = await self.ask(self.engine.intervene(prompt, layer, feature, mode, value, pos=pos, at=at),
+                           lambda f: panel.show_message(f.text, style="red"))
+        if v is None:
+            return
+        self.intervention = v
+        panel.show_intervention(v)
+        self.query_one("#explore-side", VerticalScroll).scroll_home(animate=False)
+
+    def action_pattern(self) -> None:
+        """The attention pattern of the head that gives the selected cell most of its DFA (head 0 without one)."""
+        if self.result is None or not self.prompt.strip():
+            self.query_one("#explore-status", StatusLine).error("run a prompt first")
+            return
+        head = 0
+        if self.detail is not None and self.detail.dfa_heads:
+            head = max(range(len(self.detail.dfa_heads)), key=lambda h: abs(self.detail.dfa_heads[h]))
+        self.app.push_screen(PatternScreen(self.engine, self.prompt, self.result.layer, head))
+
+    # ---- jump here, prompt history, compare -----------------------------------------------------------
+
+    def go_to(self, prompt: str, layer: int | None = None, pos: int | None = None, feature: int | None = None) -> None:
+        """Show `prompt` at `layer` with the cell (pos, feature) selected: where a finding was made."""
+        self.prompt = prompt
+        self.query_one("#prompt", Input).value = prompt
+        if self._typing is not None:
+            self._typing.stop()
+        self._goto = (pos, feature) if pos is not None and feature is not None else None
+        info = self.engine.info
+        if layer is not None and (info is None or layer in info.d_sae):
+            self.sae_layer = layer
+        self.refresh_status()
+        self.request_features()
+        self.query_one("#heatmap", Heatmap).focus()
+
+    def action_history(self, step: int) -> None:
+        """Up / down in the prompt field: the prompts run before (remembered across launches)."""
+        box = self.query_one("#prompt", Input)
+        if not box.has_focus:
+            return
+        past = self.wb.prompt_history()
+        if not past:
+            return
+        i = len(past) if self._history_at is None else self._history_at
+        i = max(0, min(len(past) - 1, i + step))
+        self._history_at = i
+        box.value = past[i]
+        box.cursor_position = len(box.value)
+
+    def action_compare(self) -> None:
+        """Ask for a second prompt (the corrupted one) and show the same features on both, with their difference."""
+        if self.result is None or not self.prompt.strip():
+            self.query_one("#explore-status", StatusLine).error("run a prompt first")
+            return
+        from workbench.screens.compare import CompareScreen
+
+        layer, prompt = self.result.layer, self.prompt
+
+        def done(other: str | None) -> None:
+            if other:
+                self.app.push_screen(CompareScreen(self.engine, prompt, other, layer))
+
+        self.app.push_screen(AskScreen("Compare with this prompt (e.g. the corrupted one):", value=self.prompt,
+                                       check=lambda v: None if v.strip() else "type the second prompt",
+                                       id="compare-form"), done)
 
     # ---- actions --------------------------------------------------------------------------------------
 
@@ -273,6 +437,8 @@ class ExploreScreen(WorkbenchScreen):
         return _heatmap_data(self.result, feature) if self.result else {}
 
     def current_finding(self) -> Finding | None:
+        if self.intervention is not None:
+            return intervention_finding(self.intervention, self.engine.info)
         if not self.result or self.detail is None:
             return None
         d, r = self.detail, self.result
@@ -332,3 +498,59 @@ def summary_text(s: DashboardView) -> Text:
     if s.bottom_logits:
         text.append("↓ " + " ".join(visible_token(t) for t, _ in s.bottom_logits[:6]), style="red")
     return text
+
+
+def parse_intervention(text: str) -> tuple[str, float, str]:
+    """The intervention form's line: `2.5` (set), `x3` or `*3` (scale), `0` (ablate), then optionally `all`.
+    Returns (mode, value, where) with where "cell" or "all"; ValueError with a one-line message otherwise."""
+    import math
+
+    words = text.strip().lower().split()
+    where = "cell"
+    if words and words[-1] in ("all", "everywhere"):
+        where = "all"
+        words = words[:-1]
+    if len(words) != 1:
+        raise ValueError("type a number (2.5 sets), x3 (scales) or 0 (ablates), optionally followed by 'all'")
+    w = words[0]
+    mode = "set"
+    if w[0] in "x*":
+        mode, w = "scale", w[1:]
+    try:
+        value = float(w)
+    except ValueError:
+        raise ValueError(f"{words[0]!r} is not a number: type 2.5, x3 or 0") from None
+    if not math.isfinite(value):
+        raise ValueError("the value must be a finite number")
+    if mode == "set" and value == 0:
+        mode = "ablate"
+    return mode, value, where
+
+
+def intervention_finding(v: InterventionView, info) -> Finding:
+    """A pinned intervention: what was changed, the next-token top-10 before / after, the loss change, the logits
+    that moved and the later features that changed (all of it in `data`, the CLI's JSON form)."""
+    rows = [[i + 1, b.token, b.prob, a.token, a.prob] for i, (b, a) in enumerate(zip(v.top_before, v.top_after))]
+    body = [
+        f"{v.describe} at layer {v.layer}; mean next-token loss {v.loss_before:.4f} -> {v.loss_after:.4f} "
+        f"({v.loss_after - v.loss_before:+.4f}).",
+        "",
+        "Prompt: " + md_context(v.tokens, v.at),
+        "",
+        f"Next token after position {v.at}:",
+        "",
+        md_table(["#", "before", "p", "after", "p"], rows),
+    ]
+    if v.logit_change:
+        body += ["", "Logits that moved most:", "",
+                 md_table(["token", "before", "after"], [[t, b, a] for t, _i, b, a in v.logit_change[:10]])]
+    if v.downstream:
+        body += ["", "Later features that changed most:", "",
+                 md_table(["layer", "feature", "pos", "before", "after"], [list(d) for d in v.downstream[:10]])]
+    return Finding(
+        kind="intervention", title=f"L{v.layer} {v.describe}"[:80], body="\n".join(body),
+        model=info.model if info else "", saes=info.saes if info else "", layer=v.layer,
+        data={"prompt": v.prompt, "pos": v.at, "screen": "explore", "intervention": dict(v.data),
+              "bars": {"title": f"next token after {v.at}: probability after the edit",
+                       "labels": [t.token for t in v.top_after], "values": [t.prob for t in v.top_after]}},
+    )

@@ -58,6 +58,7 @@ class FindingsScreen(WorkbenchScreen):
         Binding("n", "edit_note", "Note", show=True),
         Binding("d", "delete", "Delete", show=True),
         Binding("u", "undo", "Undo delete", show=True),
+        Binding("g", "go_to", "Go to where made", show=True),
     ]
     POLL_S = 1.0  # how often to look for pins made by another running attnscope
 
@@ -82,6 +83,14 @@ class FindingsScreen(WorkbenchScreen):
         self.watch = StoreWatch(self.wb.findings)
         self.reload()
         self.set_interval(self.POLL_S, self.poll_store)
+
+    def action_go_to(self) -> None:
+        """Back to where the selected finding was made (prompt, layer, cell, screen)."""
+        f = self.selected()
+        if f is None:
+            self.query_one(StatusLine).error("no finding selected")
+            return
+        self.wb.go_to_finding(f)
 
     def main_widget(self) -> DataTable:
         return self.query_one("#findings-table", DataTable)

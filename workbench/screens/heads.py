@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -33,12 +31,22 @@ HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its 
                 "a human label (labels.json) instead. Heads are named layer.head (1.3).")
 
 
+SAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to Mary"
+
+
+def _explore() -> type:
+    from workbench.screens.explore import ExploreScreen
+
+    return ExploreScreen
+
+
 class HeadsScreen(WorkbenchScreen):
     MODE = "heads"
     BINDINGS = [
         Binding("enter", "open_head", "Head", show=True),
         Binding("r", "run", "Survey", show=True),
         Binding("f", "open_feature", "Feature", show=True),
+        Binding("v", "pattern", "Pattern", show=True),
     ]
 
     def __init__(self) -> None:
@@ -53,6 +61,8 @@ class HeadsScreen(WorkbenchScreen):
             yield DataTable(id="heads-grid", cursor_type="cell")
             with VerticalScroll(id="heads-side"):
                 yield Static("", id="head-detail")
+                yield DataTable(id="head-features", cursor_type="row", zebra_stripes=False)
+                yield Static("", id="head-rule")
         yield Static(HEADS_LEGEND, id="heads-legend", classes="dim-note")
         yield Footer()
 
@@ -98,6 +108,10 @@ class HeadsScreen(WorkbenchScreen):
             if first is not None:
                 self.show_head(first)
         status.say(survey.summary)
+        want = getattr(self, "_want", None)
+        if want is not None:
+            self._want = None
+            self.select_head(*want)
 
     def _head_at_cursor(self) -> HeadView | None:
         if not self.survey:
@@ -125,28 +139,60 @@ class HeadsScreen(WorkbenchScreen):
             self.query_one(StatusLine).error("move onto a head cell first")
             return
         self.show_head(h)
-        self.query_one("#heads-side").focus()
+        self.query_one("#head-features", DataTable).focus()  # enter opens the feature under the cursor
 
     def show_head(self, h: HeadView) -> None:
         self.head = h
-        t = Table(box=None, expand=True, pad_edge=False, title=f"head {h.layer}.{h.head}: {h.verdict}",
-                  title_style="bold", title_justify="left")
-        t.add_column("feature", justify="right")
-        t.add_column("share", justify="right")
-        t.add_column(ROLE_COLUMN)
+        self.query_one("#head-detail", Static).update(Text(f"head {h.layer}.{h.head}: {h.verdict}", style="bold"))
+        t = self.query_one("#head-features", DataTable)
+        t.clear(columns=True)
+        t.add_column("feature", key="feature")
+        t.add_column("share", key="share")
+        t.add_column(ROLE_COLUMN, key="role")
         for f in h.features[:10]:
-            t.add_row(str(f.id), f"{f.share:.2f}", _role(f))
-        rule = Text(f"\nroles from {h.source}", style="dim")
+            t.add_row(Text(str(f.id), justify="right"), Text(f"{f.share:.2f}", justify="right"), Text(_role(f)),
+                      key=str(f.id))
+        rule = Text(f"roles from {h.source} · enter on a row opens that feature · v its attention pattern", style="dim")
         if self.survey and self.survey.rule:
             rule.append(f"\nRule: {self.survey.rule}")
-        self.query_one("#head-detail", Static).update(Group(t, rule))
+        self.query_one("#head-rule", Static).update(rule)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "head-features" and self.head is not None:
+            self.wb.show_feature(self.head.layer, int(str(event.row_key.value)))
+
+    def action_pattern(self) -> None:
+        """The selected head's attention pattern on the explore prompt (or a sample sentence without one)."""
+        from workbench.screens.pattern import PatternScreen
+
+        h = self.head or self._head_at_cursor()
+        if h is None:
+            self.query_one(StatusLine).error("move onto a head cell first")
+            return
+        prompt = next((s.prompt for s in self.wb.screens_of(_explore()) if s.prompt.strip()), "") or SAMPLE_PROMPT
+        self.app.push_screen(PatternScreen(self.engine, prompt, h.layer, h.head))
+
+    def select_head(self, layer: int, head: int) -> None:
+        """Put the grid's cursor on head layer.head (once the survey is there) and show it."""
+        if not self.survey:
+            self._want = (layer, head)
+            return
+        layers = sorted({h.layer for h in self.survey.heads})
+        if layer in layers:
+            self.query_one("#heads-grid", DataTable).cursor_coordinate = Coordinate(layers.index(layer), head + 1)
+        h = self._head_at_cursor()
+        if h is not None:
+            self.show_head(h)
 
     def main_widget(self) -> DataTable:
         return self.query_one("#heads-grid", DataTable)
 
     def action_open_feature(self) -> None:
+        """The feature under the cursor of the head's feature list (the first before one is chosen)."""
         if self.head and self.head.features:
-            self.wb.show_feature(self.head.layer, self.head.features[0].id)
+            t = self.query_one("#head-features", DataTable)
+            i = t.cursor_row if 0 <= t.cursor_row < len(self.head.features) else 0
+            self.wb.show_feature(self.head.layer, self.head.features[i].id)
 
     def current_finding(self) -> Finding | None:
         h = self.head

@@ -164,6 +164,33 @@ class TrainingScreen(JobScreen):
         values["out_dir"] = out
         return values
 
+    def on_mount(self) -> None:
+        saved = self.wb.session.get("training_form")  # the form of the last run started, from an earlier launch too
+        if isinstance(saved, dict):
+            self.restore_form(saved)
+
+    FORM_INPUTS = ("tr-layers", "tr-width", "tr-sparsity", "tr-tokens", "tr-batch", "tr-corpus", "tr-out")
+
+    def form_values(self) -> dict[str, str]:
+        """The form as typed (remembered across launches when a run starts)."""
+        out = {i: self.query_one(f"#{i}", Input).value for i in self.FORM_INPUTS}
+        out["tr-arch"] = str(self.query_one("#tr-arch", Select).value)
+        return out
+
+    def restore_form(self, saved: dict[str, Any]) -> None:
+        """Put a remembered form back: the architecture first, the fields once its change has been handled."""
+        arch = saved.get("tr-arch")
+        select = self.query_one("#tr-arch", Select)
+        if isinstance(arch, str) and arch in FORM_FIELDS["architecture"].choices:
+            select.value = arch
+
+        def fields() -> None:
+            for i in self.FORM_INPUTS:
+                if isinstance(saved.get(i), str):
+                    self.query_one(f"#{i}", Input).value = saved[i]
+
+        self.call_after_refresh(fields)
+
     @on(Select.Changed, "#tr-arch")
     def arch_changed(self, event: Select.Changed) -> None:
         """Swap the sparsity field between the two architectures' defaults unless the user typed their own."""
@@ -182,6 +209,7 @@ class TrainingScreen(JobScreen):
         except ValueError as exc:
             status.error(one_line(exc))
             return
+        self.wb.session.put("training_form", self.form_values())
         out_dir = form.pop("out_dir")
         corpus = form.pop("corpus")
         if resume and not (Path(out_dir).expanduser() / "checkpoint.pt").exists():
