@@ -6,7 +6,7 @@ the workbench draws their results and never computes science itself.
 """
 
 from sae.engine.errors import AttnscopeError
-from workbench.engine.core import Engine, sae_dir_candidates
+from workbench.engine.core import Engine, existing_run, free_run_dir, sae_dir_candidates
 from workbench.engine.views import (
     CellDetail,
     DashboardView,
@@ -31,5 +31,5 @@ __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
     "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
+    "one_line", "sae_dir_candidates", "existing_run", "free_run_dir", "FormField", "train_form_fields",
 ]

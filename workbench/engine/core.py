@@ -43,6 +43,33 @@ def sae_dir_candidates(roots: list[Path]) -> list[Path]:
     return sorted(found)
 
 
+def existing_run(out_dir: str | Path) -> str:
+    """What a training run left in `out_dir` ("2 SAEs and a checkpoint"), or "" when it holds none: the training
+    screen never starts a fresh run over it (the CLI refuses the same without --overwrite)."""
+    from sae.engine.formats import CFG_FILE, WEIGHTS_FILE
+    from sae.engine.training.loop import CHECKPOINT_FILE
+
+    d = Path(out_dir).expanduser()
+    if not d.is_dir():
+        return ""
+    n_saes = sum(1 for x in d.iterdir() if (x / CFG_FILE).is_file() and (x / WEIGHTS_FILE).is_file())
+    parts = [f"{n_saes} SAE{'s' if n_saes != 1 else ''}"] if n_saes else []
+    if (d / CHECKPOINT_FILE).exists():
+        parts.append("a checkpoint")
+    return " and ".join(parts)
+
+
+def free_run_dir(out_dir: str | Path) -> str:
+    """`out_dir` itself when it holds no run, else the first of `out_dir-2`, `out_dir-3`, ... that holds none."""
+    base = str(out_dir).rstrip("/") or str(out_dir)
+    if not existing_run(base):
+        return base
+    i = 2
+    while existing_run(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
+
+
 class Engine:
     """The model and SAEs, owned by one worker thread; every method is a thin wrapper over `sae/`.
 
@@ -297,7 +324,11 @@ class Engine:
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
-        """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`."""
+        """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`. A fresh
+        run (not `resume`) into a directory that holds one is refused: a finished run is never overwritten."""
+        if not resume and existing_run(out_dir):
+            raise EngineError(f"{out_dir} already holds a training run ({existing_run(out_dir)}); u resumes it, or pick "
+                              "another output dir")
 
         def job(rep: Reporter) -> Any:
             from sae.engine.training import loop as training

@@ -1,0 +1,82 @@
+"""A workbench a researcher can trust with real work (issue 20): no silent overwrites, no keys that write data, global
+keys with one meaning, figures that render. Pilot tests on a tiny model with random SAEs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench.screens.modals import AskScreen
+from workbench_pilot import settle
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+
+
+def finished_run(model, root: Path) -> Path:
+    """A directory as a finished training run leaves it: one SAE dir and a checkpoint."""
+    from conftest import random_sae
+
+    from sae.engine.formats import save_sae
+
+    save_sae(random_sae(model, 0, d_sae=16), root / "blocks.0.attn.hook_z")
+    (root / "checkpoint.pt").write_bytes(b"finished")
+    return root
+
+
+def snapshot_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---- 1. the training screen never overwrites a finished run -----------------------------------------------------
+
+
+async def test_training_r_over_a_finished_run_asks_for_a_new_directory(app, tiny_model, tmp_path):
+    run = finished_run(tiny_model, tmp_path / "run")
+    before = snapshot_files(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await pilot.press("6")
+        await pilot.pause()
+        tr = app.screen
+        for wid, value in (("tr-layers", "0"), ("tr-width", "16"), ("tr-tokens", "2000"), ("tr-batch", "64"),
+                           ("tr-out", str(run))):
+            tr.query_one(f"#{wid}").value = value
+        app.set_focus(None)
+        await pilot.press("r")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        assert "already holds a training run" in app.screen.question
+        assert app.screen.query_one("#ask-input").value == f"{run}-2"
+        assert tr.job is None  # nothing started yet
+        await pilot.press("escape")
+        await settle(pilot, lambda: app.screen is tr)
+        assert tr.job is None and "keeps its run" in tr.query_one("#train-status").message
+        # a path that holds a run too is refused inline
+        await pilot.press("r")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        app.screen.query_one("#ask-input").value = str(run)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, AskScreen)
+        assert "holds a training run too" in str(app.screen.query_one("#ask-error").render())
+        app.screen.query_one("#ask-input").value = f"{run}-2"
+        await pilot.press("enter")
+        await settle(pilot, lambda: tr.job is not None)
+        assert tr.query_one("#tr-out").value == f"{run}-2"
+        await settle(pilot, lambda: not tr.job.running, timeout=120)
+    assert snapshot_files(run) == before
+
+
+def test_engine_refuses_a_fresh_run_over_a_finished_one(tiny_model, saes, tmp_path):
+    from workbench.engine import Engine, EngineError, free_run_dir
+
+    run = finished_run(tiny_model, tmp_path / "run")
+    engine = Engine.from_objects(tiny_model, saes, "random")
+    try:
+        with pytest.raises(EngineError, match="already holds a training run"):
+            engine.train({"layers": [0]}, corpus="default", out_dir=str(run), resume=False, post=lambda m: None)
+    finally:
+        engine.close()
+    finished_run(tiny_model, tmp_path / "run-2")
+    assert free_run_dir(run) == f"{run}-3"
+    assert free_run_dir(tmp_path / "empty") == str(tmp_path / "empty")
