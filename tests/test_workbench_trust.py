@@ -80,3 +80,55 @@ def test_engine_refuses_a_fresh_run_over_a_finished_one(tiny_model, saes, tmp_pa
     finished_run(tiny_model, tmp_path / "run-2")
     assert free_run_dir(run) == f"{run}-3"
     assert free_run_dir(tmp_path / "empty") == str(tmp_path / "empty")
+
+
+# ---- 2. global keys keep one meaning on every screen ---------------------------------------------------------
+
+
+def _global_keys() -> set[str]:
+    from workbench.app import WorkbenchApp
+
+    keys = {"question_mark"} | {str(d) for d in range(10)}
+    keys |= {k.strip() for b in WorkbenchApp.BINDINGS for k in b.key.split(",") if k.strip().startswith("ctrl+")}
+    return keys
+
+
+def test_no_screen_or_widget_rebinds_a_global_key():
+    from textual.binding import Binding
+
+    from workbench.app import WorkbenchApp
+    from workbench.widgets import bars, heatmap, jobbar, sparklines
+
+    owners = list(WorkbenchApp.MODES.values())
+    for module in (bars, heatmap, jobbar, sparklines):
+        owners += [v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "BINDINGS")]
+    glob = _global_keys()
+    assert {"1", "7", "8", "question_mark", "ctrl+q", "ctrl+x"} <= glob
+    for owner in owners:
+        for b in owner.BINDINGS:
+            if isinstance(b, Binding):
+                rebound = {k.strip() for k in b.key.split(",")} & glob
+                assert not rebound, f"{owner.__name__} rebinds {rebound} to {b.action}"
+
+
+async def test_digit_on_the_study_screen_switches_screen_and_writes_no_label(tiny_model, saes, tmp_path, monkeypatch):
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+    from workbench.findings import FindingsStore
+    from workbench.screens.study import StudyScreen
+
+    from sae.analysis.labels import LabelStore
+
+    labels = tmp_path / "labels.json"
+    monkeypatch.setenv("ATTNSCOPE_LABELS", str(labels))
+    engine = Engine.from_objects(tiny_model, saes, "random")
+    app = WorkbenchApp(engine, findings=FindingsStore(tmp_path / "findings"))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("8")
+        await settle(pilot, lambda: isinstance(app.screen, StudyScreen))
+        await pilot.pause(0.3)
+        await pilot.press("2")
+        await settle(pilot, lambda: app.current_mode == "feature")
+    assert not labels.exists() or LabelStore(labels).labels() == []
