@@ -132,3 +132,37 @@ async def test_digit_on_the_study_screen_switches_screen_and_writes_no_label(tin
         await pilot.press("2")
         await settle(pilot, lambda: app.current_mode == "feature")
     assert not labels.exists() or LabelStore(labels).labels() == []
+
+
+# ---- 3. export asks before replacing and defaults to the data dir ------------------------------------------------
+
+
+async def test_export_defaults_to_the_data_dir_and_asks_before_replacing(app, data_dir, tmp_path):
+    from workbench.findings import Finding
+    from workbench.screens.modals import ConfirmScreen
+
+    notes: list[str] = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.notify = lambda message, **kw: notes.append(str(message))  # type: ignore[method-assign]
+        app.findings.add(Finding(kind="note", title="first", body="one"))
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("e")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        default = app.screen.query_one("#ask-input").value
+        assert Path(default).parent == data_dir and Path(default).name == "attnscope-findings.md"
+        target = tmp_path / "report.md"
+        target.write_text("my own notes\n")
+        app.screen.query_one("#ask-input").value = str(target)
+        await pilot.press("enter")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert str(target) in app.screen.question
+        await pilot.press("n")  # keeps the file and asks again
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        assert target.read_text() == "my own notes\n"
+        await pilot.press("enter")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await settle(pilot, lambda: not isinstance(app.screen, (AskScreen, ConfirmScreen)))
+    assert "first" in target.read_text()
+    assert any("replaced" in n and str(target) in n for n in notes), notes

@@ -14,7 +14,7 @@ from textual.widgets import Input
 from workbench.commands import WorkbenchCommands
 from workbench.engine import Engine, EngineInfo, StaleRequest, one_line
 from workbench.figures import export_report
-from workbench.findings import ExportError, FindingsStore
+from workbench.findings import FindingsStore
 from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
 from workbench.screens.base import SCREENS, WorkbenchScreen
 from workbench.screens.explore import ExploreScreen
@@ -22,7 +22,7 @@ from workbench.screens.feature import FeatureScreen
 from workbench.screens.findings import FindingsScreen
 from workbench.screens.heads import HeadsScreen
 from workbench.screens.experiments import InductionScreen, IOIScreen
-from workbench.screens.modals import AskScreen, HelpScreen
+from workbench.screens.modals import AskScreen, HelpScreen, ask_export
 from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
 
@@ -76,7 +76,7 @@ class WorkbenchApp(App):
         findings: FindingsStore | None = None,
         start_layer: int | None = None,
         start_prompt: str = "",
-        export_default: str = "attnscope-findings.md",
+        export_default: str = "",
         auto_build: bool = False,
     ) -> None:
         super().__init__()
@@ -88,7 +88,7 @@ class WorkbenchApp(App):
         self.findings = findings if findings is not None else FindingsStore()
         self.start_layer = start_layer
         self.start_prompt = start_prompt
-        self.export_default = export_default
+        self.export_default = export_default  # "": attnscope-findings.md in the data dir (never the working dir)
         self.mode_screens: dict[str, WorkbenchScreen] = {}  # filled by each screen as it mounts
 
     def screens_of(self, cls: type[S]) -> list[S]:
@@ -313,16 +313,19 @@ class WorkbenchApp(App):
     def _findings_screens(self) -> list[FindingsScreen]:
         return self.screens_of(FindingsScreen)
 
-    def action_export(self) -> None:
-        def check(path: str) -> str | None:
-            try:
-                written = export_report(path, self.findings.findings)
-            except ExportError as exc:
-                return str(exc)
-            self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
-            return None
+    def default_export_path(self, name: str) -> str:
+        """`name` in the data dir (created if missing): exports never land in the working directory by default."""
+        folder = self.findings.directory
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the export's own check then says why it cannot write there
+        return str(folder / name)
 
-        self.push_screen(AskScreen("Export findings as markdown to:", value=self.export_default, check=check))
+    def action_export(self) -> None:
+        ask_export(self, "Export findings as markdown to:",
+                   self.export_default or self.default_export_path("attnscope-findings.md"),
+                   lambda path: export_report(path, self.findings.findings), f"{len(self.findings)} finding(s)")
 
     def open_saes_spec(self, spec: str) -> None:
         """Swap the SAE set; a set that does not fit the model reopens the question with the error inline."""

@@ -99,7 +99,7 @@ def slug(text: str) -> str:
 def write_figures(markdown_path: Path, findings: list[Finding]) -> dict[str, list[tuple[str, str]]]:
     """Write every finding's figures into `<report stem>-figures/` beside the report (created with the umask);
     returns {finding id: [(caption, path relative to the report)]}."""
-    folder = markdown_path.with_name(markdown_path.stem + "-figures")
+    folder = figures_folder(markdown_path)
     links: dict[str, list[tuple[str, str]]] = {}
     for i, f in enumerate(findings, 1):
         for stem, caption, renderable in finding_figures(f):
@@ -125,6 +125,22 @@ def link_figures(markdown: str, findings: list[Finding], links: dict[str, list[t
             out.append("")
             out += [f"![{caption}]({path})" for caption, path in links[fid]]
     return "\n".join(out)
+
+
+def figures_folder(markdown_path: str | Path) -> Path:
+    """Where `write_figures` puts a report's figures: `<report stem>-figures/` beside it."""
+    p = Path(markdown_path).expanduser()
+    return p.with_name(p.stem + "-figures")
+
+
+def export_would_replace(path: str | Path) -> list[str]:
+    """What an export to `path` would replace: the report file and/or its figures folder (empty: nothing)."""
+    p = Path(path).expanduser()
+    out = [str(p)] if p.is_file() else []
+    folder = figures_folder(p)
+    if folder.is_dir() and any(folder.iterdir()):
+        out.append(f"{folder}/")
+    return out
 
 
 def export_report(path: str | Path, findings: list[Finding], title: str = "attnscope findings") -> Path:

@@ -1,8 +1,10 @@
-"""Small modal screens: help, a one-line question (pin note, a path, a feature id), and their inline errors."""
+"""Small modal screens: help, a one-line question (pin note, a path, a feature id), and their inline errors, and a
+yes/no question before anything is replaced."""
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from rich.table import Table
 from rich.text import Text
@@ -86,3 +88,71 @@ class AskScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question before something is replaced or started over: y answers yes; n or escape answers no."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, yes: str = "yes", no: str = "no") -> None:
+        super().__init__()
+        self.question = question
+        self.yes, self.no = yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal-box ask-box"):
+            yield Static(Text(self.question, style="bold"), classes="ask-question")
+            yield Label(Text(f"y {self.yes} · n or escape {self.no}", style="dim"))
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+def ask_export(app: Any, question: str, value: str, write: Callable[[str], Path], what: str, error: str = "") -> None:
+    """Ask where to export; a path whose report or figures folder exists is replaced only after a yes
+    (`ConfirmScreen`), and the notice then says "replaced". `write(path)` writes and returns the path written, or
+    raises `ExportError` (shown inline, the path kept)."""
+    from workbench.figures import export_would_replace
+    from workbench.findings import ExportError
+
+    pending: dict[str, Any] = {}
+
+    def check(path: str) -> str | None:
+        path = path.strip()
+        if not path:
+            return "give a file name"
+        replaced = export_would_replace(path)
+        if replaced:
+            pending.update(path=path, replaced=replaced)
+            return None
+        try:
+            written = write(path)
+        except ExportError as exc:
+            return str(exc)
+        app.notify(f"{what} written to {written}", title="Export")
+        return None
+
+    def confirmed(yes: bool | None) -> None:
+        path = pending["path"]
+        if not yes:
+            ask_export(app, question, path, write, what, error="not replaced; give another name, or enter and y to replace")
+            return
+        try:
+            written = write(path)
+        except ExportError as exc:
+            ask_export(app, question, path, write, what, error=str(exc))
+            return
+        app.notify(f"{what} written to {written} (replaced {' and '.join(pending['replaced'])})", title="Export")
+
+    def done(path: str | None) -> None:
+        if path is None or "path" not in pending:
+            return
+        listing = " and ".join(pending["replaced"])
+        app.push_screen(ConfirmScreen(f"{listing} already exist{'s' if len(pending['replaced']) == 1 else ''}. "
+                                      "Replace?", yes="replaces", no="keeps it and asks for another name"), confirmed)
+
+    ask = AskScreen(question, value=value, check=check)
+    app.push_screen(ask, done)
+    if error:
+        app.call_after_refresh(ask.show_error, error)

@@ -17,10 +17,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static
 
 from workbench.engine import StaleRequest, one_line
-from workbench.findings import ExportError, write_export
+from workbench.findings import write_export
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.feature import dashboard_renderable
-from workbench.screens.modals import AskScreen
+from workbench.screens.modals import AskScreen, ask_export
 
 FAMILY_KEYS = "abcdghijkl"  # key i picks family i (not e, f: export, family by name; digits switch screens)
 DEFAULT_N = 30  # features per layer, as in the paper
@@ -284,13 +284,5 @@ class StudyScreen(WorkbenchScreen):
         return write_export(path, self.engine.study_markdown(self.study_layers))
 
     def action_export(self) -> None:
-        def check(path: str) -> str | None:
-            try:
-                written = self.export_to(path)
-            except ExportError as exc:
-                return str(exc)
-            self.app.notify(f"study report written to {written}", title="Study")
-            return None
-
-        self.app.push_screen(AskScreen("Export the study report as markdown to:", value="attnscope-study.md",
-                                       check=check))
+        ask_export(self.app, "Export the study report as markdown to:",
+                   self.wb.default_export_path("attnscope-study.md"), self.export_to, "study report")
