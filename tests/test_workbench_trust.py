@@ -166,3 +166,39 @@ async def test_export_defaults_to_the_data_dir_and_asks_before_replacing(app, da
         await settle(pilot, lambda: not isinstance(app.screen, (AskScreen, ConfirmScreen)))
     assert "first" in target.read_text()
     assert any("replaced" in n and str(target) in n for n in notes), notes
+
+
+# ---- 4. escape never changes screen silently; a letter that replaces a result asks ----------------------------
+
+
+async def test_escape_on_explore_stays_and_elsewhere_goes_home_saying_so(app):
+    from workbench.screens.modals import ConfirmScreen
+
+    notes: list[str] = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.notify = lambda message, **kw: notes.append(str(message))  # type: ignore[method-assign]
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("4")
+        await pilot.pause()
+        ind = app.screen
+        await pilot.press("1")
+        await pilot.pause()
+        await pilot.press("escape")  # on explore's heatmap: stays (it used to go back to induction)
+        await pilot.pause()
+        assert app.current_mode == "explore" and "home screen" in notes[-1]
+        await pilot.press("5")
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.current_mode == "explore" and "back to explore" in notes[-1]
+        # r over a result on screen asks; n keeps it and starts nothing
+        await pilot.press("4")
+        await pilot.pause()
+        shown = object()
+        ind.result = shown
+        await pilot.press("r")
+        await settle(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await settle(pilot, lambda: app.screen is ind)
+        assert ind.job is None and ind.result is shown

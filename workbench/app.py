@@ -34,7 +34,7 @@ AUTO_BUILD_DELAY_S = 3.0
 KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
              "comma": ",", "full_stop": ".", "escape": "esc", "enter": "enter"}
 HELP_WORDS = {"cancel_job": "cancel the running job (shown in the job line above the footer)",
-              "back": "leave a text field, close a panel, or go back to the previous screen",
+              "back": "leave a text field, close a panel, or go home to explore (it says so)",
               "quit": "quit (running jobs stop cleanly first; press twice to quit at once)"}
 
 
@@ -234,8 +234,9 @@ class WorkbenchApp(App):
         return super().switch_mode(mode)
 
     def action_back(self) -> None:
-        """Escape: leave a text field first; then close a screen's open panel (`back()`); then go back to the
-        previous screen (explore at the start)."""
+        """Escape: leave a text field first; then close a screen's open panel (`back()`); then go home to explore,
+        saying so (never to whatever screen came before, where single letters act). On explore's main view it only
+        says where the keys are."""
         if isinstance(self.focused, Input):
             screen = self.screen
             main = screen.main_widget() if isinstance(screen, WorkbenchScreen) else None
@@ -244,12 +245,11 @@ class WorkbenchApp(App):
         screen = self.screen
         if isinstance(screen, WorkbenchScreen) and screen.back():
             return
-        if len(self.mode_history) >= 2:
-            self.mode_history.pop()
-            previous = self.mode_history.pop()
-            self.switch_mode(previous)
-        elif self.current_mode != "explore":
-            self.switch_mode("explore")
+        if self.current_mode == "explore":
+            self.notify("explore is the home screen; 1-7 switch screens, ? lists the keys", timeout=3)
+            return
+        self.switch_mode("explore")
+        self.notify("back to explore (escape goes home)", timeout=3)
 
     # ---- navigation -----------------------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ class InductionScreen(JobScreen):
         return "Repeated random-token sequences; a head's score is its attention from the repeat to the token after the first occurrence."
 
     def action_run(self) -> None:
+        self.ask_before_replacing("the induction experiment", self.run_now)
+
+    def run_now(self) -> None:
         status = self.query_one(StatusLine)
         if self.job_running():
             status.error("already running: x cancels")
@@ -218,6 +221,9 @@ class IOIScreen(JobScreen):
                     self.query_one("#ioi-note", Static).update(Text(why, style="yellow"))
 
     def action_run(self) -> None:
+        self.ask_before_replacing(f"IOI {self.query_one('#ioi-exp', Select).value}", self.run_now)
+
+    def run_now(self) -> None:
         status = self.query_one(StatusLine)
         if self.job_running():
             status.error("already running: x cancels")

@@ -32,7 +32,7 @@ class ExploreScreen(WorkbenchScreen):
         Binding("left_square_bracket", "layer(-1)", "Layer-", show=True),
         Binding("right_square_bracket", "layer(1)", "Layer+", show=True),
         Binding("slash", "focus_prompt", "Prompt", show=True),
-        Binding("escape", "focus_heatmap", "Leave the prompt, or back", show=False),
+        Binding("escape", "focus_heatmap", "Leave the prompt", show=False),
         Binding("s", "open_saes", "SAEs", show=True),
     ]
 
