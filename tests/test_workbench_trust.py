@@ -202,3 +202,31 @@ async def test_escape_on_explore_stays_and_elsewhere_goes_home_saying_so(app):
         await pilot.press("n")
         await settle(pilot, lambda: app.screen is ind)
         assert ind.job is None and ind.result is shown
+
+
+# ---- 5. / and the note editor keep the text: the first key edits, never replaces ---------------------------------
+
+
+async def test_slash_and_the_note_editor_do_not_select_the_text(app):
+    from workbench.findings import Finding
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        prompt = app.screen.query_one("#prompt")
+        prompt.value = "The cat sat"
+        app.screen.query_one("#heatmap").focus()
+        await pilot.pause()
+        await pilot.press("slash")
+        await pilot.pause()
+        await pilot.press("s")
+        assert prompt.value == "The cat sats"
+        app.findings.add(Finding(kind="note", title="one", body="", note="my careful note"))
+        await pilot.press("escape")
+        await pilot.press("7")
+        await settle(pilot, lambda: app.current_mode == "findings")
+        await pilot.pause(0.2)
+        await pilot.press("n")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.pause()
+        await pilot.press("!")
+        assert app.screen.query_one("#ask-input").value == "my careful note!"

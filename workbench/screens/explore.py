@@ -47,7 +47,8 @@ class ExploreScreen(WorkbenchScreen):
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
-        yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt")
+        yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt",
+                    select_on_focus=False)  # / edits the prompt; the first key must not replace it
         yield StatusLine("", id="explore-status")
         with Horizontal(id="explore-body"):
             with Vertical(id="heatmap-box"):

@@ -66,7 +66,8 @@ class AskScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box ask-box"):
             yield Static(Text(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
-            yield Input(value=self.value, placeholder=self.placeholder, id="ask-input")
+            # the cursor at the end, nothing selected: the first key edits a note or path, never replaces it
+            yield Input(value=self.value, placeholder=self.placeholder, id="ask-input", select_on_focus=False)
             yield Label("", id="ask-error", classes="inline-error")
             yield Label(Text("enter accepts · escape cancels", style="dim"))
 
