@@ -230,3 +230,39 @@ async def test_slash_and_the_note_editor_do_not_select_the_text(app):
         await pilot.pause()
         await pilot.press("!")
         assert app.screen.query_one("#ask-input").value == "my careful note!"
+
+
+# ---- 7. a feature opened without a position traces where it is strongest, and the root says if it fires -----------
+
+
+async def test_feature_opened_from_elsewhere_traces_where_it_fires_not_at_an_old_position(app):
+    import numpy as np
+
+    from workbench_pilot import type_prompt
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        res = app.screen.result
+        v = np.asarray(res.values)
+        c = next(c for c in range(v.shape[1]) if v[:, c].max() > 0 and v[:, c].min() == 0)  # fires on some tokens
+        feature, strongest = res.columns[c], int(np.argmax(v[:, c]))
+        off = int(np.argmin(v[:, c]))
+        assert v[off, c] == 0 and off != strongest
+        # opened from explore at a token where it does not fire: t traces there and says so
+        app.show_feature(res.layer, feature, pos=off)
+        await pilot.pause()
+        fs = app.screen
+        await pilot.press("t")
+        await settle(pilot, lambda: fs.trace is not None and fs.trace.pos == off)
+        assert "does not fire here" in str(fs.trace_root_text()) and "act 0.000" in str(fs.trace_root_text())
+        # opened again as the heads screen or the palette do (no position): traced where it is strongest
+        app.switch_mode("heads")
+        await pilot.pause()
+        app.show_feature(res.layer, feature)
+        await pilot.pause()
+        assert fs.trace_pos is None
+        await pilot.press("t")
+        await settle(pilot, lambda: fs.trace is not None and fs.trace.pos == strongest)
+        assert "does not fire" not in str(fs.trace_root_text())
+        assert f"act {v[strongest, c]:.3f}" in str(fs.trace_root_text())

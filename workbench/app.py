@@ -152,7 +152,7 @@ class WorkbenchApp(App):
 
         for s in self.screens_of(FeatureScreen):
             if s.sae_layer is not None and s.feature is not None:
-                s.load(s.sae_layer, s.feature)
+                s.load(s.sae_layer, s.feature, pos=s.trace_pos)
         for s in self.screens_of(_Explore):
             s.refresh_summary()
         for s in self.screens_of(HeadsScreen):

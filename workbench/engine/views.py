@@ -131,6 +131,7 @@ class TraceView:
     approximation: str
     truncated: bool
     data: Mapping[str, Any] = field(default_factory=dict)  # `Trace.to_dict()`, for findings
+    act: float | None = None  # the feature's activation at `pos` (the root's value is its pre-activation)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data)
@@ -245,7 +246,8 @@ def trace_view(tr: Any) -> TraceView:
         return TraceNodeView(kind=n.kind, label=n.label, value=float(n.value), children=tuple(node(c) for c in n.children))
 
     return TraceView(layer=tr.layer, feature=tr.feature, pos=tr.pos, tokens=list(tr.tokens), root=node(tr.root),
-                     approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict())
+                     approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict(),
+                     act=float(tr.root.act) if tr.root.act is not None else None)
 
 
 def heads_view(model: Any, saes: dict[int, Any], labels: Any = None) -> HeadsView:

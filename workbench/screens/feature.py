@@ -87,6 +87,17 @@ def dashboard_renderable(d: DashboardView) -> Group:
     return Group(*parts)
 
 
+def trace_root_label(tr: TraceView) -> Text:
+    """The trace root: the pre-activation the tree splits and the activation, so a position where the feature does
+    not fire (act 0, e.g. outside the top-k) never looks traced like one where it does."""
+    label = Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold")
+    if tr.act is not None:
+        label.append(f" · act {tr.act:.3f}", style="bold" if tr.act > 0 else "bold yellow")
+        if tr.act <= 0:
+            label.append("  does not fire here", style="yellow")
+    return label
+
+
 class FeatureScreen(WorkbenchScreen):
     MODE = "feature"
     BINDINGS = [
@@ -131,10 +142,10 @@ class FeatureScreen(WorkbenchScreen):
             self.sae_layer = self.engine.info.sae_layers[0]
 
     def load(self, layer: int, feature: int, pos: int | None = None) -> None:
-        """Show a feature's dashboard; `pos` (when given) is the explore-prompt token that `t` traces at."""
+        """Show a feature's dashboard; `pos` is the explore-prompt token that `t` traces at (None: where this
+        feature is strongest; never a position kept from the feature shown before)."""
         self.sae_layer, self.feature = layer, feature
-        if pos is not None:
-            self.trace_pos = pos
+        self.trace_pos = pos
         self.trace = None
         if not self.query("#trace-tree"):
             return  # on_mount loads it
@@ -241,7 +252,7 @@ class FeatureScreen(WorkbenchScreen):
         self.trace = tr
         tree = self.query_one("#trace-tree", Tree)
         tree.clear()
-        tree.root.set_label(Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold"))
+        tree.root.set_label(trace_root_label(tr))
 
         def add(parent: Any, node: TraceNodeView) -> None:
             for c in node.children:
@@ -257,7 +268,12 @@ class FeatureScreen(WorkbenchScreen):
         tree.remove_class("hidden")
         tree.focus()
         tok = visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
-        status.say(f"trace of L{layer} F{feature} at {tr.pos} {tok} · , . move it · children sum to parents")
+        fires = "" if tr.act is None or tr.act > 0 else " · it does not fire here (act 0)"
+        status.say(f"trace of L{layer} F{feature} at {tr.pos} {tok}{fires} · , . move it · children sum to parents")
+
+    def trace_root_text(self) -> Text:
+        """The trace tree's root line as shown."""
+        return self.query_one("#trace-tree", Tree).root.label
 
     def action_build(self) -> None:
         if self.sae_layer is None:
