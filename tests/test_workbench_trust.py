@@ -266,3 +266,24 @@ async def test_feature_opened_from_elsewhere_traces_where_it_fires_not_at_an_old
         await settle(pilot, lambda: fs.trace is not None and fs.trace.pos == strongest)
         assert "does not fire" not in str(fs.trace_root_text())
         assert f"act {v[strongest, c]:.3f}" in str(fs.trace_root_text())
+
+
+# ---- 6. exported figures are as wide as their content: each heatmap row is one line -------------------------------
+
+
+def _svg_rows(text: str) -> int:
+    import re
+
+    return len(set(re.findall(r'<text class="[^"]*-r\d+"[^>]*clip-path="url\(#[^)]*-line-(\d+)\)"', text)))
+
+
+def test_a_wide_heatmap_figure_draws_each_row_on_one_line():
+    from workbench.figures import heatmap_renderable, svg
+
+    tokens = ["When", " Mary", " and", " John", " went", " to", " the", " store"]
+    columns = list(range(1000, 1016))  # 16 features: ~114 columns of text
+    values = [[float((r * 7 + c) % 5) for c in range(16)] for r in range(len(tokens))]
+    text = svg(heatmap_renderable(tokens, columns, values, pos=2, col=3), "heatmap")
+    assert _svg_rows(text) == 1 + len(tokens) + 1  # header, one row per token, the legend
+    narrow = svg(heatmap_renderable(tokens, columns[:2], [row[:2] for row in values]), "heatmap")
+    assert _svg_rows(narrow) == 1 + len(tokens) + 1

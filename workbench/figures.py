@@ -19,11 +19,20 @@ from workbench.findings import ExportError, Finding, export_markdown, write_expo
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
 
-SVG_WIDTH = 80  # terminal columns of a figure
+SVG_WIDTH = 80  # the narrowest figure, in terminal columns
+SVG_MAX_WIDTH = 400  # the widest: a figure is as wide as its longest line, so no row wraps
 
 
-def svg(renderable: RenderableType, title: str, width: int = SVG_WIDTH) -> str:
-    """`renderable` drawn as an SVG (a terminal window of `width` columns, as tall as it needs)."""
+def figure_width(renderable: RenderableType) -> int:
+    """The columns `renderable` needs for none of its lines to wrap (at least SVG_WIDTH, at most SVG_MAX_WIDTH)."""
+    console = Console(width=SVG_MAX_WIDTH, file=io.StringIO())
+    return max(SVG_WIDTH, min(SVG_MAX_WIDTH, console.measure(renderable).maximum))
+
+
+def svg(renderable: RenderableType, title: str, width: int | None = None) -> str:
+    """`renderable` drawn as an SVG (a terminal window of `width` columns, by default as wide as its longest line,
+    and as tall as it needs)."""
+    width = figure_width(renderable) if width is None else width
     console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
     console.print(renderable)
     return console.export_svg(title=title)
