@@ -287,3 +287,32 @@ def test_a_wide_heatmap_figure_draws_each_row_on_one_line():
     assert _svg_rows(text) == 1 + len(tokens) + 1  # header, one row per token, the legend
     narrow = svg(heatmap_renderable(tokens, columns[:2], [row[:2] for row in values]), "heatmap")
     assert _svg_rows(narrow) == 1 + len(tokens) + 1
+
+
+# ---- 9. the SAE set shown is named; a typo in its path is a short, whole error -----------------------------------
+
+
+async def test_opening_saes_names_the_set_and_a_typo_is_a_whole_local_error(app, tiny_model, tmp_path, monkeypatch):
+    from conftest import sae_set_dir
+
+    saes_dir = sae_set_dir(tiny_model, tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        explore = app.screen
+        await pilot.press("s")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        app.screen.query_one("#ask-input").value = "runs/sae"  # a typo of runs/saes
+        await pilot.press("enter")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen)
+                     and str(app.screen.query_one("#ask-error").render()).strip())
+        err = app.screen.query_one("#ask-error")
+        message = str(err.render())
+        assert "no such SAE directory: runs/sae" in message and "release" not in message and "saes" in message
+        assert err.size.height * err.size.width >= len(message)  # wrapped, not cut
+        app.screen.query_one("#ask-input").value = str(saes_dir)
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.engine.info.saes == str(saes_dir) and app.screen is explore)
+        await pilot.pause(0.2)
+        assert f"SAEs {saes_dir}" in explore.query_one("#explore-status").message

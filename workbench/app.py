@@ -344,7 +344,7 @@ class WorkbenchApp(App):
 
     def after_saes_changed(self, info: EngineInfo) -> None:
         self.engine_ready(info)
-        self.notify(f"SAEs for layers {info.sae_layers}", title="SAEs")
+        self.notify(f"showing SAEs {info.saes} (layers {', '.join(map(str, info.sae_layers))})", title="SAEs")
         for s in self.screens_of(ExploreScreen):
             s.set_layer(s.sae_layer if s.sae_layer in info.d_sae else info.sae_layers[0])
 

@@ -59,6 +59,22 @@ def existing_run(out_dir: str | Path) -> str:
     return " and ".join(parts)
 
 
+def missing_local_dir(spec: str) -> str:
+    """A one-line error when `spec` is meant as a local path (it starts with / . ~, or its first part is a folder
+    here) and does not exist, naming what its parent holds; "" otherwise (a release name or a hub repo)."""
+    p = Path(spec).expanduser()
+    if p.exists() or not spec.strip():
+        return ""
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    if not (spec.startswith(("/", ".", "~")) or (len(Path(spec).parts) > 1 and Path(first).is_dir())):
+        return ""
+    parent = p.parent
+    if not parent.is_dir():
+        return f"no such SAE directory: {spec} (the folder {parent} does not exist)"
+    near = sorted(x.name for x in parent.iterdir() if x.is_dir() and not x.name.startswith("."))[:6]
+    return f"no such SAE directory: {spec}" + (f" ({parent} holds {', '.join(near)})" if near else "")
+
+
 def free_run_dir(out_dir: str | Path) -> str:
     """`out_dir` itself when it holds no run, else the first of `out_dir-2`, `out_dir-3`, ... that holds none."""
     base = str(out_dir).rstrip("/") or str(out_dir)
@@ -144,6 +160,9 @@ class Engine:
     def _load_saes(self, spec: str, model: Any) -> dict[int, Any]:
         from sae.zoo import load_sae_set
 
+        missing = missing_local_dir(spec)
+        if missing:
+            raise EngineError(missing)
         try:
             loaded = load_sae_set(spec, model, device=model.device)
         except (AttnscopeError, ValueError, OSError, KeyError) as exc:

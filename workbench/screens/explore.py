@@ -102,7 +102,8 @@ class ExploreScreen(WorkbenchScreen):
         status = self.query_one("#explore-status", StatusLine)
         if info is None:
             return
-        parts = [info.model, f"layer {self.sae_layer}", f"SAE {info.d_sae.get(self.sae_layer, '?')} features"]
+        parts = [info.model, f"SAEs {info.saes}", f"layer {self.sae_layer}",
+                 f"SAE {info.d_sae.get(self.sae_layer, '?')} features"]
         if self.result:
             parts.insert(0, f"{len(self.result.tokens)} tokens")
         if extra:

@@ -68,14 +68,14 @@ class AskScreen(ModalScreen[str | None]):
             yield Static(Text(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
             # the cursor at the end, nothing selected: the first key edits a note or path, never replaces it
             yield Input(value=self.value, placeholder=self.placeholder, id="ask-input", select_on_focus=False)
-            yield Label("", id="ask-error", classes="inline-error")
+            yield Static("", id="ask-error", classes="inline-error")  # wraps: a long error is never cut mid-word
             yield Label(Text("enter accepts · escape cancels", style="dim"))
 
     def on_mount(self) -> None:
         self.query_one("#ask-input", Input).focus()
 
     def show_error(self, message: str) -> None:
-        self.query_one("#ask-error", Label).update(message)
+        self.query_one("#ask-error", Static).update(Text(message))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
