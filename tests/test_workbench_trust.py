@@ -316,3 +316,57 @@ async def test_opening_saes_names_the_set_and_a_typo_is_a_whole_local_error(app,
         await settle(pilot, lambda: app.engine.info.saes == str(saes_dir) and app.screen is explore)
         await pilot.pause(0.2)
         assert f"SAEs {saes_dir}" in explore.query_one("#explore-status").message
+
+
+# ---- 10. a new dashboard starts at its top; the status line follows the trace ------------------------------------
+
+
+@pytest.fixture
+def built(tiny_model, data_dir):
+    """Random SAEs for layers 0 and 1 with their dashboards built (tall pages)."""
+    from conftest import TINY_TEXT, random_sae
+
+    from sae.analysis.dashboards import DashboardSpec, build_dashboards
+
+    saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
+    docs = [TINY_TEXT[i : i + 400] for i in range(0, 4000, 400)]
+    spec = DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
+    for layer, sae in saes.items():
+        build_dashboards(tiny_model, sae, layer, spec, docs=docs)
+    return saes
+
+
+async def test_new_dashboard_starts_at_the_top_and_a_closed_trace_leaves_the_status(tiny_model, built):
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+    from workbench_pilot import type_prompt
+
+    app = WorkbenchApp(Engine.from_objects(tiny_model, built, "random"), start_layer=0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        app.show_feature(0, 3)
+        await pilot.pause()
+        fs = app.screen
+        await settle(pilot, lambda: fs.view is not None and fs.view.feature == 3)
+        scroll = fs.query_one("#dashboard-scroll")
+        await pilot.pause(0.2)
+        assert scroll.max_scroll_y > 5
+        scroll.scroll_to(y=scroll.max_scroll_y, animate=False)
+        await pilot.pause(0.2)
+        assert scroll.scroll_y > 0
+        await pilot.press("right_square_bracket")
+        await settle(pilot, lambda: fs.view.feature == 4)
+        await pilot.pause(0.2)
+        assert scroll.scroll_y == 0
+        await pilot.press("t")
+        await settle(pilot, lambda: fs.trace is not None)
+        status = fs.query_one("#feature-status")
+        assert status.message.startswith("trace of L0 F4")
+        await pilot.press("escape")  # closes the trace
+        await pilot.pause()
+        assert "trace" not in status.message and status.message.startswith("L0 feature 4")
+        # while a trace runs, a dashboard build's progress does not hide that it is tracing
+        fs.tracing = "tracing L0 F4 ..."
+        fs.say("building dashboards of layer 0")
+        assert "tracing L0 F4" in status.message and "building" in status.message

@@ -118,6 +118,7 @@ class FeatureScreen(WorkbenchScreen):
         self.trace: TraceView | None = None
         self.job: Any = None
         self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
+        self.tracing = ""  # while a trace runs: what the status line says about it (nothing may overwrite it)
         self._trace_on_mount = False
 
     def compose(self) -> ComposeResult:
@@ -163,13 +164,25 @@ class FeatureScreen(WorkbenchScreen):
             status.error(one_line(exc))
             return
         self.view = view
-        if view.built:
-            status.say(f"L{layer} feature {feature}")
-        elif self.engine.building_dashboards(layer):
-            status.say(f"L{layer} feature {feature} · dashboards being built (job line below); the page fills in when done")
-        else:
-            status.say(f"L{layer} feature {feature} · dashboards not built (b builds)")
+        self.say(self.dashboard_status())
         self.query_one("#dashboard", Static).update(dashboard_renderable(view))
+        self.query_one("#dashboard-scroll", VerticalScroll).scroll_home(animate=False)  # a new page starts at its top
+
+    def dashboard_status(self) -> str:
+        view = self.view
+        if view is None:
+            return ""
+        layer, feature = view.layer, view.feature
+        if view.built:
+            return f"L{layer} feature {feature}"
+        if self.engine.building_dashboards(layer):
+            return f"L{layer} feature {feature} · dashboards being built (job line below); the page fills in when done"
+        return f"L{layer} feature {feature} · dashboards not built (b builds)"
+
+    def say(self, message: str) -> None:
+        """The status line; while a trace runs it keeps saying so after `message`."""
+        status = self.query_one("#feature-status", StatusLine)
+        status.say(f"{message} · {self.tracing}" if self.tracing and message else message or self.tracing)
 
     # ---- actions --------------------------------------------------------------------------------------
 
@@ -207,6 +220,7 @@ class FeatureScreen(WorkbenchScreen):
         if tree and not tree.first().has_class("hidden"):
             tree.first().add_class("hidden")
             self.trace = None
+            self.say(self.dashboard_status())  # not the closed trace's line
             return True
         return False
 
@@ -241,14 +255,17 @@ class FeatureScreen(WorkbenchScreen):
 
     async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
         status = self.query_one("#feature-status", StatusLine)
-        status.say("tracing ..." if pos is None else f"tracing at position {pos} ...")
+        self.tracing = f"tracing L{layer} F{feature}" + ("" if pos is None else f" at position {pos}") + " ..."
+        status.say(self.tracing)
         try:
             tr = await self.engine.trace(prompt, layer, feature, pos=pos, depth=1)
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001
+            self.tracing = ""
             status.error(one_line(exc))
             return
+        self.tracing = ""
         self.trace = tr
         tree = self.query_one("#trace-tree", Tree)
         tree.clear()
@@ -296,7 +313,7 @@ class FeatureScreen(WorkbenchScreen):
             status = f"building dashboards of {p.stage}" if p.stage else "building dashboards"
             if p.total > 0:
                 status += f" {p.done / 1e3:,.0f}k/{p.total / 1e3:,.0f}k {p.unit} ({p.fraction:.0%})"
-            self.query_one("#feature-status", StatusLine).say(status)
+            self.say(status)
 
     def on_job_failed(self, m: JobFailed) -> None:
         if m.kind == "dashboards":

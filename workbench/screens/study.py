@@ -136,6 +136,7 @@ class StudyScreen(WorkbenchScreen):
             return
         self.view = view
         self.query_one("#study-dashboard", Static).update(dashboard_renderable(view))
+        self.query_one("#study-dashboard-scroll", VerticalScroll).scroll_home(animate=False)  # each page from its top
 
     def families(self) -> list[str]:
         return self.engine.label_store().families()
