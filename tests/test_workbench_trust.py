@@ -370,3 +370,39 @@ async def test_new_dashboard_starts_at_the_top_and_a_closed_trace_leaves_the_sta
         fs.tracing = "tracing L0 F4 ..."
         fs.say("building dashboards of layer 0")
         assert "tracing L0 F4" in status.message and "building" in status.message
+
+
+# ---- 11. heads are named L0H2 everywhere; DFA bars have a scale ----------------------------------------------------
+
+
+def test_small_values_draw_small_bars_against_a_given_scale():
+    from workbench.widgets.bars import signed_bars
+
+    line = str(signed_bars(["L0H0"], [0.09], width=20, scale=3.0))
+    assert "█" not in line and "+0.090" in line  # 0.09 of 3.0 is under a cell, not a full bar
+    assert "██████████" in str(signed_bars(["L0H0"], [0.09], width=20))  # no scale: the largest value fills
+
+
+async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app):
+    from workbench_pilot import type_prompt
+
+    from sae.cli import induction as cli_induction
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        await settle(pilot, lambda: app.screen.detail is not None)
+        await pilot.pause(0.2)
+        bars = app.screen.query_one("#head-bars")
+        assert bars.labels == [f"L1H{h}" for h in range(4)]
+        assert bars.scale_line.startswith("full bar = ")
+        peak = app.screen.feature_peak(app.screen.detail.feature)
+        assert f"{max(peak, max(abs(v) for v in bars.values)):.3f}" in bars.scale_line
+        await pilot.press("t")
+        await settle(pilot, lambda: app.current_mode == "feature" and app.screen.trace is not None)
+        heads = [c.label for c in app.screen.trace.root.children if c.kind == "head"]
+        assert heads and all(h.startswith("head L1H") for h in heads)
+    r = {"model": "m", "n_per_length": 1, "seq_len": 4, "prefix_lengths": [1], "seed": 0, "rule": "r",
+         "heads": [{"layer": 0, "head": 2, "kind": "short-prefix", "scores": {"1": 0.5}, "dla": {"1": 0.0}}]}
+    head, tables = cli_induction.tables(r)
+    assert tables[0][2][0][0] == "L0H2" and "L0H2 (short-prefix)" in head

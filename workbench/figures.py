@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from workbench.engine import head_name
 from workbench.findings import ExportError, Finding, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
@@ -81,7 +82,7 @@ def finding_figures(f: Finding) -> list[tuple[str, str, RenderableType]]:
                                                              d.get("pos"), hm.get("column"))))
     if d.get("dfa_heads"):
         layer = f.layer if f.layer is not None else "?"
-        labels = [f"{layer}.{h}" for h in range(len(d["dfa_heads"]))]
+        labels = [head_name(layer, h) for h in range(len(d["dfa_heads"]))]
         out.append(("dfa-heads", "DFA by head", bars_renderable(
             f"DFA by head (bias {d.get('dfa_bias', 0.0):+.3f})", labels, list(d["dfa_heads"]))))
     if d.get("dfa_src") and isinstance(hm, dict) and hm.get("tokens"):
@@ -91,7 +92,7 @@ def finding_figures(f: Finding) -> list[tuple[str, str, RenderableType]]:
         out.append(("dfa-sources", "DFA by source token", bars_renderable("DFA by source token", labels, [src[s] for s in top])))
     if d.get("head_shares"):
         layer = f.layer if f.layer is not None else "?"
-        labels = [f"{layer}.{h}" for h in range(len(d["head_shares"]))]
+        labels = [head_name(layer, h) for h in range(len(d["head_shares"]))]
         out.append(("head-shares", "head shares of the decoder norm",
                     bars_renderable("Head shares of the decoder norm", labels, list(d["head_shares"]))))
     bars = d.get("bars")

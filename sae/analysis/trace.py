@@ -30,6 +30,7 @@ from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, pr
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
 from sae.engine.errors import AttnscopeError
+from sae.engine.names import head_name
 
 APPROXIMATION = (
     "Attention patterns and LayerNorm scales are frozen at their values on this prompt; with them fixed, each "
@@ -199,11 +200,11 @@ def feature_children(ctx: TraceContext, layer: int, feature: int, pos: int, coef
     nodes = []
     for h in range(per.shape[0]):
         sources = [
-            TraceNode(kind="head_source", label=f"head {layer}.{h} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
+            TraceNode(kind="head_source", label=f"{head_name(layer, h)} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
                       layer=layer, head=h, pos=pos, src=s, feature=feature)
             for s in range(pos + 1)
         ]
-        nodes.append(TraceNode(kind="head", label=f"head {layer}.{h}", value=float(per[h].sum()), layer=layer, head=h,
+        nodes.append(TraceNode(kind="head", label=f"head {head_name(layer, h)}", value=float(per[h].sum()), layer=layer, head=h,
                                pos=pos, feature=feature, children=sources))
     bias = float(sae.encoder_bias_total[feature]) * coeff
     nodes.append(TraceNode(kind="enc_bias", label=f"L{layer} SAE encoder bias", value=bias, layer=layer, feature=feature))

@@ -7,6 +7,7 @@ import math
 
 
 from sae.cli.common import UsageError, open_model, job_progress, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
+from sae.engine.names import head_name
 
 
 def register(subparsers) -> None:
@@ -132,7 +133,7 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
                 for s in r["splices"]]
         return head, [("SAEs spliced into hook_z", ["layers", "error term", "logit diff", "recovered", "max |change|"], rows)]
     if exp == "heads":
-        rows = [[f"{h['layer']}.{h['head']}", _f(h["zero_delta"]), _f(h["mean_delta"])] for h in r["heads"]]
+        rows = [[head_name(h["layer"], h["head"]), _f(h["zero_delta"]), _f(h["mean_delta"])] for h in r["heads"]]
         return head, [(f"heads {r['ranking']}", ["head", "zero-ablation change", "mean-ablation change"], rows)]
     if exp == "features":
         e = r["error_term"]

@@ -6,6 +6,7 @@ the workbench draws their results and never computes science itself.
 """
 
 from sae.engine.errors import AttnscopeError
+from sae.engine.names import head_name
 from workbench.engine.core import Engine, existing_run, free_run_dir, sae_dir_candidates
 from workbench.engine.views import (
     CellDetail,
@@ -31,5 +32,5 @@ __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
     "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates", "existing_run", "free_run_dir", "FormField", "train_form_fields",
+    "one_line", "sae_dir_candidates", "existing_run", "free_run_dir", "head_name", "FormField", "train_form_fields",
 ]

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import ExperimentView, one_line
+from workbench.engine import ExperimentView, head_name, one_line
 from workbench.findings import Finding, md_bars, md_table
 from workbench.messages import JobFinished
 from workbench.screens.base import NavBar, StatusLine
@@ -77,10 +77,10 @@ class InductionScreen(JobScreen):
         table.add_columns("head", *[f"prefix {k}" for k in lengths], "kind")
         for h in sorted(res.heads, key=lambda h: (h.kind == "not induction", -max(h.scores.values(), default=0))):
             style = "bold green" if h.kind == "long-prefix" else "bold cyan" if h.kind == "short-prefix" else "dim"
-            table.add_row(f"{h.layer}.{h.head}", *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style))
+            table.add_row(head_name(h.layer, h.head), *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style))
         found = res.induction_heads()
         self.query_one(StatusLine).say(
-            f"{len(found)} induction head(s): " + ", ".join(f"{h.layer}.{h.head} ({h.kind})" for h in found[:6])
+            f"{len(found)} induction head(s): " + ", ".join(f"{head_name(h.layer, h.head)} ({h.kind})" for h in found[:6])
             if found else "no induction heads found"
         )
         self.query_one("#ind-rule", Static).update(Text(
@@ -92,12 +92,12 @@ class InductionScreen(JobScreen):
             return None
         res = self.result
         lengths = [str(p) for p in res.prefix_lengths]
-        rows = [[f"{h.layer}.{h.head}", *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
+        rows = [[head_name(h.layer, h.head), *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
         body = md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
         info = self.engine.info
         best = sorted(res.heads, key=lambda h: -max(h.scores.values(), default=0))[:12]
         bars = {"title": f"induction score at prefix {lengths[-1]}" if lengths else "induction score",
-                "labels": [f"{h.layer}.{h.head}" for h in best],
+                "labels": [head_name(h.layer, h.head) for h in best],
                 "values": [h.scores[lengths[-1]] if lengths else 0.0 for h in best]}
         return Finding(kind="experiment", title="induction heads by prefix length", body=body,
                        model=info.model if info else "", data={**res.to_dict(), "bars": bars})
@@ -145,13 +145,8 @@ def no_effect_reason(layer: int, n_layers: int) -> str:
             "there are none (every delta is 0); choose an earlier layer")
 
 
-def head_name(layer: Any, head: Any) -> str:
-    """The paper's head notation: layer.head, e.g. 1.3."""
-    return f"{layer}.{head}"
-
-
 def display_records(records: list[dict[str, Any]], clean: float | None) -> list[dict[str, Any]]:
-    """Rows as shown: `layer` and `head` joined into one `head` column (L.H); zero_delta also as % of clean."""
+    """Rows as shown: `layer` and `head` joined into one `head` column (L0H2); zero_delta also as % of clean."""
     out = []
     for r in records:
         row: dict[str, Any] = {}

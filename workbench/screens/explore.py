@@ -12,7 +12,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
-from workbench.engine import AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, one_line
+from workbench.engine import (
+    AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, head_name, one_line,
+)
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -183,9 +185,19 @@ class ExploreScreen(WorkbenchScreen):
         title.append(f"act {detail.act:.3f}  pre {detail.pre_act:+.3f}  bias {detail.dfa_bias:+.3f}", style="dim")
         self.query_one("#cell-title", Static).update(title)
         n = len(detail.dfa_heads)
-        self.query_one("#head-bars", HeadBars).show([f"{layer}.{h}" for h in range(n)], detail.dfa_heads)
+        # one scale per feature: its peak on this prompt, so a cell where it barely fires draws short bars
+        peak = self.feature_peak(feature)
+        self.query_one("#head-bars", HeadBars).show([head_name(layer, h) for h in range(n)], detail.dfa_heads,
+                                                    scale=peak, scale_name="the feature's peak act on this prompt")
         self.query_one("#source-strip", SourceStrip).show(tokens, detail.dfa_src, upto=pos)
         self.run_worker(self._summary(layer, feature), group="summary", exclusive=True)
+
+    def feature_peak(self, feature: int) -> float | None:
+        """The feature's largest activation on the prompt (from the heatmap), or None when it is not a column."""
+        res = self.result
+        if res is None or res.values is None or feature not in res.columns:
+            return None
+        return float(max(row[res.columns.index(feature)] for row in res.values))
 
     async def _summary(self, layer: int, feature: int) -> None:
         box = self.query_one("#feature-summary", Static)
@@ -285,7 +297,7 @@ class ExploreScreen(WorkbenchScreen):
             return None
         d, r = self.detail, self.result
         tokens = r.tokens
-        heads = [f"{r.layer}.{h}" for h in range(len(d.dfa_heads))]
+        heads = [head_name(r.layer, h) for h in range(len(d.dfa_heads))]
         body = [
             f"Feature {d.feature} at token {d.pos} of the prompt: act {d.act:.4g}, pre-activation {d.pre_act:.4g}.",
             "",

@@ -12,7 +12,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
-from workbench.engine import DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, one_line
+from workbench.engine import (
+    DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, head_name, one_line,
+)
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
@@ -42,7 +44,8 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares, width=20, label_width=5))
+        parts.append(signed_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares, width=20,
+                                 label_width=5))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
@@ -334,7 +337,7 @@ class FeatureScreen(WorkbenchScreen):
                 [a[0], a[1], b[0], b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
             ]), ""]
         if d.head_shares:
-            body += ["Head shares of the decoder norm:", "", md_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares)]
+            body += ["Head shares of the decoder norm:", "", md_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
         return Finding(kind="feature", title=f"L{d.layer} feature {d.feature}" + (f": {d.label}" if d.label else ""),
                        body="\n".join(body), model=info.model if info else "", saes=info.saes if info else "",

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, one_line
+from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, head_name, one_line
 from workbench.findings import Finding, md_table
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 
@@ -129,7 +129,7 @@ class HeadsScreen(WorkbenchScreen):
 
     def show_head(self, h: HeadView) -> None:
         self.head = h
-        t = Table(box=None, expand=True, pad_edge=False, title=f"head {h.layer}.{h.head}: {h.verdict}",
+        t = Table(box=None, expand=True, pad_edge=False, title=f"head {head_name(h.layer, h.head)}: {h.verdict}",
                   title_style="bold", title_justify="left")
         t.add_column("feature", justify="right")
         t.add_column("share", justify="right")
@@ -156,8 +156,8 @@ class HeadsScreen(WorkbenchScreen):
         if self.survey and self.survey.rule:
             body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info
-        return Finding(kind="head", title=f"head {h.layer}.{h.head}: {h.verdict}", body=body,
+        return Finding(kind="head", title=f"head {head_name(h.layer, h.head)}: {h.verdict}", body=body,
                        model=info.model if info else "", saes=info.saes if info else "", layer=h.layer,
-                       data={**h.to_dict(), "bars": {"title": f"head {h.layer}.{h.head}: top features' share of its decoder norm",
+                       data={**h.to_dict(), "bars": {"title": f"head {head_name(h.layer, h.head)}: top features' share of its decoder norm",
                                                      "labels": [f"F{f.id} {f.family}"[:24] for f in h.features[:10]],
                                                      "values": [f.share for f in h.features[:10]]}})
