@@ -406,3 +406,36 @@ async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app)
          "heads": [{"layer": 0, "head": 2, "kind": "short-prefix", "scores": {"1": 0.5}, "dla": {"1": 0.0}}]}
     head, tables = cli_induction.tables(r)
     assert tables[0][2][0][0] == "L0H2" and "L0H2 (short-prefix)" in head
+
+
+# ---- 12. the workbench's quick experiment runs say so, with the CLI command for the full one ----------------------
+
+
+def _cli_default(command: str, flag: str) -> int:
+    import argparse
+
+    from sae.cli import induction, ioi
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    {"induction": induction, "ioi": ioi}[command].register(sub)
+    return sub.choices[command].get_default(flag)
+
+
+async def test_quick_experiment_runs_say_so_and_give_the_full_cli_command(app):
+    from workbench.screens.experiments import ioi_quick_note
+
+    n_ind, n_ioi = _cli_default("induction", "n"), _cli_default("ioi", "n")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("4")
+        await pilot.pause()
+        n = int(app.screen.query_one("#ind-n").value)
+        note = str(app.screen.query_one("#ind-rule").render())
+        assert n < n_ind and "quick run" in note and f"attnscope induction --n {n_ind}" in note
+        await pilot.press("5")
+        await pilot.pause()
+        n = int(app.screen.query_one("#ioi-n").value)
+        note = str(app.screen.query_one("#ioi-note").render())
+        assert n < n_ioi and "quick run" in note and f"attnscope ioi -e heads --n {n_ioi}" in note
+    assert "quick" not in ioi_quick_note("clean", n_ioi, None)

@@ -11,7 +11,7 @@ from sae.engine.names import head_name
 
 
 def register(subparsers) -> None:
-    from sae.experiments.ioi_data import EXPERIMENTS
+    from sae.experiments.ioi_data import EXPERIMENTS, N_PROMPTS
 
     p = subparsers.add_parser(
         "ioi",
@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()),
     )
     p.add_argument("--experiment", "-e", default="clean", help=f"one of {', '.join(EXPERIMENTS)} (default clean)")
-    p.add_argument("--n", type=int, default=100, help="number of prompts, ABBA and BABA alternating (default 100)")
+    p.add_argument("--n", type=int, default=N_PROMPTS, help=f"number of prompts, ABBA and BABA alternating (default {N_PROMPTS})")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
     p.add_argument("--split", default="all", help="all (every template and name pair, the default, as in the paper), heldout (templates and name pairs unseen by the embedded default's training) or train")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS (for models trained without it)")

@@ -59,6 +59,17 @@ def existing_run(out_dir: str | Path) -> str:
     return " and ".join(parts)
 
 
+QUICK_RUNS = {"induction": 32, "ioi": 24}  # the workbench's quick sizes (sequences per prefix length, prompts)
+
+
+def full_run_sizes() -> dict[str, int]:
+    """The CLI's (and the paper's) sizes of the experiments the workbench runs quick: {"induction": 400, "ioi": 100}."""
+    from sae.experiments.induction import N_SEQUENCES
+    from sae.experiments.ioi_data import N_PROMPTS
+
+    return {"induction": N_SEQUENCES, "ioi": N_PROMPTS}
+
+
 def missing_local_dir(spec: str) -> str:
     """A one-line error when `spec` is meant as a local path (it starts with / . ~, or its first part is a folder
     here) and does not exist, naming what its parent holds; "" otherwise (a release name or a hub repo)."""
@@ -329,7 +340,8 @@ class Engine:
         return self.start_job("induction", job, post, label="induction experiment", key="induction")
 
     def run_ioi(self, experiment: str, n: int, layer: int | None, post: Post, seed: int = 0) -> JobHandle:
-        """One IOI experiment (sae.experiments.ioi) on a fresh held-out dataset; the result is an `ExperimentView`."""
+        """One IOI experiment (sae.experiments.ioi) on a fresh dataset (split "all", as the CLI); the result is an
+        `ExperimentView`."""
 
         def job(rep: Reporter) -> Any:
             from sae.experiments import ioi

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import ExperimentView, head_name, one_line
+from workbench.engine import QUICK_RUNS, ExperimentView, full_run_sizes, head_name, one_line
 from workbench.findings import Finding, md_bars, md_table
 from workbench.messages import JobFinished
 from workbench.screens.base import NavBar, StatusLine
@@ -30,17 +30,30 @@ class InductionScreen(JobScreen):
     def __init__(self) -> None:
         super().__init__()
         self.result: Any = None
+        self.ran_n = QUICK_RUNS["induction"]  # N of the last run started
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
         with Horizontal(classes="controls"):
             yield Label("sequences per prefix length ")
-            yield Input("32", id="ind-n", type="integer", classes="small-input")
-        yield StatusLine("r runs the synthetic repeated-prefix experiment", id="ind-status")
+            yield Input(str(QUICK_RUNS["induction"]), id="ind-n", type="integer", classes="small-input")
+        yield StatusLine("r runs the synthetic repeated-prefix experiment (a quick run; the line below says the "
+                         "full one)", id="ind-status")
         yield ProgressBar(total=1, id="ind-progress", show_eta=True)
         yield DataTable(id="ind-table", zebra_stripes=True, cursor_type="row")
         yield Static("", id="ind-rule", classes="dim-note")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#ind-rule", Static).update(Text(self.quick_note(QUICK_RUNS["induction"]), style="dim"))
+
+    def quick_note(self, n: int) -> str:
+        """Says when N is below the CLI's default, and the command for the full run."""
+        full = full_run_sizes()["induction"]
+        if n >= full:
+            return f"N = {n} sequences per prefix length (the CLI's default is {full})"
+        return (f"quick run: N = {n} sequences per prefix length; the paper's and the CLI's full run uses {full}: "
+                f"attnscope induction --n {full}")
 
     def help_about(self) -> str:
         return "Repeated random-token sequences; a head's score is its attention from the repeat to the token after the first occurrence."
@@ -63,6 +76,7 @@ class InductionScreen(JobScreen):
             status.error(one_line(exc))
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
+        self.ran_n = int(text)
         self.started(job, f"running the induction experiment on {text} sequences per prefix length ...")
 
     def on_job_finished(self, m: JobFinished) -> None:
@@ -84,7 +98,7 @@ class InductionScreen(JobScreen):
             if found else "no induction heads found"
         )
         self.query_one("#ind-rule", Static).update(Text(
-            "prefix N: the head's induction score on repeats of an N-token random prefix (its attention from each "
+            self.quick_note(self.ran_n) + "\n" + "prefix N: the head's induction score on repeats of an N-token random prefix (its attention from each "
             "token of the second copy to the token after it in the first copy). " + res.rule, style="dim"))
 
     def current_finding(self) -> Finding | None:
@@ -120,6 +134,15 @@ IOI_TERMS = {
                "names: other names (ABB->CDD); abs_pos: a sentence prepended; rel_pos: a clause after the name "
                "pair; alongside: 'and' -> 'alongside'; names_abs: both",
 }
+
+
+def ioi_quick_note(experiment: str, n: int, layer: int | None) -> str:
+    """Says when N is below the CLI's default, and the command for the full run (same experiment and layer)."""
+    full = full_run_sizes()["ioi"]
+    if n >= full:
+        return f"N = {n} prompts (the CLI's default is {full})"
+    cmd = f"attnscope ioi -e {experiment} --n {full}" + (f" --layer {layer}" if layer is not None else "")
+    return f"quick run: N = {n} prompts; the paper's and the CLI's full run uses {full}: {cmd}"
 
 
 def default_ioi_layer(sae_layers: list[int], n_layers: int) -> tuple[int | None, str]:
@@ -186,7 +209,7 @@ class IOIScreen(JobScreen):
             yield Label(" layer ")
             yield Input("", id="ioi-layer", placeholder="L", classes="small-input")
             yield Label(" N ")
-            yield Input("24", id="ioi-n", type="integer", classes="small-input")
+            yield Input(str(QUICK_RUNS["ioi"]), id="ioi-n", type="integer", classes="small-input")
         yield StatusLine("r runs the chosen experiment; x cancels", id="ioi-status")
         yield ProgressBar(total=1, id="ioi-progress", show_eta=True)
         with Horizontal(id="ioi-body"):
@@ -204,7 +227,7 @@ class IOIScreen(JobScreen):
         if info is not None and info.sae_layers:
             layer, why = default_ioi_layer(list(info.sae_layers), info.n_layers)
             self.query_one("#ioi-layer", Input).value = str(layer)
-            self.query_one("#ioi-note", Static).update(why)
+            self.query_one("#ioi-note", Static).update(why + "\n" + ioi_quick_note("heads", QUICK_RUNS["ioi"], None))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "ioi-layer":
@@ -262,6 +285,7 @@ class IOIScreen(JobScreen):
         why = no_effect_reason(view.layer, self.engine.info.n_layers) if view.layer is not None and self.engine.info else ""
         if why and view.experiment in ("features", "path"):
             note = why + "\n" + note
+        note = ioi_quick_note(view.experiment, view.n_prompts, view.layer) + "\n" + note
         self.query_one("#ioi-note", Static).update(note)
 
     def draw_table(self) -> None:
