@@ -439,3 +439,51 @@ async def test_quick_experiment_runs_say_so_and_give_the_full_cli_command(app):
         note = str(app.screen.query_one("#ioi-note").render())
         assert n < n_ioi and "quick run" in note and f"attnscope ioi -e heads --n {n_ioi}" in note
     assert "quick" not in ioi_quick_note("clean", n_ioi, None)
+
+
+# ---- 13. IOI: every bar reads differently, terms explained, accuracy a share, the layer box only where it counts ---
+
+
+def test_ioi_bars_are_distinct_and_noising_shows_its_results():
+    from workbench.engine.views import experiment_view
+    from workbench.screens.experiments import bar_label, format_cell, references_line, unique_labels
+
+    path = [{"feature": 443, "heads": "L2H0,L2H1,L2H2,L2H3", "delta": -0.01},
+            {"feature": 443, "heads": "L2H1", "delta": -0.01}, {"feature": 169, "heads": "L2H1", "delta": 0.0}]
+    splice = [{"layers": "all", "error_term": False, "recovered": 0.85}, {"layers": "all", "error_term": True},
+              {"layers": "0", "error_term": False}]
+    noising = [{"corruption": "names", "layers": "0"}, {"corruption": "names_abs", "layers": "0"},
+               {"corruption": "names", "layers": "0,1"}]
+    for rows in (path, splice, noising):
+        labels = unique_labels([bar_label(r) for r in rows])
+        assert len(set(labels)) == len(labels), labels
+    assert unique_labels(["F1", "F1"]) == ["F1", "F1 #2"]
+    assert format_cell("accuracy", 1.0) == "100%"
+    out = {"experiment": "noising", "n_prompts": 8, "clean_logit_diff": 8.0,
+           "references": [{"reference": "clean", "logit_diff": 8.0, "fraction": 1.0},
+                          {"reference": "S2-only", "logit_diff": 4.0, "fraction": 0.5}],
+           "results": [{"corruption": "names", "layers": "0", "logit_diff": 7.0, "recovered": 0.875}]}
+    v = experiment_view(out, "noising", 8)
+    assert list(v.records[0]) == ["corruption", "layers", "logit_diff", "recovered"]
+    line = references_line(out["references"])
+    assert "S2-only +4.00 (50%)" in line and "only S2 replaced by a third name" in line
+    assert "accuracy 100%" in experiment_view({"experiment": "clean", "accuracy": 1.0, "clean_logit_diff": 1.0,
+                                               "by_order": [{"order": "ABBA", "accuracy": 1.0}]}, "clean", 8).summary
+
+
+async def test_ioi_layer_box_only_for_the_experiments_that_read_it(app):
+    from textual.widgets import Select
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("5")
+        await pilot.pause()
+        ioi = app.screen
+        assert not ioi.query_one("#ioi-layer").display  # heads ignores it
+        ioi.query_one("#ioi-exp", Select).value = "features"
+        await pilot.pause()
+        assert ioi.query_one("#ioi-layer").display
+        ioi.query_one("#ioi-exp", Select).value = "noising"
+        await pilot.pause()
+        assert not ioi.query_one("#ioi-layer").display

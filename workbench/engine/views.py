@@ -299,13 +299,15 @@ def flat_record(r: dict[str, Any]) -> dict[str, Any]:
 def experiment_view(out: dict[str, Any], experiment: str, n: int) -> ExperimentView:
     """sae.experiments.ioi.run_experiment's result -> a table: its first list of records, flattened."""
     lists = [k for k, v in out.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+    lists.sort(key=lambda k: k != "results")  # noising: its results, not the reference rows listed before them
     records = tuple(flat_record(r) for r in out[lists[0]]) if lists else ()
     scalars = {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     summary = (f"{out.get('experiment', experiment)} · {out.get('n_prompts', n)} prompts · clean logit diff "
                f"{out.get('clean_logit_diff', float('nan')):+.3f}")
-    for k in ("accuracy", "layer"):
-        if k in scalars:
-            summary += f" · {k} {scalars[k]:.3g}" if isinstance(scalars[k], float) else f" · {k} {scalars[k]}"
+    if "accuracy" in scalars:
+        summary += f" · accuracy {scalars['accuracy']:.0%}"
+    if "layer" in scalars:
+        summary += f" · layer {scalars['layer']}"
     numeric = [k for k, v in (records[0].items() if records else []) if isinstance(v, float)]
     fields = {k: v for k, v in out.items() if not isinstance(v, list)}
     layer = out.get("layer")

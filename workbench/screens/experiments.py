@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -127,10 +128,12 @@ IOI_TERMS = {
     "heads": "zero_delta: change in logit diff when the head's z is zeroed; % clean: that change as a share of the "
              "clean logit diff; mean_delta: the same with the head's mean z",
     "features": "delta: mean change in logit diff when the feature is zero-ablated at S2 only (ABBA / BABA: per "
-                "name order); n_active: prompts where it fires at S2",
+                "name order); n_active: prompts where it fires at S2; mean_act: its mean activation at S2 on those "
+                "prompts",
     "path": "delta: change in logit diff when the feature's direction is removed from the value input of the "
-            "later heads listed, at S2",
-    "noising": "recovered: logit diff after the attention output at S2 is taken from a corrupted prompt / clean. "
+            "later heads listed, at S2 (a bar: F<id> via one head, or via all the later heads)",
+    "noising": "recovered: logit diff after the attention output at S2 (of the layers listed) is taken from a "
+               "corrupted prompt, as a share of the clean logit diff. "
                "names: other names (ABB->CDD); abs_pos: a sentence prepended; rel_pos: a clause after the name "
                "pair; alongside: 'and' -> 'alongside'; names_abs: both",
 }
@@ -143,6 +146,20 @@ def ioi_quick_note(experiment: str, n: int, layer: int | None) -> str:
         return f"N = {n} prompts (the CLI's default is {full})"
     cmd = f"attnscope ioi -e {experiment} --n {full}" + (f" --layer {layer}" if layer is not None else "")
     return f"quick run: N = {n} prompts; the paper's and the CLI's full run uses {full}: {cmd}"
+
+
+IOI_USES_LAYER = {"features", "path"}  # the experiments that read the layer box (the SAE layer at S2)
+NOISING_REFERENCES = {"S2-only": "S2-only: the clean prompts with only S2 replaced by a third name"}
+
+
+def references_line(refs: list[dict[str, Any]]) -> str:
+    """Noising's reference logit diffs in one line, as shares of clean ('recovered', as the table)."""
+    parts = []
+    for r in refs:
+        name = str(r.get("reference", "?")).removeprefix("corrupted (").removesuffix(")")
+        parts.append(f"{name} {float(r.get('logit_diff', 0.0)):+.2f} ({float(r.get('fraction', 0.0)):.0%})")
+    return ("references, logit diff (recovered): " + ", ".join(parts) + ". " + " ".join(NOISING_REFERENCES.values())
+            + "; the others: each corrupted prompt itself")
 
 
 def default_ioi_layer(sae_layers: list[int], n_layers: int) -> tuple[int | None, str]:
@@ -206,7 +223,7 @@ class IOIScreen(JobScreen):
         yield NavBar(self.MODE)
         with Horizontal(classes="controls"):
             yield Select([(e, e) for e in IOI_EXPERIMENTS], value="heads", allow_blank=False, id="ioi-exp")
-            yield Label(" layer ")
+            yield Label(" layer ", id="ioi-layer-label")
             yield Input("", id="ioi-layer", placeholder="L", classes="small-input")
             yield Label(" N ")
             yield Input(str(QUICK_RUNS["ioi"]), id="ioi-n", type="integer", classes="small-input")
@@ -228,6 +245,17 @@ class IOIScreen(JobScreen):
             layer, why = default_ioi_layer(list(info.sae_layers), info.n_layers)
             self.query_one("#ioi-layer", Input).value = str(layer)
             self.query_one("#ioi-note", Static).update(why + "\n" + ioi_quick_note("heads", QUICK_RUNS["ioi"], None))
+        self.show_layer_box("heads")
+
+    @on(Select.Changed, "#ioi-exp")
+    def experiment_changed(self, event: Select.Changed) -> None:
+        self.show_layer_box(str(event.value))
+
+    def show_layer_box(self, experiment: str) -> None:
+        """The layer box only for the experiments that read it (features, path)."""
+        used = experiment in IOI_USES_LAYER
+        for w in (self.query_one("#ioi-layer", Input), self.query_one("#ioi-layer-label", Label)):
+            w.display = used
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "ioi-layer":
@@ -285,6 +313,8 @@ class IOIScreen(JobScreen):
         why = no_effect_reason(view.layer, self.engine.info.n_layers) if view.layer is not None and self.engine.info else ""
         if why and view.experiment in ("features", "path"):
             note = why + "\n" + note
+        if view.experiment == "noising" and isinstance(view.raw.get("references"), list):
+            note = note + "\n" + references_line(view.raw["references"])
         note = ioi_quick_note(view.experiment, view.n_prompts, view.layer) + "\n" + note
         self.query_one("#ioi-note", Static).update(note)
 
@@ -304,11 +334,11 @@ class IOIScreen(JobScreen):
         bar_key = self.sort_key or next((c for c in cols if isinstance(recs[0].get(c), float)), None)
         if bar_key:
             top = recs[:12]
-            labels = [bar_label(r) for r in top]
+            labels = unique_labels([bar_label(r) for r in top])
             self.query_one("#ioi-bars", Static).update(
                 Text(f"{bar_key}\n", style="bold")
                 + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16,
-                              label_width=min(12, max(len(x) for x in labels) + 1))
+                              label_width=max(len(x) for x in labels) + 1)  # whole labels: never cut to look alike
             )
 
     def bars_data(self) -> dict[str, Any]:
@@ -317,7 +347,7 @@ class IOIScreen(JobScreen):
             return {}
         top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=self.sort_desc)[:12]
         return {"title": f"IOI {self.result.experiment if self.result else ''}: {self.sort_key}",
-                "labels": [bar_label(r) for r in top], "values": [_num(r[self.sort_key]) for r in top]}
+                "labels": unique_labels([bar_label(r) for r in top]), "values": [_num(r[self.sort_key]) for r in top]}
 
     def action_sort(self) -> None:
         if not self.records:
@@ -343,7 +373,7 @@ class IOIScreen(JobScreen):
             body.append(md_table(cols, [list(r.values()) for r in self.records[:20]]))
             if self.sort_key:
                 top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=True)[:10]
-                body += ["", md_bars([bar_label(r) for r in top], [_num(r[self.sort_key]) for r in top])]
+                body += ["", md_bars(unique_labels([bar_label(r) for r in top]), [_num(r[self.sort_key]) for r in top])]
         info = self.engine.info
         return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
@@ -354,20 +384,40 @@ class IOIScreen(JobScreen):
 def format_cell(key: str, v: Any) -> str:
     if key == "% clean" and isinstance(v, float):
         return f"{v:+.0%}"
+    if key == "accuracy" and isinstance(v, float):
+        return f"{v:.0%}"  # a share: no sign
     return f"{v:+.4f}" if isinstance(v, float) else str(v)
 
 
 def bar_label(r: dict[str, Any]) -> str:
-    """What a bar is about, never fields joined with dots: a head as L.H, a feature as F<id>, else the first
-    field ('names', 'all')."""
-    if "head" in r and isinstance(r["head"], str) and "." in r["head"] and "feature" not in r:
+    """What a bar is about, never fields joined with dots: a head as L0H2, a feature as F<id> (with the heads a
+    path runs through: one head, or 'all' later heads), a splice's layers (+err with the error term), a noising
+    corruption with its layers, else the first field."""
+    if "head" in r and isinstance(r["head"], str) and "feature" not in r:
         return r["head"]
     if "feature" in r:
-        return f"F{r['feature']}"
-    for k in ("corruption", "layers"):
-        if k in r:
-            return f"{r[k]} L{r['layers']}" if k == "corruption" and "layers" in r else str(r[k])
+        heads = str(r.get("heads", ""))
+        if not heads:
+            return f"F{r['feature']}"
+        return f"F{r['feature']} " + ("all" if "," in heads else heads)
+    if "corruption" in r:
+        return f"{r['corruption']} L{r['layers']}" if "layers" in r else str(r["corruption"])
+    if "layers" in r:
+        layers = str(r["layers"])
+        return (layers if layers == "all" else f"L{layers}") + (" +err" if r.get("error_term") is True else "")
+    if "reference" in r:
+        return str(r["reference"]).removeprefix("corrupted (").removesuffix(")")
     return str(next(iter(r.values())))
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """Labels made distinct: a repeated one gets #2, #3 (no two bars may read the same)."""
+    seen: dict[str, int] = {}
+    out = []
+    for x in labels:
+        seen[x] = seen.get(x, 0) + 1
+        out.append(x if seen[x] == 1 else f"{x} #{seen[x]}")
+    return out
 
 
 def _num(v: Any) -> float:
