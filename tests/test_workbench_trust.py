@@ -487,3 +487,56 @@ async def test_ioi_layer_box_only_for_the_experiments_that_read_it(app):
         ioi.query_one("#ioi-exp", Select).value = "noising"
         await pilot.pause()
         assert not ioi.query_one("#ioi-layer").display
+
+
+# ---- 14. u after a relaunch resumes with the run's own settings, shown in the form ---------------------------------
+
+
+async def test_resume_after_a_relaunch_uses_the_runs_saved_settings(tiny_model, saes, tmp_path):
+    from workbench.app import WorkbenchApp
+    from workbench.engine import Engine
+    from workbench.findings import FindingsStore
+
+    run = tmp_path / "run"
+
+    def make_app():
+        return WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), findings=FindingsStore(tmp_path / "f"))
+
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("6")
+        await pilot.pause()
+        tr = app.screen
+        for wid, value in (("tr-layers", "0"), ("tr-width", "16"), ("tr-sparsity", "4"), ("tr-tokens", "300000"),
+                           ("tr-batch", "64"), ("tr-out", str(run))):
+            tr.query_one(f"#{wid}").value = value
+        app.set_focus(None)
+        await pilot.press("r")
+        await settle(pilot, lambda: tr.query_one("#spark-loss").values or tr.query_one("#train-status").is_error,
+                     timeout=60)
+        assert not tr.query_one("#train-status").is_error, tr.query_one("#train-status").message
+        await pilot.press("x")
+        await settle(pilot, lambda: not tr.job.running, timeout=60)
+    assert (run / "checkpoint.pt").exists()
+
+    app = make_app()  # relaunched: the form holds the defaults again
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("6")
+        await pilot.pause()
+        tr = app.screen
+        assert tr.query_one("#tr-tokens").value != "300000"
+        tr.query_one("#tr-out").value = str(run)
+        app.set_focus(None)
+        await pilot.press("u")
+        await settle(pilot, lambda: tr.job is not None)
+        assert tr.query_one("#tr-tokens").value == "300000" and tr.query_one("#tr-width").value == "16"
+        assert tr.query_one("#tr-sparsity").value == "4"
+        await settle(pilot, lambda: tr.last_info is not None and tr.last_info.done > 0
+                     or tr.query_one("#train-status").is_error, timeout=60)
+        assert not tr.query_one("#train-status").is_error, tr.query_one("#train-status").message
+        await pilot.press("x")
+        await settle(pilot, lambda: not tr.job.running, timeout=60)

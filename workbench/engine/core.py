@@ -70,6 +70,31 @@ def full_run_sizes() -> dict[str, int]:
     return {"induction": N_SEQUENCES, "ioi": N_PROMPTS}
 
 
+def saved_run_config(out_dir: str | Path) -> Any:
+    """The `TrainConfig` saved beside a run (`train_config.json`); EngineError when it is missing or damaged."""
+    import json
+
+    from sae.engine.training.loop import CONFIG_FILE, TrainConfig
+
+    path = Path(out_dir).expanduser() / CONFIG_FILE
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise EngineError(f"{out_dir} holds no {CONFIG_FILE}; nothing to resume") from None
+    except (OSError, ValueError, TypeError, AttnscopeError) as exc:
+        raise EngineError(f"{path} is damaged ({one_line(exc)})") from None
+
+
+def saved_run_form(out_dir: str | Path) -> dict[str, Any]:
+    """A run's saved settings as the training form's values (what `u` resumes with, shown before it starts)."""
+    cfg = saved_run_config(out_dir)
+    k = cfg.k[0] if isinstance(cfg.k, list) else cfg.k
+    return {"layers": ",".join(map(str, cfg.layers or [])), "architecture": cfg.architecture,
+            "d_sae": "" if cfg.d_sae is None else str(cfg.d_sae),
+            "sparsity": str(k) if cfg.architecture == "topk" else str(cfg.l1_coeff),
+            "total_tokens": str(cfg.total_tokens), "batch_size": str(cfg.batch_size), "corpus": cfg.corpus or "default"}
+
+
 def missing_local_dir(spec: str) -> str:
     """A one-line error when `spec` is meant as a local path (it starts with / . ~, or its first part is a folder
     here) and does not exist, naming what its parent holds; "" otherwise (a release name or a hub repo)."""
@@ -366,16 +391,20 @@ class Engine:
             from sae.zoo.token_cache import cached_token_rows
 
             model = self._need_model()
-            # everything not in the form (warm-up, dead window, resampling) is TrainConfig's default, scaled to the run
-            cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
-                                       **{"context_size": min(128, model.n_ctx), **form})
+            if resume:  # the run's own saved settings, whatever the (perhaps relaunched, reset) form shows
+                cfg = saved_run_config(out_dir)
+                run_corpus = cfg.corpus or corpus
+            else:  # everything not in the form (warm-up, dead window, resampling) is TrainConfig's default
+                cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
+                                           **{"context_size": min(128, model.n_ctx), **form})
+                run_corpus = corpus
             rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
             try:
-                rows = cached_token_rows(model, corpus, cfg.context_size, split="train", max_rows=rows_needed)
+                rows = cached_token_rows(model, run_corpus, cfg.context_size, split="train", max_rows=rows_needed)
             except OSError as exc:
                 raise EngineError(one_line(exc)) from exc
             if rows.shape[0] == 0:
-                raise EngineError(f"corpus {corpus!r} is too small for one {cfg.context_size}-token row")
+                raise EngineError(f"corpus {run_corpus!r} is too small for one {cfg.context_size}-token row")
             rep.progress(Progress("train", 0, cfg.total_tokens, unit="tokens", stage=f"step 0/{cfg.total_steps}",
                                   note="tokens ready"))
             return training.train_saes(model, rows, cfg, out_dir, on_progress=rep.progress,

@@ -12,7 +12,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual import on
 from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import existing_run, free_run_dir, one_line, train_form_fields
+from workbench.engine import existing_run, free_run_dir, one_line, saved_run_form, train_form_fields
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFinished, JobProgress, JobStarted
 from workbench.screens.base import NavBar, StatusLine
@@ -227,7 +227,29 @@ class TrainingScreen(JobScreen):
         self.app.push_screen(AskScreen(question, value=free_run_dir(out_dir), check=check), done)
 
     def action_resume(self) -> None:
+        """Resume the run in the output dir with its own saved settings, shown in the form first (a relaunched
+        workbench's form holds the defaults, not the run's)."""
+        if self.job_running():
+            self.query_one(StatusLine).error("a run is going: x stops it")
+            return
+        out = self.query_one("#tr-out", Input).value.strip()
+        if out and (Path(out).expanduser() / "checkpoint.pt").exists():
+            try:
+                saved = saved_run_form(out)
+            except Exception as exc:  # noqa: BLE001 - a damaged config: inline
+                self.query_one(StatusLine).error(one_line(exc))
+                return
+            self.fill_form(saved)
         self.action_start(resume=True)
+
+    def fill_form(self, values: dict[str, str]) -> None:
+        """Put a run's saved settings into the form (architecture first: it swaps the sparsity field)."""
+        select = self.query_one("#tr-arch", Select)
+        with select.prevent(Select.Changed):
+            select.value = values["architecture"]
+        for key, wid in (("layers", "tr-layers"), ("d_sae", "tr-width"), ("sparsity", "tr-sparsity"),
+                         ("total_tokens", "tr-tokens"), ("batch_size", "tr-batch"), ("corpus", "tr-corpus")):
+            self.query_one(f"#{wid}", Input).value = values[key]
 
     def action_open_result(self) -> None:
         if not self.result:
