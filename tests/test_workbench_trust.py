@@ -540,3 +540,56 @@ async def test_resume_after_a_relaunch_uses_the_runs_saved_settings(tiny_model, 
         assert not tr.query_one("#train-status").is_error, tr.query_one("#train-status").message
         await pilot.press("x")
         await settle(pilot, lambda: not tr.job.running, timeout=60)
+
+
+# ---- 15. the trace shows its top terms by default (5% of the root); a key and a flag show every term ---------------
+
+
+def _tree_values(node) -> list[tuple[float, str]]:
+    out = []
+    for c in node.children:
+        out.append((c.data.value if c.data is not None else None, str(c.label)))
+        out += _tree_values(c)
+    return out
+
+
+async def test_trace_tree_hides_tiny_terms_until_a(app):
+    from workbench_pilot import type_prompt
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        await settle(pilot, lambda: app.screen.detail is not None)
+        await pilot.press("t")
+        await settle(pilot, lambda: app.current_mode == "feature" and app.screen.trace is not None)
+        await pilot.pause(0.2)
+        fs = app.screen
+        tree = fs.query_one("#trace-tree")
+        floor = 0.05 * abs(fs.trace.root.value)
+
+        def count(node) -> int:
+            return len(node.children) + sum(count(c) for c in node.children)
+
+        every = count(fs.trace.root)
+        shown = _tree_values(tree.root)
+        assert all(v is None or abs(v) >= floor for v, _ in shown)
+        assert any("smaller terms" in label for v, label in shown if v is None)
+        assert len(shown) < every
+        await pilot.press("a")
+        await pilot.pause(0.2)
+        assert len(_tree_values(tree.root)) == every
+
+
+def test_cli_trace_prints_the_top_by_default_and_everything_with_all(capsys, tiny_model, tiny_model_dir, tmp_path):
+    from conftest import run_cli, sae_set_dir
+
+    saes = sae_set_dir(tiny_model, tmp_path)
+    base = ["trace", "When Mary and John went to the store", "--layer", "2", "--feature", "5", "--depth", "1",
+            "--model", str(tiny_model_dir), "--saes", str(saes)]
+    code, top, _ = run_cli(capsys, base + ["--md"])
+    assert code == 0 and "smaller terms" in top
+    code, everything, _ = run_cli(capsys, base + ["--md", "--all"])
+    assert code == 0 and "smaller terms" not in everything
+    assert len(top.splitlines()) < len(everything.splitlines())
+    code, _, err = run_cli(capsys, base + ["--min-share", "2"])
+    assert code == 2 and any("--min-share" in e for e in err)

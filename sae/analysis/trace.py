@@ -66,6 +66,21 @@ class TraceNode:
             yield from c.walk()
 
 
+MIN_SHARE = 0.05  # shown by default: terms of at least this share of the root's |value| (the rest summed in one line)
+
+
+def prune_tree(node: dict[str, Any], floor: float, share: float = MIN_SHARE) -> dict[str, Any]:
+    """A copy of a `TraceNode.to_dict()` tree keeping the children with |value| >= `floor`; each node's other
+    children become one 'other' child holding their sum (so children still sum to their parent)."""
+    kept = [prune_tree(c, floor, share) for c in node["children"] if abs(c["value"]) >= floor]
+    rest = [c for c in node["children"] if abs(c["value"]) < floor]
+    out = {**node, "children": kept}
+    if rest:
+        out["children"].append({"kind": "other", "value": sum(c["value"] for c in rest), "children": [],
+                                "label": f"({len(rest)} smaller terms, each under {share:.0%} of the root)"})
+    return out
+
+
 @dataclass
 class Trace:
     model: str

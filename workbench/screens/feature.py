@@ -111,6 +111,7 @@ class FeatureScreen(WorkbenchScreen):
         Binding("comma", "trace_pos(-1)", "Pos-", show=True),
         Binding("full_stop", "trace_pos(1)", "Pos+", show=True),
         Binding("b", "build", "Build", show=True),
+        Binding("a", "trace_all", "Trace: every term / the top", show=False),
     ]
 
     def __init__(self) -> None:
@@ -121,6 +122,7 @@ class FeatureScreen(WorkbenchScreen):
         self.trace: TraceView | None = None
         self.job: Any = None
         self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
+        self.trace_all = False  # a: the trace tree shows every term, not only those >= 5% of the root
         self.tracing = ""  # while a trace runs: what the status line says about it (nothing may overwrite it)
         self._trace_on_mount = False
 
@@ -270,26 +272,50 @@ class FeatureScreen(WorkbenchScreen):
             return
         self.tracing = ""
         self.trace = tr
+        self.draw_trace(tr)
+        self.query_one("#trace-tree", Tree).focus()
+
+    def draw_trace(self, tr: TraceView) -> None:
+        """The tree: terms of at least 5% of the root's |value| (their siblings summed in one line), or, after a,
+        every term."""
         tree = self.query_one("#trace-tree", Tree)
         tree.clear()
         tree.root.set_label(trace_root_label(tr))
+        floor = 0.0 if self.trace_all else abs(tr.root.value) * TRACE_EXPORT_SHARE
 
         def add(parent: Any, node: TraceNodeView) -> None:
+            rest = [c for c in node.children if abs(c.value) < floor]
             for c in node.children:
+                if abs(c.value) < floor:
+                    continue
                 label = Text(f"{c.value:+.3f} ", style="green" if c.value > 0 else "red")
                 label.append(escape_token(c.label))
                 child = parent.add(label, data=c, expand=c.kind != "other")
                 add(child, c)
                 if not c.children:
                     child.allow_expand = False
+            if rest:
+                total = sum(c.value for c in rest)
+                label = Text(f"{total:+.3f} ", style="dim")
+                label.append(f"({len(rest)} smaller terms, each under {TRACE_EXPORT_SHARE:.0%} of the root; a shows them)",
+                             style="dim")
+                parent.add_leaf(label)
 
         add(tree.root, tr.root)
         tree.root.expand()
         tree.remove_class("hidden")
-        tree.focus()
         tok = visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
         fires = "" if tr.act is None or tr.act > 0 else " · it does not fire here (act 0)"
-        status.say(f"trace of L{layer} F{feature} at {tr.pos} {tok}{fires} · , . move it · children sum to parents")
+        shown = "every term" if self.trace_all else f"terms >= {TRACE_EXPORT_SHARE:.0%} of the root (a: all)"
+        self.say(f"trace of L{tr.layer} F{tr.feature} at {tr.pos} {tok}{fires} · {shown} · , . move it · "
+                 "children sum to parents")
+
+    def action_trace_all(self) -> None:
+        self.trace_all = not self.trace_all
+        if self.trace is not None:
+            self.draw_trace(self.trace)
+        else:
+            self.say("every term of the next trace" if self.trace_all else "the top terms of the next trace")
 
     def trace_root_text(self) -> Text:
         """The trace tree's root line as shown."""
