@@ -104,11 +104,11 @@ def test_no_screen_or_widget_rebinds_a_global_key():
         owners += [v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "BINDINGS")]
     glob = _global_keys()
     assert {"1", "7", "8", "question_mark", "ctrl+q", "ctrl+x"} <= glob
+    app_action = {k.strip(): b.action for b in WorkbenchApp.BINDINGS for k in b.key.split(",")}
     for owner in owners:
-        for b in owner.BINDINGS:
-            if isinstance(b, Binding):
-                rebound = {k.strip() for k in b.key.split(",")} & glob
-                assert not rebound, f"{owner.__name__} rebinds {rebound} to {b.action}"
+        for b in [b for bs in owner._merge_bindings().key_to_bindings.values() for b in bs]:
+            rebound = {k for k in {b.key} & glob if b.action != f"app.{app_action.get(k, '')}"}
+            assert not rebound, f"{owner.__name__} rebinds {rebound} to {b.action}"
 
 
 async def test_digit_on_the_study_screen_switches_screen_and_writes_no_label(tiny_model, saes, tmp_path, monkeypatch):
@@ -593,3 +593,24 @@ def test_cli_trace_prints_the_top_by_default_and_everything_with_all(capsys, tin
     assert len(top.splitlines()) < len(everything.splitlines())
     code, _, err = run_cli(capsys, base + ["--min-share", "2"])
     assert code == 2 and any("--min-share" in e for e in err)
+
+
+
+# ---- 16. at 80x24 the footer keeps ? visible on every screen ------------------------------------------------------
+
+
+async def test_help_key_is_visible_in_the_footer_of_every_screen_at_80_columns(app):
+    from textual.widgets._footer import FooterKey
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        for key in "12345678":
+            await pilot.press(key)
+            await pilot.pause(0.2)
+            app.set_focus(None)
+            await pilot.pause(0.2)
+            keys = [k for k in app.screen.query(FooterKey) if k.key == "question_mark"]
+            assert keys, f"screen {key}: no ? in the footer"
+            region = keys[0].region
+            assert region.width > 0 and region.right <= 80, (key, region)

@@ -138,6 +138,10 @@ class FeatureScreen(WorkbenchScreen):
     def help_about(self) -> str:
         return "The dashboard of one feature, built by `attnscope dashboards build`. t traces it on the explore prompt."
 
+    def on_resize(self) -> None:
+        """Below 120 columns the trace takes most of the width: its labels are what is read."""
+        self.query_one("#trace-tree", Tree).styles.width = "50%" if self.size.width >= 120 else "70%"
+
     def on_mount(self) -> None:
         if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built
             self.load(self.sae_layer, self.feature, pos=self.trace_pos)
@@ -297,8 +301,7 @@ class FeatureScreen(WorkbenchScreen):
             if rest:
                 total = sum(c.value for c in rest)
                 label = Text(f"{total:+.3f} ", style="dim")
-                label.append(f"({len(rest)} smaller terms, each under {TRACE_EXPORT_SHARE:.0%} of the root; a shows them)",
-                             style="dim")
+                label.append(f"({len(rest)} smaller, each <{TRACE_EXPORT_SHARE:.0%}; a: all)", style="dim")
                 parent.add_leaf(label)
 
         add(tree.root, tr.root)
