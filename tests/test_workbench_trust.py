@@ -94,7 +94,6 @@ def _global_keys() -> set[str]:
 
 
 def test_no_screen_or_widget_rebinds_a_global_key():
-    from textual.binding import Binding
 
     from workbench.app import WorkbenchApp
     from workbench.widgets import bars, heatmap, jobbar, sparklines
