@@ -613,3 +613,35 @@ async def test_help_key_is_visible_in_the_footer_of_every_screen_at_80_columns(a
             assert keys, f"screen {key}: no ? in the footer"
             region = keys[0].region
             assert region.width > 0 and region.right <= 80, (key, region)
+
+
+# ---- 17. findings: the preview has the finding's number, undo puts it back in place, enter opens it -----------------
+
+
+async def test_findings_numbering_undo_in_place_and_enter_opens(app):
+    from workbench.findings import Finding
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        for i in range(3):
+            app.findings.add(Finding(kind="feature", title=f"L1 feature {i + 5}", body=f"body {i}", layer=1,
+                                     data={"feature": i + 5}))
+        ids = [f.id for f in app.findings.findings]
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("7")
+        await settle(pilot, lambda: app.current_mode == "findings")
+        await pilot.pause(0.2)
+        fs = app.screen
+        await pilot.press("down")
+        await pilot.pause(0.2)
+        preview = fs.query_one("#finding-view").content
+        assert preview.markup.lstrip().startswith("## 2. L1 feature 6")
+        await pilot.press("d")
+        await pilot.pause(0.2)
+        assert [f.id for f in app.findings.findings] == [ids[0], ids[2]]
+        await pilot.press("u")
+        await pilot.pause(0.2)
+        assert [f.id for f in app.findings.findings] == ids  # back in its place, not at the end
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.current_mode == "feature")
+        assert app.screen.feature == 6 and app.screen.sae_layer == 1

@@ -213,6 +213,16 @@ class FindingsStore:
         self._change(apply)
         return finding
 
+    def insert(self, index: int, finding: Finding) -> Finding:
+        """Put `finding` back at `index` (clamped; what undo of a delete does), unless it is there already."""
+
+        def apply(current: list[Finding]) -> None:
+            if all(f.id != finding.id for f in current):
+                current.insert(max(0, min(index, len(current))), finding)
+
+        self._change(apply)
+        return finding
+
     def remove(self, finding_id: str) -> Finding | None:
         def apply(current: list[Finding]) -> Finding | None:
             for i, f in enumerate(current):
