@@ -645,3 +645,76 @@ async def test_findings_numbering_undo_in_place_and_enter_opens(app):
         await pilot.press("enter")
         await settle(pilot, lambda: app.current_mode == "feature")
         assert app.screen.feature == 6 and app.screen.sae_layer == 1
+
+
+# ---- 18. exports: one number format per column, visible token spaces, which SAEs, and each experiment's setup ---
+
+
+def test_export_numbers_have_one_format_per_column():
+    import re
+
+    from workbench.findings import md_bars, md_table
+
+    table = md_table(["token", "DFA", "count"], [["a", 0.5, 3], ["b", -12.25, 4], ["c", 0.000123, 5]])
+    cells = [line.split("|")[2].strip() for line in table.splitlines()[2:]]
+    assert cells == ["+0.50", "-12.25", "+0.00"]
+    small = md_table(["loss"], [[0.000123], [0.0004567]])
+    assert [line.strip("| ") for line in small.splitlines()[2:]] == ["0.000123", "0.000457"]
+    bars = md_bars(["a", "b"], [1.5, -0.25])
+    assert re.findall(r"[+-]\d+\.\d+", bars) == ["+1.500", "-0.250"]
+
+
+async def test_pinned_findings_record_token_spaces_the_sae_set_and_the_setup(app, saes):
+    from workbench_pilot import type_prompt
+
+    from workbench.engine.core import saes_digest
+
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        await pilot.press("down", "down", "down", "down")
+        await settle(pilot, lambda: app.screen.detail is not None and app.screen.detail.pos == 4)
+        await pilot.press("p")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.press("enter")
+        await pilot.pause()
+        f = app.findings.findings[-1]
+        digest = app.engine.info.saes_digest
+        assert f.saes == f"random · sha256 {digest}" and len(digest) == 12
+        table = f.body[f.body.index("| src"):]
+        assert "␣" in table  # ' Mary' is not 'Mary'
+    changed = {k: v for k, v in saes.items()}
+    import copy
+
+    changed[0] = copy.deepcopy(saes[0])
+    changed[0].b_enc.data[0] += 1.0
+    assert saes_digest(saes) == digest and saes_digest(changed) != digest
+
+
+def test_experiment_findings_record_n_seed_and_split():
+    from types import SimpleNamespace
+
+    from workbench.engine.views import experiment_view
+    from workbench.screens.experiments import InductionScreen, IOIScreen
+
+    info = SimpleNamespace(model="m", saes="default")
+    ioi = IOIScreen()
+    ioi.result = experiment_view({"experiment": "heads", "n_prompts": 24, "seed": 3, "split": "all",
+                                  "clean_logit_diff": 7.0, "heads": [{"head": "L0H1", "zero_delta": -1.0}]}, "heads", 24)
+    ioi.records = [dict(r) for r in ioi.result.records]
+    ioi.sort_key = "zero_delta"
+    type(ioi).engine = property(lambda self: SimpleNamespace(info=info))
+    try:
+        f = ioi.current_finding()
+    finally:
+        del type(ioi).engine
+    assert "N = 24 prompts · split all · seed 3" in f.body and "seed 3" in f.title
+    ind = InductionScreen()
+    ind.result = SimpleNamespace(prefix_lengths=[1], n_per_length=32, seq_len=64, seed=5, rule="r", heads=[],
+                                 to_dict=lambda: {})
+    type(ind).engine = property(lambda self: SimpleNamespace(info=info))
+    try:
+        f = ind.current_finding()
+    finally:
+        del type(ind).engine
+    assert "N = 32 sequences per prefix length of 64 tokens · seed 5" in f.body and "N=32" in f.title

@@ -295,6 +295,10 @@ class WorkbenchApp(App):
             self.notify("nothing to pin here yet", severity="warning")
             return
 
+        info = self.engine.info
+        if info is not None and finding.saes == info.saes:
+            finding.saes = info.saes_record  # name, path and weights digest: which SAEs, not just "default"
+
         def done(note: str | None) -> None:
             if note is None:
                 return

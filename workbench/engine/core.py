@@ -70,6 +70,20 @@ def full_run_sizes() -> dict[str, int]:
     return {"induction": N_SEQUENCES, "ioi": N_PROMPTS}
 
 
+def saes_digest(saes: dict[int, Any]) -> str:
+    """sha256 over every SAE's parameters, layer by layer (12 hex digits): the same weights give the same digest
+    whether read from disk or held in memory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for layer in sorted(saes):
+        h.update(f"layer {layer}".encode())
+        for name, t in sorted(saes[layer].state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def saved_run_config(out_dir: str | Path) -> Any:
     """The `TrainConfig` saved beside a run (`train_config.json`); EngineError when it is missing or damaged."""
     import json
@@ -168,7 +182,15 @@ class Engine:
         return EngineInfo(
             model=str(m.name), n_layers=m.n_layers, n_heads=m.n_heads, d_head=m.d_head, n_ctx=m.n_ctx,
             saes=self.saes_spec, d_sae={layer: int(s.cfg.d_sae) for layer, s in self._saes.items()},
+            saes_path=self._saes_path(), saes_digest=saes_digest(self._saes),
         )
+
+    def _saes_path(self) -> str:
+        """The directory the SAE set was read from ("" for SAEs held in memory, e.g. fresh from training)."""
+        from sae.zoo import resolve_saes
+
+        p = Path(resolve_saes(self.saes_spec)).expanduser()
+        return str(p.resolve()) if p.exists() else ""
 
     def _need_model(self) -> Any:
         if self._model is None:

@@ -25,6 +25,18 @@ class EngineInfo:
     n_ctx: int
     saes: str
     d_sae: Mapping[int, int]  # layer -> width, for every layer with an SAE
+    saes_path: str = ""  # where the SAE set was read from ("" when it lives in memory only)
+    saes_digest: str = ""  # sha256 of the SAE weights (12 hex digits): which SAEs a finding was made with
+
+    @property
+    def saes_record(self) -> str:
+        """The SAE set as a finding records it: its name, where it was read from, and the digest of its weights."""
+        parts = [self.saes]
+        if self.saes_path and self.saes_path != self.saes:
+            parts.append(self.saes_path)
+        if self.saes_digest:
+            parts.append(f"sha256 {self.saes_digest}")
+        return " · ".join(parts)
 
     @property
     def sae_layers(self) -> list[int]:

@@ -108,13 +108,17 @@ class InductionScreen(JobScreen):
         res = self.result
         lengths = [str(p) for p in res.prefix_lengths]
         rows = [[head_name(h.layer, h.head), *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
-        body = md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
+        setup = (f"N = {res.n_per_length} sequences per prefix length of {res.seq_len} tokens · seed {res.seed} · "
+                 f"synthetic random tokens (no corpus split)")
+        body = (setup + "\n\n" + md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows)
+                + f"\n\nRule: {res.rule}")
         info = self.engine.info
         best = sorted(res.heads, key=lambda h: -max(h.scores.values(), default=0))[:12]
         bars = {"title": f"induction score at prefix {lengths[-1]}" if lengths else "induction score",
                 "labels": [head_name(h.layer, h.head) for h in best],
                 "values": [h.scores[lengths[-1]] if lengths else 0.0 for h in best]}
-        return Finding(kind="experiment", title="induction heads by prefix length", body=body,
+        return Finding(kind="experiment", title=f"induction heads by prefix length (N={res.n_per_length}, seed {res.seed})",
+                       body=body,
                        model=info.model if info else "", data={**res.to_dict(), "bars": bars})
 
 
@@ -368,15 +372,22 @@ class IOIScreen(JobScreen):
             return None
         v = self.result
         cols = list(self.records[0].keys()) if self.records else []
-        body = [v.summary, ""]
+        f = v.fields
+        setup = [f"N = {v.n_prompts} prompts", f"split {f.get('split', '?')}", f"seed {f.get('seed', '?')}"]
+        if v.experiment in IOI_USES_LAYER and v.layer is not None:
+            setup.append(f"SAE layer {v.layer}")
+        body = [v.summary, "", " · ".join(setup), ""]
         if cols:
             body.append(md_table(cols, [list(r.values()) for r in self.records[:20]]))
             if self.sort_key:
                 top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=True)[:10]
                 body += ["", md_bars(unique_labels([bar_label(r) for r in top]), [_num(r[self.sort_key]) for r in top])]
         info = self.engine.info
-        return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
+        uses_saes = v.experiment in {"splice", "features", "path"}
+        return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts}, seed {f.get('seed', '?')}, "
+                       f"split {f.get('split', '?')})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
+                       saes=info.saes if info and uses_saes else "",
                        data={**v.fields, "summary": v.summary, "records": [dict(r) for r in v.records],
                              "sort_key": v.sort_key, "bars": self.bars_data()})
 

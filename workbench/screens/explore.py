@@ -15,7 +15,7 @@ from textual.widgets import Footer, Input, Static
 from workbench.engine import (
     AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, head_name, one_line,
 )
-from workbench.findings import Finding, md_bars, md_context, md_table
+from workbench.findings import Finding, md_bars, md_context, md_number, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.widgets.bars import HeadBars, SourceStrip
@@ -299,18 +299,19 @@ class ExploreScreen(WorkbenchScreen):
         tokens = r.tokens
         heads = [head_name(r.layer, h) for h in range(len(d.dfa_heads))]
         body = [
-            f"Feature {d.feature} at token {d.pos} of the prompt: act {d.act:.4g}, pre-activation {d.pre_act:.4g}.",
+            f"Feature {d.feature} at token {d.pos} of the prompt: act {md_number(d.act)}, pre-activation "
+            f"{md_number(d.pre_act, signed=True)}.",
             "",
             "Context: " + md_context(tokens, d.pos),
             "",
-            "DFA by head (plus bias {:+.4g}):".format(d.dfa_bias),
+            f"DFA by head (plus bias {md_number(d.dfa_bias, signed=True)}):",
             "",
             md_bars(heads, d.dfa_heads),
             "",
             "Top source tokens:",
             "",
             md_table(["src", "token", "DFA"], [
-                [s, tokens[s], d.dfa_src[s]] for s in sorted(range(len(d.dfa_src)), key=lambda s: -abs(d.dfa_src[s]))[:5]
+                [s, visible_token(tokens[s]), d.dfa_src[s]] for s in sorted(range(len(d.dfa_src)), key=lambda s: -abs(d.dfa_src[s]))[:5]
             ]),
         ]
         info = self.engine.info

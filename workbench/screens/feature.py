@@ -363,7 +363,7 @@ class FeatureScreen(WorkbenchScreen):
                                              for ex in d.examples[:8]] + [""]
         if d.top_logits:
             body += ["Logit effects:", "", md_table(["promoted", "", "suppressed", ""], [
-                [a[0], a[1], b[0], b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
+                [visible_token(a[0]), a[1], visible_token(b[0]), b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
             ]), ""]
         if d.head_shares:
             body += ["Head shares of the decoder norm:", "", md_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares)]
