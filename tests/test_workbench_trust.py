@@ -718,3 +718,35 @@ def test_experiment_findings_record_n_seed_and_split():
     finally:
         del type(ind).engine
     assert "N = 32 sequences per prefix length of 64 tokens · seed 5" in f.body and "N=32" in f.title
+
+
+# ---- 19. CLI tables keep one line per row at 80 columns; density written one way everywhere ---------------------
+
+
+def test_cli_features_table_is_one_line_per_row_at_80_columns(capsys, monkeypatch, tiny_model, tiny_model_dir, tmp_path):
+    import json
+
+    from conftest import run_cli, sae_set_dir
+
+    from sae.cli import common
+
+    saes = sae_set_dir(tiny_model, tmp_path)
+    args = ["features", "When Mary and John went to the store", "--layer", "1", "--top", "2",
+            "--model", str(tiny_model_dir), "--saes", str(saes)]
+    code, out, _ = run_cli(capsys, args + ["--json"])
+    n_rows = sum(len(p["features"]) for p in json.loads(out)["positions"])
+    monkeypatch.setattr(common.out, "_width", 80)
+    code, out, _ = run_cli(capsys, args)
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+    rule = next(i for i, line in enumerate(lines) if set(line.strip()) <= set("─━╇┡┩") and line.strip())
+    body = [line for line in lines[rule + 1:] if line.strip() and not line.startswith("head, source")]
+    assert len(body) == n_rows, "\n".join(lines)
+    assert all(" L1H" in line for line in body)
+
+
+def test_density_is_one_percentage_everywhere():
+    from sae.engine.names import density_text
+
+    assert density_text(0.0123) == "1.23%" and density_text(1.2e-5) == "0.0012%" and density_text(0.5) == "50%"

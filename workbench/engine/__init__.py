@@ -6,7 +6,7 @@ the workbench draws their results and never computes science itself.
 """
 
 from sae.engine.errors import AttnscopeError
-from sae.engine.names import head_name
+from sae.engine.names import density_text, head_name
 from workbench.engine.core import (
     QUICK_RUNS, Engine, existing_run, free_run_dir, full_run_sizes, sae_dir_candidates, saved_run_form,
 )
@@ -34,5 +34,5 @@ __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "JobHandle",
     "PromptView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "TraceNodeView", "TraceView", "Worker",
-    "one_line", "sae_dir_candidates", "existing_run", "free_run_dir", "head_name", "QUICK_RUNS", "full_run_sizes", "saved_run_form", "FormField", "train_form_fields",
+    "one_line", "sae_dir_candidates", "existing_run", "free_run_dir", "head_name", "density_text", "QUICK_RUNS", "full_run_sizes", "saved_run_form", "FormField", "train_form_fields",
 ]

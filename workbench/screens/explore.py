@@ -13,7 +13,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from workbench.engine import (
-    AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, head_name, one_line,
+    AttnscopeError, CellDetail, DashboardView, PromptView, StaleRequest, density_text, head_name, one_line,
 )
 from workbench.findings import Finding, md_bars, md_context, md_number, md_table
 from workbench.messages import CellSelected
@@ -340,7 +340,7 @@ def summary_text(s: DashboardView) -> Text:
     if s.label:
         text.append(f"{s.label}\n", style="bold")
     if s.density is not None:
-        text.append(f"density {s.density:.2%}\n", style="dim")
+        text.append(f"density {density_text(s.density)}\n", style="dim")
     for ex in s.examples[:3]:
         line = Text("▸ ")
         for i, t in enumerate(ex.tokens):

@@ -13,7 +13,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
 from workbench.engine import (
-    DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, head_name, one_line,
+    DashboardView, EngineInfo, StaleRequest, TraceNodeView, TraceView, density_text, head_name, one_line,
 )
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobProgress
@@ -38,7 +38,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     if d.label:
         head.append(f"  {d.label}", style="italic")
     if d.density is not None:
-        head.append(f"   density {d.density:.3%}", style="dim")
+        head.append(f"   density {density_text(d.density)}", style="dim")
     if d.max_act is not None:
         head.append(f"   max act {d.max_act:.3f}", style="dim")
     parts.append(head)
