@@ -198,7 +198,8 @@ class StudyScreen(WorkbenchScreen):
         except Exception as exc:  # noqa: BLE001 - a locked or corrupt label file: inline, nothing lost
             self.query_one("#study-status", StatusLine).error(one_line(exc))
             return
-        self.refresh_panel(f"saved: L{layer} feature {feature} · " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+        said = {k: RATING_NAMES.get(v, v) if k == "rating" else v for k, v in changes.items()}
+        self.refresh_panel(f"saved: L{layer} feature {feature} · " + ", ".join(f"{k} {v}" for k, v in said.items()))
 
     def action_family_key(self, key: str) -> None:
         if self.rating_pending:  # r then a family letter: not a rating; nothing stored
