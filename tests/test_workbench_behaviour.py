@@ -146,6 +146,8 @@ async def test_ioi_defaults_to_a_layer_whose_s2_ablation_reaches_the_logits(tiny
         await pilot.pause()
         last = tiny_model.n_layers - 1
         assert app.screen.query_one("#ioi-layer").value != str(last)
+        app.screen.query_one("#ioi-exp").value = "features"  # the layer counts for features and path (issue 20)
+        await pilot.pause()
         assert "later layers" in str(app.screen.query_one("#ioi-note").render())
         app.screen.query_one("#ioi-layer").value = str(last)
         await pilot.pause()

@@ -314,7 +314,7 @@ async def test_opening_saes_names_the_set_and_a_typo_is_a_whole_local_error(app,
         await pilot.press("enter")
         await settle(pilot, lambda: app.engine.info.saes == str(saes_dir) and app.screen is explore)
         await pilot.pause(0.2)
-        assert f"SAEs {saes_dir}" in explore.query_one("#explore-status").message
+        assert f"SAEs …/{saes_dir.parent.name}/saes" in explore.query_one("#explore-status").message
 
 
 # ---- 10. a new dashboard starts at its top; the status line follows the trace ------------------------------------
@@ -394,7 +394,7 @@ async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app)
         await pilot.pause(0.2)
         bars = app.screen.query_one("#head-bars")
         assert bars.labels == [f"L1H{h}" for h in range(4)]
-        assert bars.scale_line.startswith("full bar = ")
+        assert bars.scale_line.startswith("full bar ")
         peak = app.screen.feature_peak(app.screen.detail.feature)
         assert f"{max(peak, max(abs(v) for v in bars.values)):.3f}" in bars.scale_line
         await pilot.press("t")

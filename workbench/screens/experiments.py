@@ -220,6 +220,7 @@ class IOIScreen(JobScreen):
         super().__init__()
         self.result: ExperimentView | None = None
         self.records: list[dict[str, Any]] = []
+        self.layer_why = ""  # why the default layer (features, path)
         self.sort_key: str | None = None
         self.sort_desc = True
 
@@ -248,7 +249,7 @@ class IOIScreen(JobScreen):
         if info is not None and info.sae_layers:
             layer, why = default_ioi_layer(list(info.sae_layers), info.n_layers)
             self.query_one("#ioi-layer", Input).value = str(layer)
-            self.query_one("#ioi-note", Static).update(why + "\n" + ioi_quick_note("heads", QUICK_RUNS["ioi"], None))
+            self.layer_why = why
         self.show_layer_box("heads")
 
     @on(Select.Changed, "#ioi-exp")
@@ -260,6 +261,12 @@ class IOIScreen(JobScreen):
         used = experiment in IOI_USES_LAYER
         for w in (self.query_one("#ioi-layer", Input), self.query_one("#ioi-layer-label", Label)):
             w.display = used
+        if self.result is None:  # before a run: the default layer's reason (where it counts) and the quick-run note
+            layer = self.query_one("#ioi-layer", Input).value.strip()
+            n = self.query_one("#ioi-n", Input).value.strip()
+            quick = ioi_quick_note(experiment, int(n) if n.isdigit() else QUICK_RUNS["ioi"],
+                                   int(layer) if used and layer.isdigit() else None)
+            self.query_one("#ioi-note", Static).update((self.layer_why + "\n" if used and self.layer_why else "") + quick)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "ioi-layer":

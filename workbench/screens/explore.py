@@ -26,6 +26,14 @@ HEATMAP_LEGEND = Text("shade: activation / the feature's peak on this prompt · 
 TYPING_DELAY_S = 0.25  # wait this long after the last keystroke before asking the engine
 
 
+def short_path(spec: str, width: int = 28) -> str:
+    """An SAE set's name for a status line: itself when short, else '…/' and its last two path parts."""
+    if len(spec) <= width:
+        return spec
+    parts = spec.rstrip("/").split("/")
+    return "…/" + "/".join(parts[-2:])
+
+
 class ExploreScreen(WorkbenchScreen):
     MODE = "explore"
     BINDINGS = [
@@ -104,8 +112,8 @@ class ExploreScreen(WorkbenchScreen):
         status = self.query_one("#explore-status", StatusLine)
         if info is None:
             return
-        parts = [info.model, f"SAEs {info.saes}", f"layer {self.sae_layer}",
-                 f"SAE {info.d_sae.get(self.sae_layer, '?')} features"]
+        parts = [info.model, f"layer {self.sae_layer}", f"SAE {info.d_sae.get(self.sae_layer, '?')} features",
+                 f"SAEs {short_path(info.saes)}"]
         if self.result:
             parts.insert(0, f"{len(self.result.tokens)} tokens")
         if extra:
@@ -188,7 +196,7 @@ class ExploreScreen(WorkbenchScreen):
         # one scale per feature: its peak on this prompt, so a cell where it barely fires draws short bars
         peak = self.feature_peak(feature)
         self.query_one("#head-bars", HeadBars).show([head_name(layer, h) for h in range(n)], detail.dfa_heads,
-                                                    scale=peak, scale_name="the feature's peak act on this prompt")
+                                                    scale=peak, scale_name="peak act on the prompt")
         self.query_one("#source-strip", SourceStrip).show(tokens, detail.dfa_src, upto=pos)
         self.run_worker(self._summary(layer, feature), group="summary", exclusive=True)
 

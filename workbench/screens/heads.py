@@ -29,7 +29,7 @@ def verdict_cell(h: HeadView) -> Text:
 
 HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its decoder norm) have one role / "
                 "several; Nf: N different roles among them (the side panel lists them). Heads are named "
-                "layer.head (1.3).")
+                "L1H3 (layer 1, head 3), as in the CLI.")
 
 
 class HeadsScreen(WorkbenchScreen):
@@ -49,7 +49,7 @@ class HeadsScreen(WorkbenchScreen):
         yield NavBar(self.MODE)
         yield StatusLine("r runs the head survey over the SAEs' layers", id="heads-status")
         with Horizontal(id="heads-body"):
-            yield DataTable(id="heads-grid", cursor_type="cell")
+            yield DataTable(id="heads-grid", cursor_type="cell", cell_padding=0)  # 4 heads fit at 80 columns
             with VerticalScroll(id="heads-side"):
                 yield Static("", id="head-detail")
         yield Static(HEADS_LEGEND, id="heads-legend", classes="dim-note")
@@ -85,12 +85,12 @@ class HeadsScreen(WorkbenchScreen):
         grid = self.query_one("#heads-grid", DataTable)
         grid.clear(columns=True)
         n_heads = max((h.head for h in survey.heads), default=-1) + 1
-        grid.add_column("layer", key="layer")
+        grid.add_column("", key="layer")
         for h in range(n_heads):
-            grid.add_column(f"head {h}", key=f"h{h}")
+            grid.add_column(f"H{h}", key=f"h{h}")  # short: 4 heads fit beside the side panel at 80 columns
         by = {(h.layer, h.head): h for h in survey.heads}
         for layer in sorted({h.layer for h in survey.heads}):
-            grid.add_row(f"layer {layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
+            grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
         grid.focus()
         if n_heads:
             grid.cursor_coordinate = Coordinate(0, 1)  # the first head, so the side panel is never empty

@@ -80,8 +80,8 @@ class HeadBars(Static):
         text = Text(self.title + "\n", style="bold") if self.title else Text()
         text.append_text(signed_bars(self.labels, self.values, width=width, scale=scale))
         full = bar_scale(self.values, scale)
-        named = scale_name if scale is not None and full == scale else "the largest bar"
-        self.scale_line = f"full bar = {full:.3f} ({named})" if full > 0 else "all zero"
+        named = scale_name if scale is not None and full == scale else "largest"
+        self.scale_line = f"full bar {full:.3f} = {named}" if full > 0 else "all zero"
         text.append("\n" + self.scale_line, style="dim")
         if extra:
             text.append("\n" + extra, style="dim")
