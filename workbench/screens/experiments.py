@@ -221,6 +221,7 @@ class IOIScreen(JobScreen):
         self.result: ExperimentView | None = None
         self.records: list[dict[str, Any]] = []
         self.layer_why = ""  # why the default layer (features, path)
+        self.terms = ""  # what the shown experiment's columns mean (under the bars)
         self.sort_key: str | None = None
         self.sort_desc = True
 
@@ -318,15 +319,16 @@ class IOIScreen(JobScreen):
         clean = view.fields.get("clean_logit_diff")
         self.records = display_records([dict(r) for r in view.records], clean if isinstance(clean, float) else None)
         self.sort_key = view.sort_key
-        self.draw_table()
         self.query_one(StatusLine).say(view.summary)
-        note = IOI_TERMS.get(view.experiment, "")
-        why = no_effect_reason(view.layer, self.engine.info.n_layers) if view.layer is not None and self.engine.info else ""
-        if why and view.experiment in ("features", "path"):
-            note = why + "\n" + note
+        terms = IOI_TERMS.get(view.experiment, "")
         if view.experiment == "noising" and isinstance(view.raw.get("references"), list):
-            note = note + "\n" + references_line(view.raw["references"])
-        note = ioi_quick_note(view.experiment, view.n_prompts, view.layer) + "\n" + note
+            terms = terms + "\n\n" + references_line(view.raw["references"])
+        self.terms = terms
+        self.draw_table()
+        note = ioi_quick_note(view.experiment, view.n_prompts, view.layer if view.experiment in IOI_USES_LAYER else None)
+        why = no_effect_reason(view.layer, self.engine.info.n_layers) if view.layer is not None and self.engine.info else ""
+        if why and view.experiment in IOI_USES_LAYER:
+            note = why + "\n" + note
         self.query_one("#ioi-note", Static).update(note)
 
     def draw_table(self) -> None:
@@ -346,11 +348,14 @@ class IOIScreen(JobScreen):
         if bar_key:
             top = recs[:12]
             labels = unique_labels([bar_label(r) for r in top])
-            self.query_one("#ioi-bars", Static).update(
-                Text(f"{bar_key}\n", style="bold")
-                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16,
-                              label_width=max(len(x) for x in labels) + 1)  # whole labels: never cut to look alike
-            )
+            label_w = max(len(x) for x in labels) + 1  # whole labels: never cut to look alike
+            room = self.query_one("#ioi-bars", Static).size.width or 34
+            bars = (Text(f"{bar_key}\n", style="bold")
+                    + signed_bars(labels, [_num(r[bar_key]) for r in top], width=max(8, min(16, room - label_w - 9)),
+                                  label_width=label_w))
+            if self.terms:  # what the columns mean, under the bars (the side panel scrolls; the table keeps its rows)
+                bars += Text("\n\n" + self.terms, style="dim")
+            self.query_one("#ioi-bars", Static).update(bars)
 
     def bars_data(self) -> dict[str, Any]:
         """The side panel's bars (top 12 rows by the sort column), for the exported figure."""
