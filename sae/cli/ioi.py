@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=None, help="SAE layer for features/path (default the middle layer)")
     p.add_argument("--layers", default=None, help="layers to noise, e.g. 1,2 (default the middle layer and the next)")
     p.add_argument("--features", default=None, help="path: feature ids, e.g. 12,40 (default the top 3 by effect)")
-    p.add_argument("--heads", default=None, help="path: later heads as L.H, e.g. 2.0,2.3 (default every later head)")
+    p.add_argument("--heads", default=None, help="path: later heads, e.g. L2H0,L2H3 (or 2.0,2.3) (default every later head)")
     p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all; 'combined' is the paper's: new names, a prepended sentence and a filler clause)")
     p.add_argument("--names", default=None, help="comma-separated names to draw from (default Wang et al.'s list)")
     p.add_argument("--top", type=int, default=10, help="features: how many to list (default 10)")
@@ -49,13 +49,15 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 def _heads(text: str | None) -> list[tuple[int, int]] | None:
     if text is None:
         return None
+    import re
+
     heads = []
     for part in text.split(","):
-        try:
-            l, h = part.strip().split(".")
-            heads.append((int(l), int(h)))
-        except ValueError:
-            raise UsageError(f"heads are written LAYER.HEAD, e.g. 2.3; got {part!r}") from None
+        m = re.fullmatch(r"\s*(?:L(\d+)H(\d+)|(\d+)\.(\d+))\s*", part, flags=re.IGNORECASE)
+        if m is None:
+            raise UsageError(f"heads are written L2H3 (or 2.3), as the tables print them; got {part!r}")
+        g = [x for x in m.groups() if x is not None]
+        heads.append((int(g[0]), int(g[1])))
     return heads
 
 
