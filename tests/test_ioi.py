@@ -311,7 +311,7 @@ def test_noising_patches_s2_from_the_corrupted_prompt(ioi_model, data):
 def test_path_experiment_runs_and_validates(ioi_model, data):
     sae = random_sae(ioi_model, 1, d_sae=48, seed=5)
     r = ioi.run_path(ioi_model, data, sae, 1, features=[3, 4], heads=[(2, 0), (2, 3)], batch_size=4)
-    assert {p.heads for p in r.paths} == {"2.0", "2.3", "2.0,2.3"} and len(r.paths) == 6
+    assert {p.heads for p in r.paths} == {"L2H0", "L2H3", "L2H0,L2H3"} and len(r.paths) == 6
     with pytest.raises(ioi.IOIError, match="not after layer"):
         ioi.run_path(ioi_model, data, sae, 1, features=[3], heads=[(1, 0)])
     with pytest.raises(ioi.IOIError, match="outside the SAE"):

@@ -243,7 +243,7 @@ async def test_induction_screen_runs_a_job_and_ioi_errors_inline(app, tiny_model
         table = ind.query_one("#ind-table")
         assert table.row_count == tiny_model.n_layers * tiny_model.n_heads
         heads_in_table = {str(table.get_row_at(i)[0]) for i in range(table.row_count)}
-        assert heads_in_table == {f"{h.layer}.{h.head}" for h in ind.result.heads}
+        assert heads_in_table == {f"L{h.layer}H{h.head}" for h in ind.result.heads}
         # IOI: a bad layer is caught before running; a job that raises becomes an inline error, not a crash
         await pilot.press("5")
         await pilot.pause()

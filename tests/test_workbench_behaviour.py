@@ -146,6 +146,8 @@ async def test_ioi_defaults_to_a_layer_whose_s2_ablation_reaches_the_logits(tiny
         await pilot.pause()
         last = tiny_model.n_layers - 1
         assert app.screen.query_one("#ioi-layer").value != str(last)
+        app.screen.query_one("#ioi-exp").value = "features"  # the layer counts for features and path (issue 20)
+        await pilot.pause()
         assert "later layers" in str(app.screen.query_one("#ioi-note").render())
         app.screen.query_one("#ioi-layer").value = str(last)
         await pilot.pause()
@@ -159,8 +161,8 @@ def test_ioi_bar_labels_do_not_join_fields_with_dots():
     from workbench.screens.experiments import bar_label, display_records
 
     rows = display_records([{"layer": 1, "head": 3, "zero_delta": -0.5, "mean_delta": -0.1}], clean=2.0)
-    assert rows[0]["head"] == "1.3" and rows[0]["% clean"] == pytest.approx(-0.25)
-    assert bar_label(rows[0]) == "1.3"
+    assert rows[0]["head"] == "L1H3" and rows[0]["% clean"] == pytest.approx(-0.25)
+    assert bar_label(rows[0]) == "L1H3"
     assert bar_label({"feature": 492, "n_active": 21, "delta": 0.1}) == "F492"
 
 
@@ -479,9 +481,9 @@ def test_exported_trace_has_the_prompt_and_only_the_top_of_the_tree():
     from workbench.screens.feature import trace_finding
 
     leaves = tuple(TraceNodeView(kind="head_source", label=f"leaf {i}", value=0.0001, children=()) for i in range(800))
-    big = TraceNodeView(kind="head", label="head 1.3", value=2.0, children=leaves[:400])
+    big = TraceNodeView(kind="head", label="head L1H3", value=2.0, children=leaves[:400])
     root = TraceNodeView(kind="feature", label="L1 F7", value=2.2,
-                         children=(big, TraceNodeView(kind="head", label="head 1.0", value=0.12, children=leaves[400:])))
+                         children=(big, TraceNodeView(kind="head", label="head L1H0", value=0.12, children=leaves[400:])))
     tr = TraceView(layer=1, feature=7, pos=3, tokens=["a", " b", " c", " d"], root=root, approximation="exact",
                    truncated=False)
     f = trace_finding(tr, None, prompt="a b c d")

@@ -59,18 +59,18 @@ async def test_study_screen_labels_two_features_and_resumes(tiny_model, study_en
         first = screen.current
         await settle(pilot, lambda: screen.view.feature == first[1])
 
-        await pilot.press("3")  # the third family: previous-token
-        await pilot.press("r", "2")  # rated yes
+        await pilot.press("c")  # the third family: previous-token
+        await pilot.press("r", "y")  # rated yes
         await pilot.press("right_square_bracket")
         await settle(pilot, lambda: screen.index == 1 and screen.view is not None and screen.view.feature == expected[1][1])
         second = screen.current
-        await pilot.press("1", "r", "0")  # induction, rated no
+        await pilot.press("a", "r", "n")  # induction, rated no
         await pilot.press("n")
         await settle(pilot, lambda: isinstance(app.screen, AskScreen))
         app.screen.query_one("#ask-input").value = "fires on the second copy"
         await pilot.press("enter")
         await settle(pilot, lambda: isinstance(app.screen, StudyScreen))
-        await pilot.press("r", "7")  # not a rating: an inline error, nothing stored
+        await pilot.press("r", "b")  # not a rating: an inline error, nothing stored
         await settle(pilot, lambda: screen.query_one("#study-status").is_error)
         panel = str(screen.query_one("#study-panel").render())
         assert "induction" in panel

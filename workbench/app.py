@@ -14,9 +14,9 @@ from textual.widgets import Input
 from workbench.engine import visible
 from workbench.commands import WorkbenchCommands
 from workbench.search_commands import FeatureSearch
-from workbench.engine import AttnscopeError, Engine, EngineInfo, one_line
+from workbench.engine import Engine, EngineInfo, one_line
 from workbench.figures import export_report
-from workbench.findings import FindingsStore
+from workbench.findings import ExportError, FindingsStore
 from workbench.messages import FindingPinned, JobCancelled, JobFailed, JobFinished
 from workbench.screens.base import SCREENS, WorkbenchScreen, reported
 from workbench.screens.explore import ExploreScreen
@@ -24,7 +24,7 @@ from workbench.screens.feature import FeatureScreen
 from workbench.screens.findings import FindingsScreen
 from workbench.screens.heads import HeadsScreen
 from workbench.screens.experiments import InductionScreen, IOIScreen
-from workbench.screens.modals import AskScreen, HelpScreen
+from workbench.screens.modals import AskScreen, HelpScreen, ask_export
 from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
 
@@ -36,7 +36,7 @@ AUTO_BUILD_DELAY_S = 3.0
 KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
              "comma": ",", "full_stop": ".", "escape": "esc", "enter": "enter"}
 HELP_WORDS = {"cancel_job": "cancel the running job (shown in the job line above the footer)",
-              "back": "leave a text field, close a panel, or go back to the previous screen",
+              "back": "leave a text field, close a panel, or go home to explore (it says so)",
               "quit": "quit (running jobs stop cleanly first; press twice to quit at once)",
               "copy": "copy what this screen shows as text (terminal clipboard, OSC 52: works over SSH)",
               "export_html": "export the findings as one self-contained HTML page (no network, no script)",
@@ -97,7 +97,7 @@ class WorkbenchApp(App):
         findings: FindingsStore | None = None,
         start_layer: int | None = None,
         start_prompt: str = "",
-        export_default: str = "attnscope-findings.md",
+        export_default: str = "",
         auto_build: bool = False,
         session: Any = None,
     ) -> None:
@@ -110,7 +110,7 @@ class WorkbenchApp(App):
         self.findings = findings if findings is not None else FindingsStore()
         self.start_layer = start_layer
         self.start_prompt = start_prompt
-        self.export_default = export_default
+        self.export_default = export_default  # "": attnscope-findings.md in the data dir (never the working dir)
         self.mode_screens: dict[str, WorkbenchScreen] = {}  # filled by each screen as it mounts
         self.copied = ""  # the last text copied with y (OSC 52 cannot be read back)
         from workbench.session import Session
@@ -182,7 +182,7 @@ class WorkbenchApp(App):
 
         for s in self.screens_of(FeatureScreen):
             if s.sae_layer is not None and s.feature is not None:
-                s.load(s.sae_layer, s.feature)
+                s.load(s.sae_layer, s.feature, pos=s.trace_pos)
         for s in self.screens_of(_Explore):
             s.refresh_summary()
         for s in self.screens_of(HeadsScreen):
@@ -265,8 +265,9 @@ class WorkbenchApp(App):
         return super().switch_mode(mode)
 
     def action_back(self) -> None:
-        """Escape: leave a text field first; then close a screen's open panel (`back()`); then go back to the
-        previous screen (explore at the start)."""
+        """Escape: leave a text field first; then close a screen's open panel (`back()`); then go home to explore,
+        saying so (never to whatever screen came before, where single letters act). On explore's main view it only
+        says where the keys are."""
         if isinstance(self.focused, Input):
             screen = self.screen
             main = screen.main_widget() if isinstance(screen, WorkbenchScreen) else None
@@ -275,12 +276,11 @@ class WorkbenchApp(App):
         screen = self.screen
         if isinstance(screen, WorkbenchScreen) and screen.back():
             return
-        if len(self.mode_history) >= 2:
-            self.mode_history.pop()
-            previous = self.mode_history.pop()
-            self.switch_mode(previous)
-        elif self.current_mode != "explore":
-            self.switch_mode("explore")
+        if self.current_mode == "explore":
+            self.notify("explore is the home screen; 1-7 switch screens, ? lists the keys", timeout=3)
+            return
+        self.switch_mode("explore")
+        self.notify("back to explore (escape goes home)", timeout=3)
 
     # ---- navigation -----------------------------------------------------------------------------------
 
@@ -333,6 +333,10 @@ class WorkbenchApp(App):
             self.notify("nothing to pin here yet", severity="warning")
             return
 
+        info = self.engine.info
+        if info is not None and finding.saes == info.saes:
+            finding.saes = info.saes_record  # name, path and weights digest: which SAEs, not just "default"
+
         def done(note: str | None) -> None:
             if note is None:
                 return
@@ -351,34 +355,40 @@ class WorkbenchApp(App):
     def _findings_screens(self) -> list[FindingsScreen]:
         return self.screens_of(FindingsScreen)
 
+    def default_export_path(self, name: str) -> str:
+        """`name` in the data dir (created if missing): exports never land in the working directory by default."""
+        folder = self.findings.directory
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the export's own check then says why it cannot write there
+        return str(folder / name)
+
     def action_export(self) -> None:
-        def check(path: str) -> str | None:
+        def write(path: str) -> Path:
             self.findings.reload_if_changed()
             if self.findings.error:  # a damaged findings file never becomes a report of "0 findings" over the old one
-                return f"{self.findings.error}; nothing exported"
-            try:
-                written = export_report(path, self.findings.findings)
-            except AttnscopeError as exc:  # ExportError, damaged figure data (FileFormatError), ...
-                return str(exc)
-            self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
-            return None
+                raise ExportError(f"{self.findings.error}; nothing exported")
+            return export_report(path, self.findings.findings)
 
-        self.push_screen(AskScreen("Export findings as markdown to:", value=self.export_default, check=check))
+        ask_export(self, "Export findings as markdown to:",
+                   self.export_default or self.default_export_path("attnscope-findings.md"), write,
+                   f"{len(self.findings)} finding(s)")
 
     def action_export_html(self) -> None:
-        """The pinned findings as one self-contained HTML page (workbench.html_export)."""
+        """The pinned findings as one self-contained HTML page (workbench.html_export); an existing page is
+        replaced only after a yes, as the markdown export."""
         from workbench.html_export import write_html
 
-        def check(path: str) -> str | None:
-            try:
-                written = write_html(path, self.findings.findings)
-            except AttnscopeError as exc:  # ExportError, an unsafe path, ...
-                return str(exc)
-            self.notify(f"exported {len(self.findings)} finding(s) to {written}", title="Export")
-            return None
+        def write(path: str) -> Path:
+            self.findings.reload_if_changed()
+            if self.findings.error:
+                raise ExportError(f"{self.findings.error}; nothing exported")
+            return write_html(path, self.findings.findings)
 
-        default = str(Path(self.export_default).with_suffix(".html"))
-        self.push_screen(AskScreen("Export findings as one HTML page to:", value=default, check=check, id="export-html"))
+        default = str(Path(self.export_default or self.default_export_path("attnscope-findings.md")).with_suffix(".html"))
+        ask_export(self, "Export findings as one HTML page to:", default, write, f"{len(self.findings)} finding(s)",
+                   screen_id="export-html")
 
     def open_saes_spec(self, spec: str) -> None:
         """Swap the SAE set; a set that does not fit the model reopens the question with the error inline."""
@@ -394,7 +404,7 @@ class WorkbenchApp(App):
 
     def after_saes_changed(self, info: EngineInfo) -> None:
         self.engine_ready(info)
-        self.notify(f"SAEs for layers {info.sae_layers}", title="SAEs")
+        self.notify(f"showing SAEs {info.saes} (layers {', '.join(map(str, info.sae_layers))})", title="SAEs")
         for s in self.screens_of(ExploreScreen):
             s.set_layer(s.sae_layer if s.sae_layer in info.d_sae else info.sae_layers[0])
 

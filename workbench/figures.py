@@ -16,17 +16,26 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from workbench.engine import OutputError, swap_dir, visible, xml_clean
+from workbench.engine import OutputError, head_name, swap_dir, visible, xml_clean
 from workbench.findings import md_escape
 from workbench.findings import ExportError, Finding, check_export_target, check_figure_data, export_markdown, write_export
 from workbench.widgets.bars import signed_bars
 from workbench.widgets.heatmap import LEVELS, format_value, shade_levels, visible_token
 
-SVG_WIDTH = 80  # terminal columns of a figure
+SVG_WIDTH = 80  # the narrowest figure, in terminal columns
+SVG_MAX_WIDTH = 400  # the widest: a figure is as wide as its longest line, so no row wraps
 
 
-def svg(renderable: RenderableType, title: str, width: int = SVG_WIDTH) -> str:
-    """`renderable` drawn as an SVG (a terminal window of `width` columns, as tall as it needs)."""
+def figure_width(renderable: RenderableType) -> int:
+    """The columns `renderable` needs for none of its lines to wrap (at least SVG_WIDTH, at most SVG_MAX_WIDTH)."""
+    console = Console(width=SVG_MAX_WIDTH, file=io.StringIO())
+    return max(SVG_WIDTH, min(SVG_MAX_WIDTH, console.measure(renderable).maximum))
+
+
+def svg(renderable: RenderableType, title: str, width: int | None = None) -> str:
+    """`renderable` drawn as an SVG (a terminal window of `width` columns, by default as wide as its longest line,
+    and as tall as it needs)."""
+    width = figure_width(renderable) if width is None else width
     console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
     console.print(renderable)
     return xml_clean(console.export_svg(title=visible(title, keep="")))  # user text: ESC/NUL would break the XML
@@ -75,7 +84,7 @@ def finding_figures(f: Finding) -> list[tuple[str, str, RenderableType]]:
                                                              d.get("pos"), hm.get("column"))))
     if d.get("dfa_heads"):
         layer = f.layer if f.layer is not None else "?"
-        labels = [f"{layer}.{h}" for h in range(len(d["dfa_heads"]))]
+        labels = [head_name(layer, h) for h in range(len(d["dfa_heads"]))]
         out.append(("dfa-heads", "DFA by head", bars_renderable(
             f"DFA by head (bias {d.get('dfa_bias', 0.0):+.3f})", labels, list(d["dfa_heads"]))))
     if d.get("dfa_src") and isinstance(hm, dict) and hm.get("tokens"):
@@ -85,7 +94,7 @@ def finding_figures(f: Finding) -> list[tuple[str, str, RenderableType]]:
         out.append(("dfa-sources", "DFA by source token", bars_renderable("DFA by source token", labels, [src[s] for s in top])))
     if d.get("head_shares"):
         layer = f.layer if f.layer is not None else "?"
-        labels = [f"{layer}.{h}" for h in range(len(d["head_shares"]))]
+        labels = [head_name(layer, h) for h in range(len(d["head_shares"]))]
         out.append(("head-shares", "head shares of the decoder norm",
                     bars_renderable("Head shares of the decoder norm", labels, list(d["head_shares"]))))
     bars = d.get("bars")
@@ -97,11 +106,6 @@ def finding_figures(f: Finding) -> list[tuple[str, str, RenderableType]]:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "finding"
-
-
-def figures_folder(markdown_path: Path) -> Path:
-    """`<report stem>-figures/` beside the report."""
-    return markdown_path.with_name(markdown_path.stem + "-figures")
 
 
 def write_figures(markdown_path: Path, findings: list[Finding]) -> dict[str, list[tuple[str, str]]]:
@@ -153,6 +157,22 @@ def link_figures(markdown: str, findings: list[Finding], links: dict[str, list[t
             out.append("")
             out += [f"![{md_escape(caption)}]({quote(path)})" for caption, path in links[fid]]
     return "\n".join(out)
+
+
+def figures_folder(markdown_path: str | Path) -> Path:
+    """Where `write_figures` puts a report's figures: `<report stem>-figures/` beside it."""
+    p = Path(markdown_path).expanduser()
+    return p.with_name(p.stem + "-figures")
+
+
+def export_would_replace(path: str | Path) -> list[str]:
+    """What an export to `path` would replace: the report file and/or its figures folder (empty: nothing)."""
+    p = Path(path).expanduser()
+    out = [str(p)] if p.is_file() else []
+    folder = figures_folder(p)
+    if folder.is_dir() and any(folder.iterdir()):
+        out.append(f"{folder}/")
+    return out
 
 
 def export_report(path: str | Path, findings: list[Finding], title: str = "attnscope findings") -> Path:

@@ -247,6 +247,16 @@ class FindingsStore:
         self._change(apply)
         return finding
 
+    def insert(self, index: int, finding: Finding) -> Finding:
+        """Put `finding` back at `index` (clamped; what undo of a delete does), unless it is there already."""
+
+        def apply(current: list[Finding]) -> None:
+            if all(f.id != finding.id for f in current):
+                current.insert(max(0, min(index, len(current))), finding)
+
+        self._change(apply)
+        return finding
+
     def remove(self, finding_id: str) -> Finding | None:
         def apply(current: list[Finding]) -> Finding | None:
             for i, f in enumerate(current):
@@ -292,14 +302,46 @@ def md_context(tokens: list[str], active: int) -> str:
     return "".join(parts)
 
 
+MD_DECIMALS = 3  # decimals of a lone number in an export; a column's decimals follow its largest value
+
+
+def column_decimals(values: list[float]) -> int:
+    """Decimals for one column of numbers: 4 significant digits for its largest |value|, the same for every row
+    (so the column is aligned, never ragged like per-number `.4g`), between 0 and 6."""
+    import math
+
+    top = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    if top == 0:
+        return MD_DECIMALS
+    return max(0, min(6, 3 - math.floor(math.log10(top))))
+
+
+def md_number(v: float, signed: bool = False, decimals: int = MD_DECIMALS) -> str:
+    """A number as exports write it: fixed decimals, with a sign when `signed` (a column holding negative
+    values)."""
+    if v != v or v in (float("inf"), float("-inf")):
+        return str(v)
+    if abs(v) >= 1e6:
+        return f"{v:+.3e}" if signed else f"{v:.3e}"
+    return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
+
+
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
+    """A markdown table; each column of numbers in one format (fixed decimals, signed when any is negative),
+    numbers right-aligned."""
+    column = [[r[c] for r in rows if c < len(r) and isinstance(r[c], float)] for c in range(len(headers))]
+    floats = [bool(col) for col in column]
+    signed = [any(v < 0 for v in col) for col in column]
+    decimals = [column_decimals(col) for col in column]
+
+    def cell(c: int, v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return md_number(v, signed[c], decimals[c])
         return md_escape(str(v))
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("--:" if floats[c] else "---" for c in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(cell(c, v) for c, v in enumerate(row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -308,10 +350,11 @@ def md_bars(labels: list[str], values: list[float], width: int = 24) -> str:
     max_abs = max((abs(v) for v in values), default=0.0) or 1.0
     lab_w = max((len(x) for x in labels), default=0)
     lines = []
+    decimals = column_decimals([float(v) for v in values])
     for lab, v in zip(labels, values):
         n = round(abs(v) / max_abs * width)
         bar = ("-" if v < 0 else "#") * n
-        lines.append(f"{lab:<{lab_w}}  {bar:<{width}}  {v:+.4g}")
+        lines.append(f"{lab:<{lab_w}}  {bar:<{width}}  {md_number(v, signed=True, decimals=decimals)}")
     return "```text\n" + "\n".join(lines) + "\n```"
 
 

@@ -9,7 +9,7 @@ from functools import partial
 from rich.text import Text
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from workbench.engine import StaleRequest, one_line
+from workbench.screens.base import Failure, ask_engine
 
 PREFIXES = {"token": "token", "tok": "token", "text": "text", "label": "label", "role": "role", "family": "role"}
 HELP = [
@@ -80,12 +80,13 @@ class FeatureSearch(Provider):
                 yield Hit(1000.0, Text("run a prompt on the explore screen first"), lambda: None)
                 return
             prompt, pos = explore.prompt, explore.selected_pos()
-        try:
-            hits = await app.engine.search(kind, text, prompt=prompt, pos=pos)  # type: ignore[attr-defined]
-        except StaleRequest:
+        failed: list[Failure] = []  # shown as the palette's one line (a bug: logged with its traceback first)
+        hits = await ask_engine(app.engine.search(kind, text, prompt=prompt, pos=pos),  # type: ignore[attr-defined]
+                                failed.append, "command palette search")
+        if failed:
+            yield Hit(1000.0, Text(failed[0].text, style="red"), lambda: None)
             return
-        except Exception as exc:  # noqa: BLE001 - shown as the palette's one line
-            yield Hit(1000.0, Text(one_line(exc), style="red"), lambda: None)
+        if hits is None:  # a newer search made this one stale
             return
         n = len(hits)
         for i, h in enumerate(hits):

@@ -30,6 +30,7 @@ from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, pr
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
 from sae.engine.errors import AttnscopeError
+from sae.engine.names import head_name
 
 APPROXIMATION = (
     "Attention patterns and LayerNorm scales are frozen at their values on this prompt; with them fixed, each "
@@ -63,6 +64,21 @@ class TraceNode:
         yield self
         for c in self.children:
             yield from c.walk()
+
+
+MIN_SHARE = 0.05  # shown by default: terms of at least this share of the root's |value| (the rest summed in one line)
+
+
+def prune_tree(node: dict[str, Any], floor: float, share: float = MIN_SHARE) -> dict[str, Any]:
+    """A copy of a `TraceNode.to_dict()` tree keeping the children with |value| >= `floor`; each node's other
+    children become one 'other' child holding their sum (so children still sum to their parent)."""
+    kept = [prune_tree(c, floor, share) for c in node["children"] if abs(c["value"]) >= floor]
+    rest = [c for c in node["children"] if abs(c["value"]) < floor]
+    out = {**node, "children": kept}
+    if rest:
+        out["children"].append({"kind": "other", "value": sum(c["value"] for c in rest), "children": [],
+                                "label": f"({len(rest)} smaller terms, each under {share:.0%} of the root)"})
+    return out
 
 
 @dataclass
@@ -199,11 +215,11 @@ def feature_children(ctx: TraceContext, layer: int, feature: int, pos: int, coef
     nodes = []
     for h in range(per.shape[0]):
         sources = [
-            TraceNode(kind="head_source", label=f"head {layer}.{h} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
+            TraceNode(kind="head_source", label=f"{head_name(layer, h)} {pos}<-{s} {_tok(ctx, s)}", value=float(per[h, s]),
                       layer=layer, head=h, pos=pos, src=s, feature=feature)
             for s in range(pos + 1)
         ]
-        nodes.append(TraceNode(kind="head", label=f"head {layer}.{h}", value=float(per[h].sum()), layer=layer, head=h,
+        nodes.append(TraceNode(kind="head", label=f"head {head_name(layer, h)}", value=float(per[h].sum()), layer=layer, head=h,
                                pos=pos, feature=feature, children=sources))
     bias = float(sae.encoder_bias_total[feature]) * coeff
     nodes.append(TraceNode(kind="enc_bias", label=f"L{layer} SAE encoder bias", value=bias, layer=layer, feature=feature))

@@ -12,6 +12,7 @@ from sae.cli.common import FitTable as Table
 from rich.text import Text
 
 from sae.cli.common import UsageError, add_model_flags, job_progress, add_output_flags, console, emit, out, positive_int
+from sae.engine.names import density_text
 from sae.cli.features import (
     check_layer,
     context_piece,
@@ -217,7 +218,7 @@ def _hist_line(h: dict, width: int = 40) -> str:
 
 def markdown(b: dict) -> str:
     lines = [f"## Layer {b['layer']} feature {b['feature']} ({b['model']})", "",
-             f"density {b['density']:.3g} over {b['n_tokens']:,} tokens · mean act when firing {b['mean_act']:.3g} · "
+             f"density {density_text(b['density'])} over {b['n_tokens']:,} tokens · mean act when firing {b['mean_act']:.3g} · "
              f"max act {b['max_act']:.3g}", "",
              "**head shares of the decoder norm:** " + ", ".join(f"{b['layer']}.{i} {s:.0%}" for i, s in enumerate(b["head_shares"])),
              "", f"**activation histogram (log scale):** `{_hist_line(b['histogram'])}`", "", "### Top examples", ""]
@@ -259,7 +260,7 @@ def _context_text(e: dict, max_act: float) -> Text:
 def pretty(b: dict) -> None:
     head = Text.assemble(
         (f"L{b['layer']} F{b['feature']}", "bold cyan"), f"  {b['model']}\n",
-        f"density {b['density']:.3g} over {b['n_tokens']:,} tokens · mean act {b['mean_act']:.3g} · max {b['max_act']:.3g}\n",
+        f"density {density_text(b['density'])} over {b['n_tokens']:,} tokens · mean act {b['mean_act']:.3g} · max {b['max_act']:.3g}\n",
         "heads: ", ", ".join(f"{b['layer']}.{i} {s:.0%}" for i, s in enumerate(b["head_shares"])), "\n",
         f"histogram: {_hist_line(b['histogram'])}",
     )

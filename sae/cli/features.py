@@ -9,11 +9,12 @@ import argparse
 import sys
 from typing import Any
 
-from sae.engine.safe_text import markup_escape as escape, md_cell, term_line
+from sae.engine.safe_text import md_cell, term_line
 from sae.engine.errors import AttnscopeError
 from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, emit, out, positive_int
+from sae.engine.names import head_name
 
 
 # ---- shared by the analysis commands ------------------------------------------------------------------
@@ -71,6 +72,12 @@ def show_token(t: str) -> str:
     return t
 
 
+def source_token(tokens: list[str], s: int) -> str:
+    """A token in a narrow column: the first token, when special (`<|endoftext|>`), as BOS."""
+    t = tokens[s]
+    return "BOS" if s == 0 and t.startswith("<|") and t.endswith("|>") else show_token(t)
+
+
 def context_piece(t: str) -> str:
     """A token inside a running context: newlines and tabs escaped, everything else as is."""
     return t.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
@@ -125,29 +132,36 @@ def _rows(d: dict) -> list[list[Any]]:
             h = max(range(len(heads)), key=lambda i: heads[i]) if heads else 0
             src = f["dfa_src"]
             s = max(range(len(src)), key=lambda i: src[i]) if src else 0
-            rows.append([p["pos"], show_token(p["token"]), f["id"], f["act"], f["pre_act"], f"{d['layer']}.{h} {heads[h]:+.3g}",
-                         f"{s} {show_token(d['tokens'][s])} {src[s]:+.3g}"])
+            rows.append([p["pos"], source_token(d["tokens"], p["pos"]), f["id"], f["act"], f["pre_act"], head_name(d["layer"], h),
+                         f"{heads[h]:+.3f}", f"{s} {source_token(d['tokens'], s)}", f"{src[s]:+.3f}"])
     return rows
 
 
-HEADERS = ["pos", "token", "feature", "act", "pre-act", "top head (DFA)", "top source (DFA)"]
+# one short header per column: at 80 columns each row stays on one line (the caption says what they are)
+HEADERS = ["pos", "token", "feature", "act", "pre-act", "head", "DFA", "source", "DFA"]
+CAPTION = "head, source: the largest DFA into the feature"
 
 
 def markdown(d: dict) -> str:
     head = f"## Features of {d['model']} layer {d['layer']}\n\n"
     note = "(prompt truncated to the model's context)\n\n" if d.get("truncated") else ""
-    return head + note + md_table(HEADERS, _rows(d))
+    return head + note + md_table(HEADERS, _rows(d)) + f"\n\n{CAPTION}"
 
 
 def pretty(d: dict) -> None:
-    t = Table(title=f"{d['model']} · layer {d['layer']} · top features per token", header_style="bold")
+    t = Table(title=f"{d['model']} · layer {d['layer']} · top features per token", header_style="bold",
+              caption=CAPTION)
+    if out.width < 100:  # narrow: no vertical rules, so every row stays on one line at 80 columns
+        from rich import box
+
+        t.box, t.show_edge, t.pad_edge = box.SIMPLE_HEAD, False, False
     for h in HEADERS:
-        t.add_column(h, justify="right" if h in ("pos", "feature", "act", "pre-act") else "left", overflow="fold")
+        t.add_column(h, justify="right" if h in ("pos", "feature", "act", "pre-act", "DFA") else "left", overflow="fold")
     last = None
     for r in _rows(d):
         pos, tok = r[0], r[1]
         first = pos != last
         last = pos
         t.add_row(str(pos) if first else "", tok if first else "", str(r[2]), f"{r[3]:.3f}", f"{r[4]:.3f}",
-                  r[5], escape(r[6]))
+                  r[5], r[6], r[7], r[8])  # str cells are plain text (FitTable), never markup
     out.print(t)

@@ -9,6 +9,7 @@ from sae.engine.errors import AttnscopeError
 from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
 from sae.cli.common import job_progress
 from sae.cli.ioi import load_model_or_fail
+from sae.engine.names import head_name
 
 
 def register(subparsers) -> None:
@@ -99,7 +100,7 @@ def heldout_texts(spec: str) -> tuple[list[str], str]:
 def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     lengths = [str(p) for p in r["prefix_lengths"]]
     found = [h for h in r["heads"] if h["kind"] != "not induction"]
-    names = ", ".join(f"{h['layer']}.{h['head']} ({h['kind']})" for h in found) or "none"
+    names = ", ".join(f"{head_name(h['layer'], h['head'])} ({h['kind']})" for h in found) or "none"
     head = (
         f"{r['model']}: {r['n_per_length']} sequences of {r['seq_len']} tokens per prefix length, sampling "
         f"{r['sampling']} ({r['design']}; seed {r['seed']}, mean query position {r['mean_query_pos']:.1f}); "
@@ -107,7 +108,7 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
     )
     rows = []
     for h in r["heads"]:
-        rows.append([f"{h['layer']}.{h['head']}", h["kind"]] + [f"{h['scores'][k]:.2f}" for k in lengths]
+        rows.append([head_name(h["layer"], h["head"]), h["kind"]] + [f"{h['scores'][k]:.2f}" for k in lengths]
                     + [f"{h['dla'][lengths[0]]:.2f}", f"{h['dla'][lengths[-1]]:.2f}"])
     cols = ["head", "kind"] + [f"s{k}" for k in lengths] + [f"dla{lengths[0]}", f"dla{lengths[-1]}"]
     tbls = [("induction score by repeated-prefix length (s1..), vocabulary-centred DLA to the correct token", cols, rows)]
@@ -117,7 +118,7 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
         for h in rt["heads"]:
             hist = h["prefix_hist"]
             rrows.append([
-                f"{h['layer']}.{h['head']}", str(h["n_events"]), str(h["n_induction"]),
+                head_name(h["layer"], h["head"]), str(h["n_events"]), str(h["n_induction"]),
                 "/".join(str(v) for v in hist.values()), f"{h['mean_prefix']:.2f}", str(h["n_intervened"]),
                 f"{h['attn_before']:.2f}", f"{h['attn_after']:.2f}",
             ])

@@ -7,10 +7,11 @@ import math
 
 
 from sae.cli.common import UsageError, open_model, job_progress, add_model_flags, add_output_flags, emit, print_tables, tables_markdown
+from sae.engine.names import head_name
 
 
 def register(subparsers) -> None:
-    from sae.experiments.ioi_data import EXPERIMENTS
+    from sae.experiments.ioi_data import EXPERIMENTS, N_PROMPTS
 
     p = subparsers.add_parser(
         "ioi",
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
         + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()),
     )
     p.add_argument("--experiment", "-e", default="clean", help=f"one of {', '.join(EXPERIMENTS)} (default clean)")
-    p.add_argument("--n", type=int, default=100, help="number of prompts, ABBA and BABA alternating (default 100)")
+    p.add_argument("--n", type=int, default=N_PROMPTS, help=f"number of prompts, ABBA and BABA alternating (default {N_PROMPTS})")
     p.add_argument("--paper", action="store_true", help="the paper's settings exactly: its IOIDataset('mixed') prompts "
                    "(BABA[:7] + ABBA[:7], its 109 names kept where single tokens, 8 places, 8 objects), no BOS, seed 1 "
                    "unless --seed, and its combined corruption ('It was a nice day. ' prepended, ' while the weather "
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=None, help="SAE layer for features/path (default the middle layer)")
     p.add_argument("--layers", default=None, help="layers to noise, e.g. 1,2 (default the middle layer and the next)")
     p.add_argument("--features", default=None, help="path: feature ids, e.g. 12,40 (default the top 3 by effect)")
-    p.add_argument("--heads", default=None, help="path: later heads as L.H, e.g. 2.0,2.3 (default every later head)")
+    p.add_argument("--heads", default=None, help="path: later heads, e.g. L2H0,L2H3 (or 2.0,2.3) (default every later head)")
     p.add_argument("--corruptions", default=None, help="noising: comma-separated subset of names,abs_pos,rel_pos,alongside,names_abs,combined (default all, or with --paper the paper's two: combined,alongside; 'combined': new names, a prepended sentence and an inserted clause; its text is attnscope's unless --paper, which uses the paper's exact text and name draw)")
     p.add_argument("--names", default=None, help="comma-separated names to draw from (default attnscope's 60 names, or the paper's 109 with --paper/--split mixed; only single-token ones are used)")
     p.add_argument("--top", type=int, default=10, help="features: how many to list (default 10)")
@@ -54,13 +55,15 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 def _heads(text: str | None) -> list[tuple[int, int]] | None:
     if text is None:
         return None
+    import re
+
     heads = []
     for part in text.split(","):
-        try:
-            l, h = part.strip().split(".")
-            heads.append((int(l), int(h)))
-        except ValueError:
-            raise UsageError(f"heads are written LAYER.HEAD, e.g. 2.3; got {part!r}") from None
+        m = re.fullmatch(r"\s*(?:L(\d+)H(\d+)|(\d+)\.(\d+))\s*", part, flags=re.IGNORECASE)
+        if m is None:
+            raise UsageError(f"heads are written L2H3 (or 2.3), as the tables print them; got {part!r}")
+        g = [x for x in m.groups() if x is not None]
+        heads.append((int(g[0]), int(g[1])))
     return heads
 
 
@@ -150,7 +153,7 @@ def tables(r: dict) -> tuple[str, list[tuple[str, list[str], list[list[str]]]]]:
                 for s in r["splices"]]
         return head, [("SAEs spliced into hook_z", ["layers", "error term", "logit diff", "recovered", "max |change|"], rows)]
     if exp == "heads":
-        rows = [[f"{h['layer']}.{h['head']}", _f(h["zero_delta"]), _f(h["mean_delta"])] for h in r["heads"]]
+        rows = [[head_name(h["layer"], h["head"]), _f(h["zero_delta"]), _f(h["mean_delta"])] for h in r["heads"]]
         return head, [(f"heads {r['ranking']}", ["head", "zero-ablation change", "mean-ablation change"], rows)]
     if exp == "features":
         e = r["error_term"]

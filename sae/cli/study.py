@@ -24,6 +24,7 @@ from sae.cli.common import (
     positive_int,
 )
 from sae.cli.features import context_piece, md_table, non_negative_int
+from sae.engine.names import density_text
 
 # one colour per family in the terminal chart (cycled); the markdown chart uses labels.BAR_GLYPHS
 COLOURS = ["magenta", "cyan", "green", "yellow", "blue", "bright_black", "red", "bright_green", "bright_cyan",
@@ -170,7 +171,7 @@ def _sample_head(d: dict) -> str:
 def _sample_md(d: dict) -> str:
     return "\n".join([f"## Study sample: {_sample_head(d)}", "", md_table(
         ["feature", "density", "top context", "family", "rating"],
-        [[r["feature"], f"{r['density']:.2e}", r["top_context"], r["family"] or "-", r["rating"] or "-"]
+        [[r["feature"], density_text(r["density"]), r["top_context"], r["family"] or "-", r["rating"] or "-"]
          for r in d["features"]])])
 
 
@@ -180,7 +181,7 @@ def _sample_pretty(d: dict) -> None:
     for c in ("feature", "density", "top context", "family", "rating"):
         t.add_column(c, overflow="fold")
     for r in d["features"]:
-        t.add_row(str(r["feature"]), f"{r['density']:.2e}", r["top_context"], r["family"] or "-", r["rating"] or "-")
+        t.add_row(str(r["feature"]), density_text(r["density"]), r["top_context"], r["family"] or "-", r["rating"] or "-")
     out.print(t)
     out.print("[dim]label one: attnscope study label --layer L --feature F --family NAME --rating yes|maybe|no "
               "--note TEXT · or press 8 (the study screen) in the workbench[/]")

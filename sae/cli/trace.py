@@ -28,22 +28,33 @@ def register(subparsers: Any) -> None:
                    help="token position (0 = BOS; negative counts from the end; default: where it fires most)")
     p.add_argument("--depth", type=non_negative_int, default=1, help="levels of upstream features to expand (default 1)")
     p.add_argument("--keep", type=positive_int, default=5, help="children kept per node; the rest are merged (default 5)")
+    p.add_argument("--min-share", type=float, default=None,
+                   help="tree and markdown: show terms of at least this share of the root's |value|, the rest summed "
+                        "in one line (default 0.05, as the workbench's export; --json keeps every term)")
+    p.add_argument("--all", action="store_true", help="show every term, down to the smallest (same as --min-share 0)")
     add_model_flags(p)
     add_output_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.analysis.trace import trace_feature
+    from sae.analysis.trace import MIN_SHARE, prune_tree, trace_feature
 
     if not args.prompt.strip():
         raise UsageError("the prompt is empty")
     model, saes = open_model_and_saes(args, args.layer)
     check_feature(saes[args.layer], args.layer, args.feature)
+    share = 0.0 if args.all else MIN_SHARE if args.min_share is None else args.min_share
+    if not 0.0 <= share < 1.0:
+        raise UsageError(f"--min-share must be in [0, 1), got {args.min_share}")
     tr = trace_feature(model, saes, args.prompt, args.layer, args.feature, args.pos, args.depth, args.keep)
     if tr.truncated:
         warn(f"the prompt is longer than the model's context; analysed its first {model.n_ctx} tokens")
-    emit(args, tr.to_dict(), markdown, pretty)
+    d = tr.to_dict()
+    if share > 0 and not getattr(args, "json", False):
+        d["root"] = prune_tree(d["root"], share * abs(d["root"]["value"]), share)
+        d["approximation"] += f"; terms under {share:.0%} of the root summed (--all shows every term)"
+    emit(args, d, markdown, pretty)
     return 0
 
 

@@ -59,6 +59,7 @@ from sae.experiments.ioi_data import EXPERIMENTS, IOIPrompt, NameTokenError
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
 from sae.engine.errors import AttnscopeError
+from sae.engine.names import head_name
 
 NEEDS_SAES = {"splice", "features", "path"}
 ZFn = Callable[[torch.Tensor], torch.Tensor]
@@ -533,9 +534,9 @@ def run_path(
     for l, h in heads:
         _check_layers(model, [l])
         if l <= layer:
-            raise IOIError(f"head {l}.{h} is not after layer {layer}; path patching reads later heads' value input")
+            raise IOIError(f"head {head_name(l, h)} is not after layer {layer}; path patching reads later heads' value input")
         if not 0 <= h < model.n_heads:
-            raise IOIError(f"head {l}.{h} is outside the model ({model.n_heads} heads per layer)")
+            raise IOIError(f"head {head_name(l, h)} is outside the model ({model.n_heads} heads per layer)")
     picked_by = "given"
     if features is None:
         picked_by = f"top {top} of the features experiment"
@@ -568,7 +569,7 @@ def run_path(
                 delta[idx] = ld - clean[idx]
             d = _by_order(delta, data)
             records.append(PathRow(
-                feature=i, heads=",".join(f"{l}.{h}" for l, h in g) if len(g) > 1 else f"{g[0][0]}.{g[0][1]}",
+                feature=i, heads=",".join(head_name(l, h) for l, h in g) if len(g) > 1 else head_name(*g[0]),
                 n_active=len(idx), delta=d["all"], delta_abba=d["ABBA"], delta_baba=d["BABA"],
             ))
     records.sort(key=lambda r: -abs(r.delta or 0.0))

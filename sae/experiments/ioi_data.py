@@ -397,6 +397,8 @@ def paper_combined(prompt: IOIPrompt, c: str, d: str, encode: Encode, bos_id: in
 
 
 # The IOI runner's experiments (sae.experiments.ioi); listed here so the CLI can offer them without importing torch.
+N_PROMPTS = 100  # prompts per IOI experiment (ABBA and BABA alternating): the CLI's default, as in the paper
+
 EXPERIMENTS: dict[str, str] = {
     "clean": "logit difference IO - S and accuracy",
     "splice": "SAEs spliced into hook_z, with and without the error term",

@@ -8,7 +8,10 @@ the workbench draws their results and never computes science itself.
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_io import OutputError, swap_dir
 from sae.engine.safe_text import plain, visible, xml_clean  # user text, never markup (the one escaping home)
-from workbench.engine.core import Engine, sae_dir_candidates
+from sae.engine.names import density_text, head_name
+from workbench.engine.core import (
+    QUICK_RUNS, Engine, existing_run, free_run_dir, full_run_sizes, sae_dir_candidates, saved_run_form,
+)
 from workbench.engine.views import (
     CellDetail,
     DashboardView,
@@ -48,5 +51,6 @@ __all__ = [
     "InductionView", "JobHandle", "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest",
     "TraceNodeView", "TraceView", "Worker", "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
     "bug_log_path", "record_bug", "plain", "visible", "xml_clean", "OutputError",
-    "swap_dir",
+    "swap_dir", "existing_run", "free_run_dir",
+    "head_name", "density_text", "QUICK_RUNS", "full_run_sizes", "saved_run_form",
 ]

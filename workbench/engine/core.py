@@ -28,7 +28,8 @@ from workbench.engine.views import (
     trace_view,
 )
 from workbench.engine.research import ResearchMethods, ResultStore, SearchMethods
-from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker
+from sae.engine.errors import AttnscopeError
+from workbench.engine.worker import EngineError, JobHandle, Post, Reporter, Worker, one_line
 
 if TYPE_CHECKING:
     from sae.engine.autoencoder import SAE
@@ -47,6 +48,101 @@ def sae_dir_candidates(roots: list[Path]) -> list[Path]:
             if (cfg.parent / "sae_weights.safetensors").is_file():
                 found.add(cfg.parent.parent)
     return sorted(found)
+
+
+def existing_run(out_dir: str | Path) -> str:
+    """What a training run left in `out_dir` ("2 SAEs and a checkpoint"), or "" when it holds none: the training
+    screen never starts a fresh run over it (the CLI refuses the same without --overwrite)."""
+    from sae.engine.formats import CFG_FILE, WEIGHTS_FILE
+    from sae.engine.training.loop import CHECKPOINT_FILE
+
+    d = Path(out_dir).expanduser()
+    if not d.is_dir():
+        return ""
+    n_saes = sum(1 for x in d.iterdir() if (x / CFG_FILE).is_file() and (x / WEIGHTS_FILE).is_file())
+    parts = [f"{n_saes} SAE{'s' if n_saes != 1 else ''}"] if n_saes else []
+    if (d / CHECKPOINT_FILE).exists():
+        parts.append("a checkpoint")
+    return " and ".join(parts)
+
+
+QUICK_RUNS = {"induction": 32, "ioi": 24}  # the workbench's quick sizes (sequences per prefix length, prompts)
+
+
+def full_run_sizes() -> dict[str, int]:
+    """The CLI's (and the paper's) sizes of the experiments the workbench runs quick: {"induction": 400, "ioi": 100}."""
+    from sae.experiments.induction import N_SEQUENCES
+    from sae.experiments.ioi_data import N_PROMPTS
+
+    return {"induction": N_SEQUENCES, "ioi": N_PROMPTS}
+
+
+def saes_digest(saes: dict[int, Any]) -> str:
+    """sha256 over every SAE's parameters, layer by layer (12 hex digits): the same weights give the same digest
+    whether read from disk or held in memory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for layer in sorted(saes):
+        h.update(f"layer {layer}".encode())
+        for name, t in sorted(saes[layer].state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def saved_run_config(out_dir: str | Path) -> Any:
+    """The `TrainConfig` saved beside a run (`train_config.json`); EngineError when it is missing or damaged."""
+    import json
+
+    from sae.engine.training.loop import CONFIG_FILE, TrainConfig
+
+    path = Path(out_dir).expanduser() / CONFIG_FILE
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise EngineError(f"{out_dir} holds no {CONFIG_FILE}; nothing to resume") from None
+    except AttnscopeError:  # a config that does not validate says so itself
+        raise
+    except (OSError, ValueError, TypeError) as exc:  # unreadable, or not JSON
+        raise EngineError(f"{path} is damaged ({one_line(exc)})") from exc
+
+
+def saved_run_form(out_dir: str | Path) -> dict[str, Any]:
+    """A run's saved settings as the training form's values (what `u` resumes with, shown before it starts)."""
+    cfg = saved_run_config(out_dir)
+    k = cfg.k[0] if isinstance(cfg.k, list) else cfg.k
+    return {"layers": ",".join(map(str, cfg.layers or [])), "architecture": cfg.architecture,
+            "d_sae": "" if cfg.d_sae is None else str(cfg.d_sae),
+            "sparsity": str(k) if cfg.architecture == "topk" else str(cfg.l1_coeff),
+            "total_tokens": str(cfg.total_tokens), "batch_size": str(cfg.batch_size), "corpus": cfg.corpus or "default"}
+
+
+def missing_local_dir(spec: str) -> str:
+    """A one-line error when `spec` is meant as a local path (it starts with / . ~, or its first part is a folder
+    here) and does not exist, naming what its parent holds; "" otherwise (a release name or a hub repo)."""
+    p = Path(spec).expanduser()
+    if p.exists() or not spec.strip():
+        return ""
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    if not (spec.startswith(("/", ".", "~")) or (len(Path(spec).parts) > 1 and Path(first).is_dir())):
+        return ""
+    parent = p.parent
+    if not parent.is_dir():
+        return f"no such SAE directory: {spec} (the folder {parent} does not exist)"
+    near = sorted(x.name for x in parent.iterdir() if x.is_dir() and not x.name.startswith("."))[:6]
+    return f"no such SAE directory: {spec}" + (f" ({parent} holds {', '.join(near)})" if near else "")
+
+
+def free_run_dir(out_dir: str | Path) -> str:
+    """`out_dir` itself when it holds no run, else the first of `out_dir-2`, `out_dir-3`, ... that holds none."""
+    base = str(out_dir).rstrip("/") or str(out_dir)
+    if not existing_run(base):
+        return base
+    i = 2
+    while existing_run(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
 
 
 class Engine(ResearchMethods, SearchMethods, ResultStore):
@@ -95,7 +191,15 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         return EngineInfo(
             model=str(m.name), n_layers=m.n_layers, n_heads=m.n_heads, d_head=m.d_head, n_ctx=m.n_ctx,
             saes=self.saes_spec, d_sae={layer: int(s.cfg.d_sae) for layer, s in self._saes.items()},
+            saes_path=self._saes_path(), saes_digest=saes_digest(self._saes),
         )
+
+    def _saes_path(self) -> str:
+        """The directory the SAE set was read from ("" for SAEs held in memory, e.g. fresh from training)."""
+        from sae.zoo import resolve_saes
+
+        p = Path(resolve_saes(self.saes_spec)).expanduser()
+        return str(p.resolve()) if p.exists() else ""
 
     def _need_model(self) -> LoadedModel:
         if self._model is None:
@@ -124,6 +228,9 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
     def _load_saes(self, spec: str, model: LoadedModel) -> dict[int, SAE]:
         from sae.zoo import load_sae_set
 
+        missing = missing_local_dir(spec)
+        if missing:
+            raise EngineError(missing)
         loaded = load_sae_set(spec, model, device=model.device)  # its AttnscopeErrors reach the screen as they are
         if not loaded:
             raise EngineError(f"no SAEs found in {spec!r}")
@@ -303,7 +410,8 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         return self.start_job("induction", job, post, label="induction experiment", key="induction")
 
     def run_ioi(self, experiment: str, n: int, layer: int | None, post: Post, seed: int = 0) -> JobHandle:
-        """One IOI experiment (sae.experiments.ioi) on a fresh held-out dataset; the result is an `ExperimentView`."""
+        """One IOI experiment (sae.experiments.ioi) on a fresh dataset (split "all", as the CLI); the result is an
+        `ExperimentView`."""
 
         def job(rep: Reporter) -> Any:
             from sae.experiments import ioi
@@ -346,21 +454,29 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         return self.start_job("proxy", job, post, label=f"proxy of L{layer} F{feature}", key=f"proxy:{layer}")
 
     def train(self, form: dict[str, Any], corpus: str, out_dir: str, resume: bool, post: Post) -> JobHandle:
-        """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`."""
+        """Train SAEs on the open model (sae.engine.training.loop.train_saes); the result is `{layer: SAE}`. A fresh
+        run (not `resume`) into a directory that holds one is refused: a finished run is never overwritten."""
+        if not resume and existing_run(out_dir):
+            raise EngineError(f"{out_dir} already holds a training run ({existing_run(out_dir)}); u resumes it, or pick "
+                              "another output dir")
 
         def job(rep: Reporter) -> Any:
             from sae.engine.training import loop as training
             from sae.zoo.token_cache import cached_token_rows
 
             model = self._need_model()
-            # everything not in the form (warm-up, dead window, resampling) is TrainConfig's default, scaled to the run
-            cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
-                                       **{"context_size": min(128, model.n_ctx), **form})
+            if resume:  # the run's own saved settings, whatever the (perhaps relaunched, reset) form shows
+                cfg = saved_run_config(out_dir)
+                run_corpus = cfg.corpus or corpus
+            else:  # everything not in the form (warm-up, dead window, resampling) is TrainConfig's default
+                cfg = training.TrainConfig(model_name=model.name, corpus=corpus,
+                                           **{"context_size": min(128, model.n_ctx), **form})
+                run_corpus = corpus
             rows_needed = cfg.total_tokens // max(1, cfg.context_size - 1) + cfg.rows_per_pass
             # a bad corpus is a CorpusError from sae/ (passed on as it is); any other failure is a bug
-            rows = cached_token_rows(model, corpus, cfg.context_size, split="train", max_rows=rows_needed)
+            rows = cached_token_rows(model, run_corpus, cfg.context_size, split="train", max_rows=rows_needed)
             if rows.shape[0] == 0:
-                raise EngineError(f"corpus {corpus!r} is too small for one {cfg.context_size}-token row")
+                raise EngineError(f"corpus {run_corpus!r} is too small for one {cfg.context_size}-token row")
             rep.progress(Progress("train", 0, cfg.total_tokens, unit="tokens", stage=f"step 0/{cfg.total_steps}",
                                   note="tokens ready"))
             return training.train_saes(model, rows, cfg, out_dir, on_progress=rep.progress,

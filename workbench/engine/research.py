@@ -246,7 +246,8 @@ class ResultStore:
         return InductionView(prefix_lengths=tuple(int(k) for k in d["prefix_lengths"]),
                              heads=tuple(head(h) for h in d["heads"]), found=tuple(head(h) for h in d["found"]),
                              rule=str(d["rule"]), sampling=str(d["sampling"]), design=str(d["design"]),
-                             data=dict(d.get("data") or {}))
+                             data=dict(d.get("data") or {}), n_per_length=int(d.get("n_per_length", 0)),
+                             seq_len=int(d.get("seq_len", 0)), seed=int(d.get("seed", 0)))
 
     @staticmethod
     def experiment_to_dict(v: "ExperimentView") -> dict[str, Any]:

@@ -26,6 +26,18 @@ class EngineInfo:
     n_ctx: int
     saes: str
     d_sae: Mapping[int, int]  # layer -> width, for every layer with an SAE
+    saes_path: str = ""  # where the SAE set was read from ("" when it lives in memory only)
+    saes_digest: str = ""  # sha256 of the SAE weights (12 hex digits): which SAEs a finding was made with
+
+    @property
+    def saes_record(self) -> str:
+        """The SAE set as a finding records it: its name, where it was read from, and the digest of its weights."""
+        parts = [self.saes]
+        if self.saes_path and self.saes_path != self.saes:
+            parts.append(self.saes_path)
+        if self.saes_digest:
+            parts.append(f"sha256 {self.saes_digest}")
+        return " · ".join(parts)
 
     @property
     def sae_layers(self) -> list[int]:
@@ -155,6 +167,7 @@ class TraceView:
     approximation: str
     truncated: bool
     data: Mapping[str, Any] = field(default_factory=dict)  # `Trace.to_dict()`, for findings
+    act: float | None = None  # the feature's activation at `pos` (the root's value is its pre-activation)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data)
@@ -226,6 +239,9 @@ class InductionView:
     sampling: str
     design: str
     data: Mapping[str, Any] = field(default_factory=dict)
+    n_per_length: int = 0  # sequences per prefix length
+    seq_len: int = 0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -317,7 +333,8 @@ def trace_view(tr: Any) -> TraceView:
         return TraceNodeView(kind=n.kind, label=n.label, value=float(n.value), children=tuple(node(c) for c in n.children))
 
     return TraceView(layer=tr.layer, feature=tr.feature, pos=tr.pos, tokens=list(tr.tokens), root=node(tr.root),
-                     approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict())
+                     approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict(),
+                     act=float(tr.root.act) if tr.root.act is not None else None)
 
 
 def heads_view(model: Any, saes: dict[int, Any], labels: Any = None,
@@ -380,7 +397,7 @@ def experiment_view(result: IOIResult) -> ExperimentView:
     summary = (f"{result.experiment} · {st.n_prompts} prompts · clean logit diff "
                + (f"{clean:+.3f}" if clean is not None else "-"))
     if isinstance(result, CleanResult) and result.accuracy is not None:
-        summary += f" · accuracy {result.accuracy:.3g}"
+        summary += f" · accuracy {result.accuracy:.0%}"
     if result.sae_layer is not None:
         summary += f" · layer {result.sae_layer}"
     summary += f" · {st.describe()}"
@@ -401,7 +418,7 @@ def induction_view(res: Any) -> InductionView:
     return InductionView(
         prefix_lengths=tuple(res.prefix_lengths), heads=tuple(head(h) for h in res.heads),
         found=tuple(head(h) for h in res.induction_heads()), rule=res.rule, sampling=res.sampling, design=res.design,
-        data=res.to_dict(),
+        data=res.to_dict(), n_per_length=res.n_per_length, seq_len=res.seq_len, seed=res.seed,
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Static
 
@@ -120,6 +121,9 @@ class WorkbenchScreen(Screen):
     """A screen that knows the app's engine and can pin what it shows."""
 
     MODE = ""
+    # the app's help key, first in every screen's footer (a screen's own keys come after it): at 80 columns the
+    # footer cuts its last keys, and ? must never be one of them. Same key, same action as the app's binding.
+    BINDINGS = [Binding("question_mark", "app.help", "Help", show=True)]
 
     def on_mount(self) -> None:
         """Let the app find this screen in any mode (see `WorkbenchApp.screens_of`), and put the global job
@@ -131,6 +135,8 @@ class WorkbenchScreen(Screen):
         register = getattr(self.app, "mode_screens", None)
         if register is not None and self.MODE:
             register[self.MODE] = self
+        for footer in self.query(Footer):
+            footer.compact = True  # more keys fit at 80 columns
         if not self.query(JobBar):
             footers = self.query(Footer)
             self.mount(JobBar(), before=footers.first() if footers else None)

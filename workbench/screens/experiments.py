@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import ExperimentView, InductionView
+from workbench.engine import QUICK_RUNS, ExperimentView, InductionView, full_run_sizes, head_name
 from workbench.findings import Finding, md_bars, md_table
 from workbench.messages import JobFinished
 from workbench.screens.base import NavBar, StatusLine
@@ -30,22 +31,39 @@ class InductionScreen(JobScreen):
     def __init__(self) -> None:
         super().__init__()
         self.result: InductionView | None = None
+        self.ran_n = QUICK_RUNS["induction"]  # N of the last run started
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
         with Horizontal(classes="controls"):
             yield Label("sequences per prefix length ")
-            yield Input("32", id="ind-n", type="integer", classes="small-input")
-        yield StatusLine("r runs the synthetic repeated-prefix experiment", id="ind-status")
+            yield Input(str(QUICK_RUNS["induction"]), id="ind-n", type="integer", classes="small-input")
+        yield StatusLine("r runs the synthetic repeated-prefix experiment (a quick run; the line below says the "
+                         "full one)", id="ind-status")
         yield ProgressBar(total=1, id="ind-progress", show_eta=True)
         yield DataTable(id="ind-table", zebra_stripes=True, cursor_type="row")
         yield Static("", id="ind-rule", classes="dim-note")
         yield Footer()
 
+    def on_mount(self) -> None:
+        self.query_one("#ind-rule", Static).update(Text(self.quick_note(QUICK_RUNS["induction"]), style="dim"))
+        self.restore_last()
+
+    def quick_note(self, n: int) -> str:
+        """Says when N is below the CLI's default, and the command for the full run."""
+        full = full_run_sizes()["induction"]
+        if n >= full:
+            return f"N = {n} sequences per prefix length (the CLI's default is {full})"
+        return (f"quick run: N = {n} sequences per prefix length; the paper's and the CLI's full run uses {full}: "
+                f"attnscope induction --n {full}")
+
     def help_about(self) -> str:
         return "Repeated random-token sequences; a head's score is its attention from the repeat to the token after the first occurrence."
 
     def action_run(self) -> None:
+        self.ask_before_replacing("the induction experiment", self.run_now)
+
+    def run_now(self) -> None:
         status = self.query_one(StatusLine)
         if self.job_running():
             status.error("already running: x cancels")
@@ -58,9 +76,11 @@ class InductionScreen(JobScreen):
         if job is None:
             return
         self.query_one(ProgressBar).update(total=None, progress=0)
+        self.ran_n = int(text)
         self.started(job, f"running the induction experiment on {text} sequences per prefix length ...")
 
-    def on_mount(self) -> None:
+    def restore_last(self) -> None:
+        """The last result, from an earlier launch too (the session file)."""
         saved = self.wb.session.get("induction")  # the last result, from an earlier launch too
         if isinstance(saved, dict) and self.result is None:
             try:
@@ -91,15 +111,15 @@ class InductionScreen(JobScreen):
         table.add_columns("head", *[f"prefix {k}" for k in lengths], "kind")
         for h in sorted(res.heads, key=lambda h: (h.kind == "not induction", -max(h.scores.values(), default=0))):
             style = "bold green" if h.kind == "long-prefix" else "bold cyan" if h.kind == "short-prefix" else "dim"
-            table.add_row(f"{h.layer}.{h.head}", *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style),
+            table.add_row(head_name(h.layer, h.head), *[f"{h.scores[k]:.2f}" for k in lengths], Text(h.kind, style=style),
                           key=f"{h.layer}.{h.head}")
         found = res.found
         self.query_one(StatusLine).say(
-            f"{len(found)} induction head(s): " + ", ".join(f"{h.layer}.{h.head} ({h.kind})" for h in found[:6])
+            f"{len(found)} induction head(s): " + ", ".join(f"{head_name(h.layer, h.head)} ({h.kind})" for h in found[:6])
             if found else "no induction heads found"
         )
         self.query_one("#ind-rule", Static).update(Text(
-            "prefix N: the head's induction score on repeats of an N-token random prefix (its attention from each "
+            self.quick_note(self.ran_n) + "\n" + "prefix N: the head's induction score on repeats of an N-token random prefix (its attention from each "
             f"token of the second copy to the token after it in the first copy). {res.rule}. Sampling {res.sampling}: "
             f"{res.design}", style="dim"))
 
@@ -108,15 +128,18 @@ class InductionScreen(JobScreen):
             return None
         res = self.result
         lengths = [str(p) for p in res.prefix_lengths]
-        rows = [[f"{h.layer}.{h.head}", *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
-        body = (md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows) + f"\n\nRule: {res.rule}"
-                + f"\n\nSampling {res.sampling}: {res.design}")
+        rows = [[head_name(h.layer, h.head), *[h.scores[k] for k in lengths], h.kind] for h in res.heads]
+        setup = (f"N = {res.n_per_length} sequences per prefix length of {res.seq_len} tokens · seed {res.seed} · "
+                 f"synthetic random tokens (no corpus split) · sampling {res.sampling}")
+        body = (setup + "\n\n" + md_table(["head", *[f"prefix {k}" for k in lengths], "kind"], rows)
+                + f"\n\nRule: {res.rule}" + f"\n\nSampling {res.sampling}: {res.design}")
         info = self.engine.info
         best = sorted(res.heads, key=lambda h: -max(h.scores.values(), default=0))[:12]
         bars = {"title": f"induction score at prefix {lengths[-1]}" if lengths else "induction score",
-                "labels": [f"{h.layer}.{h.head}" for h in best],
+                "labels": [head_name(h.layer, h.head) for h in best],
                 "values": [h.scores[lengths[-1]] if lengths else 0.0 for h in best]}
-        return Finding(kind="experiment", title="induction heads by prefix length", body=body,
+        return Finding(kind="experiment", title=f"induction heads by prefix length (N={res.n_per_length}, seed {res.seed})",
+                       body=body,
                        model=info.model if info else "", data={**res.data, "bars": bars})
 
 
@@ -130,13 +153,38 @@ IOI_TERMS = {
     "heads": "zero_delta: change in logit diff when the head's z is zeroed; % clean: that change as a share of the "
              "clean logit diff; mean_delta: the same with the head's mean z",
     "features": "delta: mean change in logit diff when the feature is zero-ablated at S2 only (ABBA / BABA: per "
-                "name order); n_active: prompts where it fires at S2",
+                "name order); n_active: prompts where it fires at S2; mean_act: its mean activation at S2 on those "
+                "prompts",
     "path": "delta: change in logit diff when the feature's direction is removed from the value input of the "
-            "later heads listed, at S2",
-    "noising": "recovered: logit diff after the attention output at S2 is taken from a corrupted prompt / clean. "
+            "later heads listed, at S2 (a bar: F<id> via one head, or via all the later heads)",
+    "noising": "recovered: logit diff after the attention output at S2 (of the layers listed) is taken from a "
+               "corrupted prompt, as a share of the clean logit diff. "
                "names: other names (ABB->CDD); abs_pos: a sentence prepended; rel_pos: a clause after the name "
                "pair; alongside: 'and' -> 'alongside'; names_abs: both",
 }
+
+
+def ioi_quick_note(experiment: str, n: int, layer: int | None) -> str:
+    """Says when N is below the CLI's default, and the command for the full run (same experiment and layer)."""
+    full = full_run_sizes()["ioi"]
+    if n >= full:
+        return f"N = {n} prompts (the CLI's default is {full})"
+    cmd = f"attnscope ioi -e {experiment} --n {full}" + (f" --layer {layer}" if layer is not None else "")
+    return f"quick run: N = {n} prompts; the paper's and the CLI's full run uses {full}: {cmd}"
+
+
+IOI_USES_LAYER = {"features", "path"}  # the experiments that read the layer box (the SAE layer at S2)
+NOISING_REFERENCES = {"S2-only": "S2-only: the clean prompts with only S2 replaced by a third name"}
+
+
+def references_line(refs: list[dict[str, Any]]) -> str:
+    """Noising's reference logit diffs in one line, as shares of clean ('recovered', as the table)."""
+    parts = []
+    for r in refs:
+        name = str(r.get("reference", "?")).removeprefix("corrupted (").removesuffix(")")
+        parts.append(f"{name} {float(r.get('logit_diff', 0.0)):+.2f} ({float(r.get('fraction', 0.0)):.0%})")
+    return ("references, logit diff (recovered): " + ", ".join(parts) + ". " + " ".join(NOISING_REFERENCES.values())
+            + "; the others: each corrupted prompt itself")
 
 
 def default_ioi_layer(sae_layers: list[int], n_layers: int) -> tuple[int | None, str]:
@@ -162,13 +210,8 @@ def no_effect_reason(layer: int, n_layers: int) -> str:
             "there are none (every delta is 0); choose an earlier layer")
 
 
-def head_name(layer: Any, head: Any) -> str:
-    """The paper's head notation: layer.head, e.g. 1.3."""
-    return f"{layer}.{head}"
-
-
 def display_records(records: list[dict[str, Any]], clean: float | None) -> list[dict[str, Any]]:
-    """Rows as shown: `layer` and `head` joined into one `head` column (L.H); zero_delta also as % of clean."""
+    """Rows as shown: `layer` and `head` joined into one `head` column (L0H2); zero_delta also as % of clean."""
     out = []
     for r in records:
         row: dict[str, Any] = {}
@@ -198,6 +241,8 @@ class IOIScreen(JobScreen):
         super().__init__()
         self.result: ExperimentView | None = None
         self.records: list[dict[str, Any]] = []
+        self.layer_why = ""  # why the default layer (features, path)
+        self.terms = ""  # what the shown experiment's columns mean (under the bars)
         self.sort_key: str | None = None
         self.sort_desc = True
 
@@ -205,10 +250,10 @@ class IOIScreen(JobScreen):
         yield NavBar(self.MODE)
         with Horizontal(classes="controls"):
             yield Select([(e, e) for e in IOI_EXPERIMENTS], value="heads", allow_blank=False, id="ioi-exp")
-            yield Label(" layer ")
+            yield Label(" layer ", id="ioi-layer-label")
             yield Input("", id="ioi-layer", placeholder="L", classes="small-input")
             yield Label(" N ")
-            yield Input("24", id="ioi-n", type="integer", classes="small-input")
+            yield Input(str(QUICK_RUNS["ioi"]), id="ioi-n", type="integer", classes="small-input")
         yield StatusLine("r runs the chosen experiment; x cancels", id="ioi-status")
         yield ProgressBar(total=1, id="ioi-progress", show_eta=True)
         with Horizontal(id="ioi-body"):
@@ -226,7 +271,24 @@ class IOIScreen(JobScreen):
         if info is not None and info.sae_layers:
             layer, why = default_ioi_layer(list(info.sae_layers), info.n_layers)
             self.query_one("#ioi-layer", Input).value = str(layer)
-            self.query_one("#ioi-note", Static).update(why)
+            self.layer_why = why
+        self.show_layer_box("heads")
+
+    @on(Select.Changed, "#ioi-exp")
+    def experiment_changed(self, event: Select.Changed) -> None:
+        self.show_layer_box(str(event.value))
+
+    def show_layer_box(self, experiment: str) -> None:
+        """The layer box only for the experiments that read it (features, path)."""
+        used = experiment in IOI_USES_LAYER
+        for w in (self.query_one("#ioi-layer", Input), self.query_one("#ioi-layer-label", Label)):
+            w.display = used
+        if self.result is None:  # before a run: the default layer's reason (where it counts) and the quick-run note
+            layer = self.query_one("#ioi-layer", Input).value.strip()
+            n = self.query_one("#ioi-n", Input).value.strip()
+            quick = ioi_quick_note(experiment, int(n) if n.isdigit() else QUICK_RUNS["ioi"],
+                                   int(layer) if used and layer.isdigit() else None)
+            self.query_one("#ioi-note", Static).update((self.layer_why + "\n" if used and self.layer_why else "") + quick)
         saved = self.wb.session.get("ioi")  # the last result, from an earlier launch too
         if isinstance(saved, dict) and self.result is None:
             try:
@@ -245,6 +307,9 @@ class IOIScreen(JobScreen):
                     self.query_one("#ioi-note", Static).update(Text(why, style="yellow"))
 
     def action_run(self) -> None:
+        self.ask_before_replacing(f"IOI {self.query_one('#ioi-exp', Select).value}", self.run_now)
+
+    def run_now(self) -> None:
         status = self.query_one(StatusLine)
         if self.job_running():
             status.error("already running: x cancels")
@@ -298,11 +363,15 @@ class IOIScreen(JobScreen):
         self.result = view
         self.records = display_records([dict(r) for r in view.records], view.clean_logit_diff)
         self.sort_key = view.sort_key
-        self.draw_table()
         self.query_one(StatusLine).say(view.summary)
-        note = IOI_TERMS.get(view.experiment, "")
+        terms = IOI_TERMS.get(view.experiment, "")
+        if view.experiment == "noising" and isinstance(view.data.get("references"), list):
+            terms = terms + "\n\n" + references_line(view.data["references"])
+        self.terms = terms
+        self.draw_table()
+        note = ioi_quick_note(view.experiment, view.n_prompts, view.layer if view.experiment in IOI_USES_LAYER else None)
         why = no_effect_reason(view.layer, self.engine.info.n_layers) if view.layer is not None and self.engine.info else ""
-        if why and view.experiment in ("features", "path"):
+        if why and view.experiment in IOI_USES_LAYER:
             note = why + "\n" + note
         self.query_one("#ioi-note", Static).update(note)
 
@@ -323,12 +392,15 @@ class IOIScreen(JobScreen):
         bar_key = self.sort_key or next((c for c in cols if isinstance(recs[0].get(c), float)), None)
         if bar_key:
             top = recs[:12]
-            labels = [bar_label(r) for r in top]
-            self.query_one("#ioi-bars", Static).update(
-                Text(f"{bar_key}\n", style="bold")
-                + signed_bars(labels, [_num(r[bar_key]) for r in top], width=16,
-                              label_width=min(12, max(len(x) for x in labels) + 1))
-            )
+            labels = unique_labels([bar_label(r) for r in top])
+            label_w = max(len(x) for x in labels) + 1  # whole labels: never cut to look alike
+            room = self.query_one("#ioi-bars", Static).size.width or 34
+            bars = (Text(f"{bar_key}\n", style="bold")
+                    + signed_bars(labels, [_num(r[bar_key]) for r in top], width=max(8, min(16, room - label_w - 9)),
+                                  label_width=label_w))
+            if self.terms:  # what the columns mean, under the bars (the side panel scrolls; the table keeps its rows)
+                bars += Text("\n\n" + self.terms, style="dim")
+            self.query_one("#ioi-bars", Static).update(bars)
 
     def bars_data(self) -> dict[str, Any]:
         """The side panel's bars (top 12 rows by the sort column), for the exported figure."""
@@ -336,7 +408,7 @@ class IOIScreen(JobScreen):
             return {}
         top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=self.sort_desc)[:12]
         return {"title": f"IOI {self.result.experiment if self.result else ''}: {self.sort_key}",
-                "labels": [bar_label(r) for r in top], "values": [_num(r[self.sort_key]) for r in top]}
+                "labels": unique_labels([bar_label(r) for r in top]), "values": [_num(r[self.sort_key]) for r in top]}
 
     def action_sort(self) -> None:
         if not self.records:
@@ -357,15 +429,22 @@ class IOIScreen(JobScreen):
             return None
         v = self.result
         cols = list(self.records[0].keys()) if self.records else []
-        body = [v.summary, ""]
+        f = v.settings
+        setup = [f"N = {v.n_prompts} prompts", f"split {f.get('split', '?')}", f"seed {f.get('seed', '?')}"]
+        if v.experiment in IOI_USES_LAYER and v.layer is not None:
+            setup.append(f"SAE layer {v.layer}")
+        body = [v.summary, "", " · ".join(setup), ""]
         if cols:
             body.append(md_table(cols, [list(r.values()) for r in self.records[:20]]))
             if self.sort_key:
                 top = sorted(self.records, key=lambda r: _num(r.get(self.sort_key)), reverse=True)[:10]
-                body += ["", md_bars([bar_label(r) for r in top], [_num(r[self.sort_key]) for r in top])]
+                body += ["", md_bars(unique_labels([bar_label(r) for r in top]), [_num(r[self.sort_key]) for r in top])]
         info = self.engine.info
-        return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts})",
+        uses_saes = v.experiment in {"splice", "features", "path"}
+        return Finding(kind="experiment", title=f"IOI {v.experiment} (N={v.n_prompts}, seed {f.get('seed', '?')}, "
+                       f"split {f.get('split', '?')})",
                        body="\n".join(body), model=info.model if info else "", layer=v.layer,
+                       saes=info.saes if info and uses_saes else "",
                        data={**v.settings, "experiment": v.experiment, "clean_logit_diff": v.clean_logit_diff,
                              "summary": v.summary, "records": [dict(r) for r in v.records],
                              "sort_key": v.sort_key, "bars": self.bars_data()})
@@ -374,20 +453,40 @@ class IOIScreen(JobScreen):
 def format_cell(key: str, v: Any) -> str:
     if key == "% clean" and isinstance(v, float):
         return f"{v:+.0%}"
+    if key == "accuracy" and isinstance(v, float):
+        return f"{v:.0%}"  # a share: no sign
     return f"{v:+.4f}" if isinstance(v, float) else str(v)
 
 
 def bar_label(r: dict[str, Any]) -> str:
-    """What a bar is about, never fields joined with dots: a head as L.H, a feature as F<id>, else the first
-    field ('names', 'all')."""
-    if "head" in r and isinstance(r["head"], str) and "." in r["head"] and "feature" not in r:
+    """What a bar is about, never fields joined with dots: a head as L0H2, a feature as F<id> (with the heads a
+    path runs through: one head, or 'all' later heads), a splice's layers (+err with the error term), a noising
+    corruption with its layers, else the first field."""
+    if "head" in r and isinstance(r["head"], str) and "feature" not in r:
         return r["head"]
     if "feature" in r:
-        return f"F{r['feature']}"
-    for k in ("corruption", "layers"):
-        if k in r:
-            return f"{r[k]} L{r['layers']}" if k == "corruption" and "layers" in r else str(r[k])
+        heads = str(r.get("heads", ""))
+        if not heads:
+            return f"F{r['feature']}"
+        return f"F{r['feature']} " + ("all" if "," in heads else heads)
+    if "corruption" in r:
+        return f"{r['corruption']} L{r['layers']}" if "layers" in r else str(r["corruption"])
+    if "layers" in r:
+        layers = str(r["layers"])
+        return (layers if layers == "all" else f"L{layers}") + (" +err" if r.get("error_term") is True else "")
+    if "reference" in r:
+        return str(r["reference"]).removeprefix("corrupted (").removesuffix(")")
     return str(next(iter(r.values())))
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """Labels made distinct: a repeated one gets #2, #3 (no two bars may read the same)."""
+    seen: dict[str, int] = {}
+    out = []
+    for x in labels:
+        seen[x] = seen.get(x, 0) + 1
+        out.append(x if seen[x] == 1 else f"{x} #{seen[x]}")
+    return out
 
 
 def _num(v: Any) -> float:

@@ -12,9 +12,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
-from workbench.engine import CellDetail, DashboardView, PromptView
+from workbench.engine import CellDetail, DashboardView, PromptView, density_text, head_name
 from workbench.engine.research import InterventionView, PredictionsView
-from workbench.findings import Finding, md_bars, md_context, md_table
+from workbench.findings import Finding, md_bars, md_context, md_number, md_table
 from workbench.messages import CellSelected
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
@@ -28,6 +28,14 @@ HEATMAP_LEGEND = Text("shade: activation / the feature's peak on this prompt · 
 TYPING_DELAY_S = 0.25  # wait this long after the last keystroke before asking the engine
 
 
+def short_path(spec: str, width: int = 28) -> str:
+    """An SAE set's name for a status line: itself when short, else '…/' and its last two path parts."""
+    if len(spec) <= width:
+        return spec
+    parts = spec.rstrip("/").split("/")
+    return "…/" + "/".join(parts[-2:])
+
+
 class ExploreScreen(WorkbenchScreen):
     MODE = "explore"
     BINDINGS = [
@@ -36,7 +44,7 @@ class ExploreScreen(WorkbenchScreen):
         Binding("left_square_bracket", "layer(-1)", "Layer-", show=True),
         Binding("right_square_bracket", "layer(1)", "Layer+", show=True),
         Binding("slash", "focus_prompt", "Prompt", show=True),
-        Binding("escape", "focus_heatmap", "Leave the prompt, or back", show=False),
+        Binding("escape", "focus_heatmap", "Leave the prompt", show=False),
         Binding("s", "open_saes", "SAEs", show=True),
         Binding("a", "ablate", "Ablate", show=True),
         Binding("i", "intervene_form", "Set/scale", show=True),
@@ -63,7 +71,8 @@ class ExploreScreen(WorkbenchScreen):
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
-        yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt")
+        yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt",
+                    select_on_focus=False)  # / edits the prompt; the first key must not replace it
         yield StatusLine("", id="explore-status")
         with Horizontal(id="explore-body"):
             with Vertical(id="heatmap-box"):
@@ -119,7 +128,8 @@ class ExploreScreen(WorkbenchScreen):
         status = self.query_one("#explore-status", StatusLine)
         if info is None:
             return
-        parts = [info.model, f"layer {self.sae_layer}", f"SAE {info.d_sae.get(self.sae_layer, '?')} features"]
+        parts = [info.model, f"layer {self.sae_layer}", f"SAE {info.d_sae.get(self.sae_layer, '?')} features",
+                 f"SAEs {short_path(info.saes)}"]
         if self.result:
             parts.insert(0, f"{len(self.result.tokens)} tokens")
         if extra:
@@ -207,9 +217,19 @@ class ExploreScreen(WorkbenchScreen):
         title.append(f"act {detail.act:.3f}  pre {detail.pre_act:+.3f}  bias {detail.dfa_bias:+.3f}", style="dim")
         self.query_one("#cell-title", Static).update(title)
         n = len(detail.dfa_heads)
-        self.query_one("#head-bars", HeadBars).show([f"{layer}.{h}" for h in range(n)], detail.dfa_heads)
+        # one scale per feature: its peak on this prompt, so a cell where it barely fires draws short bars
+        peak = self.feature_peak(feature)
+        self.query_one("#head-bars", HeadBars).show([head_name(layer, h) for h in range(n)], detail.dfa_heads,
+                                                    scale=peak, scale_name="peak act on the prompt")
         self.query_one("#source-strip", SourceStrip).show(tokens, detail.dfa_src, upto=pos)
         self.run_worker(self._summary(layer, feature), group="summary", exclusive=True)
+
+    def feature_peak(self, feature: int) -> float | None:
+        """The feature's largest activation on the prompt (from the heatmap), or None when it is not a column."""
+        res = self.result
+        if res is None or res.values is None or feature not in res.columns:
+            return None
+        return float(max(row[res.columns.index(feature)] for row in res.values))
 
     async def _summary(self, layer: int, feature: int) -> None:
         box = self.query_one("#feature-summary", Static)
@@ -443,20 +463,21 @@ class ExploreScreen(WorkbenchScreen):
             return None
         d, r = self.detail, self.result
         tokens = r.tokens
-        heads = [f"{r.layer}.{h}" for h in range(len(d.dfa_heads))]
+        heads = [head_name(r.layer, h) for h in range(len(d.dfa_heads))]
         body = [
-            f"Feature {d.feature} at token {d.pos} of the prompt: act {d.act:.4g}, pre-activation {d.pre_act:.4g}.",
+            f"Feature {d.feature} at token {d.pos} of the prompt: act {md_number(d.act)}, pre-activation "
+            f"{md_number(d.pre_act, signed=True)}.",
             "",
             "Context: " + md_context(tokens, d.pos),
             "",
-            "DFA by head (plus bias {:+.4g}):".format(d.dfa_bias),
+            f"DFA by head (plus bias {md_number(d.dfa_bias, signed=True)}):",
             "",
             md_bars(heads, d.dfa_heads),
             "",
             "Top source tokens:",
             "",
             md_table(["src", "token", "DFA"], [
-                [s, tokens[s], d.dfa_src[s]] for s in sorted(range(len(d.dfa_src)), key=lambda s: -abs(d.dfa_src[s]))[:5]
+                [s, visible_token(tokens[s]), d.dfa_src[s]] for s in sorted(range(len(d.dfa_src)), key=lambda s: -abs(d.dfa_src[s]))[:5]
             ]),
         ]
         info = self.engine.info
@@ -485,7 +506,7 @@ def summary_text(s: DashboardView) -> Text:
     if s.words:
         text.append(f"{s.words}\n", style="bold")
     if s.density is not None:
-        text.append(f"density {s.density:.2%}\n", style="dim")
+        text.append(f"density {density_text(s.density)}\n", style="dim")
     for ex in s.examples[:3]:
         line = Text("▸ ")
         for i, t in enumerate(ex.tokens):

@@ -12,10 +12,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static, Tree
 
-from workbench.engine import DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView
+from workbench.engine import (
+    DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView, density_text, head_name,
+)
 from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobFinished, JobProgress
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
 from workbench.widgets.bars import signed_bars, source_strip
 from workbench.widgets.heatmap import escape_token, visible_token
@@ -34,7 +36,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts: list[Any] = []
     head = Text(f"L{d.layer} feature {d.feature}", style="bold")
     if d.density is not None:
-        head.append(f"   density {d.density:.3%}", style="dim")
+        head.append(f"   density {density_text(d.density)}", style="dim")
     if d.max_act is not None:
         head.append(f"   max act {d.max_act:.3f}", style="dim")
     if d.words:
@@ -42,7 +44,8 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares, width=20, label_width=5))
+        parts.append(signed_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares, width=20,
+                                 label_width=5))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
@@ -119,6 +122,17 @@ def proxy_renderable(v: ProxyView, width: int = 24) -> Group:
     return Group(*parts)
 
 
+def trace_root_label(tr: TraceView) -> Text:
+    """The trace root: the pre-activation the tree splits and the activation, so a position where the feature does
+    not fire (act 0, e.g. outside the top-k) never looks traced like one where it does."""
+    label = Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold")
+    if tr.act is not None:
+        label.append(f" · act {tr.act:.3f}", style="bold" if tr.act > 0 else "bold yellow")
+        if tr.act <= 0:
+            label.append("  does not fire here", style="yellow")
+    return label
+
+
 class FeatureScreen(WorkbenchScreen):
     MODE = "feature"
     BINDINGS = [
@@ -130,6 +144,7 @@ class FeatureScreen(WorkbenchScreen):
         Binding("full_stop", "trace_pos(1)", "Pos+", show=True),
         Binding("b", "build", "Build", show=True),
         Binding("y", "proxy", "Proxy", show=True),
+        Binding("a", "trace_all", "Trace: every term / the top", show=False),
     ]
 
     def __init__(self) -> None:
@@ -142,6 +157,8 @@ class FeatureScreen(WorkbenchScreen):
         self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
         self.proxy: ProxyView | None = None  # the last proxy study of this feature (y)
         self.proxy_job: Any = None
+        self.trace_all = False  # a: the trace tree shows every term, not only those >= 5% of the root
+        self.tracing = ""  # while a trace runs: what the status line says about it (nothing may overwrite it)
         self._trace_on_mount = False
 
     def compose(self) -> ComposeResult:
@@ -156,6 +173,10 @@ class FeatureScreen(WorkbenchScreen):
     def help_about(self) -> str:
         return "The dashboard of one feature, built by `attnscope dashboards build`. t traces it on the explore prompt."
 
+    def on_resize(self) -> None:
+        """Below 120 columns the trace takes most of the width: its labels are what is read."""
+        self.query_one("#trace-tree", Tree).styles.width = "50%" if self.size.width >= 120 else "70%"
+
     def on_mount(self) -> None:
         if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built
             self.load(self.sae_layer, self.feature, pos=self.trace_pos)
@@ -166,10 +187,10 @@ class FeatureScreen(WorkbenchScreen):
             self.sae_layer = self.engine.info.sae_layers[0]
 
     def load(self, layer: int, feature: int, pos: int | None = None) -> None:
-        """Show a feature's dashboard; `pos` (when given) is the explore-prompt token that `t` traces at."""
+        """Show a feature's dashboard; `pos` is the explore-prompt token that `t` traces at (None: where this
+        feature is strongest; never a position kept from the feature shown before)."""
         self.sae_layer, self.feature = layer, feature
-        if pos is not None:
-            self.trace_pos = pos
+        self.trace_pos = pos
         self.trace = None
         self.proxy = None
         if not self.query("#trace-tree"):
@@ -184,13 +205,25 @@ class FeatureScreen(WorkbenchScreen):
         if view is None:  # stale, or an unknown id / a bug: shown inline
             return
         self.view = view
-        if view.built:
-            status.say(f"L{layer} feature {feature}")
-        elif self.engine.building_dashboards(layer):
-            status.say(f"L{layer} feature {feature} · dashboards being built (job line below); the page fills in when done")
-        else:
-            status.say(f"L{layer} feature {feature} · dashboards not built (b builds)")
+        self.say(self.dashboard_status())
         self.query_one("#dashboard", Static).update(dashboard_renderable(view))
+        self.query_one("#dashboard-scroll", VerticalScroll).scroll_home(animate=False)  # a new page starts at its top
+
+    def dashboard_status(self) -> str:
+        view = self.view
+        if view is None:
+            return ""
+        layer, feature = view.layer, view.feature
+        if view.built:
+            return f"L{layer} feature {feature}"
+        if self.engine.building_dashboards(layer):
+            return f"L{layer} feature {feature} · dashboards being built (job line below); the page fills in when done"
+        return f"L{layer} feature {feature} · dashboards not built (b builds)"
+
+    def say(self, message: str) -> None:
+        """The status line; while a trace runs it keeps saying so after `message`."""
+        status = self.query_one("#feature-status", StatusLine)
+        status.say(f"{message} · {self.tracing}" if self.tracing and message else message or self.tracing)
 
     # ---- actions --------------------------------------------------------------------------------------
 
@@ -232,6 +265,7 @@ class FeatureScreen(WorkbenchScreen):
         if tree and not tree.first().has_class("hidden"):
             tree.first().add_class("hidden")
             self.trace = None
+            self.say(self.dashboard_status())  # not the closed trace's line
             return True
         return False
 
@@ -266,30 +300,65 @@ class FeatureScreen(WorkbenchScreen):
 
     async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
         status = self.query_one("#feature-status", StatusLine)
-        status.say("tracing ..." if pos is None else f"tracing at position {pos} ...")
-        tr = await self.ask(self.engine.trace(prompt, layer, feature, pos=pos, depth=1), lambda f: status.error(f.text))
+        self.tracing = f"tracing L{layer} F{feature}" + ("" if pos is None else f" at position {pos}") + " ..."
+        status.say(self.tracing)
+
+        def failed(f: Failure) -> None:
+            self.tracing = ""
+            status.error(f.text)
+
+        tr = await self.ask(self.engine.trace(prompt, layer, feature, pos=pos, depth=1), failed)
         if tr is None:
             return
+        self.tracing = ""
         self.trace = tr
+        self.draw_trace(tr)
+        self.query_one("#trace-tree", Tree).focus()
+
+    def draw_trace(self, tr: TraceView) -> None:
+        """The tree: terms of at least 5% of the root's |value| (their siblings summed in one line), or, after a,
+        every term."""
         tree = self.query_one("#trace-tree", Tree)
         tree.clear()
-        tree.root.set_label(Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold"))
+        tree.root.set_label(trace_root_label(tr))
+        floor = 0.0 if self.trace_all else abs(tr.root.value) * TRACE_EXPORT_SHARE
 
         def add(parent: Any, node: TraceNodeView) -> None:
+            rest = [c for c in node.children if abs(c.value) < floor]
             for c in node.children:
+                if abs(c.value) < floor:
+                    continue
                 label = Text(f"{c.value:+.3f} ", style="green" if c.value > 0 else "red")
                 label.append(escape_token(c.label))
                 child = parent.add(label, data=c, expand=c.kind != "other")
                 add(child, c)
                 if not c.children:
                     child.allow_expand = False
+            if rest:
+                total = sum(c.value for c in rest)
+                label = Text(f"{total:+.3f} ", style="dim")
+                label.append(f"({len(rest)} smaller, each <{TRACE_EXPORT_SHARE:.0%}; a: all)", style="dim")
+                parent.add_leaf(label)
 
         add(tree.root, tr.root)
         tree.root.expand()
         tree.remove_class("hidden")
-        tree.focus()
         tok = visible_token(tr.tokens[tr.pos]) if tr.pos < len(tr.tokens) else "?"
-        status.say(f"trace of L{layer} F{feature} at {tr.pos} {tok} · , . move it · children sum to parents")
+        fires = "" if tr.act is None or tr.act > 0 else " · it does not fire here (act 0)"
+        shown = "every term" if self.trace_all else f"terms >= {TRACE_EXPORT_SHARE:.0%} of the root (a: all)"
+        self.say(f"trace of L{tr.layer} F{tr.feature} at {tr.pos} {tok}{fires} · {shown} · , . move it · "
+                 "children sum to parents")
+
+    def action_trace_all(self) -> None:
+        self.trace_all = not self.trace_all
+        if self.trace is not None:
+            self.draw_trace(self.trace)
+        else:
+            self.say("every term of the next trace" if self.trace_all else "the top terms of the next trace")
+
+    def trace_root_text(self) -> Text:
+        """The trace tree's root line as shown."""
+        return self.query_one("#trace-tree", Tree).root.label
 
     def action_build(self) -> None:
         if self.sae_layer is None:
@@ -312,7 +381,7 @@ class FeatureScreen(WorkbenchScreen):
             status = f"building dashboards of {p.stage}" if p.stage else "building dashboards"
             if p.total > 0:
                 status += f" {p.done / 1e3:,.0f}k/{p.total / 1e3:,.0f}k {p.unit} ({p.fraction:.0%})"
-            self.query_one("#feature-status", StatusLine).say(status)
+            self.say(status)
 
     def on_job_failed(self, m: JobFailed) -> None:
         if m.kind in ("dashboards", "proxy"):
@@ -377,10 +446,10 @@ class FeatureScreen(WorkbenchScreen):
                                              for ex in d.examples[:8]] + [""]
         if d.top_logits:
             body += ["Logit effects:", "", md_table(["promoted", "", "suppressed", ""], [
-                [a[0], a[1], b[0], b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
+                [visible_token(a[0]), a[1], visible_token(b[0]), b[1]] for a, b in zip(d.top_logits, d.bottom_logits)
             ]), ""]
         if d.head_shares:
-            body += ["Head shares of the decoder norm:", "", md_bars([f"{d.layer}.{h}" for h in range(len(d.head_shares))], d.head_shares)]
+            body += ["Head shares of the decoder norm:", "", md_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares)]
         info = self.engine.info
         name = d.human_label or d.role
         words = {"human_label": d.human_label, "role": d.role, "paper_family": d.paper_family}

@@ -47,9 +47,13 @@ class StoreWatch:
         return [(f.id, f.note) for f in self.store.findings] != before
 
 
-def restore_finding(store: FindingsStore, f: Finding) -> None:
-    """Put a deleted finding back (at the end; through `add`, so another instance's changes are kept)."""
-    store.add(f)
+def restore_finding(store: FindingsStore, f: Finding, index: int | None = None) -> None:
+    """Put a deleted finding back where it was (at `index`; through the store's locked change, so another
+    instance's changes are kept)."""
+    if index is None:
+        store.add(f)
+    else:
+        store.insert(index, f)
 
 
 class FindingsScreen(WorkbenchScreen):
@@ -59,6 +63,7 @@ class FindingsScreen(WorkbenchScreen):
         Binding("d", "delete", "Delete", show=True),
         Binding("u", "undo", "Undo delete", show=True),
         Binding("g", "go_to", "Go to where made", show=True),
+        Binding("enter", "open_finding", "Open", show=True),
     ]
     POLL_S = 1.0  # how often to look for pins made by another running attnscope
 
@@ -142,7 +147,9 @@ class FindingsScreen(WorkbenchScreen):
             view.update(Text("nothing pinned yet: press p on any screen", style="dim"))
         else:
             text = export_markdown([f], title=f.title)
-            view.update(Markdown(text[text.find("\n## 1. ") + 1:]))  # the finding's own section, no report header
+            number = self.wb.findings.findings.index(f) + 1  # its number in the list and in an export, not always 1
+            section = text[text.find("\n## 1. ") + 1:].replace("## 1. ", f"## {number}. ", 1)
+            view.update(Markdown(section))  # the finding's own section, no report header
 
     def action_edit_note(self) -> None:
         f = self.selected()
@@ -174,11 +181,38 @@ class FindingsScreen(WorkbenchScreen):
         if not self.deleted:
             self.query_one(StatusLine).say("nothing to undo")
             return
-        _, f = self.deleted.pop()
-        restore_finding(self.wb.findings, f)
+        index, f = self.deleted.pop()
+        restore_finding(self.wb.findings, f, index)
         self.notify(f"restored: {f.title}", title="Findings")
         self.reload()
         self.query_one("#findings-table", DataTable).move_cursor(row=self.wb.findings.findings.index(f))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_finding()
+
+    def action_open_finding(self) -> None:
+        """Enter: go to what the finding is about (a feature's dashboard, the screen of an experiment or a head)."""
+        f = self.selected()
+        if f is None:
+            return
+        data = f.data or {}
+        info = self.engine.info
+        feature = data.get("feature")
+        if f.layer is not None and isinstance(feature, int) and info is not None and f.layer in info.d_sae:
+            other = f" (pinned with SAEs {f.saes}; now showing {info.saes})" if f.saes and f.saes != info.saes else ""
+            self.wb.show_feature(f.layer, feature)
+            if other:
+                self.notify(f"L{f.layer} feature {feature}{other}", severity="warning")
+            return
+        mode = {"head": "heads", "training": "training"}.get(f.kind)
+        if f.kind == "experiment":
+            mode = "induction" if f.title.startswith("induction") else "ioi"
+        if mode is not None:
+            self.app.switch_mode(mode)
+            return
+        self.query_one("#findings-side", VerticalScroll).focus()
+        self.query_one(StatusLine).say("this finding is read here (its text on the right); n edits its note")
 
     def current_finding(self) -> Finding | None:
         return None

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadFeatureView, HeadsView, HeadView
+from workbench.engine import HeadFeatureView, HeadsView, HeadView, head_name
 from workbench.findings import Finding, md_table
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 
@@ -28,7 +28,7 @@ def verdict_cell(h: HeadView) -> Text:
 ROLE_COLUMN = "automatic role (* human label, labels.json)"
 HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its decoder norm) have one role / "
                 "several; Nf: N different roles among them (the side panel lists them). A role is the automatic role; * marks "
-                "a human label (labels.json) instead. Heads are named layer.head (1.3).")
+                "a human label (labels.json) instead. Heads are named L1H3 (layer 1, head 3), as in the CLI.")
 
 
 SAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to Mary"
@@ -58,7 +58,7 @@ class HeadsScreen(WorkbenchScreen):
         yield NavBar(self.MODE)
         yield StatusLine("r runs the head survey over the SAEs' layers", id="heads-status")
         with Horizontal(id="heads-body"):
-            yield DataTable(id="heads-grid", cursor_type="cell")
+            yield DataTable(id="heads-grid", cursor_type="cell", cell_padding=0)  # 4 heads fit at 80 columns
             with VerticalScroll(id="heads-side"):
                 yield Static("", id="head-detail")
                 yield DataTable(id="head-features", cursor_type="row", zebra_stripes=False)
@@ -95,12 +95,12 @@ class HeadsScreen(WorkbenchScreen):
         grid = self.query_one("#heads-grid", DataTable)
         grid.clear(columns=True)
         n_heads = max((h.head for h in survey.heads), default=-1) + 1
-        grid.add_column("layer", key="layer")
+        grid.add_column("", key="layer")
         for h in range(n_heads):
-            grid.add_column(f"head {h}", key=f"h{h}")
+            grid.add_column(f"H{h}", key=f"h{h}")  # short: 4 heads fit beside the side panel at 80 columns
         by = {(h.layer, h.head): h for h in survey.heads}
         for layer in sorted({h.layer for h in survey.heads}):
-            grid.add_row(f"layer {layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
+            grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
         grid.focus()
         if n_heads:
             grid.cursor_coordinate = Coordinate(0, 1)  # the first head, so the side panel is never empty
@@ -143,7 +143,7 @@ class HeadsScreen(WorkbenchScreen):
 
     def show_head(self, h: HeadView) -> None:
         self.head = h
-        self.query_one("#head-detail", Static).update(Text(f"head {h.layer}.{h.head}: {h.verdict}", style="bold"))
+        self.query_one("#head-detail", Static).update(Text(f"head {head_name(h.layer, h.head)}: {h.verdict}", style="bold"))
         t = self.query_one("#head-features", DataTable)
         t.clear(columns=True)
         t.add_column("feature", key="feature")
@@ -202,8 +202,8 @@ class HeadsScreen(WorkbenchScreen):
         if self.survey and self.survey.rule:
             body += f"\n\nRule: {self.survey.rule}"
         info = self.engine.info
-        return Finding(kind="head", title=f"head {h.layer}.{h.head}: {h.verdict}", body=body,
+        return Finding(kind="head", title=f"head {head_name(h.layer, h.head)}: {h.verdict}", body=body,
                        model=info.model if info else "", saes=info.saes if info else "", layer=h.layer,
-                       data={**h.to_dict(), "bars": {"title": f"head {h.layer}.{h.head}: top features' share of its decoder norm",
+                       data={**h.to_dict(), "bars": {"title": f"head {head_name(h.layer, h.head)}: top features' share of its decoder norm",
                                                      "labels": [f"F{f.id} {_role(f)}"[:24] for f in h.features[:10]],
                                                      "values": [f.share for f in h.features[:10]]}})

@@ -3,6 +3,8 @@ and the job messages (`workbench.messages`) filtered to this screen's own job.""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from textual.widgets import ProgressBar
 
 from workbench.engine import JobHandle
@@ -25,6 +27,17 @@ class JobScreen(WorkbenchScreen):
             self.set_focus(None)
         else:
             self.wb.action_back()
+
+    def ask_before_replacing(self, what: str, run: Callable[[], None]) -> None:
+        """A single letter that would replace the result on screen asks first (y runs, n keeps it)."""
+        from workbench.screens.modals import ConfirmScreen
+
+        if getattr(self, "result", None) is None or self.job_running():
+            run()
+            return
+        self.app.push_screen(ConfirmScreen(f"Run {what} again? The result on screen is replaced (p pins it first).",
+                                           yes="runs it", no="keeps the result"),
+                             lambda yes: run() if yes else None)
 
     def started(self, handle: JobHandle, running: str) -> None:
         """After starting `handle`: say `running`, or, while it waits behind other jobs, say behind which."""

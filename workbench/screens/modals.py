@@ -1,8 +1,10 @@
-"""Small modal screens: help, a one-line question (pin note, a path, a feature id), and their inline errors."""
+"""Small modal screens: help, a one-line question (pin note, a path, a feature id), and their inline errors, and a
+yes/no question before anything is replaced."""
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from rich.table import Table
 from rich.text import Text
@@ -66,15 +68,16 @@ class AskScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box ask-box"):
             yield Static(plain(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
-            yield Input(value=self.value, placeholder=self.placeholder, id="ask-input")
-            yield Label("", id="ask-error", classes="inline-error")
+            # the cursor at the end, nothing selected: the first key edits a note or path, never replaces it
+            yield Input(value=self.value, placeholder=self.placeholder, id="ask-input", select_on_focus=False)
+            yield Static("", id="ask-error", classes="inline-error")  # wraps: a long error is never cut mid-word
             yield Label(Text("enter accepts · escape cancels", style="dim"))
 
     def on_mount(self) -> None:
         self.query_one("#ask-input", Input).focus()
 
     def show_error(self, message: str) -> None:
-        self.query_one("#ask-error", Label).update(plain(message, one_line=True))
+        self.query_one("#ask-error", Static).update(plain(message))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -88,3 +91,73 @@ class AskScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question before something is replaced or started over: y answers yes; n or escape answers no."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, yes: str = "yes", no: str = "no") -> None:
+        super().__init__()
+        self.question = question
+        self.yes, self.no = yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal-box ask-box"):
+            yield Static(Text(self.question, style="bold"), classes="ask-question")
+            yield Label(Text(f"y {self.yes} · n or escape {self.no}", style="dim"))
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+def ask_export(app: Any, question: str, value: str, write: Callable[[str], Path], what: str, error: str = "",
+               screen_id: str | None = None) -> None:
+    """Ask where to export; a path whose report or figures folder exists is replaced only after a yes
+    (`ConfirmScreen`), and the notice then says "replaced". `write(path)` writes and returns the path written, or
+    raises an `AttnscopeError` such as `ExportError` (shown inline, the path kept)."""
+    from workbench.engine import AttnscopeError
+    from workbench.figures import export_would_replace
+
+    pending: dict[str, Any] = {}
+
+    def check(path: str) -> str | None:
+        path = path.strip()
+        if not path:
+            return "give a file name"
+        replaced = export_would_replace(path)
+        if replaced:
+            pending.update(path=path, replaced=replaced)
+            return None
+        try:
+            written = write(path)
+        except AttnscopeError as exc:  # ExportError, an unsafe path, damaged figure data, ...
+            return str(exc)
+        app.notify(f"{what} written to {written}", title="Export")
+        return None
+
+    def confirmed(yes: bool | None) -> None:
+        path = pending["path"]
+        if not yes:
+            ask_export(app, question, path, write, what, error="not replaced; give another name, or enter and y to replace",
+                       screen_id=screen_id)
+            return
+        try:
+            written = write(path)
+        except AttnscopeError as exc:  # ExportError, an unsafe path, damaged figure data, ...
+            ask_export(app, question, path, write, what, error=str(exc), screen_id=screen_id)
+            return
+        app.notify(f"{what} written to {written} (replaced {' and '.join(pending['replaced'])})", title="Export")
+
+    def done(path: str | None) -> None:
+        if path is None or "path" not in pending:
+            return
+        listing = " and ".join(pending["replaced"])
+        app.push_screen(ConfirmScreen(f"{listing} already exist{'s' if len(pending['replaced']) == 1 else ''}. "
+                                      "Replace?", yes="replaces", no="keeps it and asks for another name"), confirmed)
+
+    ask = AskScreen(question, value=value, check=check, id=screen_id)
+    app.push_screen(ask, done)
+    if error:
+        app.call_after_refresh(ask.show_error, error)

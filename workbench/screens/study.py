@@ -1,5 +1,6 @@
 """The labelling study (key 8): N random live features per layer, each shown with its dashboard, labelled from
 the keyboard (a family or role, an interpretability rating, a note), resumable and exportable as markdown.
+Its keys are letters: the digits switch screens here as everywhere (global keys keep one meaning on every screen).
 
 Labels go to the shared label file (`sae.analysis.labels`, through the engine), which several workbenches and the
 `attnscope study` CLI can write at once; the automatic role stands beside the human label as a suggestion.
@@ -16,29 +17,30 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static
 
 from workbench.engine import plain, visible
-from workbench.findings import ExportError, write_export
+from workbench.findings import write_export
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.feature import dashboard_renderable
-from workbench.screens.modals import AskScreen
+from workbench.screens.modals import AskScreen, ask_export
 
-DIGITS = "1234567890"  # key i picks family i (0 is the tenth)
+FAMILY_KEYS = "abcdghijkl"  # key i picks family i (not e, f: export, family by name; digits switch screens)
 DEFAULT_N = 30  # features per layer, as in the paper
-RATING_KEYS = {"2": 2, "1": 1, "0": 0}  # after r: yes / maybe / no
+RATING_KEYS = {"y": 2, "m": 1, "n": 0}  # after r: yes / maybe / no
 RATING_NAMES = {2: "yes", 1: "maybe", 0: "no"}
 
 
 class StudyScreen(WorkbenchScreen):
     MODE = "study"
     BINDINGS = [
-        *[Binding(d, f"digit('{d}')", "", show=False) for d in DIGITS],
+        *[Binding(k, f"family_key('{k}')", "", show=False) for k in FAMILY_KEYS],
         Binding("r", "rate", "Rate", show=True),
+        Binding("y", "rating_key('y')", "", show=False),
+        Binding("m", "rating_key('m')", "", show=False),
         Binding("n", "note", "Note", show=True),
         Binding("f", "family_by_name", "Family", show=True),
         Binding("left_square_bracket", "step(-1)", "Prev", show=True),
         Binding("right_square_bracket", "step(1)", "Next", show=True),
         Binding("e", "export", "Export", show=True),
         Binding("s", "settings", "Size/seed", show=True),
-        Binding("escape", "leave", "Explore", show=False),
     ]
 
     def __init__(self) -> None:
@@ -62,8 +64,8 @@ class StudyScreen(WorkbenchScreen):
         yield Footer()
 
     def help_about(self) -> str:
-        return ("The paper's labelling study: N random live features per layer (seeded). Digits pick a family, r then "
-                "2/1/0 rates it yes/maybe/no, n adds a note, [ and ] move; it resumes where you stopped. e exports the "
+        return ("The paper's labelling study: N random live features per layer (seeded). Letters a-d, g-l pick a "
+                "family (f by name), r then y/m/n rates it yes/maybe/no, n adds a note, [ and ] move; it resumes where you stopped. e exports the "
                 "report (shares per layer, a bar figure, agreement of the automatic roles).")
 
     # ---- loading ----------------------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class StudyScreen(WorkbenchScreen):
             return
         self.view = view
         self.query_one("#study-dashboard", Static).update(dashboard_renderable(view))
+        self.query_one("#study-dashboard-scroll", VerticalScroll).scroll_home(animate=False)  # each page from its top
 
     def families(self) -> list[str]:
         return self.engine.label_store().families()
@@ -164,10 +167,10 @@ class StudyScreen(WorkbenchScreen):
             if lab.note:
                 panel.append(f"note: {visible(lab.note)}\n", style="italic")
         panel.append("\n")
-        for d, fam in zip(DIGITS, self.families()):
-            panel.append(f"{d} ", style="bold dark_orange")
+        for k, fam in zip(FAMILY_KEYS, self.families()):
+            panel.append(f"{k} ", style="bold dark_orange")
             panel.append(f"{visible(fam, keep='')}\n")
-        panel.append("\nr then 2 yes · 1 maybe · 0 no", style="bold magenta" if self.rating_pending else "dim")
+        panel.append("\nr then y yes · m maybe · n no", style="bold magenta" if self.rating_pending else "dim")
         self.query_one("#study-panel", Static).update(panel)
 
     # ---- labelling -------------------------------------------------------------------------------------------
@@ -180,35 +183,43 @@ class StudyScreen(WorkbenchScreen):
         family = changes.get("family", old.family if old else None)
         if family is None:
             self.refresh_panel()
-            self.query_one("#study-status", StatusLine).error("pick a family first (a digit), then rate or note it")
+            self.query_one("#study-status", StatusLine).error("pick a family first (its letter), then rate or note it")
             return
         saved = self.attempt(store.put, sl.sae, layer, feature, family, changes.get("rating", old.rating if old else None),
                              changes.get("note", old.note if old else ""), model=sl.model)
         if saved is None:  # a locked or corrupt label file: inline, nothing lost
             return
-        self.refresh_panel(f"saved: L{layer} feature {feature} · " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+        said = {k: RATING_NAMES.get(v, v) if k == "rating" else v for k, v in changes.items()}
+        self.refresh_panel(f"saved: L{layer} feature {feature} · " + ", ".join(f"{k} {v}" for k, v in said.items()))
 
-    def action_digit(self, d: str) -> None:
-        if self.rating_pending:
+    def action_family_key(self, key: str) -> None:
+        if self.rating_pending:  # r then a family letter: not a rating; nothing stored
             self.rating_pending = False
-            if d not in RATING_KEYS:
-                self.refresh_panel()
-                self.query_one("#study-status", StatusLine).error("a rating is 2 (yes), 1 (maybe) or 0 (no)")
-                return
-            self._save(rating=RATING_KEYS[d])
+            self.refresh_panel()
+            self.query_one("#study-status", StatusLine).error("a rating is y (yes), m (maybe) or n (no)")
             return
         fams = self.families()
-        i = DIGITS.index(d)
+        i = FAMILY_KEYS.index(key)
         if i >= len(fams):
-            self.query_one("#study-status", StatusLine).error(f"no family on key {d}")
+            self.query_one("#study-status", StatusLine).error(f"no family on key {key}")
             return
         self._save(family=fams[i])
 
+    def action_rating_key(self, key: str) -> None:
+        if not self.rating_pending:
+            self.query_one("#study-status", StatusLine).error(f"{key} rates after r: r then y (yes), m (maybe) or n (no)")
+            return
+        self.rating_pending = False
+        self._save(rating=RATING_KEYS[key])
+
     def action_rate(self) -> None:
         self.rating_pending = True
-        self.refresh_panel("rating: press 2 (yes), 1 (maybe) or 0 (no)")
+        self.refresh_panel("rating: press y (yes), m (maybe) or n (no)")
 
     def action_note(self) -> None:
+        if self.rating_pending:  # r then n: rated no
+            self.action_rating_key("n")
+            return
         got = self.current_label()
         if got is None:
             return
@@ -263,16 +274,5 @@ class StudyScreen(WorkbenchScreen):
         return write_export(path, self.engine.study_markdown(self.study_layers))
 
     def action_export(self) -> None:
-        def check(path: str) -> str | None:
-            try:
-                written = self.export_to(path)
-            except ExportError as exc:
-                return str(exc)
-            self.app.notify(f"study report written to {written}", title="Study")
-            return None
-
-        self.app.push_screen(AskScreen("Export the study report as markdown to:", value="attnscope-study.md",
-                                       check=check))
-
-    def action_leave(self) -> None:
-        self.app.switch_mode("explore")
+        ask_export(self.app, "Export the study report as markdown to:",
+                   self.wb.default_export_path("attnscope-study.md"), self.export_to, "study report")

@@ -12,11 +12,12 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual import on
 from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
 
-from workbench.engine import one_line, train_form_fields
+from workbench.engine import existing_run, free_run_dir, one_line, saved_run_form, train_form_fields
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFinished, JobProgress, JobStarted
 from workbench.screens.base import NavBar, StatusLine
 from workbench.screens.jobs import JobScreen
+from workbench.screens.modals import AskScreen
 from workbench.widgets.sparklines import MetricSpark, spark_text
 
 METRICS = [("loss", "{:.4g}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("dead_fraction", "{:.2%}")]
@@ -215,6 +216,9 @@ class TrainingScreen(JobScreen):
         if resume and not (Path(out_dir).expanduser() / "checkpoint.pt").exists():
             status.error(f"no checkpoint in {out_dir} to resume from")
             return
+        if not resume and existing_run(out_dir):
+            self.ask_new_dir(out_dir)
+            return
         job = self.attempt(self.engine.train, form, corpus=corpus, out_dir=out_dir, resume=resume, post=self.post_message)
         if job is None:
             return
@@ -227,8 +231,49 @@ class TrainingScreen(JobScreen):
         self.stopped_note = ""
         self.started(job, ("resuming" if resume else "starting") + f" training into {out_dir} ...")
 
+    def ask_new_dir(self, out_dir: str) -> None:
+        """`out_dir` holds a run: never overwrite it; offer the next free directory (the user may type another)."""
+
+        def check(path: str) -> str | None:
+            path = path.strip()
+            if not path:
+                return "give an output directory"
+            held = existing_run(path)
+            return f"{path} holds a training run too ({held}); pick another" if held else None
+
+        def done(path: str | None) -> None:
+            if path is None:
+                self.query_one(StatusLine).say(f"not started: {out_dir} keeps its run · u resumes it")
+                return
+            self.query_one("#tr-out", Input).value = path.strip()
+            self.action_start()
+
+        question = (f"{out_dir} already holds a training run ({existing_run(out_dir)}); it is kept. "
+                    "Train into a new directory:")
+        self.app.push_screen(AskScreen(question, value=free_run_dir(out_dir), check=check), done)
+
     def action_resume(self) -> None:
+        """Resume the run in the output dir with its own saved settings, shown in the form first (a relaunched
+        workbench's form holds the defaults, not the run's)."""
+        if self.job_running():
+            self.query_one(StatusLine).error("a run is going: x stops it")
+            return
+        out = self.query_one("#tr-out", Input).value.strip()
+        if out and (Path(out).expanduser() / "checkpoint.pt").exists():
+            saved = self.attempt(saved_run_form, out)  # a damaged config: inline
+            if saved is None:
+                return
+            self.fill_form(saved)
         self.action_start(resume=True)
+
+    def fill_form(self, values: dict[str, str]) -> None:
+        """Put a run's saved settings into the form (architecture first: it swaps the sparsity field)."""
+        select = self.query_one("#tr-arch", Select)
+        with select.prevent(Select.Changed):
+            select.value = values["architecture"]
+        for key, wid in (("layers", "tr-layers"), ("d_sae", "tr-width"), ("sparsity", "tr-sparsity"),
+                         ("total_tokens", "tr-tokens"), ("batch_size", "tr-batch"), ("corpus", "tr-corpus")):
+            self.query_one(f"#{wid}", Input).value = values[key]
 
     def action_open_result(self) -> None:
         if not self.result:

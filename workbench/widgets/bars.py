@@ -33,10 +33,19 @@ def bar_cells_left(value: float, max_abs: float, width: int) -> str:
     return (("▐" if part >= 4 else "") + "█" * full).rjust(width)[-width:]
 
 
-def signed_bars(labels: Sequence[str], values: Sequence[float], width: int = 20, label_width: int = 6) -> Text:
-    """One line per label: negative values grow left of the axis, positive ones right, value printed after."""
+def bar_scale(values: Sequence[float], scale: float | None = None) -> float:
+    """What a full bar stands for: `scale` when given (never below the largest |value|), else the largest |value|."""
+    top = max((abs(v) for v in values), default=0.0)
+    return max(top, scale) if scale is not None else top
+
+
+def signed_bars(labels: Sequence[str], values: Sequence[float], width: int = 20, label_width: int = 6,
+                scale: float | None = None) -> Text:
+    """One line per label: negative values grow left of the axis, positive ones right, value printed after. A full
+    half-bar is `bar_scale(values, scale)`: pass the quantity's natural size (a feature's peak) so that small
+    values draw small bars."""
     text = Text(no_wrap=True, overflow="ellipsis")
-    max_abs = max((abs(v) for v in values), default=0.0)
+    max_abs = bar_scale(values, scale)
     half = max(1, width // 2)
     for i, (label, v) in enumerate(zip(labels, values)):
         if i:
@@ -60,12 +69,20 @@ class HeadBars(Static):
         self.title = title
         self.values: list[float] = []
         self.labels: list[str] = []
+        self.scale_line = ""
 
-    def show(self, labels: Sequence[str], values: Sequence[float], extra: str = "") -> None:
+    def show(self, labels: Sequence[str], values: Sequence[float], extra: str = "", scale: float | None = None,
+             scale_name: str = "") -> None:
+        """Bars of `values`; a line under them says what a full bar is (`scale`, named `scale_name`, or the largest
+        value)."""
         self.labels, self.values = list(labels), [float(v) for v in values]
         width = max(10, (self.size.width or 40) - 18)
         text = Text(self.title + "\n", style="bold") if self.title else Text()
-        text.append_text(signed_bars(self.labels, self.values, width=width))
+        text.append_text(signed_bars(self.labels, self.values, width=width, scale=scale))
+        full = bar_scale(self.values, scale)
+        named = scale_name if scale is not None and full == scale else "largest"
+        self.scale_line = f"full bar {full:.3f} = {named}" if full > 0 else "all zero"
+        text.append("\n" + self.scale_line, style="dim")
         if extra:
             text.append("\n" + extra, style="dim")
         self.update(text)
