@@ -79,6 +79,18 @@ def logit_effects(model: LoadedModel, sae: SAE, layer: int, n: int = 10, chunk: 
     return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
+def encode_acts(sae: SAE, z: torch.Tensor, w_enc: torch.Tensor, enc_bias: torch.Tensor) -> torch.Tensor:
+    """The SAE's activations of z `[N, d_in]` -> `[N, d_sae]` (>= 0): `sae.encode_pre` as one fused addmm, then
+    the architecture's activation (top-k through `topk_acts` on the CPU)."""
+    pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
+    arch = sae.cfg.architecture
+    if arch == "standard":
+        return pre.relu_()
+    if arch == "topk" and pre.device.type == "cpu":
+        return topk_acts(pre, int(sae.cfg.k))
+    return sae.activation(pre).clamp_(min=0)
+
+
 @dataclass
 class BuildResult:
     directory: Path
@@ -228,14 +240,7 @@ def build_layers(
                         continue
                     w_enc, enc_bias, b_v = enc[layer]
                     z = (got[z_hook_name(layer)] - b_v).reshape(-1, sae.cfg.d_in).to(w_enc.dtype)  # value bias out
-                    pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
-                    arch = sae.cfg.architecture
-                    if arch == "standard":
-                        acts = pre.relu_()
-                    elif arch == "topk" and pre.device.type == "cpu":
-                        acts = topk_acts(pre, int(sae.cfg.k))
-                    else:
-                        acts = sae.activation(pre).clamp_(min=0)
+                    acts = encode_acts(sae, z, w_enc, enc_bias)
                     v = got[v_hook_name(layer)]
                     v = v - (b_v if v.shape[-2] == b_v.shape[0] else b_v[:: b_v.shape[0] // v.shape[-2]])
                     if v.shape[-2] != model.n_heads:  # grouped-query attention
