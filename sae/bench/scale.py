@@ -44,7 +44,7 @@ class Shape:
     scan_batch_rows: int = 32
     n_induction: int = 32
     n_ioi: int = 32
-    ioi_features: int = 8  # the `features` experiment ablates this many live features, not all of them
+    ioi_features: int = 4  # prompts of the `features` experiment (one forward per live feature)
     eval_rows: int = 16
     train_batch: int = 4096
     prompts: tuple[int, ...] = (16, 128, 1024)
@@ -61,14 +61,14 @@ class Shape:
 SHAPES: dict[str, Shape] = {
     # for tests: seconds
     "tiny": Shape("tiny", 2, 64, 2, 32, 2048, 64, 256, l0=8, scan_tokens=512, scan_batch_rows=8, n_induction=4,
-                  n_ioi=4, ioi_features=2, eval_rows=2, train_batch=256, prompts=(16, 64)),
+                  n_ioi=4, ioi_features=1, eval_rows=2, train_batch=256, prompts=(16, 64)),
     # the embedded default's shape
-    "toy": Shape("toy", 3, 128, 4, 32, 2048, 128, 1024, scan_tokens=16384),
+    "toy": Shape("toy", 3, 128, 4, 32, 2048, 128, 1024, scan_tokens=65536),
     "mid": Shape("mid", 6, 512, 8, 64, 50257, 512, 8192, scan_tokens=8192, scan_batch_rows=16, n_induction=16,
-                 n_ioi=16, eval_rows=8, prompts=(16, 128, 512)),
+                 n_ioi=16, ioi_features=2, eval_rows=8, prompts=(16, 128, 512)),
     # the paper's: GPT-2 Small with its attention-output SAEs
     "gpt2-small": Shape("gpt2-small", 12, 768, 12, 64, 50257, 1024, 24576, wide={5: 49152, 7: 49152},
-                        scan_tokens=2048, scan_batch_rows=8, n_induction=8, n_ioi=8, ioi_features=4, eval_rows=4,
+                        scan_tokens=4096, scan_batch_rows=8, n_induction=8, n_ioi=8, ioi_features=1, eval_rows=4,
                         train_batch=2048),
 }
 
@@ -333,25 +333,25 @@ def _run(shape: Shape, root: Path, say: Callable[[str], None]) -> dict[str, Any]
     W["induction"] = f"{shape.n_induction} sequences of {seq} per prefix length"
     say("IOI")
     data = ioi.build_dataset(model, shape.n_ioi, seed=0)
-    ioi_t = {}
-    live = list(range(shape.ioi_features))
+    few = ioi.build_dataset(model, shape.ioi_features, seed=0)
+    ioi_t: dict[str, Any] = {}
     for name in EXPERIMENTS:
         kw: dict[str, Any] = {"layer": mid}
-        if name == "features":
-            kw["features"] = live
         if name == "path":
-            kw["features"] = live[:1]
+            kw["features"] = [0]
             kw["layer"] = max(0, min(mid, model.n_layers - 2))
+        prompts = few if name == "features" else data  # one forward per live feature: fewer prompts
         try:
-            dt, _ = _timed(lambda name=name, kw=kw: ioi.run_experiment(name, model, data, saes, **kw))
+            with ForwardCounter(model) as fc:
+                dt, _ = _timed(lambda name=name, kw=kw, prompts=prompts: ioi.run_experiment(name, model, prompts, saes, **kw))
         except AttnscopeError as exc:  # an experiment the shape cannot run (no later layer, ...)
             ioi_t[name] = None
             res.setdefault("skipped", {})[f"ioi {name}"] = str(exc)
             continue
-        ioi_t[name] = dt
+        ioi_t[name] = {"seconds": dt, "forwards": fc.n, "prompts": len(prompts)}
     T["ioi"] = ioi_t
-    W["ioi"] = (f"{shape.n_ioi} prompts; `features` ablates {shape.ioi_features} features, `path` one; the SAEs' "
-                f"layer is {mid}")
+    W["ioi"] = (f"{shape.n_ioi} prompts ({shape.ioi_features} for `features`, which ablates each live feature in "
+                f"its own forwards); SAE layer {mid}; `path` follows feature 0")
     say("eval")
     from sae.engine.metrics import evaluate_saes
 
@@ -492,7 +492,8 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
         (f"study sample (layer {T['study']['layer']}, 20 features)", f"{T['study']['seconds']:.1f} s"),
         (f"induction ({W['induction']})", f"{T['induction']['seconds']:.1f} s"),
     ]
-    rows += [(f"IOI {k}", "skipped" if v is None else f"{v:.1f} s") for k, v in T["ioi"].items()]
+    rows += [(f"IOI {k}" + ("" if v is None else f" ({v['prompts']} prompts)"),
+              "skipped" if v is None else f"{v['seconds']:.1f} s, {v['forwards']} forwards") for k, v in T["ioi"].items()]
     ev = T["eval"]
     rows += [
         (f"eval ({W['eval']})", f"{ev['seconds']:.1f} s ({ev['tokens_per_s']:,.0f} tokens/s)"),
