@@ -48,13 +48,14 @@ def _merge_slots(keys: torch.Tensor, f_new: torch.Tensor, key_new: torch.Tensor)
     K = keys.shape[1]
     # grouped by feature, strongest first within a feature (ties: earliest first); only each feature's K best
     # new entries can enter, so the padded block below is at most K wide however often a feature fired
-    by_key = torch.argsort(key_new, descending=True, stable=True)
-    order = by_key[torch.argsort(f_new[by_key], stable=True)]
+    order = torch.argsort(f_new, stable=True)
     fs = f_new[order]
     touched, counts = torch.unique_consecutive(fs, return_counts=True)
     row_of = torch.repeat_interleave(torch.arange(len(touched)), counts)
     rank = torch.arange(len(fs)) - (torch.cumsum(counts, 0) - counts)[row_of]
-    if int(counts.max()) > K:
+    if int(counts.max()) > K:  # rank each feature's new entries by key (ties: earliest first), keep the K best
+        by_key = torch.argsort(key_new, descending=True, stable=True)
+        order = by_key[torch.argsort(f_new[by_key], stable=True)]
         best = rank < K
         order, fs, row_of, rank = order[best], fs[best], row_of[best], rank[best]
         counts = counts.clamp(max=K)
