@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sae.analysis.dashboards import feature_stats
-from sae.analysis.roles import RULES, Confirmer, roles_layer
+from sae.analysis.roles import RULES, Confirmer, RoleReport, roles_layer
 
 UNNAMED = ("other", "uninterpretable")  # labels that say "no one kind", so never make a head monosemantic
 
@@ -113,12 +113,13 @@ def _source(n_human: int, n: int) -> str:
 
 def survey_layer(
     directory: Path, n_top: int = 10, agree: float = 1.0, labels: dict[int, str] | None = None,
-    confirm: Confirmer | None = None,
+    confirm: Confirmer | None = None, roles: RoleReport | None = None,
 ) -> LayerHeads:
     """Survey one layer's heads. labels: `{feature: human family}` of this layer's SAE (they win over the
-    automatic roles); confirm: the induction test for the automatic roles (see `sae.analysis.roles.roles_layer`)."""
+    automatic roles); confirm: the induction test for the automatic roles (see `sae.analysis.roles.roles_layer`);
+    roles: the layer's automatic roles already worked out (then `confirm` is not used)."""
     stats = feature_stats(directory)
-    fam = roles_layer(directory, stats=stats, confirm=confirm).role_of()
+    fam = (roles if roles is not None else roles_layer(directory, stats=stats, confirm=confirm)).role_of()
     labels = labels or {}
     idx = stats["index"]
     live = stats["n_fire"] > 0
@@ -158,11 +159,13 @@ def survey_layer(
 def survey_heads(
     directories: dict[int, Path], model: str = "", n_top: int = 10, agree: float = 1.0,
     labels: dict[int, dict[int, str]] | None = None, confirm: dict[int, Confirmer] | None = None,
+    roles: dict[int, RoleReport] | None = None,
 ) -> HeadSurvey:
     """Survey every head of every layer in `directories` ({layer: built dashboard dir}). labels: per layer,
-    `{feature: human family}`; confirm: per layer, the induction test of the automatic roles."""
-    labels, confirm = labels or {}, confirm or {}
-    layers = [survey_layer(directories[layer], n_top, agree, labels.get(layer), confirm.get(layer))
+    `{feature: human family}`; confirm: per layer, the induction test of the automatic roles; roles: per layer,
+    automatic roles already worked out (`sae.analysis.cache.layer_roles` keeps them)."""
+    labels, confirm, roles = labels or {}, confirm or {}, roles or {}
+    layers = [survey_layer(directories[layer], n_top, agree, labels.get(layer), confirm.get(layer), roles.get(layer))
               for layer in sorted(directories)]
     all_heads = [h for lh in layers for h in lh.heads]
     poly = sum(h.verdict == "polysemantic" for h in all_heads) / max(1, len(all_heads))

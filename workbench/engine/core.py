@@ -63,6 +63,7 @@ class Engine:
         self._saes: dict[int, Any] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
         self._families: dict[Any, dict[int, str]] = {}  # dashboard dir -> {feature: family}
+        self._traces: dict[tuple, TraceView] = {}  # recent traces: t, `,` and `.` revisit them
 
     @classmethod
     def from_objects(cls, model: Any, saes: dict[int, Any], saes_label: str = "in memory") -> "Engine":
@@ -202,10 +203,21 @@ class Engine:
         """The recursive DFA tree of one feature (sae.analysis.trace.trace_feature)."""
 
         def run() -> TraceView:
+            from sae.analysis.dashboards.store import sae_fingerprint
             from sae.analysis.trace import trace_feature
 
             self._sae(layer)
-            return trace_view(trace_feature(self._model, self._saes, prompt, layer, feature, pos=pos, depth=depth, keep=keep))
+            # the trace reads every SAE up to `layer`: their content hashes are part of the key
+            key = (prompt, layer, feature, pos, depth, keep, id(self._model),
+                   tuple(sae_fingerprint(s) for x, s in sorted(self._saes.items()) if x <= layer))
+            hit = self._traces.get(key)
+            if hit is None:
+                hit = trace_view(trace_feature(self._model, self._saes, prompt, layer, feature, pos=pos, depth=depth,
+                                               keep=keep))
+                self._traces[key] = hit
+                while len(self._traces) > 64:  # the oldest go first
+                    self._traces.pop(next(iter(self._traces)))
+            return hit
 
         return await self.call(run, channel="trace")
 
@@ -233,13 +245,37 @@ class Engine:
         return await self.call(run, channel="summary")
 
     async def heads(self) -> HeadsView:
-        """The head survey over every layer with an SAE whose dashboards are built (sae.analysis.heads)."""
+        """The head survey over every layer with an SAE whose dashboards are built (sae.analysis.heads), as one
+        quick request (from the analysis cache when it holds it; `run_heads` is the cancellable job)."""
 
         def run() -> HeadsView:
             self._need_model()
             return heads_view(self._model, self._saes, self.label_store())
 
         return await self.call(run, channel="heads")
+
+    async def heads_cached(self) -> HeadsView | None:
+        """The head survey from the analysis cache, or None when it must be computed (`run_heads`)."""
+
+        def run() -> HeadsView | None:
+            self._need_model()
+            return heads_view(self._model, self._saes, self.label_store(), cached_only=True)
+
+        return await self.call(run, channel="heads")
+
+    def run_heads(self, post: Post) -> JobHandle:
+        """The head survey as a job (progress per layer and per induction-test batch; cancellable); the result is
+        a `HeadsView`, also kept in the analysis cache."""
+
+        def job(rep: Reporter) -> Any:
+            def progress(p: Progress) -> None:  # the job line names the job: "head survey, layer 1: roles"
+                rep.progress(replace(p, stage=f"head survey, {p.stage}" if p.stage else "head survey"))
+
+            progress(Progress("heads", 0, 0, unit="layers", stage="starting"))
+            self._need_model()
+            return heads_view(self._model, self._saes, self.label_store(), on_progress=progress, cancel=rep.cancel)
+
+        return self.start_job("heads", job, post, label="head survey", key="heads")
 
     # ---- the labelling study (sae.analysis.study, sae.analysis.labels) -------------------------------------
 
@@ -248,9 +284,11 @@ class Engine:
         automatic roles."""
 
         def run() -> Any:
-            from sae.analysis.study import study_layer
+            from sae.analysis import cache
+            from sae.analysis.dashboards import dashboard_dir
 
-            return study_layer(self._need_model(), self._sae(layer), layer, n, seed)
+            model, sae = self._need_model(), self._sae(layer)
+            return cache.study_sample(model, sae, layer, n, seed, dashboard_dir(model, sae, layer))
 
         return await self.call(run, channel=f"study-{layer}")
 

@@ -248,14 +248,11 @@ def trace_view(tr: Any) -> TraceView:
                      approximation=tr.approximation, truncated=bool(tr.truncated), data=tr.to_dict())
 
 
-def heads_view(model: Any, saes: dict[int, Any], labels: Any = None) -> HeadsView:
-    """sae.analysis.heads.survey_heads over the layers whose dashboards are built, each feature's role from the human
-    labels in `labels` (a `sae.analysis.labels.LabelStore`) where they exist, else its automatic role
-    (sae.analysis.roles, with the repeated-random-token test of induction candidates)."""
+def survey_inputs(model: Any, saes: dict[int, Any], labels: Any = None) -> tuple[dict[int, Any], dict[int, dict[int, str]]]:
+    """({layer: built dashboard dir}, {layer: {feature: human family}}) of the head survey; EngineError when no
+    layer's dashboards are built."""
     from sae.analysis import dashboards as dash
-    from sae.analysis import heads
     from sae.analysis import labels as lab
-    from sae.analysis import roles
 
     dirs = {layer: dash.dashboard_dir(model, sae, layer) for layer, sae in saes.items()}
     built = {layer: d for layer, d in dirs.items() if dash.is_built(d)}
@@ -263,8 +260,24 @@ def heads_view(model: Any, saes: dict[int, Any], labels: Any = None) -> HeadsVie
         first = min(saes)
         raise EngineError(f"the head survey reads built dashboards; run `{dash.build_command(first)}` (or b on screen 2)")
     human = lab.human_labels_by_layer(labels, built) if labels is not None else {}
-    confirm = {layer: roles.model_confirmer(model, saes[layer], layer) for layer in built if layer >= 1}
-    survey = heads.survey_heads(built, model=model.name, labels=human, confirm=confirm)
+    return built, human
+
+
+def heads_view(model: Any, saes: dict[int, Any], labels: Any = None, on_progress: Any = None, cancel: Any = None,
+               cached_only: bool = False) -> HeadsView | None:
+    """sae.analysis.heads.survey_heads over the layers whose dashboards are built, each feature's role from the human
+    labels in `labels` (a `sae.analysis.labels.LabelStore`) where they exist, else its automatic role
+    (sae.analysis.roles, with the repeated-random-token test of induction candidates); through the analysis cache
+    (`sae.analysis.cache.head_survey`). `cached_only`: None unless the cache holds it."""
+    from sae.analysis import cache
+
+    built, human = survey_inputs(model, saes, labels)
+    if cached_only:
+        survey = cache.cached_head_survey(model, saes, built, human)
+        if survey is None:
+            return None
+    else:
+        survey = cache.head_survey(model, saes, built, human, on_progress=on_progress, cancel=cancel)
     rows = tuple(
         HeadView(layer=h.layer, head=h.head, verdict=h.verdict, main_family=h.main_family, source=h.source,
                  features=tuple(HeadFeatureView(id=f.id, share=f.decoder_share, family=f.family, source=f.source)

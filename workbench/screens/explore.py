@@ -44,6 +44,7 @@ class ExploreScreen(WorkbenchScreen):
         self.detail: CellDetail | None = None
         self.summary: DashboardView | None = None
         self._typing: Timer | None = None
+        self.waiting_on = ""  # the running job a pending prompt waits on ("" when none)
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -136,6 +137,10 @@ class ExploreScreen(WorkbenchScreen):
 
     async def _features(self, prompt: str, layer: int) -> None:
         status = self.query_one("#explore-status", StatusLine)
+        running = [h for h in self.engine.worker.jobs() if h.state == "running"]
+        if running:  # the engine's one thread is in a job: this prompt is answered at the job's next step
+            self.waiting_on = running[0].label
+            status.say(f"pending: waiting for a step of {running[0].label} (the heatmap answers between its steps) ...")
         try:
             res = await self.engine.features(prompt, layer)
         except StaleRequest:
@@ -147,6 +152,8 @@ class ExploreScreen(WorkbenchScreen):
             status.error(f"features failed: {one_line(exc)}")
             self.notify(one_line(exc), title="Explore", severity="error")
             return
+        finally:
+            self.waiting_on = ""
         self.result = res
         self.wb.start_auto_build()  # the first heatmap is drawn: background work may start
         values = res.values if res.values is not None else np.zeros((len(res.tokens), 0))

@@ -11,8 +11,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadFeatureView, HeadsView, HeadView, StaleRequest, one_line
+from workbench.engine import HeadFeatureView, HeadsView, HeadView, JobHandle, StaleRequest, one_line
 from workbench.findings import Finding, md_table
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
 from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
 
 
@@ -44,6 +45,7 @@ class HeadsScreen(WorkbenchScreen):
         super().__init__()
         self.survey: HeadsView | None = None
         self.head: HeadView | None = None
+        self.job: JobHandle | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -67,20 +69,60 @@ class HeadsScreen(WorkbenchScreen):
         self.run_worker(self._run(), group="heads", exclusive=True)
 
     async def _run(self) -> None:
+        """From the analysis cache when it holds the survey (instant), else as a job (job line; ctrl+x cancels)."""
         status = self.query_one(StatusLine)
+        if self.job is not None and self.job.running:
+            status.say("the head survey is running (job line below; ctrl+x cancels)")
+            return
         status.say("surveying heads ...")
         try:
-            survey = await self.engine.heads()
+            survey = await self.engine.heads_cached()
+            if survey is None:
+                self.job = self.engine.run_heads(post=self.post_message)
+                status.say("surveying heads: a job (job line below; ctrl+x cancels); the result is kept for next time")
+                return
         except StaleRequest:
             return
         except Exception as exc:  # noqa: BLE001
-            info = self.engine.info
-            if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
-                status.say("the head survey reads the dashboards, which are being built (job line below); "
-                           "it runs by itself when they are done")
-            else:
-                status.error(one_line(exc))
+            self._failed(one_line(exc))
             return
+        self.show_survey(survey)
+
+    def _failed(self, error: str) -> None:
+        status = self.query_one(StatusLine)
+        info = self.engine.info
+        if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+            status.say("the head survey reads the dashboards, which are being built (job line below); "
+                       "it runs by itself when they are done")
+        else:
+            status.error(error)
+
+    def _is_mine(self, m: JobMessage) -> bool:
+        return m.kind == "heads" and self.job is not None and m.job_id == self.job.id
+
+    def on_job_progress(self, m: JobProgress) -> None:
+        if self._is_mine(m):
+            p = m.progress
+            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            self.query_one(StatusLine).say(f"surveying heads: {p.stage}{done} (ctrl+x cancels)")
+
+    def on_job_finished(self, m: JobFinished) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.show_survey(m.result)
+
+    def on_job_cancelled(self, m: JobCancelled) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.query_one(StatusLine).say("head survey cancelled; r runs it again")
+
+    def on_job_failed(self, m: JobFailed) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self._failed(m.error)
+
+    def show_survey(self, survey: HeadsView) -> None:
+        status = self.query_one(StatusLine)
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)
         grid.clear(columns=True)
