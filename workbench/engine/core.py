@@ -312,11 +312,15 @@ class Engine:
         the result is its `SyntheticInduction`."""
 
         def job(rep: Reporter) -> Any:
+            from sae.analysis.cache import cached
+            from sae.analysis.dashboards.store import model_fingerprint
             from sae.experiments import induction
 
             model = self._need_model()
-            return induction.synthetic_induction(model, n=n, seq_len=min(128, model.n_ctx), seed=seed,
-                                                 on_progress=rep.progress, cancel=rep.cancel)
+            seq = min(128, model.n_ctx)
+            return cached("induction", {"model": model_fingerprint(model), "n": n, "seq_len": seq, "seed": seed},
+                          lambda: induction.synthetic_induction(model, n=n, seq_len=seq, seed=seed,
+                                                                on_progress=rep.progress, cancel=rep.cancel))
 
         return self.start_job("induction", job, post, label="induction experiment", key="induction")
 
@@ -324,13 +328,20 @@ class Engine:
         """One IOI experiment (sae.experiments.ioi) on a fresh held-out dataset; the result is an `ExperimentView`."""
 
         def job(rep: Reporter) -> Any:
+            from sae.analysis.cache import cached
+            from sae.analysis.dashboards.store import model_fingerprint, sae_fingerprint
             from sae.experiments import ioi
 
             model = self._need_model()
-            data = ioi.build_dataset(model, n, seed=seed)
-            out = ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
-                                     cancel=rep.cancel)
-            return experiment_view(out, experiment, n)
+
+            def run() -> dict:
+                data = ioi.build_dataset(model, n, seed=seed)
+                return ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
+                                          cancel=rep.cancel)
+
+            parts = {"model": model_fingerprint(model), "experiment": experiment, "n": n, "layer": layer, "seed": seed,
+                     "saes": {str(x): sae_fingerprint(s) for x, s in sorted(self._saes.items())}}
+            return experiment_view(cached("ioi", parts, run), experiment, n)
 
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
 
