@@ -301,21 +301,19 @@ def _run(shape: Shape, root: Path, say: Callable[[str], None]) -> dict[str, Any]
                  f"{model.n_layers} layers in one pass; logit effects timed on 512 features per layer and scaled")
 
     # head survey, roles, study: read the dashboards just built, with the induction test on the model
+    from sae.analysis import cache
     from sae.analysis import dashboards as dash
-    from sae.analysis import heads as heads_mod
-    from sae.analysis import roles as roles_mod
     from sae.analysis.study import study_layer
 
     dirs = {layer: dash.dashboard_dir(model, saes[layer], layer) for layer in layers}
-    confirm = {layer: roles_mod.model_confirmer(model, saes[layer], layer) for layer in layers if layer >= 1}
     say("head survey")
     with ForwardCounter(model) as fc:
-        dt, _ = _timed(lambda: heads_mod.survey_heads(dirs, model=model.name, confirm=confirm))
+        dt, _ = _timed(lambda: cache.head_survey(model, saes, dirs))  # cold: computes and stores
     T["head_survey"] = {"seconds": dt, "forwards": fc.n}
     say("head survey from the cache")
-    T["head_survey"]["cached_s"] = _cached_survey_seconds(model, saes, dirs, confirm)
+    T["head_survey"]["cached_s"], _ = _timed(lambda: cache.head_survey(model, saes, dirs))
     say("roles")
-    dt, reps = _timed(lambda: [roles_mod.roles_layer(dirs[x], confirm=confirm.get(x)) for x in layers])
+    dt, reps = _timed(lambda: [cache.compute_roles(model, saes[x], x, dirs[x]) for x in layers])  # uncached
     T["roles"] = {"seconds": dt, "candidates": sum(len(r.candidates) for r in reps)}
     say("study sample")
     dt, _ = _timed(lambda: study_layer(model, saes[mid], mid, 20, 0))
@@ -425,17 +423,6 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
         "outside_model_encode_share": (scan_s - model_s - enc_s) / scan_s if scan_s else None,
         "static_s": total - scan_s, "logit_effects_full_s": timer.get("logit_effects_est", 0.0),
     }
-
-
-def _cached_survey_seconds(model: Any, saes: dict[int, Any], dirs: dict[int, Path], confirm: dict) -> float | None:
-    """Seconds of a second head survey answered from the analysis cache (None when there is no cache)."""
-    try:
-        from sae.analysis.cache import cached_survey
-    except ImportError:
-        return None
-    cached_survey(model, saes, dirs, confirm)
-    dt, _ = _timed(lambda: cached_survey(model, saes, dirs, confirm))
-    return dt
 
 
 def _targets(res: dict[str, Any], shape: Shape) -> None:

@@ -669,7 +669,7 @@ def load_saes(spec: str, model: LoadedModel) -> dict[int, SAE]:
     """`{layer: SAE}` from `sae.engine.formats.load_sae_set`, checked against `model` and moved to its device."""
     from sae.engine.formats import load_sae_set
 
-    saes = saes_by_layer(load_sae_set(spec, model, device=model.device))  # SAEFormatError reaches the caller as is
+    saes = saes_by_layer(load_sae_set(spec, model, device=model.device, dtype=model.dtype))  # SAEFormatError reaches the caller as is
     for sae in saes.values():
         sae.to(model.device).eval()
         if sae.cfg.d_in != model.d_z:

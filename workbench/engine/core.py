@@ -119,7 +119,7 @@ class Engine:
         from sae.zoo import load_sae_set
 
         try:
-            loaded = load_sae_set(spec, model, device=model.device)
+            loaded = load_sae_set(spec, model, device=model.device, dtype=model.dtype)  # SAEs in the model's dtype
         except (AttnscopeError, ValueError, OSError, KeyError) as exc:
             raise EngineError(f"could not open SAEs {spec!r}: {one_line(exc)}") from exc
         if not loaded:
