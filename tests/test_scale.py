@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import random_sae, run_cli
 
@@ -42,3 +43,22 @@ def test_sae_set_loads_in_the_asked_dtype(tiny_model, tmp_path):
         torch.testing.assert_close(half[layer].W_enc.float(), full[layer].W_enc.bfloat16().float())
         z = torch.randn(5, tiny_model.d_z)
         torch.testing.assert_close(half[layer].encode(z.bfloat16()).float(), full[layer].encode(z), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: SAEs move between CPU memory and the device")
+async def test_resident_saes_move_to_the_gpu_on_demand(tmp_path, monkeypatch):
+    from workbench.engine import Engine
+
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    eng = Engine("default", "default", device="cuda", resident_saes=1)
+    try:
+        await eng.open()
+        await eng.features("When Mary and John went to the store", 1)
+        on = {x: s.W_enc.device.type for x, s in eng._saes.items()}
+        assert on[1] == "cuda" and [x for x, d in on.items() if d == "cuda"] == [1]
+        await eng.features("When Mary and John went to the store", 0)
+        on = {x: s.W_enc.device.type for x, s in eng._saes.items()}
+        assert [x for x, d in on.items() if d == "cuda"] == [0]
+        assert [x for x, _ in eng.sae_moves] == [1, 0] and "moved on in" in eng.sae_residency()
+    finally:
+        eng.close()

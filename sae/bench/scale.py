@@ -157,8 +157,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 @contextmanager
-def _patched(obj: Any, name: str, timer: dict[str, float]) -> Iterator[None]:
-    """Wrap `obj.name` so that the seconds spent in it add up in `timer[name]`."""
+def _patched(obj: Any, name: str, timer: dict[str, float], calls: dict[str, list[float]] | None = None) -> Iterator[None]:
+    """Wrap `obj.name` so that the seconds spent in it add up in `timer[name]` (and each call's in `calls[name]`)."""
     orig = getattr(obj, name)
 
     def wrapper(*a: Any, **k: Any) -> Any:
@@ -166,7 +166,10 @@ def _patched(obj: Any, name: str, timer: dict[str, float]) -> Iterator[None]:
         try:
             return orig(*a, **k)
         finally:
-            timer[name] = timer.get(name, 0.0) + time.perf_counter() - t
+            dt = time.perf_counter() - t
+            timer[name] = timer.get(name, 0.0) + dt
+            if calls is not None:
+                calls.setdefault(name, []).append(dt)
 
     setattr(obj, name, wrapper)
     try:
@@ -386,6 +389,7 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     from sae.analysis.dashboards import scan as scan_mod
 
     timer: dict[str, float] = {}
+    calls: dict[str, list[float]] = {}
     # the static part's logit effects: timed on 512 features, the rest of the layer given zeros (scaled up)
     orig_logits = build_mod.logit_effects
 
@@ -403,8 +407,8 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     spec = build_mod.DashboardSpec(n_tokens=shape.scan_tokens, context_size=min(128, model.n_ctx))
     build_mod.logit_effects = sampled_logits  # type: ignore[assignment]
     try:
-        with _patched(build_mod, "capture_until_z", timer), _patched(build_mod, "encode_acts", timer), \
-                _patched(scan_mod.DashboardScan, "update", timer):
+        with _patched(build_mod, "capture_until_z", timer, calls), _patched(build_mod, "encode_acts", timer, calls), \
+                _patched(scan_mod.DashboardScan, "update", timer, calls):
             t = time.perf_counter()
             res = build_mod.build_layers(model, saes, spec, docs=docs, batch_rows=shape.scan_batch_rows, force=True,
                                          checkpoint_s=1e9)
@@ -416,8 +420,14 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     model_s = timer.get("capture_until_z", 0.0)
     enc_s = timer.get("encode_acts", 0.0)
     book_s = timer.get("update", 0.0)
+    # the second half of the batches: each feature's top and sample slots are full by then, so few firings still
+    # enter them (the first batches fill every slot: that cost does not grow with the corpus)
+    half = {k: v[len(v) // 2:] for k, v in calls.items()}
+    late = {k: sum(v) for k, v in half.items()}
+    late_total = late.get("capture_until_z", 0.0) + late.get("encode_acts", 0.0) + late.get("update", 0.0)
     return {
-        "tokens": first.n_tokens, "scan_s": scan_s, "tokens_per_s": first.n_tokens / scan_s if scan_s else None,
+        "tokens": first.n_tokens, "scan_s": scan_s, "batches": len(calls.get("capture_until_z", [])),
+        "late_bookkeeping_share": late.get("update", 0.0) / late_total if late_total else None, "tokens_per_s": first.n_tokens / scan_s if scan_s else None,
         "model_s": model_s, "encode_s": enc_s, "bookkeeping_s": book_s,
         "bookkeeping_share": book_s / scan_s if scan_s else None,
         "outside_model_encode_share": (scan_s - model_s - enc_s) / scan_s if scan_s else None,
@@ -469,6 +479,7 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
         ("  model forward / SAE encode / bookkeeping",
          f"{sc['model_s']:.1f} / {sc['encode_s']:.1f} / {sc['bookkeeping_s']:.1f} s"),
         ("  bookkeeping share; outside model + encode", f"{sc['bookkeeping_share']:.0%}; {sc['outside_model_encode_share']:.0%}"),
+        ("  bookkeeping share over the second half of the batches", f"{sc['late_bookkeeping_share']:.0%}"),
         ("  static part (files, head shares; logit effects scaled)", f"{sc['static_s']:.1f} s (logit effects {sc['logit_effects_full_s']:.1f} s)"),
     ]
     hs = T["head_survey"]

@@ -50,11 +50,17 @@ class Engine:
     already in memory (`Engine.from_objects(model, {layer: sae})`, what the tests do).
     """
 
-    def __init__(self, model: str = "default", saes: str = "default", device: str = "auto", dtype: str = "float32") -> None:
+    def __init__(self, model: str = "default", saes: str = "default", device: str = "auto", dtype: str = "float32",
+                 resident_saes: int | None = None) -> None:
         self.model_spec = model
         self.saes_spec = saes
         self.device = device
         self.dtype = dtype
+        # at most this many layers' SAEs on the model's device (a GPU): the rest wait in CPU memory and move over
+        # when a screen asks for their layer; None keeps them all there
+        self.resident_saes = resident_saes
+        self.sae_moves: list[tuple[int, float]] = []  # (layer, seconds) of each move onto the device
+        self._recent: list[int] = []  # layers used, most recent last
         self.worker = Worker()
         self.info: EngineInfo | None = None
         self.labels_path: Any = None  # the study's label file; None: $ATTNSCOPE_LABELS or the data dir
@@ -102,7 +108,45 @@ class Engine:
         if layer not in self._saes:
             have = ", ".join(map(str, sorted(self._saes))) or "none"
             raise EngineError(f"no SAE for layer {layer} (SAEs loaded for layers: {have})")
-        return self._saes[layer]
+        return self._resident([layer])[layer]
+
+    def _resident(self, layers: Any = None) -> dict[int, Any]:
+        """The SAEs of `layers` (default: all) on the model's device. With `resident_saes`, SAEs not used lately
+        go back to CPU memory to make room (the layers asked for stay, even beyond the limit); each move onto the
+        device is timed in `sae_moves`."""
+        import time
+
+        wanted = sorted(self._saes) if layers is None else [x for x in layers if x in self._saes]
+        if self.resident_saes is None or self._model is None:
+            return {x: self._saes[x] for x in wanted}
+        dev = self._model.device
+        self._recent = [x for x in self._recent if x not in wanted] + wanted
+        keep = set(wanted) | set(self._recent[-max(self.resident_saes, 0):] if self.resident_saes > 0 else [])
+        for x, sae in self._saes.items():
+            if x not in keep and sae.W_enc.device.type != "cpu":
+                self._saes[x] = sae.to("cpu")
+        for x in wanted:
+            sae = self._saes[x]
+            if sae.W_enc.device != dev:
+                t = time.perf_counter()
+                self._saes[x] = sae.to(dev)
+                if dev.type == "cuda":
+                    import torch
+
+                    torch.cuda.synchronize()
+                self.sae_moves.append((x, time.perf_counter() - t))
+        return {x: self._saes[x] for x in wanted}
+
+    def sae_residency(self) -> str:
+        """A line for the status bar: which layers' SAEs are on the device and what the last move cost."""
+        if self.resident_saes is None or self._model is None:
+            return ""
+        on = [x for x, s in sorted(self._saes.items()) if s.W_enc.device == self._model.device]
+        text = f"SAEs on {self._model.device}: layers {on}"
+        if self.sae_moves:
+            layer, sec = self.sae_moves[-1]
+            text += f" (layer {layer} moved on in {sec:.2f} s)"
+        return text
 
     # ---- opening models and SAEs ----------------------------------------------------------------------
 
@@ -111,6 +155,7 @@ class Engine:
 
         model = load_model(self.model_spec, device=self.device, dtype=self.dtype)
         saes = self._load_saes(self.saes_spec, model)
+        self._recent = []
         self._model, self._saes, self._last = model, saes, {}
         self.info = self._describe()
         return self.info
@@ -119,7 +164,9 @@ class Engine:
         from sae.zoo import load_sae_set
 
         try:
-            loaded = load_sae_set(spec, model, device=model.device, dtype=model.dtype)  # SAEs in the model's dtype
+            # SAEs in the model's dtype; with a residency limit they wait in CPU memory until a layer is asked for
+            device = "cpu" if self.resident_saes is not None else model.device
+            loaded = load_sae_set(spec, model, device=device, dtype=model.dtype)
         except (AttnscopeError, ValueError, OSError, KeyError) as exc:
             raise EngineError(f"could not open SAEs {spec!r}: {one_line(exc)}") from exc
         if not loaded:
@@ -212,7 +259,8 @@ class Engine:
                    tuple(sae_fingerprint(s) for x, s in sorted(self._saes.items()) if x <= layer))
             hit = self._traces.get(key)
             if hit is None:
-                hit = trace_view(trace_feature(self._model, self._saes, prompt, layer, feature, pos=pos, depth=depth,
+                saes = self._resident([x for x in self._saes if x <= layer])
+                hit = trace_view(trace_feature(self._model, saes, prompt, layer, feature, pos=pos, depth=depth,
                                                keep=keep))
                 self._traces[key] = hit
                 while len(self._traces) > 64:  # the oldest go first
@@ -250,7 +298,7 @@ class Engine:
 
         def run() -> HeadsView:
             self._need_model()
-            return heads_view(self._model, self._saes, self.label_store())
+            return heads_view(self._model, self._resident(), self.label_store())
 
         return await self.call(run, channel="heads")
 
@@ -273,7 +321,7 @@ class Engine:
 
             progress(Progress("heads", 0, 0, unit="layers", stage="starting"))
             self._need_model()
-            return heads_view(self._model, self._saes, self.label_store(), on_progress=progress, cancel=rep.cancel)
+            return heads_view(self._model, self._resident(), self.label_store(), on_progress=progress, cancel=rep.cancel)
 
         return self.start_job("heads", job, post, label="head survey", key="heads")
 
@@ -336,7 +384,7 @@ class Engine:
 
             def run() -> dict:
                 data = ioi.build_dataset(model, n, seed=seed)
-                return ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
+                return ioi.run_experiment(experiment, model, data, self._resident(), layer=layer, on_progress=rep.progress,
                                           cancel=rep.cancel)
 
             parts = {"model": model_fingerprint(model), "experiment": experiment, "n": n, "layer": layer, "seed": seed,
@@ -394,7 +442,9 @@ class Engine:
             rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: starting"))
             self._need_model()
             spec = dash.DashboardSpec()
-            saes = {x: self._sae(x) for x in layers}
+            for x in layers:
+                self._sae(x)  # EngineError for a layer without an SAE
+            saes = self._resident(layers)
             return dash.build_layers(self._model, saes, spec, docs=texts, on_progress=progress, cancel=rep.cancel)
 
         return self.start_job("dashboards", job, post, label=f"dashboards of {name}",

@@ -107,6 +107,9 @@ class ExploreScreen(WorkbenchScreen):
             parts.insert(0, f"{len(self.result.tokens)} tokens")
         if extra:
             parts.append(extra)
+        residency = self.engine.sae_residency()
+        if residency:
+            parts.append(residency)
         status.say(" · ".join(parts))
 
     # ---- prompt -> heatmap ----------------------------------------------------------------------------
