@@ -26,6 +26,7 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     assert {r["architecture"] for r in report["trainer_loop"]} == {"standard", "topk"}
     assert all(r["loop_tokens_per_s"] > 0 for r in report["trainer_loop"])
     assert [r["architecture"] for r in report["bench_train_cli"]["runs"]] == ["standard", "topk"]
+    assert report["bench_scale"]["shape"] == "tiny" and report["bench_scale"]["timings"]["scan"]["tokens"] > 0
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path):

@@ -117,13 +117,14 @@ def random_saes(model: Any, shape: Shape, rows: torch.Tensor, seed: int = 0) -> 
     for layer in range(model.n_layers):
         cfg = SAEConfig(d_in=model.d_z, d_sae=shape.d_sae_of(layer), hook_name=z_hook_name(layer),
                         n_heads=model.n_heads, model_name=model.name)
-        sae = SAE(cfg)
+        sae = SAE(cfg).to(model.device)
         sae.cfg.extra["layer"] = layer
         z = zs[layer][:, 1:].reshape(-1, model.d_z).float()  # BOS left out, as the scan does
         pre = z @ sae.W_enc  # [N, d_sae]
-        keep = max(1, int(round(z.shape[0] * (1 - shape.l0 / sae.cfg.d_sae))))
-        sae.b_enc.copy_(-pre.kthvalue(min(keep, z.shape[0]), dim=0).values)
-        saes[layer] = sae.eval()
+        n_fire = max(1, int(round(z.shape[0] * shape.l0 / sae.cfg.d_sae)))  # calibration tokens each latent fires on
+        thr = pre.topk(min(n_fire + 1, z.shape[0]), dim=0).values[-1]  # the (n_fire + 1)-th largest per latent
+        sae.b_enc.copy_(-thr)
+        saes[layer] = sae.to(model.device).eval()
     return saes
 
 
@@ -150,9 +151,16 @@ class ForwardCounter:
             self._h.remove()
 
 
+_SYNC = [False]  # a CUDA run: wait for the device before reading the clock
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    if _SYNC[0]:
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = fn()
+    if _SYNC[0]:
+        torch.cuda.synchronize()
     return time.perf_counter() - t, out
 
 
@@ -204,7 +212,7 @@ def sae_bytes(saes: dict[int, Any], dtype: torch.dtype) -> int:
 
 
 def bench_scale(shape_name: str = "toy", on_stage: Callable[[str], None] | None = None,
-                workdir: Path | None = None) -> dict[str, Any]:
+                workdir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Time every analysis at `shape_name` (a key of `SHAPES`); returns the figures as a JSON-ready dict.
 
     Everything is written under a temporary directory (or `workdir`), which also serves as the dashboard and
@@ -217,7 +225,7 @@ def bench_scale(shape_name: str = "toy", on_stage: Callable[[str], None] | None 
     os.environ["ATTNSCOPE_CACHE_DIR"] = str(root / "cache")
     os.environ["ATTNSCOPE_CACHE"] = "off"
     try:
-        return _run(shape, root, say)
+        return _run(shape, root, say, device)
     finally:
         for k, v in old_env.items():
             if v is None:
@@ -228,14 +236,14 @@ def bench_scale(shape_name: str = "toy", on_stage: Callable[[str], None] | None 
             tmp_ctx.cleanup()
 
 
-def _run(shape: Shape, root: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from sae.engine.models import _quiet_transformers, load_model
+def _run(shape: Shape, root: Path, say: Callable[[str], None], device: str = "cpu") -> dict[str, Any]:
+    from sae.engine.models import _quiet_transformers, load_model, resolve_device
 
     _quiet_transformers()
     t_all = time.perf_counter()
     res: dict[str, Any] = {
         "shape": shape.name, "shape_text": shape.describe(), "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "device": "cpu",
+        "cpu_count": os.cpu_count(), "device": str(resolve_device(device)),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "timings": {}, "workloads": {}, "targets": {},
     }
@@ -243,7 +251,8 @@ def _run(shape: Shape, root: Path, say: Callable[[str], None]) -> dict[str, Any]
     say("building a random model")
     rss0 = rss_bytes()
     t_make, path = _timed(lambda: random_model_dir(root / "model", shape))
-    t_load, model = _timed(lambda: load_model(str(path), device="cpu", display_name=f"random {shape.name}"))
+    t_load, model = _timed(lambda: load_model(str(path), device=device, display_name=f"random {shape.name}"))
+    _SYNC[0] = model.device.type == "cuda"
     T["model_write_s"], T["model_load_s"] = t_make, t_load
     context = min(128, model.n_ctx)
     docs = random_texts(max(8, shape.scan_tokens // 256 + 4), 400, seed=1)
@@ -371,6 +380,8 @@ def _run(shape: Shape, root: Path, say: Callable[[str], None]) -> dict[str, Any]
     res["train_step"]["widest_d_sae"] = widest
 
     _targets(res, shape)
+    if model.device.type == "cuda":
+        res["memory"]["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(model.device))
     res["total_s"] = time.perf_counter() - t_all
     return res
 

@@ -23,6 +23,7 @@ def register_bench(bench_sub: Any) -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="toy",
                    help="toy (the embedded default's shape), mid, gpt2-small (12 x 768, SAEs 768 -> 24576), "
                    "tiny (seconds, for tests)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     add_output_flags(p)
     p.set_defaults(func=run_scale)
 
@@ -31,7 +32,7 @@ def run_scale(args: argparse.Namespace) -> int:
     from sae.bench.scale import SHAPES, bench_scale
 
     console.print(f"bench scale: {SHAPES[args.shape].describe()} (random weights)")
-    data = bench_scale(args.shape, on_stage=lambda s: console.print(f"  {s} ..."))
+    data = bench_scale(args.shape, on_stage=lambda s: console.print(f"  {s} ..."), device=args.device)
     emit(args, data, _markdown, _pretty)
     return 0
 
