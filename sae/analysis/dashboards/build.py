@@ -208,7 +208,6 @@ def build_layers(
            for layer in todo}
     enc_heads = {layer: (encoder_by_head(saes[layer], model.n_heads).detach().float().cpu(),
                          saes[layer].encoder_bias_total.detach().float().cpu()) for layer in todo}
-    w_feat = {layer: w.permute(2, 0, 1).contiguous() for layer, (w, _) in enc_heads.items()}  # [d_sae, H, dh]
     row = min(sc.rows_done for sc in scans.values())
     done_at_start = row * T
     t_scan = last_ckpt = time.perf_counter()
@@ -247,8 +246,7 @@ def build_layers(
                     if v.shape[-2] != model.n_heads:  # grouped-query attention
                         v = v.repeat_interleave(model.n_heads // v.shape[-2], dim=-2)
                     dfa = {"pattern": got[pattern_hook_name(layer)].float().cpu(), "v": v.float().cpu(),
-                           "tokens": batch.cpu(), "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1],
-                           "w_feat": w_feat[layer]}
+                           "tokens": batch.cpu(), "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1]}
                     sc.update(acts.float().cpu(), T, dfa=dfa)
                 row += batch.shape[0]
                 if time.perf_counter() - last_ckpt > checkpoint_s:

@@ -279,17 +279,21 @@ def example_dfa(
     """DFA by source of feature `p_f[p]` at position `p_t[p]` of batch row `p_b[p]`, for P examples.
 
     pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
-    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`, contiguous (a
-    scan passes it once per build: picking features from it is a row gather). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
+    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`, contiguous (else
+    the columns of the features at hand are copied out of w_enc, once per call). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
     0 before the row start), dfa_earlier `[P]` (sources before the window), dfa_heads `[P, H]`, dfa_pre `[P]`
     (= sum of all sources + bias), and the `source_facts` fields."""
     P, H, T = len(p_b), pattern.shape[1], pattern.shape[-1]
-    if w_feat is None:
-        w_feat = w_enc.permute(2, 0, 1).contiguous()  # [d_sae, H, dh]
+    if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
+        uf, inv = torch.unique(p_f, return_inverse=True)
+        w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
+        p_f_local = inv
+    else:
+        p_f_local = p_f
     # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
     # position (attention is causal), so on average half the sources are computed
     order = torch.argsort(p_b * T + p_t, stable=True)
-    sb, st, sf = p_b[order], p_t[order], p_f[order]
+    sb, st, sf = p_b[order], p_t[order], p_f_local[order]
     src_sorted = torch.zeros(P, T, dtype=v.dtype)  # [P, T]: DFA of each source, summed over heads
     heads_sorted = torch.empty(P, H, dtype=v.dtype)  # [P, H]: summed over sources
     rows, counts = torch.unique_consecutive(sb, return_counts=True)
