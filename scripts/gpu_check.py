@@ -1,7 +1,7 @@
 """The GPU check of issue 14: one call, under 10 minutes, on a machine with a CUDA device.
 
 1. runs the CUDA tests (tests/test_cuda.py: training in fp32 and bf16 autocast lowers the loss, the SAE saves and
-   loads, the hand-written step matches autograd on CUDA);
+   loads, the hand-written step matches autograd on CUDA; and `--resident-saes` moving SAEs onto the GPU on demand);
 2. builds a GPT-2-Small-shaped model with random weights locally (d_model 768, 12 heads x 64, 12 layers, vocab
    50257; nothing downloaded) and measures SAE training at 768 -> 24576, batch 4096, in fp32 and under bf16
    autocast: trainer-loop tokens/s, the SAE step's TFLOP/s (dense-equivalent: 5 matmuls of 2 B d_in d_sae FLOPs)
@@ -53,7 +53,8 @@ def timed(fn, device: torch.device, reps: int) -> float:
 
 
 def run_tests(timeout: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+           "tests/test_scale.py::test_resident_saes_move_to_the_gpu_on_demand"]
     t = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
