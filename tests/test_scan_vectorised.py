@@ -137,3 +137,22 @@ def test_scan_top_examples_and_dfa_against_brute_force():
             torch.testing.assert_close(sc.dfa_heads[f, j], heads[0], atol=1e-5, rtol=1e-5)
             assert abs(float(sc.dfa_pre[f, j]) - float(src.sum())) < 1e-5
     assert int(sc.n_fire.sum()) == int((flat > 0).sum())
+
+
+def test_layer_role_scores_match_the_per_feature_means():
+    from sae.analysis.roles import layer_role_scores, role_scores
+
+    g = torch.Generator().manual_seed(4)
+    d, n = 30, 6
+    rel = {"prev_share": torch.rand(d, n, generator=g), "dup": torch.rand(d, n, generator=g) > 0.5,
+           "ind": torch.rand(d, n, generator=g) > 0.7, "near": torch.rand(d, n, generator=g),
+           "far": torch.rand(d, n, generator=g)}
+    valid = torch.rand(d, n, generator=g) > 0.4
+    valid[3] = False  # a feature without examples
+    feats = list(range(0, d, 2)) + [3]
+    got = layer_role_scores(rel, valid, feats)
+    for f in feats:
+        want = role_scores({k: v[f] for k, v in rel.items()}, valid[f])
+        assert got[f].n_examples == want.n_examples
+        for name in ("previous", "duplicate", "induction", "near", "far"):
+            assert abs(getattr(got[f], name) - getattr(want, name)) < 1e-12

@@ -126,6 +126,20 @@ def role_scores(rel: Mapping[str, torch.Tensor], valid: torch.Tensor) -> RoleSco
                       mean(rel["far"]), n)
 
 
+def layer_role_scores(rel: Mapping[str, torch.Tensor], valid: torch.Tensor, features: Sequence[int]) -> dict[int, RoleScores]:
+    """`role_scores` of each of `features`, from `rel` `[d_sae, n]` and `valid [d_sae, n]`, as whole-layer tensor
+    sums (one pass, not one per feature: a 24576-wide layer has that many)."""
+    idx = torch.as_tensor(list(features), dtype=torch.long)
+    v = valid[idx].double()  # [F, n]
+    n = v.sum(1)
+    cols = []
+    for key in ("prev_share", "dup", "ind", "near", "far"):
+        x = torch.where(valid[idx], rel[key][idx].double(), torch.zeros((), dtype=torch.float64))
+        cols.append(torch.where(n > 0, x.sum(1) / n.clamp(min=1), torch.zeros_like(n)))
+    table = torch.stack(cols, 1).tolist()
+    return {f: RoleScores(*row, int(k)) for f, row, k in zip(idx.tolist(), table, n.tolist())}
+
+
 def can_compose(layer: int) -> bool:
     """Whether a head of `layer` can read what an earlier attention head wrote (needed for induction)."""
     return layer >= 1
@@ -355,7 +369,7 @@ def roles_layer(directory: Path, stats: Mapping[str, Any] | None = None, confirm
     layer = int(idx["layer"])
     rel, valid = layer_relations(stats)
     live = (stats["n_fire"] > 0).nonzero().flatten().tolist()
-    scores = {i: role_scores({k: v[i] for k, v in rel.items()}, valid[i]) for i in live}
+    scores = layer_role_scores(rel, valid, live)
     cands = [i for i in live if is_induction_candidate(scores[i], layer)]
     pairs = {i: p for i in cands if (p := induction_pair(stats, i, rel, valid)) is not None}
     if not can_compose(layer):
