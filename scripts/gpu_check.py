@@ -1,12 +1,13 @@
 """The GPU check of issue 14: one call, under 10 minutes, on a machine with a CUDA device.
 
 1. runs the CUDA tests (tests/test_cuda.py: training in fp32 and bf16 autocast lowers the loss, the SAE saves and
-   loads, the hand-written step matches autograd on CUDA);
+   loads, the hand-written step matches autograd on CUDA; and `--resident-saes` moving SAEs onto the GPU on demand);
 2. builds a GPT-2-Small-shaped model with random weights locally (d_model 768, 12 heads x 64, 12 layers, vocab
    50257; nothing downloaded) and measures SAE training at 768 -> 24576, batch 4096, in fp32 and under bf16
    autocast: trainer-loop tokens/s, the SAE step's TFLOP/s (dense-equivalent: 5 matmuls of 2 B d_in d_sae FLOPs)
    as a fraction of a same-shape bf16 matmul, peak memory (`torch.cuda.max_memory_allocated`);
 3. runs `attnscope bench train --device cuda` on that model;
+4. runs `attnscope bench scale --shape gpt2-small --device cuda` (every analysis at the paper's shape, issue 21);
 and writes everything as JSON to `$OUT/gpu_check.json` (or --out DIR), printing it too.
 
 Usage: `python scripts/gpu_check.py` on the GPU machine; `python scripts/gpu_check.py --device cpu --tiny
@@ -52,7 +53,8 @@ def timed(fn, device: torch.device, reps: int) -> float:
 
 
 def run_tests(timeout: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+           "tests/test_scale.py::test_resident_saes_move_to_the_gpu_on_demand"]
     t = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
@@ -169,11 +171,25 @@ def cli_bench(model_dir: Path, shape: dict, device: str, timeout: int) -> dict[s
     return json.loads(done.stdout)
 
 
+def scale_bench(shape: str, device: str, timeout: int) -> dict[str, Any]:
+    """`attnscope bench scale --shape SHAPE --device DEVICE --json` in its own process."""
+    cmd = [sys.executable, "-m", "workbench.main", "bench", "scale", "--shape", shape, "--device", device, "--json"]
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (to show the script starts, e.g. on a CPU)")
     p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--skip-scale", action="store_true", help="skip `attnscope bench scale` (step 4)")
     p.add_argument("--out", default=os.environ.get("OUT"), help="directory for gpu_check.json (default: $OUT)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -211,13 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report["trainer_loop"], indent=1), flush=True)
         del model
         report["bench_train_cli"] = cli_bench(model_dir, shape, str(device), timeout=240)
+    if not args.skip_scale:
+        report["bench_scale"] = scale_bench("tiny" if args.tiny else "gpt2-small", str(device), timeout=300)
+        print(json.dumps({k: report["bench_scale"].get(k) for k in ("timings", "targets", "error")}, indent=1),
+              flush=True)
     report["seconds"] = time.perf_counter() - t0
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "gpu_check.json").write_text(text + "\n")
-    failed = report.get("tests", {}).get("returncode") not in (None, 0) or "error" in report["bench_train_cli"]
+    failed = (report.get("tests", {}).get("returncode") not in (None, 0) or "error" in report["bench_train_cli"]
+              or "error" in report.get("bench_scale", {}))
     return 1 if failed else 0
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--tiny",
-                           "--skip-tests"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+                           "--skip-tests"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["device"] == "cpu" and report["model"]["d_in"] == 64
@@ -26,6 +26,7 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     assert {r["architecture"] for r in report["trainer_loop"]} == {"standard", "topk"}
     assert all(r["loop_tokens_per_s"] > 0 for r in report["trainer_loop"])
     assert [r["architecture"] for r in report["bench_train_cli"]["runs"]] == ["standard", "topk"]
+    assert report["bench_scale"]["shape"] == "tiny" and report["bench_scale"]["timings"]["scan"]["tokens"] > 0
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_text import md_block, md_code, md_inline, visible
-from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as _safe_write_text
+from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as safe_write_text
 from sae.engine.safe_io import read_text_file
 from sae.engine.safe_io import resolve_output as _resolve_output
 from sae.engine.schema import FileFormatError, Float, Int, List, Obj, Optional, Str, check
@@ -94,7 +94,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that a crash leaves the old file or the new one, never half of either (the
     umask's mode, symlinks written through, one-line OutputError on a full disk or read-only place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _safe_write_text(path, text)
+    safe_write_text(path, text)
 
 
 LOCK_TIMEOUT_S = 10.0
@@ -414,7 +414,7 @@ def write_export(path: str | Path, text: str) -> Path:
     files are refused; `export_replaces(path)` beforehand tells whether an existing file will be replaced."""
     p = check_export_target(path)
     try:
-        _safe_write_text(p, text)
+        safe_write_text(p, text)
     except OutputError as exc:
         raise ExportError(str(exc)) from None
     return p

@@ -17,7 +17,10 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="HF name or local model dir (default: the embedded default)")
     p.add_argument("--saes", default="default", help="SAE dir or dir of SAE dirs (default: the embedded SAEs)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (the model and its SAEs)")
+    p.add_argument("--resident-saes", type=int, default=None, metavar="N",
+                   help="keep at most N layers' SAEs on the GPU; the others wait in CPU memory and move over when "
+                   "a screen asks for their layer (the move time is shown); default: all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +143,8 @@ def open_engine(args: argparse.Namespace):  # -> workbench.engine.Engine
 
     from workbench.engine import Engine
 
-    engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype)
+    engine = Engine(args.model, args.saes, device=args.device, dtype=args.dtype,
+                    resident_saes=getattr(args, "resident_saes", None))
     print(f"attnscope: loading {term_line(args.model)} model and {term_line(args.saes)} SAEs ...", file=sys.stderr,
           flush=True)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.findings import DirLock, LockedError, OutputError, data_dir
-from workbench.findings import _safe_write_text as atomic_write_text  # sae.engine.safe_io's, via findings
+from workbench.findings import safe_write_text as atomic_write_text  # sae.engine.safe_io's, via findings
 
 FILE_NAME = "session.json"
 HISTORY = 50  # prompts kept

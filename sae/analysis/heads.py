@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from sae.analysis.dashboards import feature_stats
-from sae.analysis.roles import RULES, Confirmer, LayerRoles
+from sae.analysis.roles import RULES, Confirmer, LayerRoles, RoleReport
 
 UNNAMED = ("other", "uninterpretable")  # labels that say "no one kind", so never make a head monosemantic
 
@@ -113,14 +113,19 @@ def _source(n_human: int, n: int) -> str:
 
 def survey_layer(
     directory: Path, n_top: int = 10, agree: float = 1.0, labels: dict[int, str] | None = None,
-    confirm: Confirmer | None = None, roles: LayerRoles | None = None,
+    confirm: Confirmer | None = None, roles: LayerRoles | RoleReport | None = None,
 ) -> LayerHeads:
     """Survey one layer's heads. labels: `{feature: human label}` of this layer's SAE (they win over the
-    automatic roles); roles: the layer's automatic roles (else scored here, with `confirm` the induction test, see
-    `sae.analysis.roles.LayerRoles`)."""
+    automatic roles); roles: the layer's automatic roles, as a `LayerRoles` (the engine's) or a `RoleReport`
+    (`sae.analysis.cache.layer_roles` keeps them); None: scored here, with `confirm` the induction test."""
     stats = feature_stats(directory)
-    lr = roles if roles is not None else LayerRoles(directory, stats, confirm)
-    lr.confirm()  # every induction candidate tested in one go
+    if isinstance(roles, RoleReport):
+        role_of = roles.role_of()
+        role: Callable[[int], str] = lambda i: role_of.get(i, "")  # noqa: E731
+    else:
+        lr = roles if roles is not None else LayerRoles(directory, stats, confirm)
+        lr.confirm()  # every induction candidate tested in one go
+        role = lr.role
     labels = labels or {}
     idx = stats["index"]
     live = stats["n_fire"] > 0
@@ -137,7 +142,7 @@ def survey_layer(
             ids = s.topk(k).indices.tolist() if k else []
             return [
                 HeadFeature(id=i, decoder_share=float(dec[i, h]), dfa_share=float(dfa[i, h]),
-                            density=float(density[i]), role=labels[i] if i in labels else lr.role(i) or "other",
+                            density=float(density[i]), role=labels[i] if i in labels else role(i) or "other",
                             source="human" if i in labels else "automatic")
                 for i in ids
             ]
@@ -160,11 +165,11 @@ def survey_layer(
 def survey_heads(
     directories: dict[int, Path], model: str = "", n_top: int = 10, agree: float = 1.0,
     labels: dict[int, dict[int, str]] | None = None, confirm: dict[int, Confirmer] | None = None,
-    roles: dict[int, LayerRoles] | None = None,
+    roles: dict[int, LayerRoles | RoleReport] | None = None,
 ) -> HeadSurvey:
     """Survey every head of every layer in `directories` ({layer: built dashboard dir}). labels: per layer,
-    `{feature: human label}`; roles: per layer, its automatic roles (else scored here with `confirm`, per layer
-    the induction test)."""
+    `{feature: human label}`; roles: per layer, its automatic roles (`LayerRoles` or `RoleReport`; else scored
+    here with `confirm`, per layer the induction test)."""
     labels, confirm, roles = labels or {}, confirm or {}, roles or {}
     layers = [survey_layer(directories[layer], n_top, agree, labels.get(layer), confirm.get(layer), roles.get(layer))
               for layer in sorted(directories)]

@@ -168,6 +168,20 @@ def role_scores(rel: Mapping[str, torch.Tensor], valid: torch.Tensor) -> RoleSco
                       mean(rel["far"]), n)
 
 
+def layer_role_scores(rel: Mapping[str, torch.Tensor], valid: torch.Tensor, features: Sequence[int]) -> dict[int, RoleScores]:
+    """`role_scores` of each of `features`, from `rel` `[d_sae, n]` and `valid [d_sae, n]`, as whole-layer tensor
+    sums (one pass, not one per feature: a 24576-wide layer has that many)."""
+    idx = torch.as_tensor(list(features), dtype=torch.long)
+    v = valid[idx].double()  # [F, n]
+    n = v.sum(1)
+    cols = []
+    for key in ("prev_share", "dup", "ind", "near", "far"):
+        x = torch.where(valid[idx], rel[key][idx].double(), torch.zeros((), dtype=torch.float64))
+        cols.append(torch.where(n > 0, x.sum(1) / n.clamp(min=1), torch.zeros_like(n)))
+    table = torch.stack(cols, 1).tolist()
+    return {f: RoleScores(*row, int(k)) for f, row, k in zip(idx.tolist(), table, n.tolist())}
+
+
 def can_compose(layer: int) -> bool:
     """Whether a head of `layer` can read what an earlier attention head wrote (needed for induction)."""
     return layer >= 1
@@ -404,7 +418,7 @@ class LayerRoles:
         self.layer = int(idx["layer"])
         rel, valid = layer_relations(stats)
         self.live: list[int] = (stats["n_fire"] > 0).nonzero().flatten().tolist()
-        self.scores = {i: role_scores({k: v[i] for k, v in rel.items()}, valid[i]) for i in self.live}
+        self.scores = layer_role_scores(rel, valid, self.live)  # every live feature in one pass
         self.candidates = [i for i in self.live if is_induction_candidate(self.scores[i], self.layer)]
         self.pairs = {i: p for i in self.candidates if (p := induction_pair(stats, i, rel, valid)) is not None}
         self._confirm = confirm if can_compose(self.layer) else None

@@ -11,7 +11,7 @@ from typing import Any
 from sae.cli.common import UsageError, add_output_flags, console, emit, open_model, out, positive_int
 
 # modules under sae.cli that add `bench` subcommands (this one adds `bench train`)
-BENCH_MODULES = ["bench", "bench_features", "bench_select", "bench_workbench", "bench_search"]
+BENCH_MODULES = ["bench", "bench_features", "bench_select", "bench_workbench", "bench_search", "bench_scale"]
 
 
 def register(subparsers: Any) -> None:

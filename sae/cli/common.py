@@ -116,7 +116,8 @@ def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:
             "--saes", default="default", help="SAE dir, dir of SAE dirs, or release id (default: the embedded SAEs)"
         )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="float32",
+                   help="float32, bfloat16 or float16, for the model and its SAEs (bfloat16 halves their memory)")
 
 
 def add_output_flags(p: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     specs = args.saes or [args.saes_flag]
     saes: dict = {}
     for spec in specs:
-        for layer, sae in load_sae_set(spec, model=model, device=model.device).items():
+        for layer, sae in load_sae_set(spec, model=model, device=model.device, dtype=model.dtype).items():
             if layer in saes:
                 raise UsageError(f"two SAEs given for layer {layer}; evaluate them in separate runs")
             saes[layer] = sae

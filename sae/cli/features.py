@@ -27,7 +27,7 @@ def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
 
     model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:
-        saes = load_sae_set(args.saes, model=model, device=model.device)
+        saes = load_sae_set(args.saes, model=model, device=model.device, dtype=model.dtype)  # --dtype: both
     except AttnscopeError:
         raise
     except (OSError, ValueError) as exc:  # reading the SAE files themselves

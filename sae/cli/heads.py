@@ -60,19 +60,24 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sae.analysis.heads import survey_heads
     from sae.analysis.labels import LabelStore, human_labels_by_layer
-    from sae.analysis.roles import model_confirmer
     from sae.cli.dashboards import built_dirs
     from sae.cli.features import open_model_and_saes
 
     name, dirs = built_dirs(args, None if args.layer is None else [args.layer])
     if not dirs:
         raise UsageError("no SAEs were given")
-    confirm = {}
+    roles = {}
     if not args.no_confirm and any(layer >= 1 for layer in dirs):
+        from sae.analysis.cache import layer_roles
+        from sae.cli.common import job_progress
+
         model, saes = open_model_and_saes(args)
-        confirm = {layer: model_confirmer(model, saes[layer], layer) for layer in dirs if layer >= 1 and layer in saes}
+        # each layer's roles and their induction test come from the analysis cache after the first run
+        with job_progress("induction test") as on_progress:
+            roles = {layer: layer_roles(model, saes[layer], layer, dirs[layer], on_progress=on_progress)
+                     for layer in dirs if layer in saes}
     labels = human_labels_by_layer(LabelStore(args.labels), dirs)
-    survey = survey_heads(dirs, model=name, n_top=args.top, agree=args.agree, labels=labels, confirm=confirm)
+    survey = survey_heads(dirs, model=name, n_top=args.top, agree=args.agree, labels=labels, roles=roles)
     emit(args, survey.to_dict(), markdown, pretty)
     return 0
 

@@ -36,16 +36,21 @@ def register(subparsers: Any) -> None:
 
 def compute(args: argparse.Namespace, layer: int):
     """The layer's `RoleReport` and its built dashboard directory."""
-    from sae.analysis.roles import model_confirmer, roles_layer
+    from sae.analysis.roles import roles_layer
     from sae.cli.dashboards import built_dirs
     from sae.cli.features import open_model_and_saes
 
     name, dirs = built_dirs(args, [layer])
-    confirm = None
     if not getattr(args, "no_confirm", False) and layer >= 1:
+        from sae.analysis.cache import layer_roles
+        from sae.cli.common import job_progress
+
         model, saes = open_model_and_saes(args, layer)
-        confirm = model_confirmer(model, saes[layer], layer, seed=getattr(args, "seed", 0))
-    rep = roles_layer(dirs[layer], confirm=confirm)
+        with job_progress("induction test") as on_progress:  # from the analysis cache after the first run
+            rep = layer_roles(model, saes[layer], layer, dirs[layer], seed=getattr(args, "seed", 0),
+                              on_progress=on_progress)
+    else:
+        rep = roles_layer(dirs[layer], confirm=None)
     rep.model = name
     return rep, dirs[layer]
 

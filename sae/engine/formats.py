@@ -510,14 +510,15 @@ def _candidates(root: Path) -> list[Path]:
 
 
 def load_sae_set(
-    spec: str | Path, model=None, device: str | torch.device = "cpu"
+    spec: str | Path, model=None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> dict[int, SAE]:
     """SAEs by layer from `spec`: a directory of SAE directories or release files, one SAE directory or file, or
     a release id (e.g. `gpt2-small-hook-z-kk`) fetched from the hub. ("default", the embedded SAEs, is resolved
     above the engine: `sae.zoo.load_sae_set`.)
 
     With `model`, every SAE is checked against it (d_in == n_heads*d_head, layer inside the model).
-    Two SAEs for one layer are an error: pass the one you mean.
+    Two SAEs for one layer are an error: pass the one you mean. `dtype` (e.g. the model's bfloat16) converts
+    each SAE as it loads, so only one copy of each is ever resident.
     """
     text = str(spec)
     root = Path(text).expanduser()
@@ -545,6 +546,9 @@ def load_sae_set(
     out: dict[int, SAE] = {}
     for p in paths:
         sae = load_sae(p, device=device)
+        if dtype is not None and dtype != sae.W_enc.dtype:
+            sae = sae.to(dtype)
+            sae.cfg.dtype = str(dtype).removeprefix("torch.")
         if model is not None:
             check_sae_fits(sae, model)
         layer = sae.cfg.layer

@@ -52,14 +52,15 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "float3
     return load(name, device=device, dtype=dtype)
 
 
-def load_sae_set(spec: str | Path, model: "LoadedModel | None" = None, device: "str | torch.device" = "cpu") -> "dict[int, SAE]":
+def load_sae_set(spec: str | Path, model: "LoadedModel | None" = None, device: "str | torch.device" = "cpu",
+                 dtype: "torch.dtype | None" = None) -> "dict[int, SAE]":
     """`sae.engine.formats.load_sae_set` with "default" meaning the embedded SAEs."""
     from sae.engine.formats import SAEFormatError
     from sae.engine.formats import load_sae_set as load
 
     if is_default(spec) and not DEFAULT_SAES_DIR.is_dir():
         raise SAEFormatError("the embedded default SAEs are missing from this install")
-    return load(resolve_saes(spec), model, device=device)
+    return load(resolve_saes(spec), model, device=device, dtype=dtype)
 
 
 def corpus_texts(spec: str | Path, split: str = "train", synthetic: bool = True) -> list[str]:

@@ -152,11 +152,17 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
     already in memory (`Engine.from_objects(model, {layer: sae})`, what the tests do).
     """
 
-    def __init__(self, model: str = "default", saes: str = "default", device: str = "auto", dtype: str = "float32") -> None:
+    def __init__(self, model: str = "default", saes: str = "default", device: str = "auto", dtype: str = "float32",
+                 resident_saes: int | None = None) -> None:
         self.model_spec = model
         self.saes_spec = saes
         self.device = device
         self.dtype = dtype
+        # at most this many layers' SAEs on the model's device (a GPU): the rest wait in CPU memory and move over
+        # when a screen asks for their layer; None keeps them all there
+        self.resident_saes = resident_saes
+        self.sae_moves: list[tuple[int, float]] = []  # (layer, seconds) of each move onto the device
+        self._recent: list[int] = []  # layers used, most recent last
         self.worker = Worker()
         self.info: EngineInfo | None = None
         self.labels_path: Any = None  # the study's label file; None: $ATTNSCOPE_LABELS or the data dir
@@ -165,6 +171,7 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         self._saes: dict[int, SAE] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
         self._roles: dict[Any, Any] = {}  # dashboard dir -> its sae.analysis.roles.LayerRoles
+        self._traces: dict[tuple, TraceView] = {}  # recent traces: t, `,` and `.` revisit them
 
     @classmethod
     def from_objects(cls, model: LoadedModel, saes: dict[int, SAE], saes_label: str = "in memory") -> "Engine":
@@ -212,7 +219,45 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         if layer not in self._saes:
             have = ", ".join(map(str, sorted(self._saes))) or "none"
             raise EngineError(f"no SAE for layer {layer} (SAEs loaded for layers: {have})")
-        return self._saes[layer]
+        return self._resident([layer])[layer]
+
+    def _resident(self, layers: Any = None) -> dict[int, Any]:
+        """The SAEs of `layers` (default: all) on the model's device. With `resident_saes`, SAEs not used lately
+        go back to CPU memory to make room (the layers asked for stay, even beyond the limit); each move onto the
+        device is timed in `sae_moves`."""
+        import time
+
+        wanted = sorted(self._saes) if layers is None else [x for x in layers if x in self._saes]
+        if self.resident_saes is None or self._model is None:
+            return {x: self._saes[x] for x in wanted}
+        dev = self._model.device
+        self._recent = [x for x in self._recent if x not in wanted] + wanted
+        keep = set(wanted) | set(self._recent[-max(self.resident_saes, 0):] if self.resident_saes > 0 else [])
+        for x, sae in self._saes.items():
+            if x not in keep and sae.W_enc.device.type != "cpu":
+                self._saes[x] = sae.to("cpu")
+        for x in wanted:
+            sae = self._saes[x]
+            if sae.W_enc.device != dev:
+                t = time.perf_counter()
+                self._saes[x] = sae.to(dev)
+                if dev.type == "cuda":
+                    import torch
+
+                    torch.cuda.synchronize()
+                self.sae_moves.append((x, time.perf_counter() - t))
+        return {x: self._saes[x] for x in wanted}
+
+    def sae_residency(self) -> str:
+        """A line for the status bar: which layers' SAEs are on the device and what the last move cost."""
+        if self.resident_saes is None or self._model is None:
+            return ""
+        on = [x for x, s in sorted(self._saes.items()) if s.W_enc.device == self._model.device]
+        text = f"SAEs on {self._model.device}: layers {on}"
+        if self.sae_moves:
+            layer, sec = self.sae_moves[-1]
+            text += f" (layer {layer} moved on in {sec:.2f} s)"
+        return text
 
     # ---- opening models and SAEs ----------------------------------------------------------------------
 
@@ -221,6 +266,7 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
 
         model = load_model(self.model_spec, device=self.device, dtype=self.dtype)
         saes = self._load_saes(self.saes_spec, model)
+        self._recent = []
         self._model, self._saes, self._last = model, saes, {}
         self.info = self._describe()
         return self.info
@@ -231,7 +277,10 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         missing = missing_local_dir(spec)
         if missing:
             raise EngineError(missing)
-        loaded = load_sae_set(spec, model, device=model.device)  # its AttnscopeErrors reach the screen as they are
+        # SAEs in the model's dtype; with a residency limit they wait in CPU memory until a layer is asked for.
+        # Their AttnscopeErrors reach the screen as they are.
+        device = "cpu" if self.resident_saes is not None else model.device
+        loaded = load_sae_set(spec, model, device=device, dtype=model.dtype)
         if not loaded:
             raise EngineError(f"no SAEs found in {spec!r}")
         return dict(loaded)
@@ -313,10 +362,22 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         """The recursive DFA tree of one feature (sae.analysis.trace.trace_feature)."""
 
         def run() -> TraceView:
+            from sae.analysis.dashboards.store import sae_fingerprint
             from sae.analysis.trace import trace_feature
 
             self._sae(layer)
-            return trace_view(trace_feature(self._model, self._saes, prompt, layer, feature, pos=pos, depth=depth, keep=keep))
+            # the trace reads every SAE up to `layer`: their content hashes are part of the key
+            key = (prompt, layer, feature, pos, depth, keep, id(self._model),
+                   tuple(sae_fingerprint(s) for x, s in sorted(self._saes.items()) if x <= layer))
+            hit = self._traces.get(key)
+            if hit is None:
+                saes = self._resident([x for x in self._saes if x <= layer])
+                hit = trace_view(trace_feature(self._model, saes, prompt, layer, feature, pos=pos, depth=depth,
+                                               keep=keep))
+                self._traces[key] = hit
+                while len(self._traces) > 64:  # the oldest go first
+                    self._traces.pop(next(iter(self._traces)))
+            return hit
 
         return await self.call(run, channel="trace")
 
@@ -344,17 +405,42 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         return await self.call(run, channel="summary")
 
     async def heads(self) -> HeadsView:
-        """The head survey over every layer with an SAE whose dashboards are built (sae.analysis.heads)."""
+        """The head survey over every layer with an SAE whose dashboards are built (sae.analysis.heads), as one
+        quick request (from the analysis cache when it holds it; `run_heads` is the cancellable job)."""
 
         def run() -> HeadsView:
             self._need_model()
-            return heads_view(self._model, self._saes, self.label_store(), self._layer_roles)
+            return heads_view(self._model, self._resident(), self.label_store())
 
         return await self.call(run, channel="heads")
 
+    async def heads_cached(self) -> HeadsView | None:
+        """The head survey from the analysis cache, or None when it must be computed (`run_heads`)."""
+
+        def run() -> HeadsView | None:
+            self._need_model()
+            return heads_view(self._model, self._saes, self.label_store(), cached_only=True)
+
+        return await self.call(run, channel="heads")
+
+    def run_heads(self, post: Post) -> JobHandle:
+        """The head survey as a job (progress per layer and per induction-test batch; cancellable); the result is
+        a `HeadsView`, also kept in the analysis cache."""
+
+        def job(rep: Reporter) -> Any:
+            def progress(p: Progress) -> None:  # the job line names the job: "head survey, layer 1: roles"
+                rep.progress(replace(p, stage=f"head survey, {p.stage}" if p.stage else "head survey"))
+
+            progress(Progress("heads", 0, 0, unit="layers", stage="starting"))
+            self._need_model()
+            return heads_view(self._model, self._resident(), self.label_store(), on_progress=progress, cancel=rep.cancel)
+
+        return self.start_job("heads", job, post, label="head survey", key="heads")
+
     def _layer_roles(self, layer: int) -> Any:
         """Worker-side: the layer's `sae.analysis.roles.LayerRoles`, scored once per built dashboard directory and
-        asked by the dashboard header, the head survey and the study alike (one role per feature everywhere)."""
+        asked by the dashboard header and the study (the head survey's cached roles come from the same scoring and
+        the same induction-test seed, `roles.CONFIRM_SEED`: one role per feature everywhere)."""
         from sae.analysis.dashboards import dashboard_dir
         from sae.analysis.roles import LayerRoles, model_confirmer
 
@@ -371,13 +457,11 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         automatic roles."""
 
         def run() -> Any:
-            from sae.analysis.study import study_layer
+            from sae.analysis import cache
+            from sae.analysis.dashboards import dashboard_dir
 
             model, sae = self._need_model(), self._sae(layer)
-            from sae.analysis.dashboards import dashboard_dir, is_built
-
-            roles = self._layer_roles(layer) if is_built(dashboard_dir(model, sae, layer)) else None
-            return study_layer(model, sae, layer, n, seed, roles=roles)
+            return cache.study_sample(model, sae, layer, n, seed, dashboard_dir(model, sae, layer))
 
         return await self.call(run, channel=f"study-{layer}")
 
@@ -401,11 +485,15 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         the result is an `InductionView`."""
 
         def job(rep: Reporter) -> Any:
+            from sae.analysis.cache import cached
+            from sae.analysis.dashboards.store import model_fingerprint
             from sae.experiments import induction
 
             model = self._need_model()
-            return induction_view(induction.synthetic_induction(
-                model, n=n, seq_len=min(128, model.n_ctx), seed=seed, on_progress=rep.progress, cancel=rep.cancel))
+            seq = min(128, model.n_ctx)
+            return induction_view(cached("induction", {"model": model_fingerprint(model), "n": n, "seq_len": seq, "seed": seed},
+                          lambda: induction.synthetic_induction(model, n=n, seq_len=seq, seed=seed,
+                                                                on_progress=rep.progress, cancel=rep.cancel)))
 
         return self.start_job("induction", job, post, label="induction experiment", key="induction")
 
@@ -414,13 +502,20 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         `ExperimentView`."""
 
         def job(rep: Reporter) -> Any:
+            from sae.analysis.cache import cached
+            from sae.analysis.dashboards.store import model_fingerprint, sae_fingerprint
             from sae.experiments import ioi
 
             model = self._need_model()
-            data = ioi.build_dataset(model, n, seed=seed)
-            out = ioi.run_experiment(experiment, model, data, self._saes, layer=layer, on_progress=rep.progress,
-                                     cancel=rep.cancel)
-            return experiment_view(out)
+
+            def run() -> Any:
+                data = ioi.build_dataset(model, n, seed=seed)
+                return ioi.run_experiment(experiment, model, data, self._resident(), layer=layer, on_progress=rep.progress,
+                                          cancel=rep.cancel)
+
+            parts = {"model": model_fingerprint(model), "experiment": experiment, "n": n, "layer": layer, "seed": seed,
+                     "saes": {str(x): sae_fingerprint(s) for x, s in sorted(self._saes.items())}}
+            return experiment_view(cached("ioi", parts, run))
 
         return self.start_job("ioi", job, post, label=f"IOI {experiment}", key="ioi")
 
@@ -508,7 +603,9 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
             rep.progress(Progress("dashboards", 0, 0, unit="tokens", stage=f"{name}: starting"))
             self._need_model()
             spec = dash.DashboardSpec()
-            saes = {x: self._sae(x) for x in layers}
+            for x in layers:
+                self._sae(x)  # EngineError for a layer without an SAE
+            saes = self._resident(layers)
             out = dash.build_layers(self._model, saes, spec, docs=texts, on_progress=progress, cancel=rep.cancel)
             for x in layers:  # rebuilt: score its roles again when next asked
                 self._roles.pop(dash.dashboard_dir(self._model, saes[x], x), None)

@@ -337,14 +337,10 @@ def trace_view(tr: Any) -> TraceView:
                      act=float(tr.root.act) if tr.root.act is not None else None)
 
 
-def heads_view(model: Any, saes: dict[int, Any], labels: Any = None,
-               roles: Callable[[int], Any] | None = None) -> HeadsView:
-    """sae.analysis.heads.survey_heads over the layers whose dashboards are built, each feature's role from the human
-    labels in `labels` (a `sae.analysis.labels.LabelStore`) where they exist, else its automatic role
-    (sae.analysis.roles, with the repeated-random-token test of induction candidates). roles: gives a layer's
-    `LayerRoles` (the engine's, shared with the other screens); None: scored here."""
+def survey_inputs(model: Any, saes: dict[int, Any], labels: Any = None) -> tuple[dict[int, Any], dict[int, dict[int, str]]]:
+    """({layer: built dashboard dir}, {layer: {feature: human family}}) of the head survey; EngineError when no
+    layer's dashboards are built."""
     from sae.analysis import dashboards as dash
-    from sae.analysis import heads
     from sae.analysis import labels as lab
 
     dirs = {layer: dash.dashboard_dir(model, sae, layer) for layer, sae in saes.items()}
@@ -353,13 +349,24 @@ def heads_view(model: Any, saes: dict[int, Any], labels: Any = None,
         first = min(saes)
         raise EngineError(f"the head survey reads built dashboards; run `{dash.build_command(first)}` (or b on screen 2)")
     human = lab.human_labels_by_layer(labels, built) if labels is not None else {}
-    if roles is None:
-        from sae.analysis.roles import LayerRoles, model_confirmer
+    return built, human
 
-        layer_roles = {layer: LayerRoles(d, confirm=model_confirmer(model, saes[layer], layer)) for layer, d in built.items()}
+
+def heads_view(model: Any, saes: dict[int, Any], labels: Any = None, on_progress: Any = None, cancel: Any = None,
+               cached_only: bool = False) -> HeadsView | None:
+    """sae.analysis.heads.survey_heads over the layers whose dashboards are built, each feature's role from the human
+    labels in `labels` (a `sae.analysis.labels.LabelStore`) where they exist, else its automatic role
+    (sae.analysis.roles, with the repeated-random-token test of induction candidates); through the analysis cache
+    (`sae.analysis.cache.head_survey`). `cached_only`: None unless the cache holds it."""
+    from sae.analysis import cache
+
+    built, human = survey_inputs(model, saes, labels)
+    if cached_only:
+        survey = cache.cached_head_survey(model, saes, built, human)
+        if survey is None:
+            return None
     else:
-        layer_roles = {layer: roles(layer) for layer in built}
-    survey = heads.survey_heads(built, model=model.name, labels=human, roles=layer_roles)
+        survey = cache.head_survey(model, saes, built, human, on_progress=on_progress, cancel=cancel)
     rows = tuple(
         HeadView(layer=h.layer, head=h.head, verdict=h.verdict, main_role=h.main_role, source=h.source,
                  features=tuple(HeadFeatureView(id=f.id, share=f.decoder_share, role=f.role, source=f.source)

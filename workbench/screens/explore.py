@@ -68,6 +68,7 @@ class ExploreScreen(WorkbenchScreen):
         self.show_loss = False
         self._goto: tuple[int, int] | None = None  # (pos, feature) to select when the next heatmap arrives
         self._history_at: int | None = None
+        self.waiting_on = ""  # the running job a pending prompt waits on ("" when none)
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -134,6 +135,9 @@ class ExploreScreen(WorkbenchScreen):
             parts.insert(0, f"{len(self.result.tokens)} tokens")
         if extra:
             parts.append(extra)
+        residency = self.engine.sae_residency()
+        if residency:
+            parts.append(residency)
         status.say(" · ".join(parts))
 
     # ---- prompt -> heatmap ----------------------------------------------------------------------------
@@ -168,12 +172,20 @@ class ExploreScreen(WorkbenchScreen):
 
     async def _features(self, prompt: str, layer: int) -> None:
         status = self.query_one("#explore-status", StatusLine)
+        running = [h for h in self.engine.worker.jobs() if h.state == "running"]
+        if running:  # the engine's one thread is in a job: this prompt is answered at the job's next step
+            self.waiting_on = running[0].label
+            status.say(f"pending: waiting for a step of {running[0].label} (the heatmap answers between its steps) ...")
+
         def failed(f: Failure) -> None:
             status.error(f.text)
             if f.bug:
                 self.notify(f.text, title="Explore", severity="error")
 
-        res = await self.ask(self.engine.features(prompt, layer), failed)
+        try:
+            res = await self.ask(self.engine.features(prompt, layer), failed)
+        finally:
+            self.waiting_on = ""
         if res is None:
             return
         self.result = res

@@ -9,8 +9,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Static
 
-from workbench.engine import HeadFeatureView, HeadsView, HeadView, head_name
+from workbench.engine import HeadFeatureView, HeadsView, HeadView, JobHandle, head_name
 from workbench.findings import Finding, md_table
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 
 
@@ -53,6 +54,7 @@ class HeadsScreen(WorkbenchScreen):
         super().__init__()
         self.survey: HeadsView | None = None
         self.head: HeadView | None = None
+        self.job: JobHandle | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -78,19 +80,64 @@ class HeadsScreen(WorkbenchScreen):
         self.run_worker(self._run(), group="heads", exclusive=True)
 
     async def _run(self) -> None:
+        """From the analysis cache when it holds the survey (instant), else as a job (job line; ctrl+x cancels)."""
         status = self.query_one(StatusLine)
-        status.say("surveying heads ...")
-        def failed(f: Failure) -> None:
-            info = self.engine.info
-            if not f.bug and info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
-                status.say("the head survey reads the dashboards, which are being built (job line below); "
-                           "it runs by itself when they are done")
-            else:
-                status.error(f.text)
-
-        survey = await self.ask(self.engine.heads(), failed)
-        if survey is None:
+        if self.job is not None and self.job.running:
+            status.say("the head survey is running (job line below; ctrl+x cancels)")
             return
+        status.say("surveying heads ...")
+        failures: list[Failure] = []
+
+        def failed(f: Failure) -> None:
+            failures.append(f)
+            self._failed(f.text, f.bug)
+
+        survey = await self.ask(self.engine.heads_cached(), failed)
+        if survey is None:  # not in the cache (or stale, or failed: shown)
+            if failures:
+                return
+            job = self.attempt(self.engine.run_heads, post=self.post_message, on_error=failed)
+            if job is not None:
+                self.job = job
+                status.say("surveying heads: a job (job line below; ctrl+x cancels); the result is kept for next time")
+            return
+        self.show_survey(survey)
+
+    def _failed(self, error: str, bug: bool = False) -> None:
+        status = self.query_one(StatusLine)
+        info = self.engine.info
+        if not bug and info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+            status.say("the head survey reads the dashboards, which are being built (job line below); "
+                       "it runs by itself when they are done")
+        else:
+            status.error(error)
+
+    def _is_mine(self, m: JobMessage) -> bool:
+        return m.kind == "heads" and self.job is not None and m.job_id == self.job.id
+
+    def on_job_progress(self, m: JobProgress) -> None:
+        if self._is_mine(m):
+            p = m.progress
+            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            self.query_one(StatusLine).say(f"surveying heads: {p.stage}{done} (ctrl+x cancels)")
+
+    def on_job_finished(self, m: JobFinished) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.show_survey(m.result)
+
+    def on_job_cancelled(self, m: JobCancelled) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.query_one(StatusLine).say("head survey cancelled; r runs it again")
+
+    def on_job_failed(self, m: JobFailed) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self._failed(m.error, m.bug)
+
+    def show_survey(self, survey: HeadsView) -> None:
+        status = self.query_one(StatusLine)
         self.survey = survey
         grid = self.query_one("#heads-grid", DataTable)
         grid.clear(columns=True)

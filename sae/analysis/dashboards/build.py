@@ -81,6 +81,13 @@ def logit_effects(model: LoadedModel, sae: SAE, layer: int, n: int = 10, chunk: 
     return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
+def encode_acts(sae: SAE, z: torch.Tensor, w_enc: torch.Tensor, enc_bias: torch.Tensor) -> torch.Tensor:
+    """The SAE's activations of z `[N, d_in]` -> `[N, d_sae]` (>= 0): `sae.encode_pre` as one fused addmm, then
+    the architecture's activation (`activation_`, which may reuse pre's memory; top-k by exact selection)."""
+    pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
+    return sae.arch.activation_(pre, sae.cfg, sae.threshold)
+
+
 @dataclass
 class BuildResult:
     directory: Path
@@ -230,8 +237,7 @@ def build_layers(
                         continue
                     w_enc, enc_bias, b_v = enc[layer]
                     z = (got[z_hook_name(layer)] - b_v).reshape(-1, sae.cfg.d_in).to(w_enc.dtype)  # value bias out
-                    pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
-                    acts = sae.arch.activation_(pre, sae.cfg, sae.threshold)  # may reuse pre's memory
+                    acts = encode_acts(sae, z, w_enc, enc_bias)
                     v = got[v_hook_name(layer)]
                     v = v - (b_v if v.shape[-2] == b_v.shape[0] else b_v[:: b_v.shape[0] // v.shape[-2]])
                     if v.shape[-2] != model.n_heads:  # grouped-query attention

@@ -48,11 +48,19 @@ def _merge_slots(keys: torch.Tensor, f_new: torch.Tensor, key_new: torch.Tensor)
     if f_new.numel() == 0:
         return empty, empty, empty
     K = keys.shape[1]
+    # grouped by feature, strongest first within a feature (ties: earliest first); only each feature's K best
+    # new entries can enter, so the padded block below is at most K wide however often a feature fired
     order = torch.argsort(f_new, stable=True)
     fs = f_new[order]
     touched, counts = torch.unique_consecutive(fs, return_counts=True)
     row_of = torch.repeat_interleave(torch.arange(len(touched)), counts)
     rank = torch.arange(len(fs)) - (torch.cumsum(counts, 0) - counts)[row_of]
+    if int(counts.max()) > K:  # rank each feature's new entries by key (ties: earliest first), keep the K best
+        by_key = torch.argsort(key_new, descending=True, stable=True)
+        order = by_key[torch.argsort(f_new[by_key], stable=True)]
+        best = rank < K
+        order, fs, row_of, rank = order[best], fs[best], row_of[best], rank[best]
+        counts = counts.clamp(max=K)
     pad = torch.full((len(touched), int(counts.max())), -math.inf, dtype=keys.dtype)
     pad[row_of, rank] = key_new[order]
     old = keys[touched]  # [n_t, K]
@@ -136,8 +144,8 @@ class DashboardScan:
     ) -> None:
         """acts: `[rows * row_len, d_sae]` (>= 0) for the next `rows` rows of the stream (row-major, float).
 
-        With `skip_first`, the BOS position of every row is zeroed in place. `dfa` (pattern, v, tokens, w_enc, bias;
-        see `example_dfa`) lets each new top example get its DFA by source now, while its row is in memory."""
+        With `skip_first`, the BOS position of every row is zeroed in place. `dfa` (pattern, v, tokens, w_enc, bias,
+        optionally w_feat; see `example_dfa`) lets each new top example get its DFA by source now, while its row is in memory."""
         spec = self.spec
         n_rows = acts.shape[0] // row_len
         if skip_first:
@@ -161,7 +169,7 @@ class DashboardScan:
             self.top_win[r, c] = _windows(acts, cn[i], cf[i], row_len, spec.context).to(self.top_win.dtype)
             if dfa is not None and len(r):
                 got = example_dfa(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
-                                  cn[i] // row_len, cn[i] % row_len, cf[i], spec.context)
+                                  cn[i] // row_len, cn[i] % row_len, cf[i], spec.context, dfa.get("w_feat"))
                 for name, val_ in got.items():
                     getattr(self, name)[r, c] = val_.to(getattr(self, name).dtype)
 
@@ -200,13 +208,10 @@ def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor
     back (at 1 back, "x . y ." would make every previous-token head look like induction).
     """
     P, T = per_src.shape
-    pos = torch.arange(T).unsqueeze(0).expand(P, T)
-    dist = dest.unsqueeze(1) - pos
-    usable = (pos >= 1) & (dist >= 0)
-    mass = per_src.clamp(min=0) * usable
-    bins = distance_bin(dist.clamp(min=0)).clamp(max=n_distance_bins(T) - 1)
-    hist = torch.zeros(P, n_distance_bins(T), dtype=per_src.dtype).scatter_add_(1, bins, mass)
-    masked = torch.where(usable, per_src, torch.full_like(per_src, -math.inf))
+    pos = torch.arange(T)
+    usable = (pos >= 1).unsqueeze(0) & (pos.unsqueeze(0) <= dest.unsqueeze(1))  # [P, T]
+    hist = distance_hist(per_src.clamp(min=0) * usable, dest)
+    masked = torch.where(usable, per_src, torch.full((), -math.inf, dtype=per_src.dtype))
     best_val, best = masked.max(1)
     has = best_val > 0
     top = torch.where(has, best, torch.full_like(best, -1))
@@ -219,6 +224,22 @@ def source_facts(per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor
             "dfa_induction": induction.to(torch.uint8)}
 
 
+def distance_hist(mass: torch.Tensor, dest: torch.Tensor) -> torch.Tensor:
+    """mass `[P, T]` (zero after `dest`) summed per distance bin of `dest - s` (`distance_bin`, the last bin
+    taking every longer distance) -> `[P, NB]`. Bin k is a run of sources, so it is a difference of two prefix
+    sums (taken in float64, so the result matches a direct sum to float32 rounding)."""
+    P, T = mass.shape
+    nb = n_distance_bins(T)
+    csum = torch.cat([torch.zeros(P, 1, dtype=torch.float64), mass.double().cumsum(1)], 1)  # csum[:, s] = sum < s
+    k = torch.arange(nb)
+    hi = dest.unsqueeze(1) - (2 ** k - 1)  # the nearest source of bin k (distance 2^k - 1) ...
+    lo = dest.unsqueeze(1) - (2 ** (k + 1) - 2)  # ... and the farthest (distance 2^(k+1) - 2)
+    lo[:, -1] = 0  # the last bin takes every longer distance
+    hi_c, lo_c = (hi + 1).clamp(0, T), lo.clamp(0, T)
+    out = csum.gather(1, hi_c) - csum.gather(1, lo_c)
+    return torch.where(hi_c > lo_c, out, torch.zeros((), dtype=out.dtype)).to(mass.dtype)
+
+
 DFA_FIELDS = ("dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre", "dfa_dist", "dfa_top_src", "dfa_src_tok",
               "dfa_prev_tok", "dfa_induction")
 
@@ -226,28 +247,49 @@ DFA_FIELDS = ("dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre", "dfa_dist", "dfa
 @torch.no_grad()
 def example_dfa(
     pattern: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
-    p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int,
+    p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int, w_feat: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """DFA by source of feature `p_f[p]` at position `p_t[p]` of batch row `p_b[p]`, for P examples.
 
     pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
-    bias `[d_sae]` (`encoder_bias_total`). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
+    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`, contiguous (else
+    the columns of the features at hand are copied out of w_enc, once per call). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
     0 before the row start), dfa_earlier `[P]` (sources before the window), dfa_heads `[P, H]`, dfa_pre `[P]`
     (= sum of all sources + bias), and the `source_facts` fields."""
-    P, T = len(p_b), pattern.shape[-1]
-    contrib = torch.empty(P, pattern.shape[1], T, dtype=v.dtype)  # [P, H, T]
-    order = torch.argsort(p_b, stable=True)
-    rows, counts = torch.unique_consecutive(p_b[order], return_counts=True)
+    P, H, T = len(p_b), pattern.shape[1], pattern.shape[-1]
+    if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
+        uf, inv = torch.unique(p_f, return_inverse=True)
+        w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
+        p_f_local = inv
+    else:
+        p_f_local = p_f
+    # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
+    # position (attention is causal), so on average half the sources are computed
+    order = torch.argsort(p_b * T + p_t, stable=True)
+    sb, st, sf = p_b[order], p_t[order], p_f_local[order]
+    src_sorted = torch.zeros(P, T, dtype=v.dtype)  # [P, T]: DFA of each source, summed over heads
+    heads_sorted = torch.empty(P, H, dtype=v.dtype)  # [P, H]: summed over sources
+    rows, counts = torch.unique_consecutive(sb, return_counts=True)
+    step = max(1, min(512, (1 << 22) // max(1, H * T)))  # examples per block ([H, n, T] of at most 16 MB)
     start = 0
     for b, n in zip(rows.tolist(), counts.tolist()):
-        sel = order[start : start + n]
+        v_b = v[b].permute(1, 2, 0)  # [H, dh, T]
+        for lo in range(start, start + n, step):
+            hi = min(lo + step, start + n)
+            t_sel = st[lo:hi]
+            width = int(t_sel[-1]) + 1  # the block's last position: sources after it get no attention
+            # every head's values against every chosen feature's encoder slice, weighted by the attention paid
+            contrib = torch.bmm(w_feat[sf[lo:hi]].transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
+            contrib.mul_(pattern[b][:, t_sel, :width])  # zero for s > t
+            src_sorted[lo:hi, :width] = contrib.sum(0)
+            heads_sorted[lo:hi] = contrib.sum(2).T
         start += n
-        # one batched matmul per row: every head's values against every chosen feature's encoder slice
-        proj = torch.bmm(v[b].transpose(0, 1), w_enc[:, :, p_f[sel]])  # [H, T, n]
-        contrib[sel] = proj.permute(2, 0, 1) * pattern[b][:, p_t[sel], :].transpose(0, 1)  # zero for s > t
-    per_src = contrib.sum(1)  # [P, T]
+    per_src = torch.empty_like(src_sorted)
+    per_src[order] = src_sorted
+    by_head = torch.empty_like(heads_sorted)
+    by_head[order] = heads_sorted
     s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1)
     win = per_src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
     total = per_src.sum(1)
-    return {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": contrib.sum(-1),
+    return {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": by_head,
             "dfa_pre": total + bias[p_f], **source_facts(per_src, tokens[p_b], p_t)}

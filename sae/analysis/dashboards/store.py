@@ -167,8 +167,33 @@ def model_fingerprint(model: LoadedModel) -> str:
     return digest
 
 
+# SAE -> (the weights' version counters, digest): hashing a 24576-wide SAE takes a while, and every dashboard and
+# cache look-up asks; an in-place change of a weight bumps its version counter, so the digest is computed again
+_SAE_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
 def sae_fingerprint(sae: SAE) -> str:
-    """12 hex digits from the SAE's config and all its weights."""
+    """12 hex digits from the SAE's config and all its weights (remembered per SAE object until a weight changes)."""
+    tensors = [sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, sae.threshold]
+    c = sae.cfg
+    # torch's in-place version counter: the one public-enough sign that a weight was edited in place
+    stamp = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors) + (  # noqa: SLF001
+        c.architecture, c.d_in, c.d_sae, c.hook_name, c.k, c.apply_b_dec_to_input)
+    try:
+        memo = _SAE_FINGERPRINTS.get(sae)
+    except TypeError:  # not weak-referenceable
+        memo = None
+    if memo is not None and memo[0] == stamp:
+        return memo[1]
+    digest = _sae_digest(sae)
+    try:
+        _SAE_FINGERPRINTS[sae] = (stamp, digest)
+    except TypeError:
+        pass
+    return digest
+
+
+def _sae_digest(sae: SAE) -> str:
     h = hashlib.sha1()
     c = sae.cfg
     h.update(f"{c.architecture}/{c.d_in}/{c.d_sae}/{c.hook_name}/{c.k}/{c.apply_b_dec_to_input}".encode())

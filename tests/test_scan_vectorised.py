@@ -1,0 +1,158 @@
+"""The dashboard scan's vectorised bookkeeping against the straightforward formulation it replaced, written out
+here independently (per-example DFA by an explicit `[P, H, T]` product, the distance histogram by scatter_add
+over log2 bins) and against a brute-force top-K over everything seen."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sae.analysis.dashboards.scan import DashboardScan, DashboardSpec, _merge_slots, example_dfa, source_facts
+
+
+def reference_dfa(pattern, v, w_enc, p_b, p_t, p_f):
+    """contrib[p, h, s] = pattern[b, h, t, s] * (v[b, s, h] . w_enc[h, :, f]); per source and per head sums."""
+    P = len(p_b)
+    contrib = torch.stack([
+        pattern[p_b[i], :, p_t[i], :] * torch.einsum("shd,hd->hs", v[p_b[i]], w_enc[:, :, p_f[i]]) for i in range(P)
+    ])  # [P, H, T]
+    return contrib.sum(1), contrib.sum(2)
+
+
+def reference_facts(per_src, tokens, dest):
+    P, T = per_src.shape
+    nb = max(1, int(math.floor(math.log2(T))) + 1)
+    hist = torch.zeros(P, nb)
+    top = torch.full((P,), -1, dtype=torch.long)
+    for p in range(P):
+        best, best_val = -1, 0.0
+        for s in range(1, int(dest[p]) + 1):
+            x = float(per_src[p, s])
+            b = min(int(math.floor(math.log2(int(dest[p]) - s + 1))), nb - 1)
+            hist[p, b] += max(x, 0.0)
+            if x > best_val:
+                best, best_val = s, x
+        top[p] = best
+    return hist, top
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(3)
+    B, H, T, dh, d = 3, 2, 20, 4, 11
+    pat = torch.rand(B, H, T, T, generator=g).tril()
+    pat = pat / pat.sum(-1, keepdim=True)
+    v = torch.randn(B, T, H, dh, generator=g)
+    w = torch.randn(H, dh, d, generator=g)
+    toks = torch.randint(0, 5, (B, T), generator=g)  # few ids: copies (induction pairs) happen
+    P = 60
+    p_b, p_t, p_f = (torch.randint(0, B, (P,), generator=g), torch.randint(0, T, (P,), generator=g),
+                     torch.randint(0, d, (P,), generator=g))
+    return pat, v, w, toks, p_b, p_t, p_f
+
+
+def test_example_dfa_matches_the_explicit_product(batch):
+    pat, v, w, toks, p_b, p_t, p_f = batch
+    bias = torch.randn(w.shape[-1])
+    got = example_dfa(pat, v, toks, w, bias, p_b, p_t, p_f, context=3)
+    src, heads = reference_dfa(pat, v, w, p_b, p_t, p_f)
+    torch.testing.assert_close(got["dfa_heads"], heads, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["dfa_pre"], src.sum(1) + bias[p_f], atol=1e-5, rtol=1e-5)
+    for i in range(len(p_b)):
+        t = int(p_t[i])
+        want = torch.tensor([float(src[i, s]) if s >= 0 else 0.0 for s in range(t - 3, t + 1)])
+        torch.testing.assert_close(got["dfa_src"][i], want, atol=1e-5, rtol=1e-5)
+        assert abs(float(got["dfa_earlier"][i]) - float(src[i, : max(0, t - 3)].sum())) < 1e-5
+    # the same with the feature-major copy a scan hands in
+    again = example_dfa(pat, v, toks, w, bias, p_b, p_t, p_f, 3, w_feat=w.permute(2, 0, 1).contiguous())
+    for k in got:
+        torch.testing.assert_close(again[k], got[k])
+
+
+def test_source_facts_match_a_loop_over_sources(batch):
+    pat, v, w, toks, p_b, p_t, p_f = batch
+    src, _ = reference_dfa(pat, v, w, p_b, p_t, p_f)
+    got = source_facts(src, toks[p_b], p_t)
+    hist, top = reference_facts(src, toks[p_b], p_t)
+    torch.testing.assert_close(got["dfa_dist"], hist, atol=1e-5, rtol=1e-5)
+    assert got["dfa_top_src"].tolist() == top.tolist()
+    for i in range(len(p_b)):
+        b, t, s = int(p_b[i]), int(p_t[i]), int(top[i])
+        ind = s >= 2 and s < t - 1 and int(toks[b, s - 1]) == int(toks[b, t])
+        assert bool(got["dfa_induction"][i]) == ind
+
+
+def test_merge_slots_with_many_new_entries_per_feature():
+    """A feature firing far more than K times in one batch (the padded block is cut to K per feature)."""
+    g = torch.Generator().manual_seed(1)
+    d, K = 3, 4
+    keys = torch.full((d, K), float("-inf"))
+    seen: list[list[float]] = [[] for _ in range(d)]
+    for _ in range(5):
+        f = torch.randint(0, d, (50,), generator=g)
+        k = torch.rand(50, generator=g)
+        cand = k > keys.min(dim=1).values[f]
+        r, s, i = _merge_slots(keys, f[cand], k[cand])
+        assert torch.equal(keys[r, s], k[cand][i])
+        for fi, ki in zip(f.tolist(), k.tolist()):
+            seen[fi].append(ki)
+        for fi in range(d):
+            assert sorted(keys[fi].tolist(), reverse=True) == sorted(seen[fi], reverse=True)[:K]
+
+
+def test_scan_top_examples_and_dfa_against_brute_force():
+    """Several batches through `DashboardScan.update`: each feature's top entries are the K largest activations
+    seen, at the right places, each with the DFA of the explicit product."""
+    g = torch.Generator().manual_seed(7)
+    B, H, T, dh, d, K = 4, 2, 12, 3, 9, 3
+    spec = DashboardSpec(context=2, n_top=K, n_samples=4, context_size=T)
+    sc = DashboardScan(d, spec, H, T)
+    w = torch.randn(H, dh, d, generator=g)
+    all_acts, dfas = [], []
+    for _ in range(3):
+        acts = (torch.randn(B * T, d, generator=g) - 0.5).relu()
+        pat = torch.rand(B, H, T, T, generator=g).tril()
+        pat = pat / pat.sum(-1, keepdim=True)
+        dfa = {"pattern": pat, "v": torch.randn(B, T, H, dh, generator=g),
+               "tokens": torch.randint(0, 4, (B, T), generator=g), "w_enc": w, "bias": torch.zeros(d)}
+        sc.update(acts, T, dfa=dfa)  # zeroes BOS in place
+        all_acts.append(acts)
+        dfas.append(dfa)
+    flat = torch.cat(all_acts)  # [rows * T, d]
+    sc.sort_top()
+    for f in range(d):
+        want = flat[:, f].topk(K).values
+        want = want[want > 0]
+        got = sc.top_val[f][sc.top_val[f] > -math.inf]
+        torch.testing.assert_close(got, want)
+        for j in range(len(got)):
+            n = int(sc.top_idx[f, j])
+            assert float(flat[n, f]) == float(got[j])
+            batch_i, row, pos = n // (B * T), (n % (B * T)) // T, n % T
+            dfa = dfas[batch_i]
+            src, heads = reference_dfa(dfa["pattern"], dfa["v"], w, torch.tensor([row]), torch.tensor([pos]),
+                                       torch.tensor([f]))
+            torch.testing.assert_close(sc.dfa_heads[f, j], heads[0], atol=1e-5, rtol=1e-5)
+            assert abs(float(sc.dfa_pre[f, j]) - float(src.sum())) < 1e-5
+    assert int(sc.n_fire.sum()) == int((flat > 0).sum())
+
+
+def test_layer_role_scores_match_the_per_feature_means():
+    from sae.analysis.roles import layer_role_scores, role_scores
+
+    g = torch.Generator().manual_seed(4)
+    d, n = 30, 6
+    rel = {"prev_share": torch.rand(d, n, generator=g), "dup": torch.rand(d, n, generator=g) > 0.5,
+           "ind": torch.rand(d, n, generator=g) > 0.7, "near": torch.rand(d, n, generator=g),
+           "far": torch.rand(d, n, generator=g)}
+    valid = torch.rand(d, n, generator=g) > 0.4
+    valid[3] = False  # a feature without examples
+    feats = list(range(0, d, 2)) + [3]
+    got = layer_role_scores(rel, valid, feats)
+    for f in feats:
+        want = role_scores({k: v[f] for k, v in rel.items()}, valid[f])
+        assert got[f].n_examples == want.n_examples
+        for name in ("previous", "duplicate", "induction", "near", "far"):
+            assert abs(getattr(got[f], name) - getattr(want, name)) < 1e-12
