@@ -237,9 +237,9 @@ def bench_scale(shape_name: str = "toy", on_stage: Callable[[str], None] | None 
 
 
 def _run(shape: Shape, root: Path, say: Callable[[str], None], device: str = "cpu") -> dict[str, Any]:
-    from sae.engine.models import _quiet_transformers, load_model, resolve_device
+    from sae.engine.models import quiet_transformers, load_model, resolve_device
 
-    _quiet_transformers()
+    quiet_transformers()
     t_all = time.perf_counter()
     res: dict[str, Any] = {
         "shape": shape.name, "shape_text": shape.describe(), "threads": torch.get_num_threads(),

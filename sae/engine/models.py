@@ -281,7 +281,7 @@ def _z_offset(bridge: object, layer: int, n_heads: int, d_head: int) -> torch.Te
     return b_v
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """transformers prints per-load progress bars and config warnings on stderr; our commands own stderr."""
     import transformers
 
@@ -380,7 +380,7 @@ def load_model(
     # instead of after a minute of retries. `hub_offline` sets the flag where huggingface_hub already read it.
     try:
         with hub_offline(not local and not hub_reachable()):
-            _quiet_transformers()
+            quiet_transformers()
             from transformer_lens.model_bridge import TransformerBridge
 
             bridge = TransformerBridge.boot_transformers(path, device=str(dev), dtype=dt)
