@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from sae import zoo
 from sae.engine.activations import ZSource
 from sae.engine.models import load_model
-from sae.engine.zpass import lean_z_pass
+from sae.engine.zpass import lean_z_pass, load_gpt2_z_model
 
 FIX = Path(__file__).parent / "reference" / "fixtures"
 
@@ -52,20 +52,20 @@ def test_lean_z_is_bit_identical_to_the_full_forward(which, tiny_model, default_
             assert torch.equal(got[la], want[la]), f"{which} layer {la} from {layers}"
 
 
-def test_lean_pass_stops_at_the_last_z(tiny_model):
+def test_lean_pass_stops_at_the_last_z(tiny_model, monkeypatch):
+    import sae.engine.zpass as zpass
+
     lean = lean_z_pass(tiny_model)
     calls: list[str] = []
-    blocks = lean.blocks
-    handles = [blocks[0].c_fc.register_forward_hook(lambda *a: calls.append("mlp0")),
-               blocks[1].o.register_forward_hook(lambda *a: calls.append("o1")),
-               blocks[1].c_fc.register_forward_hook(lambda *a: calls.append("mlp1")),
-               blocks[2].q.register_forward_hook(lambda *a: calls.append("q2"))]
-    try:
-        lean(torch.randint(1, tiny_model.d_vocab, (2, 8)), [1], lambda la, z: None)
-    finally:
-        for h in handles:
-            h.remove()
-    assert calls == ["mlp0"]  # layer 0 whole; layer 1 up to its z; nothing of layer 2
+    real_conv = zpass.conv1d
+    monkeypatch.setattr(zpass, "conv1d", lambda x, w, b: (calls.append(f"conv{w.shape[1]}"), real_conv(x, w, b))[1])
+    for i, blk in enumerate(lean.blocks):
+        blk.act = (lambda i, f: (lambda x: (calls.append(f"act{i}"), f(x))[1]))(i, blk.act)
+    got: list[int] = []
+    lean(torch.randint(1, tiny_model.d_vocab, (2, 8)), [1], lambda la, z: got.append(la))
+    m, f = tiny_model.d_model, 4 * tiny_model.d_model
+    assert got == [1]
+    assert calls == [f"conv{m}", f"conv{f}", "act0", f"conv{m}"]  # layer 0 whole; layer 1 only to its z
 
 
 def test_zsource_uses_the_lean_pass_and_matches_the_full_forward(tiny_model):
@@ -118,3 +118,58 @@ def test_zsource_on_the_default_is_hooked_transformers_hook_z(default_model):
     for i, la in enumerate(layers):
         want = ref[f"blocks.{la}.attn.hook_z"][order].reshape(-1, default_model.d_z)
         torch.testing.assert_close(chunk[i], want, atol=2e-4 * max(want.abs().max().item(), 1.0), rtol=1e-3)
+
+
+def z_model(model, path) -> object:
+    zm = load_gpt2_z_model(path, torch.device("cpu"), torch.float32, model.name)
+    assert zm is not None
+    return zm
+
+
+@pytest.mark.parametrize("which", ["tiny", "default"])
+def test_bridge_free_model_is_the_bridge_bit_for_bit(which, tiny_model, tiny_model_dir, default_model):
+    """The model training loads without transformers or TransformerLens: the same z, offsets, sizes and tokens."""
+    model, path = (tiny_model, tiny_model_dir) if which == "tiny" else (default_model, zoo.DEFAULT_MODEL_DIR)
+    zm = z_model(model, path)
+    for attr in ("n_layers", "n_heads", "d_head", "d_model", "d_z", "n_ctx", "d_vocab", "bos_token_id", "name"):
+        assert getattr(zm, attr) == getattr(model, attr), attr
+    assert zm.tokenizer.eos_token_id == model.tokenizer.eos_token_id
+    for text in ("def f(x):\n    return x + 1  # ünïcode", "When Mary and John went to the store", " \t\n"):
+        assert zm.encode(text) == model.encode(text)
+    tokens = torch.randint(1, model.d_vocab, (4, 20))
+    tokens[:, 0] = model.bos_token_id
+    want = full_forward_hook_z(model, tokens)
+    got: dict[int, torch.Tensor] = {}
+    zm.lean(tokens, list(range(model.n_layers)), lambda la, z: got.__setitem__(la, z.clone()))
+    for la in range(model.n_layers):
+        assert torch.equal(got[la], want[la]), la
+        assert torch.equal(zm.z_offset(la), model.z_offset(la)), la
+    rows = tokens.repeat(3, 1)
+    a = ZSource(zm, rows, [0, 1], rows_per_pass=4, seed=3)
+    b = ZSource(model, rows, [0, 1], rows_per_pass=4, seed=3, lean=False)
+    for _ in range(3):
+        assert torch.equal(a.next_chunk(), b.next_chunk())
+
+
+def test_bridge_free_model_token_rows_and_cache_key(tiny_model, tiny_model_dir, corpus):
+    from sae.engine.activations import corpus_token_rows
+    from sae.zoo.token_cache import token_cache_key
+
+    zm = z_model(tiny_model, tiny_model_dir)
+    assert torch.equal(corpus_token_rows(zm, corpus, 16), corpus_token_rows(tiny_model, corpus, 16))
+    assert token_cache_key(zm, str(corpus), 16, "train", None) == token_cache_key(tiny_model, str(corpus), 16,
+                                                                                  "train", None)
+
+
+def test_bridge_free_model_refuses_what_it_cannot_compute(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    assert load_gpt2_z_model(FIX / "pythia_tiny", torch.device("cpu"), torch.float32, "x") is None
+    d = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "scale_attn_by_inverse_layer_idx": True}))
+    assert load_gpt2_z_model(d, torch.device("cpu"), torch.float32, "x") is None
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "tokenizer.json").unlink()
+    assert load_gpt2_z_model(d, torch.device("cpu"), torch.float32, "x") is None

@@ -116,6 +116,7 @@ class ZSource:
     On a GPT-2-architecture model the pass is `sae.engine.zpass.LeanZPass` (the bridge's operations without its
     modules and hook points): the first chunk is computed both ways and the lean pass is kept only when its z is
     bit-identical to the bridge's hook_z (`lean=False` always uses the bridge; `self.lean_used` says which ran).
+    `model` may also be a bridge-free `sae.engine.zpass.ZModel`, which has only the lean pass.
     """
 
     def __init__(
@@ -148,7 +149,9 @@ class ZSource:
         from sae.engine.zpass import lean_z_pass
 
         self._lean = lean_z_pass(model) if lean else None
-        self._lean_checked = False
+        # a bridge-free model (`sae.engine.zpass.ZModel`) has only the lean pass, which tests/test_zpass.py holds to
+        # the bridge's bits; with a bridge the first chunk is checked here
+        self._lean_checked = getattr(model, "bridge", None) is None
 
     @property
     def context_size(self) -> int:
