@@ -1,5 +1,7 @@
 """The import arrows point one way (see ARCHITECTURE.md): every module's imports, function-level ones included,
-are read with `ast` and checked against the rooms' rules; importing all of `sae` pulls in no Textual."""
+are read with `ast` and checked against the rooms' rules; no modules import each other in a circle; no module
+imports another's private (`_x`) names; importing all of `sae` pulls in no Textual. Each check is shown to fail
+on a violation planted in a temporary tree."""
 
 from __future__ import annotations
 
@@ -121,6 +123,171 @@ def test_the_checker_can_fail(tmp_path, monkeypatch):
     assert any("sae/engine/bad.py:2 imports sae.zoo" in b for b in bad)
     assert any("imports textual.app" in b for b in bad)
     assert any("workbench/screens/s.py:1 imports sae.analysis" in b for b in bad)
+
+
+def under_type_checking(tree: ast.AST) -> set[int]:
+    """The ids of import nodes inside `if TYPE_CHECKING:` blocks (annotations only: never run)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                out |= {id(n) for n in ast.walk(child) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
+def resolve(name: str, modules: set[str]) -> str | None:
+    """The project module that importing `name` runs: `name` itself or its longest prefix that is a module."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {project module it imports: the line}, at any depth (functions included), relative imports
+    resolved, `if TYPE_CHECKING:` imports left out (they never run)."""
+    files = project_files()
+    modules = {module_name(p) for p in files}
+    graph: dict[str, dict[str, int]] = {}
+    for path in files:
+        me = module_name(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        typing_only = under_type_checking(tree)
+        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        edges: dict[str, int] = {}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    base = package.split(".")
+                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                names = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
+            for name in names:
+                target = resolve(name, modules)
+                if target is not None and target != me:
+                    edges.setdefault(target, node.lineno)
+        graph[me] = edges
+    return graph
+
+
+def import_cycles() -> list[str]:
+    """Each circle of imports (a strongly connected set of modules), drawn as `a -> b (line) -> ... -> a`."""
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    out = []
+    for group in groups:  # one circle through the group's first module, for the message
+        members = set(group)
+        path, seen = [group[0]], {group[0]}
+        while True:
+            nxt = [w for w in graph[path[-1]] if w in members]
+            step = group[0] if group[0] in nxt else next((w for w in nxt if w not in seen), None)
+            if step is None:
+                break
+            path.append(step)
+            seen.add(step)
+            if step == group[0]:
+                break
+        drawn = path[0] + "".join(f" -> {b} (line {graph[a][b]})" for a, b in zip(path, path[1:]))
+        out.append(f"{drawn} [the circle's modules: {', '.join(group)}]")
+    return out
+
+
+def private_imports() -> list[str]:
+    """`from m import _x`, and `m._x` on a module `m` imported from the project, in a module other than `m`."""
+    files = project_files()
+    modules = {module_name(p) for p in files}
+    bad: list[str] = []
+    for path in files:
+        me = module_name(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        aliases: dict[str, str] = {}  # local name -> the project module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases.update({(a.asname or a.name): a.name for a in node.names if a.name in modules and a.asname})
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    base = package.split(".")
+                    mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+                if resolve(mod, modules) is None or mod == me:
+                    continue
+                for a in node.names:
+                    if f"{mod}.{a.name}" in modules:
+                        aliases[a.asname or a.name] = f"{mod}.{a.name}"
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name} from {mod}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and aliases[node.value.id] != me and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return bad
+
+
+def test_no_import_cycles():
+    assert import_cycles() == []
+
+
+def test_no_private_names_imported_across_modules():
+    assert private_imports() == []
+
+
+def test_the_cycle_and_private_checks_can_fail(tmp_path, monkeypatch):
+    """Planted: a circle closed by an import inside a function (reported), a circle closed only under
+    TYPE_CHECKING (not: it never runs), a private name imported from another module and one reached as an
+    attribute of an imported module (both reported); a module using its own private names is fine."""
+    pkg = tmp_path / "sae" / "engine"
+    pkg.mkdir(parents=True)
+    (tmp_path / "sae" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from sae.engine.b import g\n\ndef _h():\n    return 1\n\ndef f():\n    return _h()\n")
+    (pkg / "b.py").write_text("def g():\n    from sae.engine import a\n    return a.f()\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nfrom sae.engine.d import y\n"
+                              "if TYPE_CHECKING:\n    from sae.engine.d import z\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sae.engine import c\n"
+                              "y = z = 1\n")
+    (pkg / "e.py").write_text("from sae.engine.a import _h\nfrom sae.engine import a as mod\n\n"
+                              "def k():\n    return _h() + mod._h()\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    cycles = import_cycles()
+    assert len(cycles) == 1 and cycles[0].startswith("sae.engine.a -> sae.engine.b (line 1) -> sae.engine.a (line 2)")
+    bad = private_imports()
+    assert "sae/engine/e.py:1 imports _h from sae.engine.a" in bad
+    assert "sae/engine/e.py:5 uses sae.engine.a._h" in bad
+    assert len(bad) == 2
 
 
 def test_importing_every_sae_module_pulls_in_no_textual():

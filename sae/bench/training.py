@@ -20,8 +20,6 @@ from sae.engine.training.loop import (
     Trainer,
     make_optimizer,
     remove_parallel_grad,
-    standard_step_grads,
-    topk_step_grads,
 )
 
 
@@ -98,20 +96,21 @@ def sae_step_efficiency(d_in: int, d_sae: int, batch_size: int, device: torch.de
     `[B, d_in] x [d_in, d_sae]` matmul on the same device. The step is counted as five such matmuls (what a dense
     implementation does) for both architectures, so a top-k step that decodes through only its k active rows can
     score above 1: the fraction is then "dense-equivalent"."""
-    from sae.engine.autoencoder import SAE, SAEConfig
+    from sae.engine.autoencoder import REGISTRY, SAE, SAEConfig
+    from sae.engine.training.steps import StepSettings
 
+    arch = REGISTRY[architecture]
+    sparsity = {"k": k, "l1_coeff": 1.0}[arch.sparsity_param]
     sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name="blocks.0.attn.hook_z", architecture=architecture,
-                        k=k if architecture == "topk" else None)).to(device)
+                        **arch.config_fields(sparsity))).to(device)
     opt = make_optimizer(sae, TrainConfig(layers=[0]))
     x = torch.randn(batch_size, d_in, device=device)
     dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
     dead[: d_sae // 10] = True  # AuxK at work on a tenth of the latents, as early in a run
+    settings = StepSettings(sparsity, "unit", dead if arch.uses_dead_latents else None, max(1, d_in // 2), 1 / 32)
 
     def step() -> None:
-        if architecture == "topk":
-            topk_step_grads(sae, x, k, dead, max(1, d_in // 2), 1 / 32)
-        else:
-            standard_step_grads(sae, x, 1.0)
+        arch.step(sae, x, settings)
         remove_parallel_grad(sae)
         opt.step()
         sae.set_decoder_norm_to_unit()

@@ -64,11 +64,12 @@ def register_bench(bench_sub: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from sae.bench.training import bench_train
+    from sae.engine.autoencoder import TRAINABLE
 
     archs = tuple(a.strip() for a in args.architectures.split(",") if a.strip())
-    bad = [a for a in archs if a not in ("standard", "topk")]
+    bad = [a for a in archs if a not in TRAINABLE]
     if bad or not archs:
-        raise UsageError(f"--architectures takes standard and/or topk, got {args.architectures!r}")
+        raise UsageError(f"--architectures takes {' and/or '.join(TRAINABLE)}, got {args.architectures!r}")
     if args.nproc:
         return run_scaling(args, archs[0])
     model = open_model(args.model, args.device)

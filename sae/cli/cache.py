@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, open_model, positive_int, progress_bar
+from sae.cli.common import add_output_flags, console, emit, open_model, positive_int, job_progress
 
 
 def register(subparsers: Any) -> None:
@@ -34,32 +34,18 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae.cli.train import parse_layers
-    from sae.engine.activation_cache import CacheError, write_cache
-    from sae.engine.activations import CorpusError
-    from sae.engine.jobs import Progress
+    from sae.engine.activation_cache import write_cache
     from sae.zoo.token_cache import cached_token_rows
 
     model = open_model(args.model, args.device)
     layers = parse_layers(args.layers, model.n_layers)
     ctx = min(args.context_size or 128, model.n_ctx)
-    try:
-        rows = cached_token_rows(model, args.corpus, ctx, split="train")
-    except CorpusError as exc:
-        raise UsageError(str(exc)) from None
+    rows = cached_token_rows(model, args.corpus, ctx, split="train")
     rows = rows[: max(1, -(-args.tokens // ctx))]
     out = Path(args.out).expanduser()
-    with progress_bar("cache", rows.numel()) as advance:
-        seen = {"done": 0}
-
-        def on_progress(p: Progress) -> None:
-            advance(p.done - seen["done"], p.stage)
-            seen["done"] = p.done
-
-        try:
-            manifest = write_cache(model, rows, layers, out, dtype=args.dtype, rows_per_shard=args.rows_per_shard,
-                                   corpus=args.corpus, on_progress=on_progress)
-        except CacheError as exc:
-            raise UsageError(str(exc)) from None
+    with job_progress("cache", transient=False) as on_progress:
+        manifest = write_cache(model, rows, layers, out, dtype=args.dtype, rows_per_shard=args.rows_per_shard,
+                               corpus=args.corpus, on_progress=on_progress)
     data = {"path": str(out), **manifest.to_dict()}
     emit(args, data, _markdown)
     console.print(f"train from it with: attnscope train --activations {out} --out RUN_DIR")

@@ -15,7 +15,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -23,6 +22,7 @@ from rich.progress import (
 from sae.engine.errors import AttnscopeError
 
 if TYPE_CHECKING:
+    from sae.engine.jobs import Progress as JobProgress
     from sae.engine.jobs import ProgressFn
 
 console = Console(stderr=True)
@@ -154,47 +154,18 @@ def positive_int(text: str) -> int:
 
 
 @contextmanager
-def job_progress(description: str, enabled: bool = True, transient: bool = True) -> Iterator["ProgressFn"]:
-    """A rich bar on stderr fed by a job's `Progress` reports (the one job protocol, `sae.engine.jobs`): done of
-    total in its unit, rate, ETA and stage; silent when stderr is not a terminal or `enabled` is False."""
-    from sae.engine.jobs import Progress as JobProgress
-
+def job_progress(description: str, enabled: bool = True, transient: bool = True,
+                 describe: Callable[["JobProgress"], str] | None = None) -> Iterator["ProgressFn"]:
+    """The CLI's one progress bar, on stderr, fed by a job's `Progress` reports (the one job protocol,
+    `sae.engine.jobs`): done of total in its unit, rate, ETA and the stage (or `describe(progress)`); silent when
+    stderr is not a terminal or `enabled` is False."""
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[stage]}")]
     with Progress(*cols, console=console, transient=transient, disable=not (enabled and console.is_terminal)) as prog:
         task = prog.add_task(description, total=None, rate="", stage="")
 
         def on_progress(p: JobProgress) -> None:
-            prog.update(task, completed=p.done, total=p.total or None, stage=p.stage,
+            prog.update(task, completed=p.done, total=p.total or None, stage=describe(p) if describe else p.stage,
                         rate=f"{p.rate:,.0f} {p.unit}/s" if p.rate else "")
 
         yield on_progress
-
-
-@contextmanager
-def progress_bar(description: str, total: float | None, unit: str = "tokens") -> Iterator[Callable[[float, str | None], None]]:
-    """A rich bar on stderr with rate (`unit`/s) and ETA; yields `advance(n, note=None)`."""
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[note]}"),
-    ]
-    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as prog:
-        task = prog.add_task(description, total=total, rate="", note="")
-
-        def advance(n: float, note: str | None = None) -> None:
-            prog.advance(task, n)
-            t = prog.tasks[0]
-            speed = t.speed
-            fields = {"rate": f"{speed:,.0f} {unit}/s" if speed else ""}
-            if note is not None:
-                fields["note"] = note
-            prog.update(task, **fields)
-
-        yield advance

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, open_model, out, progress_bar
+from sae.cli.common import UsageError, add_output_flags, console, emit, job_progress, open_model, out
 
 DESCRIPTION = (
     "Train one SAE per layer on blocks.L.attn.hook_z (value bias folded out), all layers from one model pass per "
@@ -144,8 +144,8 @@ def register(subparsers: Any) -> None:
 
 
 def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int, model_name: str):
-    """The run's `TrainConfig`: preset, then the flags given; errors become one-line UsageErrors."""
-    from sae.engine.training.config import PRESETS, TrainConfig, TrainingError, option_fields
+    """The run's `TrainConfig`: preset, then the flags given (a bad value is the config's one-line TrainingError)."""
+    from sae.engine.training.config import PRESETS, TrainConfig, option_fields
 
     values: dict[str, Any] = dict(PRESETS[args.preset]) if getattr(args, "preset", None) else {}
     for f in option_fields():
@@ -159,54 +159,45 @@ def build_config(args: argparse.Namespace, d_in: int, n_layers: int, n_ctx: int,
     values["model_name"] = model_name
     values["corpus"] = args.corpus
     values["activations"] = args.activations or ""
-    try:
-        return TrainConfig(**values)
-    except TrainingError as exc:
-        raise UsageError(str(exc)) from None
+    return TrainConfig(**values)
 
 
 def resumed_config(args: argparse.Namespace, out_dir: Path):
-    """The saved config of the run in `out_dir`, with the few settings a resume may change."""
+    """The saved config of the run in `out_dir` with the few settings a resume may change (`--tokens`,
+    `--prefetch`, `--checkpoint-every`), validated once by `TrainConfig`."""
     import json
 
-    from sae.engine.training.loop import CONFIG_FILE, TrainConfig, TrainingError
+    from sae.engine.training.checkpoint import CONFIG_FILE
+    from sae.engine.training.config import TrainConfig
 
     path = out_dir / CONFIG_FILE
     try:
-        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+        saved = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"--resume: {out_dir} holds no {CONFIG_FILE}; nothing to resume") from None
-    except (ValueError, TypeError, TrainingError) as exc:
-        raise UsageError(f"--resume: {path} is damaged ({exc})") from None
-    if args.total_tokens is not None:
-        if args.total_tokens < cfg.batch_size:
-            raise UsageError(f"total_tokens ({args.total_tokens}) is less than one batch of {cfg.batch_size}")
-        cfg.total_tokens = args.total_tokens
-    if args.prefetch is not None:
-        if args.prefetch < 0:
-            raise UsageError(f"prefetch must be >= 0 (got {args.prefetch})")
-        cfg.prefetch = args.prefetch
-    if args.checkpoint_every is not None:
-        if args.checkpoint_every < 0:
-            raise UsageError(f"checkpoint_every must be >= 0 (got {args.checkpoint_every})")
-        cfg.checkpoint_every = args.checkpoint_every
-    return cfg
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume: {path} is damaged (not a JSON object)")
+    changes = {name: getattr(args, name) for name in ("total_tokens", "prefetch", "checkpoint_every")
+               if getattr(args, name, None) is not None}
+    try:
+        return TrainConfig.from_dict({**saved, **changes})
+    except TypeError as exc:  # a field missing or of the wrong type
+        raise UsageError(f"--resume: {path} is damaged ({exc})") from exc
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.engine.training.distributed import DistributedError, init_from_env, launched_by_torchrun, shutdown
+    from sae.engine.training.distributed import init_from_env, launched_by_torchrun, shutdown
 
     if args.dtype not in ("float32", "fp32", "bfloat16", "bf16"):
         raise UsageError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
 
     if args.nproc != 1 and not launched_by_torchrun():
-        return launch_torchrun(args)
+        return launch(args)
     sync = None
     if launched_by_torchrun():  # one rank of a data-parallel run: only rank 0 prints and writes files
-        try:
-            sync, dist_device = init_from_env(args.device)
-        except DistributedError as exc:
-            raise UsageError(str(exc)) from None
+        sync, dist_device = init_from_env(args.device)
         args.device = str(dist_device)
         if not sync.is_main:
             console.quiet = out.quiet = True
@@ -217,53 +208,25 @@ def run(args: argparse.Namespace) -> int:
             shutdown()
 
 
-def launch_torchrun(args: argparse.Namespace) -> int:
-    """`attnscope train --nproc N ...`: check the split, then run `python -m torch.distributed.run` with N
-    processes on 127.0.0.1 and a free port, each running this command without --nproc."""
-    import os
-    import subprocess
+def launch(args: argparse.Namespace) -> int:
+    """`attnscope train --nproc N ...`: check the split, then run this command without --nproc in N processes
+    under torchrun (`sae.engine.training.distributed.launch_torchrun`)."""
     import sys
 
-    from sae.engine.training.distributed import DistributedError, check_launch, check_split, free_port
     from sae.engine.training.config import PRESETS, field_default
+    from sae.engine.training.distributed import check_launch, check_split, launch_torchrun, strip_nproc
 
     n = args.nproc
-    try:
-        check_launch(n, args.device)
-        if args.resume:
-            cfg = resumed_config(args, Path(args.out).expanduser())
-            check_split(cfg.batch_size, cfg.data_shards or n, n)
-        else:
-            preset = PRESETS.get(args.preset or "", {})
-            batch = args.batch_size or preset.get("batch_size") or field_default("batch_size")
-            check_split(batch, args.data_shards or n, n)
-    except DistributedError as exc:
-        raise UsageError(str(exc)) from None
+    check_launch(n, args.device)
+    if args.resume:
+        cfg = resumed_config(args, Path(args.out).expanduser())
+        check_split(cfg.batch_size, cfg.data_shards or n, n)
+    else:
+        preset = PRESETS.get(args.preset or "", {})
+        batch = args.batch_size or preset.get("batch_size") or field_default("batch_size")
+        check_split(batch, args.data_shards or n, n)
     argv = strip_nproc(getattr(args, "argv", None) or sys.argv[1:])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(n),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "workbench.main", *argv]
-    env = dict(os.environ)
-    if not args.device.startswith("cuda"):
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-    console.print(f"launching {n} processes: {' '.join(cmd[1:])}")
-    return subprocess.call(cmd, env=env)
-
-
-def strip_nproc(argv: list[str]) -> list[str]:
-    """`argv` without `--nproc N` / `--nproc=N`."""
-    out_: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        out_.append(a)
-    return out_
+    return launch_torchrun(n, args.device, ["-m", "workbench.main", *argv], announce=console.print)
 
 
 def existing_saes(out_dir: Path) -> list[Path]:
@@ -292,68 +255,90 @@ def _run(args: argparse.Namespace, sync) -> int:
 
 
 def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
-    import torch
+    """Open the data, build the trainer, train under a progress bar, print the report."""
+    cfg = resumed_config(args, out_dir) if args.resume else None
+    _check_out_dir(args, out_dir, cfg)
+    cfg, model, rows, source = _open_data(args, cfg)
+    trainer = _make_trainer(args, cfg, out_dir, model, rows, source, sync, lock)
+    _announce(args, trainer, rows, sync)
+    outcome = _train(trainer)
+    data = _report_data(trainer, outcome, out_dir)
+    if cfg.is_sweep and outcome.status == "finished" and (sync is None or sync.is_main):
+        data["sweep"] = [p.to_dict() for p in _score_sweep(args, cfg, outcome, model)]
+    if sync is None or sync.is_main:  # one report per run, not one per process
+        emit(args, data, _markdown, _pretty)
+    if outcome.status == "cancelled":
+        console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume")
+        return 130
+    return 0
 
-    from sae.engine.activations import CorpusError
-    from sae.engine.jobs import CancelToken, Progress
-    from sae.engine.training.loop import Trainer, TrainingDiverged, TrainingError, stop_on_signals
 
-    source = None
-    model = None
-    if args.resume:
-        cfg = resumed_config(args, out_dir)
-        if args.model != "default" and args.model != cfg.model_name:
-            raise UsageError(f"--resume: the run was made with --model {cfg.model_name}, not {args.model}")
-        if cfg.activations:
-            args.activations = cfg.activations
-    elif (out_dir / "checkpoint.pt").exists() and not args.overwrite:
+def _check_out_dir(args: argparse.Namespace, out_dir: Path, resumed) -> None:
+    """A resume matches its model; a fresh run does not replace a run or SAEs already in `out_dir` unasked."""
+    from sae.engine.training.checkpoint import CHECKPOINT_FILE
+
+    if resumed is not None:
+        if args.model != "default" and args.model != resumed.model_name:
+            raise UsageError(f"--resume: the run was made with --model {resumed.model_name}, not {args.model}")
+        if resumed.activations:
+            args.activations = resumed.activations
+        return
+    if (out_dir / CHECKPOINT_FILE).exists() and not args.overwrite:
         raise UsageError(f"{out_dir} already holds a training run; pass --resume to continue it, --overwrite to "
                          "start again, or pick another --out")
-    elif existing_saes(out_dir) and not args.overwrite:
-        found = existing_saes(out_dir)
+    found = existing_saes(out_dir)
+    if found and not args.overwrite:
         raise UsageError(
             f"{out_dir} already holds {len(found)} SAE(s) ({found[0].name}, ...); pass --overwrite to replace "
             "them or pick another --out"
         )
-    if args.activations:
-        from sae.engine.activation_cache import CacheError, CacheSource, read_manifest
 
-        try:
-            manifest = read_manifest(args.activations)
-            if not args.resume:
-                if args.layers is None:
-                    args.layers = ",".join(str(x) for x in manifest.layers)
-                cfg = build_config(args, manifest.d_in, max(manifest.layers) + 1, manifest.context_size, manifest.model)
-            source = CacheSource(args.activations, cfg.layers, cfg.rows_per_pass, cfg.seed)
-        except CacheError as exc:
-            raise UsageError(str(exc)) from None
+
+def _open_data(args: argparse.Namespace, cfg):
+    """`(cfg, model, rows, source)`: an activation cache (no model) or the model and its training rows; `cfg` is
+    the resumed config or built from the flags here (the model or cache gives its shape)."""
+    if args.activations:
+        from sae.engine.activation_cache import CacheSource, read_manifest
+
+        manifest = read_manifest(args.activations)
+        if cfg is None:
+            if args.layers is None:
+                args.layers = ",".join(str(x) for x in manifest.layers)
+            cfg = build_config(args, manifest.d_in, max(manifest.layers) + 1, manifest.context_size, manifest.model)
+        source = CacheSource(args.activations, cfg.layers, cfg.rows_per_pass, cfg.seed)
         if cfg.context_size != manifest.context_size:
             raise UsageError(f"the cache holds rows of {manifest.context_size} tokens, the run asks for {cfg.context_size}")
-        rows = None
-    else:
-        from sae.zoo.token_cache import cached_token_rows
+        return cfg, None, None, source
+    from sae.zoo.token_cache import cached_token_rows
 
-        model = open_model(args.model if not args.resume else cfg.model_name, args.device)
-        if not args.resume:
-            cfg = build_config(args, model.d_z, model.n_layers, model.n_ctx, args.model)
-        try:
-            rows = cached_token_rows(model, cfg.corpus or "default", cfg.context_size, split="train")
-        except CorpusError as exc:
-            raise UsageError(str(exc)) from None
+    model = open_model(cfg.model_name if cfg is not None else args.model, args.device)
+    if cfg is None:
+        cfg = build_config(args, model.d_z, model.n_layers, model.n_ctx, args.model)
+    rows = cached_token_rows(model, cfg.corpus or "default", cfg.context_size, split="train")
+    return cfg, model, rows, None
 
-    cancel = CancelToken()
-    try:
-        device = None
-        if model is None:
-            device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        trainer = Trainer(model, rows, cfg, out_dir, cancel=cancel, source=source, device=device, sync=sync)
-        trainer.out_lock = lock
-        if args.resume:
-            trainer.resume()
-    except TrainingError as exc:
-        raise UsageError(str(exc)) from None
+
+def _make_trainer(args: argparse.Namespace, cfg, out_dir: Path, model, rows, source, sync, lock):
+    """The `Trainer` (restored from its checkpoint on --resume), holding the lock already taken on `out_dir`."""
+    import torch
+
+    from sae.engine.training.loop import Trainer
+
+    device = None
+    if model is None:
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    trainer = Trainer(model, rows, cfg, out_dir, source=source, device=device, sync=sync)
+    trainer.out_lock = lock
+    if args.resume:
+        trainer.resume()
+    return trainer
+
+
+def _announce(args: argparse.Namespace, trainer, rows, sync) -> None:
+    """What is about to be trained, the schedule chosen and its warnings."""
+    cfg = trainer.cfg
     sweep = f" sweep {cfg.sparsity_param} = {', '.join(f'{v:g}' for v in cfg.sweep_values)}," if cfg.is_sweep else ""
-    where = f"cache {args.activations}" if source is not None else f"{rows.shape[0]:,} corpus rows"
+    where = f"cache {args.activations}" if rows is None else f"{rows.shape[0]:,} corpus rows"
     console.print(
         f"training {len(trainer.units)} SAE(s) on {cfg.model_name} layers {cfg.layers}: {cfg.architecture},{sweep} "
         f"{trainer.d_in} -> {cfg.width(cfg.layers[0], trainer.d_in)}, {cfg.total_steps:,} steps of "
@@ -362,29 +347,33 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
     if sync is not None:
         console.print(f"data parallel: {sync.world_size} processes, {cfg.batch_size // sync.world_size:,} tokens each "
                       f"per step, {cfg.data_shards} data shards")
-    console.print(trainer.schedule.describe(cfg.architecture))
+    console.print(trainer.schedule.describe(cfg.arch.resamples))
     for warning in trainer.schedule.warnings():
         console.print(f"[yellow]warning:[/] {warning}")
-    with progress_bar("train", cfg.total_steps * cfg.batch_size) as advance:
-        seen = {"tokens": trainer.step * cfg.batch_size}
-        advance(seen["tokens"])
 
-        def on_progress(p: Progress) -> None:
-            delta = p.done - seen["tokens"]
-            seen["tokens"] = p.done
-            m = p.metrics
-            nan = float("nan")
-            note = (f"{p.stage} loss {m.get('loss', nan):.3g} L0 {m.get('l0', nan):.1f} "
-                    f"EV {m.get('explained_variance', nan):.3f} dead {m.get('dead_fraction', nan):.2f}")
-            advance(max(delta, 0), note)
 
+def _step_note(p) -> str:
+    """The bar's trailing text: the step and the first SAE's latest figures."""
+    m = p.metrics
+    nan = float("nan")
+    return (f"{p.stage} loss {m.get('loss', nan):.3g} L0 {m.get('l0', nan):.1f} "
+            f"EV {m.get('explained_variance', nan):.3f} dead {m.get('dead_fraction', nan):.2f}")
+
+
+def _train(trainer):
+    """Run the trainer under a progress bar; Ctrl-C or SIGTERM stops it with a checkpoint written."""
+    import torch
+
+    from sae.engine.training.loop import stop_on_signals
+
+    with job_progress("train", transient=False, describe=_step_note) as on_progress:
         trainer.on_progress = on_progress
-        try:
-            with stop_on_signals(cancel), torch.inference_mode(False):
-                outcome = trainer.run()
-        except TrainingDiverged as exc:
-            raise UsageError(str(exc)) from None
-    data: dict[str, Any] = {
+        with stop_on_signals(trainer.cancel), torch.inference_mode(False):
+            return trainer.run()
+
+
+def _report_data(trainer, outcome, out_dir: Path) -> dict[str, Any]:
+    return {
         "status": outcome.status,
         "step": outcome.step,
         "total_steps": outcome.total_steps,
@@ -396,56 +385,30 @@ def _run_locked(args: argparse.Namespace, sync, out_dir: Path, lock) -> int:
         "layers": [
             {"layer": layer, "hook": f"blocks.{layer}.attn.hook_z", "path": str(out_dir / f"blocks.{layer}.attn.hook_z"), **m}
             for layer, m in outcome.metrics.items()
-        ] if not cfg.is_sweep else [],
+        ] if not trainer.cfg.is_sweep else [],
     }
-    if cfg.is_sweep and outcome.status == "finished" and (sync is None or sync.is_main):
-        data["sweep"] = [p.to_dict() for p in score_sweep(args, cfg, outcome, trainer, model)]
-    if sync is None or sync.is_main:  # one report per run, not one per process
-        emit(args, data, _markdown, _pretty)
-    if outcome.status == "cancelled":
-        console.print(f"stopped at step {outcome.step}; checkpoint written. Continue with: attnscope train --out {out_dir} --resume")
-        return 130
-    return 0
 
 
-def score_sweep(args: argparse.Namespace, cfg, outcome, trainer, model) -> list:
-    """Every sweep point scored on held-out tokens (CE loss recovered needs the model; without one, the
-    training figures of the last step are used) and the recommended point marked."""
-    from sae.engine.training.sweep import SweepPoint, choose_point
-    from sae.engine.training.loop import sweep_label
+def _score_sweep(args: argparse.Namespace, cfg, outcome, model) -> list:
+    """The sweep's points scored on `--eval-tokens` held-out tokens (`sae.engine.training.sweep.score_sweep`);
+    without the model (a cache run whose model will not load) or held-out text, the training figures stand in."""
+    from sae.engine.errors import AttnscopeError
+    from sae.engine.training.sweep import score_sweep
+    from sae.zoo.token_cache import cached_token_rows
 
+    rows = None
     if model is None:
         try:
             model = open_model(cfg.model_name, args.device)
-        except UsageError:
+        except AttnscopeError:
             model = None
-    rows = None
     if model is not None and args.eval_tokens > 0:
-        from sae.engine.activations import CorpusError
-        from sae.zoo.token_cache import cached_token_rows
-
         try:
             rows = cached_token_rows(model, cfg.corpus or "default", cfg.context_size, split="heldout",
                                      max_rows=max(1, args.eval_tokens // cfg.context_size))
-        except CorpusError:
+        except AttnscopeError:
             rows = None
-    points = []
-    for value in cfg.sweep_values:
-        label = sweep_label(cfg.sparsity_param, value)
-        saes = outcome.sweep[label]
-        point = SweepPoint(label, float(value))
-        if rows is not None:
-            from sae.engine.metrics import evaluate_saes
-
-            for r in evaluate_saes(model, {layer: s.to(model.device) for layer, s in saes.items()}, rows):
-                point.layers[r.layer] = {"l0": r.l0, "explained_variance": r.explained_variance,
-                                         "ce_loss_recovered": r.ce_loss_recovered, "dead_fraction": r.dead_fraction}
-        else:
-            for layer, m in outcome.sweep_metrics[label].items():
-                point.layers[layer] = {k: m.get(k, float("nan")) for k in ("l0", "explained_variance", "dead_fraction")}
-        points.append(point)
-    choose_point(points)
-    return points
+    return score_sweep(cfg, outcome.sweep, outcome.sweep_metrics, model, rows)
 
 
 COLUMNS = [("layer", "{}"), ("loss", "{:.4g}"), ("mse", "{:.4g}"), ("l0", "{:.1f}"),

@@ -13,3 +13,11 @@ class AttnscopeError(Exception):
 
     def __init__(self, message: str = "", *args: object) -> None:
         super().__init__(" ".join(str(message).split()), *args)
+
+
+class TrainingError(AttnscopeError, ValueError):
+    """Training could not start or had to stop (`sae.engine.training`); the message is one line meant for the user."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN/inf. The last good checkpoint (if any) is kept untouched."""

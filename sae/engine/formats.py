@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm
+from sae.engine.autoencoder import SAE, SAEConfig, architecture, fold_decoder_norm
 from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.safe_io import (
@@ -165,7 +165,7 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, Any], source: Path) -> 
         "b_enc": (cfg.d_sae,),
         "b_dec": (cfg.d_in,),
     }
-    if cfg.architecture == "jumprelu":
+    if architecture(cfg.architecture).has_threshold:
         shapes["threshold"] = (cfg.d_sae,)
     checked: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
@@ -224,7 +224,7 @@ def _load_saelens_dir(d: Path) -> SAE:
     if not hook or not isinstance(hook, str):
         raise SAEFormatError(f"{d / CFG_FILE} names no hook_name")
     arch = raw.get("architecture", "standard")
-    if arch == "jumprelu" or raw.get("activation_fn_str") == "jumprelu":
+    if raw.get("activation_fn_str") == "jumprelu":  # older SAELens configs name the activation here
         arch = "jumprelu"
     if not isinstance(arch, str):
         raise SAEFormatError(f"{d / CFG_FILE}: architecture must be a string, got {arch!r}"[:200])

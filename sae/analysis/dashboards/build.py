@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Union
 import torch
 from safetensors.torch import load_file
 
-from sae.analysis.dashboards.scan import DFA_FIELDS, DashboardScan, DashboardSpec, topk_acts
+from sae.analysis.dashboards.scan import DFA_FIELDS, DashboardScan, DashboardSpec
 from sae.analysis.dashboards.store import (
     FORMAT_VERSION,
     PARTIAL,
@@ -229,13 +229,7 @@ def build_layers(
                     w_enc, enc_bias, b_v = enc[layer]
                     z = (got[z_hook_name(layer)] - b_v).reshape(-1, sae.cfg.d_in).to(w_enc.dtype)  # value bias out
                     pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
-                    arch = sae.cfg.architecture
-                    if arch == "standard":
-                        acts = pre.relu_()
-                    elif arch == "topk" and pre.device.type == "cpu":
-                        acts = topk_acts(pre, int(sae.cfg.k))
-                    else:
-                        acts = sae.activation(pre).clamp_(min=0)
+                    acts = sae.arch.activation_(pre, sae.cfg, sae.threshold)  # may reuse pre's memory
                     v = got[v_hook_name(layer)]
                     v = v - (b_v if v.shape[-2] == b_v.shape[0] else b_v[:: b_v.shape[0] // v.shape[-2]])
                     if v.shape[-2] != model.n_heads:  # grouped-query attention

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sae.engine.selection import topk_acts  # noqa: F401 - re-exported: the dashboards' top-k activation
+
 
 @dataclass
 class DashboardSpec:
@@ -77,36 +79,6 @@ def _windows(acts: torch.Tensor, n: torch.Tensor, f: torch.Tensor, row_len: int,
     valid = (t >= 0) & (t < row_len)
     n2 = (n.unsqueeze(1) + offs).clamp(0, acts.shape[0] - 1)
     return acts[n2, f.unsqueeze(1)] * valid
-
-
-def topk_acts(pre: torch.Tensor, k: int, chunk: int = 32) -> torch.Tensor:
-    """`relu` of each row's top-k pre-activations, zeros elsewhere: the top-k SAE's activation, computed faster
-    than `torch.topk` over the full width on CPU.
-
-    pre `[N, d_sae]`. Each block of `chunk` features contributes its maximum; the k-th largest block maximum is a
-    lower bound on the row's k-th largest value, so only entries at or above it (and above 0) can be kept, and an
-    exact top-k runs on those few."""
-    N, d = pre.shape
-    if d % chunk or d // chunk <= k:
-        vals, idx = pre.topk(k, dim=-1)
-        return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
-    bound = pre.view(N, d // chunk, chunk).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1).clamp(min=0)
-    n, f = (pre >= bound.unsqueeze(1)).nonzero(as_tuple=True)
-    acts = torch.zeros_like(pre)
-    if len(n) == 0:
-        return acts
-    counts = torch.bincount(n, minlength=N)
-    rank = torch.arange(len(n)) - (torch.cumsum(counts, 0) - counts)[n]
-    width = int(counts.max())
-    pad_v = torch.full((N, width), -math.inf, dtype=pre.dtype)
-    pad_f = torch.zeros(N, width, dtype=torch.long)
-    pad_v[n, rank] = pre[n, f]
-    pad_f[n, rank] = f
-    v, j = pad_v.topk(min(k, width), dim=-1, sorted=False)
-    keep = v > 0
-    rows = torch.arange(N).unsqueeze(1).expand_as(v)
-    acts[rows[keep], pad_f.gather(1, j)[keep]] = v[keep]
-    return acts
 
 
 class DashboardScan:

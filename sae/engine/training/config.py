@@ -14,19 +14,16 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sae.engine.autoencoder import TRAINABLE, REGISTRY
-from sae.engine.errors import AttnscopeError
+from sae.engine.autoencoder import REGISTRY, TRAINABLE, Architecture
+from sae.engine.errors import TrainingDiverged, TrainingError
+from sae.engine.training.checkpoint import write_text
 
 NORMALIZATIONS = ("none", "expected_average_only_in")
 DECODER_NORMS = ("rescale", "unit")  # sae.engine.training.steps explains both
 
 
-class TrainingError(AttnscopeError, ValueError):
-    """Training could not start or had to stop; the message is one line meant for the user."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN/inf. The last good checkpoint (if any) is kept untouched."""
+__all__ = ["DECODER_NORMS", "NORMALIZATIONS", "PRESETS", "TrainConfig", "TrainingDiverged", "TrainingError",
+           "field_default", "option_fields", "paper_table"]
 
 
 def opt(default: Any, help: str, kind: str = "", flag: str | None = None, choices: tuple = (), cli: bool = True,
@@ -155,7 +152,7 @@ class TrainConfig:
             raise TrainingError(f"normalize_activations must be one of {', '.join(NORMALIZATIONS)} "
                                 f"(got {self.normalize_activations!r})")
         if self.decoder_norm is None:
-            self.decoder_norm = "rescale" if self.architecture == "topk" else "unit"
+            self.decoder_norm = self.arch.decoder_norm
         if self.b_dec_init not in ("auto", "mean", "zeros"):
             raise TrainingError(f"b_dec_init must be auto, mean or zeros (got {self.b_dec_init!r})")
         if self.decoder_norm not in DECODER_NORMS:
@@ -181,12 +178,12 @@ class TrainConfig:
                 raise TrainingError(f"l1_coeff must be a number >= 0 (got {v})")
         if len(set(ks)) != len(ks) or len(set(l1s)) != len(l1s):
             raise TrainingError("a sweep lists each value once")
-        if self.architecture == "topk":
-            for v in ks:
-                for layer in self.layers:
-                    width = self.layer_d_sae.get(layer, self.d_sae)
-                    if width is not None and v > width:
-                        raise TrainingError(f"k must be in 1..{width} (got {v})")
+        for v in self.sweep_values:
+            for layer in self.layers:
+                width = self.layer_d_sae.get(layer, self.d_sae)
+                problem = self.arch.sparsity_error(v, width) if width is not None else None
+                if problem:
+                    raise TrainingError(problem)
         if self.layer_l1 and isinstance(self.l1_coeff, list) and len(self.l1_coeff) > 1:
             raise TrainingError("layer_l1 and an l1_coeff sweep do not combine")
 
@@ -197,8 +194,13 @@ class TrainConfig:
         return self.total_tokens // self.batch_size
 
     @property
+    def arch(self) -> type[Architecture]:
+        """The architecture's class in the registry: its step and its training defaults."""
+        return REGISTRY[self.architecture]
+
+    @property
     def sparsity_param(self) -> str:
-        return REGISTRY[self.architecture].sparsity_param
+        return self.arch.sparsity_param
 
     @property
     def sweep_values(self) -> list[float]:
@@ -217,6 +219,11 @@ class TrainConfig:
         """The L1 coefficient of one layer's SAE at sweep value `value` (a `layer_l1` entry wins)."""
         return float(self.layer_l1.get(layer, value))
 
+    def sparsity_for(self, layer: int, value: float) -> float:
+        """The sparsity value one layer's SAE trains with at sweep value `value`: `value`, or the layer's
+        `layer_l1` entry when the sparsity parameter is the L1 coefficient."""
+        return self.l1_for(layer, value) if self.sparsity_param == "l1_coeff" else float(value)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -230,9 +237,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def save(self, path: Path) -> None:
-        from sae.engine.training.loop import _atomic_write_text
-
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # fields that may differ between a checkpoint and the run that resumes it
     RESUMABLE_CHANGES = ("total_tokens", "checkpoint_every", "log_every", "world_size", "prefetch")

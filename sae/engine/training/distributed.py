@@ -17,7 +17,7 @@ How a run is split (the same definitions hold for one process and for N):
 - **Files.** Only rank 0 writes `train_config.json`, the SAE directories and `checkpoint.pt`; every rank writes the
   state of its own lanes (`lanes/lane{l}-step{S}.pt`) first, and rank 0 writes the checkpoint that names them
   after a barrier, so a checkpoint is whole or absent even when a process dies (multi-node runs need `--out` on a
-  filesystem every node sees).
+  filesystem every node sees); `sae.engine.training.checkpoint` writes and reads them.
 
 `Sync` is what the trainer calls; `LocalSync` (one process) does nothing, `ProcessGroupSync` talks to the process
 group. `gloo` serves CPU runs, `nccl` CUDA runs.
@@ -30,8 +30,7 @@ import datetime
 import math
 import os
 import socket
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -43,7 +42,6 @@ class DistributedError(AttnscopeError, ValueError):
     """A data-parallel run cannot start as set up (processes, batch, shards); one line for the user."""
 
 
-LANES_DIR = "lanes"
 TIMEOUT_ENV = "ATTNSCOPE_DIST_TIMEOUT"  # seconds a collective may wait (a dead peer ends the run after this)
 
 
@@ -211,6 +209,42 @@ def check_split(batch_size: int, data_shards: int, world_size: int) -> None:
                                f"(one per process unless data_shards is given)")
 
 
+def strip_nproc(argv: list[str]) -> list[str]:
+    """`argv` without `--nproc N` / `--nproc=N` (what each launched process runs)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
+
+
+def launch_torchrun(nproc: int, device: str, program: list[str],
+                    announce: Callable[[str], None] | None = None) -> int:
+    """Run `python -m torch.distributed.run` with `nproc` processes on 127.0.0.1 and a free port, each running
+    `python <program>` (e.g. `["-m", "workbench.main", "train", ...]` without --nproc); its exit status. On the CPU
+    each process gets `cores / nproc` threads unless OMP_NUM_THREADS is set. `announce` hears the command line
+    first. Check the setup first (`check_launch`, `check_split`)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *program]
+    env = dict(os.environ)
+    if not device.startswith("cuda"):
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if announce is not None:
+        announce(f"launching {nproc} processes: {' '.join(cmd[1:])}")
+    return subprocess.call(cmd, env=env)
+
+
 # ---- data shards ----------------------------------------------------------------------------------------------
 
 LANE_SEED = 1_000_033  # lane l reads its rows in an order seeded by seed + LANE_SEED * l
@@ -328,55 +362,6 @@ class ShardedBuffer:
         for lane in self.owned:
             self.buffers[lane].load_state_dict(states[lane]["buffer"])
             self.sources[lane].load_state_dict(states[lane]["source"])
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------------------
-
-
-def lane_file(lane: int, step: int) -> str:
-    return f"{LANES_DIR}/lane{lane}-step{step}.pt"
-
-
-def write_checkpoint(path: Path, state: dict[str, Any], lanes: dict[int, dict[str, Any]], step: int, sync: Sync,
-                     save: Any) -> None:
-    """One process: `state` with its lanes inside (`"data"`). Several: every process writes its lanes' files,
-    then (barrier) rank 0 writes `state` naming them (`"data_files"`) and removes older lane files.
-    `save(path, obj)` writes atomically."""
-    if sync.world_size == 1:
-        save(path, {**state, "data": lanes})
-        for f in (path.parent / LANES_DIR).glob("lane*-step*.pt"):  # left by an earlier multi-process session
-            f.unlink(missing_ok=True)
-        return
-    for lane, s in lanes.items():
-        save(path.parent / lane_file(lane, step), s)
-    sync.barrier()
-    if sync.is_main:
-        n_lanes = len(lanes) * sync.world_size
-        save(path, {**state, "data_files": {lane: lane_file(lane, step) for lane in range(n_lanes)}})
-        keep = {lane_file(lane, step).split("/")[-1] for lane in range(n_lanes)}
-        for f in (path.parent / LANES_DIR).glob("lane*-step*.pt"):
-            try:
-                if f.name not in keep and int(f.stem.rsplit("step", 1)[1]) < step:
-                    f.unlink()
-            except (ValueError, OSError):
-                pass
-
-
-def read_lane_states(path: Path, state: dict[str, Any], lanes: list[int], load: Any) -> dict[int, dict[str, Any]]:
-    """The saved states of `lanes` from a checkpoint `state` read at `path` (inside it or in its lane files)."""
-    from sae.engine.training.config import TrainingError
-
-    if "buffer" in state and "source" in state:  # a one-process checkpoint written before data shards
-        data = {0: {"buffer": state["buffer"], "source": state["source"]}}
-        return {lane: data[lane] for lane in lanes}
-    if "data" in state:
-        data = {int(k): v for k, v in state["data"].items()}
-        return {lane: data[lane] for lane in lanes}
-    files = {int(k): v for k, v in state.get("data_files", {}).items()}
-    missing = [lane for lane in lanes if lane not in files]
-    if missing:
-        raise TrainingError(f"{path} holds no state for data shard {missing[0]}")
-    return {lane: load(path.parent / files[lane]) for lane in lanes}
 
 
 # ---- communication estimate -----------------------------------------------------------------------------------

@@ -34,18 +34,28 @@ import torch
 
 from sae.engine.activations import ZSource, rows_digest
 from sae.engine.autoencoder import SAE, SAEConfig, fold_decoder_norm, fold_input_scale
-from sae.engine.training.distributed import LocalSync, ShardedBuffer, Sync, read_lane_states, write_checkpoint
+from sae.engine.training.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    CONFIG_FILE,
+    load_checkpoint,
+    read_lane_states,
+    save_checkpoint,
+    write_checkpoint,
+)
+from sae.engine.training.distributed import LocalSync, ShardedBuffer, Sync
 from sae.engine.formats import save_sae
 from sae.engine.jobs import CancelToken, Cancelled, Progress, ProgressFn
 from sae.engine.models import z_hook_name
 from sae.engine.training.resampling import FiringTracker, resample_dead
-from sae.engine.safe_io import DirLock, UnsafeFileError, atomic_write_text, atomic_write_with, clean_stale_temps, safe_torch_load
+from sae.engine.safe_io import DirLock, clean_stale_temps
 from sae.engine.training.schedule import Schedule, lr_at, resample_phase, resolve_schedule
 from sae.engine.training.config import PRESETS, TrainConfig, TrainingDiverged, TrainingError
+from sae.engine.training.sweep import sweep_label
 from sae.engine.training.steps import (
+    StepSettings,
     init_decoder_norm,
     remove_parallel_grad,
-    rescaled_step_grads,
     sae_forward_train,
     standard_loss,
     standard_step_grads,
@@ -55,30 +65,24 @@ from sae.engine.training.steps import (
 
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "PRESETS", "Schedule", "TrainConfig", "Trainer", "TrainingDiverged",
-    "TrainingError", "TrainOutcome", "load_checkpoint", "lr_at", "make_optimizer", "remove_parallel_grad",
+    "TrainingError", "TrainOutcome", "load_checkpoint", "save_checkpoint", "lr_at", "make_optimizer", "remove_parallel_grad",
     "resample_dead", "sae_forward_train", "standard_loss", "standard_step_grads", "stop_on_signals",
     "topk_aux_loss", "topk_step_grads", "train_saes",
 ]
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CONFIG_FILE = "train_config.json"
-CHECKPOINT_FORMAT = "attnscope-train-checkpoint-2"
-
 
 def init_sae(d_in: int, n_heads: int | None, model_name: str, layer: int, cfg: TrainConfig, value: float,
              device: torch.device) -> SAE:
     """A fresh SAE for one layer at sweep value `value`, seeded from (seed, layer) only, so every layer's init is
     reproducible on its own and every point of a sparsity sweep starts from the same weights as a lone run."""
-    topk = cfg.architecture == "topk"
     scfg = SAEConfig(
         d_in=d_in,
         d_sae=cfg.width(layer, d_in),
         hook_name=z_hook_name(layer),
         architecture=cfg.architecture,
         model_name=model_name,
-        k=int(value) if topk else None,
         n_heads=n_heads,
         context_size=cfg.context_size,
+        **cfg.arch.config_fields(value),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed * 1009 + layer)
@@ -88,18 +92,13 @@ def init_sae(d_in: int, n_heads: int | None, model_name: str, layer: int, cfg: T
     return sae.to(device)
 
 
-MEAN_SHARE_FOR_B_DEC = 0.4
-
-
 def b_dec_starts_at_mean(cfg: TrainConfig, mean_share: float) -> bool:
     """Whether b_dec starts at the mean activation. `mean_share` = |mean|^2 / E|x|^2 of the first buffer.
 
-    "auto": always for top-k; for standard SAEs only when the mean carries at least 40% of the activations' energy.
-    Measured at 1-2M tokens: on the embedded default (shares 0.13-0.17) a mean start cost the standard SAE ~0.04
-    explained variance at equal L0, while on a random 256-wide GPT-2 (share 0.59) a zero start left it 97% dead at
-    any L1 and a mean start gave L0 211, EV 0.84, none dead."""
+    "mean" / "zeros" say so; "auto" asks the architecture (`Architecture.b_dec_starts_at_mean`: always for top-k;
+    for standard SAEs only when the mean carries at least 40% of the activations' energy)."""
     if cfg.b_dec_init == "auto":
-        return cfg.architecture == "topk" or mean_share >= MEAN_SHARE_FOR_B_DEC
+        return cfg.arch.b_dec_starts_at_mean(mean_share)
     return cfg.b_dec_init == "mean"
 
 
@@ -115,13 +114,6 @@ def activation_scale(x: torch.Tensor) -> float:
     """The `expected_average_only_in` factor for activations `x [n, d_in]`: sqrt(d_in) / mean ||x||."""
     mean_norm = x.float().norm(dim=-1).mean().item()
     return math.sqrt(x.shape[-1]) / mean_norm if mean_norm > 0 and math.isfinite(mean_norm) else 1.0
-
-
-def sweep_label(param: str, value: float) -> str:
-    """The sub-directory of one sweep point: `k32`, `l1_0.5`."""
-    if param == "k":
-        return f"k{int(value)}"
-    return f"l1_{value:g}"
 
 
 # ---- one SAE being trained -----------------------------------------------------------------------------------
@@ -168,31 +160,6 @@ class Unit:
 
 
 # ---- files ----------------------------------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a temporary file renamed into place: a checkpoint is either whole or absent; a full
-    disk is a one-line OutputError with the previous checkpoint untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda tmp: torch.save(state, str(tmp)))
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's tensors and plain values (weights only: nothing in it is executed)."""
-    try:
-        state = safe_torch_load(path, "checkpoint")
-    except FileNotFoundError:
-        raise TrainingError(f"no checkpoint to resume from at {path}") from None
-    except UnsafeFileError as exc:
-        raise TrainingError(str(exc)) from None
-    if not isinstance(state, dict):
-        raise TrainingError(f"checkpoint {path} does not hold a training state")
-    return state
 
 
 def lock_output_dir(out_dir: str | Path) -> DirLock:
@@ -369,7 +336,7 @@ class Trainer:
             self.cfg.total_steps, saved_schedule.warmup_steps, saved_schedule.resample_every,
             saved_schedule.resample_window, saved_schedule.dead_tokens, saved_schedule.chosen)
         self.scales = {int(k): float(v) for k, v in state["scales"].items()} if state["scales"] else None
-        self.buffer.load_lane_states(read_lane_states(self.checkpoint_path, state, self.buffer.owned, load_checkpoint))
+        self.buffer.load_lane_states(read_lane_states(self.checkpoint_path, state, self.buffer.owned))
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
         self.last_checkpoint_step = self.step
@@ -379,8 +346,7 @@ class Trainer:
 
     def _save_state(self) -> None:
         """The checkpoint: global state from rank 0, each process's data lanes from itself."""
-        write_checkpoint(self.checkpoint_path, self.state_dict(), self.buffer.lane_states(), self.step, self.sync,
-                         save_checkpoint)
+        write_checkpoint(self.checkpoint_path, self.state_dict(), self.buffer.lane_states(), self.step, self.sync)
 
     def write_checkpoint(self) -> dict[str, dict[int, SAE]]:
         """Write `checkpoint.pt` and every SAE (folded, reading raw z); returns the saved SAEs by sweep label."""
@@ -401,7 +367,7 @@ class Trainer:
         fold_input_scale(sae, scale)
         train = {k: v for k, v in self.cfg.to_dict().items() if k not in ("layers", "layer_l1", "layer_d_sae")}
         train.update({
-            self.cfg.sparsity_param: u.value if self.cfg.sparsity_param == "k" else self.cfg.l1_for(u.layer, u.value),
+            self.cfg.sparsity_param: self.cfg.sparsity_for(u.layer, u.value),
             "d_sae": sae.cfg.d_sae,
             "activation_scale": scale,
             "schedule": self.schedule.to_dict(),
@@ -489,35 +455,17 @@ class Trainer:
                         u.sae.b_dec.copy_(mean)
 
     def _train_unit(self, u: Unit, x: torch.Tensor, log: bool) -> torch.Tensor:
-        cfg, sched = self.cfg, self.schedule
+        cfg, sched, arch = self.cfg, self.schedule, self.cfg.arch
         sae = u.sae
         lr = lr_at(self.step, cfg.lr, sched.warmup_steps, u.last_resample_step if u.n_resamples else 0)
         for group in u.opt.param_groups:
             group["lr"] = lr
-        topk = cfg.architecture == "topk"
-        aux_k = cfg.aux_k or max(1, self.d_in // 2)
-        dead = u.tracker.dead(sched.dead_tokens) if topk and cfg.aux_coeff > 0 else None
+        dead = u.tracker.dead(sched.dead_tokens) if arch.uses_dead_latents and cfg.aux_coeff > 0 else None
+        settings = StepSettings(cfg.sparsity_for(u.layer, u.value), cfg.decoder_norm, dead,
+                                cfg.aux_k or max(1, self.d_in // 2), cfg.aux_coeff)
+        out = arch.step(sae, x, settings, autocast=self.autocast_dtype)
+        loss, mse, aux, fired, x_hat = out.loss, out.mse, out.aux, out.fired, out.x_hat
         rescale = cfg.decoder_norm == "rescale"
-        if self.autocast_dtype is None:
-            if topk:
-                args: tuple = (topk_step_grads, x, int(u.value), dead, aux_k, cfg.aux_coeff)
-            else:
-                args = (standard_step_grads, x, cfg.l1_for(u.layer, u.value))
-            out = rescaled_step_grads(sae, *args) if rescale else args[0](sae, *args[1:])
-            loss, mse, aux, fired, x_hat = out["loss"], out["mse"], out["aux"], out["fired"], out["x_hat"]
-        else:
-            u.opt.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                pre, f, x_hat = sae_forward_train(sae, x, cfg.decoder_norm)
-                if topk:
-                    mse = (x_hat.float() - x).pow(2).sum(-1).mean()
-                    aux = (topk_aux_loss(sae, x, pre.float(), x_hat.float(), dead, aux_k, cfg.decoder_norm) if dead is not None
-                           else mse.new_zeros(()))
-                    loss = mse + cfg.aux_coeff * aux
-                else:
-                    loss, mse, aux = standard_loss(x, f.float(), x_hat.float(), cfg.l1_for(u.layer, u.value))
-            loss.backward()
-            fired = (f > 0).sum(0).float()
         fired, loss = self.sync.reduce_step(list(sae.parameters()), fired, loss)  # data parallel: mean grads
         n_global = x.shape[0] * self.sync.world_size
         if not rescale:
@@ -534,7 +482,7 @@ class Trainer:
                 u.last = {
                     "loss": loss.item(),
                     "mse": mse.item(),
-                    ("aux_loss" if topk else "sparsity_loss"): float(aux),
+                    arch.sparsity_metric: float(aux),
                     "l0": fired.sum().item() / n_global,
                     "explained_variance": 1.0 - (err / var.clamp_min(1e-12)).item(),
                     "dead_fraction": u.tracker.dead(window).float().mean().item(),
@@ -545,7 +493,7 @@ class Trainer:
 
     def _maybe_resample(self, u: Unit) -> None:
         cfg, sched = self.cfg, self.schedule
-        if cfg.architecture != "standard" or u.n_resamples >= cfg.max_resamples:
+        if not cfg.arch.resamples or u.n_resamples >= cfg.max_resamples:
             return
         phase = resample_phase(self.step, sched.resample_every, sched.resample_window)
         if phase == "open":

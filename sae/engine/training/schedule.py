@@ -40,11 +40,12 @@ class Schedule:
         """The dead window in steps (at least 1)."""
         return max(1, math.ceil(self.dead_tokens / batch_size))
 
-    def describe(self, architecture: str) -> str:
-        """One line for the CLI: what the run will do, chosen values marked with '*'."""
+    def describe(self, resamples: bool) -> str:
+        """One line for the CLI: what the run will do (`resamples`: whether its architecture resamples dead
+        latents), chosen values marked with '*'."""
         mark = lambda name: "*" if name in self.chosen else ""  # noqa: E731
         parts = [f"warm-up {self.warmup_steps}{mark('warmup_steps')} steps"]
-        if architecture == "standard":
+        if resamples:
             if self.resample_every:
                 parts.append(f"resample every {self.resample_every}{mark('resample_every')} steps "
                              f"(window {self.resample_window}{mark('resample_window')})")

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from sae.engine.autoencoder import SAE
+from sae.engine.selection import topk_rows
+
+if TYPE_CHECKING:
+    from sae.engine.autoencoder import SAE
 
 # Top-k decoding (and the decoder's and encoder's gradients) through only the k active rows, as sparse CSR matmuls,
 # rather than dense [B, d_sae] x [d_sae, d_in] products. Both give the same numbers (tests/test_train_steps.py).
@@ -38,6 +41,39 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 
 
 DECODER_NORMS = ("rescale", "unit")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What one training step of one SAE needs beyond its weights and batch.
+
+    `sparsity`: the architecture's sparsity value (k for top-k, the L1 coefficient for standard);
+    `decoder_norm`: "unit" or "rescale" (see the module docstring); `dead [d_sae]`: the latents AuxK may use (None:
+    no AuxK); `aux_k`, `aux_coeff`: AuxK's size and weight."""
+
+    sparsity: float
+    decoder_norm: str = "unit"
+    dead: torch.Tensor | None = None
+    aux_k: int = 0
+    aux_coeff: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step computed (its gradients are in the parameters' `.grad`): `loss` (scalar, what was
+    minimised), `mse` (squared error summed over d_in, mean over the batch), `aux` (the unweighted sparsity term:
+    L1 for standard, AuxK for top-k), `fired [d_sae]` (how many of the batch's tokens each latent fired on) and
+    `x_hat [B, d_in]` (the reconstruction)."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    aux: torch.Tensor
+    fired: torch.Tensor
+    x_hat: torch.Tensor
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """`out["mse"]` reads the field `mse` (for callers written against the earlier mapping)."""
+        return getattr(self, name)
 
 
 def encoder_bias(sae: SAE) -> torch.Tensor:
@@ -76,7 +112,7 @@ def effective_weights(sae: SAE) -> EffectiveWeights:
 
 
 @torch.no_grad()
-def rescaled_step_grads(sae: SAE, step: Callable[..., dict[str, torch.Tensor]], *args, **kwargs) -> dict[str, torch.Tensor]:
+def rescaled_step_grads(sae: SAE, step: Callable[..., StepOutput], *args, **kwargs) -> StepOutput:
     """Run `step` (`topk_step_grads` or `standard_step_grads`) on the effective SAE of a "rescale" parametrisation
     and carry its gradients back to the free parameters, filling `sae`'s `.grad`.
 
@@ -150,11 +186,11 @@ def _set_grads(sae: SAE, g_W_enc, g_W_dec, g_b_enc, g_b_dec) -> None:
 
 
 @torch.no_grad()
-def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> dict[str, torch.Tensor]:
+def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> StepOutput:
     """The standard SAE's loss and gradients written out by hand (fp32), filling `.grad` of every parameter.
 
     Same loss as `standard_loss` on `sae_forward_train`, without autograd's bookkeeping: five matmuls and four
-    passes over the `[B, d_sae]` activations. Returns `{"loss", "mse", "aux", "fired" [d_sae], "x_hat"}`.
+    passes over the `[B, d_sae]` activations.
     """
     n = x.shape[0]
     W_enc, W_dec = sae.W_enc, sae.W_dec
@@ -172,8 +208,7 @@ def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> dict[str,
     g_W_enc = x.T @ d_pre
     g_b_enc = d_pre.sum(0)
     _set_grads(sae, g_W_enc, g_W_dec, g_b_enc, g_b_dec)
-    return {"loss": mse + l1_coeff * l1, "mse": mse, "aux": l1, "fired": active.sum(0, dtype=torch.float32),
-            "x_hat": x_hat}
+    return StepOutput(mse + l1_coeff * l1, mse, l1, active.sum(0, dtype=torch.float32), x_hat)
 
 
 # ---- top-k: hand-written backward through the k active rows --------------------------------------------------
@@ -220,33 +255,16 @@ def scatter_outer(idx: torch.Tensor, vals: torch.Tensor, rhs: torch.Tensor, d_sa
     return f.T @ rhs
 
 
-def topk_rows(pre: torch.Tensor, k: int, group: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """`pre [B, n]` -> `(values, indices) [B, k]`, the k largest per row, as `pre.topk(k)` gives them.
-
-    Two-stage: the k groups (of `group` adjacent columns) with the largest maxima must hold the top k (a group
-    whose maximum is below k other groups' maxima has k larger elements outside it), so the top k of those
-    `k * group` candidates is the answer. On CPU at 4096 x 1024, k 32 this takes ~2/3 of a plain topk.
-    """
-    b, n = pre.shape
-    if n % group or n // group <= k or pre.device.type != "cpu":
-        return pre.topk(k, dim=-1)
-    _, groups = pre.view(b, n // group, group).amax(-1).topk(k, dim=-1, sorted=False)  # [B, k]
-    cand = (groups.unsqueeze(-1) * group + torch.arange(group, device=pre.device)).reshape(b, k * group)
-    vals, j = pre.gather(1, cand).topk(k, dim=-1)
-    return vals, cand.gather(1, j)
-
-
 @torch.no_grad()
 def topk_step_grads(
     sae: SAE, x: torch.Tensor, k: int, dead: torch.Tensor | None, aux_k: int, aux_coeff: float,
     sparse: bool | None = None,
-) -> dict[str, torch.Tensor]:
+) -> StepOutput:
     """The top-k SAE's loss `mse + aux_coeff * AuxK` and its gradients by hand, filling `.grad`.
 
     Same loss as `sae_forward_train` + `topk_aux_loss` under autograd. Only the encoder's forward is a dense
     `[B, d_in] x [d_in, d_sae]` matmul; decoding, the decoder's gradient and the encoder's gradient go through
     the k (and aux_k) active rows. `dead [d_sae]` marks the latents AuxK may use (None: no AuxK).
-    Returns `{"loss", "mse", "aux", "fired" [d_sae], "x_hat" [B, d_in]}`.
     """
     n, d_sae = x.shape[0], sae.cfg.d_sae
     if sparse is None:
@@ -293,4 +311,29 @@ def topk_step_grads(
     for i_, g_ in zip(sel_idx, sel_grad):
         g_b_enc.index_add_(0, i_.reshape(-1), g_.reshape(-1))
     _set_grads(sae, g_W_enc.contiguous(), g_W_dec, g_b_enc, g_b_dec)
-    return {"loss": mse + aux_coeff * aux, "mse": mse, "aux": aux, "fired": fired, "x_hat": x_hat}
+    return StepOutput(mse + aux_coeff * aux, mse, aux, fired, x_hat)
+
+
+# ---- a step of any architecture ------------------------------------------------------------------------------
+
+
+def hand_written_step(step_grads: Callable[[SAE, torch.Tensor, StepSettings], StepOutput], sae: SAE,
+                      x: torch.Tensor, s: StepSettings) -> StepOutput:
+    """An architecture's hand-written fp32 step `step_grads(sae, x, s)`, carried back to the free parameters
+    under `decoder_norm="rescale"` (`rescaled_step_grads`)."""
+    if s.decoder_norm == "rescale":
+        return rescaled_step_grads(sae, step_grads, x, s)
+    return step_grads(sae, x, s)
+
+
+def autograd_step(loss_fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]], sae: SAE,
+                  x: torch.Tensor, s: StepSettings, dtype: torch.dtype) -> StepOutput:
+    """An architecture's loss `loss_fn(sae, x, pre, f, x_hat, s) -> (loss, mse, aux)` on `sae_forward_train`,
+    under autocast to `dtype`, backpropagated by autograd into fresh `.grad`s."""
+    for p in sae.parameters():
+        p.grad = None
+    with torch.autocast(x.device.type, dtype=dtype):
+        pre, f, x_hat = sae_forward_train(sae, x, s.decoder_norm)
+        loss, mse, aux = loss_fn(sae, x, pre, f, x_hat, s)
+    loss.backward()
+    return StepOutput(loss, mse, aux, (f > 0).sum(0).float(), x_hat)

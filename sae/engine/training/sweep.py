@@ -3,16 +3,31 @@
 A sweep trains one SAE per layer and sparsity value from the same batches (`TrainConfig.k` or `l1_coeff` as a
 list). Each point is then scored on held-out tokens; `choose_point` picks the sparsest point (lowest mean L0)
 whose every layer reaches the quality bar (CE loss recovered >= 0.9 and explained variance >= 0.8 by default),
-or, when none does, the point with the best mean CE loss recovered (EV when CE is unknown).
+or, when none does, the point with the best mean CE loss recovered (EV when CE is unknown). `score_sweep` scores
+a finished sweep's SAEs (`evaluate_saes` on held-out rows, or the training figures of the last step without a model).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from sae.engine.autoencoder import SAE
+    from sae.engine.training.config import TrainConfig
 
 CE_BAR, EV_BAR = 0.9, 0.8
+SCORED = ("l0", "explained_variance", "ce_loss_recovered", "dead_fraction")
+
+
+def sweep_label(param: str, value: float) -> str:
+    """The sub-directory of one sweep point: `k32`, `l1_0.5`."""
+    if param == "k":
+        return f"k{int(value)}"
+    return f"l1_{value:g}"
 
 
 @dataclass
@@ -92,3 +107,28 @@ def text_plot(points: list[SweepPoint], y_key: str = "ce_loss_recovered", width:
     legend = ", ".join(f"{'*' if p.chosen else chr(ord('a') + i % 26)} = {p.label}" for i, p in enumerate(points))
     lines.append(" " * 8 + legend)
     return "\n".join(lines)
+
+
+def score_sweep(cfg: TrainConfig, saes: dict[str, dict[int, SAE]], train_metrics: dict[str, dict[int, dict[str, float]]],
+                model: Any = None, rows: torch.Tensor | None = None) -> list[SweepPoint]:
+    """Every point of a finished sweep scored, the recommended one marked (`choose_point`).
+
+    `saes` and `train_metrics` are by sweep label (`TrainOutcome.sweep`, `.sweep_metrics`). With a `model` and
+    held-out `rows [n, context]`, each point's SAEs are evaluated there (L0, EV, CE loss recovered, dead
+    fraction); without, the training figures of the last step stand in (no CE loss recovered)."""
+    from sae.engine.metrics import evaluate_saes
+
+    points = []
+    for value in cfg.sweep_values:
+        label = sweep_label(cfg.sparsity_param, value)
+        point = SweepPoint(label, float(value))
+        if model is not None and rows is not None:
+            layer_saes = {layer: s.to(model.device) for layer, s in saes[label].items()}
+            for r in evaluate_saes(model, layer_saes, rows):
+                point.layers[r.layer] = {k: getattr(r, k) for k in SCORED}
+        else:
+            for layer, m in train_metrics[label].items():
+                point.layers[layer] = {k: m.get(k, float("nan")) for k in SCORED if k != "ce_loss_recovered"}
+        points.append(point)
+    choose_point(points)
+    return points
