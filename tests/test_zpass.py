@@ -173,3 +173,24 @@ def test_bridge_free_model_refuses_what_it_cannot_compute(tmp_path, tiny_model_d
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "tokenizer.json").unlink()
     assert load_gpt2_z_model(d, torch.device("cpu"), torch.float32, "x") is None
+
+
+def test_training_imports_neither_transformers_nor_transformer_lens(tiny_model_dir, corpus, tmp_path):
+    """`attnscope train` on a local GPT-2 reads z without the bridge: neither library is ever imported."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from sae.cli import main\n"
+        f"rc = main(['train', '--model', {str(tiny_model_dir)!r}, '--corpus', {str(corpus)!r}, '--layers', '1', "
+        f"'--tokens', '2048', '--batch-size', '256', '--context-size', '16', '--out', {str(tmp_path / 'run')!r}, "
+        "'--json'])\n"
+        "print('HEAVY', [m for m in ('transformers', 'transformer_lens') if m in sys.modules], rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "ATTNSCOPE_CACHE": "off"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "HEAVY [] 0" in res.stdout, res.stdout[-500:] + res.stderr[-2000:]
+    assert (tmp_path / "run" / "blocks.1.attn.hook_z" / "cfg.json").is_file()
