@@ -254,20 +254,26 @@ class PromptFeatures:
     def top_features(self, n: int = 20, last: torch.Tensor | None = None) -> list[int]:
         """The prompt's features with the largest activation anywhere, strongest first (heatmap columns).
 
-        `last` `[d_sae]` bool (e.g. `dense_mask(sae)`): those features come after every other firing one, each group
-        strongest first, so the first column (where the heatmap's cursor starts) is the strongest specific feature."""
+        With `last` `[d_sae]` bool (e.g. `dense_mask(sae)`, or all False), the features that pick nothing out come
+        after the others, each group strongest first, so the first column (where the heatmap's cursor starts) is the
+        strongest specific feature: those in `last`, and those that fire on more than half of this prompt's
+        positions (`BROAD_SHARE`)."""
         if self.acts is None:
             return []
         best = self.acts.max(dim=0).values
         n = min(n, int((best > 0).sum()))
         if not n:
             return []
-        if last is None or not bool(last.any()):
+        if last is None:
             return best.topk(n).indices.tolist()
         order = best.argsort(descending=True, stable=True)
         order = order[best[order] > 0]
-        late = last.to(order.device)[order]
+        broad = (self.acts > 0).float().mean(dim=0) > BROAD_SHARE
+        late = (last.to(order.device) | broad)[order]
         return torch.cat([order[~late], order[late]])[:n].tolist()
+
+
+BROAD_SHARE = 0.5  # a feature firing on more than this share of a prompt's positions picks nothing out in it
 
 
 def dense_mask(sae: SAE) -> torch.Tensor | None:

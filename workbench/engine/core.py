@@ -169,6 +169,7 @@ class Engine:
             sae = self._sae(layer)
             res = dfa.prompt_features(self._model, sae, prompt, top_k=top_k, layer=layer)
             self._last[layer] = res
+            # SAEs with saved densities (the shipped ones, any trained run): unspecific features after the others
             return prompt_view(res, layer, columns, dense=dfa.dense_mask(sae))
 
         return await self.call(run, channel="features")
