@@ -7,7 +7,7 @@ tests/reference/README.md), never in attnscope's; nothing from attnscope is impo
 
 ROWS holds `rows` [n, context] int64 token ids (BOS first), the same rows attnscope trains on. The SAE is written
 by SAELens's `save_inference_model` into DIR, and DIR/timing.json gets the seconds spent loading and in the
-trainer loop (`runner.run()`), so the caller can put both sides' loop tokens/s in one table.
+trainer loop (`runner.run()`), wall and CPU, so the caller can put both sides' loop tokens/s in one table.
 """
 # ruff: noqa: E402  (the environment is set before the libraries are imported, so they never reach a hub)
 
@@ -76,8 +76,11 @@ def main() -> None:
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--normalize", choices=["none", "expected_average_only_in"], default="none")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()
     rows = load_file(args.rows)["rows"].to(torch.int64)
@@ -117,15 +120,17 @@ def main() -> None:
     )
     dataset = datasets.Dataset.from_dict({"input_ids": rows.tolist()})
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
-    t_loop = time.perf_counter()
+    t_loop, c_loop = time.perf_counter(), time.process_time()
     runner.run()
-    t_end = time.perf_counter()
+    t_end, c_end = time.perf_counter(), time.process_time()
     timing = {
         "import_s": t_start - T0,
         "setup_s": t_loop - t_start,
         "loop_s": t_end - t_loop,
         "tokens": args.tokens,
         "loop_tokens_per_s": args.tokens / (t_end - t_loop),
+        "loop_cpu_s": c_end - c_loop,
+        "loop_tokens_per_cpu_s": args.tokens / (c_end - c_loop),
         "torch_threads": torch.get_num_threads(),
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")

@@ -100,15 +100,28 @@ def test_package_data_in_built_wheel(tmp_path):
         assert required in names, required
 
 
-def test_shipped_saes_meet_quality_targets():
-    """CE loss recovered, explained variance, L0 and dead fraction on 512 x 128 held-out tokens."""
+@pytest.fixture(scope="module")
+def shipped_sae_results() -> list[dict]:
     from sae.zoo.build import evaluate_default_saes
 
-    results = evaluate_default_saes(zoo.DEFAULT_MODEL_DIR, zoo.DEFAULT_SAES_DIR, max_rows=512)
-    assert [r["layer"] for r in results] == [0, 1, 2]
-    for r in results:
-        assert r["ce_loss_recovered"] >= 0.9, r
-        assert r["explained_variance"] >= 0.8, r
-        assert r["l0"] <= 30, r
-        assert r["dead_fraction"] <= 0.2, r
+    return evaluate_default_saes(zoo.DEFAULT_MODEL_DIR, zoo.DEFAULT_SAES_DIR, max_rows=512)
+
+
+def test_shipped_saes_meet_quality_targets(shipped_sae_results):
+    """Issue 22.5's figures on 512 x 128 held-out tokens, every layer: CE loss recovered >= 0.93, explained variance
+    >= 0.85, dead <= 0.03; top-k L0 = k."""
+    assert [r["layer"] for r in shipped_sae_results] == [0, 1, 2]
+    for r in shipped_sae_results:
+        assert r["ce_loss_recovered"] >= 0.93, r
+        assert r["explained_variance"] >= 0.85, r
+        assert r["l0"] <= 32, r
+        assert r["dead_fraction"] <= 0.03, r
         assert r["tokens"] >= 60_000
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22.5 target not met yet: 1.4% / 4.1% / 4.1% of the 1024 latents fire "
+                   "on more than 10% of held-out tokens (k = 32; needs a wider SAE or another recipe)")
+def test_shipped_saes_have_few_dense_latents(shipped_sae_results):
+    """Issue 22.5: at most 1% of latents firing on more than 10% of tokens, every layer."""
+    for r in shipped_sae_results:
+        assert r["dense_fraction"] <= 0.01, r

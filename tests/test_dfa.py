@@ -116,3 +116,28 @@ def test_stopping_early_leaves_the_model_intact(tiny_model):
         after = tiny_model.bridge(toks)
     torch.testing.assert_close(before, after)
     torch.testing.assert_close(t.z, tiny_model.capture_z(toks, [0])[0])
+
+
+def test_heatmap_columns_put_dense_features_last(tiny_model, tmp_path):
+    """The first column (where the explore screen's cursor starts) is the strongest feature that is neither dense on
+    the training tokens (> 10%, from the SAE's saved densities) nor on most of the prompt; those still come, after
+    the others."""
+    from sae.analysis.dfa import PromptFeatures, dense_mask
+    from sae.engine.formats import load_sae, save_sae
+
+    acts = torch.zeros(4, 7)
+    acts[0, 2], acts[1, 0], acts[2, 5], acts[3, 1] = 9.0, 5.0, 3.0, 1.0  # strength order 2, 0, 5, 1
+    acts[:, 6] = torch.tensor([0.5, 0.0, 7.0, 2.0])  # strong, but on 3 of the 4 positions: picks nothing out
+    res = PromptFeatures(model="m", layer=0, tokens=["a"] * 4, token_ids=[0] * 4, positions=[], acts=acts)
+    assert res.top_features(7) == [2, 6, 0, 5, 1]  # features 3 and 4 never fire: not columns
+    dense = torch.tensor([False, False, True, False, False, False, False])
+    assert res.top_features(7, last=dense) == [0, 5, 1, 2, 6]
+    assert res.top_features(2, last=dense) == [0, 5]
+    assert res.top_features(7, last=torch.zeros(7, dtype=torch.bool)) == [2, 0, 5, 1, 6]
+
+    sae = random_sae(tiny_model, 0, d_sae=6)
+    log10 = torch.log10(torch.tensor([0.5, 0.01, 0.2, 0.1, 1e-5, 0.099]))
+    save_sae(sae, tmp_path / "with", log10)
+    assert dense_mask(load_sae(tmp_path / "with")).tolist() == [True, False, True, False, False, False]
+    save_sae(sae, tmp_path / "without")
+    assert dense_mask(load_sae(tmp_path / "without")) is None

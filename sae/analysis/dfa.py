@@ -251,13 +251,42 @@ class PromptFeatures:
             "positions": [p.to_dict() for p in self.positions],
         }
 
-    def top_features(self, n: int = 20) -> list[int]:
-        """The prompt's features with the largest activation anywhere, strongest first (heatmap columns)."""
+    def top_features(self, n: int = 20, last: torch.Tensor | None = None) -> list[int]:
+        """The prompt's features with the largest activation anywhere, strongest first (heatmap columns).
+
+        With `last` `[d_sae]` bool (e.g. `dense_mask(sae)`, or all False), the features that pick nothing out come
+        after the others, each group strongest first, so the first column (where the heatmap's cursor starts) is the
+        strongest specific feature: those in `last`, and those that fire on more than half of this prompt's
+        positions (`BROAD_SHARE`)."""
         if self.acts is None:
             return []
         best = self.acts.max(dim=0).values
         n = min(n, int((best > 0).sum()))
-        return best.topk(n).indices.tolist() if n else []
+        if not n:
+            return []
+        if last is None:
+            return best.topk(n).indices.tolist()
+        order = best.argsort(descending=True, stable=True)
+        order = order[best[order] > 0]
+        broad = (self.acts > 0).float().mean(dim=0) > BROAD_SHARE
+        late = (last.to(order.device) | broad)[order]
+        return torch.cat([order[~late], order[late]])[:n].tolist()
+
+
+BROAD_SHARE = 0.5  # a feature firing on more than this share of a prompt's positions picks nothing out in it
+
+
+def dense_mask(sae: SAE) -> torch.Tensor | None:
+    """`[d_sae]` bool: the latents that fired on more than 10% of training tokens (`DENSE_THRESHOLD`, the eval's
+    dense fraction), from the densities saved beside the SAE (`sparsity.safetensors`); None when it has none."""
+    from sae.engine.formats import load_sparsity
+    from sae.engine.metrics import DENSE_THRESHOLD
+
+    path = sae.cfg.extra.get("path")
+    log10 = load_sparsity(path) if path else None
+    if log10 is None or log10.numel() != sae.cfg.d_sae:
+        return None
+    return log10.float() > torch.log10(torch.tensor(DENSE_THRESHOLD))
 
 
 def features_from_tensors(

@@ -109,6 +109,13 @@ def open_model(name: str, device: str = "auto", dtype: str = "float32"):
     return load_model(name, device=device, dtype=dtype)
 
 
+def open_training_model(name: str, device: str = "auto"):
+    """The model `attnscope train` reads z from (`sae.zoo.load_training_model`: bridge-free for a local GPT-2)."""
+    from sae.zoo import load_training_model
+
+    return load_training_model(name, device=device)
+
+
 def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:
     p.add_argument("--model", default="default", help="HF name or local dir (default: the embedded default)")
     if saes:

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, job_progress, open_model, out
+from sae.cli.common import UsageError, add_output_flags, console, emit, job_progress, open_model, open_training_model, out
 from sae.engine.safe_text import markup_escape
 
 DESCRIPTION = (
@@ -392,7 +392,7 @@ def _open_data(args: argparse.Namespace, cfg):
         return cfg, None, None, source
     from sae.zoo.token_cache import cached_token_rows
 
-    model = open_model(cfg.model_name if cfg is not None else args.model, args.device)
+    model = open_training_model(cfg.model_name if cfg is not None else args.model, args.device)
     if cfg is None:
         cfg = build_config(args, model.d_z, model.n_layers, model.n_ctx, args.model)
     rows = cached_token_rows(model, cfg.corpus or "default", cfg.context_size, split="train")
@@ -462,6 +462,7 @@ def _report_data(trainer, outcome, out_dir: Path) -> dict[str, Any]:
         "tokens": outcome.tokens,
         "tokens_per_s": outcome.tokens_per_s,
         "seconds": outcome.seconds,
+        "loop_cpu_seconds": outcome.cpu_seconds,
         "checkpoint": str(outcome.checkpoint),
         "schedule": trainer.schedule.to_dict(),
         "layers": [
@@ -479,7 +480,7 @@ def _score_sweep(args: argparse.Namespace, cfg, outcome, model) -> list:
     from sae.zoo.token_cache import cached_token_rows
 
     rows = None
-    if model is None:
+    if model is None or getattr(model, "bridge", None) is None:  # a cache run, or the bridge-free training model
         try:
             model = open_model(cfg.model_name, args.device)
         except AttnscopeError:

@@ -112,6 +112,11 @@ class ZSource:
     is the same vector in every row, so it teaches an SAE nothing and inflates explained variance; evaluation and
     dashboards leave it out by the same rule. The pass is cut right after the last needed layer's hook_z, so that
     layer's output projection, MLP and everything above are never computed.
+
+    On a GPT-2-architecture model the pass is `sae.engine.zpass.LeanZPass` (the bridge's operations without its
+    modules and hook points): the first chunk is computed both ways and the lean pass is kept only when its z is
+    bit-identical to the bridge's hook_z (`lean=False` always uses the bridge; `self.lean_used` says which ran).
+    `model` may also be a bridge-free `sae.engine.zpass.ZModel`, which has only the lean pass.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class ZSource:
         seed: int = 0,
         autocast_dtype: torch.dtype | None = None,
         skip_bos: bool = True,
+        lean: bool = True,
     ) -> None:
         if token_rows.dim() != 2 or token_rows.shape[0] == 0:
             raise CorpusError("no token rows to read activations from")
@@ -140,6 +146,12 @@ class ZSource:
         self._order = self._epoch_order(0)
         # value biases flattened head-major, once: [n_layers, d_in]
         self._b_v = torch.stack([model.z_offset(layer).reshape(-1).float() for layer in self.layers])
+        from sae.engine.zpass import lean_z_pass
+
+        self._lean = lean_z_pass(model) if lean else None
+        # a bridge-free model (`sae.engine.zpass.ZModel`) has only the lean pass, which tests/test_zpass.py holds to
+        # the bridge's bits; with a bridge the first chunk is checked here
+        self._lean_checked = getattr(model, "bridge", None) is None
 
     @property
     def context_size(self) -> int:
@@ -168,9 +180,14 @@ class ZSource:
                 self._order = self._epoch_order(self.epoch)
         return self.rows[torch.cat(picked)]
 
-    def next_chunk(self) -> torch.Tensor:
-        """`[n_layers, rows_per_pass * context, d_in]` float32 activations of the next rows."""
-        tokens = self._next_rows().to(self.model.device)
+    @property
+    def lean_used(self) -> bool:
+        """Whether chunks come from the lean pass (known after the first chunk)."""
+        return self._lean is not None and self._lean_checked
+
+    def _pass(self, tokens: torch.Tensor, lean: bool) -> torch.Tensor:
+        """`[n_layers, batch * pos, d_in]` float32 z (value bias removed) of `tokens [batch, pos]`, from the lean
+        pass or the bridge (cut right after the last needed hook_z)."""
         n_tok = tokens.numel()
         out = torch.empty(len(self.layers), n_tok, self.model.d_z, device=self.model.device)
         b_v = self._b_v.to(out.device)
@@ -178,31 +195,51 @@ class ZSource:
         last = max(self.layers)
         done: set[int] = set()
 
-        def grab(z: torch.Tensor, hook) -> torch.Tensor:
-            from sae.engine.models import layer_of_hook
-
-            layer = layer_of_hook(hook.name)
+        def put(layer: int, z: torch.Tensor) -> None:
             i = slot[layer]
             # one fused write: flatten heads, remove the value bias, cast to float32
             torch.sub(z.reshape(n_tok, -1), b_v[i], out=out[i])
             done.add(layer)
+
+        def grab(z: torch.Tensor, hook) -> torch.Tensor:
+            from sae.engine.models import layer_of_hook
+
+            layer = layer_of_hook(hook.name)
+            put(layer, z)
             if layer == last:
                 raise StopForward
             return z
 
         from sae.engine.models import z_hook_name
 
-        hooks = [(z_hook_name(layer), grab) for layer in self.layers]
         dev_type = self.model.device.type
         with torch.no_grad(), torch.autocast(
             dev_type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
         ):
-            try:
-                self.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
-            except StopForward:
-                pass
+            if lean:
+                self._lean(tokens, sorted(self.layers), put)
+            else:
+                hooks = [(z_hook_name(layer), grab) for layer in self.layers]
+                try:
+                    self.model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+                except StopForward:
+                    pass
         if len(done) != len(self.layers):
             raise RuntimeError(f"hook_z was not reached for layers {sorted(set(self.layers) - done)}")
+        return out
+
+    def next_chunk(self) -> torch.Tensor:
+        """`[n_layers, rows_per_pass * context, d_in]` float32 activations of the next rows."""
+        tokens = self._next_rows().to(self.model.device)
+        if self._lean is not None and self._lean_checked:
+            out = self._pass(tokens, lean=True)
+        else:
+            out = self._pass(tokens, lean=False)
+            if self._lean is not None:  # the first chunk: keep the lean pass only if it gives the same bits
+                if torch.equal(self._pass(tokens, lean=True), out):
+                    self._lean_checked = True
+                else:
+                    self._lean = None
         if self.skip_bos:
             rows, ctx = tokens.shape
             return out.view(len(self.layers), rows, ctx, -1)[:, :, 1:].reshape(len(self.layers), rows * (ctx - 1), -1)

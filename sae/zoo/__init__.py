@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from sae.engine.autoencoder import SAE
     from sae.engine.models import LoadedModel
+    from sae.engine.zpass import ZModel
 
 from sae.engine.safe_io import protect
 
@@ -50,6 +51,24 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "float3
             raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
         return load(str(DEFAULT_MODEL_DIR), device=device, dtype=dtype, display_name=DEFAULT_NAME)
     return load(name, device=device, dtype=dtype)
+
+
+def load_training_model(name: str = "default", device: str = "auto") -> "LoadedModel | ZModel":
+    """The model `attnscope train` reads z from: for a local plain GPT-2 directory (the embedded default included)
+    a bridge-free `sae.engine.zpass.ZModel` (no transformers or TransformerLens import, the same z bit for bit);
+    for anything else `load_model`'s bridge. float32."""
+    import torch
+
+    from sae.engine.models import resolve_device
+    from sae.engine.zpass import load_gpt2_z_model
+
+    default = is_default(name) or Path(name).expanduser().resolve() == DEFAULT_MODEL_DIR.resolve()
+    path = DEFAULT_MODEL_DIR if default else Path(name).expanduser()
+    if path.is_dir():
+        zm = load_gpt2_z_model(path.resolve(), resolve_device(device), torch.float32, DEFAULT_NAME if default else name)
+        if zm is not None:
+            return zm
+    return load_model(name, device=device)
 
 
 def load_sae_set(spec: str | Path, model: "LoadedModel | None" = None, device: "str | torch.device" = "cpu",

@@ -21,14 +21,10 @@ from sae.zoo.lm import LMConfig, train_lm
 if TYPE_CHECKING:
     from sae.engine.training.loop import TrainConfig
 
-# SAE recipe for the default (d_in = 4 heads x 32 = 128): width 8x, top-k. The paper's standard (ReLU + L1)
-# architecture needs an L1 coefficient tuned per layer because z norms differ by ~10x between layers here; top-k
-# fixes L0 directly and its auxiliary loss keeps latents alive. `attnscope train --architecture standard` remains.
-SAE_ARCHITECTURE = "topk"
-SAE_WIDTH = 1024
-SAE_L1 = 1.0
-SAE_K = 24
-SAE_LR = 1e-3
+# SAE recipe for the default (d_in = 4 heads x 32 = 128): `attnscope train`'s own defaults (top-k k=32, 8x wide,
+# decoder norms rescaled, AuxK, z scaled to E|z| = sqrt(d_in), b_dec started at the mean), every layer from one pass,
+# seed 0. Top-k fixes L0 on every layer whatever its z norms (they differ by ~10x between layers here), where one L1
+# coefficient would give the layers very different L0; `attnscope train --architecture standard` remains.
 
 
 def run(
@@ -56,37 +52,26 @@ def run(
 
 
 def default_sae_config(layers: list[int], tokens: int) -> "TrainConfig":
+    """The shipped SAEs' recipe: every `TrainConfig` default, on `layers`, for `tokens` tokens."""
     from sae.engine.training.loop import TrainConfig
 
-    return TrainConfig(
-        layers=layers,
-        architecture=SAE_ARCHITECTURE,
-        d_sae=SAE_WIDTH,
-        l1_coeff=SAE_L1,
-        k=SAE_K,
-        lr=SAE_LR,
-        warmup_steps=100,
-        dead_tokens=100 * 4096,
-        normalize_activations="none",
-        total_tokens=tokens,
-        resample_every=400,
-        resample_window=200,
-        max_resamples=3,
-        checkpoint_every=200,
-        seed=0,
-        model_name="attnscope-default",
-        corpus="default",
-    )
+    return TrainConfig(layers=layers, total_tokens=tokens, checkpoint_every=200, seed=0,
+                       model_name=zoo.DEFAULT_NAME, corpus="default")
 
 
 def train_default_saes(out_dir: Path, tokens: int, resume: bool, log: Callable[[str], None]) -> None:
-    from sae.zoo import corpus
-    from sae.engine.activations import pack_tokens
-    from sae.engine.models import load_model
     from sae.engine.training.loop import train_saes
+    from sae.engine.zpass import load_gpt2_z_model
+    from sae.zoo.token_cache import cached_token_rows
 
-    model = load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME)
-    rows = pack_tokens(corpus.documents("train"), model.encode, 128, model.bos_token_id)
+    import torch
+
+    model = load_gpt2_z_model(out_dir / "model", torch.device("cpu"), torch.float32, zoo.DEFAULT_NAME)
+    if model is None:
+        from sae.engine.models import load_model
+
+        model = load_model(str(out_dir / "model"), device="cpu", display_name=zoo.DEFAULT_NAME)
+    rows = cached_token_rows(model, "default", 128, "train")  # the rows `attnscope train` reads
     cfg = default_sae_config(list(range(model.n_layers)), tokens)
     last = [0.0]
 
@@ -134,6 +119,7 @@ def evaluate_default_saes(model_dir: Path, saes_dir: Path, max_rows: int = 512) 
     home = Path(saes_dir).resolve().parent
     out = [r.to_dict() for r in evaluate_saes(model, saes, rows)]
     for r in out:  # paths relative to the default's folder (saes/blocks.L.attn.hook_z), not to the build machine
+        r["training_tokens"] = (saes[r["layer"]].cfg.extra.get("training") or {}).get("tokens_done")
         p = Path(r.get("path") or "")
         if p.is_absolute() and p.is_relative_to(home):
             r["path"] = str(p.relative_to(home))
@@ -153,7 +139,19 @@ def sae_metrics_markdown(results: list[dict]) -> str:
             f"{r['ce_loss_recovered']:.3f} | {r['ce_clean']:.3f} / {r['ce_sae']:.3f} / {r['ce_zero_abl']:.3f} | "
             f"{r['kl']:.4f} | {r['dead_fraction']:.3f} | {r['dense_fraction']:.3f} | {r['tokens']:,} |"
         )
-    lines += ["", "Targets: CE loss recovered >= 0.9, explained variance >= 0.8, L0 <= 30, dead fraction <= 0.2."]
+    tokens = {r.get("training_tokens") for r in results} - {None}
+    lines += [
+        "",
+        "Targets (every layer): CE loss recovered >= 0.93, explained variance >= 0.85, dead fraction <= 0.03, dense "
+        "(latents firing on more than 10% of tokens) <= 0.01.",
+        "",
+        "Trained with `attnscope train`'s defaults (top-k, k = 32, 8x wide, AuxK, decoder norms rescaled, z scaled to "
+        "E|z| = sqrt(d_in) and the scale folded back into the saved weights), seed 0"
+        + (f", {max(tokens):,} tokens" if tokens else "") + "; rebuild with `attnscope zoo train-default --stage saes`.",
+        "",
+        "z is HookedTransformer's processed hook_z (see the README's numerics section); special-token positions (BOS "
+        "and the EOS separators) are left out, as SAELens's run_evals does by default.",
+    ]
     return "\n".join(lines)
 
 

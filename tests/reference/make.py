@@ -679,20 +679,20 @@ def make_run_evals() -> dict:
     with safe_open(str(wpath), framework="pt") as f:
         w = {k: f.get_tensor(k).float() for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
     tokens, token_recipe = eval_tokens(model.tokenizer, model.cfg.d_vocab)
-    # keep the N_EVAL_LATENTS latents that fire most often (top-24 of the full SAE) on TL's processed hook_z of
+    k = 32  # the shipped SAE's k (its cfg.json says "k": 32); hard-coded so only tensors are read
+    # keep the N_EVAL_LATENTS latents that fire most often (top-k of the full SAE) on TL's processed hook_z of
     # the eval tokens, in index order, so the small SAE still reconstructs well
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=HOOK)
         z = cache[HOOK].flatten(-2).reshape(-1, w["W_enc"].shape[0])
         pre = (z - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
-        fired = torch.zeros(pre.shape[1]).index_add_(0, pre.topk(24, dim=-1).indices.flatten(),
-                                                      torch.ones(pre.shape[0] * 24))
+        fired = torch.zeros(pre.shape[1]).index_add_(0, pre.topk(k, dim=-1).indices.flatten(),
+                                                      torch.ones(pre.shape[0] * k))
     keep = fired.topk(N_EVAL_LATENTS).indices.sort().values
     w = {"W_enc": w["W_enc"][:, keep].contiguous(), "W_dec": w["W_dec"][keep].contiguous(),
          "b_enc": w["b_enc"][keep].contiguous(), "b_dec": w["b_dec"].contiguous()}
     d_in, d_sae = w["W_enc"].shape
     assert d_in == model.cfg.n_heads * model.cfg.d_head
-    k = 24  # the shipped SAE's k (its cfg.json says "k": 24); hard-coded so only tensors are read
     sae = TopKSAE(
         TopKSAEConfig(
             d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu", apply_b_dec_to_input=True,

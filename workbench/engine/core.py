@@ -329,7 +329,8 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
             sae = self._sae(layer)
             res = dfa.prompt_features(self._model, sae, prompt, top_k=top_k, layer=layer)
             self._last[layer] = res
-            return prompt_view(res, layer, columns)
+            # SAEs with saved densities (the shipped ones, any trained run): unspecific features after the others
+            return prompt_view(res, layer, columns, dense=dfa.dense_mask(sae))
 
         return await self.call(run, channel="features")
 

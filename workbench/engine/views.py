@@ -266,9 +266,10 @@ class ProxyView:
 # ---- adapters: `sae/` results -> views -----------------------------------------------------------------
 
 
-def prompt_view(res: Any, layer: int, columns: int) -> PromptView:
-    """sae.analysis.dfa.PromptFeatures -> the heatmap's data (the `columns` strongest features)."""
-    cols = res.top_features(columns)
+def prompt_view(res: Any, layer: int, columns: int, dense: Any = None) -> PromptView:
+    """sae.analysis.dfa.PromptFeatures -> the heatmap's data (the `columns` strongest features; `dense` ones, a
+    `[d_sae]` bool mask, after the others, so the cursor starts on the strongest specific feature)."""
+    cols = res.top_features(columns, last=dense)
     values = res.acts[:, cols].float().cpu().numpy() if cols else None
     return PromptView(layer=layer, tokens=list(res.tokens), columns=list(cols), values=values, truncated=bool(res.truncated))
 

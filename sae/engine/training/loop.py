@@ -213,6 +213,7 @@ class TrainOutcome:
     message: str = ""
     sweep: dict[str, dict[int, SAE]] = field(default_factory=dict)
     sweep_metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # this session's CPU time (all threads) over the same span as `tokens_per_s`
 
 
 class Trainer:
@@ -547,6 +548,7 @@ class Trainer:
         if self.sync.is_main:
             cfg.save(self.out_dir / CONFIG_FILE)
         self._t_session = self._t_rate = time.perf_counter()
+        cpu0 = time.process_time()
         self._session_start_step = self.step
         status = "finished"
         self._normalize_setup()
@@ -573,6 +575,7 @@ class Trainer:
                 self._checkpoint_if_finite()
                 self._report("checkpoint")
         rate = self._session_rate()
+        cpu = time.process_time() - cpu0
         saved = self._checkpoint_if_finite()
         first = saved.get(self.units[0].label, {}) if self.units else {}
         outcome = TrainOutcome(
@@ -589,6 +592,7 @@ class Trainer:
             sweep_metrics={
                 label: {u.layer: dict(u.last) for u in self.units if u.label == label} for label in saved
             } if cfg.is_sweep else {},
+            cpu_seconds=cpu,
         )
         self._report(status)
         self._t_session = None
