@@ -1,6 +1,6 @@
 """The GPU check of issue 14: one call, under 10 minutes, on a machine with a CUDA device.
 
-1. runs the CUDA tests (tests/test_cuda.py: training in fp32 and bf16 autocast lowers the loss, the SAE saves and
+1. runs the CUDA tests (tests/engine/test_cuda.py: training in fp32 and bf16 autocast lowers the loss, the SAE saves and
    loads, the hand-written step matches autograd on CUDA; and `--resident-saes` moving SAEs onto the GPU on demand);
 2. builds a GPT-2-Small-shaped model with random weights locally (d_model 768, 12 heads x 64, 12 layers, vocab
    50257; nothing downloaded) and measures SAE training at 768 -> 24576, batch 4096, in fp32 and under bf16
@@ -11,7 +11,7 @@
 and writes everything as JSON to `$OUT/gpu_check.json` (or --out DIR), printing it too.
 
 Usage: `python scripts/gpu_check.py` on the GPU machine; `python scripts/gpu_check.py --device cpu --tiny
---skip-tests` shows on any machine that it starts (tests/test_gpu_check.py does that).
+--skip-tests` shows on any machine that it starts (tests/bench/test_gpu_check.py does that).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def timed(fn, device: torch.device, reps: int) -> float:
 
 
 def run_tests(timeout: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
-           "tests/test_scale.py::test_resident_saes_move_to_the_gpu_on_demand"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/engine/test_cuda.py",
+           "tests/bench/test_scale.py::test_resident_saes_move_to_the_gpu_on_demand"]
     t = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,

@@ -1,4 +1,4 @@
-"""One rank of a data-parallel training run for tests/test_distributed.py (started as a subprocess with torchrun's
+"""One rank of a data-parallel training run for tests/training/test_distributed.py (started as a subprocess with torchrun's
 environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, MASTER_PORT).
 
 Usage: python tests/dist_worker.py SPEC.json, SPEC = {"model_dir", "out_dir", "cfg": TrainConfig fields, "n_rows",
@@ -14,13 +14,7 @@ import sys
 
 import torch
 
-
-def token_rows(model, n_rows: int, context: int) -> torch.Tensor:
-    """The test's token rows (the same in every process and in the test itself)."""
-    g = torch.Generator().manual_seed(0)
-    rows = torch.randint(1, model.d_vocab, (n_rows, context), generator=g)
-    rows[:, 0] = model.bos_token_id
-    return rows
+from support import token_rows
 
 
 def main(spec_path: str) -> int:

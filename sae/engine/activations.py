@@ -149,7 +149,7 @@ class ZSource:
         from sae.engine.zpass import lean_z_pass
 
         self._lean = lean_z_pass(model) if lean else None
-        # a bridge-free model (`sae.engine.zpass.ZModel`) has only the lean pass, which tests/test_zpass.py holds to
+        # a bridge-free model (`sae.engine.zpass.ZModel`) has only the lean pass, which tests/engine/test_zpass.py holds to
         # the bridge's bits; with a bridge the first chunk is checked here
         self._lean_checked = getattr(model, "bridge", None) is None
 

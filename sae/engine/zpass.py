@@ -9,7 +9,7 @@ projection, no MLP, no layer above, no unembedding, no hook points.
 It repeats the bridge's own operations in the bridge's order (the bridge's from-scratch LayerNorm, its q/k/v
 linears on views of the fused `c_attn` weight, `matmul(q, k^T) * scale`, the pattern over every key with masked
 keys at the dtype's minimum, Hugging Face's `Conv1D` as `addmm`, `gelu_new` as Hugging Face writes it), so z is
-bit-identical to the bridge's `hook_z` (tests/test_zpass.py checks it against the bridge's full forward).
+bit-identical to the bridge's `hook_z` (tests/engine/test_zpass.py checks it against the bridge's full forward).
 
 Two ways in:
 - `lean_z_pass(loaded_model)`: from a loaded bridge's weights; `ZSource` computes its first chunk both ways and

@@ -3,7 +3,7 @@
 `PYTHONPATH=. .venv/bin/python tests/reference/attnscope_written.py` (attnscope's environment) writes
 `tests/reference/attnscope_written/<architecture>/`; then `make.py` (the side environment) loads each with SAELens's
 `SAE.load_from_disk` and records what SAELens reads (metadata) and computes (encode / decode) in
-`fixtures/saelens_reads_attnscope/`. `tests/test_saelens_reference.py` checks that attnscope still writes these
+`fixtures/saelens_reads_attnscope/`. `tests/engine/test_saelens_reference.py` checks that attnscope still writes these
 exact files and that its own encode/decode equal SAELens's on them.
 """
 

@@ -1,6 +1,6 @@
 """Fixtures from the paper authors' OWN code (ckkissane/attention-output-saes, commit 03b2bc2) on the embedded default.
 
-attnscope's `--paper` settings must rebuild these token for token (tests/test_paper_settings.py):
+attnscope's `--paper` settings must rebuild these token for token (tests/experiments/test_paper_settings.py):
 
 - `paper_ioi.json`: `ioi_dataset.IOIDataset(prompt_type="mixed", N=N, prepend_bos=False, seed=1)` as
   ioi_circuit_analysis.py builds it, with the module's NAMES cut to the names the embedded default's tokenizer

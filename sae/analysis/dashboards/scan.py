@@ -1,6 +1,6 @@
 """The dashboard scan: running per-feature state folded in batch by batch, and each top example's DFA by source.
 
-Pure tensor code, tested against a brute-force scan (tests/test_dashboards.py). `DashboardSpec` holds the settings
+Pure tensor code, tested against a brute-force scan (tests/analysis/test_dashboards.py). `DashboardSpec` holds the settings
 that change the stored result.
 """
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sae.engine.autoencoder import SAE
 
 # Top-k decoding (and the decoder's and encoder's gradients) through only the k active rows, as sparse CSR matmuls,
-# rather than dense [B, d_sae] x [d_sae, d_in] products. Both give the same numbers (tests/test_train_steps.py).
+# rather than dense [B, d_sae] x [d_sae, d_in] products. Both give the same numbers (tests/training/test_train_steps.py).
 # Measured on a contended 2-core CPU, batch 4096, k 32: dense was ~8% faster at 128 -> 1024 (building the CSR
 # transposes costs more than the small matmuls it saves), sparse ~15% faster at 256 -> 2048. So: sparse once
 # d_sae / k >= SPARSE_RATIO; None picks by that rule, True/False force one.

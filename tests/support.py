@@ -1,0 +1,165 @@
+"""The tests' shared helpers, in one module (fixtures are in conftest.py, built on these): the tiny random GPT-2
+and its random SAEs, the in-process CLI runner, the workbench pilot's waits, the IOI model whose names are single
+tokens, and the distributed tests' token rows. Test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from sae.engine.jobs import Progress
+
+# ---- the tiny model and its SAEs ----------------------------------------------------------------------------
+
+TINY_TEXT = (
+    "When Mary and John went to the store, John gave a drink to Mary. "
+    "The quick brown fox jumps over the lazy dog. def foo(x): return x + 1\n"
+    "import os, sys\nclass Thing(object):\n    pass\n"
+) * 20
+
+
+def build_tiny_model_dir(
+    path: Path, n_layer: int = 3, d_model: int = 64, n_head: int = 4, n_ctx: int = 64, seed: int = 0,
+    texts: list[str] | None = None, vocab_size: int = 400,
+) -> Path:
+    """Write a random GPT-2 (config.json, model.safetensors, tokenizer.json) into `path`, its BPE trained on
+    `texts` (default: a few repeated sentences and lines of code)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts if texts is not None else [TINY_TEXT], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    fast.save_pretrained(path)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=n_layer, n_embd=d_model, n_head=n_head, n_positions=n_ctx, vocab_size=tok.get_vocab_size(),
+        bos_token_id=0, eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # non-zero biases so bias handling is exercised
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+def random_sae(model, layer: int, d_sae: int = 96, architecture: str = "standard", seed: int = 0, k: int | None = None):
+    """An SAE for `model`'s layer with random weights and non-zero biases."""
+    from sae.engine.models import z_hook_name
+    from sae.engine.autoencoder import SAE, SAEConfig
+
+    torch.manual_seed(seed)
+    cfg = SAEConfig(
+        d_in=model.d_z, d_sae=d_sae, hook_name=z_hook_name(layer), architecture=architecture,
+        model_name=model.name, n_heads=model.n_heads, k=k,
+    )
+    sae = SAE(cfg)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+        if sae.threshold is not None:
+            sae.threshold.uniform_(0, 0.1)
+    return sae
+
+
+def hf_z_offset(hf, layer: int):
+    """By hand from a transformers GPT-2: what HookedTransformer's weight processing removes from z,
+    `b_V + ln_1.bias @ W_V` per head, flattened head-major (`[n_head * d_head]`)."""
+    d = hf.config.n_embd
+    block = hf.transformer.h[layer]
+    w_v = block.attn.c_attn.weight[:, 2 * d :].detach()  # Conv1D: [d_model, n_head * d_head]
+    return block.attn.c_attn.bias[2 * d :].detach() + block.ln_1.bias.detach() @ w_v
+
+
+def sae_set_dir(model, root: Path, d_sae: int = 24, seed: int = 0) -> Path:
+    """A directory of SAELens dirs, one random SAE per layer of `model` (seeds `seed + layer`)."""
+    from sae.engine.formats import save_sae
+
+    for layer in range(model.n_layers):
+        save_sae(random_sae(model, layer, d_sae=d_sae, seed=seed + layer), root / "saes" / f"blocks.{layer}.attn.hook_z")
+    return root / "saes"
+
+
+def token_rows(model, n_rows: int, context: int) -> torch.Tensor:
+    """The test's token rows (the same in every process and in the test itself)."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(1, model.d_vocab, (n_rows, context), generator=g)
+    rows[:, 0] = model.bos_token_id
+    return rows
+
+
+# ---- the CLI, in process --------------------------------------------------------------------------------------
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run `attnscope ARGV` in-process: exit code, stdout, and stderr lines less the libraries' progress noise."""
+    from sae.cli import main
+
+    code = main(argv)
+    cap = capsys.readouterr()
+    err = [line for line in cap.err.splitlines() if line.strip() and "Loading weights" not in line and "it/s]" not in line]
+    return code, cap.out, err
+
+
+# ---- the workbench's pilot tests ------------------------------------------------------------------------------
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+async def settle(pilot, cond, timeout: float = 30.0) -> None:
+    """Wait (in app time) until `cond()` holds; fail after `timeout` seconds."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.02)
+
+
+async def type_prompt(pilot, app, text: str = PROMPT) -> None:
+    """Type `text` into the explore prompt, press enter and wait for the heatmap."""
+    app.screen.query_one("#prompt").focus()
+    app.screen.query_one("#prompt").value = text
+    await pilot.press("enter")
+    await settle(pilot, lambda: app.screen.result is not None and app.screen.result.tokens)
+
+
+def slow_job(started: threading.Event, release: threading.Event, period_s: float = 0.01):
+    """A long job that reports progress (so quick requests are served) until `release` is set."""
+
+    def run(rep):
+        started.set()
+        while not release.is_set():
+            time.sleep(period_s)
+            rep.progress(Progress("slow", 0, 0, note="working"))
+        return "ok"
+
+    return run
+
+
+# ---- IOI: a tiny model whose names are single tokens --------------------------------------------------------
+
+def ioi_text() -> list[str]:
+    from sae.experiments import ioi_data
+
+    prompts = ioi_data.generate(1500, seed=123, split="all")
+    lines = [p.full_text + "." for p in prompts]
+    for p in prompts[:200]:
+        for kind in ("abs_pos", "rel_pos", "alongside"):
+            lines.append(ioi_data.corrupt(p, kind).full_text + ".")
+    lines += [" ".join(ioi_data.NAMES)] * 20
+    return lines
+
+
+def build_ioi_model_dir(path: Path, n_layer: int = 3, d_model: int = 64, n_head: int = 4, n_ctx: int = 64, seed: int = 0) -> Path:
+    """The shared tiny random GPT-2, with a tokenizer trained on IOI text so every name is one token."""
+    return build_tiny_model_dir(path, n_layer, d_model, n_head, n_ctx, seed, texts=ioi_text(), vocab_size=600)

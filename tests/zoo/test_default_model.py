@@ -1,0 +1,127 @@
+"""The shipped embedded default: its phenomena and SAE quality, recomputed here (not read from the card)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from sae.zoo import corpus
+
+from sae.experiments import phenomena
+
+from sae import zoo
+from sae.engine.activations import pack_tokens
+from sae.zoo import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def heldout_rows(default_model):
+    return pack_tokens(corpus.documents("heldout"), default_model.encode, 128, default_model.bos_token_id, max_rows=64)
+
+
+def test_artefacts_are_small_and_complete():
+    files = [p for p in zoo.DEFAULT_DIR.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    assert total < 25_000_000, f"embedded default is {total / 1e6:.1f} MB"
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (zoo.DEFAULT_MODEL_DIR / name).is_file()
+    assert (zoo.DEFAULT_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_induction_head(default_model):
+    r = phenomena.induction(default_model, n=16, span=30, seed=1)
+    assert r.best_score >= 0.5, r.scores
+    assert r.loss_second_copy < 0.5 * r.loss_first_copy
+
+
+def test_previous_token_head(default_model, heldout_rows):
+    r = phenomena.previous_token(default_model, heldout_rows[:32])
+    assert r.best_score >= 0.5, r.scores
+
+
+def test_ioi_competence_on_heldout_templates_and_pairs(default_model):
+    r = phenomena.ioi_logit_diff(default_model, n=100, seed=3, split="heldout")
+    assert r.logit_diff >= 1.0
+    assert r.logit_diff_abba > 0 and r.logit_diff_baba > 0
+
+
+def test_heldout_loss_beats_unigram(default_model, heldout_rows):
+    train_rows = pack_tokens(corpus.documents("train"), default_model.encode, 128, default_model.bos_token_id, max_rows=512)
+    assert phenomena.mean_loss(default_model, heldout_rows[:32]) < phenomena.unigram_loss(
+        train_rows, heldout_rows, default_model.d_vocab
+    ) - 1.0
+
+
+def test_heldout_names_and_templates_never_in_training_text():
+    """Every training IOI line matches a training template, none a held-out one; no held-out pair appears."""
+    import re
+
+    from sae.experiments import ioi_data
+
+    def regex(t: str) -> re.Pattern:
+        body = re.escape(t)
+        for slot in ("\\[A\\]", "\\[B\\]", "\\[PLACE\\]", "\\[OBJECT\\]"):
+            body = body.replace(slot, r"\w+")
+        return re.compile("^" + body + r"\.$")
+
+    held = [regex(ioi_data.BABA_TEMPLATES[i]) for i in ioi_data.HELDOUT_TEMPLATES]
+    train_t = [regex(t) for i, t in enumerate(ioi_data.BABA_TEMPLATES) if i not in ioi_data.HELDOUT_TEMPLATES]
+    lines = [ln for d in corpus.document_records("train") if d.source == "ioi" for ln in d.text.splitlines()]
+    assert len(lines) > 1000
+    for ln in lines[:3000]:
+        assert not any(r.match(ln) for r in held), ln
+        assert any(r.match(ln) for r in train_t), ln
+        names = [w for w in re.findall(r"[A-Z][a-z]+", ln) if w in ioi_data.NAMES]
+        assert not ioi_data.is_heldout_pair(names[0], names[1]), ln
+
+
+def test_package_data_in_built_wheel(tmp_path):
+    """A real (non-editable) wheel carries the model, tokenizer, SAEs and card."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    wheel = next(tmp_path.glob("attnscope-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("sae/zoo/default/model/model.safetensors", "sae/zoo/default/model/tokenizer.json",
+                     "sae/zoo/default/model/config.json", "sae/zoo/default/MODEL_CARD.md",
+                     "sae/zoo/default/saes/blocks.0.attn.hook_z/sae_weights.safetensors"):
+        assert required in names, required
+
+
+@pytest.fixture(scope="module")
+def shipped_sae_results() -> list[dict]:
+    from sae.zoo.build import evaluate_default_saes
+
+    return evaluate_default_saes(zoo.DEFAULT_MODEL_DIR, zoo.DEFAULT_SAES_DIR, max_rows=512)
+
+
+def test_shipped_saes_meet_quality_targets(shipped_sae_results):
+    """Issue 22.5's figures on 512 x 128 held-out tokens, every layer: CE loss recovered >= 0.93, explained variance
+    >= 0.85, dead <= 0.03; top-k L0 = k."""
+    assert [r["layer"] for r in shipped_sae_results] == [0, 1, 2]
+    for r in shipped_sae_results:
+        assert r["ce_loss_recovered"] >= 0.93, r
+        assert r["explained_variance"] >= 0.85, r
+        assert r["l0"] <= 32, r
+        assert r["dead_fraction"] <= 0.03, r
+        assert r["tokens"] >= 60_000
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22.5 target not met yet: 1.4% / 4.1% / 4.1% of the 1024 latents fire "
+                   "on more than 10% of held-out tokens (k = 32; needs a wider SAE or another recipe)")
+def test_shipped_saes_have_few_dense_latents(shipped_sae_results):
+    """Issue 22.5: at most 1% of latents firing on more than 10% of tokens, every layer."""
+    for r in shipped_sae_results:
+        assert r["dense_fraction"] <= 0.01, r
