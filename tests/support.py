@@ -4,9 +4,17 @@ tokens, and the distributed tests' token rows. Test modules import from here, ne
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -163,3 +171,115 @@ def ioi_text() -> list[str]:
 def build_ioi_model_dir(path: Path, n_layer: int = 3, d_model: int = 64, n_head: int = 4, n_ctx: int = 64, seed: int = 0) -> Path:
     """The shared tiny random GPT-2, with a tokenizer trained on IOI text so every name is one token."""
     return build_tiny_model_dir(path, n_layer, d_model, n_head, n_ctx, seed, texts=ioi_text(), vocab_size=600)
+
+
+# ---- the CLI's training flags and its one error line ---------------------------------------------------------
+
+SMALL = ["--width", "64", "--batch-size", "128", "--context-size", "16", "--buffer-batches", "2",
+         "--warmup-steps", "2", "--l1", "0.01"]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("attnscope: error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in "\n".join(err)
+    return errors[0]
+
+
+# ---- training: the `rows` fixture's context, counting model passes ---------------------------------------------
+
+CTX = 16  # the `rows` fixture's context (tests/conftest.py)
+
+
+@contextmanager
+def count_passes(model) -> Iterator[dict[str, int]]:
+    """Counts the model's forward passes while active."""
+    passes = {"n": 0}
+    original = model.bridge.run_with_hooks
+
+    def counting(*a, **k):
+        passes["n"] += 1
+        return original(*a, **k)
+
+    model.bridge.run_with_hooks = counting
+    try:
+        yield passes
+    finally:
+        del model.bridge.run_with_hooks
+
+
+# ---- files: a tree's digest, a dead process id ---------------------------------------------------------------
+
+def tree_digest(d: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(d.rglob("*")):
+        h.update(str(p.relative_to(d)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def dead_pid() -> int:
+    """A process id that is certainly not running (a child that already exited and was reaped)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+# ---- data parallelism: ranks of tests/dist_worker.py --------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ROWS = 48
+NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+def base_cfg(**kw) -> dict:
+    """A tiny standard run whose large L1 and learning rate kill features, so the resample after step 6 (counting
+    from step 3) revives some."""
+    c = dict(layers=[0, 1], architecture="standard", normalize_activations="expected_average_only_in", d_sae=48,
+             batch_size=64, context_size=CTX, total_tokens=64 * 9, rows_per_pass=4, buffer_batches=4,
+             warmup_steps=2, checkpoint_every=0, log_every=1, lr=1e-2, l1_coeff=8.0, resample_every=6,
+             resample_window=3, data_shards=2, seed=3)
+    c.update(kw)
+    return c
+
+
+def launch(spec: dict, tmp: Path, nproc: int = 2, timeout: float = 90) -> list[int]:
+    """Start `nproc` ranks of tests/dist_worker.py as torchrun would (127.0.0.1, a free port); their exit codes."""
+    path = tmp / f"spec-{os.getpid()}-{len(list(tmp.glob('spec-*')))}.json"
+    path.write_text(json.dumps(spec))
+    from sae.engine.training.distributed import free_port
+
+    port = free_port()
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ATTNSCOPE_DIST_TIMEOUT": "30"}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "dist_worker.py"), str(path)], env=env,
+                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    codes = []
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)  # a rank hung on its dead peer: what torchrun's agent does
+            p.wait()
+        codes.append(p.returncode)
+    for p, c in zip(procs, codes):
+        if c != 0 and not spec.get("kill"):
+            print(p.stdout.read().decode(errors="replace")[-3000:])
+    return codes
+
+
+def assert_same_weights(a_dir: Path, b_dir: Path, layers=(0, 1), atol: float = 1e-5) -> None:
+    from sae.engine.formats import load_sae
+
+    for layer in layers:
+        a = load_sae(a_dir / f"blocks.{layer}.attn.hook_z")
+        b = load_sae(b_dir / f"blocks.{layer}.attn.hook_z")
+        for name in NAMES:
+            where = f"layer {layer} {name}"
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=atol, rtol=1e-4,
+                                       msg=lambda m, where=where: f"{where}: {m}")

@@ -373,3 +373,18 @@ def test_every_room_has_a_docstring_saying_what_it_may_import(room):
     init = ROOT / Path(*room.split(".")) / "__init__.py"
     doc = ast.get_docstring(ast.parse(init.read_text())) or ""
     assert "import" in doc, f"{init} should say what it may import"
+
+
+def test_test_modules_import_helpers_not_each_other():
+    """Shared test helpers live in tests/support.py: no test module imports another test module or conftest."""
+    tests = ROOT / "tests"
+    bad = []
+    for path in sorted(tests.rglob("*.py")):
+        if "reference" in path.relative_to(tests).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                    if n.split(".")[0].startswith("test_") or n.split(".")[0] in ("conftest", "workbench_pilot", "ioi_fixtures")]
+    assert bad == []

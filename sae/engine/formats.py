@@ -31,7 +31,6 @@ from sae.engine.errors import AttnscopeError
 from sae.engine.models import layer_of_hook, z_hook_name
 from sae.engine.schema import Bool, FileFormatError, Int, Obj, Optional, Str, check, read_json
 from sae.engine.safe_io import (
-    UnreadableFileError,
     is_protected,
     is_own_temp,
     recover_children,
@@ -226,8 +225,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = read_json(path, "SAE config", error=SAEConfigError)  # FIFO, NaN, 10k-deep nesting: one line
     except FileNotFoundError:
         raise SAEFormatError(f"{path} is missing") from None
-    except UnreadableFileError as exc:
-        raise SAEFormatError(str(exc)) from None
     if not isinstance(data, dict):
         raise SAEFormatError(f"{path} does not hold a JSON object")
     return data

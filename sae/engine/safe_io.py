@@ -244,10 +244,10 @@ def atomic_write_text(path: str | Path, text: str, follow_symlink: bool = True) 
 MAX_TEXT_BYTES = 256 * 2**20
 
 
-def read_text_file(path: str | Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> str:
-    """The UTF-8 text of a regular file; OutputError-free: `FileNotFoundError` passes through, anything else that
-    is not a readable regular file of at most `max_bytes` (a FIFO that would hang, /dev/zero, a directory, a
-    permission error, bytes that are not UTF-8) is one-line `UnreadableFileError`."""
+def read_file_bytes(path: str | Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a regular file; `FileNotFoundError` passes through, anything else that is not a readable regular
+    file of at most `max_bytes` (a FIFO that would hang, /dev/zero, a directory, a permission error) is one-line
+    `UnreadableFileError`."""
     import stat
 
     p = Path(path).expanduser()
@@ -265,13 +265,18 @@ def read_text_file(path: str | Path, what: str = "file", max_bytes: int = MAX_TE
         raise UnreadableFileError(f"{what} {p} is too large ({st.st_size:,} bytes; at most {max_bytes:,})")
     try:
         with open(p, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            return fh.read(max_bytes + 1)
     except OSError as exc:
         raise UnreadableFileError(f"cannot read {what} {p}: {os_error_line(exc)}") from None
+
+
+def read_text_file(path: str | Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file (`read_file_bytes`); bytes that are not UTF-8 are `UnreadableFileError`."""
+    data = read_file_bytes(path, what, max_bytes)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UnreadableFileError(f"{what} {p} is not UTF-8 text (byte {exc.start})") from None
+        raise UnreadableFileError(f"{what} {Path(path).expanduser()} is not UTF-8 text (byte {exc.start})") from None
 
 
 def fsync_dir(d: Path) -> None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sae.engine.errors import AttnscopeError
 
@@ -58,7 +60,7 @@ class Spec:
         return v
 
     def fail(self, v: Any, where: str, file: str, expected: str | None = None) -> FileFormatError:
-        return FileFormatError(file, where, expected or self.expected, v)
+        return _ERROR.get()(file, where, expected or self.expected, v)
 
 
 @dataclass
@@ -223,7 +225,7 @@ class Obj(Spec):
         for name, spec in self.required.items():
             at = f"{where}.{name}" if where else name
             if name not in v:
-                raise FileFormatError(file, at, f"{spec.expected} (the field is missing)", has_got=False)
+                raise _ERROR.get()(file, at, f"{spec.expected} (the field is missing)", has_got=False)
             out[name] = spec.check(v[name], at, file)
         for name, (spec, default) in self.optional.items():
             at = f"{where}.{name}" if where else name
@@ -231,17 +233,28 @@ class Obj(Spec):
         return out
 
 
+# the error type a reader raises: FileFormatError, or a subclass its callers already catch (e.g. SAEConfigError),
+# raised as that type from the start (never re-wrapped)
+_ERROR: ContextVar[type[FileFormatError]] = ContextVar("schema_error", default=FileFormatError)
+
+
+@contextmanager
+def raising(error: type[FileFormatError]) -> Iterator[None]:
+    """Within the block, every schema failure is raised as `error` (a FileFormatError subclass)."""
+    token = _ERROR.set(error)
+    try:
+        yield
+    finally:
+        _ERROR.reset(token)
+
+
 def check(data: Any, spec: Spec, file: str | Path, where: str = "", error: type[FileFormatError] = FileFormatError
           ) -> Any:
     """`data` checked against `spec` (normalised: whole floats to ints, optional fields filled); `error` (a
     FileFormatError, or a subclass a reader's callers already catch, e.g. `SAEConfigError`) otherwise: one line
     naming the file, the field and what was expected."""
-    try:
+    with raising(error):
         return spec.check(data, where, str(file))
-    except FileFormatError as exc:
-        if error is FileFormatError or isinstance(exc, error):
-            raise
-        raise error(exc.file, exc.where, exc.expected, exc.got, exc.has_got) from None
 
 
 # ---- reading JSON ---------------------------------------------------------------------------------------------
@@ -271,26 +284,26 @@ def parse_json(text: str, file: str | Path) -> Any:
     try:
         data = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        raise FileFormatError(file, "", f"JSON nested at most {MAX_DEPTH} levels deep", has_got=False) from None
+        raise _ERROR.get()(file, "", f"JSON nested at most {MAX_DEPTH} levels deep", has_got=False) from None
     except ValueError as exc:
         why = str(exc).splitlines()[0][:80] if str(exc) else "not JSON"
-        raise FileFormatError(file, "", f"valid JSON ({why})", has_got=False) from None
+        raise _ERROR.get()(file, "", f"valid JSON ({why})", has_got=False) from None
     if depth(data) > MAX_DEPTH:
-        raise FileFormatError(file, "", f"JSON nested at most {MAX_DEPTH} levels deep", has_got=False)
+        raise _ERROR.get()(file, "", f"JSON nested at most {MAX_DEPTH} levels deep", has_got=False)
     return data
 
 
 def read_json(path: str | Path, what: str = "file", spec: Spec | None = None,
               error: type[FileFormatError] = FileFormatError) -> Any:
     """Read and parse a JSON file, then check it against `spec`. FileNotFoundError passes through; everything else
-    is one line (UnreadableFileError for a FIFO/device/permission, FileFormatError for the content)."""
-    from sae.engine.safe_io import read_text_file
+    is one line (UnreadableFileError for a FIFO/device/permission, `error` for the content, bytes that are not UTF-8 included)."""
+    from sae.engine.safe_io import read_file_bytes
 
-    text = read_text_file(path, what)
-    try:
+    raw = read_file_bytes(path, what)  # FIFO, device, permission: UnreadableFileError (the file, not its content)
+    with raising(error):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:  # the content: the reader's own error type
+            raise _ERROR.get()(path, "", f"UTF-8 text (byte {exc.start} is not)", has_got=False) from None
         data = parse_json(text, path)
-    except FileFormatError as exc:
-        if error is FileFormatError:
-            raise
-        raise error(exc.file, exc.where, exc.expected, exc.got, exc.has_got) from None
     return data if spec is None else check(data, spec, path, error=error)

@@ -80,7 +80,7 @@ def test_survey_is_cached_and_recomputed_when_the_sae_file_changes(tiny_model, e
     # a human label changes the survey but not the roles: the survey is recomputed from the cached roles
     labelled = cache.head_survey(tiny_model, changed, new_dirs, labels={1: {0: "successor"}})
     assert counting == [1, 1]
-    fams = {f.family for lh in labelled.layers for h in lh.heads for f in h.top_by_decoder if f.id == 0}
+    fams = {f.role for lh in labelled.layers for h in lh.heads for f in h.top_by_decoder if f.id == 0}
     assert fams <= {"successor"}
 
 
@@ -140,7 +140,7 @@ async def test_head_survey_is_a_job_the_heatmap_answers_during_it_and_ctrl_x_can
     from workbench.engine import Engine
     from workbench.screens.explore import ExploreScreen
     from workbench.screens.heads import HeadsScreen
-    from workbench_pilot import PROMPT, settle
+    from support import PROMPT, settle
 
     saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
     _built(tiny_model, saes)

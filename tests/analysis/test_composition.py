@@ -89,7 +89,7 @@ def test_bad_residual_sae_is_one_line(tiny_model, attn_saes):
 def test_cli_compose(capsys, tiny_model_dir, tiny_model, resid_sae, tmp_path):
     import json
 
-    from conftest import run_cli, sae_set_dir
+    from support import run_cli, sae_set_dir
 
     saes = sae_set_dir(tiny_model, tmp_path / "attn")
     resid_dir = save_sae(resid_sae, tmp_path / "resid" / "blocks.1.hook_resid_pre")

@@ -161,7 +161,7 @@ def test_predictions_and_pattern_by_hand(tiny_model, hf):
 
 
 def test_cli_json_and_errors(capsys, tiny_model_dir, tiny_model, tmp_path):
-    from conftest import sae_set_dir
+    from support import sae_set_dir
 
     d = sae_set_dir(tiny_model, tmp_path)
     code, out, err = run_cli(capsys, ["intervene", PROMPT, "--model", str(tiny_model_dir), "--saes", str(d),
@@ -208,7 +208,7 @@ def test_compare_prompts_by_hand(tiny_model, hf, saes):
 def test_cli_compare(capsys, tiny_model_dir, tiny_model, tmp_path):
     import json
 
-    from conftest import sae_set_dir
+    from support import sae_set_dir
 
     from sae.analysis.intervene import compare_prompts
     from sae.engine.formats import load_sae_set

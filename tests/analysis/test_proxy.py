@@ -69,7 +69,7 @@ def test_study_counts_and_histograms_against_a_plain_forward(tiny_model, rows):
 def test_cli_proxy(capsys, tiny_model_dir, tmp_path):
     import json
 
-    from conftest import sae_set_dir
+    from support import sae_set_dir
     from sae.engine.models import load_model
 
     model = load_model(str(tiny_model_dir), device="cpu")

@@ -118,7 +118,7 @@ def test_at_position_against_a_plain_hook(tiny_model, tiny_model_dir):
 
 
 def test_cli(capsys, tiny_model_dir, tiny_model, tmp_path):
-    from conftest import sae_set_dir
+    from support import sae_set_dir
 
     d = sae_set_dir(tiny_model, tmp_path)
     code, out, err = run_cli(capsys, ["search", "--prompt", "When Mary and John", "--pos", "2", "--model",

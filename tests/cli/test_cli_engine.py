@@ -7,20 +7,9 @@ import json
 import pytest
 import torch
 
-from support import random_sae
+from support import SMALL, one_error_line, random_sae
 from sae.cli import main
 from sae.engine.formats import save_sae
-
-SMALL = ["--width", "64", "--batch-size", "128", "--context-size", "16", "--buffer-batches", "2",
-         "--warmup-steps", "2", "--l1", "0.01"]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("attnscope: error:")]
-    assert len(errors) == 1, err
-    assert "Traceback" not in "\n".join(err)
-    return errors[0]
 
 
 def test_train_then_eval_json(tiny_model_dir, corpus, tmp_path, capsys):

@@ -83,7 +83,7 @@ def test_cuda_hand_written_standard_step_matches_autograd():
 def test_nccl_ranks_equal_one_process(tiny_model_dir, cuda_model, tmp_path):
     """Up to 2 ranks (one per GPU; one rank on a one-GPU machine, still through an nccl process group) give the
     weights of one process with the same global batch and data shards."""
-    from test_distributed import N_ROWS, assert_same_weights, base_cfg, launch
+    from support import N_ROWS, assert_same_weights, base_cfg, launch
 
     nproc = min(2, torch.cuda.device_count())
     rows = token_rows(cuda_model, N_ROWS, CTX)

@@ -94,7 +94,7 @@ def test_error_lines_show_control_characters(capsys):
 
 
 def test_invalid_utf8_prompt_reaches_the_tokenizer_as_text(tiny_model_dir, tmp_path, capsys):
-    from conftest import random_sae
+    from support import random_sae
     from sae.cli import main
     from sae.engine.formats import save_sae
     from sae.engine.models import load_model

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import hashlib
 import json
 import os
 import re
@@ -21,29 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import random_sae
-from test_cli_engine import SMALL, one_error_line
+from support import dead_pid, random_sae, tree_digest
+from support import SMALL, one_error_line
 from sae.cli import main
 from sae.engine import safe_io
 from sae.engine.formats import SAEFormatError, load_sae, save_sae
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tree_digest(d: Path) -> str:
-    h = hashlib.sha1()
-    for p in sorted(d.rglob("*")):
-        h.update(str(p.relative_to(d)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def dead_pid() -> int:
-    """A process id that is certainly not running (a child that already exited and was reaped)."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 class Evil:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from support import random_sae
-from test_cli_engine import SMALL, one_error_line
-from test_reliability import dead_pid, tree_digest
+from support import SMALL, one_error_line
+from support import dead_pid, tree_digest
 from sae.cli import main
 from sae.engine import safe_io
 from sae.engine.formats import load_sae, load_sae_set, save_sae
@@ -229,15 +229,17 @@ def test_export_of_a_truncated_findings_file_keeps_the_old_report_in_the_workben
         findings = store
         export_default = str(report)
 
-        def push_screen(self, screen):
+        def push_screen(self, screen, callback=None):
             captured["check"] = screen.check
 
         def notify(self, *a, **k):
             captured["notified"] = a
 
     WorkbenchApp.action_export(FakeApp())  # type: ignore[arg-type]
-    error = captured["check"](str(report))
+    fresh = tmp_path / "new.md"  # a path with nothing to replace: the export runs at once (no y/n question)
+    error = captured["check"](str(fresh))
     assert error and "nothing exported" in error
+    assert not fresh.exists()
     assert report.read_text() == "old report"
 
 

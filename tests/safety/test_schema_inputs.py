@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from support import random_sae
-from test_cli_engine import SMALL, one_error_line
+from support import SMALL, one_error_line
 from sae.cli import main
 from sae.engine.formats import SAEFormatError, load_sae, save_sae
 from sae.engine.schema import FileFormatError

@@ -11,61 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from sae.engine.training.distributed import (
     DistributedError,
     check_launch,
     check_split,
     comm_estimate,
-    free_port,
 )
 from sae.engine.formats import load_sae
 from sae.engine.training.loop import CHECKPOINT_FILE, TrainConfig, Trainer, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: support, dist_worker
-from support import token_rows
+from support import CTX, N_ROWS, ROOT, assert_same_weights, base_cfg, launch, token_rows
 
-ROOT = Path(__file__).resolve().parents[2]
-CTX, N_ROWS = 16, 48
-NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
-
-
-def base_cfg(**kw) -> dict:
-    """A tiny standard run whose large L1 and learning rate kill features, so the resample after step 6 (counting
-    from step 3) revives some."""
-    c = dict(layers=[0, 1], architecture="standard", normalize_activations="expected_average_only_in", d_sae=48,
-             batch_size=64, context_size=CTX, total_tokens=64 * 9, rows_per_pass=4, buffer_batches=4,
-             warmup_steps=2, checkpoint_every=0, log_every=1, lr=1e-2, l1_coeff=8.0, resample_every=6,
-             resample_window=3, data_shards=2, seed=3)
-    c.update(kw)
-    return c
-
-
-def launch(spec: dict, tmp: Path, nproc: int = 2, timeout: float = 90) -> list[int]:
-    """Start `nproc` ranks of tests/dist_worker.py as torchrun would (127.0.0.1, a free port); their exit codes."""
-    path = tmp / f"spec-{os.getpid()}-{len(list(tmp.glob('spec-*')))}.json"
-    path.write_text(json.dumps(spec))
-    port = free_port()
-    procs = []
-    for rank in range(nproc):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ATTNSCOPE_DIST_TIMEOUT": "30"}
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "dist_worker.py"), str(path)], env=env,
-                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    codes = []
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)  # a rank hung on its dead peer: what torchrun's agent does
-            p.wait()
-        codes.append(p.returncode)
-    for p, c in zip(procs, codes):
-        if c != 0 and not spec.get("kill"):
-            print(p.stdout.read().decode(errors="replace")[-3000:])
-    return codes
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +38,6 @@ def one_process(model, rows, out: Path, **kw):
     outcome = trainer.run()
     trainer.events = events
     return outcome, trainer
-
-
-def assert_same_weights(a_dir: Path, b_dir: Path, layers=(0, 1), atol: float = 1e-5) -> None:
-    for layer in layers:
-        a = load_sae(a_dir / f"blocks.{layer}.attn.hook_z")
-        b = load_sae(b_dir / f"blocks.{layer}.attn.hook_z")
-        for name in NAMES:
-            where = f"layer {layer} {name}"
-            torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=atol, rtol=1e-4,
-                                       msg=lambda m, where=where: f"{where}: {m}")
 
 
 def test_two_ranks_equal_one_process_with_the_global_batch_through_a_resample(tiny_model_dir, tiny_model, rows,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 import torch
@@ -21,25 +19,7 @@ from sae.engine.training.loop import (
     load_checkpoint,
     train_saes,
 )
-
-CTX = 16  # the `rows` fixture's context (tests/conftest.py)
-
-
-@contextmanager
-def count_passes(model) -> Iterator[dict[str, int]]:
-    """Counts the model's forward passes while active."""
-    passes = {"n": 0}
-    original = model.bridge.run_with_hooks
-
-    def counting(*a, **k):
-        passes["n"] += 1
-        return original(*a, **k)
-
-    model.bridge.run_with_hooks = counting
-    try:
-        yield passes
-    finally:
-        del model.bridge.run_with_hooks
+from support import CTX, count_passes
 
 
 def cfg(**kw) -> TrainConfig:

@@ -17,7 +17,7 @@ from sae.engine.training.schedule import resolve_schedule
 from sae.engine.training.config import PAPER_L1, PRESETS, TrainConfig, TrainingError, option_fields
 from sae.engine.training.loop import Trainer, train_saes
 
-from test_training import CTX, count_passes
+from support import CTX, count_passes
 
 
 def cfg(**kw) -> TrainConfig:

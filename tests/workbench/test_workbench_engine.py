@@ -217,7 +217,7 @@ async def test_dashboard_view_is_frozen_and_names_a_built_feature_by_its_role(ti
     induction test), the paper family mapped from it, and a human label from the label file, each with its source."""
     import dataclasses
 
-    from conftest import TINY_TEXT, random_sae
+    from support import TINY_TEXT, random_sae
 
     from sae.analysis import dashboards as dash
     from sae.analysis import roles

@@ -107,7 +107,7 @@ def test_help(snap_compare, app):
 def study_app(tiny_model, tmp_path, monkeypatch):
     """The snapshot app with its two layers' dashboards built (what the study samples from) and a private label
     file."""
-    from conftest import TINY_TEXT
+    from support import TINY_TEXT
 
     from sae.analysis.dashboards import DashboardSpec, build_dashboards
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("data_dir")
 
 def finished_run(model, root: Path) -> Path:
     """A directory as a finished training run leaves it: one SAE dir and a checkpoint."""
-    from conftest import random_sae
+    from support import random_sae
 
     from sae.engine.formats import save_sae
 
@@ -237,7 +237,7 @@ async def test_slash_and_the_note_editor_do_not_select_the_text(app):
 async def test_feature_opened_from_elsewhere_traces_where_it_fires_not_at_an_old_position(app):
     import numpy as np
 
-    from workbench_pilot import type_prompt
+    from support import type_prompt
 
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(pilot, lambda: app.engine.info is not None)
@@ -292,7 +292,7 @@ def test_a_wide_heatmap_figure_draws_each_row_on_one_line():
 
 
 async def test_opening_saes_names_the_set_and_a_typo_is_a_whole_local_error(app, tiny_model, tmp_path, monkeypatch):
-    from conftest import sae_set_dir
+    from support import sae_set_dir
 
     saes_dir = sae_set_dir(tiny_model, tmp_path / "runs")
     monkeypatch.chdir(tmp_path)
@@ -323,7 +323,7 @@ async def test_opening_saes_names_the_set_and_a_typo_is_a_whole_local_error(app,
 @pytest.fixture
 def built(tiny_model, data_dir):
     """Random SAEs for layers 0 and 1 with their dashboards built (tall pages)."""
-    from conftest import TINY_TEXT, random_sae
+    from support import TINY_TEXT, random_sae
 
     from sae.analysis.dashboards import DashboardSpec, build_dashboards
 
@@ -338,7 +338,7 @@ def built(tiny_model, data_dir):
 async def test_new_dashboard_starts_at_the_top_and_a_closed_trace_leaves_the_status(tiny_model, built):
     from workbench.app import WorkbenchApp
     from workbench.engine import Engine
-    from workbench_pilot import type_prompt
+    from support import type_prompt
 
     app = WorkbenchApp(Engine.from_objects(tiny_model, built, "random"), start_layer=0)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -383,7 +383,7 @@ def test_small_values_draw_small_bars_against_a_given_scale():
 
 
 async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app):
-    from workbench_pilot import type_prompt
+    from support import type_prompt
 
     from sae.cli import induction as cli_induction
 
@@ -553,7 +553,7 @@ def _tree_values(node) -> list[tuple[float, str]]:
 
 
 async def test_trace_tree_hides_tiny_terms_until_a(app):
-    from workbench_pilot import type_prompt
+    from support import type_prompt
 
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(pilot, lambda: app.engine.info is not None)
@@ -580,7 +580,7 @@ async def test_trace_tree_hides_tiny_terms_until_a(app):
 
 
 def test_cli_trace_prints_the_top_by_default_and_everything_with_all(capsys, tiny_model, tiny_model_dir, tmp_path):
-    from conftest import run_cli, sae_set_dir
+    from support import run_cli, sae_set_dir
 
     saes = sae_set_dir(tiny_model, tmp_path)
     base = ["trace", "When Mary and John went to the store", "--layer", "2", "--feature", "5", "--depth", "1",
@@ -665,7 +665,7 @@ def test_export_numbers_have_one_format_per_column():
 
 
 async def test_pinned_findings_record_token_spaces_the_sae_set_and_the_setup(app, saes):
-    from workbench_pilot import type_prompt
+    from support import type_prompt
 
     from workbench.engine.core import saes_digest
 
@@ -726,7 +726,7 @@ def test_experiment_findings_record_n_seed_and_split():
 def test_cli_features_table_is_one_line_per_row_at_80_columns(capsys, monkeypatch, tiny_model, tiny_model_dir, tmp_path):
     import json
 
-    from conftest import run_cli, sae_set_dir
+    from support import run_cli, sae_set_dir
 
     from sae.cli import common
 
