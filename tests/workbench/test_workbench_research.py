@@ -107,8 +107,8 @@ def test_parse_intervention():
 async def test_head_to_any_of_its_features_and_its_pattern(app):
     from workbench.engine import HeadFeatureView, HeadView
 
-    head = HeadView(layer=1, head=2, verdict="polysemantic", main_family="induction",
-                    features=tuple(HeadFeatureView(id=i, share=0.3 - 0.1 * n, family="x") for n, i in enumerate((5, 9, 17))))
+    head = HeadView(layer=1, head=2, verdict="polysemantic", main_role="induction",
+                    features=tuple(HeadFeatureView(id=i, share=0.3 - 0.1 * n, role="x") for n, i in enumerate((5, 9, 17))))
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(pilot, lambda: app.engine.info is not None)
         await pilot.press("3")
@@ -250,7 +250,7 @@ async def test_training_form_and_experiment_results_are_remembered(tiny_model, s
         view = first.engine.experiment_from_dict({
             "experiment": "heads", "n_prompts": 4, "layer": 1, "summary": "heads · 4 prompts",
             "records": [{"layer": 1, "head": 2, "zero_delta": -0.5}, {"layer": 0, "head": 1, "zero_delta": 0.25}],
-            "sort_key": "zero_delta", "fields": {"clean_logit_diff": 1.0}})
+            "sort_key": "zero_delta", "clean_logit_diff": 1.0, "settings": {"n_prompts": 4, "seed": 0}})
         ioi.post_message(JobFinished(0, "ioi", view))
         await settle(pilot, lambda: ioi.result is not None)
         await settle(pilot, lambda: isinstance(first.session.get("ioi"), dict))
@@ -292,6 +292,8 @@ async def test_induction_result_is_remembered_and_a_row_opens_its_head(tiny_mode
                         "kind": "long-prefix"},
                        {"layer": 0, "head": 0, "scores": {"2": 0.0, "4": 0.0}, "dla": {"2": 0.0, "4": 0.0},
                         "kind": "not induction"}]}
+    saved["found"] = [saved["heads"][0]]
+    saved.update(sampling="attnscope", design="random prefixes")
     first = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), start_layer=1)
     async with first.run_test(size=(120, 36)) as pilot:
         await settle(pilot, lambda: first.engine.info is not None)

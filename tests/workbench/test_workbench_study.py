@@ -145,7 +145,10 @@ async def test_a_feature_has_one_name_on_the_dashboard_heads_and_study_screens(t
 
         def heads_text() -> str:
             heads.show_head(next(x for x in heads.survey.heads if (x.layer, x.head) == (h.layer, h.head)))
-            return _shown(heads.query_one("#head-detail"))
+            table = heads.query_one("#head-features")
+            header = " | ".join(str(c.label) for c in table.columns.values())
+            rows = [" | ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
+            return "\n".join([_shown(heads.query_one("#head-detail")), header, *rows, _shown(heads.query_one("#head-rule"))])
 
         heads.action_run()
         await settle(pilot, lambda: heads.survey.heads[-1].features[0].source == "human")

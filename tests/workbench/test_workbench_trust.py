@@ -402,6 +402,7 @@ async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app)
         heads = [c.label for c in app.screen.trace.root.children if c.kind == "head"]
         assert heads and all(h.startswith("head L1H") for h in heads)
     r = {"model": "m", "n_per_length": 1, "seq_len": 4, "prefix_lengths": [1], "seed": 0, "rule": "r",
+         "sampling": "attnscope", "design": "d", "mean_query_pos": 2.0,
          "heads": [{"layer": 0, "head": 2, "kind": "short-prefix", "scores": {"1": 0.5}, "dla": {"1": 0.0}}]}
     head, tables = cli_induction.tables(r)
     assert tables[0][2][0][0] == "L0H2" and "L0H2 (short-prefix)" in head
@@ -458,16 +459,23 @@ def test_ioi_bars_are_distinct_and_noising_shows_its_results():
         assert len(set(labels)) == len(labels), labels
     assert unique_labels(["F1", "F1"]) == ["F1", "F1 #2"]
     assert format_cell("accuracy", 1.0) == "100%"
-    out = {"experiment": "noising", "n_prompts": 8, "clean_logit_diff": 8.0,
-           "references": [{"reference": "clean", "logit_diff": 8.0, "fraction": 1.0},
-                          {"reference": "S2-only", "logit_diff": 4.0, "fraction": 0.5}],
-           "results": [{"corruption": "names", "layers": "0", "logit_diff": 7.0, "recovered": 0.875}]}
-    v = experiment_view(out, "noising", 8)
+    from sae.experiments.ioi_results import (
+        CleanResult, IOISettings, NoisingResult, NoisingRow, OrderRow, ReferenceRow,
+    )
+
+    st = IOISettings(model="m", n_prompts=8, seed=0, split="all", bos=True)
+    refs = (ReferenceRow("clean", 8.0, 1.0), ReferenceRow("S2-only", 4.0, 0.5))
+    out = NoisingResult(experiment="noising", settings=st, clean_logit_diff=8.0, position="END", layers=(0,),
+                        corruptions={"names": "new names"}, recovered_is="r", references=refs, references_are="a",
+                        results=(NoisingRow("names", "0", 7.0, 0.875),), skipped=())
+    v = experiment_view(out)
     assert list(v.records[0]) == ["corruption", "layers", "logit_diff", "recovered"]
-    line = references_line(out["references"])
+    line = references_line([{"reference": r.reference, "logit_diff": r.logit_diff, "fraction": r.fraction}
+                            for r in refs])
     assert "S2-only +4.00 (50%)" in line and "only S2 replaced by a third name" in line
-    assert "accuracy 100%" in experiment_view({"experiment": "clean", "accuracy": 1.0, "clean_logit_diff": 1.0,
-                                               "by_order": [{"order": "ABBA", "accuracy": 1.0}]}, "clean", 8).summary
+    clean = CleanResult(experiment="clean", settings=st, clean_logit_diff=1.0, accuracy=1.0,
+                        by_order=(OrderRow("ABBA", 1.0, 1.0),))
+    assert "accuracy 100%" in experiment_view(clean).summary
 
 
 async def test_ioi_layer_box_only_for_the_experiments_that_read_it(app):
@@ -527,7 +535,9 @@ async def test_resume_after_a_relaunch_uses_the_runs_saved_settings(tiny_model, 
         await pilot.press("6")
         await pilot.pause()
         tr = app.screen
-        assert tr.query_one("#tr-tokens").value != "300000"
+        # the form may come back from the session file (the last run started); make it differ from the run's own
+        # settings, as after starting another run since, so that u must read the run's train_config.json
+        tr.query_one("#tr-tokens").value, tr.query_one("#tr-width").value = "8192", "32"
         tr.query_one("#tr-out").value = str(run)
         app.set_focus(None)
         await pilot.press("u")
@@ -699,8 +709,11 @@ def test_experiment_findings_record_n_seed_and_split():
 
     info = SimpleNamespace(model="m", saes="default")
     ioi = IOIScreen()
-    ioi.result = experiment_view({"experiment": "heads", "n_prompts": 24, "seed": 3, "split": "all",
-                                  "clean_logit_diff": 7.0, "heads": [{"head": "L0H1", "zero_delta": -1.0}]}, "heads", 24)
+    from sae.experiments.ioi_results import HeadRow, HeadsResult, IOISettings
+
+    ioi.result = experiment_view(HeadsResult(
+        experiment="heads", settings=IOISettings(model="m", n_prompts=24, seed=3, split="all", bos=True),
+        clean_logit_diff=7.0, ranking="r", mean_ablation="m", heads=(HeadRow(0, 1, -1.0, None),)))
     ioi.records = [dict(r) for r in ioi.result.records]
     ioi.sort_key = "zero_delta"
     type(ioi).engine = property(lambda self: SimpleNamespace(info=info))
@@ -711,7 +724,7 @@ def test_experiment_findings_record_n_seed_and_split():
     assert "N = 24 prompts · split all · seed 3" in f.body and "seed 3" in f.title
     ind = InductionScreen()
     ind.result = SimpleNamespace(prefix_lengths=[1], n_per_length=32, seq_len=64, seed=5, rule="r", heads=[],
-                                 to_dict=lambda: {})
+                                 sampling="attnscope", design="d", data={})
     type(ind).engine = property(lambda self: SimpleNamespace(info=info))
     try:
         f = ind.current_finding()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.text import Text
@@ -353,9 +354,8 @@ class IOIScreen(JobScreen):
         r = shown[event.cursor_row]
         if isinstance(r.get("feature"), int) and self.result.layer is not None:
             self.wb.show_feature(self.result.layer, r["feature"])
-        elif isinstance(r.get("head"), str) and "." in r["head"]:
-            layer, head = (int(x) for x in r["head"].split("."))
-            self.wb.show_head(layer, head)
+        elif row_head(r) is not None:
+            self.wb.show_head(*row_head(r))  # type: ignore[misc]
         else:
             self.query_one(StatusLine).say("this row names no feature or head")
 
@@ -448,6 +448,17 @@ class IOIScreen(JobScreen):
                        data={**v.settings, "experiment": v.experiment, "clean_logit_diff": v.clean_logit_diff,
                              "summary": v.summary, "records": [dict(r) for r in v.records],
                              "sort_key": v.sort_key, "bars": self.bars_data()})
+
+
+def row_head(r: dict[str, Any]) -> tuple[int, int] | None:
+    """The head a table row names: `layer` and `head` as numbers, or `head` written L1H2 (or 1.2); None when none."""
+    if isinstance(r.get("layer"), int) and isinstance(r.get("head"), int):
+        return r["layer"], r["head"]
+    m = re.fullmatch(r"\s*(?:L(\d+)H(\d+)|(\d+)\.(\d+))\s*", str(r.get("head", "")))
+    if m is None:
+        return None
+    a, b, c, d = m.groups()
+    return (int(a), int(b)) if a is not None else (int(c), int(d))
 
 
 def format_cell(key: str, v: Any) -> str:
