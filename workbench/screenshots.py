@@ -132,7 +132,7 @@ async def study_shot(pilot: Any, app: Any, shot: Callable[[str], None], timeout:
     await pilot.press("8")
     await _until(pilot, lambda: getattr(app.screen, "MODE", "") == "study", timeout)
     await _until(pilot, lambda: bool(app.screen.items) and app.screen.view is not None, timeout)
-    await pilot.press("3", "r", "2")
+    await pilot.press("c", "r", "y")  # a family (letters: digits switch screens), then rate it yes
     await pilot.pause(0.3)
     shot("study")
 
