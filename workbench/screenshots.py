@@ -121,7 +121,8 @@ async def intervene_shot(pilot: Any, app: Any, shot: Callable[[str], None], time
     await _until(pilot, lambda: explore.detail is not None and explore.detail.pos == last
                  and explore.predictions is not None, timeout)
     await pilot.press("a")
-    await _until(pilot, lambda: explore.intervention is not None, timeout)
+    if not await _until(pilot, lambda: explore.intervention is not None, timeout):
+        raise RuntimeError(f"the intervention did not come back within {timeout:.0f} s: no shot taken")
     await pilot.pause(0.3)
     shot("intervene")
 
@@ -130,8 +131,9 @@ async def study_shot(pilot: Any, app: Any, shot: Callable[[str], None], timeout:
     """The study screen with its first feature labelled (into the engine's label file, a temp file here)."""
     app.screen.set_focus(None)
     await pilot.press("8")
-    await _until(pilot, lambda: getattr(app.screen, "MODE", "") == "study", timeout)
-    await _until(pilot, lambda: bool(app.screen.items) and app.screen.view is not None, timeout)
+    if not await _until(pilot, lambda: getattr(app.screen, "MODE", "") == "study"
+                        and bool(app.screen.items) and app.screen.view is not None, timeout):
+        raise RuntimeError(f"the study screen did not show a feature within {timeout:.0f} s: no shot taken")
     await pilot.press("c", "r", "y")  # a family (letters: digits switch screens), then rate it yes
     await pilot.pause(0.3)
     shot("study")
