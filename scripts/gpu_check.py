@@ -157,10 +157,8 @@ def loop_figures(model, shape: dict, device: torch.device) -> list[dict[str, Any
     return out
 
 
-def cli_bench(model_dir: Path, shape: dict, device: str, timeout: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "workbench.main", "bench", "train", "--model", str(model_dir), "--width",
-           str(shape["d_sae"]), "--batch-size", str(shape["batch"]), "--steps", str(shape["steps"]), "--device",
-           device, "--process-tokens", "0", "--no-reference", "--json"]
+def run_json(cmd: list[str], timeout: int) -> dict[str, Any]:
+    """An attnscope `--json` command in its own process: its JSON, or {"error": its last stderr line}."""
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
@@ -169,19 +167,19 @@ def cli_bench(model_dir: Path, shape: dict, device: str, timeout: int) -> dict[s
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(done.stdout)
+
+
+def cli_bench(model_dir: Path, shape: dict, device: str, timeout: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "workbench.main", "bench", "train", "--model", str(model_dir), "--width",
+           str(shape["d_sae"]), "--batch-size", str(shape["batch"]), "--steps", str(shape["steps"]), "--device",
+           device, "--process-tokens", "0", "--no-reference", "--json"]
+    return run_json(cmd, timeout)
 
 
 def scale_bench(shape: str, device: str, timeout: int) -> dict[str, Any]:
     """`attnscope bench scale --shape SHAPE --device DEVICE --json` in its own process."""
     cmd = [sys.executable, "-m", "workbench.main", "bench", "scale", "--shape", shape, "--device", device, "--json"]
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    if done.returncode:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(done.stdout)
+    return run_json(cmd, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, print_tables, positive_int, tables_markdown
+from sae.cli.common import add_model_flags, add_output_flags, emit, print_tables, positive_int, tables_markdown
 from sae.cli.features import check_feature, non_negative_int, open_model_and_saes
 
 
@@ -34,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from sae.analysis.composition import resid_composition
     from sae.engine.formats import load_sae
 
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty")
-    model, saes = open_model_and_saes(args, args.layer)
+    model, saes = open_model_and_saes(args, args.layer, prompt=args.prompt)
     check_feature(saes[args.layer], args.layer, args.feature)
     resid = load_sae(args.resid_sae, device=model.device)  # SAEFormatError reaches the CLI as one line
     r = resid_composition(model, saes, args.layer, args.feature, resid, args.prompt, args.pos, args.src, args.top)

@@ -20,10 +20,13 @@ from sae.engine.names import head_name
 # ---- shared by the analysis commands ------------------------------------------------------------------
 
 
-def open_model_and_saes(args: argparse.Namespace, layer: int | None = None):
+def open_model_and_saes(args: argparse.Namespace, layer: int | None = None, prompt: str | None = None):
     """(LoadedModel, {layer: SAE}) from --model/--saes/--device/--dtype; UsageError on any failure, including a
-    `layer` that has no SAE."""
+    `layer` that has no SAE, or an empty `prompt` (checked first, before anything is loaded)."""
     from sae.zoo import load_sae_set
+
+    if prompt is not None and not prompt.strip():
+        raise UsageError("the prompt is empty")
 
     model = open_model(args.model, args.device, getattr(args, "dtype", "float32"))
     try:
@@ -114,9 +117,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sae.analysis.dfa import prompt_features
 
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty")
-    model, saes = open_model_and_saes(args, args.layer)
+    model, saes = open_model_and_saes(args, args.layer, prompt=args.prompt)
     res = prompt_features(model, saes[args.layer], args.prompt, args.top, layer=args.layer)
     if res.truncated:
         warn(f"the prompt is longer than the model's context; analysed its first {model.n_ctx} tokens")

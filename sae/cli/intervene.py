@@ -9,7 +9,7 @@ from typing import Any
 from rich.markup import escape
 
 from sae.cli.common import FitTable as Table
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
+from sae.cli.common import add_model_flags, add_output_flags, emit, out, positive_int
 from sae.cli.features import md_table, non_negative_int, open_model_and_saes, show_token, warn
 
 
@@ -75,9 +75,7 @@ def edits_from_args(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     from sae.analysis.intervene import intervene
 
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty")
-    model, saes = open_model_and_saes(args, args.layer)
+    model, saes = open_model_and_saes(args, args.layer, prompt=args.prompt)
     res = intervene(model, saes, args.prompt, args.layer, edits_from_args(args), top=args.top)
     if not res.positions:
         warn("the feature does not fire on this prompt, so nothing changed; name a position with --pos to set it there")

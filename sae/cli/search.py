@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         from sae.cli.features import open_model_and_saes
 
-        if not args.prompt.strip():
-            raise UsageError("the prompt is empty")
-        model, saes = open_model_and_saes(args)
+        model, saes = open_model_and_saes(args, prompt=args.prompt)
         for layer in args.layer or []:
             if layer not in saes:
                 raise UsageError(f"no SAE for layer {layer}; the SAEs cover layers {sorted(saes)}")

@@ -40,9 +40,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sae.analysis.trace import MIN_SHARE, prune_tree, trace_feature
 
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty")
-    model, saes = open_model_and_saes(args, args.layer)
+    model, saes = open_model_and_saes(args, args.layer, prompt=args.prompt)
     check_feature(saes[args.layer], args.layer, args.feature)
     share = 0.0 if args.all else MIN_SHARE if args.min_share is None else args.min_share
     if not 0.0 <= share < 1.0:
