@@ -212,13 +212,22 @@ def head_survey(model: Any, saes: Mapping[int, Any], directories: Mapping[int, P
     return survey
 
 
+def study_parts(model: Any, sae: Any, layer: int, n: int, seed: int, directory: Path) -> dict[str, Any]:
+    from sae.analysis.dashboards.store import model_fingerprint, sae_fingerprint
+
+    return {"model": model_fingerprint(model), "sae": sae_fingerprint(sae), "layer": layer, "n": n, "seed": seed,
+            "build": build_stamp(directory), "rules": _rules_text()}
+
+
+def cached_study_sample(model: Any, sae: Any, layer: int, n: int, seed: int, directory: Path) -> Any | None:
+    """The stored study sample for exactly these inputs, or None (no computation)."""
+    return load_result("study", result_key("study", study_parts(model, sae, layer, n, seed, directory)))
+
+
 def study_sample(model: Any, sae: Any, layer: int, n: int, seed: int, directory: Path,
                  on_progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Any:
     """`sae.analysis.study.study_layer`, from the cache when the same sample was drawn before."""
-    from sae.analysis.dashboards.store import model_fingerprint, sae_fingerprint
     from sae.analysis.study import study_layer
 
-    parts = {"model": model_fingerprint(model), "sae": sae_fingerprint(sae), "layer": layer, "n": n, "seed": seed,
-             "build": build_stamp(directory), "rules": _rules_text()}
-    return cached("study", parts, lambda: study_layer(model, sae, layer, n, seed, on_progress=on_progress,
-                                                         cancel=cancel))
+    return cached("study", study_parts(model, sae, layer, n, seed, directory),
+                  lambda: study_layer(model, sae, layer, n, seed, on_progress=on_progress, cancel=cancel))

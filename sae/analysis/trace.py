@@ -30,6 +30,7 @@ from sae.analysis.dfa import encoder_by_head, decoder_by_head, dfa_by_source, pr
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.autoencoder import SAE
 from sae.engine.errors import AttnscopeError
+from sae.engine.jobs import CancelToken, Progress, ProgressFn, check_cancelled
 from sae.engine.names import head_name
 
 APPROXIMATION = (
@@ -299,35 +300,66 @@ class TraceError(AttnscopeError, ValueError):
     """Bad trace request (feature out of range, no SAE at that layer, ...); one line for the user."""
 
 
-def expand_feature(ctx: TraceContext, node: TraceNode, depth: int, keep: int) -> None:
+@dataclass
+class _Ticker:
+    """Counts the (head, source) terms split so far, reporting each as `Progress(job="trace")` and checking
+    `cancel` between them (the job protocol's steps within one trace)."""
+
+    on_progress: ProgressFn | None = None
+    cancel: CancelToken | None = None
+    done: int = 0
+    total: int = 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        self.report()
+
+    def step(self) -> None:
+        self.done += 1
+        self.report()
+
+    def report(self, stage: str = "splitting terms") -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress("trace", self.done, self.total, unit="terms", stage=stage))
+        check_cancelled(self.cancel)
+
+
+def expand_feature(ctx: TraceContext, node: TraceNode, depth: int, keep: int, ticker: _Ticker | None = None) -> None:
     """Fill `node.children` (a feature node) and recurse `depth` more feature levels."""
+    ticker = ticker or _Ticker()
     coeff = node.value / node.act if node.act else 1.0
     kids = feature_children(ctx, node.layer, node.feature, node.pos, coeff)
     node.children = prune([k for k in kids if k.kind == "head"], keep) + [k for k in kids if k.kind != "head"]
     for head in node.children:
+        if head.kind == "head":
+            head.children = prune(head.children, keep)
+    ticker.add(sum(hs.kind == "head_source" for head in node.children if head.kind == "head" for hs in head.children))
+    for head in node.children:
         if head.kind != "head":
             continue
-        head.children = prune(head.children, keep)
         for hs in head.children:
             if hs.kind != "head_source":
                 continue
             comps = head_source_children(ctx, hs.layer, hs.head, hs.pos, hs.src, hs.feature, coeff)
             comps = _unexplained(hs.value, comps, f"unexplained at L{hs.layer} resid {hs.src}")
             hs.children = prune(comps, keep)
+            ticker.step()
             if depth > 0:
                 for c in hs.children:
                     if c.kind == "feature" and c.layer in ctx.saes and c.act:
-                        expand_feature(ctx, c, depth - 1, keep)
+                        expand_feature(ctx, c, depth - 1, keep, ticker)
 
 
 def trace_feature(
     model: LoadedModel, saes: dict[int, SAE], prompt: str, layer: int, feature: int, pos: int | None = None,
-    depth: int = 1, keep: int = 5,
+    depth: int = 1, keep: int = 5, on_progress: ProgressFn | None = None, cancel: CancelToken | None = None,
 ) -> Trace:
     """The recursive DFA tree of `feature` at `layer`, position `pos` (default: where it is strongest).
 
     The root's value is the feature's pre-activation. `keep` children per node (the rest merged into `other`);
-    `depth` levels of upstream features are expanded beyond the root.
+    `depth` levels of upstream features are expanded beyond the root. Follows the job protocol: reports
+    `Progress(job="trace", unit="terms")` after the model's forward and after each (head, source) term it splits
+    (the total grows as deeper features are reached), and checks `cancel` at the same points.
     """
     if layer not in saes:
         raise TraceError(f"no SAE for layer {layer} (SAEs exist for layers {sorted(saes)})")
@@ -336,7 +368,10 @@ def trace_feature(
         raise TraceError(f"feature {feature} is outside the layer-{layer} SAE (ids 0..{sae.cfg.d_sae - 1})")
     tokens, truncated = prompt_tokens(model, prompt)
     n = tokens.shape[1]
+    ticker = _Ticker(on_progress, cancel)
+    ticker.report("running the model")
     ctx = build_context(model, saes, tokens, layer)
+    ticker.report("running the model")
     with torch.no_grad():
         pre = sae.encode_pre(ctx.z[layer])[:, feature]  # [pos]
         act = sae.activation(sae.encode_pre(ctx.z[layer]))[:, feature]
@@ -350,7 +385,7 @@ def trace_feature(
                          "counting from the end)")
     root = TraceNode(kind="feature", label=f"L{layer} F{feature} @{pos} {_tok(ctx, pos)}", value=float(pre[pos]),
                      layer=layer, pos=pos, feature=feature, act=float(pre[pos]))
-    expand_feature(ctx, root, depth, keep)
+    expand_feature(ctx, root, depth, keep, ticker)
     root.act = float(act[pos])
     return Trace(model=model.name, layer=layer, feature=feature, pos=pos, tokens=ctx.tokens, depth=depth, root=root,
                  truncated=truncated)

@@ -29,6 +29,7 @@ from workbench.engine.views import (
     ProxyView,
     QuantileView,
     SourceView,
+    StudyView,
     TraceNodeView,
     TraceView,
     train_form_fields,
@@ -48,7 +49,7 @@ from workbench.engine.worker import (
 __all__ = [
     "AttnscopeError", "Cancelled", "CellDetail", "DashboardView", "Engine", "EngineError", "EngineInfo",
     "ExampleView", "ExperimentView", "HeadFeatureView", "HeadView", "HeadsView", "HistogramView", "InductionHeadView",
-    "InductionView", "JobHandle", "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest",
+    "InductionView", "JobHandle", "PromptView", "ProxyView", "QuantileView", "Reporter", "SourceView", "StaleRequest", "StudyView",
     "TraceNodeView", "TraceView", "Worker", "one_line", "sae_dir_candidates", "FormField", "train_form_fields",
     "bug_log_path", "record_bug", "plain", "visible", "xml_clean", "OutputError",
     "swap_dir", "existing_run", "free_run_dir",

@@ -18,6 +18,7 @@ from workbench.engine.views import (
     EngineInfo,
     HeadsView,
     PromptView,
+    StudyView,
     TraceView,
     dashboard_view,
     experiment_view,
@@ -359,28 +360,69 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
 
         return await self.call(run, channel="cell")
 
+    def _trace_key(self, prompt: str, layer: int, feature: int, pos: int | None, depth: int, keep: int) -> tuple:
+        """Worker-side: what a trace depends on: the model, the content hash of every SAE up to `layer` (the trace
+        reads them all), the prompt, the feature, the position (None: where it is strongest) and the pruning."""
+        from sae.analysis.dashboards.store import model_fingerprint, sae_fingerprint
+
+        self._sae(layer)
+        return (model_fingerprint(self._model), tuple(sae_fingerprint(s) for x, s in sorted(self._saes.items()) if x <= layer),
+                prompt, layer, feature, pos, depth, keep)
+
+    def _remember_trace(self, key: tuple, view: TraceView) -> None:
+        """Keep a trace under its key and under its resolved position (a trace asked at "strongest" is the same
+        tree as the one at that position); at most 64, the oldest go first."""
+        for k in (key, key[:5] + (view.pos,) + key[6:]):
+            self._traces.pop(k, None)
+            self._traces[k] = view
+        while len(self._traces) > 64:
+            self._traces.pop(next(iter(self._traces)))
+
+    def _trace_sync(self, prompt: str, layer: int, feature: int, pos: int | None, depth: int, keep: int,
+                    on_progress: Any = None, cancel: Any = None) -> TraceView:
+        from sae.analysis.trace import trace_feature
+
+        key = self._trace_key(prompt, layer, feature, pos, depth, keep)
+        hit = self._traces.get(key)
+        if hit is None:
+            saes = self._resident([x for x in self._saes if x <= layer])
+            hit = trace_view(trace_feature(self._model, saes, prompt, layer, feature, pos=pos, depth=depth, keep=keep,
+                                           on_progress=on_progress, cancel=cancel))
+        self._remember_trace(key, hit)
+        return hit
+
     async def trace(self, prompt: str, layer: int, feature: int, pos: int | None = None, depth: int = 1, keep: int = 5) -> TraceView:
-        """The recursive DFA tree of one feature (sae.analysis.trace.trace_feature)."""
+        """The recursive DFA tree of one feature (sae.analysis.trace.trace_feature), as one quick request (from
+        memory when traced before; `run_trace` is the cancellable job)."""
+        return await self.call(self._trace_sync, prompt, layer, feature, pos, depth, keep, channel="trace")
 
-        def run() -> TraceView:
-            from sae.analysis.dashboards.store import sae_fingerprint
-            from sae.analysis.trace import trace_feature
+    async def trace_cached(self, prompt: str, layer: int, feature: int, pos: int | None = None, depth: int = 1,
+                           keep: int = 5) -> TraceView | None:
+        """The trace kept from an earlier request with exactly these inputs, or None (no computation)."""
 
-            self._sae(layer)
-            # the trace reads every SAE up to `layer`: their content hashes are part of the key
-            key = (prompt, layer, feature, pos, depth, keep, id(self._model),
-                   tuple(sae_fingerprint(s) for x, s in sorted(self._saes.items()) if x <= layer))
+        def run() -> TraceView | None:
+            key = self._trace_key(prompt, layer, feature, pos, depth, keep)
             hit = self._traces.get(key)
-            if hit is None:
-                saes = self._resident([x for x in self._saes if x <= layer])
-                hit = trace_view(trace_feature(self._model, saes, prompt, layer, feature, pos=pos, depth=depth,
-                                               keep=keep))
-                self._traces[key] = hit
-                while len(self._traces) > 64:  # the oldest go first
-                    self._traces.pop(next(iter(self._traces)))
+            if hit is not None:
+                self._remember_trace(key, hit)  # the most recent again
             return hit
 
         return await self.call(run, channel="trace")
+
+    def run_trace(self, prompt: str, layer: int, feature: int, post: Post, pos: int | None = None, depth: int = 1,
+                  keep: int = 5) -> JobHandle:
+        """The trace as a job (progress per (head, source) term split, cancellable between them); the result is a
+        `TraceView`, also kept in memory for `trace_cached`."""
+        where = "strongest" if pos is None else str(pos)
+
+        def job(rep: Reporter) -> TraceView:
+            rep.progress(Progress("trace", 0, 0, unit="terms", stage="starting"))
+            self._need_model()
+            return self._trace_sync(prompt, layer, feature, pos, depth, keep, on_progress=rep.progress,
+                                    cancel=rep.cancel)
+
+        return self.start_job("trace", job, post, label=f"trace of L{layer} F{feature} at {where}",
+                              key=f"trace:{layer}:{feature}:{where}:{depth}:{keep}:{hash(prompt)}")
 
     # ---- feature pages and the head survey ------------------------------------------------------------
 
@@ -455,7 +497,7 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
 
     async def study_layer(self, layer: int, n: int, seed: int) -> Any:
         """`sae.analysis.study.StudyLayer` (frozen): `n` random live features of `layer` (seeded) and their
-        automatic roles."""
+        automatic roles, as one quick request (from the analysis cache when it holds it)."""
 
         def run() -> Any:
             from sae.analysis import cache
@@ -465,6 +507,55 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
             return cache.study_sample(model, sae, layer, n, seed, dashboard_dir(model, sae, layer))
 
         return await self.call(run, channel=f"study-{layer}")
+
+    def _study_layers(self, n: int, seed: int, rep: Reporter | None = None) -> StudyView | None:
+        """Worker-side: the study sample of every SAE layer. Without `rep`, only from the analysis cache (None when
+        a layer must be computed); with it, computing what the cache lacks, reporting per layer and per
+        induction-test batch. A layer whose dashboards are not built is a note, not a failure."""
+        from sae.analysis import cache
+        from sae.analysis.dashboards import DashboardError, build_command, dashboard_dir, is_built
+
+        model = self._need_model()
+        layers, notes = [], []
+        order = sorted(self._saes)
+        for i, layer in enumerate(order):
+            sae = self._sae(layer)
+            directory = dashboard_dir(model, sae, layer)
+            if rep is None:
+                if not is_built(directory):
+                    notes.append(f"layer {layer}: dashboards for layer {layer} are not built yet; run "
+                                 f"`{build_command(layer)}`")
+                    continue
+                hit = cache.cached_study_sample(model, sae, layer, n, seed, directory)
+                if hit is None:
+                    return None
+                layers.append(hit)
+                continue
+            stage = f"study sample, layer {layer}"
+            rep.progress(Progress("study", i, len(order), unit="layers", stage=stage))
+
+            def progress(p: Progress, stage: str = stage) -> None:  # "study sample, layer 1: induction test 3/8"
+                rep.progress(replace(p, job="study", stage=f"{stage}: {p.stage or p.job}"))
+
+            try:
+                layers.append(cache.study_sample(model, sae, layer, n, seed, directory, on_progress=progress,
+                                                 cancel=rep.cancel))
+            except DashboardError as exc:  # not built: a note, the other layers go on
+                notes.append(f"layer {layer}: {exc}")
+        if rep is not None:
+            rep.progress(Progress("study", len(order), len(order), unit="layers", stage="study sample: done"))
+        return StudyView(tuple(layers), tuple(notes))
+
+    async def study_cached(self, n: int, seed: int) -> StudyView | None:
+        """The study sample of every SAE layer from the analysis cache, or None when a layer must be computed
+        (`run_study`)."""
+        return await self.call(self._study_layers, n, seed, channel="study")
+
+    def run_study(self, n: int, seed: int, post: Post) -> JobHandle:
+        """The study sample of every SAE layer as a job (progress per layer and induction-test batch; cancellable);
+        the result is a `StudyView`, each layer also kept in the analysis cache."""
+        return self.start_job("study", lambda rep: self._study_layers(n, seed, rep), post, label="study sample",
+                              key=f"study:{n}:{seed}")
 
     def label_store(self) -> Any:
         """The label file (`sae.analysis.labels.LabelStore`: $ATTNSCOPE_LABELS or the data dir); plain file work,

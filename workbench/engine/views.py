@@ -174,6 +174,15 @@ class TraceView:
 
 
 @dataclass(frozen=True)
+class StudyView:
+    """The labelling study's sample: one `sae.analysis.study.StudyLayer` (frozen) per layer with built dashboards,
+    and a note for each layer left out (its dashboards not built, ...)."""
+
+    layers: tuple[Any, ...]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class HeadFeatureView:
     id: int
     share: float  # of the head's decoder norm

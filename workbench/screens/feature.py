@@ -16,7 +16,7 @@ from workbench.engine import (
     DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView, density_text, head_name,
 )
 from workbench.findings import Finding, md_bars, md_context, md_table
-from workbench.messages import JobFailed, JobFinished, JobProgress
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
 from workbench.widgets.bars import signed_bars, source_strip
@@ -157,6 +157,7 @@ class FeatureScreen(WorkbenchScreen):
         self.trace_pos: int | None = None  # the explore prompt's token to trace at (None: where it is strongest)
         self.proxy: ProxyView | None = None  # the last proxy study of this feature (y)
         self.proxy_job: Any = None
+        self.trace_job: Any = None  # the trace's job while it runs
         self.trace_all = False  # a: the trace tree shows every term, not only those >= 5% of the root
         self.tracing = ""  # while a trace runs: what the status line says about it (nothing may overwrite it)
         self._trace_on_mount = False
@@ -193,6 +194,9 @@ class FeatureScreen(WorkbenchScreen):
         self.trace_pos = pos
         self.trace = None
         self.proxy = None
+        if self.trace_job is not None and self.trace_job.running:  # another feature: its trace is not wanted
+            self.trace_job.cancel()
+            self.trace_job, self.tracing = None, ""
         if not self.query("#trace-tree"):
             return  # on_mount loads it
         self.query_one("#trace-tree", Tree).add_class("hidden")
@@ -299,6 +303,8 @@ class FeatureScreen(WorkbenchScreen):
         self.run_worker(self._trace(prompt, self.sae_layer, self.feature, self.trace_pos), group="trace", exclusive=True)
 
     async def _trace(self, prompt: str, layer: int, feature: int, pos: int | None) -> None:
+        """From memory when this trace was drawn before (instant), else as a job (job line; ctrl+x cancels); a
+        newer trace replaces one still running."""
         status = self.query_one("#feature-status", StatusLine)
         self.tracing = f"tracing L{layer} F{feature}" + ("" if pos is None else f" at position {pos}") + " ..."
         status.say(self.tracing)
@@ -307,13 +313,31 @@ class FeatureScreen(WorkbenchScreen):
             self.tracing = ""
             status.error(f.text)
 
-        tr = await self.ask(self.engine.trace(prompt, layer, feature, pos=pos, depth=1), failed)
-        if tr is None:
+        failures: list[Failure] = []
+        tr = await self.ask(self.engine.trace_cached(prompt, layer, feature, pos=pos, depth=1), failures.append)
+        if failures:
+            failed(failures[0])
             return
+        if tr is not None:
+            self.show_trace(tr)
+            return
+        if self.trace_job is not None and self.trace_job.running:
+            self.trace_job.cancel()  # the position moved on: the old tree is not wanted any more
+        job = self.attempt(self.engine.run_trace, prompt, layer, feature, post=self.post_message, pos=pos, depth=1,
+                           on_error=failed)
+        if job is not None:
+            self.trace_job = job
+            self.tracing = self.tracing.removesuffix(" ...") + " (job line below; ctrl+x cancels)"
+            status.say(self.tracing)
+
+    def show_trace(self, tr: TraceView) -> None:
         self.tracing = ""
         self.trace = tr
         self.draw_trace(tr)
         self.query_one("#trace-tree", Tree).focus()
+
+    def _is_trace(self, m: JobMessage) -> bool:
+        return m.kind == "trace" and self.trace_job is not None and m.job_id == self.trace_job.id
 
     def draw_trace(self, tr: TraceView) -> None:
         """The tree: terms of at least 5% of the root's |value| (their siblings summed in one line), or, after a,
@@ -376,6 +400,11 @@ class FeatureScreen(WorkbenchScreen):
             status.say(f"building layer-{self.sae_layer} dashboards ... (ctrl+x cancels; it resumes later)")
 
     def on_job_progress(self, m: JobProgress) -> None:
+        if self._is_trace(m):
+            p = m.progress
+            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            self.tracing = f"{self.trace_job.label}: {p.stage}{done} (ctrl+x cancels)"
+            self.query_one("#feature-status", StatusLine).say(self.tracing)
         if m.kind == "dashboards" and self.job is not None and m.job_id == self.job.id:
             p = m.progress
             status = f"building dashboards of {p.stage}" if p.stage else "building dashboards"
@@ -383,8 +412,15 @@ class FeatureScreen(WorkbenchScreen):
                 status += f" {p.done / 1e3:,.0f}k/{p.total / 1e3:,.0f}k {p.unit} ({p.fraction:.0%})"
             self.say(status)
 
+    def on_job_cancelled(self, m: JobCancelled) -> None:
+        if self._is_trace(m):
+            self.trace_job, self.tracing = None, ""
+            self.query_one("#feature-status", StatusLine).say("trace cancelled; t traces again")
+
     def on_job_failed(self, m: JobFailed) -> None:
-        if m.kind in ("dashboards", "proxy"):
+        if self._is_trace(m):
+            self.trace_job, self.tracing = None, ""
+        if m.kind in ("dashboards", "proxy", "trace"):
             self.query_one("#feature-status", StatusLine).error(m.error)
 
     def action_proxy(self) -> None:
@@ -413,6 +449,14 @@ class FeatureScreen(WorkbenchScreen):
         self.app.push_screen(AskScreen(PROXY_HELP, placeholder="induction: board", check=check), done)
 
     def on_job_finished(self, m: JobFinished) -> None:
+        if self._is_trace(m):
+            self.trace_job = None
+            tr: TraceView = m.result
+            if (tr.layer, tr.feature) == (self.sae_layer, self.feature):  # not a feature left meanwhile
+                self.show_trace(tr)
+            else:
+                self.tracing = ""
+            return
         if m.kind != "proxy" or self.proxy_job is None or m.job_id != self.proxy_job.id:
             return
         view: ProxyView = m.result

@@ -16,9 +16,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Static
 
-from workbench.engine import plain, visible
+from workbench.engine import JobHandle, StudyView, plain, visible
 from workbench.findings import write_export
-from workbench.screens.base import NavBar, StatusLine, WorkbenchScreen
+from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
+from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.feature import dashboard_renderable
 from workbench.screens.modals import AskScreen, ask_export
 
@@ -52,6 +53,7 @@ class StudyScreen(WorkbenchScreen):
         self.rating_pending = False
         self.notes: list[str] = []
         self.view: Any = None
+        self.job: JobHandle | None = None  # the study sample's job while it runs
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
@@ -82,20 +84,34 @@ class StudyScreen(WorkbenchScreen):
         return f"study|{ids}|n{self.n}|s{self.seed}"
 
     async def _load(self) -> None:
+        """From the analysis cache when it holds every layer's sample (instant), else as a job (job line; ctrl+x
+        cancels); the explore screen keeps answering while it runs."""
         status = self.query_one("#study-status", StatusLine)
         info = self.engine.info or await self.ask(self.engine.open(), lambda f: status.error(f.text))
         if info is None:  # the model did not open: inline
             return
-        layers, notes = [], []
-        for layer in info.sae_layers:
-            status.say(f"drawing {self.n} features of layer {layer} and their automatic roles ...")
-            n_notes = len(notes)  # dashboards not built: a note, the other layers go on
-            sl = await self.ask(self.engine.study_layer(layer, self.n, self.seed),
-                                lambda f, layer=layer: notes.append(f"layer {layer}: {f.text}"))
-            if sl is not None:
-                layers.append(sl)
-            elif len(notes) == n_notes:  # stale: a newer load took over
-                return
+        if self.job is not None and self.job.running:
+            self.job.cancel()  # other settings: the old sample is not wanted any more
+        failures: list[Failure] = []
+        status.say(f"drawing {self.n} features per layer and their automatic roles ...")
+        view = await self.ask(self.engine.study_cached(self.n, self.seed), failures.append)
+        if failures:
+            status.error(failures[0].text)
+            return
+        if view is not None:
+            self.apply(view)
+            return
+        job = self.attempt(self.engine.run_study, self.n, self.seed, post=self.post_message,
+                           on_error=lambda f: status.error(f.text))
+        if job is not None:
+            self.job = job
+            status.say(f"drawing {self.n} features per layer and their automatic roles: a job (job line below; "
+                       "ctrl+x cancels); the sample is kept for next time")
+
+    def apply(self, view: StudyView) -> None:
+        """Show a drawn sample, resuming where the label file says this study stopped."""
+        status = self.query_one("#study-status", StatusLine)
+        layers, notes = list(view.layers), list(view.notes)
         self.study_layers, self.notes = layers, notes
         self.items = [(sl.layer, f) for sl in layers for f in sl.features]
         if not self.items:
@@ -106,6 +122,30 @@ class StudyScreen(WorkbenchScreen):
                            on_error=lambda f: notes.append(f.text))  # an unreadable label file: say so, start at 0
         self.index = min(max(pos or 0, 0), len(self.items) - 1)
         self.show()
+
+    def _is_mine(self, m: JobMessage) -> bool:
+        return m.kind == "study" and self.job is not None and m.job_id == self.job.id
+
+    def on_job_progress(self, m: JobProgress) -> None:
+        if self._is_mine(m):
+            p = m.progress
+            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            self.query_one("#study-status", StatusLine).say(f"drawing: {p.stage}{done} (ctrl+x cancels)")
+
+    def on_job_finished(self, m: JobFinished) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.apply(m.result)
+
+    def on_job_cancelled(self, m: JobCancelled) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.query_one("#study-status", StatusLine).say("study sample cancelled; s draws it again")
+
+    def on_job_failed(self, m: JobFailed) -> None:
+        if self._is_mine(m):
+            self.job = None
+            self.query_one("#study-status", StatusLine).error(m.error)
 
     # ---- showing one feature -------------------------------------------------------------------------------
 
