@@ -413,16 +413,18 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
                   keep: int = 5) -> JobHandle:
         """The trace as a job (progress per (head, source) term split, cancellable between them); the result is a
         `TraceView`, also kept in memory for `trace_cached`."""
-        where = "strongest" if pos is None else str(pos)
+        label = f"trace of L{layer} F{feature} at {'strongest' if pos is None else pos}"
 
         def job(rep: Reporter) -> TraceView:
-            rep.progress(Progress("trace", 0, 0, unit="terms", stage="starting"))
-            self._need_model()
-            return self._trace_sync(prompt, layer, feature, pos, depth, keep, on_progress=rep.progress,
-                                    cancel=rep.cancel)
+            def progress(p: Progress) -> None:  # the job line names the job: "trace of L1 F3 at 4: splitting terms"
+                rep.progress(replace(p, stage=f"{label}: {p.stage}" if p.stage else label))
 
-        return self.start_job("trace", job, post, label=f"trace of L{layer} F{feature} at {where}",
-                              key=f"trace:{layer}:{feature}:{where}:{depth}:{keep}:{hash(prompt)}")
+            progress(Progress("trace", 0, 0, unit="terms", stage="starting"))
+            self._need_model()
+            return self._trace_sync(prompt, layer, feature, pos, depth, keep, on_progress=progress, cancel=rep.cancel)
+
+        return self.start_job("trace", job, post, label=label,
+                              key=f"trace:{layer}:{feature}:{pos}:{depth}:{keep}:{hash(prompt)}")
 
     # ---- feature pages and the head survey ------------------------------------------------------------
 

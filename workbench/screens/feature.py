@@ -403,7 +403,7 @@ class FeatureScreen(WorkbenchScreen):
         if self._is_trace(m):
             p = m.progress
             done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
-            self.tracing = f"{self.trace_job.label}: {p.stage}{done} (ctrl+x cancels)"
+            self.tracing = f"{p.stage or self.trace_job.label}{done} (ctrl+x cancels)"
             self.query_one("#feature-status", StatusLine).say(self.tracing)
         if m.kind == "dashboards" and self.job is not None and m.job_id == self.job.id:
             p = m.progress

@@ -1,0 +1,160 @@
+"""The study sample and the trace as workbench jobs: each shows on the job line, ctrl+x cancels it, the explore
+heatmap answers while it runs, and a second request with the same inputs is answered without computing again
+(the study from the analysis cache, the trace from the engine's memory)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from support import PROMPT, TINY_TEXT, random_sae, settle, type_prompt
+
+from sae.analysis import study as study_mod
+from sae.analysis import trace as trace_mod
+from sae.engine.jobs import Progress
+from workbench.app import WorkbenchApp
+from workbench.engine import Engine
+from workbench.findings import FindingsStore
+from workbench.screens.explore import ExploreScreen
+from workbench.screens.feature import FeatureScreen
+from workbench.screens.study import StudyScreen
+
+
+class Gate:
+    """Makes a wrapped computation work slowly (reporting progress, so quick requests are served and a cancel is
+    seen) until released, and counts the real computations."""
+
+    def __init__(self) -> None:
+        self.slow = True
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def wrap(self, real):
+        def run(*a, on_progress=None, cancel=None, **k):
+            if self.slow:
+                self.started.set()
+                i = 0
+                while not self.release.wait(0.01):
+                    i += 1
+                    on_progress(Progress("slow", i % 10, 10, unit="steps", stage="working"))
+                raise AssertionError("the job should have been cancelled")
+            self.calls += 1
+            return real(*a, on_progress=on_progress, cancel=cancel, **k)
+
+        return run
+
+
+def job_line(screen) -> str:
+    return str(screen.query_one("#job-bar").render())
+
+
+async def heatmap_answers_during_the_job(pilot, app, label: str) -> None:
+    """Switch to explore, run a new prompt and see the heatmap while the job `label` still runs."""
+    await pilot.press("1")
+    await settle(pilot, lambda: isinstance(app.screen, ExploreScreen))
+    explore = app.screen
+    old = explore.result
+    explore.query_one("#prompt").value = PROMPT + " again"
+    explore.query_one("#prompt").focus()
+    await pilot.press("enter")
+    await settle(pilot, lambda: explore.result is not None and explore.result is not old and explore.result.tokens)
+    assert [h.label for h in app.engine.worker.jobs()] == [label]
+    explore.query_one("#heatmap").focus()
+
+
+@pytest.fixture
+def built(tiny_model, tmp_path, monkeypatch):
+    """Random SAEs for layers 0 and 1 with their dashboards built into a private cache; a private data dir."""
+    from sae.analysis.dashboards import DashboardSpec, build_dashboards
+
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ATTNSCOPE_LABELS", raising=False)
+    saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
+    docs = [TINY_TEXT[i : i + 400] for i in range(0, 4000, 400)]
+    spec = DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
+    for layer, sae in saes.items():
+        build_dashboards(tiny_model, sae, layer, spec, docs=docs)
+    return saes, tmp_path
+
+
+async def test_study_sample_is_a_job_ctrl_x_cancels_and_a_second_visit_reads_the_cache(tiny_model, built, monkeypatch):
+    saes, tmp_path = built
+    gate = Gate()
+    monkeypatch.setattr(study_mod, "study_layer", gate.wrap(study_mod.study_layer))
+    app = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), findings=FindingsStore(tmp_path / "findings"))
+    try:
+        async with app.run_test(size=(110, 32)) as pilot:
+            await settle(pilot, lambda: app.engine.info is not None)
+            app.screen.query_one("#heatmap").focus()
+            await pilot.press("8")
+            await settle(pilot, lambda: isinstance(app.screen, StudyScreen))
+            study = app.screen
+            await settle(pilot, lambda: gate.started.is_set())
+            await settle(pilot, lambda: "study sample" in job_line(study))
+            await settle(pilot, lambda: "ctrl+x" in study.query_one("#study-status").message)
+
+            await heatmap_answers_during_the_job(pilot, app, "study sample")
+
+            await pilot.press("8")
+            await settle(pilot, lambda: isinstance(app.screen, StudyScreen))
+            await pilot.press("ctrl+x")
+            await settle(pilot, lambda: "cancelled" in study.query_one("#study-status").message)
+            assert not app.engine.worker.jobs() and not study.items
+            assert await app.engine.study_cached(study.n, study.seed) is None  # a cancelled sample is not kept
+
+            gate.slow = False
+            study.reload()
+            await settle(pilot, lambda: study.items and study.view is not None)
+            assert gate.calls == 2  # layers 0 and 1
+            first = list(study.items)
+
+            study.items = []
+            study.reload()  # a second visit: from the cache, no job, no computation
+            await settle(pilot, lambda: study.items)
+            assert study.items == first and gate.calls == 2 and study.job is None
+    finally:
+        gate.release.set()
+
+
+async def test_trace_is_a_job_ctrl_x_cancels_and_a_revisited_position_comes_from_memory(app, data_dir, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(trace_mod, "trace_feature", gate.wrap(trace_mod.trace_feature))
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await settle(pilot, lambda: app.engine.info is not None)
+            await type_prompt(pilot, app)
+            explore = app.screen
+            await pilot.press("down", "down", "down", "down", "right")
+            await settle(pilot, lambda: explore.detail is not None and explore.detail.pos == 4)
+            await pilot.press("t")
+            await settle(pilot, lambda: isinstance(app.screen, FeatureScreen))
+            feat = app.screen
+            await settle(pilot, lambda: gate.started.is_set())
+            label = app.engine.worker.jobs()[0].label
+            assert label.startswith("trace of L1 F") and label.endswith("at 4")
+            await settle(pilot, lambda: "trace of" in job_line(feat))
+            await settle(pilot, lambda: "ctrl+x" in feat.query_one("#feature-status").message)
+
+            await heatmap_answers_during_the_job(pilot, app, label)
+
+            await pilot.press("2")
+            await settle(pilot, lambda: isinstance(app.screen, FeatureScreen))
+            await pilot.press("ctrl+x")
+            await settle(pilot, lambda: "trace cancelled" in feat.query_one("#feature-status").message)
+            assert not app.engine.worker.jobs() and feat.trace is None
+
+            gate.slow = False
+            await pilot.press("t")
+            await settle(pilot, lambda: feat.trace is not None)
+            assert feat.trace.pos == 4 and gate.calls == 1
+            await pilot.press("full_stop")
+            await settle(pilot, lambda: feat.trace is not None and feat.trace.pos == 5)
+            assert gate.calls == 2
+            await pilot.press("comma")  # back to 4: drawn from memory, nothing recomputed, no job
+            await settle(pilot, lambda: feat.trace is not None and feat.trace.pos == 4)
+            await pilot.press("t")
+            await pilot.pause(0.2)
+            assert feat.trace.pos == 4 and gate.calls == 2 and feat.trace_job is None
+    finally:
+        gate.release.set()
