@@ -1,5 +1,6 @@
-"""Cached analysis results: the head survey, automatic roles (with their induction test) and the study sample are
-computed once per (model, SAE content hash, dashboard build, parameters) and read back afterwards.
+"""Cached analysis results: the head survey, automatic roles (with their induction test), the study sample and SAE
+evaluations are computed once per (model, SAE content hash, dashboard build or token rows, parameters) and read
+back afterwards.
 
 A result lives in `<cache>/results/<kind>/<key>.pkl` (`<cache>`: `$ATTNSCOPE_CACHE_DIR` or the user cache dir),
 written atomically through `sae.engine.safe_io`. The key hashes everything that changes the result: the model's
@@ -17,7 +18,7 @@ import hashlib
 import io
 import json
 import pickle
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -231,3 +232,62 @@ def study_sample(model: Any, sae: Any, layer: int, n: int, seed: int, directory:
 
     return cached("study", study_parts(model, sae, layer, n, seed, directory),
                   lambda: study_layer(model, sae, layer, n, seed, on_progress=on_progress, cancel=cancel))
+
+
+# ---- SAE evaluation ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """`sae.engine.metrics.evaluate_saes`' results (one `EvalResult` per layer, in its order) and whether they were
+    read back from the cache (`from_cache`) rather than computed now."""
+
+    results: list[Any]
+    from_cache: bool
+
+
+def eval_cache_enabled() -> bool:
+    """False when `ATTNSCOPE_CACHE=off`: the switch that keeps results computed from a corpus (tokenised rows,
+    evaluations) out of the cache."""
+    import os
+
+    return os.environ.get("ATTNSCOPE_CACHE", "").lower() not in ("off", "0", "none")
+
+
+def eval_parts(model: Any, saes: Mapping[int, Any], token_rows: Any, batch_rows: int,
+               exclude_special_tokens: bool) -> dict[str, Any]:
+    """What an evaluation depends on: the model (fingerprint, dtype, device type), each SAE's content hash, the
+    token rows themselves `[rows, pos]` (so the corpus, its split, the row length and the token budget are all in
+    it), the batch size and the BOS rule."""
+    from sae.analysis.dashboards.store import model_fingerprint, sae_fingerprint
+
+    rows = token_rows.detach().to("cpu").contiguous()
+    return {"model": model_fingerprint(model), "name": str(getattr(model, "name", "")),
+            "dtype": str(getattr(model, "dtype", "")), "device": str(getattr(getattr(model, "device", None), "type", "")),
+            "saes": {str(x): sae_fingerprint(s) for x, s in sorted(saes.items())},
+            "rows": [list(rows.shape), str(rows.dtype), hashlib.sha1(rows.numpy().tobytes()).hexdigest()],
+            "batch_rows": int(batch_rows), "exclude_special_tokens": bool(exclude_special_tokens)}
+
+
+def evaluate(model: Any, saes: Mapping[int, Any], token_rows: Any, batch_rows: int = 8,
+             exclude_special_tokens: bool = True, on_progress: ProgressFn | None = None,
+             cancel: CancelToken | None = None, refresh: bool = False) -> EvalOutcome:
+    """`sae.engine.metrics.evaluate_saes`, read back from the cache when the same model, SAE contents, token rows
+    and settings were evaluated before (`refresh` computes again and replaces the stored results; with
+    `ATTNSCOPE_CACHE=off` nothing is read or stored). Each result's `path` is the SAE's path of this call."""
+    from sae.engine.metrics import evaluate_saes
+
+    def compute() -> list[Any]:
+        return evaluate_saes(model, dict(saes), token_rows, batch_rows=batch_rows, on_progress=on_progress,
+                             cancel=cancel, exclude_special_tokens=exclude_special_tokens)
+
+    if not eval_cache_enabled():
+        return EvalOutcome(compute(), from_cache=False)
+    key = result_key("eval", eval_parts(model, saes, token_rows, batch_rows, exclude_special_tokens))
+    hit = None if refresh else load_result("eval", key)
+    if isinstance(hit, list) and all(getattr(r, "layer", None) in saes for r in hit):
+        return EvalOutcome([replace(r, path=str(saes[r.layer].cfg.extra.get("path", ""))) for r in hit],
+                           from_cache=True)
+    results = compute()
+    store_result("eval", key, results)
+    return EvalOutcome(results, from_cache=False)

@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--include-bos", "--paper", dest="include_bos", action="store_true",
                    help="count special-token positions (BOS/EOS/PAD) too, as the paper's CE loss recovered does "
                    "(--paper is the same flag); default: leave them out, as SAELens does")
+    p.add_argument("--no-cache", dest="no_cache", action="store_true",
+                   help="evaluate again even when the same model, SAE contents, tokens and settings were evaluated "
+                   "before (the new results replace the cached ones)")
     p.add_argument("--write", action="store_true", help="store the metrics in each SAELens dir's cfg.json and sparsity file")
     add_output_flags(p)
     p.set_defaults(func=run)
@@ -40,8 +43,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sae.engine.activations import corpus_token_rows
     from sae.engine.formats import save_sae
+    from sae.analysis.cache import evaluate
     from sae.zoo import corpus_texts, load_sae_set
-    from sae.engine.metrics import evaluate_saes
 
     model = open_model(args.model, args.device)
     specs = args.saes or [args.saes_flag]
@@ -64,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     ctx = min(ctx, model.n_ctx)
     n_rows = max(1, args.tokens // ctx)
     rows = corpus_token_rows(model, corpus_texts(args.corpus, "heldout"), ctx, max_rows=n_rows)
-    with job_progress("eval", transient=False) as on_progress:
-        results = evaluate_saes(model, saes, rows, batch_rows=args.batch_rows, on_progress=on_progress,
-                                exclude_special_tokens=not args.include_bos)
+    with job_progress("eval", transient=False) as on_progress:  # results are cached by model, SAE contents, rows
+        outcome = evaluate(model, saes, rows, batch_rows=args.batch_rows, on_progress=on_progress,
+                           exclude_special_tokens=not args.include_bos, refresh=args.no_cache)
+    results = outcome.results
     if args.write:
         for r in results:
             sae = saes[r.layer]
@@ -76,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
                 save_sae(sae, path, r.log10_density)
             else:
                 console.print(f"not writing metrics into {path}: not a SAELens directory", markup=False)
-    emit(args, [r.to_dict() for r in results], _markdown, _pretty)
+    emit(args, [{**r.to_dict(), "cached": outcome.from_cache} for r in results], _markdown, _pretty)
     return 0
 
+
+CACHED_NOTE = ("(cached: the same model, SAE contents, tokens and settings were evaluated before; --no-cache "
+               "evaluates again)")
 
 COLUMNS = [
     ("layer", "{}"), ("d_sae", "{}"), ("l0", "{:.1f}"), ("explained_variance", "{:.3f}"), ("nmse", "{:.3f}"),
@@ -102,6 +109,8 @@ def _markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join(_fmt(f, r[c]) for c, f in COLUMNS) + " |")
     if rows:
         lines += ["", f"BOS rule: {rows[0]['bos_rule']}."]
+        if rows[0].get("cached"):
+            lines += ["", CACHED_NOTE]
     return "\n".join(lines)
 
 
@@ -116,3 +125,5 @@ def _pretty(rows: list[dict]) -> None:
     out.print(t)
     if rows:
         out.print(f"BOS rule: {rows[0]['bos_rule']}.")
+        if rows[0].get("cached"):
+            out.print(CACHED_NOTE)
