@@ -9,7 +9,7 @@ from sae import cli
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = cli.build_parser()
+    parser = cli.build_parser(command=argv[0] if argv and not argv[0].startswith("-") else None)
     commands = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # noqa: SLF001
     workbench_cmds = {"screenshots", "export"}
     if argv[:2] == ["bench", "tui"]:  # the workbench's own benchmark lives beside it (workbench/bench_tui.py)

@@ -38,6 +38,10 @@ COMMAND_MODULES = [
     "ioi",
 ]
 
+# command -> the module that registers it (tests/cli checks it against what the modules register)
+MODULE_OF_COMMAND = {"eval": "evaluate", "dashboard": "dashboards",
+                     **{name: name for name in COMMAND_MODULES if name != "evaluate"}}
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad command line is one line (`attnscope: error: train: ... (see attnscope train --help)`)
@@ -51,7 +55,11 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
+def build_parser(extra_modules: list = (), command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with `command` (the command about to run, one of `MODULE_OF_COMMAND`), only its
+    module's: the others' `register` import what their flags' defaults come from (torch, through `TrainConfig` or
+    the benchmarks), which `attnscope features --help` or a usage error need not wait for."""
+    modules = [MODULE_OF_COMMAND[command]] if command in MODULE_OF_COMMAND else COMMAND_MODULES
     parser = OneLineParser(
         prog="attnscope",
         description="Interpret attention layers with sparse autoencoders. With no command, opens the workbench.",
@@ -62,7 +70,7 @@ def build_parser(extra_modules: list = ()) -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(f"sae.cli.{name}").register(sub)
     for mod in extra_modules:
         mod.register(sub)
@@ -88,8 +96,8 @@ def text_args(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
     import sae.zoo  # noqa: F401 - registers the installed package as read-only to every writer (safe_io.protect)
 
-    parser = build_parser(extra_modules)
     raw = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(extra_modules, command=raw[0] if raw and not raw[0].startswith("-") else None)
     if any("\x00" in a for a in raw):  # no real command line holds one; no path or prompt may
         return fail("an argument holds a NUL character")
     argv = text_args(raw)
