@@ -158,6 +158,7 @@ class FeatureScreen(WorkbenchScreen):
         self.proxy: ProxyView | None = None  # the last proxy study of this feature (y)
         self.proxy_job: Any = None
         self.trace_job: Any = None  # the trace's job while it runs
+        self.trace_args: tuple = ()  # what it traces: (prompt, layer, feature, position)
         self.trace_all = False  # a: the trace tree shows every term, not only those >= 5% of the root
         self.tracing = ""  # while a trace runs: what the status line says about it (nothing may overwrite it)
         self._trace_on_mount = False
@@ -321,8 +322,12 @@ class FeatureScreen(WorkbenchScreen):
         if tr is not None:
             self.show_trace(tr)
             return
+        args = (prompt, layer, feature, pos)
         if self.trace_job is not None and self.trace_job.running:
+            if self.trace_args == args:  # t pressed again while it runs: the same job goes on
+                return
             self.trace_job.cancel()  # the position moved on: the old tree is not wanted any more
+        self.trace_args = args
         job = self.attempt(self.engine.run_trace, prompt, layer, feature, post=self.post_message, pos=pos, depth=1,
                            on_error=failed)
         if job is not None:
