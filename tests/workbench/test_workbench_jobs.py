@@ -54,11 +54,17 @@ async def heatmap_answers_during_the_job(pilot, app, label: str) -> None:
     await settle(pilot, lambda: isinstance(app.screen, ExploreScreen))
     explore = app.screen
     old = explore.result
+    status = explore.query_one("#explore-status")
+    said: list[str] = []
+    orig_say = status.say
+    status.say = lambda m: (said.append(m), orig_say(m))  # type: ignore[method-assign]
     explore.query_one("#prompt").value = PROMPT + " again"
     explore.query_one("#prompt").focus()
     await pilot.press("enter")
     await settle(pilot, lambda: explore.result is not None and explore.result is not old and explore.result.tokens)
     assert [h.label for h in app.engine.worker.jobs()] == [label]
+    assert any("pending" in m and label in m for m in said)  # it said what it waited for
+    status.say = orig_say  # type: ignore[method-assign]
     explore.query_one("#heatmap").focus()
 
 
