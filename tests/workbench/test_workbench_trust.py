@@ -605,10 +605,10 @@ def test_cli_trace_prints_the_top_by_default_and_everything_with_all(capsys, tin
 
 
 
-# ---- 16. at 80x24 the footer keeps ? visible on every screen ------------------------------------------------------
+# ---- 16. at 80x24 the footer keeps ? Help and ^q Quit visible on every screen ------------------------------------
 
 
-async def test_help_key_is_visible_in_the_footer_of_every_screen_at_80_columns(app):
+async def test_help_and_quit_keys_are_visible_in_the_footer_of_every_screen_at_80_columns(app):
     from textual.widgets._footer import FooterKey
 
     async with app.run_test(size=(80, 24)) as pilot:
@@ -619,10 +619,17 @@ async def test_help_key_is_visible_in_the_footer_of_every_screen_at_80_columns(a
             await pilot.pause(0.2)
             app.set_focus(None)
             await pilot.pause(0.2)
-            keys = [k for k in app.screen.query(FooterKey) if k.key == "question_mark"]
-            assert keys, f"screen {key}: no ? in the footer"
-            region = keys[0].region
-            assert region.width > 0 and region.right <= 80, (key, region)
+            for wanted, label in (("question_mark", "Help"), ("ctrl+q", "Quit")):
+                def laid_out(wanted=wanted):  # the footer recomposes when the focus changes: wait for its keys
+                    return [k for k in app.screen.query(FooterKey) if k.key == wanted and k.region.width > 0]
+
+                await settle(pilot, laid_out, timeout=10)
+                keys = laid_out()
+                region = keys[0].region  # on screen: not scrolled out of the footer, not under another key
+                assert region.width > 0 and region.x >= 0 and region.right <= 80, (key, wanted, region)
+                assert keys[0].description == label
+                for x in (region.x, region.right - 1):  # drawn whole, nothing on top of it
+                    assert app.screen.get_widget_at(x, region.y)[0] is keys[0], (key, wanted, x)
 
 
 # ---- 17. findings: the preview has the finding's number, undo puts it back in place, enter opens it -----------------

@@ -10,8 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import CellDetail, DashboardView, PromptView, density_text, head_name
 from workbench.engine.research import InterventionView, PredictionsView
 from workbench.findings import Finding, md_bars, md_context, md_number, md_table
@@ -85,7 +86,7 @@ class ExploreScreen(WorkbenchScreen):
                 yield HeadBars("DFA by head", id="head-bars")
                 yield SourceStrip(id="source-strip")
                 yield Static("", id="feature-summary")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return (

@@ -10,8 +10,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Static, Tree
+from textual.widgets import Static, Tree
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import (
     DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView, density_text, head_name,
 )
@@ -168,7 +169,7 @@ class FeatureScreen(WorkbenchScreen):
             with VerticalScroll(id="dashboard-scroll"):
                 yield Static("", id="dashboard")
             yield Tree("trace", id="trace-tree", classes="hidden")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return "The dashboard of one feature, built by `attnscope dashboards build`. t traces it on the explore prompt."

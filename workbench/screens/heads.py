@@ -7,8 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import HeadFeatureView, HeadsView, HeadView, JobHandle, head_name
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
@@ -66,7 +67,7 @@ class HeadsScreen(WorkbenchScreen):
                 yield DataTable(id="head-features", cursor_type="row", zebra_stripes=False)
                 yield Static("", id="head-rule")
         yield Static(HEADS_LEGEND, id="heads-legend", classes="dim-note")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return ("Each head's top features by decoder-norm share and their roles: the human label (*) where one exists "
