@@ -30,7 +30,6 @@ from workbench.screens.training import TrainingScreen
 
 
 S = TypeVar("S", bound=WorkbenchScreen)
-STUDY_KEY = "8"
 
 AUTO_BUILD_DELAY_S = 3.0
 KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
@@ -88,7 +87,6 @@ class WorkbenchApp(App):
         Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
         Binding("escape", "back", "Back", show=False),
         *[Binding(key, f"switch_mode('{mode}')", label, show=False) for mode, key, label in SCREENS],
-        Binding(STUDY_KEY, "switch_mode('study')", "", show=False),  # not in the nav line: a side screen
     ]
 
     def __init__(
@@ -277,7 +275,7 @@ class WorkbenchApp(App):
         if isinstance(screen, WorkbenchScreen) and screen.back():
             return
         if self.current_mode == "explore":
-            self.notify("explore is the home screen; 1-7 switch screens, ? lists the keys", timeout=3)
+            self.notify("explore is the home screen; 1-8 switch screens, ? lists the keys", timeout=3)
             return
         self.switch_mode("explore")
         self.notify("back to explore (escape goes home)", timeout=3)

@@ -133,6 +133,31 @@ async def test_digit_on_the_study_screen_switches_screen_and_writes_no_label(tin
     assert not labels.exists() or LabelStore(labels).labels() == []
 
 
+async def test_the_nav_line_lists_every_screen_with_the_digit_that_reaches_it(app):
+    """The study screen too (it was reachable by 8 but missing from the line), whole at 80 columns; each digit goes
+    where the line says, from every screen."""
+    from workbench.app import WorkbenchApp
+    from workbench.screens.base import NavBar
+
+    modes = set(WorkbenchApp.MODES)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        seen = set()
+        for digit in [str(d) for d in range(1, len(modes) + 1)]:
+            await pilot.press(digit)
+            await pilot.pause(0.1)
+            shown = app.screen.query_one(NavBar).render().plain
+            assert len(shown) <= 80, shown
+            words = shown.split()
+            listed = dict(zip(words[0::2], words[1::2]))
+            assert sorted(listed) == [str(d) for d in range(1, len(modes) + 1)], shown
+            assert app.current_mode.lower().startswith(listed[digit].lower()[:3]), (digit, app.current_mode, shown)
+            seen.add(app.current_mode)
+            app.set_focus(None)
+        assert seen == modes
+
+
 # ---- 3. export asks before replacing and defaults to the data dir ------------------------------------------------
 
 
