@@ -27,6 +27,7 @@ from workbench.screens.experiments import InductionScreen, IOIScreen
 from workbench.screens.modals import AskScreen, HelpScreen, ask_export
 from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
+from workbench.widgets.edit import UndoInput
 
 
 S = TypeVar("S", bound=WorkbenchScreen)
@@ -317,6 +318,8 @@ class WorkbenchApp(App):
                 if key not in seen:  # a screen's own binding hides the app's for the same key
                     seen.add(key)
                     rows.append((key, HELP_WORDS.get(b.action, b.description)))
+        if isinstance(screen, WorkbenchScreen) and screen.query(UndoInput):
+            rows.append(("ctrl+z ctrl+y", "in a text field: undo / redo an edit (the field's own keys)"))
         for mode, key, label in SCREENS:
             rows.append((key, f"{label} screen"))
         rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories; search "

@@ -256,6 +256,49 @@ async def test_slash_and_the_note_editor_do_not_select_the_text(app):
         assert app.screen.query_one("#ask-input").value == "my careful note!"
 
 
+async def test_ctrl_z_undoes_edits_in_the_prompt_and_the_note_editor(app):
+    """Textual's Input has no undo: a word typed, a select-all-and-type, a prompt from the history are each one
+    ctrl+z away (ctrl+y redoes); up / down still walk the prompt history."""
+    from workbench.findings import Finding
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.remember_prompt("An earlier prompt")
+        prompt = app.screen.query_one("#prompt")
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("slash")
+        await pilot.press(*"The cat", "space", *"sat")
+        assert prompt.value == "The cat sat"
+        await pilot.press("ctrl+z")
+        assert prompt.value == "The cat "  # the last word, as one step
+        await pilot.press("ctrl+z")
+        assert prompt.value == "The cat"
+        await pilot.press("ctrl+y", "ctrl+y")
+        assert prompt.value == "The cat sat"
+        await pilot.press("up")  # the history replaces the text ...
+        assert prompt.value == "An earlier prompt"
+        await pilot.press("ctrl+z")  # ... and undo brings the typed text back
+        assert prompt.value == "The cat sat"
+        await pilot.press("escape")
+        app.findings.add(Finding(kind="note", title="one", body="", note="my careful note"))
+        await pilot.press("7")
+        await settle(pilot, lambda: app.current_mode == "findings")
+        await pilot.pause(0.2)
+        await pilot.press("n")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.pause()
+        box = app.screen.query_one("#ask-input")
+        await pilot.press("ctrl+u")  # delete everything left of the cursor: the whole note ...
+        await pilot.press(*"oops")
+        assert box.value == "oops"
+        await pilot.press("ctrl+z", "ctrl+z")  # ... undone in two steps
+        assert box.value == "my careful note"
+        assert box.cursor_position == len("my careful note")
+        await pilot.press("enter")
+        await settle(pilot, lambda: not isinstance(app.screen, AskScreen))
+    assert [f.note for f in app.findings.findings] == ["my careful note"]
+
+
 # ---- 7. a feature opened without a position traces where it is strongest, and the root says if it fires -----------
 
 

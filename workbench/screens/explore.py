@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Input, Static
 
+from workbench.widgets.edit import UndoInput
 from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import CellDetail, DashboardView, PromptView, density_text, head_name
 from workbench.engine.research import InterventionView, PredictionsView
@@ -73,8 +74,8 @@ class ExploreScreen(WorkbenchScreen):
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
-        yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt",
-                    select_on_focus=False)  # / edits the prompt; the first key must not replace it
+        # / edits the prompt: nothing selected, so the first key never replaces it; ctrl+z undoes, up / down history
+        yield UndoInput(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt")
         yield StatusLine("", id="explore-status")
         with Horizontal(id="explore-body"):
             with Vertical(id="heatmap-box"):
@@ -98,11 +99,12 @@ class ExploreScreen(WorkbenchScreen):
     # ---- startup --------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        prompt_input = self.query_one("#prompt", Input)
+        prompt_input = self.query_one("#prompt", UndoInput)
         start = getattr(self.app, "start_prompt", "")
         if start and not self.prompt:
             self.prompt = start
             prompt_input.value = start
+            prompt_input.reset_undo()  # undo stops at the prompt the workbench started with
         self.query_one("#heatmap", Heatmap).focus()  # keys act at once; / types a prompt
         self.run_worker(self._open(), group="open", exclusive=True)
 
