@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from workbench.screens.modals import AskScreen
-from support import settle
+from support import settle, type_prompt
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -437,6 +437,46 @@ async def test_new_dashboard_starts_at_the_top_and_a_closed_trace_leaves_the_sta
         fs.tracing = "tracing L0 F4 ..."
         fs.say("building dashboards of layer 0")
         assert "tracing L0 F4" in status.message and "building" in status.message
+
+
+async def test_side_panel_marks_the_previous_cell_as_pending_while_a_job_holds_the_engine(app):
+    """After ] during a job, the side panel keeps the previous layer's cell until a job step serves the new one: it
+    must say so (as the status line says so for the heatmap), and stop saying so once the new cell is shown."""
+    import threading
+
+    from support import slow_job
+
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        screen = app.screen
+        await pilot.press("left_square_bracket")  # layer 0 (the app starts on layer 1)
+        await type_prompt(pilot, app)
+        await settle(pilot, lambda: screen.detail is not None and screen.result.layer == 0)
+        pending = screen.query_one("#side-pending")
+        side = screen.query_one("#explore-side")
+        assert not pending.display and not side.has_class("-pending")
+        started, release = threading.Event(), threading.Event()
+        job = app.engine.start_job("slow", slow_job(started, release, period_s=1.5), app.post_message,
+                                   label="slow job")
+        try:
+            await settle(pilot, started.is_set)
+            await pilot.pause(0.1)
+            await pilot.press("right_square_bracket")
+            await pilot.pause(0.2)
+            assert screen.result.layer == 0  # the heatmap and the panel still show layer 0 ...
+            assert "L0 feature" in str(screen.query_one("#cell-title").render())
+            assert pending.display and side.has_class("-pending")  # ... and the panel says it is not current
+            mark = str(pending.render())
+            assert "pending" in mark and "layer 1" in mark and "slow job" in mark
+            # the job's next step serves the heatmap, then the cell: the mark goes with the old cell
+            await settle(pilot, lambda: screen.result.layer == 1 and "L1 feature" in str(
+                screen.query_one("#cell-title").render()), timeout=20)
+            await settle(pilot, lambda: not pending.display)
+            assert not side.has_class("-pending")
+        finally:
+            release.set()
+            job.cancel()
+        await settle(pilot, job.done.is_set)
 
 
 # ---- 11. heads are named L0H2 everywhere; DFA bars have a scale ----------------------------------------------------
