@@ -740,6 +740,53 @@ async def test_help_and_quit_keys_are_visible_in_the_footer_of_every_screen_at_8
                     assert app.screen.get_widget_at(x, region.y)[0] is keys[0], (key, wanted, x)
 
 
+async def test_heads_grid_and_role_column_are_whole_at_80_columns(app):
+    """Four heads a layer and the longest role with its human-label mark fit beside each other at 80x24: neither
+    table needs a sideways scroll (the role header was 44 columns and cut the roles to 'previous-toke')."""
+    from textual.widgets import DataTable
+
+    from workbench.engine import HeadFeatureView, HeadsView, HeadView
+
+    roles = ["short-range context", "long-range context", "previous-token", "duplicate-token", "induction"]
+    heads = tuple(HeadView(layer=layer, head=h, verdict="polysemantic", main_role=roles[0], features=tuple(
+        HeadFeatureView(id=1000 + i, share=0.9 - 0.05 * i, role=roles[i % len(roles)], source="human" if i % 2 else "automatic")
+        for i in range(10))) for layer in range(3) for h in range(4))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("3")
+        await settle(pilot, lambda: app.current_mode == "heads")
+        screen = app.screen
+        screen.show_survey(HeadsView(heads=heads, summary="test survey", rule=""))
+        await pilot.pause(0.3)
+        for table_id in ("#heads-grid", "#head-features"):
+            table = screen.query_one(table_id, DataTable)
+            assert table.virtual_size.width <= table.scrollable_content_region.width, (
+                table_id, table.virtual_size.width, table.scrollable_content_region.width)
+            assert table.region.right <= 80
+        features = screen.query_one("#head-features", DataTable)
+        shown = [str(features.get_cell_at((r, 2))) for r in range(features.row_count)]
+        assert "short-range context" in shown and "long-range context*" in shown
+
+
+def test_dashboard_head_bars_fit_a_narrow_column():
+    """Beside an open trace at 80 columns the dashboard is ~20 columns wide: its head bars shrink, their labels and
+    values stay whole (they were cut to 'L0H0 │█…')."""
+    from rich.console import Console
+
+    from workbench.engine import DashboardView
+    from workbench.screens.feature import dashboard_renderable
+
+    view = DashboardView(layer=0, feature=400, built=False, head_shares=[0.649, -0.175, 0.064, 0.112])
+    for width in (20, 30, 78):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(dashboard_renderable(view))
+        lines = console.export_text().splitlines()
+        bars = [ln for ln in lines if ln.startswith("L0H")]
+        assert len(bars) == 4 and not any("…" in ln for ln in bars), (width, bars)
+        assert [ln.split()[-1] for ln in bars] == ["+0.649", "-0.175", "+0.064", "+0.112"]
+
+
 # ---- 17. findings: the preview has the finding's number, undo puts it back in place, enter opens it -----------------
 
 

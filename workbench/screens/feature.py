@@ -20,7 +20,7 @@ from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobFailed, JobFinished, JobProgress
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
-from workbench.widgets.bars import signed_bars, source_strip
+from workbench.widgets.bars import FitBars, source_strip
 from workbench.widgets.heatmap import escape_token, visible_token
 from workbench.widgets.sparklines import histogram_text
 
@@ -45,8 +45,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares, width=20,
-                                 label_width=5))
+        parts.append(FitBars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))

@@ -8,6 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import HorizontalGroup
 from textual.widgets import Footer
 from textual.widget import Widget
+from textual.widgets._footer import FooterKey
 
 HELP_ACTIONS = ("help", "app.help")
 PINNED_ACTIONS = ("quit", "app.quit")  # right edge, beside the palette key
@@ -52,3 +53,18 @@ class WorkbenchFooter(Footer):
             with PinnedKeys():
                 yield from pinned
                 yield from palette
+        self.call_after_refresh(self.fit_keys)
+
+    def on_resize(self) -> None:
+        for key in self.query(FooterKey):
+            key.display = True
+        self.call_after_refresh(self.fit_keys)
+
+    def fit_keys(self) -> None:
+        """Hide the screen keys that do not fit whole before the pinned ones (a key cut to `s S` reads as
+        another key); `?` lists them all."""
+        pinned = self.query(PinnedKeys)
+        limit = pinned.first().region.x if pinned else self.region.right
+        for key in self.query(FooterKey):
+            if key.parent is self and key.display and key.region.width:
+                key.display = key.region.right <= limit
