@@ -516,6 +516,24 @@ async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app)
     assert tables[0][2][0][0] == "L0H2" and "L0H2 (short-prefix)" in head
 
 
+async def test_pattern_screen_and_html_export_name_heads_like_the_cli(app, tmp_path):
+    """The attention pattern's title and the HTML page's head bars said `1.0` where everything else says `L1H0`."""
+    from workbench.findings import Finding
+    from workbench.html_export import export_html
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        await settle(pilot, lambda: app.screen.detail is not None)
+        await pilot.press("v")
+        await settle(pilot, lambda: getattr(app.screen, "pattern_view", None) is not None)
+        title = str(app.screen.query_one("#pattern-title").render())
+        assert f"head L1H{app.screen.p_head} " in title, title
+    page = export_html([Finding(kind="cell", title="t", layer=1, data={"dfa_heads": [0.5, -0.25], "dfa_bias": 0.1,
+                                                                         "head_shares": [0.3, 0.7]})])
+    assert page.count(">L1H0<") == 2 and page.count(">L1H1<") == 2 and ">1.0<" not in page
+
+
 # ---- 12. the workbench's quick experiment runs say so, with the CLI command for the full one ----------------------
 
 

@@ -40,6 +40,7 @@ def short_path(spec: str, width: int = 28) -> str:
 
 class ExploreScreen(WorkbenchScreen):
     MODE = "explore"
+    AUTO_FOCUS = "#heatmap"  # back on explore, keys act on the heatmap; / types in the prompt
     BINDINGS = [
         Binding("enter", "open_feature", "Feature", show=True),
         Binding("t", "trace", "Trace cell", show=True),
