@@ -758,6 +758,49 @@ async def test_help_and_quit_keys_are_visible_in_the_footer_of_every_screen_at_8
                     assert app.screen.get_widget_at(x, region.y)[0] is keys[0], (key, wanted, x)
 
 
+async def test_footer_shows_only_whole_keys_and_the_job_line_keeps_its_cancel_key_at_80_columns(app):
+    """A key that does not fit before ^q / ^p is left out (the rest are in ?), never cut to `s S`; a long job line
+    shortens its label, never `ctrl+x cancels`."""
+    import threading
+
+    from support import slow_job
+    from textual.widgets._footer import FooterKey
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        for key in "12345678":
+            await pilot.press(key)
+            await pilot.pause(0.3)
+            app.set_focus(None)
+
+            def footer():  # (the left edge of ^q / ^p, the other keys on screen), once laid out
+                keys = [k for k in app.screen.query(FooterKey) if k.region.width]
+                right = [k.region.x for k in keys if k.key in ("ctrl+p", "ctrl+q")]
+                shown = [k for k in keys if k.display and k.key not in ("ctrl+p", "ctrl+q")]
+                return (min(right), shown) if right and len(shown) >= 3 else None
+
+            await settle(pilot, lambda: footer() is not None, timeout=10)
+            await pilot.pause(0.3)  # the footer hides what does not fit after its layout
+            await settle(pilot, lambda: footer() is not None, timeout=10)
+            limit, shown = footer()
+            for k in shown:
+                assert k.region.right <= limit, (key, k.key, k.region, limit)
+        started, release = threading.Event(), threading.Event()
+        job = app.engine.start_job("slow", slow_job(started, release), app.post_message,
+                                   label="head survey, layer 2: induction confirmation on many batches of prompts")
+        try:
+            bar = app.screen.query_one("#job-bar")
+            await settle(pilot, lambda: "head survey" in str(bar.render()))
+            await pilot.pause(0.5)
+            line = str(bar.render())
+            assert line.endswith("ctrl+x cancels") and len(line) <= bar.content_size.width, line
+        finally:
+            release.set()
+            job.cancel()
+        await settle(pilot, job.done.is_set)
+
+
 async def test_heads_grid_and_role_column_are_whole_at_80_columns(app):
     """Four heads a layer and the longest role with its human-label mark fit beside each other at 80x24: neither
     table needs a sideways scroll (the role header was 44 columns and cut the roles to 'previous-toke')."""
