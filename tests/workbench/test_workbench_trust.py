@@ -133,6 +133,25 @@ async def test_digit_on_the_study_screen_switches_screen_and_writes_no_label(tin
     assert not labels.exists() or LabelStore(labels).labels() == []
 
 
+async def test_back_on_explore_letters_act_on_the_heatmap_not_in_the_prompt(app):
+    """Explore shown again with nothing focused gave the focus to the first field, the prompt: `t` then typed a
+    letter into it instead of tracing."""
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        explore, before = app.screen, app.screen.query_one("#prompt").value
+        app.set_focus(None)
+        await pilot.press("3")
+        await settle(pilot, lambda: app.current_mode == "heads")
+        await pilot.press("1")
+        await settle(pilot, lambda: app.screen is explore)
+        await pilot.pause(0.2)
+        assert app.focused is explore.query_one("#heatmap")
+        await pilot.press("t")
+        await settle(pilot, lambda: app.current_mode == "feature")
+        assert explore.query_one("#prompt").value == before
+
+
 async def test_the_nav_line_lists_every_screen_with_the_digit_that_reaches_it(app):
     """The study screen too (it was reachable by 8 but missing from the line), whole at 80 columns; each digit goes
     where the line says, from every screen."""
