@@ -867,6 +867,24 @@ def test_dashboard_head_bars_fit_a_narrow_column():
         assert [ln.split()[-1] for ln in bars] == ["+0.649", "-0.175", "+0.064", "+0.112"]
 
 
+def test_intervention_panel_keeps_six_character_tokens_whole_at_80_columns():
+    """The explore side panel is 26 columns wide at 80x24: the before / after columns showed ' Henry' as '␣Hen…'."""
+    from types import SimpleNamespace as NS
+
+    from workbench.widgets.predict import intervention_text
+
+    names = [" Mary", " Henry", " Sarah", " Linda", " Kate"]
+    top = [NS(token=t, id=i, prob=p) for i, (t, p) in enumerate(zip(names, [0.996, 0.001, 0.0, 0.0, 0.0]))]
+    v = NS(layer=2, describe="L2 feature 453 ablated at 14", loss_before=1.9, loss_after=1.9, at=1,
+           tokens=["<|endoftext|>", " to"], top_before=top, top_after=top[::-1], positions=[1], activation=[1.5],
+           new_activation=[0.0], logit_change=[], downstream=[])
+    lines = intervention_text(v, width=26).plain.splitlines()
+    rows = lines[lines.index(next(x for x in lines if x.startswith("before"))) + 1:][:5]
+    assert all(len(r) <= 26 for r in rows), rows
+    assert [r.split()[0] for r in rows] == ["␣Mary", "␣Henry", "␣Sarah", "␣Linda", "␣Kate"], rows
+    assert "99.6%" in rows[0]
+
+
 # ---- 17. findings: the preview has the finding's number, undo puts it back in place, enter opens it -----------------
 
 
