@@ -203,7 +203,8 @@ class HeadsScreen(WorkbenchScreen):
         for f in h.features[:10]:
             t.add_row(Text(str(f.id), justify="right"), Text(f"{f.share:.2f}", justify="right"), Text(_role(f)),
                       key=str(f.id))
-        rule = Text(f"roles from {h.source} · enter on a row opens that feature · v its attention pattern", style="dim")
+        rule = Text(f"roles from {h.source} (* human label, labels.json; else the automatic role) · enter on a row "
+                    "opens that feature · v its attention pattern", style="dim")
         if self.survey and self.survey.rule:
             rule.append(f"\nRule: {self.survey.rule}")
         self.query_one("#head-rule", Static).update(rule)
