@@ -354,6 +354,27 @@ async def test_feature_opened_from_elsewhere_traces_where_it_fires_not_at_an_old
         assert f"act {v[strongest, c]:.3f}" in str(fs.trace_root_text())
 
 
+async def test_at_80_columns_the_trace_root_of_a_silent_cell_shows_that_it_does_not_fire(app):
+    """The warning ended the root's line, past the tree's edge at 80 columns: it comes first now."""
+    import numpy as np
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        res = app.screen.result
+        v = np.asarray(res.values)
+        c = next(c for c in range(v.shape[1]) if v[:, c].max() > 0 and v[:, c].min() == 0)
+        app.show_feature(res.layer, res.columns[c], pos=int(np.argmin(v[:, c])))
+        await pilot.pause()
+        fs = app.screen
+        await pilot.press("t")
+        await settle(pilot, lambda: fs.trace is not None)
+        await pilot.pause(0.3)
+        tree = fs.query_one("#trace-tree")
+        visible = tree.scrollable_content_region.width - 2  # the root's expand mark and its space
+        assert "does not fire here" in fs.trace_root_text().plain[:visible], (visible, fs.trace_root_text().plain)
+
+
 # ---- 6. exported figures are as wide as their content: each heatmap row is one line -------------------------------
 
 

@@ -125,11 +125,12 @@ def proxy_renderable(v: ProxyView, width: int = 24) -> Group:
 def trace_root_label(tr: TraceView) -> Text:
     """The trace root: the pre-activation the tree splits and the activation, so a position where the feature does
     not fire (act 0, e.g. outside the top-k) never looks traced like one where it does."""
-    label = Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold")
+    label = Text()
+    if tr.act is not None and tr.act <= 0:  # first: a narrow tree cuts the end of the line, never this
+        label.append("does not fire here: ", style="bold yellow")
+    label.append(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold")
     if tr.act is not None:
         label.append(f" · act {tr.act:.3f}", style="bold" if tr.act > 0 else "bold yellow")
-        if tr.act <= 0:
-            label.append("  does not fire here", style="yellow")
     return label
 
 
@@ -175,7 +176,7 @@ class FeatureScreen(WorkbenchScreen):
 
     def on_resize(self) -> None:
         """Below 120 columns the trace takes most of the width: its labels are what is read."""
-        self.query_one("#trace-tree", Tree).styles.width = "50%" if self.size.width >= 120 else "70%"
+        self.query_one("#trace-tree", Tree).styles.width = "50%" if self.size.width >= 120 else "75%"
 
     def on_mount(self) -> None:
         if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built
