@@ -27,10 +27,10 @@ from workbench.screens.experiments import InductionScreen, IOIScreen
 from workbench.screens.modals import AskScreen, HelpScreen, ask_export
 from workbench.screens.study import StudyScreen
 from workbench.screens.training import TrainingScreen
+from workbench.widgets.edit import UndoInput
 
 
 S = TypeVar("S", bound=WorkbenchScreen)
-STUDY_KEY = "8"
 
 AUTO_BUILD_DELAY_S = 3.0
 KEY_NAMES = {"left_square_bracket": "[", "right_square_bracket": "]", "question_mark": "?", "slash": "/",
@@ -88,7 +88,6 @@ class WorkbenchApp(App):
         Binding("ctrl+x", "cancel_job", "Cancel job", show=False),
         Binding("escape", "back", "Back", show=False),
         *[Binding(key, f"switch_mode('{mode}')", label, show=False) for mode, key, label in SCREENS],
-        Binding(STUDY_KEY, "switch_mode('study')", "", show=False),  # not in the nav line: a side screen
     ]
 
     def __init__(
@@ -277,7 +276,7 @@ class WorkbenchApp(App):
         if isinstance(screen, WorkbenchScreen) and screen.back():
             return
         if self.current_mode == "explore":
-            self.notify("explore is the home screen; 1-7 switch screens, ? lists the keys", timeout=3)
+            self.notify("explore is the home screen; 1-8 switch screens, ? lists the keys", timeout=3)
             return
         self.switch_mode("explore")
         self.notify("back to explore (escape goes home)", timeout=3)
@@ -319,6 +318,8 @@ class WorkbenchApp(App):
                 if key not in seen:  # a screen's own binding hides the app's for the same key
                     seen.add(key)
                     rows.append((key, HELP_WORDS.get(b.action, b.description)))
+        if isinstance(screen, WorkbenchScreen) and screen.query(UndoInput):
+            rows.append(("ctrl+z ctrl+y", "in a text field: undo / redo an edit (the field's own keys)"))
         for mode, key, label in SCREENS:
             rows.append((key, f"{label} screen"))
         rows.append(("ctrl+p", "command palette: actions, features, layers, screens, SAE directories; search "

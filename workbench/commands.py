@@ -16,8 +16,8 @@ class WorkbenchCommands(Provider):
         app = self.app
         out: list[tuple[str, object, str]] = []
         for mode, key, label in SCREENS:
-            out.append((f"Screen: {label}", partial(app.switch_mode, mode), f"key {key}"))
-        out.append(("Screen: Study (label random features)", partial(app.switch_mode, "study"), "key 8"))
+            name = f"Screen: {label}" + (" (label random features)" if mode == "study" else "")
+            out.append((name, partial(app.switch_mode, mode), f"key {key}"))
         info = getattr(getattr(app, "engine", None), "info", None)
         if info is not None:
             for layer in info.sae_layers:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.engine import head_name
 from workbench.findings import ExportError, Finding
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; script-src 'none'; base-uri 'none'; form-action 'none'"
@@ -185,13 +186,15 @@ def figures_html(f: Finding) -> str:
     try:
         if isinstance(hm, dict) and hm.get("tokens") and hm.get("columns"):
             fig("heatmap", heatmap_html(list(hm["tokens"]), list(hm["columns"]), list(hm["values"]), d.get("pos"), hm.get("column")))
-        layer = f.layer if f.layer is not None else "?"
+        def heads(n: int) -> list[str]:  # named as everywhere else: L0H2
+            return [head_name(f.layer, h) if f.layer is not None else f"H{h}" for h in range(n)]
+
         if d.get("dfa_heads"):
             fig(f"DFA by head (bias {float(d.get('dfa_bias', 0.0)):+.3f})",
-                bars_html([f"{layer}.{h}" for h in range(len(d["dfa_heads"]))], list(d["dfa_heads"])))
+                bars_html(heads(len(d["dfa_heads"])), list(d["dfa_heads"])))
         if d.get("head_shares"):
             fig("head shares of the decoder norm",
-                bars_html([f"{layer}.{h}" for h in range(len(d["head_shares"]))], list(d["head_shares"])))
+                bars_html(heads(len(d["head_shares"])), list(d["head_shares"])))
         if isinstance(d.get("intervention"), dict):
             fig("intervention", intervention_html(d["intervention"]))
         bars = d.get("bars")

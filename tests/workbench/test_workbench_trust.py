@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from workbench.screens.modals import AskScreen
-from support import settle
+from support import settle, type_prompt
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -133,6 +133,50 @@ async def test_digit_on_the_study_screen_switches_screen_and_writes_no_label(tin
     assert not labels.exists() or LabelStore(labels).labels() == []
 
 
+async def test_back_on_explore_letters_act_on_the_heatmap_not_in_the_prompt(app):
+    """Explore shown again with nothing focused gave the focus to the first field, the prompt: `t` then typed a
+    letter into it instead of tracing."""
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        explore, before = app.screen, app.screen.query_one("#prompt").value
+        app.set_focus(None)
+        await pilot.press("3")
+        await settle(pilot, lambda: app.current_mode == "heads")
+        await pilot.press("1")
+        await settle(pilot, lambda: app.screen is explore)
+        await pilot.pause(0.2)
+        assert app.focused is explore.query_one("#heatmap")
+        await pilot.press("t")
+        await settle(pilot, lambda: app.current_mode == "feature")
+        assert explore.query_one("#prompt").value == before
+
+
+async def test_the_nav_line_lists_every_screen_with_the_digit_that_reaches_it(app):
+    """The study screen too (it was reachable by 8 but missing from the line), whole at 80 columns; each digit goes
+    where the line says, from every screen."""
+    from workbench.app import WorkbenchApp
+    from workbench.screens.base import NavBar
+
+    modes = set(WorkbenchApp.MODES)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        seen = set()
+        for digit in [str(d) for d in range(1, len(modes) + 1)]:
+            await pilot.press(digit)
+            await pilot.pause(0.1)
+            shown = app.screen.query_one(NavBar).render().plain
+            assert len(shown) <= 80, shown
+            words = shown.split()
+            listed = dict(zip(words[0::2], words[1::2]))
+            assert sorted(listed) == [str(d) for d in range(1, len(modes) + 1)], shown
+            assert app.current_mode.lower().startswith(listed[digit].lower()[:3]), (digit, app.current_mode, shown)
+            seen.add(app.current_mode)
+            app.set_focus(None)
+        assert seen == modes
+
+
 # ---- 3. export asks before replacing and defaults to the data dir ------------------------------------------------
 
 
@@ -231,6 +275,49 @@ async def test_slash_and_the_note_editor_do_not_select_the_text(app):
         assert app.screen.query_one("#ask-input").value == "my careful note!"
 
 
+async def test_ctrl_z_undoes_edits_in_the_prompt_and_the_note_editor(app):
+    """Textual's Input has no undo: a word typed, a select-all-and-type, a prompt from the history are each one
+    ctrl+z away (ctrl+y redoes); up / down still walk the prompt history."""
+    from workbench.findings import Finding
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.remember_prompt("An earlier prompt")
+        prompt = app.screen.query_one("#prompt")
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("slash")
+        await pilot.press(*"The cat", "space", *"sat")
+        assert prompt.value == "The cat sat"
+        await pilot.press("ctrl+z")
+        assert prompt.value == "The cat "  # the last word, as one step
+        await pilot.press("ctrl+z")
+        assert prompt.value == "The cat"
+        await pilot.press("ctrl+y", "ctrl+y")
+        assert prompt.value == "The cat sat"
+        await pilot.press("up")  # the history replaces the text ...
+        assert prompt.value == "An earlier prompt"
+        await pilot.press("ctrl+z")  # ... and undo brings the typed text back
+        assert prompt.value == "The cat sat"
+        await pilot.press("escape")
+        app.findings.add(Finding(kind="note", title="one", body="", note="my careful note"))
+        await pilot.press("7")
+        await settle(pilot, lambda: app.current_mode == "findings")
+        await pilot.pause(0.2)
+        await pilot.press("n")
+        await settle(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.pause()
+        box = app.screen.query_one("#ask-input")
+        await pilot.press("ctrl+u")  # delete everything left of the cursor: the whole note ...
+        await pilot.press(*"oops")
+        assert box.value == "oops"
+        await pilot.press("ctrl+z", "ctrl+z")  # ... undone in two steps
+        assert box.value == "my careful note"
+        assert box.cursor_position == len("my careful note")
+        await pilot.press("enter")
+        await settle(pilot, lambda: not isinstance(app.screen, AskScreen))
+    assert [f.note for f in app.findings.findings] == ["my careful note"]
+
+
 # ---- 7. a feature opened without a position traces where it is strongest, and the root says if it fires -----------
 
 
@@ -265,6 +352,27 @@ async def test_feature_opened_from_elsewhere_traces_where_it_fires_not_at_an_old
         await settle(pilot, lambda: fs.trace is not None and fs.trace.pos == strongest)
         assert "does not fire" not in str(fs.trace_root_text())
         assert f"act {v[strongest, c]:.3f}" in str(fs.trace_root_text())
+
+
+async def test_at_80_columns_the_trace_root_of_a_silent_cell_shows_that_it_does_not_fire(app):
+    """The warning ended the root's line, past the tree's edge at 80 columns: it comes first now."""
+    import numpy as np
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        res = app.screen.result
+        v = np.asarray(res.values)
+        c = next(c for c in range(v.shape[1]) if v[:, c].max() > 0 and v[:, c].min() == 0)
+        app.show_feature(res.layer, res.columns[c], pos=int(np.argmin(v[:, c])))
+        await pilot.pause()
+        fs = app.screen
+        await pilot.press("t")
+        await settle(pilot, lambda: fs.trace is not None)
+        await pilot.pause(0.3)
+        tree = fs.query_one("#trace-tree")
+        visible = tree.scrollable_content_region.width - 2  # the root's expand mark and its space
+        assert "does not fire here" in fs.trace_root_text().plain[:visible], (visible, fs.trace_root_text().plain)
 
 
 # ---- 6. exported figures are as wide as their content: each heatmap row is one line -------------------------------
@@ -371,6 +479,46 @@ async def test_new_dashboard_starts_at_the_top_and_a_closed_trace_leaves_the_sta
         assert "tracing L0 F4" in status.message and "building" in status.message
 
 
+async def test_side_panel_marks_the_previous_cell_as_pending_while_a_job_holds_the_engine(app):
+    """After ] during a job, the side panel keeps the previous layer's cell until a job step serves the new one: it
+    must say so (as the status line says so for the heatmap), and stop saying so once the new cell is shown."""
+    import threading
+
+    from support import slow_job
+
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        screen = app.screen
+        await pilot.press("left_square_bracket")  # layer 0 (the app starts on layer 1)
+        await type_prompt(pilot, app)
+        await settle(pilot, lambda: screen.detail is not None and screen.result.layer == 0)
+        pending = screen.query_one("#side-pending")
+        side = screen.query_one("#explore-side")
+        assert not pending.display and not side.has_class("-pending")
+        started, release = threading.Event(), threading.Event()
+        job = app.engine.start_job("slow", slow_job(started, release, period_s=1.5), app.post_message,
+                                   label="slow job")
+        try:
+            await settle(pilot, started.is_set)
+            await pilot.pause(0.1)
+            await pilot.press("right_square_bracket")
+            await pilot.pause(0.2)
+            assert screen.result.layer == 0  # the heatmap and the panel still show layer 0 ...
+            assert "L0 feature" in str(screen.query_one("#cell-title").render())
+            assert pending.display and side.has_class("-pending")  # ... and the panel says it is not current
+            mark = str(pending.render())
+            assert "pending" in mark and "layer 1" in mark and "slow job" in mark
+            # the job's next step serves the heatmap, then the cell: the mark goes with the old cell
+            await settle(pilot, lambda: screen.result.layer == 1 and "L1 feature" in str(
+                screen.query_one("#cell-title").render()), timeout=20)
+            await settle(pilot, lambda: not pending.display)
+            assert not side.has_class("-pending")
+        finally:
+            release.set()
+            job.cancel()
+        await settle(pilot, job.done.is_set)
+
+
 # ---- 11. heads are named L0H2 everywhere; DFA bars have a scale ----------------------------------------------------
 
 
@@ -406,6 +554,24 @@ async def test_explore_names_heads_like_the_cli_and_says_what_a_full_bar_is(app)
          "heads": [{"layer": 0, "head": 2, "kind": "short-prefix", "scores": {"1": 0.5}, "dla": {"1": 0.0}}]}
     head, tables = cli_induction.tables(r)
     assert tables[0][2][0][0] == "L0H2" and "L0H2 (short-prefix)" in head
+
+
+async def test_pattern_screen_and_html_export_name_heads_like_the_cli(app, tmp_path):
+    """The attention pattern's title and the HTML page's head bars said `1.0` where everything else says `L1H0`."""
+    from workbench.findings import Finding
+    from workbench.html_export import export_html
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app)
+        await settle(pilot, lambda: app.screen.detail is not None)
+        await pilot.press("v")
+        await settle(pilot, lambda: getattr(app.screen, "pattern_view", None) is not None)
+        title = str(app.screen.query_one("#pattern-title").render())
+        assert f"head L1H{app.screen.p_head} " in title, title
+    page = export_html([Finding(kind="cell", title="t", layer=1, data={"dfa_heads": [0.5, -0.25], "dfa_bias": 0.1,
+                                                                         "head_shares": [0.3, 0.7]})])
+    assert page.count(">L1H0<") == 2 and page.count(">L1H1<") == 2 and ">1.0<" not in page
 
 
 # ---- 12. the workbench's quick experiment runs say so, with the CLI command for the full one ----------------------
@@ -605,10 +771,10 @@ def test_cli_trace_prints_the_top_by_default_and_everything_with_all(capsys, tin
 
 
 
-# ---- 16. at 80x24 the footer keeps ? visible on every screen ------------------------------------------------------
+# ---- 16. at 80x24 the footer keeps ? Help and ^q Quit visible on every screen ------------------------------------
 
 
-async def test_help_key_is_visible_in_the_footer_of_every_screen_at_80_columns(app):
+async def test_help_and_quit_keys_are_visible_in_the_footer_of_every_screen_at_80_columns(app):
     from textual.widgets._footer import FooterKey
 
     async with app.run_test(size=(80, 24)) as pilot:
@@ -619,10 +785,151 @@ async def test_help_key_is_visible_in_the_footer_of_every_screen_at_80_columns(a
             await pilot.pause(0.2)
             app.set_focus(None)
             await pilot.pause(0.2)
-            keys = [k for k in app.screen.query(FooterKey) if k.key == "question_mark"]
-            assert keys, f"screen {key}: no ? in the footer"
-            region = keys[0].region
-            assert region.width > 0 and region.right <= 80, (key, region)
+            for wanted, label in (("question_mark", "Help"), ("ctrl+q", "Quit")):
+                def laid_out(wanted=wanted):  # the footer recomposes when the focus changes: wait for its keys
+                    return [k for k in app.screen.query(FooterKey) if k.key == wanted and k.region.width > 0]
+
+                await settle(pilot, laid_out, timeout=10)
+                keys = laid_out()
+                region = keys[0].region  # on screen: not scrolled out of the footer, not under another key
+                assert region.width > 0 and region.x >= 0 and region.right <= 80, (key, wanted, region)
+                assert keys[0].description == label
+                for x in (region.x, region.right - 1):  # drawn whole, nothing on top of it
+                    assert app.screen.get_widget_at(x, region.y)[0] is keys[0], (key, wanted, x)
+
+
+async def test_in_a_text_field_the_footer_says_how_to_leave_it_and_keeps_quit(app):
+    """In the prompt `?` and letters type themselves: the footer shows esc (after which ? helps) and ^q, not keys
+    that would be typed as text (it showed `/ Prompt` alone)."""
+    from textual.widgets._footer import FooterKey
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("slash")
+
+        def keys():
+            return {k.key: k for k in app.screen.query(FooterKey) if k.region.width}
+
+        await settle(pilot, lambda: "escape" in keys() and "ctrl+q" in keys(), timeout=10)
+        shown = keys()
+        assert "?" in shown["escape"].description and "slash" not in shown and "question_mark" not in shown
+        await pilot.press("question_mark")
+        assert app.screen.query_one("#prompt").value.endswith("?")  # typed, as the footer implied
+        await pilot.press("escape")
+        await settle(pilot, lambda: "question_mark" in keys(), timeout=10)
+
+
+async def test_footer_shows_only_whole_keys_and_the_job_line_keeps_its_cancel_key_at_80_columns(app):
+    """A key that does not fit before ^q / ^p is left out (the rest are in ?), never cut to `s S`; a long job line
+    shortens its label, never `ctrl+x cancels`."""
+    import threading
+
+    from support import slow_job
+    from textual.widgets._footer import FooterKey
+
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        for key in [*"12345678", "1?"]:  # last: explore again, after a modal closed over it (the footer recomposes)
+            for k in key:
+                await pilot.press(k)
+                await pilot.pause(0.3)
+            if key == "1?":
+                await pilot.press("escape")
+                await pilot.pause(0.3)
+            app.set_focus(None)
+
+            def footer():  # (the left edge of ^q / ^p, the other keys on screen), once laid out
+                keys = [k for k in app.screen.query(FooterKey) if k.region.width]
+                right = [k.region.x for k in keys if k.key in ("ctrl+p", "ctrl+q")]
+                shown = [k for k in keys if k.display and k.key not in ("ctrl+p", "ctrl+q")]
+                return (min(right), shown) if right and len(shown) >= 3 else None
+
+            await settle(pilot, lambda: footer() is not None, timeout=10)
+            await pilot.pause(0.3)  # the footer hides what does not fit after its layout
+            await settle(pilot, lambda: footer() is not None, timeout=10)
+            limit, shown = footer()
+            for k in shown:
+                assert k.region.right <= limit, (key, k.key, k.region, limit)
+        started, release = threading.Event(), threading.Event()
+        job = app.engine.start_job("slow", slow_job(started, release), app.post_message,
+                                   label="head survey, layer 2: induction confirmation on many batches of prompts")
+        try:
+            bar = app.screen.query_one("#job-bar")
+            await settle(pilot, lambda: "head survey" in str(bar.render()))
+            await pilot.pause(0.5)
+            line = str(bar.render())
+            assert line.endswith("ctrl+x cancels") and len(line) <= bar.content_size.width, line
+        finally:
+            release.set()
+            job.cancel()
+        await settle(pilot, job.done.is_set)
+
+
+async def test_heads_grid_and_role_column_are_whole_at_80_columns(app):
+    """Four heads a layer and the longest role with its human-label mark fit beside each other at 80x24: neither
+    table needs a sideways scroll (the role header was 44 columns and cut the roles to 'previous-toke')."""
+    from textual.widgets import DataTable
+
+    from workbench.engine import HeadFeatureView, HeadsView, HeadView
+
+    roles = ["short-range context", "long-range context", "previous-token", "duplicate-token", "induction"]
+    heads = tuple(HeadView(layer=layer, head=h, verdict="polysemantic", main_role=roles[0], features=tuple(
+        HeadFeatureView(id=1000 + i, share=0.9 - 0.05 * i, role=roles[i % len(roles)], source="human" if i % 2 else "automatic")
+        for i in range(10))) for layer in range(3) for h in range(4))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        app.screen.query_one("#heatmap").focus()
+        await pilot.press("3")
+        await settle(pilot, lambda: app.current_mode == "heads")
+        screen = app.screen
+        screen.show_survey(HeadsView(heads=heads, summary="test survey", rule=""))
+        await pilot.pause(0.3)
+        for table_id in ("#heads-grid", "#head-features"):
+            table = screen.query_one(table_id, DataTable)
+            assert table.virtual_size.width <= table.scrollable_content_region.width, (
+                table_id, table.virtual_size.width, table.scrollable_content_region.width)
+            assert table.region.right <= 80
+        features = screen.query_one("#head-features", DataTable)
+        shown = [str(features.get_cell_at((r, 2))) for r in range(features.row_count)]
+        assert "short-range context" in shown and "long-range context*" in shown
+
+
+def test_dashboard_head_bars_fit_a_narrow_column():
+    """Beside an open trace at 80 columns the dashboard is ~20 columns wide: its head bars shrink, their labels and
+    values stay whole (they were cut to 'L0H0 │█…')."""
+    from rich.console import Console
+
+    from workbench.engine import DashboardView
+    from workbench.screens.feature import dashboard_renderable
+
+    view = DashboardView(layer=0, feature=400, built=False, head_shares=[0.649, -0.175, 0.064, 0.112])
+    for width in (20, 30, 78):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(dashboard_renderable(view))
+        lines = console.export_text().splitlines()
+        bars = [ln for ln in lines if ln.startswith("L0H")]
+        assert len(bars) == 4 and not any("…" in ln for ln in bars), (width, bars)
+        assert [ln.split()[-1] for ln in bars] == ["+0.649", "-0.175", "+0.064", "+0.112"]
+
+
+def test_intervention_panel_keeps_six_character_tokens_whole_at_80_columns():
+    """The explore side panel is 26 columns wide at 80x24: the before / after columns showed ' Henry' as '␣Hen…'."""
+    from types import SimpleNamespace as NS
+
+    from workbench.widgets.predict import intervention_text
+
+    names = [" Mary", " Henry", " Sarah", " Linda", " Kate"]
+    top = [NS(token=t, id=i, prob=p) for i, (t, p) in enumerate(zip(names, [0.996, 0.001, 0.0, 0.0, 0.0]))]
+    v = NS(layer=2, describe="L2 feature 453 ablated at 14", loss_before=1.9, loss_after=1.9, at=1,
+           tokens=["<|endoftext|>", " to"], top_before=top, top_after=top[::-1], positions=[1], activation=[1.5],
+           new_activation=[0.0], logit_change=[], downstream=[])
+    lines = intervention_text(v, width=26).plain.splitlines()
+    rows = lines[lines.index(next(x for x in lines if x.startswith("before"))) + 1:][:5]
+    assert all(len(r) <= 26 for r in rows), rows
+    assert [r.split()[0] for r in rows] == ["␣Mary", "␣Henry", "␣Sarah", "␣Linda", "␣Kate"], rows
+    assert "99.6%" in rows[0]
 
 
 # ---- 17. findings: the preview has the finding's number, undo puts it back in place, enter opens it -----------------

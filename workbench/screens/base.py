@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from workbench.engine import Engine
     from workbench.findings import Finding
 
-# (mode name, key, label): the order of the navigation line and of the number keys
+# (mode name, key, label): the order of the navigation line and of the number keys (every screen; digits switch
+# screens everywhere, the study's own keys are letters)
 SCREENS: list[tuple[str, str, str]] = [
     ("explore", "1", "Explore"),
     ("feature", "2", "Feature"),
@@ -37,24 +38,41 @@ SCREENS: list[tuple[str, str, str]] = [
     ("ioi", "5", "IOI"),
     ("training", "6", "Training"),
     ("findings", "7", "Findings"),
+    ("study", "8", "Study"),
 ]
+SHORT_LABELS = {"Explore": "Expl", "Feature": "Feat", "Induction": "Induct", "Training": "Train", "Findings": "Find"}
+BRAND = " attnscope "
+NAV_HINT = "  ? keys · ^p palette"
 
 
-def nav_text(current: str) -> Text:
-    text = Text(" attnscope ", style="bold reverse")
-    for mode, key, label in SCREENS:
-        text.append(" ")
-        style = "bold reverse" if mode == current else ""
-        text.append(f"{key}", style=(style + " underline").strip())
-        text.append(f" {label}", style=style)
+def nav_text(current: str, width: int = 200) -> Text:
+    """Every screen with the digit that reaches it, the current one reversed; as much as fits in `width` columns:
+    the brand and a hint first go, then the labels shorten, the digits always stay."""
+    for brand, short, hint in ((True, False, True), (True, False, False), (False, False, False), (False, True, False)):
+        text = Text(BRAND, style="bold reverse") if brand else Text()
+        for mode, key, label in SCREENS:
+            text.append(" ")
+            style = "bold reverse" if mode == current else ""
+            text.append(key, style=(style + " underline").strip())
+            text.append(f" {SHORT_LABELS.get(label, label) if short else label}", style=style)
+        if hint:
+            text.append(NAV_HINT, style="dim")
+        if text.cell_len <= width:
+            return text
     return text
 
 
 class NavBar(Static):
+    """The navigation line: every screen and its digit (`nav_text`), fitted to the terminal's width."""
+
     DEFAULT_CSS = "NavBar { dock: top; height: 1; }"
 
     def __init__(self, current: str) -> None:
-        super().__init__(nav_text(current))
+        super().__init__()
+        self.current = current
+
+    def render(self) -> Text:
+        return nav_text(self.current, self.size.width or 200)
 
 
 class StatusLine(Static):

@@ -10,8 +10,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Select, Static
+from textual.widgets import DataTable, Input, Label, ProgressBar, Select, Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import QUICK_RUNS, ExperimentView, InductionView, full_run_sizes, head_name
 from workbench.findings import Finding, md_bars, md_table
 from workbench.messages import JobFinished
@@ -44,7 +45,7 @@ class InductionScreen(JobScreen):
         yield ProgressBar(total=1, id="ind-progress", show_eta=True)
         yield DataTable(id="ind-table", zebra_stripes=True, cursor_type="row")
         yield Static("", id="ind-rule", classes="dim-note")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def on_mount(self) -> None:
         self.query_one("#ind-rule", Static).update(Text(self.quick_note(QUICK_RUNS["induction"]), style="dim"))
@@ -262,7 +263,7 @@ class IOIScreen(JobScreen):
             with VerticalScroll(id="ioi-side"):
                 yield Static("", id="ioi-bars")
         yield Static("", id="ioi-note", classes="dim-note")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return "IOI prompts (ABBA/BABA); metric is the logit difference IO - S. Feature ablations touch the S2 position only."

@@ -10,8 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
+from workbench.widgets.edit import UndoInput
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import CellDetail, DashboardView, PromptView, density_text, head_name
 from workbench.engine.research import InterventionView, PredictionsView
 from workbench.findings import Finding, md_bars, md_context, md_number, md_table
@@ -38,6 +40,7 @@ def short_path(spec: str, width: int = 28) -> str:
 
 class ExploreScreen(WorkbenchScreen):
     MODE = "explore"
+    AUTO_FOCUS = "#heatmap"  # back on explore, keys act on the heatmap; / types in the prompt
     BINDINGS = [
         Binding("enter", "open_feature", "Feature", show=True),
         Binding("t", "trace", "Trace cell", show=True),
@@ -72,20 +75,22 @@ class ExploreScreen(WorkbenchScreen):
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
-        yield Input(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt",
-                    select_on_focus=False)  # / edits the prompt; the first key must not replace it
+        # / edits the prompt: nothing selected, so the first key never replaces it; ctrl+z undoes, up / down history
+        yield UndoInput(placeholder="Type a prompt, enter to run (the heatmap updates as you type)", id="prompt")
         yield StatusLine("", id="explore-status")
         with Horizontal(id="explore-body"):
             with Vertical(id="heatmap-box"):
                 yield Heatmap(id="heatmap")
                 yield Static(HEATMAP_LEGEND, id="heatmap-legend")
             with VerticalScroll(id="explore-side"):
+                # shown while the panel below is not yet for the cell the heatmap selects (a job holds the engine)
+                yield Static("", id="side-pending", classes="hidden")
                 yield PredictPanel("", id="predict-panel")
                 yield Static("", id="cell-title")
                 yield HeadBars("DFA by head", id="head-bars")
                 yield SourceStrip(id="source-strip")
                 yield Static("", id="feature-summary")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return (
@@ -97,11 +102,12 @@ class ExploreScreen(WorkbenchScreen):
     # ---- startup --------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        prompt_input = self.query_one("#prompt", Input)
+        prompt_input = self.query_one("#prompt", UndoInput)
         start = getattr(self.app, "start_prompt", "")
         if start and not self.prompt:
             self.prompt = start
             prompt_input.value = start
+            prompt_input.reset_undo()  # undo stops at the prompt the workbench started with
         self.query_one("#heatmap", Heatmap).focus()  # keys act at once; / types a prompt
         self.run_worker(self._open(), group="open", exclusive=True)
 
@@ -170,15 +176,38 @@ class ExploreScreen(WorkbenchScreen):
             return
         self.run_worker(self._features(self.prompt, self.sae_layer), group="features", exclusive=True)
 
+    def running_job(self) -> str:
+        """The label of the job that holds the engine's thread now ("" when none): quick requests wait for its steps."""
+        running = [h for h in self.engine.worker.jobs() if h.state == "running"]
+        return running[0].label if running else ""
+
+    def side_pending(self, what: str) -> None:
+        """Mark the side panel as not yet showing `what` (it still shows the previous cell, dimmed), as the status
+        line marks a pending heatmap."""
+        if self.detail is None and self.predictions is None:
+            return  # nothing shown yet: nothing to mistake for the new cell
+        job = self.running_job()
+        wait = f" (waiting for a step of {job})" if job else ""
+        mark = self.query_one("#side-pending", Static)
+        mark.update(Text(f"pending: {what}{wait} ...", style="bold yellow"))
+        mark.remove_class("hidden")
+        self.query_one("#explore-side").add_class("-pending")
+
+    def side_ready(self) -> None:
+        self.query_one("#side-pending", Static).add_class("hidden")
+        self.query_one("#explore-side").remove_class("-pending")
+
     async def _features(self, prompt: str, layer: int) -> None:
         status = self.query_one("#explore-status", StatusLine)
-        running = [h for h in self.engine.worker.jobs() if h.state == "running"]
-        if running:  # the engine's one thread is in a job: this prompt is answered at the job's next step
-            self.waiting_on = running[0].label
-            status.say(f"pending: waiting for a step of {running[0].label} (the heatmap answers between its steps) ...")
+        job = self.running_job()
+        if job:  # the engine's one thread is in a job: this prompt is answered at the job's next step
+            self.waiting_on = job
+            status.say(f"pending: waiting for a step of {job} (the heatmap answers between its steps) ...")
+        self.side_pending(f"layer {layer}" if self.result is None or self.result.layer != layer else "the new prompt")
 
         def failed(f: Failure) -> None:
             status.error(f.text)
+            self.side_ready()
             if f.bug:
                 self.notify(f.text, title="Explore", severity="error")
 
@@ -188,6 +217,8 @@ class ExploreScreen(WorkbenchScreen):
             self.waiting_on = ""
         if res is None:
             return
+        if not res.columns:
+            self.side_ready()  # no cell to select: the panel's own text says so below
         self.result = res
         self.intervention = None
         if self.predictions is None or self.predictions.prompt != prompt:
@@ -217,10 +248,16 @@ class ExploreScreen(WorkbenchScreen):
         self.run_worker(self._cell(self.result.layer, event.pos, feature), group="cell", exclusive=True)
 
     async def _cell(self, layer: int, pos: int, feature: int) -> None:
-        detail = await self.ask(self.engine.cell(layer, pos, feature),
-                                lambda f: self.query_one("#cell-title", Static).update(Text(f.text, style="red")))
+        self.side_pending(f"L{layer} feature {feature} at {pos}")
+
+        def failed(f: Failure) -> None:
+            self.side_ready()
+            self.query_one("#cell-title", Static).update(Text(f.text, style="red"))
+
+        detail = await self.ask(self.engine.cell(layer, pos, feature), failed)
         if detail is None:
             return
+        self.side_ready()
         self.detail = detail
         tokens = self.result.tokens if self.result else []
         tok = visible_token(tokens[pos]) if pos < len(tokens) else "?"

@@ -10,8 +10,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Static, Tree
+from textual.widgets import Static, Tree
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import (
     DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView, density_text, head_name,
 )
@@ -19,7 +20,7 @@ from workbench.findings import Finding, md_bars, md_context, md_table
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
 from workbench.screens.base import Failure, NavBar, StatusLine, WorkbenchScreen
 from workbench.screens.modals import AskScreen
-from workbench.widgets.bars import signed_bars, source_strip
+from workbench.widgets.bars import FitBars, source_strip
 from workbench.widgets.heatmap import escape_token, visible_token
 from workbench.widgets.sparklines import histogram_text
 
@@ -44,8 +45,7 @@ def dashboard_renderable(d: DashboardView) -> Group:
     parts.append(head)
     if d.head_shares:
         parts.append(Text("\nHead shares of the decoder norm", style="bold"))
-        parts.append(signed_bars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares, width=20,
-                                 label_width=5))
+        parts.append(FitBars([head_name(d.layer, h) for h in range(len(d.head_shares))], d.head_shares))
     if d.histogram:
         parts.append(Text("\nActivation histogram", style="bold"))
         parts.append(histogram_text(d.histogram.counts, d.histogram.edges))
@@ -125,11 +125,12 @@ def proxy_renderable(v: ProxyView, width: int = 24) -> Group:
 def trace_root_label(tr: TraceView) -> Text:
     """The trace root: the pre-activation the tree splits and the activation, so a position where the feature does
     not fire (act 0, e.g. outside the top-k) never looks traced like one where it does."""
-    label = Text(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold")
+    label = Text()
+    if tr.act is not None and tr.act <= 0:  # first: a narrow tree cuts the end of the line, never this
+        label.append("does not fire here: ", style="bold yellow")
+    label.append(f"{tr.root.label}  pre {tr.root.value:+.3f}", style="bold")
     if tr.act is not None:
         label.append(f" · act {tr.act:.3f}", style="bold" if tr.act > 0 else "bold yellow")
-        if tr.act <= 0:
-            label.append("  does not fire here", style="yellow")
     return label
 
 
@@ -170,14 +171,14 @@ class FeatureScreen(WorkbenchScreen):
             with VerticalScroll(id="dashboard-scroll"):
                 yield Static("", id="dashboard")
             yield Tree("trace", id="trace-tree", classes="hidden")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return "The dashboard of one feature, built by `attnscope dashboards build`. t traces it on the explore prompt."
 
     def on_resize(self) -> None:
         """Below 120 columns the trace takes most of the width: its labels are what is read."""
-        self.query_one("#trace-tree", Tree).styles.width = "50%" if self.size.width >= 120 else "70%"
+        self.query_one("#trace-tree", Tree).styles.width = "50%" if self.size.width >= 120 else "75%"
 
     def on_mount(self) -> None:
         if self.feature is not None and self.sae_layer is not None:  # asked for before the screen was built

@@ -9,8 +9,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import plain
 from workbench.findings import Finding, FindingsStore, export_markdown
 from workbench.messages import FindingPinned
@@ -78,7 +79,7 @@ class FindingsScreen(WorkbenchScreen):
             yield DataTable(id="findings-table", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="findings-side"):
                 yield Static("", id="finding-view")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         where = str(self.wb.findings.path).replace(str(Path.home()), "~", 1)

@@ -7,8 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import HeadFeatureView, HeadsView, HeadView, JobHandle, head_name
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
@@ -23,10 +24,13 @@ def verdict_cell(h: HeadView) -> Text:
     poly = h.verdict == "polysemantic"
     n_fam = len({f.role for f in h.features if f.role})
     label = f"{'poly' if poly else 'mono'} {n_fam}f" if n_fam else ("poly" if poly else "mono")
-    return Text(f" {label} ", style="bold white on dark_red" if poly else "bold black on green3")
+    cell = Text(label, style="bold white on dark_red" if poly else "bold black on green3")
+    cell.append(" ")  # unshaded: cells apart, and the grid narrow enough for the side panel's roles at 80 columns
+    return cell
 
 
-ROLE_COLUMN = "automatic role (* human label, labels.json)"
+ROLE_COLUMN = "automatic role (* human label, labels.json)"  # in exports
+ROLE_HEADER = "role (* human)"  # on screen: a long header would widen the column past the panel (the legend says more)
 HEADS_LEGEND = ("mono / poly: the head's top-10 features (by their share of its decoder norm) have one role / "
                 "several; Nf: N different roles among them (the side panel lists them). A role is the automatic role; * marks "
                 "a human label (labels.json) instead. Heads are named L1H3 (layer 1, head 3), as in the CLI.")
@@ -66,7 +70,7 @@ class HeadsScreen(WorkbenchScreen):
                 yield DataTable(id="head-features", cursor_type="row", zebra_stripes=False)
                 yield Static("", id="head-rule")
         yield Static(HEADS_LEGEND, id="heads-legend", classes="dim-note")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return ("Each head's top features by decoder-norm share and their roles: the human label (*) where one exists "
@@ -147,7 +151,7 @@ class HeadsScreen(WorkbenchScreen):
             grid.add_column(f"H{h}", key=f"h{h}")  # short: 4 heads fit beside the side panel at 80 columns
         by = {(h.layer, h.head): h for h in survey.heads}
         for layer in sorted({h.layer for h in survey.heads}):
-            grid.add_row(f"L{layer}", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
+            grid.add_row(f"L{layer} ", *[verdict_cell(by[(layer, h)]) if (layer, h) in by else "" for h in range(n_heads)], key=f"L{layer}")
         grid.focus()
         if n_heads:
             grid.cursor_coordinate = Coordinate(0, 1)  # the first head, so the side panel is never empty
@@ -195,11 +199,12 @@ class HeadsScreen(WorkbenchScreen):
         t.clear(columns=True)
         t.add_column("feature", key="feature")
         t.add_column("share", key="share")
-        t.add_column(ROLE_COLUMN, key="role")
+        t.add_column(ROLE_HEADER, key="role")
         for f in h.features[:10]:
             t.add_row(Text(str(f.id), justify="right"), Text(f"{f.share:.2f}", justify="right"), Text(_role(f)),
                       key=str(f.id))
-        rule = Text(f"roles from {h.source} · enter on a row opens that feature · v its attention pattern", style="dim")
+        rule = Text(f"roles from {h.source} (* human label, labels.json; else the automatic role) · enter on a row "
+                    "opens that feature · v its attention pattern", style="dim")
         if self.survey and self.survey.rule:
             rule.append(f"\nRule: {self.survey.rule}")
         self.query_one("#head-rule", Static).update(rule)

@@ -15,6 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from workbench.engine import plain
+from workbench.widgets.edit import UndoInput
 
 
 class HelpScreen(ModalScreen[None]):
@@ -68,8 +69,9 @@ class AskScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box ask-box"):
             yield Static(plain(self.question, style="bold"), classes="ask-question")  # wraps; a Label would cut it
-            # the cursor at the end, nothing selected: the first key edits a note or path, never replaces it
-            yield Input(value=self.value, placeholder=self.placeholder, id="ask-input", select_on_focus=False)
+            # the cursor at the end, nothing selected: the first key edits a note or path, never replaces it; ctrl+z
+            # undoes, ctrl+y redoes
+            yield UndoInput(value=self.value, placeholder=self.placeholder, id="ask-input")
             yield Static("", id="ask-error", classes="inline-error")  # wraps: a long error is never cut mid-word
             yield Label(Text("enter accepts · escape cancels", style="dim"))
 

@@ -10,6 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
+from workbench.engine import head_name
 from workbench.screens.base import ask_engine
 from workbench.widgets.predict import pattern_text
 
@@ -43,7 +44,8 @@ class PatternScreen(ModalScreen[None]):
 
     def load(self) -> None:
         self.query_one("#pattern-title", Label).update(
-            Text(f"attention pattern of head {self.p_layer}.{self.p_head} (rows: query, columns: key)", style="bold"))
+            Text(f"attention pattern of head {head_name(self.p_layer, self.p_head)} (rows: query, columns: key)",
+                 style="bold"))
         self.run_worker(self._load(), group="pattern", exclusive=True)
 
     async def _load(self) -> None:

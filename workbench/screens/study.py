@@ -14,8 +14,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import JobHandle, StudyView, plain, visible
 from workbench.findings import write_export
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
@@ -63,7 +64,7 @@ class StudyScreen(WorkbenchScreen):
                 yield Static("", id="study-dashboard")
             with VerticalScroll(id="study-side"):
                 yield Static("", id="study-panel")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return ("The paper's labelling study: N random live features per layer (seeded). Letters a-d, g-l pick a "

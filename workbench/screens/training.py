@@ -10,8 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual import on
-from textual.widgets import Footer, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Input, Label, ProgressBar, Select, Static
 
+from workbench.widgets.footer import WorkbenchFooter
 from workbench.engine import existing_run, free_run_dir, one_line, saved_run_form, train_form_fields
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFinished, JobProgress, JobStarted
@@ -129,7 +130,7 @@ class TrainingScreen(JobScreen):
                 yield Static("", id="train-rate")
         yield StatusLine("fill the form; r starts, x stops (checkpoint kept), u resumes, o opens the result", id="train-status")
         yield ProgressBar(total=1, id="train-progress", show_eta=False)
-        yield Footer()
+        yield WorkbenchFooter()
 
     def help_about(self) -> str:
         return "Trains one SAE per layer from one model pass per batch (sae.engine.training.loop). Metrics are the first layer's."

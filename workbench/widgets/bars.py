@@ -59,6 +59,25 @@ def signed_bars(labels: Sequence[str], values: Sequence[float], width: int = 20,
     return text
 
 
+class FitBars:
+    """`signed_bars` as wide as the space it is drawn in (a rich renderable): a narrow column draws shorter bars,
+    never cut labels or values. The label column is as wide as the longest label."""
+
+    def __init__(self, labels: Sequence[str], values: Sequence[float], max_width: int = 20,
+                 scale: float | None = None) -> None:
+        self.labels, self.values = list(labels), [float(v) for v in values]
+        self.max_width, self.scale = max_width, scale
+        self.label_width = max((len(x) for x in self.labels), default=0) + 1
+
+    def width_for(self, room: int) -> int:
+        """The bars' width (both halves) in `room` columns: what is left after the labels, the axis and the value."""
+        return max(2, min(self.max_width, room - self.label_width - 1 - 7))
+
+    def __rich_console__(self, console, options):
+        yield signed_bars(self.labels, self.values, width=self.width_for(options.max_width),
+                          label_width=self.label_width, scale=self.scale)
+
+
 class HeadBars(Static):
     """Per-head signed values, e.g. DFA by head for the selected (token, feature)."""
 

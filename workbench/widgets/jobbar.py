@@ -36,8 +36,12 @@ def job_line(h: JobHandle) -> str:
     return text
 
 
-def jobs_text(jobs: list[JobHandle]) -> Text:
-    """The indicator's line for the worker's jobs (running one first, then those waiting)."""
+CANCEL_HINT = "  ctrl+x cancels"
+
+
+def jobs_text(jobs: list[JobHandle], width: int | None = None) -> Text:
+    """The indicator's line for the worker's jobs (running one first, then those waiting); within `width` columns
+    the jobs' text is shortened (ellipsis), never the cancel key."""
     if not jobs:
         return Text("")
     first, rest = jobs[0], jobs[1:]
@@ -52,7 +56,9 @@ def jobs_text(jobs: list[JobHandle]) -> Text:
     if rest:
         text.append(" · " if len(text) else "", style="dim")
         text.append(f"waiting: {', '.join(h.label for h in rest)}", style="yellow")
-    text.append("  ctrl+x cancels", style="dim")
+    if width is not None and text.cell_len > width - len(CANCEL_HINT):
+        text.truncate(max(1, width - len(CANCEL_HINT)), overflow="ellipsis")
+    text.append(CANCEL_HINT, style="dim")
     return text
 
 
@@ -73,9 +79,10 @@ class JobBar(Static):
         engine = getattr(self.app, "engine", None)
         jobs = engine.worker.jobs() if engine is not None else []
         p = jobs[0].last if jobs else None
-        key = tuple((h.id, h.state, h.cancelled) for h in jobs) + ((p.done, p.stage) if p else ())
+        width = self.content_size.width or None
+        key = tuple((h.id, h.state, h.cancelled) for h in jobs) + ((p.done, p.stage) if p else ()) + (width,)
         if key == self._last:
             return
         self._last = key
         self.set_class(not jobs, "idle")
-        self.update(jobs_text(jobs))
+        self.update(jobs_text(jobs, width))

@@ -44,20 +44,20 @@ def predictions_text(tokens: Sequence[str], top: Sequence[Any], pos: int, k: int
 def intervention_text(v: Any, k: int = 10, width: int = 60) -> Text:
     """Before / after columns of the next-token top-k, the loss change, the logits that moved, later features;
     token columns as wide as `width` (the panel's) allows."""
-    tw = max(5, min(12, (width - 16) // 2))
+    tw = max(5, min(12, (width - 14) // 2))  # two columns of token + ' 99.6%', two spaces apart
     text = Text()
     text.append(f"L{v.layer} {v.describe}\n", style="bold")
     d = v.loss_after - v.loss_before
     text.append(f"loss {v.loss_before:.4f} → {v.loss_after:.4f} ", style="")
     text.append(f"({d:+.4f})\n", style="red" if d > 0 else "green")
     text.append(f"next token after {v.at} {_tok(v.tokens[v.at])}\n", style="bold")
-    text.append(f"{'before':<{tw + 9}}after\n", style="dim")
+    text.append(f"{'before':<{tw + 8}}after\n", style="dim")
     before = {t.id for t in v.top_before}
     for i in range(min(k, len(v.top_before))):
         b, a = v.top_before[i], v.top_after[i]
-        text.append(f"{_tok(b.token, tw):<{tw}} {b.prob:6.1%}  ")
+        text.append(f"{_tok(b.token, tw):<{tw}} {b.prob:5.1%}  ")
         text.append(f"{_tok(a.token, tw):<{tw}}", style="bold" if a.id not in before else "")
-        text.append(f" {a.prob:6.1%}\n")
+        text.append(f" {a.prob:5.1%}\n")
     edited = ", ".join(f"{p}:{a:.2f}→{n:.2f}" for p, a, n in zip(v.positions[:6], v.activation, v.new_activation))
     if not v.positions:
         text.append("it does not fire there: nothing changed (i sets a value)\n", style="yellow")
