@@ -166,6 +166,84 @@ def test_damaged_figure_data_is_one_line_and_keeps_the_old_report(monkeypatch, t
     assert report.read_text() == "old"
 
 
+# ---- findings.json itself ---------------------------------------------------------------------------------------
+
+
+GOOD_FINDING = {"kind": "feature", "title": "t", "note": "n", "body": "b", "model": "m", "saes": "s", "layer": 1,
+                "data": {}, "id": "abc", "created": "2025-01-01 00:00:00"}
+FINDINGS_FILES = {  # name: (findings.json content, the field the error names)
+    "a-list": ([GOOD_FINDING], "expected an object"),
+    "no-findings": ({"version": 1}, "field findings:"),
+    "findings-text": ({"findings": "x"}, "field findings:"),
+    "finding-number": ({"findings": [3]}, "field findings[0]:"),
+    "no-title": ({"findings": [{"kind": "feature"}]}, "field findings[0].title:"),
+    "title-number": ({"findings": [{**GOOD_FINDING, "title": 5}]}, "field findings[0].title:"),
+    "layer-text": ({"findings": [GOOD_FINDING, {**GOOD_FINDING, "id": "b", "layer": "2"}]}, "field findings[1].layer:"),
+    "layer-bool": ({"findings": [{**GOOD_FINDING, "layer": True}]}, "field findings[0].layer:"),
+    "layer-negative": ({"findings": [{**GOOD_FINDING, "layer": -1}]}, "field findings[0].layer:"),
+    "data-list": ({"findings": [{**GOOD_FINDING, "data": [1]}]}, "field findings[0].data:"),
+    "note-null": ({"findings": [{**GOOD_FINDING, "note": None}]}, "field findings[0].note:"),
+    "id-twice": ({"findings": [GOOD_FINDING, GOOD_FINDING]}, "field findings[1].id:"),
+    "version-text": ({"version": "1", "findings": []}, "field version:"),
+}
+
+
+@pytest.mark.parametrize("html", [False, True])
+@pytest.mark.parametrize("name", sorted(FINDINGS_FILES))
+def test_a_damaged_findings_file_names_its_field_and_keeps_the_report(monkeypatch, tmp_path, capsys, name, html):
+    """findings.json is read through the schema: one line naming the file and the field, exit 2, nothing
+    exported, the old report and the findings file as they were."""
+    from workbench.main import main as wb_main
+
+    content, field = FINDINGS_FILES[name]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "findings.json").write_text(json.dumps(content))
+    report = tmp_path / ("r.html" if html else "r.md")
+    report.write_text("old")
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(data))
+    assert wb_main(["export", "--out", str(report)] + (["--html"] if html else [])) == 2
+    line = one_error_line(capsys)
+    assert str(data / "findings.json") in line and field in line, line
+    assert report.read_text() == "old"
+    assert (data / "findings.json").read_text() == json.dumps(content)
+
+
+def test_a_truncated_findings_file_never_replaces_the_report(monkeypatch, tmp_path, capsys):
+    """findings.json cut at any byte (a crash of another tool, a full disk): the export refuses with one line;
+    never a report of fewer findings over the old one."""
+    from workbench.findings import Finding, FindingsStore
+    from workbench.main import main as wb_main
+
+    data = tmp_path / "data"
+    store = FindingsStore(data)
+    for i in range(2):
+        store.add(Finding(kind="note", title=f"pin {i}", note="x", layer=i))
+    whole = (data / "findings.json").read_bytes()
+    report = tmp_path / "r.md"
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(data))
+    for cut in range(0, len(whole), 7):
+        (data / "findings.json").write_bytes(whole[:cut])
+        report.write_text("old")
+        assert wb_main(["export", "--out", str(report)]) == 2, cut
+        assert "findings.json" in one_error_line(capsys)
+        assert report.read_text() == "old"
+    (data / "findings.json").write_bytes(whole)
+    assert wb_main(["export", "--out", str(report)]) == 0
+    assert "2 finding(s)" in report.read_text()
+
+
+def test_a_finding_read_back_keeps_every_field(tmp_path):
+    from workbench.findings import FindingsStore
+
+    (tmp_path / "findings.json").write_text(json.dumps({"version": 1, "findings": [{**GOOD_FINDING, "later": 1},
+                                                                                   {"kind": "note", "title": "x"}]}))
+    a, b = FindingsStore(tmp_path).findings
+    assert (a.kind, a.title, a.note, a.body, a.model, a.saes, a.layer, a.data, a.id, a.created) == (
+        "feature", "t", "n", "b", "m", "s", 1, {}, "abc", "2025-01-01 00:00:00")
+    assert b.layer is None and b.id and b.created and b.id != a.id
+
+
 # ---- SAE configs ----------------------------------------------------------------------------------------------
 
 
