@@ -343,17 +343,64 @@ def test_a_path_like_saes_is_not_a_hub_id(tmp_path, monkeypatch, capsys, tiny_mo
     assert "no such SAE path" in one_error_line(capsys)
 
 
-def test_a_killed_rank_is_one_line():
+# torchrun's stderr when rank 1 is SIGKILLed (recorded from a real run, trimmed): rank 0's gloo error is prefixed
+# `[rank0]:`, the agent SIGTERMs rank 0, and its report lists rank 0's SIGTERM before the root cause.
+TORCHRUN_REPORT = """training 1 SAE(s) on default layers [0]
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "<frozen runpy>", line 198, in _run_module_as_main
+[rank0]: RuntimeError: [../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:26017: Connection reset by peer.
+W1205 11:55:34.073000 24116 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 24128 closing signal SIGTERM
+E1205 11:55:34.190000 24116 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) local_rank: 1
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+=======================================================
+workbench.main FAILED
+-------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-05_11:55:34
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 24128)  (SIGTERM)
+  traceback : Signal 15 (SIGTERM) received by PID 24128
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-05_11:55:34
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 24129)  (SIGKILL)
+  traceback : Signal 9 (SIGKILL) received by PID 24129
+=======================================================
+"""
+
+
+def test_a_killed_rank_is_one_line_naming_the_root_cause():
+    """The rank named is the root cause's (rank 1, SIGKILL), not the first failure listed (rank 0, SIGTERM by
+    the agent); rank 0's `[rank0]:` traceback and its "lost contact" line are held back."""
     import io
 
-    from sae.engine.training.distributed import filter_torchrun_stderr, rank_death_line
+    from sae.engine.training.distributed import PEER_LOST, failure_line, filter_torchrun_stderr
 
-    report = ("progress line\nTraceback (most recent call last):\n  File x\n"
-              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n" + "=" * 20 + "\n"
-              "Root Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n"
-              "  exitcode  : -9 (pid: 42)\n  traceback : Signal 9 (SIGKILL) received by PID 42\n")
+    lost = f"attnscope: error: {PEER_LOST} (process 0 of 2: Connection reset by peer)\n"
     sink = io.StringIO()
-    said, held = filter_torchrun_stderr(io.StringIO(report), sink)
-    assert sink.getvalue() == "progress line\n" and not said
-    line = rank_death_line(held, 1)
-    assert "rank 1" in line and "SIGKILL" in line and "--resume" in line and "\n" not in line
+    said, held = filter_torchrun_stderr(io.StringIO(TORCHRUN_REPORT.replace("W1205", "[rank0]: " + lost + "W1205", 1)),
+                                        sink)
+    assert sink.getvalue() == "training 1 SAE(s) on default layers [0]\n"
+    line = failure_line(said, held, 1)
+    assert line is not None and "rank 1" in line and "SIGKILL" in line and "SIGTERM" not in line
+    assert "--resume" in line and "\n" not in line
+
+
+def test_a_ranks_own_error_is_said_once_without_the_peers_echo():
+    """A rank that stops with a user error of its own (exit 2): its line stands, once, and the other rank's "lost
+    contact" that follows is dropped."""
+    import io
+
+    from sae.engine.training.distributed import PEER_LOST, failure_line, filter_torchrun_stderr
+
+    text = ("attnscope: error: the corpus is empty\nattnscope: error: the corpus is empty\n"
+            f"attnscope: error: {PEER_LOST} (process 0 of 2: reset)\n"
+            "Root Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : 2 (pid: 7)\n")
+    said, held = filter_torchrun_stderr(io.StringIO(text), io.StringIO())
+    assert failure_line(said, held, 1) is None
+    assert said == ["attnscope: error: the corpus is empty"]
