@@ -473,8 +473,9 @@ def check_sae_fits(sae: SAE, model) -> None:
         sae.cfg.n_heads = model.n_heads
 
 
-def _download_release(spec: str) -> Path:
-    """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline."""
+def _download_release(spec: str, maybe_path: bool = False) -> Path:
+    """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline
+    (`maybe_path`: `spec` may as well be a mistyped local path, and the error says that it is not one either)."""
     repo = RELEASES.get(spec, spec[3:] if spec.startswith("hf:") else spec)
     try:
         from huggingface_hub import snapshot_download
@@ -486,6 +487,10 @@ def _download_release(spec: str) -> Path:
         return Path(snapshot_download(repo_id=repo, allow_patterns=patterns, local_files_only=not hub_reachable()))
     except Exception as exc:  # offline, unknown repo, auth: the user needs one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        if maybe_path:
+            raise SAEFormatError(
+                f"no such SAE path: {spec} (from {Path.cwd()}), and no Hugging Face hub repository {repo} could be "
+                f"fetched either ({first})") from exc
         raise SAEFormatError(
             f"could not fetch SAE release {spec!r} (repository {repo}) from the Hugging Face hub; offline? ({first})"
         ) from exc
@@ -525,8 +530,10 @@ def load_sae_set(
             # `runs/mine` where ./runs exists: a mistyped local path, not a hub repository
             raise SAEFormatError(f"no such SAE path: {text} (the folder {first}/ is here, so this is read as a path; "
                                  f"for a hub repository write hf:{text})")
-        if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        if text in RELEASES or text.startswith("hf:"):
             root = _download_release(text)
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", text):  # a hub repository, or a mistyped path: the error says both
+            root = _download_release(text, maybe_path=True)
         else:
             raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
     if root.is_dir():

@@ -343,6 +343,20 @@ def test_a_path_like_saes_is_not_a_hub_id(tmp_path, monkeypatch, capsys, tiny_mo
     assert "no such SAE path" in one_error_line(capsys)
 
 
+def test_a_path_like_saes_without_its_folder_says_it_is_no_path_either(tmp_path, monkeypatch, capsys,
+                                                                         tiny_model_dir):
+    """`--saes runs/mine` where ./runs does not exist: tried as a hub repository (offline in the tests), and the
+    one line says it is no local path either (not only "could not fetch SAE release")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import sae.engine.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    assert main(["features", "--model", str(tiny_model_dir), "--saes", "runs/mine", "--layer", "0", "hi"]) == 2
+    line = one_error_line(capsys)
+    assert "no such SAE path: runs/mine" in line and str(tmp_path) in line and "hub" in line
+
+
 # torchrun's stderr when rank 1 is SIGKILLed (recorded from a real run, trimmed): rank 0's gloo error is prefixed
 # `[rank0]:`, the agent SIGTERMs rank 0, and its report lists rank 0's SIGTERM before the root cause.
 TORCHRUN_REPORT = """training 1 SAE(s) on default layers [0]
