@@ -36,6 +36,7 @@ from sae.engine.safe_io import (
     recover_children,
     recover_dir,
     safe_torch_load,
+    save_safetensors,
     swap_dir,
 )
 
@@ -139,7 +140,6 @@ def check_sae_write_target(path: str | Path) -> Path:
 
 def save_sae(sae: SAE, path: str | Path, log10_density: torch.Tensor | None = None) -> Path:
     """Save `sae` as a SAELens directory at `path` (atomically). `log10_density [d_sae]` -> sparsity.safetensors."""
-    from safetensors.torch import save_file
 
     check_sae_write_target(path)
 
@@ -156,9 +156,9 @@ def save_sae(sae: SAE, path: str | Path, log10_density: torch.Tensor | None = No
     cfg_dict["dtype"] = "float32"
 
     def write(d: Path) -> None:
-        save_file(tensors, str(d / WEIGHTS_FILE))
+        save_safetensors(tensors, d / WEIGHTS_FILE)  # a full disk: OSError, one line from swap_dir
         if log10_density is not None:
-            save_file({"sparsity": log10_density.detach().float().cpu().contiguous()}, str(d / SPARSITY_FILE))
+            save_safetensors({"sparsity": log10_density.detach().float().cpu().contiguous()}, d / SPARSITY_FILE)
         (d / CFG_FILE).write_text(json.dumps(cfg_dict, indent=2, default=_json_default) + "\n")
 
     _write_atomically_dir(Path(path), write)

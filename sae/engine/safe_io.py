@@ -226,6 +226,23 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None], fsync: bo
     return existed
 
 
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a full disk, a read-only place) are a `SafetensorError`
+    rather than an `OSError`: raised here as the `OSError` they are (errno kept), so every writer's one-line
+    `OutputError` covers them as any other write's. Used inside `atomic_write_with` / `swap_dir`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        m = re.search(r"os error (\d+)", str(exc))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, follow_symlink: bool = True) -> bool:
     def write(tmp: Path) -> None:
         with open(tmp, "xb") as fh:

@@ -607,12 +607,13 @@ def test_full_disk_during_training_is_one_line(tiny_model_dir, corpus, tmp_path,
 
 def test_full_disk_while_saving_an_sae_keeps_the_old_one(tiny_model, tmp_path, monkeypatch):
     import safetensors.torch
+    from safetensors import SafetensorError
 
     old = random_sae(tiny_model, 0, seed=1)
     d = save_sae(old, tmp_path / "sae")
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*a, **k):  # what safetensors really raises on a full disk: not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(safe_io.OutputError, match="no space left"):

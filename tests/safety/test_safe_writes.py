@@ -348,9 +348,10 @@ def test_two_caches_into_one_out_the_second_is_refused(tiny_model, tmp_path):
 
 def test_full_disk_while_writing_a_shard_is_one_line(tiny_model_dir, corpus, tmp_path, capsys, monkeypatch):
     import safetensors.torch
+    from safetensors import SafetensorError
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*a, **k):  # what safetensors really raises on a full disk: not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "cache"
