@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sae.engine.errors import AttnscopeError
-from sae.engine.safe_text import md_block, md_code, md_inline, visible
+from sae.engine.safe_text import md_block, md_code, md_inline, md_markdown
 from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as safe_write_text
 from sae.engine.safe_io import UnreadableFileError
 from sae.engine.safe_io import resolve_output as _resolve_output
@@ -396,8 +396,8 @@ def export_markdown(findings: list[Finding], title: str = "attnscope findings") 
         if f.note.strip():
             out.append("> " + md_block(f.note.strip()).replace("\n", "\n> "))
             out.append("")
-        if f.body.strip():
-            out.append(visible(f.body.strip()))
+        if f.body.strip():  # attnscope's markdown, but read back from a file: no raw HTML tag survives
+            out.append(md_markdown(f.body.strip()))
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 
