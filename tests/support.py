@@ -283,3 +283,28 @@ def assert_same_weights(a_dir: Path, b_dir: Path, layers=(0, 1), atol: float = 1
             where = f"layer {layer} {name}"
             torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=atol, rtol=1e-4,
                                        msg=lambda m, where=where: f"{where}: {m}")
+
+
+def rank_pids(root_pid: int, rank: int) -> list[int]:
+    """The pids among `root_pid`'s descendants (read from /proc) whose environment says `RANK=rank`: the worker
+    processes torchrun started for that rank."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    found, stack = [], [root_pid]
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            stack.append(pid)
+            try:
+                env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                found.append(pid)
+    return found

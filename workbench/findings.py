@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sae.engine.errors import AttnscopeError
-from sae.engine.safe_text import md_block, md_code, md_inline, visible
+from sae.engine.safe_text import md_block, md_code, md_inline, md_markdown
 from sae.engine.safe_io import DirLock, LockedError, OutputError, atomic_write_text as safe_write_text
-from sae.engine.safe_io import read_text_file
+from sae.engine.safe_io import UnreadableFileError
 from sae.engine.safe_io import resolve_output as _resolve_output
-from sae.engine.schema import FileFormatError, Float, Int, List, Obj, Optional, Str, check
+from sae.engine.schema import FileFormatError, Float, Int, List, Obj, Optional, Str, check, parse_json, read_json
 
 
 ENV_DATA_DIR = "ATTNSCOPE_DATA_DIR"
@@ -70,24 +70,17 @@ class Finding:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Finding":
-        """A finding from its JSON form; ValueError (naming the field) for a wrong type or a missing field."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a finding is a JSON object, got {type(d).__name__}")
+    def from_dict(cls, d: Any, file: str | Path = FILE_NAME, where: str = "finding") -> "Finding":
+        """A finding from its JSON form, read through the schema (`FINDING_SPEC`): a wrong type, a wrong shape or
+        a missing field is one `FileFormatError` naming `file` and the field (`where.layer`); keys this version
+        does not know are ignored."""
+        kept = check(d, FINDING_SPEC, file, where)
         names = {f.name for f in fields(cls)}
-        kept = {k: v for k, v in d.items() if k in names}
-        for name in ("kind", "title"):
-            if name not in kept:
-                raise ValueError(f"a finding has no {name!r}")
-        for name in ("kind", "title", "note", "body", "model", "saes", "id", "created"):
-            if name in kept and not isinstance(kept[name], str):
-                raise ValueError(f"{name} must be text, got {type(kept[name]).__name__}")
-        layer = kept.get("layer")
-        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
-            raise ValueError(f"layer must be a whole number or null, got {layer!r}"[:80])
-        if "data" in kept and not isinstance(kept["data"], dict):
-            raise ValueError(f"data must be a JSON object, got {type(kept['data']).__name__}")
-        return cls(**kept)
+        given = {k: v for k, v in kept.items() if k in names}
+        for name in ("id", "created"):  # absent: made fresh, as for a new pin
+            if given[name] is None:
+                del given[name]
+        return cls(**given)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -100,21 +93,42 @@ def atomic_write_text(path: Path, text: str) -> None:
 LOCK_TIMEOUT_S = 10.0
 
 
-def parse_findings(text: str) -> list[Finding]:
-    """The findings of a findings.json text; ValueError (one line) for bad JSON or a bad finding."""
-    raw = json.loads(text)
-    if not isinstance(raw, dict):
-        raise ValueError("the file does not hold a JSON object")
-    items = raw.get("findings", [])
-    if not isinstance(items, list):
-        raise ValueError("'findings' is not a list")
-    out = []
-    for i, d in enumerate(items, 1):
-        try:
-            out.append(Finding.from_dict(d))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"finding {i}: {exc}") from None
+# findings.json, read through the one schema layer (`sae.engine.schema`): `findings` is required (an object
+# without it is not a findings file, and a truncated file is never read as "0 findings").
+FINDING_SPEC = Obj(
+    required={"kind": Str(nonempty=True), "title": Str()},
+    optional={"note": (Str(), ""), "body": (Str(), ""), "model": (Str(), ""), "saes": (Str(), ""),
+              "layer": (Optional(Int(min=0)), None), "data": (Obj(), {}),
+              "id": (Optional(Str(nonempty=True, max_len=200)), None), "created": (Optional(Str()), None)},
+)
+FINDINGS_SPEC = Obj(required={"findings": List(Obj())}, optional={"version": (Int(min=1), 1)})
+
+
+def findings_from_data(data: Any, file: str | Path = FILE_NAME) -> list[Finding]:
+    """The findings of parsed findings.json data; one `FileFormatError` naming `file` and the field (such as
+    `findings[2].layer`) for a wrong type or shape, a missing field, or two findings with one id."""
+    d = check(data, FINDINGS_SPEC, file)
+    out: list[Finding] = []
+    seen: set[str] = set()
+    for i, item in enumerate(d["findings"]):
+        f = Finding.from_dict(item, file, f"findings[{i}]")
+        if f.id in seen:
+            raise FileFormatError(file, f"findings[{i}].id", "an id no other finding has", f.id)
+        seen.add(f.id)
+        out.append(f)
     return out
+
+
+def parse_findings(text: str, file: str | Path = FILE_NAME) -> list[Finding]:
+    """The findings of a findings.json text; `FileFormatError` (one line naming the file and field) for JSON that
+    does not parse, NaN, deep nesting, or a finding of the wrong shape."""
+    return findings_from_data(parse_json(text, file), file)
+
+
+def read_findings(path: str | Path) -> list[Finding]:
+    """The findings in the file at `path` (regular files only, `sae.engine.schema.read_json`);
+    FileNotFoundError passes through, everything else is one line (`UnreadableFileError`, `FileFormatError`)."""
+    return findings_from_data(read_json(path, "findings file"), path)
 
 
 # The figure data a finding may carry (`Finding.data`), checked before an export draws it.
@@ -177,10 +191,11 @@ class FindingsStore:
         if not self.path.exists():
             return []
         try:
-            return parse_findings(read_text_file(self.path, "findings file"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            self.error = f"findings file {self.path} cannot be read ({why})"
+            return read_findings(self.path)
+        except FileNotFoundError:  # removed since the check above
+            return []
+        except (FileFormatError, UnreadableFileError) as exc:  # one line naming the file (and the field)
+            self.error = f"the findings file cannot be read: {exc}"
             self.warning = self.error + "; it is kept as it is"
             return []
 
@@ -381,8 +396,8 @@ def export_markdown(findings: list[Finding], title: str = "attnscope findings") 
         if f.note.strip():
             out.append("> " + md_block(f.note.strip()).replace("\n", "\n> "))
             out.append("")
-        if f.body.strip():
-            out.append(visible(f.body.strip()))
+        if f.body.strip():  # attnscope's markdown, but read back from a file: no raw HTML tag survives
+            out.append(md_markdown(f.body.strip()))
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -241,15 +241,14 @@ def export_html(findings: list[Finding], title: str = "attnscope findings") -> s
 
 
 def write_html(path: str | Path, findings: list[Finding], title: str = "attnscope findings") -> Path:
-    """Write the page atomically through `sae.engine.safe_io` (via `workbench.findings.write_export`); a symlink at
-    `path` is refused, never followed; a bad place is an `ExportError` with one line."""
+    """Write the page atomically through `sae.engine.safe_io` (via `workbench.findings.write_export`), by the rule
+    of every writer: a symlink the user named as `path` is theirs and is written through (the link stays, the
+    target keeps its mode), as the markdown export does; a bad place is an `ExportError` with one line."""
     from workbench.findings import write_export
 
     p = Path(path).expanduser()
     if not str(path).strip():
         raise ExportError("no export path given")
-    if p.is_symlink():
-        raise ExportError(f"{p} is a symbolic link; give the path of a regular file (links are not followed)")
     if p.is_dir():
         raise ExportError(f"{p} is a directory; give a file name such as {p / 'findings.html'}")
     return write_export(p, export_html(findings, title))

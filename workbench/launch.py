@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sae.cli.common import UsageError, fail
+from sae.cli.common import UsageError, bug, fail
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_io import environment_error_line
 from sae.engine.safe_text import term_line
@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
         line = environment_error_line(exc)
         if line is None:
-            raise
+            return bug(exc, f"attnscope {args.command or 'workbench'}")
         return fail(line)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: its traceback to the bug log, one line here
+        return bug(exc, f"attnscope {args.command or 'workbench'}")
 
 
 def export_command(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import sys
 
 import os
 
-from sae.cli.common import fail
+from sae.cli.common import bug, fail
 from sae.engine.errors import AttnscopeError
 from sae.engine.safe_io import environment_error_line
 from sae.engine.safe_text import from_argv, term_line
@@ -113,10 +113,12 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
     except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
         line = environment_error_line(exc)
         if line is None:
-            raise
+            return bug(exc, f"attnscope {args.command}")
         return fail(line)
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: its traceback to the bug log, one line here
+        return bug(exc, f"attnscope {args.command}")
 
 
 if __name__ == "__main__":

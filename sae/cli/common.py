@@ -101,6 +101,25 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+BUG_EXIT = 1  # a bug's exit status (a user error's is 2)
+
+
+def bug(exc: BaseException, where: str = "") -> int:
+    """A bug (an exception that is not an `AttnscopeError`): its traceback appended to the bug log
+    (`sae.engine.errors.record_bug`), one line here: `attnscope: bug: <type>: <message> (traceback in <path>)`;
+    exit 1. With `ATTNSCOPE_TRACEBACK=1` in the environment the traceback is printed here as well."""
+    import os
+    import traceback
+
+    from sae.engine.errors import record_bug
+
+    line = record_bug(exc, where)
+    if os.environ.get("ATTNSCOPE_TRACEBACK"):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"attnscope: {term_line(line)}", file=sys.stderr)
+    return BUG_EXIT
+
+
 def open_model(name: str, device: str = "auto", dtype: str = "float32"):
     """The one door from the CLI to a model: `sae.zoo.load_model` ("default" is the embedded model). A model that
     will not load is a `ModelLoadError`, which `main` prints as one line (exit 2)."""

@@ -27,7 +27,7 @@ from sae.engine.errors import AttnscopeError
 from sae.engine.jobs import CancelToken, Progress, ProgressFn
 from sae.engine.models import z_hook_name
 from sae.engine.schema import FileFormatError, Int, List, OneOf, Obj, Optional, Str, check, read_json
-from sae.engine.safe_io import DirLock, atomic_write_text, atomic_write_with, check_writable_dir
+from sae.engine.safe_io import DirLock, atomic_write_text, atomic_write_with, check_writable_dir, save_safetensors
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "attnscope-activation-cache-1"
@@ -151,8 +151,6 @@ def write_cache(
 def _write_cache_locked(model, token_rows: torch.Tensor, layers: list[int], out: Path, dtype: str,
                         rows_per_shard: int, rows_per_pass: int, corpus: str, on_progress: ProgressFn | None,
                         cancel: CancelToken | None) -> Manifest:
-    from safetensors.torch import save_file
-
     n_rows, ctx = token_rows.shape
     torch_dtype = DTYPES[dtype]
     manifest = Manifest(
@@ -176,7 +174,7 @@ def _write_cache_locked(model, token_rows: torch.Tensor, layers: list[int], out:
         tensors["tokens"] = rows.to(torch.int32).contiguous()
         name = f"shard_{shard_i:05d}.safetensors"
         # whole or absent, never through a link, a full disk one line (OutputError)
-        atomic_write_with(out / name, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT}),
+        atomic_write_with(out / name, lambda tmp: save_safetensors(tensors, tmp, metadata={"format": CACHE_FORMAT}),
                           follow_symlink=False)
         manifest.shards.append({"file": name, "rows": int(rows.shape[0])})
         if on_progress is not None:

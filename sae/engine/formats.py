@@ -36,6 +36,7 @@ from sae.engine.safe_io import (
     recover_children,
     recover_dir,
     safe_torch_load,
+    save_safetensors,
     swap_dir,
 )
 
@@ -139,7 +140,6 @@ def check_sae_write_target(path: str | Path) -> Path:
 
 def save_sae(sae: SAE, path: str | Path, log10_density: torch.Tensor | None = None) -> Path:
     """Save `sae` as a SAELens directory at `path` (atomically). `log10_density [d_sae]` -> sparsity.safetensors."""
-    from safetensors.torch import save_file
 
     check_sae_write_target(path)
 
@@ -156,9 +156,9 @@ def save_sae(sae: SAE, path: str | Path, log10_density: torch.Tensor | None = No
     cfg_dict["dtype"] = "float32"
 
     def write(d: Path) -> None:
-        save_file(tensors, str(d / WEIGHTS_FILE))
+        save_safetensors(tensors, d / WEIGHTS_FILE)  # a full disk: OSError, one line from swap_dir
         if log10_density is not None:
-            save_file({"sparsity": log10_density.detach().float().cpu().contiguous()}, str(d / SPARSITY_FILE))
+            save_safetensors({"sparsity": log10_density.detach().float().cpu().contiguous()}, d / SPARSITY_FILE)
         (d / CFG_FILE).write_text(json.dumps(cfg_dict, indent=2, default=_json_default) + "\n")
 
     _write_atomically_dir(Path(path), write)
@@ -473,8 +473,9 @@ def check_sae_fits(sae: SAE, model) -> None:
         sae.cfg.n_heads = model.n_heads
 
 
-def _download_release(spec: str) -> Path:
-    """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline."""
+def _download_release(spec: str, maybe_path: bool = False) -> Path:
+    """Fetch a known release id, or `hf:owner/name`, from the Hugging Face hub; one-line error offline
+    (`maybe_path`: `spec` may as well be a mistyped local path, and the error says that it is not one either)."""
     repo = RELEASES.get(spec, spec[3:] if spec.startswith("hf:") else spec)
     try:
         from huggingface_hub import snapshot_download
@@ -486,6 +487,10 @@ def _download_release(spec: str) -> Path:
         return Path(snapshot_download(repo_id=repo, allow_patterns=patterns, local_files_only=not hub_reachable()))
     except Exception as exc:  # offline, unknown repo, auth: the user needs one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        if maybe_path:
+            raise SAEFormatError(
+                f"no such SAE path: {spec} (from {Path.cwd()}), and no Hugging Face hub repository {repo} could be "
+                f"fetched either ({first})") from exc
         raise SAEFormatError(
             f"could not fetch SAE release {spec!r} (repository {repo}) from the Hugging Face hub; offline? ({first})"
         ) from exc
@@ -525,8 +530,10 @@ def load_sae_set(
             # `runs/mine` where ./runs exists: a mistyped local path, not a hub repository
             raise SAEFormatError(f"no such SAE path: {text} (the folder {first}/ is here, so this is read as a path; "
                                  f"for a hub repository write hf:{text})")
-        if text in RELEASES or text.startswith("hf:") or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        if text in RELEASES or text.startswith("hf:"):
             root = _download_release(text)
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", text):  # a hub repository, or a mistyped path: the error says both
+            root = _download_release(text, maybe_path=True)
         else:
             raise SAEFormatError(f"no such SAE path or known release: {text!r} (known: {', '.join(RELEASES)})")
     if root.is_dir():

@@ -226,6 +226,57 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None], fsync: bo
     return existed
 
 
+class _RecordingWriter:
+    """A binary file for `torch.save` that keeps the OSError of a failed write (torch reports it as a RuntimeError
+    about stream positions, which names no cause)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """`torch.save(obj)` into `path`; a write that fails (a full disk, an I/O error) is the `OSError` the OS gave,
+    not torch's RuntimeError (`unexpected pos ...`), so every writer's one-line `OutputError` covers it. Used
+    inside `atomic_write_with`."""
+    import torch
+
+    with open(path, "wb") as fh:
+        writer = _RecordingWriter(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as exc:
+            if writer.error is None:
+                raise
+            raise writer.error from exc
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, whose I/O failures (a full disk, a read-only place) are a `SafetensorError`
+    rather than an `OSError`: raised here as the `OSError` they are (errno kept), so every writer's one-line
+    `OutputError` covers them as any other write's. Used inside `atomic_write_with` / `swap_dir`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        m = re.search(r"os error (\d+)", str(exc))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, follow_symlink: bool = True) -> bool:
     def write(tmp: Path) -> None:
         with open(tmp, "xb") as fh:

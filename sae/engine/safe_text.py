@@ -122,6 +122,28 @@ def md_block(text: object) -> str:
     return _html(visible(text, keep="\n"))
 
 
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def md_markdown(text: object) -> str:
+    """Markdown attnscope wrote (a finding's body, read back from a findings file anyone may have edited): kept as
+    markdown (tables, emphasis, code), but a raw HTML tag outside code becomes text (`<` before a letter, `/`, `!`
+    or `?` is `&lt;`), so no `<script>` or `<img onerror=...>` reaches a renderer; control characters visible."""
+    out, fenced = [], False
+    for line in visible(text, keep="\n").split("\n"):
+        if _FENCE.match(line):
+            fenced = not fenced
+            out.append(line)
+            continue
+        if fenced:
+            out.append(line)
+            continue
+        parts = re.split(r"(`[^`]*`)", line)  # odd parts are inline code spans: literal already
+        out.append("".join(p if i % 2 else _TAG_START.sub("&lt;", p) for i, p in enumerate(parts)))
+    return "\n".join(out)
+
+
 def md_code(text: object) -> str:
     """User text inside an inline code span (`` `...` ``): backticks and line breaks cannot end it early."""
     return visible(text, keep="").replace("`", "ˋ")

@@ -176,7 +176,16 @@ class Optional(Spec):
         return f"{self.inner.expected} or null"
 
     def check(self, v: Any, where: str, file: str) -> Any:
-        return None if v is None else self.inner.check(v, where, file)
+        if v is None:
+            return None
+        if not isinstance(v, (dict, list)):  # a scalar of the wrong kind: say that null was allowed too
+            try:
+                return self.inner.check(v, where, file)
+            except FileFormatError as exc:
+                if exc.where != where:
+                    raise
+                raise self.fail(v, where, file) from None
+        return self.inner.check(v, where, file)
 
 
 @dataclass

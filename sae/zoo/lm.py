@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from sae.engine.safe_io import atomic_write_text, atomic_write_with
+from sae.engine.safe_io import atomic_write_text, atomic_write_with, save_torch
 from sae.zoo import corpus
 
 from sae.experiments import ioi_data
@@ -180,9 +180,7 @@ def lr_at(step: int, cfg: LMConfig) -> float:
 
 def _atomic_torch_save(obj, path: Path) -> None:
     """torch.save through a temporary file renamed into place (umask modes, one-line error on a full disk)."""
-    from sae.engine.safe_io import atomic_write_with
-
-    atomic_write_with(path, lambda tmp: torch.save(obj, str(tmp)))
+    atomic_write_with(path, lambda tmp: save_torch(obj, tmp))
 
 
 LM_CHECKPOINT_KEYS = ("model", "opt", "sampler_rng", "step")

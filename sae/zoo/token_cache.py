@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sae.engine.activations import CORPUS_SUFFIXES, corpus_token_rows
-from sae.engine.safe_io import OutputError, UnsafeFileError, atomic_write_with, safe_torch_load
+from sae.engine.safe_io import OutputError, UnsafeFileError, atomic_write_with, safe_torch_load, save_torch
 
 PROBE = "The quick brown fox: def f(x):\n    return x + 1  # ünïcode\n"
 
@@ -84,7 +84,7 @@ def cached_token_rows(model, spec: str, context_size: int, split: str = "train",
     packed = rows.to(torch.int32 if rows.max() < 2**31 else torch.int64).clone()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_with(path, lambda tmp: torch.save(packed, str(tmp)), fsync=False)
+        atomic_write_with(path, lambda tmp: save_torch(packed, tmp), fsync=False)
     except (OSError, OutputError):
         pass  # a read-only cache: tokenise every time
     return rows

@@ -1,5 +1,5 @@
-"""Issue 25: Hypothesis over every file format attnscope reads (activation-cache manifest, labels.json, findings and
-their figure data, training configs; SAE configs are in test_fuzz_formats.py) and over every CLI string argument
+"""Issue 25: Hypothesis over every file format attnscope reads (activation-cache manifest, labels.json, findings.json
+and the findings' figure data, training configs; SAE configs are in test_fuzz_formats.py) and over every CLI string argument
 with hostile text (markup, control characters, invalid UTF-8, very long). The property: a result, or one
 `AttnscopeError` of one line; never another exception, a hang, a traceback or a control character on the terminal."""
 
@@ -174,6 +174,53 @@ def test_fuzzed_findings_file(text):
         store = FindingsStore(Path(tmp))
         assert store.error or isinstance(store.findings, list)
         assert "\n" not in store.error
+
+
+FINDING_KEYS = ["version", "findings", "kind", "title", "note", "body", "model", "saes", "layer", "data", "id",
+                "created", "heatmap", "pos"]
+GOOD_FINDINGS = {"version": 1, "findings": [
+    {"kind": "feature", "title": "a", "note": "n", "body": "b", "model": "m", "saes": "s", "layer": 0,
+     "data": {"pos": 1}, "id": "x1", "created": "c"},
+    {"kind": "note", "title": "b", "layer": None, "id": "x2"}]}
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(paths(FINDING_KEYS), json_values), min_size=1, max_size=4))
+def test_fuzzed_findings_structure(edits):
+    """findings.json with fields of any type or shape: read through the schema, the findings come back with the
+    types the dataclass says, or the store's error is one line naming the file and what was expected, and the
+    export then refuses, leaving the old report."""
+    import os
+
+    from workbench.findings import Finding, FindingsStore
+    from workbench.main import main as wb_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = json.dumps(edit_json(json.loads(json.dumps(GOOD_FINDINGS)), edits))
+        (Path(tmp) / "findings.json").write_text(text)
+        store = FindingsStore(Path(tmp))
+        if not store.error:
+            for f in store.findings:
+                assert isinstance(f, Finding) and isinstance(f.kind, str) and isinstance(f.title, str)
+                assert all(isinstance(getattr(f, n), str) for n in ("note", "body", "model", "saes", "id", "created"))
+                assert f.layer is None or (type(f.layer) is int and f.layer >= 0)
+                assert isinstance(f.data, dict)
+            assert len({f.id for f in store.findings}) == len(store.findings)
+            return
+        assert "\n" not in store.error and str(Path(tmp) / "findings.json") in store.error
+        assert "expected" in store.error
+        report = Path(tmp) / "r.md"
+        report.write_text("old")
+        old_env = os.environ.get("ATTNSCOPE_DATA_DIR")
+        os.environ["ATTNSCOPE_DATA_DIR"] = tmp
+        try:
+            assert wb_main(["export", "--out", str(report)]) == 2
+        finally:
+            if old_env is None:
+                del os.environ["ATTNSCOPE_DATA_DIR"]
+            else:
+                os.environ["ATTNSCOPE_DATA_DIR"] = old_env
+        assert report.read_text() == "old" and (Path(tmp) / "findings.json").read_text() == text
 
 
 # ---- training configs (a resumed run) --------------------------------------------------------------------------

@@ -145,6 +145,21 @@ def test_export_markdown_holds_no_raw_html_or_control_characters():
     assert "\x1b" not in text and "\x9b" not in text
 
 
+def test_a_findings_body_from_a_hostile_file_carries_no_raw_html():
+    """The body is attnscope's markdown, but findings.json is a file anyone may edit: a raw tag outside code is
+    text in the report; tables, emphasis and code (fenced or inline) are kept exactly."""
+    from workbench.findings import Finding, export_markdown
+
+    body = ("| a | b |\n|---|--:|\n| <script>alert(1)</script> | **1** |\n<img src=x onerror=alert(1)>\n"
+            "<!-- hidden --> a < b and `<kbd>` stays\n```text\n<script>in a fence</script>\n```\n</table>")
+    text = export_markdown([Finding(kind="note", title="t", body=body)])
+    outside_code = re.sub(r"`[^`\n]*`", "", re.sub(r"```text\n.*?\n```", "", text, flags=re.S))
+    for tag in ("<script", "<img", "<!--", "</table", "</script"):
+        assert tag not in outside_code, tag
+    assert "| &lt;script>alert(1)&lt;/script> | **1** |" in text and "|---|--:|" in text
+    assert "a < b and `<kbd>` stays" in text and "```text\n<script>in a fence</script>\n```" in text
+
+
 def test_every_exported_svg_is_valid_xml(tmp_path):
     from workbench.figures import export_report
 

@@ -605,14 +605,55 @@ def test_full_disk_during_training_is_one_line(tiny_model_dir, corpus, tmp_path,
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
+def test_a_disk_that_fills_while_torch_writes_a_checkpoint_is_one_line(tiny_model_dir, corpus, tmp_path, capsys,
+                                                                        monkeypatch):
+    """The disk fills part-way through torch.save's write of checkpoint.pt: torch itself turns the OS's ENOSPC into
+    a RuntimeError ("unexpected pos ..."); the user still gets one line naming the full disk, exit 2, no temp."""
+    import builtins
+
+    from sae.engine import safe_io
+
+    class FillsUp:
+        def __init__(self, fh):
+            self.fh, self.left = fh, 200
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def opener(path, mode="r", *a, **k):
+        fh = builtins.open(path, mode, *a, **k)
+        return FillsUp(fh) if mode == "wb" else fh  # save_torch's file: fills up
+
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(safe_io, "open", opener, raising=False)
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--layers", "0", "--tokens", "256",
+                 "--out", str(out), *SMALL]) == 2
+    assert "no space left" in one_error_line(capsys).lower()
+    assert not [p for p in out.iterdir() if "-tmp-" in p.name]
+
+
 def test_full_disk_while_saving_an_sae_keeps_the_old_one(tiny_model, tmp_path, monkeypatch):
     import safetensors.torch
+    from safetensors import SafetensorError
 
     old = random_sae(tiny_model, 0, seed=1)
     d = save_sae(old, tmp_path / "sae")
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*a, **k):  # what safetensors really raises on a full disk: not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(safe_io.OutputError, match="no space left"):

@@ -156,6 +156,34 @@ def pin_with_figures(data: Path) -> None:
         "heatmap": {"tokens": ["a", "b"], "columns": [1], "values": [[1.0], [0.5]]}, "dfa_heads": [0.1, 0.2]}))
 
 
+@pytest.mark.parametrize("html", [False, True])
+def test_both_exports_write_through_a_link_the_user_named(monkeypatch, tmp_path, capsys, html):
+    """One rule for every writer: the report path the user named may be a symlink, and is written through (the
+    link stays a link, the file it points to gets the report and keeps its mode); the figures folder the program
+    names beside it is never followed (the tests below)."""
+    from workbench.main import main as wb_main
+
+    data = tmp_path / "data"
+    pin_with_figures(data)
+    elsewhere = tmp_path / "notes"
+    elsewhere.mkdir()
+    real = elsewhere / ("real.html" if html else "real.md")
+    real.write_text("old")
+    real.chmod(0o640)
+    link = tmp_path / ("link.html" if html else "link.md")
+    link.symlink_to(real)
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(data))
+    assert wb_main(["export", "--out", str(link)] + (["--html"] if html else [])) == 0, capsys.readouterr().err
+    assert "replaced the existing file" in capsys.readouterr().out
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    text = real.read_text()
+    assert text.startswith("<!DOCTYPE html>") if html else text.startswith("# attnscope findings")
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert [p.name for p in elsewhere.iterdir()] == [real.name]  # nothing else written beside the target
+    if not html:  # the figures go beside the name the user gave, in a real folder
+        assert (tmp_path / "link-figures").is_dir() and not (tmp_path / "link-figures").is_symlink()
+
+
 def test_export_refuses_a_figures_folder_that_is_a_symlink(monkeypatch, tmp_path, capsys):
     data = tmp_path / "data"
     pin_with_figures(data)
@@ -320,9 +348,10 @@ def test_two_caches_into_one_out_the_second_is_refused(tiny_model, tmp_path):
 
 def test_full_disk_while_writing_a_shard_is_one_line(tiny_model_dir, corpus, tmp_path, capsys, monkeypatch):
     import safetensors.torch
+    from safetensors import SafetensorError
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(*a, **k):  # what safetensors really raises on a full disk: not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "cache"

@@ -166,6 +166,84 @@ def test_damaged_figure_data_is_one_line_and_keeps_the_old_report(monkeypatch, t
     assert report.read_text() == "old"
 
 
+# ---- findings.json itself ---------------------------------------------------------------------------------------
+
+
+GOOD_FINDING = {"kind": "feature", "title": "t", "note": "n", "body": "b", "model": "m", "saes": "s", "layer": 1,
+                "data": {}, "id": "abc", "created": "2025-01-01 00:00:00"}
+FINDINGS_FILES = {  # name: (findings.json content, the field the error names)
+    "a-list": ([GOOD_FINDING], "expected an object"),
+    "no-findings": ({"version": 1}, "field findings:"),
+    "findings-text": ({"findings": "x"}, "field findings:"),
+    "finding-number": ({"findings": [3]}, "field findings[0]:"),
+    "no-title": ({"findings": [{"kind": "feature"}]}, "field findings[0].title:"),
+    "title-number": ({"findings": [{**GOOD_FINDING, "title": 5}]}, "field findings[0].title:"),
+    "layer-text": ({"findings": [GOOD_FINDING, {**GOOD_FINDING, "id": "b", "layer": "2"}]}, "field findings[1].layer:"),
+    "layer-bool": ({"findings": [{**GOOD_FINDING, "layer": True}]}, "field findings[0].layer:"),
+    "layer-negative": ({"findings": [{**GOOD_FINDING, "layer": -1}]}, "field findings[0].layer:"),
+    "data-list": ({"findings": [{**GOOD_FINDING, "data": [1]}]}, "field findings[0].data:"),
+    "note-null": ({"findings": [{**GOOD_FINDING, "note": None}]}, "field findings[0].note:"),
+    "id-twice": ({"findings": [GOOD_FINDING, GOOD_FINDING]}, "field findings[1].id:"),
+    "version-text": ({"version": "1", "findings": []}, "field version:"),
+}
+
+
+@pytest.mark.parametrize("html", [False, True])
+@pytest.mark.parametrize("name", sorted(FINDINGS_FILES))
+def test_a_damaged_findings_file_names_its_field_and_keeps_the_report(monkeypatch, tmp_path, capsys, name, html):
+    """findings.json is read through the schema: one line naming the file and the field, exit 2, nothing
+    exported, the old report and the findings file as they were."""
+    from workbench.main import main as wb_main
+
+    content, field = FINDINGS_FILES[name]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "findings.json").write_text(json.dumps(content))
+    report = tmp_path / ("r.html" if html else "r.md")
+    report.write_text("old")
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(data))
+    assert wb_main(["export", "--out", str(report)] + (["--html"] if html else [])) == 2
+    line = one_error_line(capsys)
+    assert str(data / "findings.json") in line and field in line, line
+    assert report.read_text() == "old"
+    assert (data / "findings.json").read_text() == json.dumps(content)
+
+
+def test_a_truncated_findings_file_never_replaces_the_report(monkeypatch, tmp_path, capsys):
+    """findings.json cut at any byte (a crash of another tool, a full disk): the export refuses with one line;
+    never a report of fewer findings over the old one."""
+    from workbench.findings import Finding, FindingsStore
+    from workbench.main import main as wb_main
+
+    data = tmp_path / "data"
+    store = FindingsStore(data)
+    for i in range(2):
+        store.add(Finding(kind="note", title=f"pin {i}", note="x", layer=i))
+    whole = (data / "findings.json").read_bytes()
+    report = tmp_path / "r.md"
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(data))
+    for cut in range(0, len(whole), 7):
+        (data / "findings.json").write_bytes(whole[:cut])
+        report.write_text("old")
+        assert wb_main(["export", "--out", str(report)]) == 2, cut
+        assert "findings.json" in one_error_line(capsys)
+        assert report.read_text() == "old"
+    (data / "findings.json").write_bytes(whole)
+    assert wb_main(["export", "--out", str(report)]) == 0
+    assert "2 finding(s)" in report.read_text()
+
+
+def test_a_finding_read_back_keeps_every_field(tmp_path):
+    from workbench.findings import FindingsStore
+
+    (tmp_path / "findings.json").write_text(json.dumps({"version": 1, "findings": [{**GOOD_FINDING, "later": 1},
+                                                                                   {"kind": "note", "title": "x"}]}))
+    a, b = FindingsStore(tmp_path).findings
+    assert (a.kind, a.title, a.note, a.body, a.model, a.saes, a.layer, a.data, a.id, a.created) == (
+        "feature", "t", "n", "b", "m", "s", 1, {}, "abc", "2025-01-01 00:00:00")
+    assert b.layer is None and b.id and b.created and b.id != a.id
+
+
 # ---- SAE configs ----------------------------------------------------------------------------------------------
 
 
@@ -265,17 +343,78 @@ def test_a_path_like_saes_is_not_a_hub_id(tmp_path, monkeypatch, capsys, tiny_mo
     assert "no such SAE path" in one_error_line(capsys)
 
 
-def test_a_killed_rank_is_one_line():
+def test_a_path_like_saes_without_its_folder_says_it_is_no_path_either(tmp_path, monkeypatch, capsys,
+                                                                         tiny_model_dir):
+    """`--saes runs/mine` where ./runs does not exist: tried as a hub repository (offline in the tests), and the
+    one line says it is no local path either (not only "could not fetch SAE release")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import sae.engine.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    assert main(["features", "--model", str(tiny_model_dir), "--saes", "runs/mine", "--layer", "0", "hi"]) == 2
+    line = one_error_line(capsys)
+    assert "no such SAE path: runs/mine" in line and str(tmp_path) in line and "hub" in line
+
+
+# torchrun's stderr when rank 1 is SIGKILLed (recorded from a real run, trimmed): rank 0's gloo error is prefixed
+# `[rank0]:`, the agent SIGTERMs rank 0, and its report lists rank 0's SIGTERM before the root cause.
+TORCHRUN_REPORT = """training 1 SAE(s) on default layers [0]
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "<frozen runpy>", line 198, in _run_module_as_main
+[rank0]: RuntimeError: [../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:26017: Connection reset by peer.
+W1205 11:55:34.073000 24116 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 24128 closing signal SIGTERM
+E1205 11:55:34.190000 24116 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) local_rank: 1
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+=======================================================
+workbench.main FAILED
+-------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-05_11:55:34
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 24128)  (SIGTERM)
+  traceback : Signal 15 (SIGTERM) received by PID 24128
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-05_11:55:34
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 24129)  (SIGKILL)
+  traceback : Signal 9 (SIGKILL) received by PID 24129
+=======================================================
+"""
+
+
+def test_a_killed_rank_is_one_line_naming_the_root_cause():
+    """The rank named is the root cause's (rank 1, SIGKILL), not the first failure listed (rank 0, SIGTERM by
+    the agent); rank 0's `[rank0]:` traceback and its "lost contact" line are held back."""
     import io
 
-    from sae.engine.training.distributed import filter_torchrun_stderr, rank_death_line
+    from sae.engine.training.distributed import PEER_LOST, failure_line, filter_torchrun_stderr
 
-    report = ("progress line\nTraceback (most recent call last):\n  File x\n"
-              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n" + "=" * 20 + "\n"
-              "Root Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n"
-              "  exitcode  : -9 (pid: 42)\n  traceback : Signal 9 (SIGKILL) received by PID 42\n")
+    lost = f"attnscope: error: {PEER_LOST} (process 0 of 2: Connection reset by peer)\n"
     sink = io.StringIO()
-    said, held = filter_torchrun_stderr(io.StringIO(report), sink)
-    assert sink.getvalue() == "progress line\n" and not said
-    line = rank_death_line(held, 1)
-    assert "rank 1" in line and "SIGKILL" in line and "--resume" in line and "\n" not in line
+    said, held = filter_torchrun_stderr(io.StringIO(TORCHRUN_REPORT.replace("W1205", "[rank0]: " + lost + "W1205", 1)),
+                                        sink)
+    assert sink.getvalue() == "training 1 SAE(s) on default layers [0]\n"
+    line = failure_line(said, held, 1)
+    assert line is not None and "rank 1" in line and "SIGKILL" in line and "SIGTERM" not in line
+    assert "--resume" in line and "\n" not in line
+
+
+def test_a_ranks_own_error_is_said_once_without_the_peers_echo():
+    """A rank that stops with a user error of its own (exit 2): its line stands, once, and the other rank's "lost
+    contact" that follows is dropped."""
+    import io
+
+    from sae.engine.training.distributed import PEER_LOST, failure_line, filter_torchrun_stderr
+
+    text = ("attnscope: error: the corpus is empty\nattnscope: error: the corpus is empty\n"
+            f"attnscope: error: {PEER_LOST} (process 0 of 2: reset)\n"
+            "Root Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : 2 (pid: 7)\n")
+    said, held = filter_torchrun_stderr(io.StringIO(text), io.StringIO())
+    assert failure_line(said, held, 1) is None
+    assert said == ["attnscope: error: the corpus is empty"]

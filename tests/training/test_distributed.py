@@ -22,7 +22,7 @@ from sae.engine.formats import load_sae
 from sae.engine.training.loop import CHECKPOINT_FILE, TrainConfig, Trainer, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: support, dist_worker
-from support import CTX, N_ROWS, ROOT, assert_same_weights, base_cfg, launch, token_rows
+from support import CTX, N_ROWS, ROOT, assert_same_weights, base_cfg, launch, rank_pids, token_rows
 
 
 
@@ -119,6 +119,56 @@ def test_cli_nproc_launches_torchrun_and_refuses_bad_setups(tiny_model_dir, tmp_
     assert json.loads(done.stdout)["status"] == "finished"  # one report (rank 0's), not two
     saved = load_sae(tmp_path / "b" / "blocks.0.attn.hook_z").cfg.extra["training"]
     assert saved["world_size"] == 2 and saved["global_batch"] == 128 and saved["tokens_done"] == 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_cli_nproc_2_with_a_rank_sigkilled_says_one_line_and_resume_finishes(tmp_path):
+    """`attnscope train --nproc 2` on the embedded default, rank 1 SIGKILLed mid-run from outside (after the first
+    checkpoint): the launcher's output is one error line naming rank 1, the signal and --resume (no traceback,
+    not torchrun's report), exit 2; the same command with --resume then finishes the run."""
+    import time
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((ROOT / "tests" / "conftest.py").read_text() * 8)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "workbench.main", "train", "--corpus", str(corpus), "--layers", "0",
+               "--width", "32", "--context-size", "32", "--batch-size", "128", "--rows-per-pass", "4",
+               "--buffer-batches", "2", "--tokens", str(128 * 160), "--checkpoint-every", "2", "--nproc", "2",
+               "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ATTNSCOPE_DIST_TIMEOUT": "60",
+           "ATTNSCOPE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / CHECKPOINT_FILE).exists():  # mid-run: a checkpoint to resume from, most steps to go
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 90 s"
+            time.sleep(0.02)
+        victims = rank_pids(proc.pid, 1)
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    errors = [x for x in lines if x.startswith("attnscope:")]
+    assert len(errors) == 1, err[-3000:]
+    assert "rank 1" in errors[0] and "SIGKILL" in errors[0] and "--resume" in errors[0], errors[0]
+    assert errors[0] == lines[-1]
+    for noise in ("Traceback", "[rank", "torch.distributed.elastic", "ChildFailedError", "Root Cause", "exitcode"):
+        assert noise not in err, err[-3000:]
+    assert len(lines) < 15, err  # the run's few lines of set-up, then the one error (torchrun's report was ~81)
+    state = load_checkpoint(out / CHECKPOINT_FILE)
+    assert 0 < state["step"] < 160
+    done = subprocess.run(command + ["--resume", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["status"] == "finished"
+    saved = load_sae(out / "blocks.0.attn.hook_z").cfg.extra["training"]
+    assert saved["tokens_done"] == 128 * 160 and saved["world_size"] == 2
 
 
 def test_bench_scaling_counts_and_refuses_too_many_processes(capsys):

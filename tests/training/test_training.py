@@ -154,6 +154,68 @@ def test_a_failing_model_pass_on_the_prefetch_thread_is_raised_in_training():
     p.close()
 
 
+def planted_chunk_failure(monkeypatch, error: BaseException) -> list[str]:
+    """Make the model pass of the training data source fail with `error` on its second chunk; the names of the
+    threads it failed on."""
+    import threading
+
+    from sae.engine.activations import ZSource
+
+    original, calls, threads = ZSource.next_chunk, [0], []
+
+    def next_chunk(self):
+        calls[0] += 1
+        if calls[0] == 2:
+            threads.append(threading.current_thread().name)
+            raise error
+        return original(self)
+
+    monkeypatch.setattr(ZSource, "next_chunk", next_chunk)
+    return threads
+
+
+def train_with_prefetch(tiny_model_dir, corpus, tmp_path) -> int:
+    from sae.cli import main
+
+    return main(["train", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--layers", "0", "--width", "32",
+                 "--context-size", "16", "--batch-size", "32", "--rows-per-pass", "2", "--buffer-batches", "2",
+                 "--tokens", str(32 * 40), "--prefetch", "2", "--out", str(tmp_path / "run"), "--device", "cpu"])
+
+
+def test_a_bug_on_the_prefetch_thread_is_one_bug_line_with_its_traceback_logged(tiny_model_dir, corpus, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """An unexpected error inside the --prefetch thread follows the bug rule: one line `attnscope: bug: ...
+    (traceback in PATH)`, exit 1, no traceback on the terminal; the log holds the traceback with the thread's own
+    frames."""
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ATTNSCOPE_TRACEBACK", raising=False)
+    threads = planted_chunk_failure(monkeypatch, KeyError("planted-prefetch-bug"))
+    assert train_with_prefetch(tiny_model_dir, corpus, tmp_path) == 1
+    assert threads == ["attnscope-prefetch"]  # it did fail on the thread
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("attnscope:")]
+    log = tmp_path / "data" / "bugs.log"
+    assert lines == [f"attnscope: bug: KeyError: 'planted-prefetch-bug' (traceback in {log})"]
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "planted-prefetch-bug" in text
+    assert "in _work" in text and "in next_chunk" in text  # the thread's frames, not only where it was re-raised
+
+
+def test_a_user_error_on_the_prefetch_thread_is_its_one_line(tiny_model_dir, corpus, tmp_path, monkeypatch, capsys):
+    from sae.engine.activations import CorpusError
+
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
+    threads = planted_chunk_failure(monkeypatch, CorpusError("the corpus file vanished while training"))
+    assert train_with_prefetch(tiny_model_dir, corpus, tmp_path) == 2
+    assert threads == ["attnscope-prefetch"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "bug" not in err
+    assert [x for x in err.splitlines() if x.startswith("attnscope:")] == [
+        "attnscope: error: the corpus file vanished while training"]
+    assert not (tmp_path / "data" / "bugs.log").exists()
+
+
 def test_resume_refuses_a_different_config(tiny_model, rows, tmp_path):
     train_saes(tiny_model, rows, cfg(), tmp_path)
     with pytest.raises(TrainingError, match="d_sae"):

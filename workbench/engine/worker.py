@@ -22,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
 import traceback
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from sae.engine.errors import AttnscopeError
+from sae.engine.errors import AttnscopeError, bug_log_path, one_line  # noqa: F401 - re-exported by workbench.engine
+from sae.engine.errors import record_bug as log_bug
 from sae.engine.jobs import CancelToken, Cancelled, Progress
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobProgress, JobStarted
 
@@ -47,41 +46,16 @@ class EngineError(AttnscopeError):
     """A request failed for a reason the user can act on (no SAE for that layer, run a prompt first, ...)."""
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, with its type when the message is empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-BUG_LOG = "bugs.log"
 _log = logging.getLogger("attnscope.workbench")
-_bug_lock = threading.Lock()
-
-
-def bug_log_path() -> Path:
-    """Where bugs' tracebacks go: `bugs.log` in the data dir (`$ATTNSCOPE_DATA_DIR` or the platform's)."""
-    data = os.environ.get("ATTNSCOPE_DATA_DIR")
-    if data:
-        return Path(data).expanduser() / BUG_LOG
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("attnscope")) / BUG_LOG
 
 
 def record_bug(exc: BaseException, where: str = "") -> str:
-    """Log a bug (an exception that is not an `AttnscopeError`) with its traceback, appended to the bug log and to
-    the `attnscope.workbench` logger; returns the line the user sees: `bug: <one line> (traceback in <path>)`."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = bug_log_path()
-    _log.error("bug%s: %s", f" in {where}" if where else "", tb)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _bug_lock, open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"--- {stamp}{' ' + where if where else ''}\n{tb}\n")
-    except OSError as err:  # the log itself cannot be written: say so in the line instead of the path
-        return f"bug: {type(exc).__name__}: {one_line(exc)} (traceback not saved: {one_line(err)})"
-    return f"bug: {type(exc).__name__}: {one_line(exc)} (traceback in {path})"
+    """Log a bug (an exception that is not an `AttnscopeError`) with its traceback to the `attnscope.workbench`
+    logger and to the bug log (`sae.engine.errors.record_bug`); returns the line the user sees:
+    `bug: <one line> (traceback in <path>)`."""
+    _log.error("bug%s: %s", f" in {where}" if where else "",
+               "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return log_bug(exc, where)
 
 
 def as_progress(kind: str, info: Progress | None) -> Progress:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae.engine.errors import AttnscopeError
-from sae.engine.safe_io import atomic_write_text, atomic_write_with, check_writable_dir
+from sae.engine.safe_io import atomic_write_text, atomic_write_with, check_writable_dir, save_safetensors
 from sae.engine.z_convention import Z_CONVENTION
 
 if TYPE_CHECKING:
@@ -213,11 +213,10 @@ def dashboard_dir(model: LoadedModel, sae: SAE, layer: int | None = None, root: 
 
 def save_partial(directory: Path, scan: DashboardScan, meta: dict[str, Any]) -> None:
     """The scan so far (`partial.safetensors` + `partial.json`), replaced atomically; a later build resumes from it."""
-    from safetensors.torch import save_file
 
     check_writable_dir(directory, "dashboard cache folder")
     tensors = scan.tensors()
-    atomic_write_with(directory / PARTIAL, lambda tmp: save_file(tensors, str(tmp)), follow_symlink=False)
+    atomic_write_with(directory / PARTIAL, lambda tmp: save_safetensors(tensors, tmp), follow_symlink=False)
     meta = dict(meta, n_tokens_seen=scan.n_tokens, rows_done=scan.rows_done)
     atomic_write_text(directory / PARTIAL_INDEX, json.dumps(meta), follow_symlink=False)
 
@@ -242,7 +241,6 @@ def write_final(
 ) -> None:
     """The finished build: every feature's tensors in one safetensors file and the JSON index (with `stats`)."""
     import torch
-    from safetensors.torch import save_file
 
     # quantile samples sorted by activation (descending); empty slots last
     sv = torch.where(scan.samp_idx >= 0, scan.samp_val, torch.full_like(scan.samp_val, -1.0))
@@ -294,5 +292,5 @@ def write_final(
     check_writable_dir(directory, "dashboard cache folder")
     data = {k: v.contiguous() for k, v in tensors.items()}
     # the umask's mode (another user sharing the cache can read it), never through a link, a full disk one line
-    atomic_write_with(directory / DATA, lambda tmp: save_file(data, str(tmp)), follow_symlink=False)
+    atomic_write_with(directory / DATA, lambda tmp: save_safetensors(data, tmp), follow_symlink=False)
     atomic_write_text(directory / INDEX, json.dumps(index), follow_symlink=False)

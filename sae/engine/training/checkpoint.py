@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from sae.engine.errors import TrainingError
-from sae.engine.safe_io import atomic_write_text, atomic_write_with, safe_torch_load
+from sae.engine.safe_io import atomic_write_text, atomic_write_with, safe_torch_load, save_torch
 from sae.engine.training.distributed import Sync
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -35,7 +34,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save through a temporary file renamed into place: a checkpoint is either whole or absent; a full
     disk is a one-line OutputError with the previous checkpoint untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda tmp: torch.save(state, str(tmp)), follow_symlink=False)
+    atomic_write_with(path, lambda tmp: save_torch(state, tmp), follow_symlink=False)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -43,6 +43,11 @@ class DistributedError(AttnscopeError, ValueError):
     """A data-parallel run cannot start as set up (processes, batch, shards); one line for the user."""
 
 
+class PeerLostError(DistributedError):
+    """A collective failed because another process of the run is gone (killed, crashed, unreachable)."""
+
+
+PEER_LOST = "lost contact with the other training processes"  # the start of PeerLostError's line
 TIMEOUT_ENV = "ATTNSCOPE_DIST_TIMEOUT"  # seconds a collective may wait (a dead peer ends the run after this)
 
 
@@ -95,10 +100,20 @@ class ProcessGroupSync(Sync):
         self.world_size = dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
 
+    def _talk(self, op: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run one collective; the backend's error when a peer is gone (gloo's "Connection reset by peer", a
+        timeout, NCCL's abort) is the user's `PeerLostError`, not a traceback (the launcher then says which
+        process died)."""
+        try:
+            return op(*args, **kw)
+        except RuntimeError as exc:  # DistBackendError and gloo's errors are RuntimeErrors
+            raise PeerLostError(f"{PEER_LOST} (process {self.rank} of {self.world_size}: "
+                                f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from exc
+
     def reduce_step(self, params, fired, loss):
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads] + [fired.reshape(-1).float(), loss.detach().reshape(1).float()])
-        self.dist.all_reduce(flat)
+        self._talk(self.dist.all_reduce, flat)
         flat[: flat.numel() - fired.numel() - 1].div_(self.world_size)
         pos = 0
         for g in grads:
@@ -109,20 +124,20 @@ class ProcessGroupSync(Sync):
         return fired_all, flat[-1] / self.world_size
 
     def all_sum(self, t):
-        self.dist.all_reduce(t)
+        self._talk(self.dist.all_reduce, t)
         return t
 
     def any(self, flag):
         t = torch.tensor([1.0 if flag else 0.0], device=self._device())
-        self.dist.all_reduce(t)
+        self._talk(self.dist.all_reduce, t)
         return bool(t.item() > 0)
 
     def broadcast_(self, tensors):
         for t in tensors:
-            self.dist.broadcast(t.data, src=0)
+            self._talk(self.dist.broadcast, t.data, src=0)
 
     def barrier(self) -> None:
-        self.dist.barrier()
+        self._talk(self.dist.barrier)
 
     def _device(self) -> torch.device:
         if self.dist.get_backend() == "nccl":
@@ -244,45 +259,92 @@ def launch_torchrun(nproc: int, device: str, program: list[str],
     if announce is not None:
         announce(f"launching {nproc} processes: {' '.join(cmd[1:])}")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
-    said_error, noise = filter_torchrun_stderr(proc.stderr, sys.stderr)
+    said, noise = filter_torchrun_stderr(proc.stderr, sys.stderr)
     rc = proc.wait()
-    if rc != 0 and not said_error:  # a rank died without a message of ours: one line instead of torchrun's
-        raise DistributedError(rank_death_line(noise, rc))
+    if rc != 0:
+        line = failure_line(said, noise, rc)
+        if line is not None:  # a rank died without a message of ours: one line instead of torchrun's report
+            raise DistributedError(line)
+        for text in said:  # the ranks' own one-line errors, each once
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
     return rc
 
 
-def filter_torchrun_stderr(lines: Any, sink: Any) -> tuple[bool, str]:
-    """Pass the ranks' own stderr lines (progress, warnings, `attnscope: error: ...`) to `sink`, hold back the
-    launcher's tracebacks and logging; (whether a rank printed an attnscope error, the text held back)."""
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
+_OURS = ("attnscope: error:", "attnscope: bug:")
+
+
+def filter_torchrun_stderr(lines: Any, sink: Any) -> tuple[list[str], str]:
+    """Pass the ranks' own stderr lines (progress, warnings) to `sink`, hold back the launcher's and the ranks'
+    tracebacks and logging (torch prefixes a rank's uncaught exception with `[rankN]:`), and collect the ranks'
+    one-line errors (`attnscope: error: ...`, `attnscope: bug: ...`), each once and in order, for the launcher to
+    print after the run; (those error lines, the text held back)."""
     held: list[str] = []
-    said_error, in_traceback = False, False
-    for line in lines:
-        if line.startswith("attnscope: error:"):
-            said_error, in_traceback = True, False
-            sink.write(line)
+    said: list[str] = []
+    in_traceback = False
+    for raw in lines:
+        prefixed = _RANK_PREFIX.match(raw)
+        line = raw[prefixed.end():] if prefixed else raw
+        if line.startswith(_OURS):
+            in_traceback = False
+            if line.rstrip("\n") not in said:
+                said.append(line.rstrip("\n"))
             continue
-        if line.startswith("Traceback") or line.lstrip().startswith("torch.distributed.elastic") or in_traceback:
-            in_traceback = True
-            held.append(line)
+        if prefixed or line.startswith("Traceback") or line.lstrip().startswith("torch.distributed.elastic") \
+                or in_traceback:
+            in_traceback = in_traceback or (not prefixed and line.startswith("Traceback"))
+            held.append(raw)
             continue
         if re.match(r"^\s*(\[?[WEI]\d{4}|W\d|E\d|\*+|=+|-{5,}|\s+(rank|exitcode|error_file|time|host|"
                     r"local_rank|traceback)\s*:|\[\d+\]:|Root Cause|Failures:|\S*ChildFailedError)", line):
-            held.append(line)
+            held.append(raw)
             continue
-        sink.write(line)
+        sink.write(raw)
     sink.flush()
-    return said_error, "".join(held)
+    return said, "".join(held)
+
+
+def root_cause(held: str) -> tuple[int, int] | None:
+    """(rank, exit code) of torchrun's "Root Cause (first observed failure)" entry, else of its first failure
+    entry; None when its report is not there."""
+    at = held.find("Root Cause")
+    for text in ((held[at:],) if at >= 0 else ()) + (held,):
+        m = re.search(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def failure_line(said: list[str], held: str, rc: int) -> str | None:
+    """The one line a failed run ends with, or None when the ranks' own error lines say it: a rank killed by a
+    signal (the others then lose contact, and say so) is named by `rank_death_line`, as is a rank that died
+    without a line of ours; otherwise the ranks' lines stand (without the peers' "lost contact" echo)."""
+    cause = root_cause(held)
+    killed = cause is not None and cause[1] < 0
+    if killed or not said:
+        return rank_death_line(held, rc)
+    own = [x for x in said if PEER_LOST not in x]
+    said[:] = own or said
+    return None
 
 
 def rank_death_line(held: str, rc: int) -> str:
-    """One line from torchrun's failure report: which rank died and how, and that --resume continues."""
-    m = re.search(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", held, re.S)
-    sig = re.search(r"Signal (\d+) \((SIG\w+)\)", held)
-    if m:
-        code = int(m.group(2))
-        how = f"was killed ({sig.group(2)})" if sig else (f"was killed by signal {-code}" if code < 0
-                                                           else f"exited with status {code}")
-        who = f"the process of rank {m.group(1)} {how}"
+    """One line from torchrun's failure report: which rank died (its root cause) and how, and that --resume
+    continues."""
+    import signal
+
+    cause = root_cause(held)
+    if cause is not None:
+        rank, code = cause
+        if code < 0:
+            try:
+                how = f"was killed ({signal.Signals(-code).name})"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        who = f"the process of rank {rank} {how}"
     else:
         who = f"a training process died (torchrun exit status {rc})"
     return (f"{who}; the other processes were stopped. The run keeps its last checkpoint: continue it with the "
