@@ -7,6 +7,7 @@ phenomena load the shipped artefacts instead.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ATTNSCOPE_CACHE", "off")  # no tokenised corpora written to the home directory by tests
+# a test without the data_dir fixture (a CLI run that hits a bug writes bugs.log) never writes into the user's home
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="attnscope-tests-"))
+os.environ.setdefault("ATTNSCOPE_DATA_DIR", str(_SESSION_DIR / "data"))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 from support import TINY_TEXT, build_tiny_model_dir, random_sae  # noqa: E402 - after the environment is set
