@@ -185,6 +185,13 @@ async def test_trace_follows_the_chosen_cell_and_its_position_can_change(app):
         await settle(pilot, lambda: feat.trace is not None and feat.trace.pos == 5)
         await pilot.press("comma", "comma")
         await settle(pilot, lambda: feat.trace is not None and feat.trace.pos == 3)
+        await pilot.press("comma", "comma", "comma", "comma")  # to 0, then once past the first token: stays put
+        await settle(pilot, lambda: feat.trace is not None and feat.trace.pos == 0)
+        await pilot.press("comma")
+        await pilot.pause()
+        status = feat.query_one("#feature-status")
+        assert feat.trace.pos == 0 and not status.is_error and "already at the first token" in status.message
+        assert "-1" not in status.message
         await pilot.press("escape")  # closes the trace first, then goes back
         assert feat.query_one("#trace-tree").has_class("hidden")
         await pilot.press("escape")

@@ -284,8 +284,8 @@ class FeatureScreen(WorkbenchScreen):
             return
         n = len(self.trace.tokens) if self.trace is not None else None
         new = base + step
-        if new < 0 or (n is not None and new >= n):
-            status.error(f"position {new} is outside the prompt (0..{(n or 1) - 1})")
+        if new < 0 or (n is not None and new >= n):  # at an end: stay put and say so, in the user's terms
+            status.say(f"already at the {'first' if new < 0 else 'last'} token (position {base})")
             return
         self.trace_pos = new
         self.action_trace()
