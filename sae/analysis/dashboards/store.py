@@ -244,9 +244,10 @@ def write_final(
     import torch
     from safetensors.torch import save_file
 
-    # quantile samples sorted by activation (descending); empty slots last
+    # quantile samples sorted by activation (descending; equal ones by position); empty slots last
     sv = torch.where(scan.samp_idx >= 0, scan.samp_val, torch.full_like(scan.samp_val, -1.0))
-    order = sv.argsort(dim=1, descending=True)
+    by_pos = scan.samp_idx.argsort(dim=1, stable=True)
+    order = by_pos.gather(1, sv.gather(1, by_pos).argsort(dim=1, descending=True, stable=True))
     samp_val = sv.gather(1, order)
     samp_idx = scan.samp_idx.gather(1, order)
     samp_win = scan.samp_win.gather(1, order.unsqueeze(-1).expand_as(scan.samp_win))
