@@ -71,21 +71,23 @@ def _merge_slots(
     best = rank < K
     order, grp, rank = order[best], grp[best], rank[best]
     ks = key_new[order].to(keys.dtype)
+    # each touched feature's old entries weakest first (equal keys: the latest first; empty slots first): the
+    # order in which they make way, and sorted keys to count, by binary search, the old entries >= a new one
     old = keys[touched]  # [n_t, K]
-    # a new entry's place among the old and new ones: the new ones before it plus the old ones >= it
-    ahead = rank + (old[grp] >= ks.unsqueeze(1)).sum(1)
-    surv = ahead < K  # each feature's survivors are its first m new entries
+    if pos is None:
+        evict = old.argsort(dim=1, stable=True)
+    else:
+        evict = torch.argsort(_key_bits(old) * (1 << 32) + ((1 << 31) - 1 - pos[touched]), dim=1, stable=True)
+    old_sorted = old.gather(1, evict)
+    width = int(rank.max()) + 1
+    pad = torch.full((len(touched), width), math.inf, dtype=keys.dtype, device=keys.device)
+    pad[grp, rank] = ks
+    n_below = torch.searchsorted(old_sorted, pad)[grp, rank]  # old entries < the new one
+    surv = rank + (K - n_below) < K  # its place among old and new; each feature's survivors: its first m
     order, grp, rank, ks = order[surv], grp[surv], rank[surv], ks[surv]
     if len(order) == 0:
         return empty, empty, empty
-    # the m weakest old entries make way (among equal keys the latest first; empty slots before everything)
-    need, g_local = torch.unique_consecutive(grp, return_inverse=True)
-    if pos is None:
-        evict = old[need].argsort(dim=1, stable=True)
-    else:
-        p = pos[touched[need]]
-        evict = torch.argsort(_key_bits(old[need]) * (1 << 32) + ((1 << 31) - 1 - p), dim=1, stable=True)
-    slots = evict[g_local, rank]
+    slots = evict[grp, rank]  # the m weakest old entries make way
     rows = touched[grp]
     keys[rows, slots] = ks
     return rows, slots, order
@@ -249,7 +251,8 @@ def distance_bin(dist: torch.Tensor) -> torch.Tensor:
 
 
 def source_facts(
-    per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor, n_bins: int | None = None
+    per_src: torch.Tensor, tokens: torch.Tensor, dest: torch.Tensor, n_bins: int | None = None,
+    rows: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """What the role rules (`sae.analysis.roles`) read from one example's DFA by source; the one place the
     induction flag is computed.
@@ -261,7 +264,8 @@ def source_facts(
     the token before the top source is a copy of the destination token (the source was *preceded by a copy of the
     current token*: "the token after the last time I appeared", the induction pattern) and the source is at least 2
     back (at 1 back, "x . y ." would make every previous-token head look like induction). `n_bins` (default
-    `n_distance_bins(T)`): the bins of the whole row when `per_src` holds only its first T sources.
+    `n_distance_bins(T)`): the bins of the whole row when `per_src` holds only its first T sources. With `rows
+    [P]`, tokens is `[B, T']` (T' >= T) and example p reads row `rows[p]`.
     """
     P, T = per_src.shape
     pos = torch.arange(T, device=per_src.device)
@@ -271,10 +275,13 @@ def source_facts(
     best_val, best = masked.max(1)
     has = best_val > 0
     top = torch.where(has, best, torch.full_like(best, -1))
-    src_tok = torch.where(has, tokens.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+    def tok(at: torch.Tensor) -> torch.Tensor:
+        return tokens.gather(1, at.unsqueeze(1)).squeeze(1) if rows is None else tokens[rows, at]
+
+    src_tok = torch.where(has, tok(best), torch.full_like(best, -1))
     prev = (best - 1).clamp(min=0)
-    prev_tok = torch.where(has & (best >= 1), tokens.gather(1, prev.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
-    dest_tok = tokens.gather(1, dest.unsqueeze(1)).squeeze(1)
+    prev_tok = torch.where(has & (best >= 1), tok(prev), torch.full_like(best, -1))
+    dest_tok = tok(dest)
     induction = has & (best >= 2) & (best < dest - 1) & (prev_tok == dest_tok)
     return {"dfa_dist": hist, "dfa_top_src": top, "dfa_src_tok": src_tok.int(), "dfa_prev_tok": prev_tok.int(),
             "dfa_induction": induction.to(torch.uint8)}
@@ -320,49 +327,33 @@ def example_dfa(
         p_f_local = inv
     else:
         p_f_local = p_f
-    # examples in (row, position) order, each row's j-th example in column j of a padded [rows, M] layout: one
-    # batched product per chunk of columns serves every row at once (each row's values are shared by its
-    # examples); a chunk needs only the sources up to its last position (attention is causal), and each chunk's DFA
-    # by source is reduced to the stored figures at once, while it is small
-    B, dh = v.shape[0], v.shape[-1]
+    # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
+    # position (attention is causal), so on average half the sources are computed
     order = torch.argsort(p_b * T + p_t, stable=True)
     sb, st, sf = p_b[order], p_t[order], p_f_local[order]
-    counts = torch.bincount(sb, minlength=B)
-    col = torch.arange(P, device=dev) - (torch.cumsum(counts, 0) - counts)[sb]  # rank within its row
-    nb = n_distance_bins(T)
-    out = {"dfa_src": torch.empty(P, context + 1, dtype=v.dtype, device=dev),
-           "dfa_total": torch.empty(P, dtype=v.dtype, device=dev),
-           "dfa_heads": torch.empty(P, H, dtype=v.dtype, device=dev)}
-    facts: dict[str, torch.Tensor] = {}
-    offs = torch.arange(-context, 1, device=dev)
-    values = v.permute(0, 2, 3, 1).reshape(B * H, dh, T)  # [B*H, dh, T]
-    n_col = int(counts.max()) if P else 0
-    step = max(1, min(n_col, (1 << 22) // max(1, B * H * T)))  # [B, H, step, T] of at most 16 MB
-    for c0 in range(0, n_col, step):
-        e = ((col >= c0) & (col < c0 + step)).nonzero().squeeze(1)  # this chunk's examples, still in order
-        eb, et, ec = sb[e], st[e], col[e] - c0
-        width = int(et.max()) + 1
-        w_pad = torch.zeros(B, step, H, dh, dtype=v.dtype, device=dev)
-        w_pad[eb, ec] = w_feat[sf[e]].to(v.dtype)
-        # every head's values against every chosen feature's encoder slice ...
-        contrib = torch.bmm(w_pad.transpose(1, 2).reshape(B * H, step, dh), values[:, :, :width])
-        contrib = contrib.view(B, H, step, width).transpose(1, 2)[eb, ec]  # [n, H, width]
-        contrib.mul_(pattern[eb, :, et, :width])  # ... weighted by the attention paid (zero for s > t)
-        src = contrib.sum(1)  # [n, width]
-        out["dfa_heads"][e] = contrib.sum(2)
-        s_idx = et.unsqueeze(1) + offs
-        out["dfa_src"][e] = src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
-        out["dfa_total"][e] = src.sum(1)
-        for k, x in source_facts(src, tokens[eb, :width], et, nb).items():
-            if k not in facts:
-                facts[k] = torch.empty((P, *x.shape[1:]), dtype=x.dtype, device=dev)
-            facts[k][e] = x
-    if P == 0:
-        facts = source_facts(torch.zeros(0, T, device=dev), tokens[:0], st, nb)
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(P, device=dev)
-    got = {k: x[inv] for k, x in out.items()}
-    got.update({k: x[inv] for k, x in facts.items()})
-    total = got.pop("dfa_total")
-    return {"dfa_src": got["dfa_src"], "dfa_earlier": total - got["dfa_src"].sum(1), "dfa_heads": got["dfa_heads"],
-            "dfa_pre": total + bias[p_f], **{k: got[k] for k in DFA_FIELDS if k in facts}}
+    src_sorted = torch.zeros(P, T, dtype=v.dtype, device=dev)  # [P, T]: DFA of each source, summed over heads
+    heads_sorted = torch.empty(P, H, dtype=v.dtype, device=dev)  # [P, H]: summed over sources
+    rows, counts = torch.unique_consecutive(sb, return_counts=True)
+    step = max(1, min(512, (1 << 22) // max(1, H * T)))  # examples per block ([H, n, T] of at most 16 MB)
+    start = 0
+    for b, n in zip(rows.tolist(), counts.tolist()):
+        v_b = v[b].permute(1, 2, 0)  # [H, dh, T]
+        for lo in range(start, start + n, step):
+            hi = min(lo + step, start + n)
+            t_sel = st[lo:hi]
+            width = int(t_sel[-1]) + 1  # the block's last position: sources after it get no attention
+            # every head's values against every chosen feature's encoder slice, weighted by the attention paid
+            contrib = torch.bmm(w_feat[sf[lo:hi]].transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
+            contrib.mul_(pattern[b][:, t_sel, :width])  # zero for s > t
+            src_sorted[lo:hi, :width] = contrib.sum(0)
+            heads_sorted[lo:hi] = contrib.sum(2).T
+        start += n
+    per_src = torch.empty_like(src_sorted)
+    per_src[order] = src_sorted
+    by_head = torch.empty_like(heads_sorted)
+    by_head[order] = heads_sorted
+    s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1, device=dev)
+    win = per_src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
+    total = per_src.sum(1)
+    return {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": by_head,
+            "dfa_pre": total + bias[p_f], **source_facts(per_src, tokens, p_t, rows=p_b)}
