@@ -93,6 +93,12 @@ def _merge_slots(
     return rows, slots, order
 
 
+def _put(state: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
+    """`state [d, K, ...][slot // K, slot % K] = values [C, ...]` (cast to the state's dtype), as one row copy."""
+    n = state.shape[0] * state.shape[1]
+    state.view(n, -1).index_copy_(0, slot, values.reshape(len(slot), -1).to(state.dtype))
+
+
 def _firings(acts: torch.Tensor) -> torch.Tensor:
     """Flat (row-major) indices of the non-zero entries of `acts [N, d]`, ascending -> `[F]` (int64).
 
@@ -218,13 +224,14 @@ class DashboardScan:
             r, c, i = _merge_slots(self.top_val, cf, val[cand], self.top_idx)
             if len(r):
                 cn, cf = cn[i], cf[i]
-                self.top_idx[r, c] = cn + offset
-                self.top_win[r, c] = _windows(flat, d, cn, cf, row_len, spec.context).to(self.top_win.dtype)
+                slot = r * spec.n_top + c  # payloads written by flat slot: one row copy each
+                _put(self.top_idx, slot, cn + offset)
+                _put(self.top_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
                 if dfa is not None:
                     got = example_dfa(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
                                       cn // row_len, cn % row_len, cf, spec.context, dfa.get("w_feat"))
                     for name, val_ in got.items():
-                        getattr(self, name)[r, c] = val_.to(getattr(self, name).dtype)
+                        _put(getattr(self, name), slot, val_)
 
         gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.rows_done)
         keys = torch.rand(len(val), generator=gen).to(acts.device)  # drawn on the CPU: the same on every device
@@ -234,9 +241,10 @@ class DashboardScan:
             r, c, i = _merge_slots(self.samp_key, cf, keys[cand], self.samp_idx)
             if len(r):
                 cn, cf = cn[i], cf[i]
-                self.samp_val[r, c] = val[cand[i]]
-                self.samp_idx[r, c] = cn + offset
-                self.samp_win[r, c] = _windows(flat, d, cn, cf, row_len, spec.context).to(self.samp_win.dtype)
+                slot = r * spec.n_samples + c
+                _put(self.samp_val, slot, val[cand[i]])
+                _put(self.samp_idx, slot, cn + offset)
+                _put(self.samp_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
         self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
         self.rows_done += n_rows
 
@@ -344,7 +352,7 @@ def example_dfa(
             width = int(t_sel[-1]) + 1  # the block's last position: sources after it get no attention
             # every head's values against every chosen feature's encoder slice, weighted by the attention paid
             contrib = torch.bmm(w_feat[sf[lo:hi]].transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
-            contrib.mul_(pattern[b][:, t_sel, :width])  # zero for s > t
+            contrib.mul_(pattern[b].index_select(1, t_sel)[:, :, :width])  # zero for s > t
             src_sorted[lo:hi, :width] = contrib.sum(0)
             heads_sorted[lo:hi] = contrib.sum(2).T
         start += n
