@@ -234,3 +234,26 @@ def test_merge_slots_breaks_ties_by_position():
     r, c, i = _merge_slots(keys, torch.tensor([0, 0]), torch.tensor([1.0, 1.5]), pos)
     assert i.tolist() == [1] and c.tolist() == [1]  # 1.5 enters; the tie 1.0 (new) stays out; pos 5 goes
     assert keys.tolist() == [[2.0, 1.5, 1.0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_scan_on_cuda_matches_the_cpu():
+    """The state on the model's device: the same examples, samples and histograms as on the CPU."""
+    g = torch.Generator().manual_seed(11)
+    B, H, T, dh, d = 3, 2, 16, 4, 40
+    spec = DashboardSpec(context=2, n_top=4, n_samples=6, context_size=T)
+    scans = {dev: DashboardScan(d, spec, H, T, device=dev) for dev in ("cpu", "cuda")}
+    w = torch.randn(H, dh, d, generator=g)
+    for _ in range(3):
+        acts = (torch.randn(B * T, d, generator=g) - 1.0).relu()
+        pat = torch.rand(B, H, T, T, generator=g).tril()
+        dfa = {"pattern": pat / pat.sum(-1, keepdim=True), "v": torch.randn(B, T, H, dh, generator=g),
+               "tokens": torch.randint(0, 5, (B, T), generator=g), "w_enc": w, "bias": torch.zeros(d)}
+        for dev, sc in scans.items():
+            sc.update(acts.clone().to(dev), T, dfa={k: x.to(dev) for k, x in dfa.items()})
+    cpu, cuda = scans["cpu"].tensors(), scans["cuda"].tensors()
+    for k in cpu:
+        if cpu[k].is_floating_point() and (k.startswith("dfa_") or k == "sum_act"):  # sums in another order
+            torch.testing.assert_close(cuda[k], cpu[k], atol=1e-5, rtol=1e-4, msg=k)
+        else:
+            assert torch.equal(cuda[k], cpu[k]), k

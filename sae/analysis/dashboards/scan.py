@@ -216,7 +216,10 @@ class DashboardScan:
         self.sum_act += torch.bincount(f, weights=val.double(), minlength=d)
         width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
         b = ((torch.log10(val) - spec.hist_lo) / width).floor().clamp(0, spec.hist_bins - 1).long()
-        self.hist.view(-1).index_add_(0, f * spec.hist_bins + b, torch.ones_like(b))
+        if self.hist.device.type == "cpu":  # only the bins that got firings
+            self.hist.view(-1).index_add_(0, f * spec.hist_bins + b, torch.ones_like(b))
+        else:
+            self.hist.view(-1).add_(torch.bincount(f * spec.hist_bins + b, minlength=self.hist.numel()))
 
         cand = (val > self.top_val.min(dim=1).values[f]).nonzero().squeeze(1)
         if len(cand):
