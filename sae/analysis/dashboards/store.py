@@ -232,7 +232,8 @@ def _window_tokens(rows: torch.Tensor, idx: torch.Tensor, context: int) -> torch
     t = (idx % T).unsqueeze(-1) + offs
     valid = (t >= 0) & (t < T) & (idx >= 0).unsqueeze(-1)
     g = (idx.unsqueeze(-1) + offs).clamp(0, flat.numel() - 1)
-    return torch.where(valid, flat[g], torch.full_like(g, -1)).to(torch.int32)
+    got = flat.index_select(0, g.reshape(-1)).view(g.shape)
+    return torch.where(valid, got, torch.full_like(got, -1)).to(torch.int32)
 
 
 def write_final(
@@ -270,9 +271,9 @@ def write_final(
         **{f"logit_{k}": v for k, v in logits.items()},
         **dfa,
     }
-    used = torch.unique(torch.cat([top_tok.flatten(), samp_tok.flatten(), logits["top_ids"].flatten().int(),
-                                   logits["bot_ids"].flatten().int()]))
-    used = used[used >= 0].tolist()
+    ids = torch.cat([top_tok.flatten(), samp_tok.flatten(), logits["top_ids"].flatten().int(),
+                     logits["bot_ids"].flatten().int()])
+    used = torch.bincount(ids[ids >= 0].long()).nonzero().squeeze(1).tolist()  # the ids seen, ascending
     vocab = dict(zip((str(i) for i in used), model.token_strs(used)))
     index = {
         "version": FORMAT_VERSION,
