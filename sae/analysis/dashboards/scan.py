@@ -304,7 +304,8 @@ def distance_hist(mass: torch.Tensor, dest: torch.Tensor, n_bins: int | None = N
     sums (taken in float64, so the result matches a direct sum to float32 rounding)."""
     P, T = mass.shape
     nb = n_distance_bins(T) if n_bins is None else n_bins
-    csum = torch.cat([torch.zeros(P, 1, dtype=torch.float64, device=mass.device), mass.double().cumsum(1)], 1)
+    csum = torch.zeros(P, T + 1, dtype=torch.float64, device=mass.device)
+    torch.cumsum(mass, 1, dtype=torch.float64, out=csum[:, 1:])
     k = torch.arange(nb, device=mass.device)  # csum[:, s] above is the sum of sources < s
     hi = dest.unsqueeze(1) - (2 ** k - 1)  # the nearest source of bin k (distance 2^k - 1) ...
     lo = dest.unsqueeze(1) - (2 ** (k + 1) - 2)  # ... and the farthest (distance 2^(k+1) - 2)
