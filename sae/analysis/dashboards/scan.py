@@ -360,12 +360,18 @@ def example_dfa(
             src_sorted[lo:hi, :width] = contrib.sum(0)
             heads_sorted[lo:hi] = contrib.sum(2).T
         start += n
-    per_src = torch.empty_like(src_sorted)
-    per_src[order] = src_sorted
-    by_head = torch.empty_like(heads_sorted)
-    by_head[order] = heads_sorted
-    s_idx = p_t.unsqueeze(1) + torch.arange(-context, 1, device=dev)
-    win = per_src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
-    total = per_src.sum(1)
-    return {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": by_head,
-            "dfa_pre": total + bias[p_f], **source_facts(per_src, tokens, p_t, rows=p_b)}
+    # reduced in the sorted order, in slices (small temporaries), then put back in the callers' order
+    s_idx = st.unsqueeze(1) + torch.arange(-context, 1, device=dev)
+    got = {"dfa_src": src_sorted.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0), "dfa_total": src_sorted.sum(1),
+           "dfa_heads": heads_sorted}
+    cut = 4096
+    parts = [source_facts(src_sorted[lo : lo + cut], tokens, st[lo : lo + cut], rows=sb[lo : lo + cut])
+             for lo in range(0, max(P, 1), cut)]
+    got.update({k: torch.cat([x[k] for x in parts]) for k in parts[0]})
+    out = {}
+    for k, x in got.items():
+        out[k] = torch.empty_like(x)
+        out[k][order] = x
+    total = out.pop("dfa_total")
+    return {"dfa_src": out["dfa_src"], "dfa_earlier": total - out["dfa_src"].sum(1), "dfa_heads": out["dfa_heads"],
+            "dfa_pre": total + bias[p_f], **{k: out[k] for k in DFA_FIELDS[4:]}}
