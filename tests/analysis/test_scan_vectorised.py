@@ -156,3 +156,104 @@ def test_layer_role_scores_match_the_per_feature_means():
         assert got[f].n_examples == want.n_examples
         for name in ("previous", "duplicate", "induction", "near", "far"):
             assert abs(getattr(got[f], name) - getattr(want, name)) < 1e-12
+
+
+def _brute_scan(batches, row_len, spec):
+    """Everything the scan keeps, by hand over all firings: per feature, lists of (value, position, key) sorted in
+    Python; the histogram bins with `math.log10`."""
+    d = batches[0].shape[1]
+    firings: list[list[tuple[float, int, float]]] = [[] for _ in range(d)]
+    rows_done = 0
+    for acts in batches:
+        acts = acts.clone()
+        acts.view(-1, row_len, d)[:, 0] = 0
+        g = torch.Generator().manual_seed(spec.seed * 1_000_003 + rows_done)
+        nz = [(n, f) for n in range(acts.shape[0]) for f in range(d) if float(acts[n, f]) != 0.0]
+        keys = torch.rand(len(nz), generator=g).tolist()  # one key per firing, in row-major order
+        for (n, f), key in zip(nz, keys):
+            firings[f].append((float(acts[n, f]), rows_done * row_len + n, key))
+        rows_done += acts.shape[0] // row_len
+    width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
+    out = []
+    for f in range(d):
+        top = sorted(firings[f], key=lambda x: (-x[0], x[1]))[: spec.n_top]  # ties: the earliest position
+        samp = sorted(firings[f], key=lambda x: (-x[2], x[1]))[: spec.n_samples]
+        hist = [0] * spec.hist_bins
+        for val, _, _ in firings[f]:
+            hist[min(max(int(math.floor((math.log10(val) - spec.hist_lo) / width)), 0), spec.hist_bins - 1)] += 1
+        out.append({"top": [(v, p) for v, p, _ in top], "samp": sorted((v, p) for v, p, _ in samp), "hist": hist,
+                    "n_fire": len(firings[f]), "sum": sum(v for v, _, _ in firings[f])})
+    return out
+
+
+@pytest.mark.parametrize("K, R", [(3, 4), (1, 1), (6, 40)])
+def test_scan_keeps_the_k_best_with_ties_to_the_earliest(K, R):
+    """Few distinct activations (many ties) and features that fire more than K times a batch: the top examples
+    after `sort_top` are each feature's K largest, equal ones by position; the samples are the R largest keys; the
+    histogram, counts and sums match a count by hand; every window is the feature's activations around its
+    example."""
+    g = torch.Generator().manual_seed(K * 10 + R)
+    T, rows, d = 6, 3, 5
+    spec = DashboardSpec(context=2, n_top=K, n_samples=R, context_size=T)
+    levels = torch.tensor([0.0, 0.0, 0.3, 0.7, 1.3, 2.9])  # away from the histogram's bin edges
+    batches = [levels[torch.randint(0, len(levels), (rows * T, d), generator=g)] for _ in range(4)]
+    batches[1][:, 2] = 0.7  # one feature all ties in one batch
+    sc = DashboardScan(d, spec, 1, T)
+    for acts in batches:
+        sc.update(acts.clone(), T)
+    sc.sort_top()
+    want = _brute_scan(batches, T, spec)
+    flat = torch.cat(batches).view(-1, T, d).clone()
+    flat[:, 0] = 0
+    flat = flat.view(-1, d)
+    for f in range(d):
+        w = want[f]
+        got_top = [(float(v), int(p)) for v, p in zip(sc.top_val[f], sc.top_idx[f]) if int(p) >= 0]
+        assert got_top == [(pytest.approx(v), p) for v, p in w["top"]], f
+        assert all(v == -math.inf for v in sc.top_val[f, len(w["top"]):].tolist())
+        got_samp = sorted((float(v), int(p)) for v, p in zip(sc.samp_val[f], sc.samp_idx[f]) if int(p) >= 0)
+        assert got_samp == [(pytest.approx(v), p) for v, p in w["samp"]], f
+        assert sc.hist[f].tolist() == w["hist"]
+        assert int(sc.n_fire[f]) == w["n_fire"]
+        assert float(sc.sum_act[f]) == pytest.approx(w["sum"], abs=1e-6)
+        for slots, idx in ((sc.top_win[f], sc.top_idx[f]), (sc.samp_win[f], sc.samp_idx[f])):
+            for win, p in zip(slots, idx.tolist()):
+                if p < 0:
+                    continue
+                t = p % T
+                expect = [float(flat[p + o, f]) if 0 <= t + o < T else 0.0 for o in range(-2, 3)]
+                assert win.float().tolist() == pytest.approx(expect, abs=2e-3)
+    assert sc.n_tokens == 4 * rows * (T - 1)
+
+
+def test_merge_slots_breaks_ties_by_position():
+    """With the old entries' positions, an equal key never displaces an earlier entry, and among old entries of
+    the same key the latest one makes way first."""
+    keys = torch.tensor([[2.0, 1.0, 1.0]])
+    pos = torch.tensor([[0, 5, 3]])
+    r, c, i = _merge_slots(keys, torch.tensor([0, 0]), torch.tensor([1.0, 1.5]), pos)
+    assert i.tolist() == [1] and c.tolist() == [1]  # 1.5 enters; the tie 1.0 (new) stays out; pos 5 goes
+    assert keys.tolist() == [[2.0, 1.5, 1.0]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_scan_on_cuda_matches_the_cpu():
+    """The state on the model's device: the same examples, samples and histograms as on the CPU."""
+    g = torch.Generator().manual_seed(11)
+    B, H, T, dh, d = 3, 2, 16, 4, 40
+    spec = DashboardSpec(context=2, n_top=4, n_samples=6, context_size=T)
+    scans = {dev: DashboardScan(d, spec, H, T, device=dev) for dev in ("cpu", "cuda")}
+    w = torch.randn(H, dh, d, generator=g)
+    for _ in range(3):
+        acts = (torch.randn(B * T, d, generator=g) - 1.0).relu()
+        pat = torch.rand(B, H, T, T, generator=g).tril()
+        dfa = {"pattern": pat / pat.sum(-1, keepdim=True), "v": torch.randn(B, T, H, dh, generator=g),
+               "tokens": torch.randint(0, 5, (B, T), generator=g), "w_enc": w, "bias": torch.zeros(d)}
+        for dev, sc in scans.items():
+            sc.update(acts.clone().to(dev), T, dfa={k: x.to(dev) for k, x in dfa.items()})
+    cpu, cuda = scans["cpu"].tensors(), scans["cuda"].tensors()
+    for k in cpu:
+        if cpu[k].is_floating_point() and (k.startswith("dfa_") or k == "sum_act"):  # sums in another order
+            torch.testing.assert_close(cuda[k], cpu[k], atol=1e-5, rtol=1e-4, msg=k)
+        else:
+            assert torch.equal(cuda[k], cpu[k]), k

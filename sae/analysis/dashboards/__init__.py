@@ -8,6 +8,10 @@ non-zero activations into running per-feature state (all vectorised over feature
   its largest keys), later split into activation-quantile bins;
 - a histogram of log10(activation) on fixed bins, firing counts and sums (density, mean).
 
+Only the batch's firings are touched: per feature, only the candidates that beat its current N-th entry go into one
+grouped merge (equal activations or keys go to the earliest position, everywhere), and the state stays on the
+model's device.
+
 Whenever an example enters a feature's top-N, its DFA by source (and by head) is computed on the spot from that
 batch's attention pattern and values, so no row is ever run twice. BOS positions are skipped (their z is the same
 for every row). One scan can serve several layers (`build_layers`): the model runs once per batch, up to the deepest

@@ -188,7 +188,7 @@ def build_layers(
     metas: dict[int, dict[str, Any]] = {}
     for layer in todo:
         metas[layer] = {"spec": asdict(spec), "rows_hash": rows_hash, "layer": layer, "version": FORMAT_VERSION}
-        scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
+        scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T, device=model.device)
         d = dirs[layer]
         if (d / PARTIAL_INDEX).is_file() and (d / PARTIAL).is_file() and not force:
             try:
@@ -196,15 +196,16 @@ def build_layers(
                 if isinstance(old, dict) and all(old.get(k) == v for k, v in metas[layer].items()):
                     scans[layer].load(load_file(str(d / PARTIAL)), old["n_tokens_seen"], old["rows_done"])
             except Exception:  # noqa: BLE001 - a damaged partial scan: start this layer afresh
-                scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T)
+                scans[layer] = DashboardScan(saes[layer].cfg.d_sae, spec, model.n_heads, T, device=model.device)
     total = rows.shape[0] * T
     deepest = todo[-1]
     z_names = tuple(z_hook_name(layer) for layer in todo if layer != deepest)
     z_names += tuple(n for layer in todo for n in (pattern_hook_name(layer), v_hook_name(layer)))
     enc = {layer: (saes[layer].W_enc.detach(), saes[layer].encoder_bias_total.detach(), model.z_offset(layer))
            for layer in todo}
-    enc_heads = {layer: (encoder_by_head(saes[layer], model.n_heads).detach().float().cpu(),
-                         saes[layer].encoder_bias_total.detach().float().cpu()) for layer in todo}
+    # the scan's state, the batch's activations, patterns and values stay on the model's device
+    enc_heads = {layer: (encoder_by_head(saes[layer], model.n_heads).detach().float(),
+                         saes[layer].encoder_bias_total.detach().float()) for layer in todo}
     row = min(sc.rows_done for sc in scans.values())
     done_at_start = row * T
     t_scan = last_ckpt = time.perf_counter()
@@ -242,9 +243,9 @@ def build_layers(
                     v = v - (b_v if v.shape[-2] == b_v.shape[0] else b_v[:: b_v.shape[0] // v.shape[-2]])
                     if v.shape[-2] != model.n_heads:  # grouped-query attention
                         v = v.repeat_interleave(model.n_heads // v.shape[-2], dim=-2)
-                    dfa = {"pattern": got[pattern_hook_name(layer)].float().cpu(), "v": v.float().cpu(),
-                           "tokens": batch.cpu(), "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1]}
-                    sc.update(acts.float().cpu(), T, dfa=dfa)
+                    dfa = {"pattern": got[pattern_hook_name(layer)].float(), "v": v.float(),
+                           "tokens": batch, "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1]}
+                    sc.update(acts.float(), T, dfa=dfa)
                 row += batch.shape[0]
                 if time.perf_counter() - last_ckpt > checkpoint_s:
                     save_all()
@@ -257,7 +258,7 @@ def build_layers(
     rate = (total - done_at_start) / scan_s if scan_s > 0 else 0.0
     for layer in todo:
         report(f"writing layer {layer}")
-        sae, sc = saes[layer], scans[layer]
+        sae, sc = saes[layer], scans[layer].to("cpu")
         sc.sort_top()
         with torch.no_grad():
             dfa = {name: getattr(sc, name) for name in DFA_FIELDS}

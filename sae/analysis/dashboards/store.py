@@ -231,7 +231,8 @@ def _window_tokens(rows: torch.Tensor, idx: torch.Tensor, context: int) -> torch
     t = (idx % T).unsqueeze(-1) + offs
     valid = (t >= 0) & (t < T) & (idx >= 0).unsqueeze(-1)
     g = (idx.unsqueeze(-1) + offs).clamp(0, flat.numel() - 1)
-    return torch.where(valid, flat[g], torch.full_like(g, -1)).to(torch.int32)
+    got = flat.index_select(0, g.reshape(-1)).view(g.shape)
+    return torch.where(valid, got, torch.full_like(got, -1)).to(torch.int32)
 
 
 def write_final(
@@ -242,9 +243,10 @@ def write_final(
     """The finished build: every feature's tensors in one safetensors file and the JSON index (with `stats`)."""
     import torch
 
-    # quantile samples sorted by activation (descending); empty slots last
+    # quantile samples sorted by activation (descending; equal ones by position); empty slots last
     sv = torch.where(scan.samp_idx >= 0, scan.samp_val, torch.full_like(scan.samp_val, -1.0))
-    order = sv.argsort(dim=1, descending=True)
+    by_pos = scan.samp_idx.argsort(dim=1, stable=True)
+    order = by_pos.gather(1, sv.gather(1, by_pos).argsort(dim=1, descending=True, stable=True))
     samp_val = sv.gather(1, order)
     samp_idx = scan.samp_idx.gather(1, order)
     samp_win = scan.samp_win.gather(1, order.unsqueeze(-1).expand_as(scan.samp_win))
@@ -267,9 +269,9 @@ def write_final(
         **{f"logit_{k}": v for k, v in logits.items()},
         **dfa,
     }
-    used = torch.unique(torch.cat([top_tok.flatten(), samp_tok.flatten(), logits["top_ids"].flatten().int(),
-                                   logits["bot_ids"].flatten().int()]))
-    used = used[used >= 0].tolist()
+    ids = torch.cat([top_tok.flatten(), samp_tok.flatten(), logits["top_ids"].flatten().int(),
+                     logits["bot_ids"].flatten().int()])
+    used = torch.bincount(ids[ids >= 0].long()).nonzero().squeeze(1).tolist()  # the ids seen, ascending
     vocab = dict(zip((str(i) for i in used), model.token_strs(used)))
     index = {
         "version": FORMAT_VERSION,
