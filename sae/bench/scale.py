@@ -582,11 +582,11 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     for n, h in T["heatmap"].items():
         rows.append((f"heatmap, {h['tokens']}-token prompt, all layers: time / floor (ratio)",
-                     f"{h['all_layers_s']:.2f} s / {h['floor_s']:.2f} s ({h['vs_floor']:.1f}x)"))
+                     f"{h['all_layers_s']:.3g} s / {h['floor_s']:.3g} s ({h['vs_floor']:.1f}x)"))
         rows.append(("  one forward / first layer / a layer switch (slowest)",
                      f"{h['forward_s']:.2f} / {h['first_layer_s']:.2f} / {h['max_layer_s']:.2f} s"))
     rows.append(("  floor: model + encode GFLOP at the measured matmul rate",
-                 "; ".join(f"{h['tokens']}: {h['model_gflop']:.0f} + {h['encode_gflop']:.0f}" for h in T["heatmap"].values())
+                 "; ".join(f"{h['tokens']}: {h['model_gflop']:.3g} + {h['encode_gflop']:.3g}" for h in T["heatmap"].values())
                  + f" GFLOP at {res['matmul_gflops']:.0f} GFLOP/s"))
     for d, t in T["trace"].items():
         rows.append((f"trace depth {d} ({t['nodes']} nodes)", f"{t['seconds']:.2f} s, {t['forwards']} forwards"))
