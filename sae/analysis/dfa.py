@@ -11,6 +11,7 @@ Everything here works on tensors; `prompt_features` runs the model once and retu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -140,9 +141,22 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
     """Run `tokens [batch, pos]` and grab `blocks.{layer}.attn.hook_z` plus `names` (hooks that fire before it, e.g.
     that layer's pattern and values), then stop: the layer's output projection, its MLP and every later block are
     never computed. Returns raw hook tensors (value bias still inside v and z)."""
-    model.check_layer(layer)
+    return capture_layers(model, tokens, [layer], names)
+
+
+def capture_layers(model: LoadedModel, tokens: torch.Tensor, layers: list[int] | tuple[int, ...],
+                   names: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """One forward of `tokens [batch, pos]` that grabs `blocks.{L}.attn.hook_z` of every layer in `layers` plus
+    `names` (hooks that fire before the last of those z), and stops at the last layer's hook_z: its output
+    projection, its MLP, every later block and the unembedding are never computed. Raw hook tensors (value bias
+    still inside v and z), each exactly what a forward stopping at its own layer gives (the same operations)."""
+    if not layers:
+        raise ValueError("no layers to capture")
+    for layer in layers:
+        model.check_layer(layer)
     got: dict[str, torch.Tensor] = {}
-    stop = z_hook_name(layer)
+    stop = z_hook_name(max(layers))
+    wanted = tuple(dict.fromkeys((*names, *(z_hook_name(x) for x in sorted(set(layers))))))
 
     def grab(name: str):
         def hook(t: torch.Tensor, hook) -> torch.Tensor:
@@ -153,21 +167,20 @@ def capture_until_z(model: LoadedModel, tokens: torch.Tensor, layer: int, names:
 
         return hook
 
-    hooks = [(n, grab(n)) for n in (*names, stop)]
+    hooks = [(n, grab(n)) for n in wanted]
     try:
         with torch.no_grad():
             model.bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
     except StopForward:
         pass
-    missing = [n for n in (*names, stop) if n not in got]
+    missing = [n for n in wanted if n not in got]
     if missing:
         raise RuntimeError(f"the model did not run hooks {missing} before {stop}")
     return got
 
 
-def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
-    """Run `tokens [batch, pos]` through the model up to `layer`'s attention and read its z, pattern and values."""
-    cache = capture_until_z(model, tokens, layer, (pattern_hook_name(layer), v_hook_name(layer)))
+def layer_tensors(model: LoadedModel, cache: dict[str, torch.Tensor], layer: int) -> LayerTensors:
+    """`layer`'s z, pattern and values from raw hook tensors (`capture_layers`), value bias removed."""
     b_v = model.z_offset(layer)  # [H, dh]
     z = cache[z_hook_name(layer)]
     v = cache[v_hook_name(layer)]
@@ -176,6 +189,24 @@ def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTens
     else:  # grouped-query attention: b_V is per query head; each kv head's bias is that of its first query head
         v = v - b_v[:: b_v.shape[0] // v.shape[-2]]
     return LayerTensors(z=(z - b_v).flatten(-2), pattern=cache[pattern_hook_name(layer)], v=v)
+
+
+def attention_names(layer: int) -> tuple[str, str]:
+    """The hooks `layer_tensors` reads besides hook_z: the pattern and the values."""
+    return pattern_hook_name(layer), v_hook_name(layer)
+
+
+def run_layers(model: LoadedModel, tokens: torch.Tensor, layers: list[int] | tuple[int, ...]) -> dict[int, LayerTensors]:
+    """Run `tokens [batch, pos]` once, up to the last of `layers`' attention, and read each one's z, pattern and
+    values."""
+    names = tuple(n for x in sorted(set(layers)) for n in attention_names(x))
+    cache = capture_layers(model, tokens, layers, names)
+    return {x: layer_tensors(model, cache, x) for x in sorted(set(layers))}
+
+
+def run_layer(model: LoadedModel, tokens: torch.Tensor, layer: int) -> LayerTensors:
+    """Run `tokens [batch, pos]` through the model up to `layer`'s attention and read its z, pattern and values."""
+    return run_layers(model, tokens, [layer])[layer]
 
 
 def prompt_tokens(model: LoadedModel, prompt: str) -> tuple[torch.Tensor, bool]:
@@ -228,19 +259,35 @@ class PromptFeatures:
     """The top features of every token of a prompt at one layer.
 
     The tensors (not part of `to_dict`) let a caller drill into any (position, feature) without rerunning the model:
-    acts/pre `[pos, d_sae]`, and `layer` tensors with batch 1.
+    acts/pre `[pos, d_sae]`, ids `[pos, K]` (each position's top-K by activation), and `layer` tensors with batch 1.
+    `positions` (each firing top-K feature with its DFA by head and by source) is worked out from them on first
+    use: the heatmap never needs it.
     """
 
     model: str
     layer: int
     tokens: list[str]
     token_ids: list[int]
-    positions: list[PositionFeatures]
     truncated: bool = False
     n_heads: int = 0
     acts: torch.Tensor | None = field(default=None, repr=False)
     pre: torch.Tensor | None = field(default=None, repr=False)
     tensors: LayerTensors | None = field(default=None, repr=False)
+    top_k: int = 5
+    sae: SAE | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def ids(self) -> torch.Tensor | None:
+        """`[pos, K]`: each position's top-K features by activation (K = `top_k`)."""
+        return None if self.acts is None else top_ids(self.acts, self.top_k)
+
+    @cached_property
+    def positions(self) -> list[PositionFeatures]:
+        """Each token's firing top-K features with their DFA by head and by source (one attribution per layer)."""
+        ids = self.ids
+        if ids is None or self.acts is None or self.pre is None or self.tensors is None or self.sae is None:
+            return []
+        return position_hits(self.tokens, self.acts, self.pre, ids, *attribute(self.sae, self.tensors, ids, self.n_heads))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -260,7 +307,7 @@ class PromptFeatures:
         positions (`BROAD_SHARE`)."""
         if self.acts is None:
             return []
-        best = self.acts.max(dim=0).values
+        best = self.acts.amax(dim=0)  # (`max(dim=0)` would also find the positions: 10x slower)
         n = min(n, int((best > 0).sum()))
         if not n:
             return []
@@ -268,8 +315,11 @@ class PromptFeatures:
             return best.topk(n).indices.tolist()
         order = best.argsort(descending=True, stable=True)
         order = order[best[order] > 0]
-        broad = (self.acts > 0).float().mean(dim=0) > BROAD_SHARE
-        late = (last.to(order.device) | broad)[order]
+        # positions where each fires: sign of the clamped activations summed (exact counts, no int64 copy of the
+        # [pos, d_sae] mask), read only for the features that fire somewhere
+        fired = torch.sign(self.acts.clamp_min(0)).sum(dim=0)
+        broad = fired[order] > BROAD_SHARE * self.acts.shape[0]
+        late = last.to(order.device)[order] | broad
         return torch.cat([order[~late], order[late]])[:n].tolist()
 
 
@@ -289,6 +339,37 @@ def dense_mask(sae: SAE) -> torch.Tensor | None:
     return log10.float() > torch.log10(torch.tensor(DENSE_THRESHOLD))
 
 
+@torch.no_grad()
+def encode(sae: SAE, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z `[pos, d_in]` -> acts `[pos, d_sae]` and pre `[pos, d_sae]`."""
+    pre = sae.encode_pre(z)
+    return sae.activation(pre), pre
+
+
+def top_ids(acts: torch.Tensor, top_k: int) -> torch.Tensor:
+    """`[pos, K]`: each position's top-K features of `acts [pos, d_sae]` by activation."""
+    return acts.topk(max(1, min(top_k, acts.shape[-1])), dim=-1).indices
+
+
+def encode_top(sae: SAE, z: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z `[pos, d_in]` -> acts `[pos, d_sae]`, pre `[pos, d_sae]` and each position's top-K ids by activation
+    `[pos, K]`."""
+    acts, pre = encode(sae, z)
+    return acts, pre, top_ids(acts, top_k)
+
+
+@torch.no_grad()
+def attribute(sae: SAE, tensors: LayerTensors, ids: torch.Tensor, n_heads: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DFA of the features `ids [pos, K]` at each position of batch row 0: by head `[pos, K, H]`, the bias
+    `[pos, K]` and by source `[pos, K, pos]` (summed over heads)."""
+    z = tensors.z[0]
+    heads = dfa_by_head(z, sae, ids, n_heads)
+    bias = sae.encoder_bias_total[ids]
+    src = dfa_by_source(tensors.pattern[0], tensors.v[0], sae, ids).sum(2)  # [pos, K, src]
+    return heads, bias, src
+
+
 def features_from_tensors(
     sae: SAE, tensors: LayerTensors, top_k: int, n_heads: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -297,55 +378,79 @@ def features_from_tensors(
     Returns acts `[pos, d_sae]`, pre `[pos, d_sae]`, ids `[pos, K]`, dfa_heads `[pos, K, H]`,
     dfa_bias `[pos, K]`, dfa_src `[pos, K, pos]` (summed over heads).
     """
-    z = tensors.z[0]
-    with torch.no_grad():
-        pre = sae.encode_pre(z)
-        acts = sae.activation(pre)
-        k = max(1, min(top_k, acts.shape[-1]))
-        ids = acts.topk(k, dim=-1).indices  # [pos, K]
-        heads = dfa_by_head(z, sae, ids, n_heads)
-        bias = sae.encoder_bias_total[ids]
-        src = dfa_by_source(tensors.pattern[0], tensors.v[0], sae, ids).sum(2)  # [pos, K, src]
-    return acts, pre, ids, heads, bias, src
+    acts, pre, ids = encode_top(sae, tensors.z[0], top_k)
+    return (acts, pre, ids, *attribute(sae, tensors, ids, n_heads))
+
+
+def position_hits(tokens: list[str], acts: torch.Tensor, pre: torch.Tensor, ids: torch.Tensor, heads: torch.Tensor,
+                  bias: torch.Tensor, src: torch.Tensor) -> list[PositionFeatures]:
+    """Plain data of the firing top-K features at each position (shapes as `features_from_tensors` returns)."""
+    acts_l, pre_l, ids_l = acts.gather(1, ids).tolist(), pre.gather(1, ids).tolist(), ids.tolist()
+    heads_l, bias_l = heads.tolist(), bias.tolist()
+    positions = []
+    for t, tok in enumerate(tokens):
+        fire = [j for j in range(len(ids_l[t])) if acts_l[t][j] > 0]
+        src_t = src[t, :, : t + 1].tolist() if fire else []  # only this position's sources, only when one fires
+        hits = [
+            FeatureHit(id=ids_l[t][j], act=acts_l[t][j], pre_act=pre_l[t][j], dfa_heads=heads_l[t][j],
+                       dfa_bias=bias_l[t][j], dfa_src=src_t[j])
+            for j in fire
+        ]
+        positions.append(PositionFeatures(pos=t, token=tok, features=hits))
+    return positions
+
+
+@dataclass
+class PromptRun:
+    """A prompt run once through the model, up to the last of its layers' attention: the tokens and each of those
+    layers' tensors (batch 1), so the features of every one of them cost an SAE encode and no model forward."""
+
+    model: str
+    tokens: list[str]
+    token_ids: list[int]
+    truncated: bool
+    n_heads: int
+    layers: dict[int, LayerTensors] = field(repr=False)
+
+    def features(self, sae: SAE, layer: int, top_k: int = 5) -> PromptFeatures:
+        """The top-`top_k` features of each token at `layer` (one of this run's layers)."""
+        if layer not in self.layers:
+            raise ValueError(f"this run of the prompt stopped before layer {layer} (it holds {sorted(self.layers)})")
+        tensors = self.layers[layer]
+        acts, pre = encode(sae, tensors.z[0])  # the top-K ids and their attributions wait until asked for
+        return PromptFeatures(model=self.model, layer=layer, tokens=self.tokens, token_ids=self.token_ids,
+                              truncated=self.truncated, n_heads=self.n_heads, acts=acts, pre=pre, tensors=tensors,
+                              top_k=top_k, sae=sae)
+
+
+def run_prompt(model: LoadedModel, prompt: str, layers: list[int] | tuple[int, ...]) -> PromptRun:
+    """Run `prompt` once, up to the last of `layers`' attention (nothing above it, no unembedding), keeping each
+    layer's z, pattern and values."""
+    tokens, truncated = prompt_tokens(model, prompt)
+    token_ids = tokens[0].tolist()
+    return PromptRun(model=model.name, tokens=model.token_strs(token_ids), token_ids=token_ids, truncated=truncated,
+                     n_heads=model.n_heads, layers=run_layers(model, tokens, layers))
+
+
+def run_bytes(model: LoadedModel, n_tokens: int, layers: list[int] | tuple[int, ...]) -> int:
+    """About how many bytes a `PromptRun` of `n_tokens` over `layers` holds (patterns, z and values)."""
+    size = torch.tensor([], dtype=model.dtype).element_size()
+    per_layer = model.n_heads * n_tokens * n_tokens + 2 * n_tokens * model.d_z
+    return size * per_layer * len(set(layers))
 
 
 def prompt_features(model: LoadedModel, sae: SAE, prompt: str, top_k: int = 5, layer: int | None = None) -> PromptFeatures:
     """Run `prompt` once and list each token's top-`top_k` active features with DFA by head and by source."""
     layer = sae.cfg.layer if layer is None else layer
-    tokens, truncated = prompt_tokens(model, prompt)
-    tensors = run_layer(model, tokens, layer)
-    acts, pre, ids, heads, bias, src = features_from_tensors(sae, tensors, top_k, model.n_heads)
-    token_ids = tokens[0].tolist()
-    strs = model.token_strs(token_ids)
-    acts_l, pre_l, ids_l = acts.gather(1, ids).tolist(), pre.gather(1, ids).tolist(), ids.tolist()
-    heads_l, bias_l, src_l = heads.tolist(), bias.tolist(), src.tolist()
-    positions = []
-    for t, tok in enumerate(strs):
-        hits = [
-            FeatureHit(
-                id=ids_l[t][j],
-                act=acts_l[t][j],
-                pre_act=pre_l[t][j],
-                dfa_heads=heads_l[t][j],
-                dfa_bias=bias_l[t][j],
-                dfa_src=src_l[t][j][: t + 1],
-            )
-            for j in range(len(ids_l[t]))
-            if acts_l[t][j] > 0
-        ]
-        positions.append(PositionFeatures(pos=t, token=tok, features=hits))
-    return PromptFeatures(
-        model=model.name,
-        layer=layer,
-        tokens=strs,
-        token_ids=token_ids,
-        positions=positions,
-        truncated=truncated,
-        n_heads=model.n_heads,
-        acts=acts,
-        pre=pre,
-        tensors=tensors,
-    )
+    return run_prompt(model, prompt, [layer]).features(sae, layer, top_k)
+
+
+def prompt_features_layers(model: LoadedModel, saes: dict[int, SAE], prompt: str, top_k: int = 5,
+                           layers: list[int] | None = None) -> dict[int, PromptFeatures]:
+    """`prompt_features` at every layer of `layers` (default: every SAE's) from one model forward."""
+    layers = sorted(saes) if layers is None else sorted(set(layers))
+    run = run_prompt(model, prompt, layers)
+    return {x: run.features(saes[x], x, top_k) for x in layers}
 
 
 def head_source_matrix(result: PromptFeatures, sae: SAE, pos: int, feature: int) -> torch.Tensor:

@@ -154,6 +154,11 @@ class TraceContext:
     mlp_out: dict[int, torch.Tensor]
     acts: dict[int, torch.Tensor]
     ln: dict[int, tuple[torch.Tensor, torch.Tensor | None, bool]]
+    # the model's stacked weights, read once per trace (the bridge stacks every layer's on each access)
+    W_V: torch.Tensor | None = None  # [L, H, d_model, dh]
+    W_O: torch.Tensor | None = None  # [L, H, dh, d_model]
+    b_O: torch.Tensor | None = None  # [L, d_model]
+    err_out: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (layer, src) -> SAE error x W_O
 
 
 def build_context(model: LoadedModel, saes: dict[int, SAE], tokens: torch.Tensor, layer: int) -> TraceContext:
@@ -197,6 +202,9 @@ def build_context(model: LoadedModel, saes: dict[int, SAE], tokens: torch.Tensor
             with torch.no_grad():
                 ctx.acts[l] = saes[l].encode(ctx.z[l])
         ctx.ln[l] = ln1_params(model, l)
+    ctx.W_V, ctx.W_O = model.bridge.W_V.detach(), model.bridge.W_O.detach()
+    b_O = getattr(model.bridge, "b_O", None)
+    ctx.b_O = None if b_O is None else b_O.detach()
     return ctx
 
 
@@ -234,7 +242,7 @@ def head_source_children(
     """A (head, source) term split into the upstream components of `resid[layer][src]`."""
     model, sae = ctx.model, ctx.saes[layer]
     w_enc = encoder_by_head(sae, model.n_heads)[head, :, feature].float()  # [dh]
-    W_V = model.bridge.W_V[layer]  # [H, d_model, dh]
+    W_V = (ctx.W_V if ctx.W_V is not None else model.bridge.W_V)[layer]  # [H, d_model, dh]
     u = W_V[head if W_V.shape[0] == model.n_heads else head // (model.n_heads // W_V.shape[0])].float() @ w_enc
     a = float(ctx.pattern[layer][head, dest, src]) * coeff
     w_ln, b_ln, centre = ctx.ln[layer]
@@ -246,8 +254,8 @@ def head_source_children(
     nodes = [TraceNode(kind="token_embed", label=f"tok embed {_tok(ctx, src)}", value=float(ctx.embed[src] @ e), pos=src)]
     if ctx.pos_embed is not None:
         nodes.append(TraceNode(kind="pos_embed", label=f"pos embed {src}", value=float(ctx.pos_embed[src] @ e), pos=src))
-    W_O_all = model.bridge.W_O  # [L, H, dh, d_model]
-    b_O_all = getattr(model.bridge, "b_O", None)
+    W_O_all = ctx.W_O if ctx.W_O is not None else model.bridge.W_O  # [L, H, dh, d_model]
+    b_O_all = ctx.b_O if ctx.W_O is not None else getattr(model.bridge, "b_O", None)
     for l in range(layer):
         W_O = W_O_all[l].float()  # [H, dh, d_model]
         if l in ctx.saes:
@@ -262,9 +270,12 @@ def head_source_children(
                         TraceNode(kind="feature", label=f"L{l} F{j} @{src} {_tok(ctx, src)}", value=val, layer=l,
                                   pos=src, feature=j, act=act)
                     )
-            with torch.no_grad():
-                err = ctx.z[l][src] - up.decode(f)
-            err_out = torch.einsum("hd,hdm->m", err.reshape(model.n_heads, -1).float(), W_O)
+            err_out = ctx.err_out.get((l, src))
+            if err_out is None:  # the decode reads only the active rows of W_dec (a dense one reads all d_sae)
+                with torch.no_grad():
+                    err = ctx.z[l][src] - (f[active] @ up.W_dec[active] + up.b_dec)
+                err_out = torch.einsum("hd,hdm->m", err.reshape(model.n_heads, -1).float(), W_O)
+                ctx.err_out[(l, src)] = err_out
             nodes.append(TraceNode(kind="sae_error", label=f"L{l} SAE error", value=float(err_out @ e), layer=l, pos=src))
             bias = torch.einsum("hd,hdm->m", (model.z_offset(l).float() + up.b_dec.reshape(model.n_heads, -1).float()), W_O)
             if b_O_all is not None:
@@ -373,8 +384,8 @@ def trace_feature(
     ctx = build_context(model, saes, tokens, layer)
     ticker.report("running the model")
     with torch.no_grad():
-        pre = sae.encode_pre(ctx.z[layer])[:, feature]  # [pos]
-        act = sae.activation(sae.encode_pre(ctx.z[layer]))[:, feature]
+        pre_all = sae.encode_pre(ctx.z[layer])  # [pos, d_sae]
+        pre, act = pre_all[:, feature], sae.activation(pre_all)[:, feature]  # [pos] each
     if pos is None:
         pos = int(act.argmax()) if float(act.max()) > 0 else int(pre.argmax())
     given = pos

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.cli.common import add_output_flags, console, emit, out
+from sae.cli.common import add_output_flags, console, emit, out, positive_int
 
 
 def register_bench(bench_sub: Any) -> None:
@@ -24,6 +24,9 @@ def register_bench(bench_sub: Any) -> None:
                    help="toy (the embedded default's shape), mid, gpt2-small (12 x 768, SAEs 768 -> 24576), "
                    "tiny (seconds, for tests)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core); on a machine loaded by other "
+                   "work, 1 can be faster")
     add_output_flags(p)
     p.set_defaults(func=run_scale)
 
@@ -32,7 +35,8 @@ def run_scale(args: argparse.Namespace) -> int:
     from sae.bench.scale import SHAPES, bench_scale
 
     console.print(f"bench scale: {SHAPES[args.shape].describe()} (random weights)")
-    data = bench_scale(args.shape, on_stage=lambda s: console.print(f"  {s} ..."), device=args.device)
+    data = bench_scale(args.shape, on_stage=lambda s: console.print(f"  {s} ..."), device=args.device,
+                       threads=args.threads)
     emit(args, data, _markdown, _pretty)
     return 0
 

@@ -128,7 +128,7 @@ def test_heatmap_columns_put_dense_features_last(tiny_model, tmp_path):
     acts = torch.zeros(4, 7)
     acts[0, 2], acts[1, 0], acts[2, 5], acts[3, 1] = 9.0, 5.0, 3.0, 1.0  # strength order 2, 0, 5, 1
     acts[:, 6] = torch.tensor([0.5, 0.0, 7.0, 2.0])  # strong, but on 3 of the 4 positions: picks nothing out
-    res = PromptFeatures(model="m", layer=0, tokens=["a"] * 4, token_ids=[0] * 4, positions=[], acts=acts)
+    res = PromptFeatures(model="m", layer=0, tokens=["a"] * 4, token_ids=[0] * 4, acts=acts)
     assert res.top_features(7) == [2, 6, 0, 5, 1]  # features 3 and 4 never fire: not columns
     dense = torch.tensor([False, False, True, False, False, False, False])
     assert res.top_features(7, last=dense) == [0, 5, 1, 2, 6]
@@ -141,3 +141,76 @@ def test_heatmap_columns_put_dense_features_last(tiny_model, tmp_path):
     assert dense_mask(load_sae(tmp_path / "with")).tolist() == [True, False, True, False, False, False]
     save_sae(sae, tmp_path / "without")
     assert dense_mask(load_sae(tmp_path / "without")) is None
+
+
+# ---- one forward for every layer ---------------------------------------------------------------------------
+
+
+def test_every_layer_from_one_forward_equals_the_per_layer_runs(tiny_model):
+    """prompt_features_layers runs the model once (stopping at the last layer's z) and gives, at every layer, the
+    same numbers as a forward stopped at that layer alone."""
+    from sae.analysis.dfa import prompt_features_layers
+    from support import count_passes
+
+    saes = {x: random_sae(tiny_model, x, d_sae=40, seed=10 + x) for x in range(tiny_model.n_layers)}
+    with count_passes(tiny_model) as passes:
+        every = prompt_features_layers(tiny_model, saes, PROMPT, top_k=4)
+    assert passes["n"] == 1 and sorted(every) == list(range(tiny_model.n_layers))
+    for layer, sae in saes.items():
+        one = prompt_features(tiny_model, sae, PROMPT, top_k=4, layer=layer)
+        got = every[layer]
+        assert got.tokens == one.tokens and got.layer == layer
+        for a, b in [(got.acts, one.acts), (got.pre, one.pre), (got.ids, one.ids), (got.tensors.z, one.tensors.z),
+                     (got.tensors.pattern, one.tensors.pattern), (got.tensors.v, one.tensors.v)]:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        assert got.to_dict() == one.to_dict()
+        assert got.top_features(6) == one.top_features(6)
+
+
+def test_every_layer_from_one_forward_against_hugging_face_hooks(tiny_model, tiny_model_dir):
+    """An independent computation: z from forward pre-hooks on a separate Hugging Face GPT-2's `c_proj` (value
+    bias removed by hand) and its attention patterns, encoded and attributed here by hand."""
+    from transformers import GPT2LMHeadModel
+
+    from sae.analysis.dfa import prompt_features_layers
+    from support import hf_z_offset
+
+    hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    saes = {x: random_sae(tiny_model, x, d_sae=40, seed=20 + x) for x in range(tiny_model.n_layers)}
+    every = prompt_features_layers(tiny_model, saes, PROMPT, top_k=3)
+    tokens = torch.tensor([every[0].token_ids])
+    zs: dict[int, torch.Tensor] = {}
+    handles = [hf.transformer.h[x].attn.c_proj.register_forward_pre_hook(
+        lambda mod, args, x=x: zs.__setitem__(x, args[0][0].detach() - hf_z_offset(hf, x)))
+        for x in range(tiny_model.n_layers)]
+    try:
+        with torch.no_grad():
+            out = hf(tokens, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    H, dh = tiny_model.n_heads, tiny_model.d_head
+    for layer, sae in saes.items():
+        got = every[layer]
+        z = zs[layer]  # [pos, H * dh]
+        pre = (z - sae.b_dec.detach()) @ sae.W_enc.detach() + sae.b_enc.detach()
+        torch.testing.assert_close(got.pre, pre, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.acts, torch.relu(pre), atol=1e-5, rtol=1e-5)
+        pattern = out.attentions[layer][0]  # [H, dest, src]
+        torch.testing.assert_close(got.tensors.pattern[0], pattern, atol=1e-5, rtol=1e-5)
+        for p in got.positions[1:]:
+            for f in p.features:
+                w = sae.W_enc.detach()[:, f.id].reshape(H, dh)
+                heads = (z[p.pos].reshape(H, dh) * w).sum(-1)
+                assert torch.allclose(torch.tensor(f.dfa_heads), heads, atol=1e-5)
+                assert abs(f.pre_act - float(pre[p.pos, f.id])) < 1e-5
+                assert abs(sum(f.dfa_src) + f.dfa_bias - f.pre_act) < 1e-4
+
+
+def test_a_prompt_run_holds_only_its_layers(tiny_model, sae1):
+    from sae.analysis.dfa import run_prompt
+
+    run = run_prompt(tiny_model, PROMPT, [0])
+    assert sorted(run.layers) == [0]
+    with pytest.raises(ValueError, match="stopped before layer 1"):
+        run.features(sae1, 1)

@@ -23,6 +23,17 @@ def test_bench_scale_tiny_times_every_analysis(capsys, tmp_path, monkeypatch):
     sc = t["scan"]
     assert sc["tokens"] > 0 and 0 <= sc["bookkeeping_share"] <= 1
     assert sc["model_s"] + sc["encode_s"] + sc["bookkeeping_s"] <= sc["scan_s"] * 1.01
+    # the heatmap: one forward per prompt, then each layer's encode, next to its FLOP floor at the measured rate
+    for h in t["heatmap"].values():
+        assert abs(h["forward_s"] + h["encode_s"] - h["all_layers_s"]) < 1e-9 and h["floor_s"] > 0
+        n = h["tokens"]
+        assert abs(h["encode_gflop"] - 2 * n * 64 * 256 * 2 / 1e9) < 1e-12  # 2 SAEs 64 -> 256
+        assert h["vs_floor"] == pytest.approx(h["all_layers_s"] / h["floor_s"])
+        attn = 2 * n * 3 * 64 * 64 + 4 * n * n * 64  # tiny: d_model 64, 2 heads of 32, MLP 256; stops at layer 1's z
+        assert h["model_gflop"] == pytest.approx((2 * attn + 2 * n * 64 * 64 + 4 * n * 64 * 256) / 1e9)
+    assert d["matmul_gflops"] > 0 and set(d["stages_s"]) >= {"heatmaps", "traces", "dashboard scan", "IOI"}
+    # the roles are the head survey's own (timed inside it, not computed a second time)
+    assert t["roles"]["layers"] == 2 and t["roles"]["seconds"] <= t["head_survey"]["seconds"]
     # a second head survey is read from the analysis cache
     assert t["head_survey"]["cached_s"] is not None
     m = d["memory"]

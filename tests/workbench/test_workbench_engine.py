@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from sae.engine.jobs import Progress
 from workbench.engine import Cancelled, StaleRequest, Worker
@@ -267,3 +268,37 @@ def test_newer_progress_replaces_an_older_queued_one_of_the_same_job():
     old, new, other = (JobProgress(1, "train", Progress("train", 1, 9)), JobProgress(1, "train", Progress("train", 2, 9)),
                        JobProgress(2, "ioi", Progress("ioi", 1, 9)))
     assert old.can_replace(new) and not old.can_replace(other) and not old.can_replace(JobFinished(1, "train", None))
+
+
+async def test_heatmap_runs_the_model_once_per_prompt_for_every_layer(tiny_model, saes):
+    """The explore heatmap: a new prompt is one model forward for all SAE layers; switching layers costs no forward;
+    the numbers are those of a forward stopped at the layer alone; a cell of a layer whose result was dropped is
+    worked out again from the prompt's run."""
+    from sae.analysis.dfa import prompt_features
+    from support import count_passes
+    from workbench.engine import Engine
+    from workbench.engine import core
+
+    prompt = "When Mary and John went to the store, John gave a drink to Mary."
+    eng = Engine.from_objects(tiny_model, saes)
+    try:
+        with count_passes(tiny_model) as passes:
+            views = {layer: await eng.features(prompt, layer) for layer in (1, 0, 1)}
+            assert passes["n"] == 1
+            await eng.features(prompt + " Then", 0)
+            assert passes["n"] == 2
+            await eng.features(prompt, 0)
+        for layer, view in views.items():
+            ref = prompt_features(tiny_model, saes[layer], prompt, top_k=8, layer=layer)
+            assert view.columns == ref.top_features(24)
+            torch.testing.assert_close(torch.from_numpy(view.values), ref.acts[:, view.columns], atol=1e-6, rtol=1e-6)
+        eng._last.clear()  # as when KEEP_LAST layers were visited since
+        feature = views[1].columns[0]
+        pos = int(torch.from_numpy(views[1].values[:, 0]).argmax())
+        detail = await eng.cell(1, pos, feature)
+        ref = prompt_features(tiny_model, saes[1], prompt, top_k=8, layer=1)
+        assert abs(detail.pre_act - float(ref.pre[pos, feature])) < 1e-6
+        assert abs(sum(detail.dfa_heads) + detail.dfa_bias - detail.pre_act) < 1e-4
+        assert core.KEEP_LAST >= 1
+    finally:
+        eng.close()

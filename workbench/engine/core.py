@@ -67,6 +67,11 @@ def existing_run(out_dir: str | Path) -> str:
     return " and ".join(parts)
 
 
+# the explore heatmap: one model forward per prompt holds every SAE layer's tensors when they fit in this many bytes
+# (GPT-2 Small at its whole 1024-token context: about 0.6 GB), else only the layer asked for
+PROMPT_RUN_BYTES = 1 << 30
+KEEP_LAST = 3  # layers whose last prompt features (dense activations, for drilling into cells) stay in memory
+
 QUICK_RUNS = {"induction": 32, "ioi": 24}  # the workbench's quick sizes (sequences per prefix length, prompts)
 
 
@@ -171,6 +176,8 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         self._model: LoadedModel | None = None
         self._saes: dict[int, SAE] = {}
         self._last: dict[int, Any] = {}  # layer -> the last PromptFeatures, for drilling into cells
+        self._run: tuple[tuple[str, int], Any] | None = None  # (prompt, model id) -> its sae.analysis.dfa.PromptRun
+        self._dense_masks: dict[tuple[int, int], Any] = {}  # (layer, id(SAE)) -> dense_mask
         self._roles: dict[Any, Any] = {}  # dashboard dir -> its sae.analysis.roles.LayerRoles
         self._traces: dict[tuple, TraceView] = {}  # recent traces: t, `,` and `.` revisit them
 
@@ -269,6 +276,7 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
         saes = self._load_saes(self.saes_spec, model)
         self._recent = []
         self._model, self._saes, self._last = model, saes, {}
+        self._run, self._dense_masks = None, {}
         self.info = self._describe()
         return self.info
 
@@ -297,6 +305,7 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
             model = self._need_model()
             saes = self._load_saes(spec, model)
             self._saes, self.saes_spec, self._last = saes, spec, {}
+            self._run, self._dense_masks = None, {}
             self.info = self._describe()
             return self.info
 
@@ -305,6 +314,7 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
     def add_saes_sync(self, saes: dict[int, Any], label: str) -> EngineInfo:
         """Worker-side: replace the SAE set by objects in memory (fresh from training)."""
         self._saes, self.saes_spec, self._last = dict(saes), label, {}
+        self._run, self._dense_masks = None, {}
         self.info = self._describe()
         return self.info
 
@@ -321,19 +331,54 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
     # ---- explore --------------------------------------------------------------------------------------
 
     async def features(self, prompt: str, layer: int, top_k: int = 8, columns: int = 24) -> PromptView:
-        """Prompt features at `layer` (sae.analysis.dfa.prompt_features) as heatmap data; newer calls make older
-        ones stale."""
+        """Prompt features at `layer` (sae.analysis.dfa) as heatmap data; newer calls make older ones stale.
+
+        A new prompt runs the model once up to the last layer with an SAE (`_prompt_run`); the other layers of the
+        same prompt then cost their SAE encode only."""
 
         def run() -> PromptView:
-            from sae.analysis import dfa
-
             sae = self._sae(layer)
-            res = dfa.prompt_features(self._model, sae, prompt, top_k=top_k, layer=layer)
-            self._last[layer] = res
+            res = self._prompt_run(prompt, layer).features(sae, layer, top_k=top_k)
+            self._keep_last(layer, res)
             # SAEs with saved densities (the shipped ones, any trained run): unspecific features after the others
-            return prompt_view(res, layer, columns, dense=dfa.dense_mask(sae))
+            return prompt_view(res, layer, columns, dense=self._dense(layer, sae))
 
         return await self.call(run, channel="features")
+
+    def _prompt_run(self, prompt: str, layer: int) -> Any:
+        """The last prompt's one model forward (sae.analysis.dfa.PromptRun), run again only for a new prompt or a
+        layer it does not hold: it holds every layer with an SAE, or only `layer` when the tensors of all of them
+        would exceed `PROMPT_RUN_BYTES` (a long prompt on a big model)."""
+        from sae.analysis import dfa
+
+        model = self._need_model()
+        hit = self._run
+        if hit is not None and hit[0] == (prompt, id(model)) and layer in hit[1].layers:
+            return hit[1]
+        layers = sorted(self._saes)
+        n = dfa.prompt_tokens(model, prompt)[0].shape[1]
+        if dfa.run_bytes(model, n, layers) > PROMPT_RUN_BYTES:
+            layers = [layer]
+        self._run = None  # the old run's tensors go before the new ones are made
+        self._run = ((prompt, id(model)), dfa.run_prompt(model, prompt, layers))
+        return self._run[1]
+
+    def _keep_last(self, layer: int, res: Any) -> None:
+        """Remember `res` for `cell`; only the `KEEP_LAST` most recent layers' results stay (each holds the prompt's
+        dense activations), an older layer's cell is worked out again from the prompt's run."""
+        self._last.pop(layer, None)
+        self._last[layer] = res
+        while len(self._last) > KEEP_LAST:
+            self._last.pop(next(iter(self._last)))
+
+    def _dense(self, layer: int, sae: SAE) -> Any:
+        """`sae.analysis.dfa.dense_mask` of the layer's SAE, read once per SAE (it reads a file)."""
+        from sae.analysis import dfa
+
+        key = (layer, id(sae))
+        if key not in self._dense_masks:
+            self._dense_masks[key] = dfa.dense_mask(sae)
+        return self._dense_masks[key]
 
     async def cell(self, layer: int, pos: int, feature: int) -> CellDetail:
         """DFA by head and by source of one (token, feature) of the last prompt run at `layer`."""
@@ -344,9 +389,12 @@ class Engine(ResearchMethods, SearchMethods, ResultStore):
             from sae.analysis import dfa
 
             res = self._last.get(layer)
+            sae = self._sae(layer)
+            if res is None and self._run is not None and layer in self._run[1].layers:
+                res = self._run[1].features(sae, layer, top_k=8)  # an older layer of the prompt on screen
+                self._keep_last(layer, res)
             if res is None or res.acts is None:
                 raise EngineError("run a prompt first")
-            sae = self._sae(layer)
             if not 0 <= pos < len(res.tokens):
                 raise EngineError(f"position {pos} is outside the prompt")
             with torch.no_grad():
