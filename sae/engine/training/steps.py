@@ -257,7 +257,8 @@ def _set_grads(sae: SAE, g_W_enc, g_W_dec, g_b_enc, g_b_dec) -> None:
         p.grad = g
 
 
-STANDARD_SPARSE_DENSITY = 1 / 16  # the standard step goes sparse once at most this share of entries is active (CPU)
+STANDARD_SPARSE_DENSITY = 0.1  # the standard step goes sparse once at most this share of entries is active (CPU;
+# measured at 128 -> 1024, batch 4096, one thread: sparse 58 vs dense 92 ms at 5%, 92 vs 101 at 10%, 118 vs 101 at 15%)
 
 
 @torch.no_grad()
@@ -275,7 +276,7 @@ def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float, sparse: bool
     active = f > 0
     if sparse is None:
         sparse = SPARSE_TOPK if SPARSE_TOPK is not None else (
-            x.device.type == "cpu" and int(active.sum()) <= STANDARD_SPARSE_DENSITY * active.numel())
+            x.device.type == "cpu" and int(torch.count_nonzero(active)) <= STANDARD_SPARSE_DENSITY * active.numel())
     if sparse:
         act, flat_index = Active.of_mask(active)
         vals = f.view(-1).index_select(0, flat_index)  # [nnz]
@@ -299,8 +300,8 @@ def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float, sparse: bool
     d_xhat = err.mul_(2.0 / n)  # d loss / d x_hat
     g_W_dec = f.T @ d_xhat
     g_b_dec = d_xhat.sum(0)
-    # d loss / d pre = (d_xhat @ W_dec^T + l1/n) where pre > 0, else 0
-    d_pre = torch.addmm(d_xhat.new_full((1,), l1_coeff / n), d_xhat, W_dec.T).mul_(active)
+    # d loss / d pre = (d_xhat @ W_dec^T + l1/n) where pre > 0, else 0 (ReLU's backward: one pass, no bool product)
+    d_pre = torch.ops.aten.threshold_backward(torch.addmm(d_xhat.new_full((1,), l1_coeff / n), d_xhat, W_dec.T), f, 0.0)
     g_W_enc = x.T @ d_pre
     g_b_enc = d_pre.sum(0)
     _set_grads(sae, g_W_enc, g_W_dec, g_b_enc, g_b_dec)
