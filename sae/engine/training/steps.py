@@ -195,7 +195,7 @@ class Active:
 
     def __init__(self, cols: torch.Tensor, rows: torch.Tensor, d_sae: int, n_rows: int,
                  crow: torch.Tensor | None = None) -> None:
-        self.cols, self.crow, self.d_sae, self.n_rows = cols, crow, d_sae, n_rows
+        self.cols, self.rows, self.crow, self.d_sae, self.n_rows = cols, rows, crow, d_sae, n_rows
         flat = cols.reshape(-1)
         self.order = torch.argsort(flat, stable=True)  # entries by latent, rows ascending within one
         self.rows_by_latent = rows.reshape(-1)[self.order]
@@ -220,19 +220,26 @@ class Active:
         torch.cumsum(torch.bincount(rows, minlength=b), 0, out=crow[1:])
         return cls(cols, rows, d_sae, b, crow), flat_index
 
-    def decode(self, vals: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """`(sum_e vals[e] W[cols[e]]` per row `[B, d_in]`, `rows_dot)`: `rows_dot(g [B, d_in])` gives each entry's
-        `g[row] . W[col]` (shaped as `vals`), the gradient reaching the entry's value from one reaching the row's
-        sum (`embedding_bag` and its per-sample-weight gradient)."""
-        v = vals.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = F.embedding_bag(self.cols, W.detach(), self.crow, mode="sum", per_sample_weights=v,
-                                  include_last_offset=self.crow is not None)
+    def _bags(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(indices [nnz], offsets [B])`: the entries as `embedding_bag`'s bags, one per row."""
+        if self.crow is not None:
+            return self.cols, self.crow[:-1]
+        k = self.cols.shape[1]
+        return self.cols.reshape(-1), torch.arange(0, self.n_rows * k, k, device=self.cols.device)
 
-        def rows_dot(g: torch.Tensor) -> torch.Tensor:
-            return torch.autograd.grad(out, v, g)[0]
+    def decode(self, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """`[B, d_in]`: `sum_e vals[e] W[cols[e]]` over each row's entries (`embedding_bag`, weighted sum)."""
+        indices, offsets = self._bags()
+        return F.embedding_bag(indices, W, offsets, mode="sum", per_sample_weights=vals.reshape(-1))
 
-        return out.detach(), rows_dot
+    def rows_dot(self, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """Each entry's `g[row] . W[col]` (`g [B, d_in]`), shaped as `cols`: the gradient reaching an entry's value
+        from the one reaching its row's decoded sum. `embedding_bag`'s per-sample-weight gradient, called as the
+        aten op so that no autograd graph is built (the autograd engine's first use also imports sympy, ~1 s)."""
+        indices, offsets = self._bags()
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(g, W, indices, offsets, self.rows.reshape(-1),  # noqa: SLF001 - aten op, public in torch.ops
+                                                                         0, -1)
+        return out.view(self.cols.shape)
 
     def outer(self, vals: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """`[d_sae, d]`: `M^T @ rhs` for `M [B, d_sae]` holding `vals` at the entries (`rhs [B, d]`)."""
@@ -280,15 +287,14 @@ def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float, sparse: bool
     if sparse:
         act, flat_index = Active.of_mask(active)
         vals = f.view(-1).index_select(0, flat_index)  # [nnz]
-        x_hat, rows_dot = act.decode(vals, W_dec)
-        x_hat.add_(sae.b_dec)
+        x_hat = act.decode(vals, W_dec).add_(sae.b_dec)
         err = x_hat - x
         mse = err.pow(2).sum() / n
         l1 = vals.sum() / n
         d_xhat = err.mul_(2.0 / n)
         g_W_dec = act.outer(vals, d_xhat)
         g_b_dec = d_xhat.sum(0)
-        d_pre = rows_dot(d_xhat).add_(l1_coeff / n)  # [nnz]
+        d_pre = act.rows_dot(d_xhat, W_dec).add_(l1_coeff / n)  # [nnz]
         g_W_enc = act.outer(d_pre, x).T.contiguous()
         g_b_enc = act.column_sums(d_pre)
         _set_grads(sae, g_W_enc, g_W_dec, g_b_enc, g_b_dec)
@@ -339,7 +345,7 @@ def topk_step_grads(
     a = vals.relu()
     if sparse:
         act = Active.fixed(idx, d_sae)
-        x_hat, rows_dot = act.decode(a, W_dec)
+        x_hat = act.decode(a, W_dec)
     else:
         f = _dense(idx, a, d_sae)  # the [B, d_sae] activations, for the decode and the decoder's gradient
         x_hat = f @ W_dec
@@ -350,7 +356,7 @@ def topk_step_grads(
     g_b_dec = d_xhat.sum(0)
     fired = torch.bincount(idx[fires], minlength=d_sae).float()
     if sparse:
-        d_a = rows_dot(d_xhat).mul_(fires)  # [B, k]
+        d_a = act.rows_dot(d_xhat, W_dec).mul_(fires)  # [B, k]
         g_W_dec = act.outer(a, d_xhat)
         g_W_enc_t = act.outer(d_a, x)  # [d_sae, d_in]
         g_b_enc = act.column_sums(d_a)
