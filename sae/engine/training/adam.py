@@ -35,9 +35,12 @@ class Adam:
             {"params": self.params, "lr": lr, "betas": tuple(betas), "eps": eps, **TORCH_GROUP_DEFAULTS}]
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
