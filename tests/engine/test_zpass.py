@@ -197,7 +197,8 @@ def test_bridge_free_model_refuses_what_it_cannot_compute(tmp_path, tiny_model_d
 
 
 def test_training_imports_neither_transformers_nor_transformer_lens(tiny_model_dir, corpus, tmp_path):
-    """`attnscope train` on a local GPT-2 reads z without the bridge: neither library is ever imported."""
+    """`attnscope train` on a local GPT-2 reads z without the bridge: neither library is ever imported; nor are
+    `torch._dynamo` (any `torch.optim` optimizer imports it) and sympy (the autograd engine's first use does)."""
     import os
     import subprocess
     import sys
@@ -208,7 +209,8 @@ def test_training_imports_neither_transformers_nor_transformer_lens(tiny_model_d
         f"rc = main(['train', '--model', {str(tiny_model_dir)!r}, '--corpus', {str(corpus)!r}, '--layers', '1', "
         f"'--tokens', '2048', '--batch-size', '256', '--context-size', '16', '--out', {str(tmp_path / 'run')!r}, "
         "'--json'])\n"
-        "print('HEAVY', [m for m in ('transformers', 'transformer_lens') if m in sys.modules], rc)\n"
+        "print('HEAVY', [m for m in ('transformers', 'transformer_lens', 'torch._dynamo', 'sympy') if m in sys.modules], "
+        "rc)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "ATTNSCOPE_CACHE": "off"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
