@@ -116,7 +116,8 @@ class ZSource:
     On a GPT-2-architecture model the pass is `sae.engine.zpass.LeanZPass` (the bridge's operations without its
     modules and hook points): the first chunk is computed both ways and the lean pass is kept only when its z is
     bit-identical to the bridge's hook_z (`lean=False` always uses the bridge; `self.lean_used` says which ran).
-    `model` may also be a bridge-free `sae.engine.zpass.ZModel`, which has only the lean pass.
+    `model` may also be a bridge-free `sae.engine.zpass.ZModel`, which has only the lean pass (with fused kernels
+    unless it was loaded `exact`: the bridge's z to float rounding, see `sae.engine.zpass`).
     """
 
     def __init__(

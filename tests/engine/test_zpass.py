@@ -1,5 +1,6 @@
-"""The lean training pass (`sae.engine.zpass`) gives the bridge's full-forward hook_z bit for bit, computes nothing
-above the last layer's z, and `ZSource` falls back to the bridge when it would not match."""
+"""The lean training pass (`sae.engine.zpass`) gives the bridge's full-forward hook_z bit for bit (exact mode) or to
+float rounding (fused kernels, the training default), computes nothing above the last layer's z, and `ZSource` falls
+back to the bridge when it would not match."""
 
 from __future__ import annotations
 
@@ -120,17 +121,37 @@ def test_zsource_on_the_default_is_hooked_transformers_hook_z(default_model):
         torch.testing.assert_close(chunk[i], want, atol=2e-4 * max(want.abs().max().item(), 1.0), rtol=1e-3)
 
 
-def z_model(model, path) -> object:
-    zm = load_gpt2_z_model(path, torch.device("cpu"), torch.float32, model.name)
+def z_model(model, path, exact: bool = True) -> object:
+    zm = load_gpt2_z_model(path, torch.device("cpu"), torch.float32, model.name, exact=exact)
     assert zm is not None
     return zm
+
+
+@pytest.mark.parametrize("which", ["tiny", "default"])
+def test_fused_pass_is_the_bridge_to_float_rounding(which, tiny_model, tiny_model_dir, default_model):
+    """The training model's default pass (fused layer norm, causal SDPA, one-kernel tanh GELU) against the bridge's
+    full forward; and it really is the fused one (its GELU is not Hugging Face's formula)."""
+    from sae.engine.zpass import gelu_tanh
+
+    model, path = (tiny_model, tiny_model_dir) if which == "tiny" else (default_model, zoo.DEFAULT_MODEL_DIR)
+    zm = load_gpt2_z_model(path, torch.device("cpu"), torch.float32, model.name)
+    assert zm is not None and not zm.lean.exact and zm.lean.blocks[0].act is gelu_tanh
+    tokens = torch.randint(1, model.d_vocab, (4, 40), generator=torch.Generator().manual_seed(5))
+    tokens[:, 0] = model.bos_token_id
+    want = full_forward_hook_z(model, tokens)
+    got: dict[int, torch.Tensor] = {}
+    zm.lean(tokens, list(range(model.n_layers)), lambda la, z: got.__setitem__(la, z.clone()))
+    for la in range(model.n_layers):
+        scale = want[la].abs().max().item()
+        torch.testing.assert_close(got[la], want[la], atol=1e-5 * scale, rtol=1e-5, msg=lambda m, la=la: f"{la}: {m}")
+        assert not torch.equal(got[la], torch.zeros_like(got[la]))
 
 
 @pytest.mark.parametrize("which", ["tiny", "default"])
 def test_bridge_free_model_is_the_bridge_bit_for_bit(which, tiny_model, tiny_model_dir, default_model):
     """The model training loads without transformers or TransformerLens: the same z, offsets, sizes and tokens."""
     model, path = (tiny_model, tiny_model_dir) if which == "tiny" else (default_model, zoo.DEFAULT_MODEL_DIR)
-    zm = z_model(model, path)
+    zm = z_model(model, path, exact=True)
     for attr in ("n_layers", "n_heads", "d_head", "d_model", "d_z", "n_ctx", "d_vocab", "bos_token_id", "name"):
         assert getattr(zm, attr) == getattr(model, attr), attr
     assert zm.tokenizer.eos_token_id == model.tokenizer.eos_token_id
@@ -176,7 +197,8 @@ def test_bridge_free_model_refuses_what_it_cannot_compute(tmp_path, tiny_model_d
 
 
 def test_training_imports_neither_transformers_nor_transformer_lens(tiny_model_dir, corpus, tmp_path):
-    """`attnscope train` on a local GPT-2 reads z without the bridge: neither library is ever imported."""
+    """`attnscope train` on a local GPT-2 reads z without the bridge: neither library is ever imported; nor are
+    `torch._dynamo` (any `torch.optim` optimizer imports it) and sympy (the autograd engine's first use does)."""
     import os
     import subprocess
     import sys
@@ -187,7 +209,8 @@ def test_training_imports_neither_transformers_nor_transformer_lens(tiny_model_d
         f"rc = main(['train', '--model', {str(tiny_model_dir)!r}, '--corpus', {str(corpus)!r}, '--layers', '1', "
         f"'--tokens', '2048', '--batch-size', '256', '--context-size', '16', '--out', {str(tmp_path / 'run')!r}, "
         "'--json'])\n"
-        "print('HEAVY', [m for m in ('transformers', 'transformer_lens') if m in sys.modules], rc)\n"
+        "print('HEAVY', [m for m in ('transformers', 'transformer_lens', 'torch._dynamo', 'sympy') if m in sys.modules], "
+        "rc)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "ATTNSCOPE_CACHE": "off"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)

@@ -58,7 +58,8 @@ def test_topk_grads_match_autograd(sparse, n_dead):
     torch.testing.assert_close(out["fired"], (f > 0).sum(0).float())
 
 
-def test_standard_grads_match_autograd():
+@pytest.mark.parametrize("sparse", [True, False, None])
+def test_standard_grads_match_autograd(sparse):
     sae = _sae("standard")
     x = torch.randn(64, 12, generator=torch.Generator().manual_seed(1))
     W_enc, W_dec, b_enc, b_dec = (p.detach().clone().requires_grad_(True) for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec))
@@ -66,8 +67,10 @@ def test_standard_grads_match_autograd():
     x_hat = torch.einsum("bs,si->bi", f, W_dec) + b_dec
     loss = ((x_hat - x) ** 2).sum(-1).mean() + 0.3 * f.abs().sum(-1).mean()
     loss.backward()
-    out = standard_step_grads(sae, x, 0.3)
+    out = standard_step_grads(sae, x, 0.3, sparse=sparse)
     torch.testing.assert_close(out["loss"], loss.detach())
+    torch.testing.assert_close(out["fired"], (f > 0).sum(0).float())
+    torch.testing.assert_close(out["x_hat"], x_hat.detach())
     for name, p in (("W_enc", W_enc), ("W_dec", W_dec), ("b_enc", b_enc), ("b_dec", b_dec)):
         torch.testing.assert_close(getattr(sae, name).grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from sae.engine.autoencoder import SAE
 
+if TYPE_CHECKING:
+    from sae.engine.training.adam import Adam
+
 
 @torch.no_grad()
 def resample_dead(
-    sae: SAE, opt: torch.optim.Optimizer, dead: torch.Tensor, inputs: torch.Tensor, generator: torch.Generator
+    sae: SAE, opt: Adam, dead: torch.Tensor, inputs: torch.Tensor, generator: torch.Generator
 ) -> int:
     """Anthropic-style resampling of the `dead [d_sae]` features from `inputs [n, d_in]`.
 

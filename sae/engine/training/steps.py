@@ -23,21 +23,32 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.nn.functional as F
 
 from sae.engine.selection import topk_rows
 
 if TYPE_CHECKING:
     from sae.engine.autoencoder import SAE
 
-# Top-k decoding (and the decoder's and encoder's gradients) through only the k active rows, as sparse CSR matmuls,
-# rather than dense [B, d_sae] x [d_sae, d_in] products. Both give the same numbers (tests/training/test_train_steps.py).
-# Measured on a contended 2-core CPU, batch 4096, k 32: dense was ~8% faster at 128 -> 1024 (building the CSR
-# transposes costs more than the small matmuls it saves), sparse ~15% faster at 256 -> 2048. So: sparse once
-# d_sae / k >= SPARSE_RATIO; None picks by that rule, True/False force one.
+# The sparse path: a `[B, d_sae]` activation matrix with few active entries per row (top-k always, a standard SAE
+# once it is sparse) is decoded with `embedding_bag` (the k rows of W_dec summed, weighted), the gradient reaching each
+# active value is that op's per-sample-weight gradient, and the two weight gradients `f^T @ d_xhat` and `d_pre^T @ x`
+# are CSR `[d_sae, B]` x dense products over one by-latent ordering of the entries, built once per step. Dense and
+# sparse give the same numbers to float rounding (tests/training/test_train_steps.py). Measured on one thread of this
+# 2-core CPU at batch 4096, 128 -> 1024, k 24: decode + both weight gradients + the rows' dot products 13 ms sparse
+# vs 80 ms dense (the encoder's matmul alone: 17 ms). `SPARSE_TOPK` None picks by `use_sparse`; True/False force one.
 SPARSE_TOPK: bool | None = None
-SPARSE_RATIO = 64
+SPARSE_RATIO = 8  # CPU: sparse once d_sae >= 8 x the active entries per row
+SPARSE_RATIO_OTHER = 64  # other devices (the earlier rule, never measured there against this path)
 torch.sparse.check_sparse_tensor_invariants.disable()  # built here, valid by construction; silences the warning
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+
+def use_sparse(device: torch.device, d_sae: int, per_row: float) -> bool:
+    """Whether the sparse path pays for `per_row` active entries per row of `d_sae` latents on `device`."""
+    if SPARSE_TOPK is not None:
+        return SPARSE_TOPK
+    return d_sae >= (SPARSE_RATIO if device.type == "cpu" else SPARSE_RATIO_OTHER) * per_row
 
 
 DECODER_NORMS = ("rescale", "unit")
@@ -174,6 +185,74 @@ def remove_parallel_grad(sae: SAE) -> None:
         g.sub_((g * w).sum(-1, keepdim=True) * w)
 
 
+# ---- sparse activations: decode and weight gradients through the active entries only ---------------------------
+
+
+class Active:
+    """The active entries of a `[B, d_sae]` activation matrix: `cols [nnz]` (latent ids, row-major) with `crow [B+1]`
+    (row r's entries are `crow[r]:crow[r+1]`; None when every row holds `per_row` entries and `cols` is `[B, per_row]`),
+    and, built once, their order by latent for the CSR `[d_sae, B]` products (`outer`)."""
+
+    def __init__(self, cols: torch.Tensor, rows: torch.Tensor, d_sae: int, n_rows: int,
+                 crow: torch.Tensor | None = None) -> None:
+        self.cols, self.rows, self.crow, self.d_sae, self.n_rows = cols, rows, crow, d_sae, n_rows
+        flat = cols.reshape(-1)
+        self.order = torch.argsort(flat, stable=True)  # entries by latent, rows ascending within one
+        self.rows_by_latent = rows.reshape(-1)[self.order]
+        self.counts = torch.bincount(flat, minlength=d_sae)  # [d_sae] entries per latent
+        self.crow_by_latent = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
+        torch.cumsum(self.counts, 0, out=self.crow_by_latent[1:])
+
+    @classmethod
+    def fixed(cls, idx: torch.Tensor, d_sae: int) -> Active:
+        """`idx [B, k]`: k entries in every row (top-k)."""
+        b, k = idx.shape
+        rows = torch.arange(b, device=idx.device).repeat_interleave(k)
+        return cls(idx, rows, d_sae, b)
+
+    @classmethod
+    def of_mask(cls, active: torch.Tensor) -> tuple[Active, torch.Tensor]:
+        """`active [B, d_sae]` bool -> (the entries, `flat_index [nnz]` into the flattened matrix, row-major)."""
+        b, d_sae = active.shape
+        flat_index = active.view(-1).nonzero().squeeze(1)
+        rows, cols = flat_index // d_sae, flat_index % d_sae
+        crow = torch.zeros(b + 1, dtype=torch.int64, device=active.device)
+        torch.cumsum(torch.bincount(rows, minlength=b), 0, out=crow[1:])
+        return cls(cols, rows, d_sae, b, crow), flat_index
+
+    def _bags(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(indices [nnz], offsets [B])`: the entries as `embedding_bag`'s bags, one per row."""
+        if self.crow is not None:
+            return self.cols, self.crow[:-1]
+        k = self.cols.shape[1]
+        return self.cols.reshape(-1), torch.arange(0, self.n_rows * k, k, device=self.cols.device)
+
+    def decode(self, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """`[B, d_in]`: `sum_e vals[e] W[cols[e]]` over each row's entries (`embedding_bag`, weighted sum)."""
+        indices, offsets = self._bags()
+        return F.embedding_bag(indices, W, offsets, mode="sum", per_sample_weights=vals.reshape(-1))
+
+    def rows_dot(self, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """Each entry's `g[row] . W[col]` (`g [B, d_in]`), shaped as `cols`: the gradient reaching an entry's value
+        from the one reaching its row's decoded sum. `embedding_bag`'s per-sample-weight gradient, called as the
+        aten op so that no autograd graph is built (the autograd engine's first use also imports sympy, ~1 s)."""
+        indices, offsets = self._bags()
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(g, W, indices, offsets, self.rows.reshape(-1),  # noqa: SLF001 - aten op, public in torch.ops
+                                                                         0, -1)
+        return out.view(self.cols.shape)
+
+    def outer(self, vals: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """`[d_sae, d]`: `M^T @ rhs` for `M [B, d_sae]` holding `vals` at the entries (`rhs [B, d]`)."""
+        m = torch.sparse_csr_tensor(self.crow_by_latent, self.rows_by_latent, vals.reshape(-1)[self.order],
+                                    (self.d_sae, self.n_rows))
+        return m @ rhs
+
+    def column_sums(self, vals: torch.Tensor) -> torch.Tensor:
+        """`[d_sae]`: the sum of `vals` over each latent's entries."""
+        return torch.zeros(self.d_sae, dtype=vals.dtype, device=vals.device).index_add_(
+            0, self.cols.reshape(-1), vals.reshape(-1))
+
+
 # ---- standard: hand-written backward -------------------------------------------------------------------------
 
 
@@ -185,16 +264,41 @@ def _set_grads(sae: SAE, g_W_enc, g_W_dec, g_b_enc, g_b_dec) -> None:
         p.grad = g
 
 
+STANDARD_SPARSE_DENSITY = 0.1  # the standard step goes sparse once at most this share of entries is active (CPU;
+# measured at 128 -> 1024, batch 4096, one thread: sparse 58 vs dense 92 ms at 5%, 92 vs 101 at 10%, 118 vs 101 at 15%)
+
+
 @torch.no_grad()
-def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> StepOutput:
+def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float, sparse: bool | None = None) -> StepOutput:
     """The standard SAE's loss and gradients written out by hand (fp32), filling `.grad` of every parameter.
 
     Same loss as `standard_loss` on `sae_forward_train`, without autograd's bookkeeping: five matmuls and four
-    passes over the `[B, d_sae]` activations.
+    passes over the `[B, d_sae]` activations (dense), or the encoder's matmul and the rest through the active
+    entries (`Active`), which this step picks when at most `STANDARD_SPARSE_DENSITY` of them are active (`sparse`
+    None; True/False force one).
     """
     n = x.shape[0]
     W_enc, W_dec = sae.W_enc, sae.W_dec
     f = torch.addmm(encoder_bias(sae), x, W_enc).relu_()  # [B, d_sae]
+    active = f > 0
+    if sparse is None:
+        sparse = SPARSE_TOPK if SPARSE_TOPK is not None else (
+            x.device.type == "cpu" and int(torch.count_nonzero(active)) <= STANDARD_SPARSE_DENSITY * active.numel())
+    if sparse:
+        act, flat_index = Active.of_mask(active)
+        vals = f.view(-1).index_select(0, flat_index)  # [nnz]
+        x_hat = act.decode(vals, W_dec).add_(sae.b_dec)
+        err = x_hat - x
+        mse = err.pow(2).sum() / n
+        l1 = vals.sum() / n
+        d_xhat = err.mul_(2.0 / n)
+        g_W_dec = act.outer(vals, d_xhat)
+        g_b_dec = d_xhat.sum(0)
+        d_pre = act.rows_dot(d_xhat, W_dec).add_(l1_coeff / n)  # [nnz]
+        g_W_enc = act.outer(d_pre, x).T.contiguous()
+        g_b_enc = act.column_sums(d_pre)
+        _set_grads(sae, g_W_enc, g_W_dec, g_b_enc, g_b_dec)
+        return StepOutput(mse + l1_coeff * l1, mse, l1, act.counts.float(), x_hat)
     x_hat = torch.addmm(sae.b_dec, f, W_dec)  # [B, d_in]
     err = x_hat - x
     mse = err.pow(2).sum() / n
@@ -202,9 +306,8 @@ def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> StepOutpu
     d_xhat = err.mul_(2.0 / n)  # d loss / d x_hat
     g_W_dec = f.T @ d_xhat
     g_b_dec = d_xhat.sum(0)
-    active = f > 0
-    # d loss / d pre = (d_xhat @ W_dec^T + l1/n) where pre > 0, else 0
-    d_pre = torch.addmm(d_xhat.new_full((1,), l1_coeff / n), d_xhat, W_dec.T).mul_(active)
+    # d loss / d pre = (d_xhat @ W_dec^T + l1/n) where pre > 0, else 0 (ReLU's backward: one pass, no bool product)
+    d_pre = torch.ops.aten.threshold_backward(torch.addmm(d_xhat.new_full((1,), l1_coeff / n), d_xhat, W_dec.T), f, 0.0)
     g_W_enc = x.T @ d_pre
     g_b_enc = d_pre.sum(0)
     _set_grads(sae, g_W_enc, g_W_dec, g_b_enc, g_b_dec)
@@ -214,45 +317,9 @@ def standard_step_grads(sae: SAE, x: torch.Tensor, l1_coeff: float) -> StepOutpu
 # ---- top-k: hand-written backward through the k active rows --------------------------------------------------
 
 
-def _csr(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """`[B, d_sae]` sparse CSR matrix with `vals [B, k]` at columns `idx [B, k]`."""
-    b, k = idx.shape
-    crow = torch.arange(0, b * k + 1, k, device=idx.device, dtype=torch.int64)
-    return torch.sparse_csr_tensor(crow, idx.reshape(-1), vals.reshape(-1), (b, d_sae))
-
-
-def _csr_t(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """The transpose `[d_sae, B]` of `_csr(idx, vals)`, built directly as CSR (entries sorted by latent)."""
-    b, k = idx.shape
-    flat = idx.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    rows = torch.arange(b, device=idx.device).repeat_interleave(k)[order]
-    counts = torch.bincount(flat, minlength=d_sae)
-    crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=idx.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return torch.sparse_csr_tensor(crow, rows, vals.reshape(-1)[order], (d_sae, b))
-
-
-def decode_rows(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """`sum_j vals[b, j] * W_dec[idx[b, j]]` -> `[B, d_in]` (no bias)."""
-    if sparse:
-        return _csr(idx, vals, W_dec.shape[0]) @ W_dec
-    return torch.zeros(idx.shape[0], W_dec.shape[0], dtype=vals.dtype, device=vals.device).scatter_add_(1, idx, vals) @ W_dec
-
-
-def rows_dot(d_out: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """`[B, k]`: `d_out[b] . W_dec[idx[b, j]]` (the gradient reaching each active value). A dense
-    `[B, d_in] x [d_in, d_sae]` product then a gather: on CPU it beat gathering the k rows (`W_dec[idx]` + `bmm`)
-    about 5x at 4096 x 128 -> 1024, k 32, so both modes use it (`sparse` is kept for symmetry)."""
-    return (d_out @ W_dec.T).gather(1, idx)
-
-
-def scatter_outer(idx: torch.Tensor, vals: torch.Tensor, rhs: torch.Tensor, d_sae: int, sparse: bool) -> torch.Tensor:
-    """`[d_sae, d]`: `sum_b sum_j e_{idx[b, j]} vals[b, j] rhs[b]^T` (= f^T @ rhs with f holding `vals` at `idx`)."""
-    if sparse:
-        return _csr_t(idx, vals, d_sae) @ rhs
-    f = torch.zeros(idx.shape[0], d_sae, dtype=vals.dtype, device=vals.device).scatter_add_(1, idx, vals)
-    return f.T @ rhs
+def _dense(idx: torch.Tensor, vals: torch.Tensor, width: int) -> torch.Tensor:
+    """`[B, width]` zeros with `vals [B, k]` at columns `idx [B, k]`."""
+    return torch.zeros(idx.shape[0], width, dtype=vals.dtype, device=vals.device).scatter_add_(1, idx, vals)
 
 
 @torch.no_grad()
@@ -263,31 +330,46 @@ def topk_step_grads(
     """The top-k SAE's loss `mse + aux_coeff * AuxK` and its gradients by hand, filling `.grad`.
 
     Same loss as `sae_forward_train` + `topk_aux_loss` under autograd. Only the encoder's forward is a dense
-    `[B, d_in] x [d_in, d_sae]` matmul; decoding, the decoder's gradient and the encoder's gradient go through
-    the k (and aux_k) active rows. `dead [d_sae]` marks the latents AuxK may use (None: no AuxK). `select(pre, k)`
-    picks each row's top k (`sae.engine.selection.topk_rows`; `attnscope bench select` passes others).
+    `[B, d_in] x [d_in, d_sae]` matmul; with `sparse` (None: `use_sparse`) decoding, the decoder's gradient and
+    the encoder's gradient go through the k active entries per row (`Active`), and AuxK through the dead columns
+    only. `dead [d_sae]` marks the latents AuxK may use (None: no AuxK). `select(pre, k)` picks each row's top k
+    (`sae.engine.selection.topk_rows`; `attnscope bench select` passes others).
     """
     n, d_sae = x.shape[0], sae.cfg.d_sae
     if sparse is None:
-        sparse = SPARSE_TOPK if SPARSE_TOPK is not None else d_sae >= SPARSE_RATIO * k
+        sparse = use_sparse(x.device, d_sae, k)
     W_enc, W_dec = sae.W_enc, sae.W_dec
     pre = torch.addmm(encoder_bias(sae), x, W_enc)  # [B, d_sae]
     vals, idx = select(pre, k)  # [B, k]
+    fires = vals > 0
     a = vals.relu()
-    # dense mode: the [B, d_sae] activations are built once, for the decode and the decoder's gradient
-    f = None if sparse else torch.zeros(n, d_sae, dtype=a.dtype, device=a.device).scatter_add_(1, idx, a)
-    x_hat = (decode_rows(a, idx, W_dec, sparse) if f is None else f @ W_dec).add_(sae.b_dec)
+    if sparse:
+        act = Active.fixed(idx, d_sae)
+        x_hat = act.decode(a, W_dec)
+    else:
+        f = _dense(idx, a, d_sae)  # the [B, d_sae] activations, for the decode and the decoder's gradient
+        x_hat = f @ W_dec
+    x_hat.add_(sae.b_dec)
     err = x_hat - x
     mse = err.pow(2).sum() / n
     d_xhat = err * (2.0 / n)
-    d_a = rows_dot(d_xhat, idx, W_dec, sparse).mul_(vals > 0)  # [B, k]
     g_b_dec = d_xhat.sum(0)
-    fired = torch.bincount(idx[vals > 0], minlength=d_sae).float()
-    sel_idx, sel_grad = [idx], [d_a]
+    fired = torch.bincount(idx[fires], minlength=d_sae).float()
+    if sparse:
+        d_a = act.rows_dot(d_xhat, W_dec).mul_(fires)  # [B, k]
+        g_W_dec = act.outer(a, d_xhat)
+        g_W_enc_t = act.outer(d_a, x)  # [d_sae, d_in]
+        g_b_enc = act.column_sums(d_a)
+    else:
+        d_a = (d_xhat @ W_dec.T).gather(1, idx).mul_(fires)
+        g_W_dec = f.T @ d_xhat
+        d_pre = _dense(idx, d_a, d_sae)
+        g_W_enc_t = d_pre.T @ x
+        g_b_enc = d_pre.sum(0)
     aux = x.new_zeros(())
     n_dead = int(dead.sum()) if dead is not None else 0
     if n_dead:
-        # AuxK works on the dead columns only: [B, n_dead] pre-activations, decoder rows W_dec[dead]
+        # AuxK works on the dead columns only: [B, n_dead] pre-activations, decoder rows W_dec[dead], dense there
         kk = min(aux_k, n_dead)
         scale = min(1.0, n_dead / aux_k)
         dead_idx = dead.nonzero().flatten()
@@ -295,25 +377,19 @@ def topk_step_grads(
         W_d = W_dec.index_select(0, dead_idx)  # [n_dead, d_in]
         if kk < n_dead:
             av, local = pre_d.topk(kk, dim=-1)
+            f_d = _dense(local, av, n_dead)  # no ReLU on AuxK activations (SAELens)
         else:
-            av, local = pre_d, torch.arange(n_dead, device=x.device).expand(n, -1)
-        aa = av  # no ReLU on AuxK activations (SAELens)
-        ai = dead_idx[local]  # [B, kk] latent ids
-        e_err = decode_rows(aa, local, W_d, sparse).add_(err)  # e_hat - (x - x_hat) = e_hat + err
+            f_d = pre_d
+        e_err = torch.addmm(err, f_d, W_d)  # e_hat - (x - x_hat) = e_hat + err
         aux = scale * e_err.pow(2).sum() / n
         d_ehat = e_err.mul_(2.0 * aux_coeff * scale / n)
-        d_aa = rows_dot(d_ehat, local, W_d, sparse)
-        sel_idx.append(ai)
-        sel_grad.append(d_aa)
-    g_W_dec = scatter_outer(idx, a, d_xhat, d_sae, sparse) if f is None else f.T @ d_xhat
-    if n_dead:  # AuxK reaches only the dead rows: [n_dead, d_in], added into them
-        g_W_dec.index_add_(0, dead_idx, scatter_outer(local, aa, d_ehat, n_dead, sparse))
-    all_idx, all_grad = torch.cat(sel_idx, 1), torch.cat(sel_grad, 1)
-    g_W_enc = scatter_outer(all_idx, all_grad, x, d_sae, sparse).T
-    g_b_enc = torch.zeros(d_sae, dtype=x.dtype, device=x.device)
-    for i_, g_ in zip(sel_idx, sel_grad):
-        g_b_enc.index_add_(0, i_.reshape(-1), g_.reshape(-1))
-    _set_grads(sae, g_W_enc.contiguous(), g_W_dec, g_b_enc, g_b_dec)
+        d_fd = d_ehat @ W_d.T  # [B, n_dead]
+        if kk < n_dead:
+            d_fd = _dense(local, d_fd.gather(1, local), n_dead)
+        g_W_dec.index_add_(0, dead_idx, f_d.T @ d_ehat)
+        g_W_enc_t.index_add_(0, dead_idx, d_fd.T @ x)
+        g_b_enc.index_add_(0, dead_idx, d_fd.sum(0))
+    _set_grads(sae, g_W_enc_t.T.contiguous(), g_W_dec, g_b_enc, g_b_dec)
     return StepOutput(mse + aux_coeff * aux, mse, aux, fired, x_hat)
 
 
