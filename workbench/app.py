@@ -186,6 +186,9 @@ class WorkbenchApp(App):
             s.refresh_summary()
         for s in self.screens_of(HeadsScreen):
             s.action_run()
+        for s in self.screens_of(StudyScreen):
+            if not s.items:  # drawn while the dashboards were missing: draw it now
+                s.reload()
 
     # ---- actions the command palette offers ----------------------------------------------------------
 

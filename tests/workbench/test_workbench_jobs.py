@@ -164,3 +164,46 @@ async def test_trace_is_a_job_ctrl_x_cancels_and_a_revisited_position_comes_from
             assert feat.trace.pos == 4 and gate.calls == 2 and feat.trace_job is None
     finally:
         gate.release.set()
+
+
+
+async def test_study_opened_while_the_dashboards_are_built_waits_and_draws_itself_when_they_are_done(
+        tiny_model, tmp_path, monkeypatch):
+    """First launch: the study screen opened during the background dashboard build says it waits for them (not
+    'not built yet; run attnscope dashboards build'), and draws its sample by itself when the build finishes."""
+    from sae.analysis import dashboards as dash
+
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ATTNSCOPE_LABELS", raising=False)
+    small = dash.DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
+    monkeypatch.setattr(dash, "DashboardSpec", lambda: small)
+    monkeypatch.setattr("sae.zoo.corpus_texts", lambda *a, **k: [TINY_TEXT[i: i + 400] for i in range(0, 4000, 400)])
+    started, release = threading.Event(), threading.Event()
+    real_build = dash.build_layers
+
+    def slow_build(*a, on_progress=None, cancel=None, **k):
+        started.set()
+        while not release.wait(0.01):  # progress reports serve the screens' quick requests meanwhile
+            on_progress(Progress("dashboards", 0, 0, unit="tokens", stage="waiting"))
+        return real_build(*a, on_progress=on_progress, cancel=cancel, **k)
+
+    monkeypatch.setattr(dash, "build_layers", slow_build)
+    saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
+    app = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), auto_build=True,
+                       findings=FindingsStore(tmp_path / "findings"))
+    try:
+        async with app.run_test(size=(110, 32)) as pilot:
+            await settle(pilot, lambda: app.engine.info is not None)
+            await settle(pilot, lambda: started.is_set(), timeout=30)
+            app.screen.query_one("#heatmap").focus()
+            await pilot.press("8")
+            await settle(pilot, lambda: isinstance(app.screen, StudyScreen))
+            study = app.screen
+            status = study.query_one("#study-status")
+            await settle(pilot, lambda: "being built" in status.message)
+            assert not status.is_error and not study.items and "not built" not in status.message
+            release.set()
+            await settle(pilot, lambda: study.items, timeout=60)  # drawn by itself once the build finished
+    finally:
+        release.set()

@@ -116,6 +116,13 @@ class StudyScreen(WorkbenchScreen):
         self.study_layers, self.notes = layers, notes
         self.items = [(sl.layer, f) for sl in layers for f in sl.features]
         if not self.items:
+            info = self.engine.info
+            if info is not None and any(self.engine.building_dashboards(x) for x in info.sae_layers):
+                waiting = ("the study samples the dashboards, which are being built (job line below); "
+                           "it is drawn by itself when they are done")
+                status.say(waiting)
+                self.query_one("#study-panel", Static).update(plain(waiting))
+                return
             status.error("; ".join(notes) or "no live features to label")
             self.query_one("#study-panel", Static).update(plain("\n".join(notes)))
             return
