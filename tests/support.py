@@ -308,3 +308,33 @@ def rank_pids(root_pid: int, rank: int) -> list[int]:
             if f"RANK={rank}".encode() in env:
                 found.append(pid)
     return found
+
+
+def private_dirs(monkeypatch, tmp_path: Path) -> None:
+    """Data and cache dirs under `tmp_path`, no labels file from the environment."""
+    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ATTNSCOPE_LABELS", raising=False)
+
+
+def small_dashboard_spec():
+    """A dashboard spec small enough for the tiny model (256 tokens, 5 top examples)."""
+    from sae.analysis.dashboards import DashboardSpec
+
+    return DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
+
+
+def small_docs() -> list[str]:
+    return [TINY_TEXT[i : i + 400] for i in range(0, 4000, 400)]
+
+
+def two_random_saes(model) -> dict:
+    """Random 24-wide SAEs for layers 0 and 1 (seeds 1 and 2)."""
+    return {0: random_sae(model, 0, d_sae=24, seed=1), 1: random_sae(model, 1, d_sae=24, seed=2)}
+
+
+def build_small_dashboards(model, saes: dict) -> None:
+    from sae.analysis.dashboards import build_dashboards
+
+    for layer, sae in saes.items():
+        build_dashboards(model, sae, layer, small_dashboard_spec(), docs=small_docs())

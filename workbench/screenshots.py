@@ -65,6 +65,12 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         explore = await _run_prompt(pilot, prompt, timeout)
         await pilot.press("down", "down", "down", "down", "right")
         await _until(pilot, lambda: explore.detail is not None and explore.detail.pos == 4, timeout)
+        n_tokens = len(explore.result.tokens)
+        for pos in range(5, n_tokens):  # on to the first token below where the column's feature fires
+            if explore.detail.act > 0:
+                break
+            await pilot.press("down")
+            await _until(pilot, lambda p=pos: explore.detail is not None and explore.detail.pos == p, timeout)
         await pilot.pause(0.3)
         shot("explore")
         explore.query_one(Heatmap).focus()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support import PROMPT, TINY_TEXT, random_sae, settle, type_prompt
+from support import (PROMPT, build_small_dashboards, private_dirs, settle, small_dashboard_spec, small_docs, two_random_saes,
+                     type_prompt)
 
 from sae.analysis import study as study_mod
 from sae.analysis import trace as trace_mod
@@ -71,16 +72,9 @@ async def heatmap_answers_during_the_job(pilot, app, label: str) -> None:
 @pytest.fixture
 def built(tiny_model, tmp_path, monkeypatch):
     """Random SAEs for layers 0 and 1 with their dashboards built into a private cache; a private data dir."""
-    from sae.analysis.dashboards import DashboardSpec, build_dashboards
-
-    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("ATTNSCOPE_LABELS", raising=False)
-    saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
-    docs = [TINY_TEXT[i : i + 400] for i in range(0, 4000, 400)]
-    spec = DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
-    for layer, sae in saes.items():
-        build_dashboards(tiny_model, sae, layer, spec, docs=docs)
+    private_dirs(monkeypatch, tmp_path)
+    saes = two_random_saes(tiny_model)
+    build_small_dashboards(tiny_model, saes)
     return saes, tmp_path
 
 
@@ -173,12 +167,10 @@ async def test_study_opened_while_the_dashboards_are_built_waits_and_draws_itsel
     'not built yet; run attnscope dashboards build'), and draws its sample by itself when the build finishes."""
     from sae.analysis import dashboards as dash
 
-    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("ATTNSCOPE_LABELS", raising=False)
-    small = dash.DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
+    private_dirs(monkeypatch, tmp_path)
+    small = small_dashboard_spec()
     monkeypatch.setattr(dash, "DashboardSpec", lambda: small)
-    monkeypatch.setattr("sae.zoo.corpus_texts", lambda *a, **k: [TINY_TEXT[i: i + 400] for i in range(0, 4000, 400)])
+    monkeypatch.setattr("sae.zoo.corpus_texts", lambda *a, **k: small_docs())
     started, release = threading.Event(), threading.Event()
     real_build = dash.build_layers
 
@@ -189,7 +181,7 @@ async def test_study_opened_while_the_dashboards_are_built_waits_and_draws_itsel
         return real_build(*a, on_progress=on_progress, cancel=cancel, **k)
 
     monkeypatch.setattr(dash, "build_layers", slow_build)
-    saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
+    saes = two_random_saes(tiny_model)
     app = WorkbenchApp(Engine.from_objects(tiny_model, saes, "random"), auto_build=True,
                        findings=FindingsStore(tmp_path / "findings"))
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 
 import pytest
-from support import TINY_TEXT, random_sae
 
 from sae.analysis.labels import LabelStore, sample_features
 from workbench.app import WorkbenchApp
@@ -12,23 +11,19 @@ from workbench.engine import Engine
 from workbench.findings import FindingsStore
 from workbench.screens.modals import AskScreen
 from workbench.screens.study import StudyScreen
-from support import settle
+from support import build_small_dashboards, private_dirs, settle, two_random_saes
 
 
 @pytest.fixture
 def study_env(tiny_model, tmp_path, monkeypatch):
     """Random SAEs for layers 0 and 1 with their dashboards built into a private cache; a private data dir."""
-    from sae.analysis.dashboards import DashboardSpec, build_dashboards, dashboard_dir, feature_stats
+    from sae.analysis.dashboards import dashboard_dir, feature_stats
 
-    monkeypatch.setenv("ATTNSCOPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("ATTNSCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("ATTNSCOPE_LABELS", raising=False)
-    saes = {0: random_sae(tiny_model, 0, d_sae=24, seed=1), 1: random_sae(tiny_model, 1, d_sae=24, seed=2)}
-    docs = [TINY_TEXT[i : i + 400] for i in range(0, 4000, 400)]
-    spec = DashboardSpec(n_tokens=32 * 8, context=3, n_top=5, n_samples=4, n_dfa=2, context_size=32, n_logits=3)
+    private_dirs(monkeypatch, tmp_path)
+    saes = two_random_saes(tiny_model)
+    build_small_dashboards(tiny_model, saes)
     live = {}
     for layer, sae in saes.items():
-        build_dashboards(tiny_model, sae, layer, spec, docs=docs)
         stats = feature_stats(dashboard_dir(tiny_model, sae, layer))
         live[layer] = (stats["n_fire"] > 0).nonzero().flatten().tolist()
     return saes, live, tmp_path
