@@ -1070,3 +1070,19 @@ def test_density_is_one_percentage_everywhere():
     from sae.engine.names import density_text
 
     assert density_text(0.0123) == "1.23%" and density_text(1.2e-5) == "0.0012%" and density_text(0.5) == "50%"
+
+
+@pytest.mark.parametrize("width", [28, 30, 45, 60, 70, 100])
+def test_prediction_panel_header_keeps_the_token_whole_and_every_line_fits_the_panel(width):
+    """At 80 columns the side panel is about 30 wide: the header cut `<|endoftext|>` to `<|endofte…` and the key hint
+    wrapped. Each line of the header and hint fits `width`, and the token is whole."""
+    from types import SimpleNamespace
+
+    from workbench.widgets.predict import predictions_text
+
+    top = [SimpleNamespace(token=" Mary", prob=0.9)]
+    text = predictions_text(["<|endoftext|>", "When"], top, 0, width=width).plain
+    lines = text.splitlines()
+    assert "<|endoftext|>" in lines[0] and "…" not in lines[0]
+    hint = next(line for line in lines[:2] if "ablate" in line)
+    assert all(len(line) <= width for line in lines[:2] if "%" not in line) and "l loss" in hint

@@ -23,9 +23,11 @@ def predictions_text(tokens: Sequence[str], top: Sequence[Any], pos: int, k: int
                      loss: Sequence[float] | None = None, width: int = 60) -> Text:
     """The model's own top-k after token `pos` (probabilities), and the per-token loss strip when `loss` is given."""
     text = Text()
-    text.append(f"next token after {pos} {_tok(tokens[pos]) if pos < len(tokens) else '?'}", style="bold")
-    text.append("\na ablate · i set/scale · l loss\n" if width < 60 else
-                "  (a ablates the cell · i sets/scales · l loss)\n", style="dim")
+    head = f"next {'' if width < 40 else 'token '}after {pos} "  # the token whole where the panel allows it
+    head += _tok(tokens[pos], max(6, width - len(head) - 2)) if pos < len(tokens) else "?"
+    text.append(head, style="bold")
+    hint = "(a ablates the cell · i sets/scales · l loss)" if width >= 50 else "a ablate · i set · l loss"
+    text.append(("  " if len(head) + 2 + len(hint) <= width else "\n") + hint + "\n", style="dim")
     tw = max(6, min(14, width - 12))
     for i, t in enumerate(top[:k]):
         text.append(f"{i + 1:>2} ", style="dim")
