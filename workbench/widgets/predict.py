@@ -24,7 +24,7 @@ def predictions_text(tokens: Sequence[str], top: Sequence[Any], pos: int, k: int
     """The model's own top-k after token `pos` (probabilities), and the per-token loss strip when `loss` is given."""
     text = Text()
     head = f"next {'' if width < 40 else 'token '}after {pos} "  # the token whole where the panel allows it
-    head += _tok(tokens[pos], max(6, width - len(head) - 2)) if pos < len(tokens) else "?"
+    head += _tok(tokens[pos], max(6, width - len(head))) if pos < len(tokens) else "?"
     text.append(head, style="bold")
     hint = "(a ablates the cell · i sets/scales · l loss)" if width >= 50 else "a ablate · i set · l loss"
     text.append(("  " if len(head) + 2 + len(hint) <= width else "\n") + hint + "\n", style="dim")
