@@ -127,10 +127,17 @@ class WorkbenchApp(App):
             self.notify(self.findings.warning, title="Findings", severity="warning")
 
     def on_unmount(self) -> None:
+        self.keep_last_prompt()
+        self.engine.close()
+
+    def keep_last_prompt(self) -> None:
+        """Keep the explore prompt for the next launch (it starts with it); once per run."""
+        if getattr(self, "_prompt_kept", False):
+            return
+        self._prompt_kept = True
         prompt = self.explore_prompt()
         if prompt.strip() and getattr(self, "remember", True):
-            self.session.add_prompt(prompt)  # the next launch starts with it
-        self.engine.close()
+            self.session.add_prompt(prompt)
 
     def engine_ready(self, info: EngineInfo) -> None:
         self.sub_title = f"{info.model} · SAEs {info.saes}"

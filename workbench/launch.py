@@ -163,9 +163,18 @@ def run_and_close(app, headless: bool = False) -> int:  # app: workbench.app.Wor
     process (`terminate called without an active exception`), so then the process ends at once, cleanly."""
     import os
 
+    watch = None
+    if not headless:  # a terminal that goes away ends the app as ctrl+q does (workbench/terminal_watch.py)
+        from workbench.terminal_watch import TerminalWatch
+
+        watch = TerminalWatch(app)
+        watch.install_signal()
+        watch.start()
     try:
         app.run(headless=headless)
     finally:
+        if watch is not None:
+            watch.stop()
         code = app.return_code or 0
         stopped = app.engine.worker.close(timeout=2.0 if code == 130 else 30.0)
     if not stopped:

@@ -146,6 +146,14 @@ def add_model_flags(p: argparse.ArgumentParser, saes: bool = True) -> None:
                    help="float32, bfloat16 or float16, for the model and its SAEs (bfloat16 halves their memory)")
 
 
+def add_feature_target(p: argparse.ArgumentParser, pos_help: str) -> None:
+    """The arguments naming one feature at one position of a prompt: `prompt`, `--layer`, `--feature`, `--pos`."""
+    p.add_argument("prompt", help="the text to analyse")
+    p.add_argument("--layer", type=non_negative_int, required=True, help="layer of the feature")
+    p.add_argument("--feature", type=non_negative_int, required=True, help="feature id in that layer's SAE")
+    p.add_argument("--pos", type=int, default=None, help=pos_help)
+
+
 def add_output_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="print JSON (for scripts)")
@@ -194,6 +202,16 @@ def _json_default(o: Any) -> Any:
 
         return asdict(o)
     return str(o)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
 
 
 def positive_int(text: str) -> int:

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from sae.cli.common import add_model_flags, add_output_flags, emit, print_tables, positive_int, tables_markdown
-from sae.cli.features import check_feature, non_negative_int, open_model_and_saes
+from sae.cli.common import add_feature_target
+from sae.cli.features import check_feature, open_model_and_saes
 
 
 def register(subparsers: Any) -> None:
@@ -18,11 +19,8 @@ def register(subparsers: Any) -> None:
         "with the attention pattern and ln1's scale frozen: the shares plus the residual SAE's b_dec and error add up "
         "to the source's DFA. Also the paper's get_resid_features score (no attention weight, no LayerNorm).",
     )
-    p.add_argument("prompt", help="the text to analyse")
-    p.add_argument("--layer", type=non_negative_int, required=True, help="layer of the attention feature")
-    p.add_argument("--feature", type=non_negative_int, required=True, help="feature id in that layer's SAE")
+    add_feature_target(p, "destination position (default: where the feature is strongest)")
     p.add_argument("--resid-sae", required=True, help="a SAELens directory of a residual SAE on blocks.L.hook_resid_pre")
-    p.add_argument("--pos", type=int, default=None, help="destination position (default: where the feature is strongest)")
     p.add_argument("--src", type=int, default=None, help="source position (default: the largest DFA share at --pos)")
     p.add_argument("--top", type=positive_int, default=10, help="residual features listed (default 10)")
     add_model_flags(p)

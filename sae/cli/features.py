@@ -14,6 +14,7 @@ from sae.engine.errors import AttnscopeError
 from sae.cli.common import FitTable as Table
 
 from sae.cli.common import UsageError, open_model, add_model_flags, add_output_flags, emit, out, positive_int
+from sae.cli.common import non_negative_int
 from sae.engine.names import head_name
 
 
@@ -84,16 +85,6 @@ def source_token(tokens: list[str], s: int) -> str:
 def context_piece(t: str) -> str:
     """A token inside a running context: newlines and tabs escaped, everything else as is."""
     return t.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
 
 
 # ---- the command --------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from typing import Any
 from sae.engine.safe_text import markup_escape as escape
 from rich.tree import Tree
 
-from sae.cli.common import UsageError, add_model_flags, add_output_flags, emit, out, positive_int
-from sae.cli.features import check_feature, non_negative_int, open_model_and_saes, warn
+from sae.cli.common import (UsageError, add_feature_target, add_model_flags, add_output_flags, emit,
+                            non_negative_int, out, positive_int)
+from sae.cli.features import check_feature, open_model_and_saes, warn
 
 
 def register(subparsers: Any) -> None:
@@ -21,11 +22,7 @@ def register(subparsers: Any) -> None:
         "biases), with attention patterns and LayerNorm scales frozen, and recurse into earlier features. Every "
         "node is the sum of its children.",
     )
-    p.add_argument("prompt", help="the text to analyse")
-    p.add_argument("--layer", type=non_negative_int, required=True, help="layer of the feature")
-    p.add_argument("--feature", type=non_negative_int, required=True, help="feature id in that layer's SAE")
-    p.add_argument("--pos", type=int, default=None,
-                   help="token position (0 = BOS; negative counts from the end; default: where it fires most)")
+    add_feature_target(p, "token position (0 = BOS; negative counts from the end; default: where it fires most)")
     p.add_argument("--depth", type=non_negative_int, default=1, help="levels of upstream features to expand (default 1)")
     p.add_argument("--keep", type=positive_int, default=5, help="children kept per node; the rest are merged (default 5)")
     p.add_argument("--min-share", type=float, default=None,

@@ -536,3 +536,101 @@ async def test_first_launch_builds_dashboards_in_the_background_and_stays_respon
         await pilot.press("ctrl+x")
         await settle(pilot, lambda: job.done.is_set(), timeout=60)
         assert job.state in ("cancelled", "finished")
+
+
+# ---- a terminal that goes away (a dropped SSH session, a killed tmux window) ----------------------------------
+
+
+async def test_lost_terminal_cancels_jobs_keeps_the_prompt_and_ends_with_129(app, data_dir):
+    """The watch sees the terminal gone: the running job is cancelled and waited for before the process ends,
+    the prompt is kept for the next launch, the exit status is 129 (128 + SIGHUP)."""
+    from workbench.session import Session
+    from workbench.terminal_watch import TerminalWatch
+
+    ended: list[int] = []
+    alive = threading.Event()
+    alive.set()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None)
+        await type_prompt(pilot, app, "Lost terminal prompt")
+        started = threading.Event()
+        stopped_at: list[float] = []
+
+        def job(rep):
+            started.set()
+            while not rep.cancelled:
+                time.sleep(0.01)
+            time.sleep(0.3)  # saving a checkpoint takes a while: the process must wait for it
+            stopped_at.append(time.monotonic())
+            return "saved"
+
+        app.engine.start_job("slow", job, app.post_message)
+        assert started.wait(10)
+        watch = TerminalWatch(app, alive=alive.is_set, interval_s=0.05, end=lambda code: ended.append(code))
+        watch.start()
+        time.sleep(0.3)
+        assert not ended  # the terminal is there: nothing happens
+        alive.clear()
+        watch.join(20)
+        assert ended == [129]
+        assert stopped_at and app.hung_up
+    assert Session(data_dir).last_prompt() == "Lost terminal prompt"
+
+
+def test_sighup_counts_as_a_lost_terminal(app):
+    import signal
+
+    from workbench.terminal_watch import TerminalWatch
+
+    ended: list[int] = []
+    app.hung_up = False
+    watch = TerminalWatch(app, alive=lambda: True, interval_s=0.05, end=lambda code: ended.append(code))
+    old = signal.getsignal(signal.SIGHUP)
+    try:
+        watch.install_signal()
+        watch.start()
+        os.kill(os.getpid(), signal.SIGHUP)
+        watch.join(20)
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert ended == [129]
+
+
+def test_workbench_whose_pty_goes_away_exits_instead_of_running_on(tmp_path):
+    """The real launcher on a pseudo-terminal that is then closed (what a dropped SSH session does): the process
+    ends by itself within seconds with status 129 and keeps the prompt (it kept running at ~90% CPU, its output
+    thread blocked on the dead terminal). The pty is not its controlling terminal, so no SIGHUP comes: the watch
+    must notice by itself, as under `make run` in tmux."""
+    import fcntl
+    import re
+    import select
+    import struct
+    import termios
+
+    from workbench.session import Session
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    e = env()
+    e["ATTNSCOPE_DATA_DIR"] = str(tmp_path / "data")
+    e["ATTNSCOPE_CACHE_DIR"] = str(tmp_path / "cache")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.main", "--prompt", "A pty prompt"], stdin=slave,
+                            stdout=slave, stderr=slave, env=e, cwd=ROOT)  # Textual draws on stderr
+    os.close(slave)
+    seen = b""
+    try:
+        t0 = time.monotonic()
+        while b"Explore" not in re.sub(rb"\x1b\[[0-9;?<>]*[a-zA-Z]", b"", seen) and time.monotonic() - t0 < 120:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        assert b"Explore" in seen, seen[-500:]
+    finally:
+        os.close(master)  # the terminal goes away
+    t1 = time.monotonic()
+    code = proc.wait(timeout=60)
+    assert code == 129
+    assert time.monotonic() - t1 < 30
+    assert Session(tmp_path / "data").last_prompt() == "A pty prompt"
