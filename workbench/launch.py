@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sae.cli.common import UsageError, bug, fail
-from sae.engine.errors import AttnscopeError
-from sae.engine.safe_io import environment_error_line
+from sae.cli.common import UsageError, guarded
 from sae.engine.safe_text import term_line
 
 EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -81,35 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse printed its own message
         return int(exc.code or 0)
-    try:
-        if args.command == "export":
-            return export_command(args)
-        if args.command == "screenshots":
-            from workbench.screenshots import write_screenshots
+    return guarded(lambda: dispatch(args), f"attnscope {args.command or 'workbench'}")
 
-            paths = write_screenshots(args.out, model=args.model, saes=args.saes, device=args.device,
-                                      size=parse_size(args.size), prompt=args.prompt)
-            for p in paths:
-                print(term_line(p))
-            return 0
-        if args.command == "bench":
-            if args.bench != "tui":
-                raise UsageError("choose a benchmark: attnscope bench tui")
-            from workbench.bench_tui import main as bench_main
 
-            return bench_main(args)
-        return run_app(args)
-    except AttnscopeError as exc:  # every error meant for the user, caught once
-        return fail(str(exc))
-    except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
-        line = environment_error_line(exc)
-        if line is None:
-            return bug(exc, f"attnscope {args.command or 'workbench'}")
-        return fail(line)
-    except KeyboardInterrupt:
-        return fail("interrupted", code=130)
-    except Exception as exc:  # noqa: BLE001 - anything else is a bug: its traceback to the bug log, one line here
-        return bug(exc, f"attnscope {args.command or 'workbench'}")
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "export":
+        return export_command(args)
+    if args.command == "screenshots":
+        from workbench.screenshots import write_screenshots
+
+        paths = write_screenshots(args.out, model=args.model, saes=args.saes, device=args.device,
+                                  size=parse_size(args.size), prompt=args.prompt)
+        for p in paths:
+            print(term_line(p))
+        return 0
+    if args.command == "bench":
+        if args.bench != "tui":
+            raise UsageError("choose a benchmark: attnscope bench tui")
+        from workbench.bench_tui import main as bench_main
+
+        return bench_main(args)
+    return run_app(args)
 
 
 def export_command(args: argparse.Namespace) -> int:

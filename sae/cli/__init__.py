@@ -10,9 +10,7 @@ import sys
 
 import os
 
-from sae.cli.common import bug, fail
-from sae.engine.errors import AttnscopeError
-from sae.engine.safe_io import environment_error_line
+from sae.cli.common import fail, guarded
 from sae.engine.safe_text import from_argv, term_line
 
 # module name -> registers its subcommands with `register(subparsers)`
@@ -106,19 +104,7 @@ def main(argv: list[str] | None = None, extra_modules: list = ()) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except AttnscopeError as exc:  # every error meant for the user, caught once
-        return fail(str(exc))
-    except OSError as exc:  # a permission, a full or read-only disk: the user's environment, one line
-        line = environment_error_line(exc)
-        if line is None:
-            return bug(exc, f"attnscope {args.command}")
-        return fail(line)
-    except KeyboardInterrupt:
-        return fail("interrupted", code=130)
-    except Exception as exc:  # noqa: BLE001 - anything else is a bug: its traceback to the bug log, one line here
-        return bug(exc, f"attnscope {args.command}")
+    return guarded(lambda: args.func(args), f"attnscope {args.command}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import argparse
 import importlib
 from typing import Any
 
-from sae.cli.common import UsageError, add_output_flags, console, emit, open_model, out, positive_int
+from sae.cli.common import (UsageError, add_output_flags, console, emit, measurements_markdown, open_model, positive_int, print_measurements)
 
 # modules under sae.cli that add `bench` subcommands (this one adds `bench train`)
 BENCH_MODULES = ["bench", "bench_features", "bench_select", "bench_workbench", "bench_search", "bench_scale"]
@@ -135,17 +135,8 @@ def _rows(data: dict) -> list[tuple[str, str]]:
 
 
 def _markdown(data: dict) -> str:
-    lines = [f"threads: {data['threads']}", "", "| measurement | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in _rows(data)]
-    return "\n".join(lines)
+    return "\n".join(measurements_markdown(f"threads: {data['threads']}", _rows(data)))
 
 
 def _pretty(data: dict) -> None:
-    from sae.cli.common import FitTable as Table
-
-    t = Table(title=f"bench train ({data['threads']} threads)")
-    t.add_column("measurement")
-    t.add_column("value", justify="right")
-    for k, v in _rows(data):
-        t.add_row(k, v)
-    out.print(t)
+    print_measurements(f"bench train ({data['threads']} threads)", _rows(data))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae.cli.common import add_output_flags, console, emit, out, positive_int
+from sae.cli.common import add_output_flags, console, emit, measurements_markdown, positive_int, print_measurements
 
 
 def register_bench(bench_sub: Any) -> None:
@@ -41,25 +41,21 @@ def run_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _title(data: dict) -> str:
+    return f"bench scale, {data['shape']}: {data['shape_text']} ({data['threads']} threads, {data['device']})"
+
+
 def _markdown(data: dict) -> str:
     from sae.bench.scale import table_rows
 
-    lines = [f"bench scale, {data['shape']}: {data['shape_text']} ({data['threads']} threads, {data['device']})", "",
-             "| measurement | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in table_rows(data)]
+    lines = measurements_markdown(_title(data), table_rows(data))
     lines += ["", "workloads: " + "; ".join(f"{k}: {v}" for k, v in data["workloads"].items())]
     return "\n".join(lines)
 
 
 def _pretty(data: dict) -> None:
     from sae.bench.scale import table_rows
-    from sae.cli.common import FitTable as Table
 
-    t = Table(title=f"bench scale, {data['shape']}: {data['shape_text']} ({data['threads']} threads, {data['device']})")
-    t.add_column("measurement")
-    t.add_column("value", justify="right")
-    for k, v in table_rows(data):
-        t.add_row(k, v)
-    out.print(t)
+    print_measurements(_title(data), table_rows(data))
     for k, v in data["workloads"].items():
         console.print(f"[dim]{k}: {v}[/dim]")

@@ -120,6 +120,40 @@ def bug(exc: BaseException, where: str = "") -> int:
     return BUG_EXIT
 
 
+def guarded(run: Callable[[], int], where: str) -> int:
+    """The CLI's and the workbench's error rule, in one place: `run()`'s status; an `AttnscopeError` is its one
+    line and exit 2, an `OSError` of the user's environment (permission, full or read-only disk) one line and 2,
+    ctrl+c exit 130, anything else a bug (`bug`, exit 1). `where` names the command in the bug log."""
+    from sae.engine.safe_io import environment_error_line
+
+    try:
+        return int(run() or 0)
+    except AttnscopeError as exc:  # every error meant for the user, caught once
+        return fail(str(exc))
+    except OSError as exc:
+        line = environment_error_line(exc)
+        return bug(exc, where) if line is None else fail(line)
+    except KeyboardInterrupt:
+        return fail("interrupted", code=130)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: its traceback to the bug log, one line here
+        return bug(exc, where)
+
+
+def measurements_markdown(head: str, rows: list[tuple[str, str]]) -> list[str]:
+    """A heading line and a two-column `| measurement | value |` markdown table, as lines."""
+    return [head, "", "| measurement | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+def print_measurements(title: str, rows: list[tuple[str, str]]) -> None:
+    """The same table, drawn (values right-aligned)."""
+    t = FitTable(title=title)
+    t.add_column("measurement")
+    t.add_column("value", justify="right")
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)
+
+
 def open_model(name: str, device: str = "auto", dtype: str = "float32"):
     """The one door from the CLI to a model: `sae.zoo.load_model` ("default" is the embedded model). A model that
     will not load is a `ModelLoadError`, which `main` prints as one line (exit 2)."""
