@@ -84,7 +84,9 @@ class GPT2Tokenizer:
                  unk_token_id: int | None) -> None:
         self._tok = tok
         self.bos_token_id, self.eos_token_id = bos_token_id, eos_token_id
-        self.pad_token_id, self.unk_token_id = pad_token_id, unk_token_id
+        # no pad token: the eos token pads, as TransformerBridge sets it
+        self.pad_token_id = pad_token_id if pad_token_id is not None else eos_token_id
+        self.unk_token_id = unk_token_id
         self.all_special_ids = sorted(int(i) for i, t in tok.get_added_tokens_decoder().items() if t.special)
 
     def __len__(self) -> int:
