@@ -14,7 +14,8 @@ What it offers, with TransformerLens' names and shapes:
 - `run_with_cache(tokens, names_filter=None, stop_at_layer=None)` -> `(logits or residual, {name: tensor})`;
   `__call__(tokens)` -> logits `[batch, pos, d_vocab]`;
 - hook points (`LeanGPT2.hook_names()`): `hook_embed` (alias `embed.hook_out`), `hook_pos_embed` (`pos_embed.hook_out`),
-  `[batch, pos, d_model]`, per block `hook_resid_pre`, `ln1.hook_scale` `[batch, pos, 1]`, `attn.hook_q/k/v/z`
+  `[batch, pos, d_model]`, per block `hook_resid_pre`, `ln1.hook_scale` `[batch, pos, 1]`,
+  `attn.q/k/v.hook_in` (ln1's output as each of the three projections reads it), `attn.hook_q/k/v/z`
   `[batch, pos, head, d_head]` (raw: the value bias is inside v and z), `attn.hook_attn_scores` (masked keys at the
   dtype's minimum) and `attn.hook_pattern` `[batch, head, query, key]`, `hook_attn_out`, `hook_resid_mid`,
   `ln2.hook_scale`, `hook_mlp_out`, `hook_resid_post`; `ln_final.hook_scale`;
@@ -39,7 +40,7 @@ from sae.engine.zpass import ACTIVATIONS, Block, LeanZPass, layer_norm, read_gpt
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
 # per-block hook points, in the order a pass reaches them
-BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_scale", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_scale", "attn.q.hook_in", "attn.k.hook_in", "attn.v.hook_in", "attn.hook_q", "attn.hook_k", "attn.hook_v",
                "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
                "ln2.hook_scale", "hook_mlp_out", "hook_resid_post")
 ALIASES = {"embed.hook_out": "hook_embed", "pos_embed.hook_out": "hook_pos_embed"}
@@ -310,9 +311,10 @@ class LeanGPT2(nn.Module):
             x = hp(pre + "hook_resid_pre", x)
             ln = blk.ln1(x, scale_hook(pre + "ln1.hook_scale"))
             q_w, q_b, k_w, k_b, v_w, v_b = blk.qkv()
-            q = hp(pre + "attn.hook_q", F.linear(ln, q_w, q_b).view(bsz, seq, h, d)).transpose(1, 2)
-            k = hp(pre + "attn.hook_k", F.linear(ln, k_w, k_b).view(bsz, seq, h, d)).transpose(1, 2)
-            v = hp(pre + "attn.hook_v", F.linear(ln, v_w, v_b).view(bsz, seq, h, d)).transpose(1, 2)
+            q_in, k_in, v_in = (hp(pre + f"attn.{c}.hook_in", ln) for c in "qkv")
+            q = hp(pre + "attn.hook_q", F.linear(q_in, q_w, q_b).view(bsz, seq, h, d)).transpose(1, 2)
+            k = hp(pre + "attn.hook_k", F.linear(k_in, k_w, k_b).view(bsz, seq, h, d)).transpose(1, 2)
+            v = hp(pre + "attn.hook_v", F.linear(v_in, v_w, v_b).view(bsz, seq, h, d)).transpose(1, 2)
             scores = torch.matmul(q, k.transpose(-2, -1)) * (d ** (-0.5))
             scores = scores.masked_fill(~self._keep(seq, scores.device), torch.finfo(scores.dtype).min)
             scores = hp(pre + "attn.hook_attn_scores", scores)

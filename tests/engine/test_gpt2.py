@@ -100,6 +100,7 @@ def _edits(model, tokens: torch.Tensor) -> dict[str, list]:
         "zero_attn_out": [("blocks.0.hook_attn_out", zero_at), ("blocks.1.hook_attn_out", zero_at)],
         "uniform_pattern": [("blocks.1.attn.hook_pattern", uniform)],
         "resid_pre": [("blocks.2.hook_resid_pre", shift)],
+        "v_input": [("blocks.1.attn.v.hook_in", shift)],
         "embed_alias": [("embed.hook_out", shift)],
         "ln1_scale": [("blocks.0.ln1.hook_scale", double)],
         "final_scale": [("ln_final.hook_scale", double)],
@@ -107,7 +108,7 @@ def _edits(model, tokens: torch.Tensor) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("edit", ["zero_head_z", "edit_v", "zero_attn_out", "uniform_pattern", "resid_pre",
-                                  "embed_alias", "ln1_scale", "final_scale"])
+                                  "v_input", "embed_alias", "ln1_scale", "final_scale"])
 def test_replacing_hooks_change_the_logits_as_on_the_bridge(pair, edit):
     lean, bridge = pair
     tokens = _tokens(lean, seed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import random_sae
+from support import random_sae, torch_layer_norm
 from support import build_ioi_model_dir
 
 from sae.experiments import ioi
@@ -211,7 +211,7 @@ def test_head_zero_ablation_matches_raw_hook(ioi_model, data):
     clean = r.clean_logit_diff
     layer, head = 2, 1
     blk = ioi_model.bridge.blocks[layer]
-    b_v = ioi_model.bridge.b_V[layer, head] + blk.ln1.original_component.bias @ ioi_model.bridge.W_V[layer, head]
+    b_v = ioi_model.bridge.b_V[layer, head] + torch_layer_norm(blk.ln1).bias @ ioi_model.bridge.W_V[layer, head]
 
     def hook(z, hook):  # attnscope's zero = the processed model's zero: the raw z left with only b_V + ln1.b @ W_V
         z = z.clone()
