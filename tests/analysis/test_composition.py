@@ -61,7 +61,8 @@ def test_shares_add_up_to_the_dfa_by_source(tiny_model, attn_saes, resid_sae):
     assert total == pytest.approx(r.source_share, abs=1e-4)
 
 
-def test_value_score_is_the_papers_get_resid_features_by_hand(tiny_model, attn_saes, resid_sae):
+def test_value_score_is_the_papers_get_resid_features_by_hand(tiny_either, attn_saes, resid_sae):
+    tiny_model = tiny_either  # lean and bridge
     sae = attn_saes[LAYER]
     feature = 7
     r = composition.resid_composition(tiny_model, attn_saes, LAYER, feature, resid_sae, PROMPT, dst=-1, top=5)

@@ -116,7 +116,8 @@ def test_logit_effects_by_hand(tiny_model, sae, built):
     assert abs(float(shares.sum()) - 1) < 1e-5
 
 
-def test_resume_gives_the_same_result(tiny_model, sae, built, tmp_path):
+def test_resume_gives_the_same_result(tiny_either, sae, built, tmp_path):
+    tiny_model = tiny_either  # lean and bridge
     d = tmp_path / "layer-1"
     token = CancelToken()
     reports = []

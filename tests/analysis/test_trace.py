@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import random_sae, torch_layer_norm
+from support import random_sae, torch_layer_norm, torch_layer_norm
 
 from sae.analysis.trace import TraceError, trace_feature
 
@@ -38,6 +38,14 @@ def test_children_sum_to_parent_everywhere(trace):
     assert n_parents > 10
     expanded = [n for n in trace.root.walk() if n.kind == "feature" and n.layer < 2 and n.children]
     assert expanded, "no upstream feature was expanded"
+
+
+def test_the_bridge_gives_the_same_trace(tiny_bridge, saes, trace):
+    """The lean model (`tiny_model`, whose trace the other tests check by hand) and the bridge agree node for node."""
+    other = trace_feature(tiny_bridge, saes, PROMPT, layer=2, feature=7, depth=2, keep=8)
+    a, b = list(trace.root.walk()), list(other.root.walk())
+    assert [n.label for n in a] == [n.label for n in b]
+    assert [n.value for n in a] == [n.value for n in b]
 
 
 def test_root_is_the_pre_activation(tiny_model, saes, trace):
