@@ -1,4 +1,5 @@
-"""Loading causal LMs through TransformerLens 4 and reading attention outputs from them.
+"""Loading causal LMs (through TransformerLens 4's TransformerBridge, or for a local plain GPT-2 the bit-identical
+bridge-free `sae.engine.gpt2.LeanGPT2`) and reading attention outputs from them.
 
 **The z convention (its one home).** attnscope's `z` for layer L is `blocks.L.attn.hook_z`
 (`[batch, pos, head, d_head]`) exactly as TransformerLens' `HookedTransformer` computes it after its default weight
@@ -79,7 +80,8 @@ def layer_of_hook(hook_name: str) -> int:
 
 @dataclass
 class LoadedModel:
-    """A TransformerBridge plus the facts attnscope needs about it.
+    """A TransformerBridge (or `sae.engine.gpt2.LeanGPT2`, which offers the same calls) plus the facts attnscope
+    needs about it.
 
     Weight tensors follow TransformerLens' shapes: `W_V[layer]` is `[head, d_model, d_head]`,
     `W_O[layer]` is `[head, d_head, d_model]`, `W_U` is `[d_model, d_vocab]`.
