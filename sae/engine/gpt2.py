@@ -16,8 +16,8 @@ What it offers, with TransformerLens' names and shapes:
 - hook points (`LeanGPT2.hook_names()`): `hook_embed` (alias `embed.hook_out`), `hook_pos_embed` (`pos_embed.hook_out`),
   `[batch, pos, d_model]`, per block `hook_resid_pre`, `ln1.hook_scale` `[batch, pos, 1]`,
   `attn.q/k/v.hook_in` (ln1's output as each of the three projections reads it), `attn.hook_q/k/v/z`
-  `[batch, pos, head, d_head]` (raw: the value bias is inside v and z), `attn.hook_attn_scores` (masked keys at the
-  dtype's minimum) and `attn.hook_pattern` `[batch, head, query, key]`, `hook_attn_out`, `hook_resid_mid`,
+  `[batch, pos, head, d_head]` (raw: the value bias is inside v and z), `attn.hook_attn_scores` (the dtype's minimum
+  added at masked keys) and `attn.hook_pattern` `[batch, head, query, key]`, `hook_attn_out`, `hook_resid_mid`,
   `ln2.hook_scale`, `hook_mlp_out`, `hook_resid_post`; `ln_final.hook_scale`;
 - weights `W_E` `[d_vocab, d_model]`, `W_pos` `[n_ctx, d_model]`, `W_Q/W_K/W_V` `[layer, head, d_model, d_head]`,
   `b_Q/b_K/b_V` `[layer, head, d_head]`, `W_O` `[layer, head, d_head, d_model]`, `b_O` `[layer, d_model]`, `W_U`
@@ -274,10 +274,15 @@ class LeanGPT2(nn.Module):
             raise UnknownHookError(f"no hook point {name!r} in this model")
         return name
 
-    def _keep(self, seq: int, device: torch.device) -> torch.Tensor:
-        key = (seq, str(device))
+    def _mask(self, seq: int, like: torch.Tensor) -> torch.Tensor:
+        """`[seq, seq]` additive causal mask in `like`'s dtype: 0 where query i sees key j <= i, the dtype's minimum
+        elsewhere. Added, as the bridge adds Hugging Face's mask (in half precision a masked score is then not
+        always exactly the minimum, and the bits of hook_attn_scores follow the bridge's)."""
+        key = (seq, str(like.device), str(like.dtype))
         if key not in self._masks:
-            self._masks[key] = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
+            keep = torch.ones(seq, seq, dtype=torch.bool, device=like.device).tril()
+            zero = torch.zeros((), dtype=like.dtype, device=like.device)
+            self._masks[key] = torch.where(keep, zero, torch.finfo(like.dtype).min)
         return self._masks[key]
 
     def _run(self, tokens: torch.Tensor, hooks: dict[str, list[tuple[str, HookFn]]], stop_at_layer: int | None,
@@ -316,7 +321,7 @@ class LeanGPT2(nn.Module):
             k = hp(pre + "attn.hook_k", F.linear(k_in, k_w, k_b).view(bsz, seq, h, d)).transpose(1, 2)
             v = hp(pre + "attn.hook_v", F.linear(v_in, v_w, v_b).view(bsz, seq, h, d)).transpose(1, 2)
             scores = torch.matmul(q, k.transpose(-2, -1)) * (d ** (-0.5))
-            scores = scores.masked_fill(~self._keep(seq, scores.device), torch.finfo(scores.dtype).min)
+            scores = scores + self._mask(seq, scores)
             scores = hp(pre + "attn.hook_attn_scores", scores)
             pattern = hp(pre + "attn.hook_pattern", F.softmax(scores, dim=-1))
             z = hp(pre + "attn.hook_z", torch.matmul(pattern, v).transpose(1, 2).contiguous())

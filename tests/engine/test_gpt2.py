@@ -66,6 +66,23 @@ def test_every_hook_point_and_the_logits_equal_the_bridge(pair, stop):
             _assert_same(lean.bridge(tokens), out_b, "__call__")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_hook_points_equal_the_bridge(dtype):
+    path = str(zoo.DEFAULT_MODEL_DIR)
+    lean = load_model(path, device="cpu", dtype=dtype)
+    bridge = load_model(path, device="cpu", dtype=dtype, backend="bridge")
+    tokens = _tokens(lean, batch=2, seq=12)
+    with torch.no_grad():
+        out_l, cache_l = lean.bridge.run_with_cache(tokens)
+        out_b, cache_b = bridge.bridge.run_with_cache(tokens)
+    for name in lean.bridge.hook_names():
+        assert cache_l[name].dtype == cache_b[name].dtype, name
+        _assert_same(cache_l[name], cache_b[name], name)
+    _assert_same(out_l, out_b, "logits")
+    for layer in range(lean.n_layers):
+        _assert_same(lean.z_offset(layer), bridge.z_offset(layer), f"z_offset {layer}")
+
+
 def _edits(model, tokens: torch.Tensor) -> dict[str, list]:
     """Hook sets that replace values at the hook points the analyses edit."""
 
