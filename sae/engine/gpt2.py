@@ -96,7 +96,9 @@ class GPT2Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: int | Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        if isinstance(ids, int):
+            ids = [ids]
         ids = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
@@ -307,9 +309,9 @@ class LeanGPT2(nn.Module):
         h, d = cfg.n_heads, cfg.d_head
         pos = torch.arange(seq, device=tokens.device).unsqueeze(0).expand(bsz, seq)
         x = hp("hook_embed", self.embed(tokens)) + hp("hook_pos_embed", self.pos_embed(pos))
-        n = cfg.n_layers if stop_at_layer is None else max(0, min(stop_at_layer, cfg.n_layers))
-        if stop_at_layer is not None and stop_at_layer < 0:
-            n = max(0, cfg.n_layers + stop_at_layer)
+        n = cfg.n_layers
+        if stop_at_layer is not None:  # a negative one counts from the top, as in TransformerLens
+            n = max(0, min(cfg.n_layers, stop_at_layer + (cfg.n_layers if stop_at_layer < 0 else 0)))
         for layer in range(n):
             blk = self.blocks[layer]
             pre = f"blocks.{layer}."
