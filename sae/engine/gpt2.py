@@ -387,9 +387,11 @@ def load_gpt2(path: str | Path, device: torch.device, dtype: torch.dtype) -> Lea
     files = read_gpt2_dir(path)
     if files is None:
         return None
-    cfg, tok = files.config, files.tokenizer
+    cfg, tok, tc = files.config, files.tokenizer, files.tok_config
     if cfg.get("tie_word_embeddings", True) is False and "lm_head.weight" not in files.state:
         return None
+    if tc.get("clean_up_tokenization_spaces") or tc.get("add_prefix_space") or tc.get("add_bos_token"):
+        return None  # options transformers' tokenizer applies on top of `tokenizers`: the bridge keeps them exact
     m, n_head = int(cfg["n_embd"]), int(cfg["n_head"])
     gcfg = GPT2Config(
         n_layers=int(cfg["n_layer"]), n_heads=n_head, d_head=m // n_head, d_model=m,
@@ -400,7 +402,6 @@ def load_gpt2(path: str | Path, device: torch.device, dtype: torch.dtype) -> Lea
     sd = {k: v.to(device=device, dtype=dtype) for k, v in files.state.items()}
     if cfg.get("tie_word_embeddings", True) is not False:
         sd.pop("lm_head.weight", None)
-    tc = files.tok_config
     tokenizer = GPT2Tokenizer(tok, special_id(tok, tc, "bos_token", cfg.get("bos_token_id")),
                               special_id(tok, tc, "eos_token", cfg.get("eos_token_id")),
                               special_id(tok, tc, "pad_token", cfg.get("pad_token_id")),

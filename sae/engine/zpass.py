@@ -339,8 +339,6 @@ def read_gpt2_dir(path: str | Path) -> GPT2Files | None:
         return None
     if tok_cfg.get("tokenizer_class") not in (None, "TokenizersBackend", "GPT2Tokenizer", "GPT2TokenizerFast"):
         return None
-    if tok_cfg.get("clean_up_tokenization_spaces") or tok_cfg.get("add_prefix_space") or tok_cfg.get("add_bos_token"):
-        return None  # decoding/encoding options the plain `tokenizers` library does not apply: the bridge's tokenizer
     try:
         from safetensors.torch import load_file
         from tokenizers import Tokenizer

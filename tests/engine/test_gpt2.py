@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,12 @@ def test_backend_choice(tiny_model_dir, tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ModelLoadError, match="lean backend"):
         load_model(str(tmp_path), device="cpu")
+    # a tokenizer option transformers applies on top of `tokenizers` (decoding's space clean-up): the bridge
+    monkeypatch.delenv("ATTNSCOPE_BACKEND")
+    d = shutil.copytree(tiny_model_dir, tmp_path / "cleanup")
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "clean_up_tokenization_spaces": True}))
+    assert type(load_model(str(d), device="cpu").bridge).__name__ == "TransformerBridge"
 
 
 def test_an_analysis_command_on_the_default_imports_neither_transformers_nor_transformer_lens(tmp_path):
