@@ -40,8 +40,8 @@ from sae.engine.zpass import ACTIVATIONS, Block, LeanZPass, layer_norm, read_gpt
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
 # per-block hook points, in the order a pass reaches them
-BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_scale", "attn.q.hook_in", "attn.k.hook_in", "attn.v.hook_in", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-               "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+BLOCK_HOOKS = ("hook_resid_pre", "ln1.hook_scale", "attn.q.hook_in", "attn.k.hook_in", "attn.v.hook_in",
+               "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
                "ln2.hook_scale", "hook_mlp_out", "hook_resid_post")
 ALIASES = {"embed.hook_out": "hook_embed", "pos_embed.hook_out": "hook_pos_embed"}
 
