@@ -46,6 +46,20 @@ def tiny_model(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_bridge(tiny_model_dir):
+    """The tiny model through TransformerBridge (`tiny_model` is `sae.engine.gpt2.LeanGPT2`, a local GPT-2's default)."""
+    from sae.engine.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", backend="bridge")
+
+
+@pytest.fixture(params=["lean", "bridge"])
+def tiny_either(request, tiny_model, tiny_bridge):
+    """The tiny model on each backend in turn: one test per analysis kind takes it, so the bridge path stays tested."""
+    return tiny_model if request.param == "lean" else tiny_bridge
+
+
+@pytest.fixture(scope="session")
 def rows(tiny_model) -> torch.Tensor:
     """48 random token rows of 16 tokens (BOS first) for the tiny model: what the training tests train on."""
     g = torch.Generator().manual_seed(0)

@@ -338,3 +338,15 @@ def build_small_dashboards(model, saes: dict) -> None:
 
     for layer, sae in saes.items():
         build_dashboards(model, sae, layer, small_dashboard_spec(), docs=small_docs())
+
+
+def torch_layer_norm(ln, eps: float = 1e-5) -> torch.nn.LayerNorm:
+    """A `torch.nn.LayerNorm` holding the weight and bias of a model's LayerNorm (the bridge's `NormalizationBridge`,
+    whose `original_component` is Hugging Face's, or `sae.engine.gpt2.GPT2LayerNorm`): an independent computation of
+    it, for either backend."""
+    inner = getattr(ln, "original_component", None) or ln
+    out = torch.nn.LayerNorm(inner.weight.shape[0], eps=eps)
+    with torch.no_grad():
+        out.weight.copy_(inner.weight)
+        out.bias.copy_(inner.bias)
+    return out.requires_grad_(False)

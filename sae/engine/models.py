@@ -1,4 +1,5 @@
-"""Loading causal LMs through TransformerLens 4 and reading attention outputs from them.
+"""Loading causal LMs (through TransformerLens 4's TransformerBridge, or for a local plain GPT-2 the bit-identical
+bridge-free `sae.engine.gpt2.LeanGPT2`) and reading attention outputs from them.
 
 **The z convention (its one home).** attnscope's `z` for layer L is `blocks.L.attn.hook_z`
 (`[batch, pos, head, d_head]`) exactly as TransformerLens' `HookedTransformer` computes it after its default weight
@@ -79,7 +80,8 @@ def layer_of_hook(hook_name: str) -> int:
 
 @dataclass
 class LoadedModel:
-    """A TransformerBridge plus the facts attnscope needs about it.
+    """A TransformerBridge (or `sae.engine.gpt2.LeanGPT2`, which offers the same calls) plus the facts attnscope
+    needs about it.
 
     Weight tensors follow TransformerLens' shapes: `W_V[layer]` is `[head, d_model, d_head]`,
     `W_O[layer]` is `[head, d_head, d_model]`, `W_U` is `[d_model, d_vocab]`.
@@ -356,24 +358,54 @@ def _is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
 
-def load_model(
-    name: str, device: str = "auto", dtype: str | torch.dtype = "float32", display_name: str | None = None
-) -> LoadedModel:
-    """Load a causal LM by Hugging Face name or local directory (Hugging Face layout) through TransformerBridge.
+BACKENDS = ("auto", "bridge", "lean")
 
-    A local directory never touches the network (HF_HUB_OFFLINE is set for the duration of the load).
-    `display_name` is what `LoadedModel.name` shows (default: `name`). The embedded default is not known here:
-    `sae.zoo.load_model` resolves "default" to its directory and calls this.
+
+def resolve_backend(backend: str | None = None) -> str:
+    """`backend`, else the `ATTNSCOPE_BACKEND` environment variable, else "auto": "bridge" forces
+    TransformerBridge, "lean" requires `sae.engine.gpt2` (a local plain GPT-2), "auto" uses the lean model where it
+    applies and the bridge elsewhere."""
+    value = backend if backend is not None else (os.environ.get("ATTNSCOPE_BACKEND") or "auto")
+    value = value.strip().lower()
+    if value not in BACKENDS:
+        raise ModelLoadError(f"unknown model backend {value!r} (ATTNSCOPE_BACKEND); choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+def load_model(
+    name: str, device: str = "auto", dtype: str | torch.dtype = "float32", display_name: str | None = None,
+    backend: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM by Hugging Face name or local directory (Hugging Face layout).
+
+    A local plain GPT-2 directory (the embedded default among them) loads as `sae.engine.gpt2.LeanGPT2`, which
+    computes what the bridge computes, bit for bit, without importing transformers or TransformerLens; anything
+    else goes through TransformerBridge. `backend` (default: `ATTNSCOPE_BACKEND`, else "auto"; see
+    `resolve_backend`) forces one or the other. A local directory never touches the network (HF_HUB_OFFLINE is set
+    for the duration of the load). `display_name` is what `LoadedModel.name` shows (default: `name`). The embedded
+    default is not known here: `sae.zoo.load_model` resolves "default" to its directory and calls this.
     """
     path = name
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    how = resolve_backend(backend)
     local = _is_local(path)
     if local:
         p = Path(path).expanduser()
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{p} has no config.json: not a model directory in Hugging Face layout")
         path = str(p.resolve())
+    if how != "bridge":
+        lean = None
+        if local:
+            from sae.engine.gpt2 import load_gpt2
+
+            lean = load_gpt2(path, dev, dt)
+        if lean is not None:
+            return LoadedModel(bridge=lean, name=display_name or name, device=dev, dtype=dt)
+        if how == "lean":
+            raise ModelLoadError(f"{name} is not a local plain GPT-2 directory (config.json, model.safetensors, "
+                                 "tokenizer.json), which the lean backend needs; unset ATTNSCOPE_BACKEND")
 
     # A local dir is read from disk by transformers without any hub call. For a hub name, a hub that does not
     # answer means offline mode: the hub cache still serves what it holds, and a missing model fails at once

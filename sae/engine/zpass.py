@@ -172,7 +172,7 @@ class LeanZPass:
             x = x + mlp
 
 
-def _plain_gpt2(cfg: dict) -> bool:
+def plain_gpt2(cfg: dict) -> bool:
     """Whether a GPT-2 config describes blocks the lean pass computes exactly as the bridge does."""
     return (cfg.get("model_type") == "gpt2" and not cfg.get("scale_attn_by_inverse_layer_idx", False)
             and not cfg.get("reorder_and_upcast_attn", False) and not cfg.get("add_cross_attention", False)
@@ -185,13 +185,17 @@ def _raw(module):
 
 
 def lean_z_pass(model) -> LeanZPass | None:
-    """A `LeanZPass` over the weights of `model` (a `LoadedModel` whose bridge wraps a plain Hugging Face GPT-2);
+    """A `LeanZPass` over the weights of `model` (a `LoadedModel` whose bridge wraps a plain Hugging Face GPT-2, or
+    is the bridge-free `sae.engine.gpt2.LeanGPT2`);
     None for any other model (the caller keeps the bridge). A `ZModel` hands back its own pass."""
     if isinstance(model, ZModel):
         return model.lean
     bridge = model.bridge
+    own = getattr(bridge, "z_pass", None)  # `sae.engine.gpt2.LeanGPT2`: its own weights, the same exact pass
+    if callable(own):
+        return own()
     hf = getattr(bridge, "original_model", None)
-    if type(hf).__name__ != "GPT2LMHeadModel" or not _plain_gpt2(hf.config.to_dict()):
+    if type(hf).__name__ != "GPT2LMHeadModel" or not plain_gpt2(hf.config.to_dict()):
         return None
     act = ACTIVATIONS[hf.config.activation_function]
     try:
@@ -294,7 +298,9 @@ class ZModel:
         return self._offsets[layer].to(device=self.device, dtype=self.dtype)
 
 
-def _special_id(tok, tok_cfg: dict, key: str, fallback: int | None) -> int | None:
+def special_id(tok, tok_cfg: dict, key: str, fallback: int | None) -> int | None:
+    """The id of tokenizer_config's `key` token (`bos_token`, ...) in `tok` (a `tokenizers.Tokenizer`), else
+    `fallback` (config.json's id)."""
     spec = tok_cfg.get(key)
     if isinstance(spec, dict):
         spec = spec.get("content")
@@ -305,23 +311,33 @@ def _special_id(tok, tok_cfg: dict, key: str, fallback: int | None) -> int | Non
     return fallback
 
 
-def load_gpt2_z_model(path: str | Path, device: torch.device, dtype: torch.dtype, name: str,
-                      exact: bool = False) -> ZModel | None:
-    """A `ZModel` read from a local GPT-2 directory, or None when the directory is anything else (another
-    architecture, no `model.safetensors` or `tokenizer.json`, an unknown activation): the caller then loads the
-    bridge. Imports neither transformers nor TransformerLens. `exact`: its pass gives the bridge's bits (else fused
-    kernels, the same z to float rounding; see the module docstring)."""
+@dataclass
+class GPT2Files:
+    """What a local GPT-2 directory holds, read without transformers: `config` (config.json), `tok_config`
+    (tokenizer_config.json or {}), `state` (model.safetensors, keys without the `transformer.` prefix) and the
+    `tokenizers.Tokenizer` of tokenizer.json."""
+
+    config: dict
+    tok_config: dict
+    state: dict[str, torch.Tensor]
+    tokenizer: object
+
+
+def read_gpt2_dir(path: str | Path) -> GPT2Files | None:
+    """The files of a local plain GPT-2 directory (see `plain_gpt2`), or None when it is anything else (another
+    architecture, no `model.safetensors` or `tokenizer.json`, an unknown tokenizer class or activation, a file that
+    does not read): the caller then loads the bridge, whose loader reports what is wrong."""
     p = Path(path)
     try:
         cfg = json.loads((p / "config.json").read_text())
         tok_cfg = json.loads((p / "tokenizer_config.json").read_text()) if (p / "tokenizer_config.json").is_file() else {}
     except (OSError, ValueError):
         return None
-    if not isinstance(cfg, dict) or not _plain_gpt2(cfg) or not (p / "model.safetensors").is_file():
+    if not isinstance(cfg, dict) or not isinstance(tok_cfg, dict) or not plain_gpt2(cfg):
         return None
-    if not (p / "tokenizer.json").is_file() or tok_cfg.get("tokenizer_class") not in (None, "TokenizersBackend",
-                                                                                       "GPT2Tokenizer",
-                                                                                       "GPT2TokenizerFast"):
+    if not (p / "model.safetensors").is_file() or not (p / "tokenizer.json").is_file():
+        return None
+    if tok_cfg.get("tokenizer_class") not in (None, "TokenizersBackend", "GPT2Tokenizer", "GPT2TokenizerFast"):
         return None
     try:
         from safetensors.torch import load_file
@@ -331,10 +347,22 @@ def load_gpt2_z_model(path: str | Path, device: torch.device, dtype: torch.dtype
         tok = Tokenizer.from_file(str(p / "tokenizer.json"))
     except Exception:  # noqa: BLE001 - anything unreadable here is left to the bridge's loader and its errors
         return None
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    m, n_layer, n_head = int(cfg["n_embd"]), int(cfg["n_layer"]), int(cfg["n_head"])
-    if m % n_head:
+    if any(k not in cfg for k in ("n_embd", "n_layer", "n_head", "vocab_size")) or int(cfg["n_embd"]) % int(cfg["n_head"]):
         return None
+    return GPT2Files(cfg, tok_cfg, {k.removeprefix("transformer."): v for k, v in sd.items()}, tok)
+
+
+def load_gpt2_z_model(path: str | Path, device: torch.device, dtype: torch.dtype, name: str,
+                      exact: bool = False) -> ZModel | None:
+    """A `ZModel` read from a local GPT-2 directory, or None when the directory is anything else (see
+    `read_gpt2_dir`): the caller then loads the bridge. Imports neither transformers nor TransformerLens. `exact`:
+    its pass gives the bridge's bits (else fused kernels, the same z to float rounding; see the module docstring)."""
+    p = Path(path)
+    files = read_gpt2_dir(p)
+    if files is None:
+        return None
+    cfg, tok_cfg, sd, tok = files.config, files.tok_config, files.state, files.tokenizer
+    m, n_layer, n_head = int(cfg["n_embd"]), int(cfg["n_layer"]), int(cfg["n_head"])
     act = (ACTIVATIONS if exact else FAST_ACTIVATIONS)[cfg.get("activation_function", "gelu_new")]
     eps = float(cfg.get("layer_norm_epsilon", 1e-5))
 
@@ -356,8 +384,8 @@ def load_gpt2_z_model(path: str | Path, device: torch.device, dtype: torch.dtype
         wte, wpe = t("wte.weight"), t("wpe.weight")
     except KeyError:
         return None
-    bos = _special_id(tok, tok_cfg, "bos_token", cfg.get("bos_token_id"))
-    eos = _special_id(tok, tok_cfg, "eos_token", cfg.get("eos_token_id"))
+    bos = special_id(tok, tok_cfg, "bos_token", cfg.get("bos_token_id"))
+    eos = special_id(tok, tok_cfg, "eos_token", cfg.get("eos_token_id"))
     return ZModel(
         name=name, path=p, device=device, dtype=dtype, n_layers=n_layer, n_heads=n_head, d_head=m // n_head,
         d_model=m, n_ctx=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))), d_vocab=int(cfg["vocab_size"]),

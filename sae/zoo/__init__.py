@@ -41,16 +41,18 @@ def resolve_saes(spec: str | Path) -> str:
     return str(DEFAULT_SAES_DIR) if is_default(spec) else str(spec)
 
 
-def load_model(name: str = "default", device: str = "auto", dtype: str = "float32") -> "LoadedModel":
-    """`sae.engine.models.load_model` with "default" meaning the embedded model (named `attnscope-default`)."""
+def load_model(name: str = "default", device: str = "auto", dtype: str = "float32",
+               backend: str | None = None) -> "LoadedModel":
+    """`sae.engine.models.load_model` with "default" meaning the embedded model (named `attnscope-default`);
+    `backend` as there (default: `ATTNSCOPE_BACKEND`, else the bridge-free GPT-2 where it applies)."""
     from sae.engine.models import ModelLoadError
     from sae.engine.models import load_model as load
 
     if is_default(name) or Path(name).expanduser().resolve() == DEFAULT_MODEL_DIR.resolve():
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
             raise ModelLoadError("the embedded default model is missing; rebuild it with `attnscope zoo train-default`")
-        return load(str(DEFAULT_MODEL_DIR), device=device, dtype=dtype, display_name=DEFAULT_NAME)
-    return load(name, device=device, dtype=dtype)
+        return load(str(DEFAULT_MODEL_DIR), device=device, dtype=dtype, display_name=DEFAULT_NAME, backend=backend)
+    return load(name, device=device, dtype=dtype, backend=backend)
 
 
 def load_training_model(name: str = "default", device: str = "auto") -> "LoadedModel | ZModel":

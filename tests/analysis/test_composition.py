@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import random_sae
+from support import random_sae, torch_layer_norm
 
 from sae.analysis import composition
 from sae.analysis.dfa import dfa_by_source
@@ -61,7 +61,8 @@ def test_shares_add_up_to_the_dfa_by_source(tiny_model, attn_saes, resid_sae):
     assert total == pytest.approx(r.source_share, abs=1e-4)
 
 
-def test_value_score_is_the_papers_get_resid_features_by_hand(tiny_model, attn_saes, resid_sae):
+def test_value_score_is_the_papers_get_resid_features_by_hand(tiny_either, attn_saes, resid_sae):
+    tiny_model = tiny_either  # lean and bridge
     sae = attn_saes[LAYER]
     feature = 7
     r = composition.resid_composition(tiny_model, attn_saes, LAYER, feature, resid_sae, PROMPT, dst=-1, top=5)
@@ -71,7 +72,7 @@ def test_value_score_is_the_papers_get_resid_features_by_hand(tiny_model, attn_s
         x = cache[f"blocks.{LAYER}.hook_resid_pre"][0, r.src].float()
         f = resid_sae.encode(x.unsqueeze(0))[0]
     # the paper: (f_j W_dec[j]) @ W_V_cat @ W_enc[:, i], W_V as TransformerLens processes it (ln1's weight folded in)
-    w_ln = tiny_model.bridge.blocks[LAYER].ln1.original_component.weight.float()
+    w_ln = torch_layer_norm(tiny_model.bridge.blocks[LAYER].ln1).weight.float()
     wv_cat = (tiny_model.bridge.W_V[LAYER].float() * w_ln[None, :, None]).permute(1, 0, 2).reshape(tiny_model.d_model, -1)
     for row in r.top:
         want = float(((f[row.feature] * resid_sae.W_dec[row.feature]) @ wv_cat @ sae.W_enc[:, feature]).detach())

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from support import TINY_TEXT, random_sae
+from support import TINY_TEXT, random_sae, torch_layer_norm
 from safetensors.torch import load_file
 
 from sae.analysis import dashboards as dash
@@ -103,7 +103,7 @@ def test_logit_effects_by_hand(tiny_model, sae, built):
     b = tiny_model.bridge
     dh = tiny_model.d_head
     direction = sum(sae.W_dec[f, h * dh : (h + 1) * dh] @ b.W_O[LAYER, h] for h in range(tiny_model.n_heads))
-    direction = (direction - direction.mean()) * b.ln_final.original_component.weight
+    direction = (direction - direction.mean()) * torch_layer_norm(b.ln_final).weight
     w_u = b.W_U - b.W_U.mean(dim=1, keepdim=True)  # vocabulary-centred, as the paper's DLA
     logits = (direction @ w_u).detach()
     top = logits.topk(4)
@@ -116,7 +116,8 @@ def test_logit_effects_by_hand(tiny_model, sae, built):
     assert abs(float(shares.sum()) - 1) < 1e-5
 
 
-def test_resume_gives_the_same_result(tiny_model, sae, built, tmp_path):
+def test_resume_gives_the_same_result(tiny_either, sae, built, tmp_path):
+    tiny_model = tiny_either  # lean and bridge
     d = tmp_path / "layer-1"
     token = CancelToken()
     reports = []

@@ -57,7 +57,8 @@ def test_dfa_by_source_matches_loops(tiny_model, sae1):
     torch.testing.assert_close(one, got[2, :, :, :3])
 
 
-def test_prompt_features_are_exact(tiny_model, sae1):
+def test_prompt_features_are_exact(tiny_either, sae1):
+    tiny_model = tiny_either  # lean and bridge
     res = prompt_features(tiny_model, sae1, PROMPT, top_k=4)
     z = tiny_model.capture_z(tiny_model.to_tokens(PROMPT)[0], [1])[1][0]  # a second code path for z
     pre_all = sae1.encode_pre(z).detach()
@@ -80,7 +81,8 @@ def test_prompt_features_are_exact(tiny_model, sae1):
     assert set(d["positions"][1]["features"][0]) == {"id", "act", "pre_act", "dfa_heads", "dfa_bias", "dfa_src"}
 
 
-def test_pattern_times_values_gives_z(tiny_model):
+def test_pattern_times_values_gives_z(tiny_either):
+    tiny_model = tiny_either  # lean and bridge
     """The value-bias convention: z (bias removed) is exactly A @ v (bias removed)."""
     toks = tiny_model.to_tokens(PROMPT)[0]
     t = run_layer(tiny_model, toks, 2)

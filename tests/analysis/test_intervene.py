@@ -55,7 +55,8 @@ def _hand_acts(sae, z):
 
 
 @pytest.mark.parametrize("mode,value", [("ablate", 0.0), ("scale", 3.0), ("set", 2.5)])
-def test_matches_a_plain_forward_hook(tiny_model, hf, saes, mode, value):
+def test_matches_a_plain_forward_hook(tiny_either, hf, saes, mode, value):
+    tiny_model = tiny_either  # lean and bridge
     tokens = tiny_model.to_tokens(PROMPT)[0].cpu()
     sae = saes[LAYER]
     logits0, raw = _hand_run(hf, tokens, LAYER)
@@ -146,7 +147,8 @@ def test_bad_input_is_a_user_error(tiny_model, saes):
         intervene(tiny_model, {0: saes[0]}, PROMPT, 1, [Edit(1, "ablate")])
 
 
-def test_predictions_and_pattern_by_hand(tiny_model, hf):
+def test_predictions_and_pattern_by_hand(tiny_either, hf):
+    tiny_model = tiny_either  # lean and bridge
     tokens = tiny_model.to_tokens(PROMPT)[0].cpu()
     with torch.no_grad():
         out = hf(tokens, output_attentions=True)
@@ -188,7 +190,8 @@ def test_cli_json_and_errors(capsys, tiny_model_dir, tiny_model, tmp_path):
     assert capsys.readouterr().err.startswith("attnscope: error: intervene: one of the arguments --set --scale")
 
 
-def test_compare_prompts_by_hand(tiny_model, hf, saes):
+def test_compare_prompts_by_hand(tiny_either, hf, saes):
+    tiny_model = tiny_either  # lean and bridge
     from sae.analysis.intervene import compare_prompts
 
     a, b = PROMPT, "When Mary and John went to the store, Mary gave a drink to"

@@ -37,7 +37,8 @@ def test_parse_errors_are_one_line(tiny_model):
         px.parse_proxy("token: a whole sentence of many tokens", tiny_model.encode)
 
 
-def test_study_counts_and_histograms_against_a_plain_forward(tiny_model, rows):
+def test_study_counts_and_histograms_against_a_plain_forward(tiny_either, rows):
+    tiny_model = tiny_either  # lean and bridge
     sae = random_sae(tiny_model, 1, d_sae=32, seed=3)
     data = rows[:6]
     feature = int(torch.arange(32)[0])

@@ -151,7 +151,8 @@ def test_confirm_rule_by_hand():
     assert share == 0.0 and not ok  # never fires: not confirmed
 
 
-def test_confirm_induction_matches_a_brute_force_loop(tiny_model):
+def test_confirm_induction_matches_a_brute_force_loop(tiny_either):
+    tiny_model = tiny_either  # lean and bridge
     layer = 1
     sae = random_sae(tiny_model, layer, d_sae=16, seed=5)
     pairs = {3: (20, 21), 11: (40, 41)}

@@ -87,7 +87,8 @@ def test_by_role_and_label(built, sae, tmp_path):
     assert [(h.layer, h.feature) for h in hits] == [(LAYER, 4)]
 
 
-def test_at_position_against_a_plain_hook(tiny_model, tiny_model_dir):
+def test_at_position_against_a_plain_hook(tiny_either, tiny_model_dir):
+    tiny_model = tiny_either  # lean and bridge
     from transformers import GPT2LMHeadModel
 
     saes = {x: random_sae(tiny_model, x, d_sae=40, seed=30 + x) for x in (0, 2)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import random_sae
+from support import random_sae, torch_layer_norm, torch_layer_norm
 
 from sae.analysis.trace import TraceError, trace_feature
 
@@ -40,6 +40,14 @@ def test_children_sum_to_parent_everywhere(trace):
     assert expanded, "no upstream feature was expanded"
 
 
+def test_the_bridge_gives_the_same_trace(tiny_bridge, saes, trace):
+    """The lean model (`tiny_model`, whose trace the other tests check by hand) and the bridge agree node for node."""
+    other = trace_feature(tiny_bridge, saes, PROMPT, layer=2, feature=7, depth=2, keep=8)
+    a, b = list(trace.root.walk()), list(other.root.walk())
+    assert [n.label for n in a] == [n.label for n in b]
+    assert [n.value for n in a] == [n.value for n in b]
+
+
 def test_root_is_the_pre_activation(tiny_model, saes, trace):
     toks = tiny_model.to_tokens(PROMPT)[0]
     z = tiny_model.capture_z(toks, [2])[2][0]
@@ -49,7 +57,7 @@ def test_root_is_the_pre_activation(tiny_model, saes, trace):
 
 def _ln_direction(tiny_model, layer, head, w_enc, scale, a):
     """By hand: the residual direction one component is read along, through the frozen LN, W_V and W_enc."""
-    ln = tiny_model.bridge.blocks[layer].ln1.original_component
+    ln = torch_layer_norm(tiny_model.bridge.blocks[layer].ln1)
     u = tiny_model.bridge.W_V[layer, head] @ w_enc
     e = ln.weight * u
     return (e - e.mean()) * a / scale, ln.bias @ u * a
@@ -70,7 +78,7 @@ def test_leaves_match_hand_computation(tiny_model, saes, trace):
     e, _ = _ln_direction(tiny_model, L, h, w_enc, scale, float(A))
     with torch.no_grad():
         # the node itself: A * (LN(resid) - ln.b) @ W_V @ w_enc: the ln bias and b_V are folded out of z
-        ln = tiny_model.bridge.blocks[L].ln1.original_component
+        ln = torch_layer_norm(tiny_model.bridge.blocks[L].ln1)
         expected_hs = float(A * ((ln(resid) - ln.bias) @ tiny_model.bridge.W_V[L, h] @ w_enc))
         assert abs(hs.value - expected_hs) < 1e-4
         checked = set()
@@ -81,7 +89,7 @@ def test_leaves_match_hand_computation(tiny_model, saes, trace):
                 exp = float(tiny_model.bridge.W_pos[s] @ e)
             elif leaf.kind == "feature":
                 up = saes[leaf.layer]
-                up_ln = tiny_model.bridge.blocks[leaf.layer].ln1.original_component
+                up_ln = torch_layer_norm(tiny_model.bridge.blocks[leaf.layer].ln1)
                 c = tiny_model.bridge.b_V[leaf.layer] + torch.einsum("m,hmd->hd", up_ln.bias, tiny_model.bridge.W_V[leaf.layer])
                 z = cache[f"blocks.{leaf.layer}.attn.hook_z"][0, s] - c
                 f = up.encode(z.flatten())[leaf.feature]

@@ -25,13 +25,17 @@ CASES = {
     "pythia_tiny": FIX / "pythia_tiny",
     "qwen2_tiny": FIX / "qwen2_tiny",
 }
+# the default loads as `sae.engine.gpt2.LeanGPT2`; its bridge path is checked against the same fixture too
+CASE_IDS = ["default_model", "default_model@bridge", "pythia_tiny", "qwen2_tiny"]
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=CASE_IDS)
 def case(request):
-    stem = request.param
+    stem, _, backend = request.param.partition("@")
     ref = load_file(str(FIX / f"{stem}_hook_z.safetensors"))
-    model = load_model(str(CASES[stem]), device="cpu", dtype="float32")
+    model = load_model(str(CASES[stem]), device="cpu", dtype="float32", backend=backend or None)
+    want = "TransformerBridge" if backend or stem != "default_model" else "LeanGPT2"
+    assert type(model.bridge).__name__ == want
     return stem, model, ref
 
 

@@ -32,9 +32,16 @@ def full_forward_hook_z(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     return {la: z.reshape(*tokens.shape, -1) for la, z in got.items()}
 
 
+# the lean pass is checked against the bridge: these tests load both models through TransformerBridge (the
+# default backend of a local GPT-2 directory is `sae.engine.gpt2.LeanGPT2`, tested in test_gpt2.py)
 @pytest.fixture(scope="module")
 def default_model():
-    return zoo.load_model("default", device="cpu")
+    return load_model(str(zoo.DEFAULT_MODEL_DIR), device="cpu", backend="bridge")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    return load_model(str(tiny_model_dir), device="cpu", backend="bridge")
 
 
 @pytest.mark.parametrize("which", ["tiny", "default"])

@@ -33,8 +33,9 @@ def test_induction_score_by_hand_on_a_constructed_pattern():
     assert float(got) == pytest.approx(0.55)
 
 
-def test_synthetic_scores_read_the_right_pattern_entry(tiny_model):
+def test_synthetic_scores_read_the_right_pattern_entry(tiny_either):
     """The pipeline's score equals the attention at (query = last position, key) read from a full cache."""
+    tiny_model = tiny_either  # lean and bridge
     pool = induction._vocab_pool(tiny_model)
     batch = induction.repeated_prefix_batch(pool, tiny_model.bos_token_id, 3, 2, 24, torch.Generator().manual_seed(0))
     scores, dla = induction._score_batch(tiny_model, batch)
@@ -97,8 +98,9 @@ def test_classification_rule():
     assert induction.classify(none) == "not induction"
 
 
-def test_head_dla_matches_plain_transformers(tiny_model, tiny_model_dir):
+def test_head_dla_matches_plain_transformers(tiny_either, tiny_model_dir):
     """Independent path: GPT-2 in transformers, c_proj input per head, ln_f frozen at the final residual's scale."""
+    tiny_model = tiny_either  # lean and bridge
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import random_sae
+from support import random_sae, torch_layer_norm
 from support import build_ioi_model_dir
 
 from sae.experiments import ioi
@@ -16,10 +16,23 @@ from sae.experiments.ioi_data import BABA_TEMPLATES, IOIPrompt, fill
 
 
 @pytest.fixture(scope="module")
-def ioi_model(tmp_path_factory):
+def ioi_dir(tmp_path_factory):
+    return build_ioi_model_dir(tmp_path_factory.mktemp("ioi_gpt2"))
+
+
+@pytest.fixture(scope="module")
+def ioi_model(ioi_dir):
     from sae.engine.models import load_model
 
-    return load_model(str(build_ioi_model_dir(tmp_path_factory.mktemp("ioi_gpt2"))), device="cpu")
+    return load_model(str(ioi_dir), device="cpu")
+
+
+@pytest.fixture(scope="module", params=["lean", "bridge"])
+def ioi_either(request, ioi_model, ioi_dir):
+    """The IOI model on each backend (`sae.engine.gpt2.LeanGPT2`, TransformerBridge)."""
+    from sae.engine.models import load_model
+
+    return ioi_model if request.param == "lean" else load_model(str(ioi_dir), device="cpu", backend="bridge")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +142,8 @@ def test_clean_logit_diff_matches_unpadded_single_prompts(ioi_model, data):
     assert (r.settings.seed, r.settings.split, r.settings.bos, r.settings.setting) == (3, "all", True, "attnscope")
 
 
-def test_splice_with_error_term_reproduces_clean_logits(ioi_model, data):
+def test_splice_with_error_term_reproduces_clean_logits(ioi_either, data):
+    ioi_model = ioi_either  # lean and bridge
     saes = {l: random_sae(ioi_model, l, d_sae=48, seed=l) for l in range(ioi_model.n_layers)}
     with torch.no_grad():
         clean = ioi_model.bridge(data.tokens)
@@ -205,13 +219,14 @@ def test_features_experiment_effects_match_a_direct_ablation(ioi_model, data):
     assert top.delta == pytest.approx(float(ld) - clean, abs=1e-5)
 
 
-def test_head_zero_ablation_matches_raw_hook(ioi_model, data):
+def test_head_zero_ablation_matches_raw_hook(ioi_either, data):
+    ioi_model = ioi_either  # lean and bridge
     r = ioi.run_heads(ioi_model, data, batch_size=8)
     rec = {(h.layer, h.head): h for h in r.heads}
     clean = r.clean_logit_diff
     layer, head = 2, 1
     blk = ioi_model.bridge.blocks[layer]
-    b_v = ioi_model.bridge.b_V[layer, head] + blk.ln1.original_component.bias @ ioi_model.bridge.W_V[layer, head]
+    b_v = ioi_model.bridge.b_V[layer, head] + torch_layer_norm(blk.ln1).bias @ ioi_model.bridge.W_V[layer, head]
 
     def hook(z, hook):  # attnscope's zero = the processed model's zero: the raw z left with only b_V + ln1.b @ W_V
         z = z.clone()
@@ -242,9 +257,10 @@ def test_feature_direction_is_its_attention_output(ioi_model):
     torch.testing.assert_close(outs[1][0, 3] - outs[0][0, 3], direction, atol=1e-5, rtol=1e-4)
 
 
-def test_path_hooks_match_editing_the_whole_value_input(ioi_model, data):
+def test_path_hooks_match_editing_the_whole_value_input(ioi_either, data):
     """Removing a direction from every head of a layer equals editing that layer's v.hook_in (LN recomputed),
     and removing it for one head leaves the other heads' values alone."""
+    ioi_model = ioi_either  # lean and bridge
     layer = 2
     delta = torch.randn(len(data), ioi_model.d_model) * 3.0
     got: dict[str, torch.Tensor] = {}
@@ -288,7 +304,8 @@ def test_path_hooks_match_editing_the_whole_value_input(ioi_model, data):
     assert torch.equal(changed, expect)
 
 
-def test_noising_patches_s2_from_the_corrupted_prompt(ioi_model, data):
+def test_noising_patches_s2_from_the_corrupted_prompt(ioi_either, data):
+    ioi_model = ioi_either  # lean and bridge
     layer = 1
     r = ioi.run_noising(ioi_model, data, [layer], ["abs_pos"], batch_size=8)
     corrupted = ioi.encode_prompts(ioi_model, [ioi_data.corrupt(p, "abs_pos") for p in data.prompts])

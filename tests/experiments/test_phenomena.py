@@ -47,7 +47,8 @@ def test_unigram_loss_closed_form():
     assert math.isclose(phenomena.unigram_loss(train, evalr, vocab), expected, rel_tol=1e-9)
 
 
-def test_induction_runs_on_tiny_model(tiny_model):
+def test_induction_runs_on_tiny_model(tiny_either):
+    tiny_model = tiny_either  # lean and bridge
     r = phenomena.induction(tiny_model, n=2, span=5)
     assert len(r.scores) == tiny_model.n_layers and len(r.scores[0]) == tiny_model.n_heads
     assert 0.0 <= r.best_score <= 1.0
