@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
@@ -192,7 +193,8 @@ class DashboardScan:
 
     @torch.no_grad()
     def update(
-        self, acts: torch.Tensor, row_len: int, skip_first: bool = True, dfa: dict[str, torch.Tensor] | None = None
+        self, acts: torch.Tensor, row_len: int, skip_first: bool = True, dfa: dict[str, Any] | None = None,
+        key_rows: int | None = None,
     ) -> None:
         """acts: `[rows * row_len, d_sae]` (>= 0) for the next `rows` rows of the stream (row-major, float), on the
         scan's device.
@@ -200,7 +202,9 @@ class DashboardScan:
         With `skip_first`, the BOS position of every row is zeroed in place. `dfa` (pattern, v, tokens, w_enc, bias,
         optionally w_feat; see `example_dfa`) lets each new top example get its DFA by source now, while its row is
         in memory. Only the batch's firings are touched: the top examples and the samples take, per feature, only
-        the candidates that beat its current K-th entry, in one grouped merge each."""
+        the candidates that beat its current K-th entry, in one grouped merge each. `key_rows`: the sample keys are
+        drawn per run of that many rows (default: all of them), seeded by the run's first row, so folding several
+        model batches at once (fewer entries that a later batch evicts) draws the same keys as one call each."""
         spec = self.spec
         d = self.d_sae
         n_rows = acts.shape[0] // row_len
@@ -231,13 +235,14 @@ class DashboardScan:
                 _put(self.top_idx, slot, cn + offset)
                 _put(self.top_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
                 if dfa is not None:
-                    got = example_dfa(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
-                                      cn // row_len, cn % row_len, cf, spec.context, dfa.get("w_feat"))
+                    order, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"],
+                                                     dfa["bias"], cn // row_len, cn % row_len, cf, spec.context,
+                                                     dfa.get("w_feat"))
+                    slot = slot[order]  # the fields come in (row, position) order
                     for name, val_ in got.items():
                         _put(getattr(self, name), slot, val_)
 
-        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.rows_done)
-        keys = torch.rand(len(val), generator=gen).to(acts.device)  # drawn on the CPU: the same on every device
+        keys = self._sample_keys(n, n_rows, row_len, key_rows or n_rows).to(acts.device)
         cand = (keys > self.samp_key.min(dim=1).values[f]).nonzero().squeeze(1)
         if len(cand):
             cn, cf = n[cand], f[cand]
@@ -250,6 +255,15 @@ class DashboardScan:
                 _put(self.samp_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
         self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
         self.rows_done += n_rows
+
+    def _sample_keys(self, n: torch.Tensor, n_rows: int, row_len: int, key_rows: int) -> torch.Tensor:
+        """One uniform key per firing (`n [F]`: each firing's position in the batch, ascending), drawn on the CPU
+        (the same on every device) per run of `key_rows` rows, seeded by the run's first row of the stream."""
+        starts = list(range(0, n_rows, key_rows))
+        cuts = torch.searchsorted(n, torch.tensor(starts + [n_rows], device=n.device) * row_len).tolist()
+        keys = [torch.rand(hi - lo, generator=torch.Generator().manual_seed(
+                    self.spec.seed * 1_000_003 + self.rows_done + r)) for r, lo, hi in zip(starts, cuts, cuts[1:])]
+        return torch.cat(keys) if len(keys) > 1 else keys[0]
 
 
 def n_distance_bins(row_len: int) -> int:
@@ -321,30 +335,43 @@ DFA_FIELDS = ("dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre", "dfa_dist", "dfa
 
 @torch.no_grad()
 def example_dfa(
-    pattern: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
+    pattern: torch.Tensor | Sequence[torch.Tensor], v: torch.Tensor | Sequence[torch.Tensor], tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
     p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int, w_feat: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """DFA by source of feature `p_f[p]` at position `p_t[p]` of batch row `p_b[p]`, for P examples.
 
-    pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
-    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`, contiguous (else
-    the columns of the features at hand are copied out of w_enc, once per call). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
-    0 before the row start), dfa_earlier `[P]` (sources before the window), dfa_heads `[P, H]`, dfa_pre `[P]`
-    (= sum of all sources + bias), and the `source_facts` fields."""
-    P, H, T = len(p_b), pattern.shape[1], pattern.shape[-1]
-    dev = v.device
-    if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
-        uf, inv = torch.unique(p_f, return_inverse=True)
-        w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
-        p_f_local = inv
-    else:
-        p_f_local = p_f
+    pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed; either may be a sequence of B rows, as several
+    model batches' rows are, read in place), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
+    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`. Returns per
+    example: dfa_src `[P, context + 1]` (sources t-context..t, 0 before the row start), dfa_earlier `[P]` (sources
+    before the window), dfa_heads `[P, H]`, dfa_pre `[P]` (= sum of all sources + bias), and the `source_facts`
+    fields."""
+    order, got = _example_dfa_sorted(pattern, v, tokens, w_enc, bias, p_b, p_t, p_f, context, w_feat)
+    out = {}
+    for k, x in got.items():  # back in the callers' order
+        out[k] = torch.empty_like(x)
+        out[k][order] = x
+    return out
+
+
+def _example_dfa_sorted(
+    pattern: torch.Tensor | Sequence[torch.Tensor], v: torch.Tensor | Sequence[torch.Tensor], tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
+    p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int, w_feat: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`example_dfa` in (row, position) order: returns (order `[P]`, the fields of examples `order[0], order[1],
+    ...`), so a caller that writes each example somewhere permutes its targets once instead of every field."""
+    P, H, T = len(p_b), pattern[0].shape[0], pattern[0].shape[-1]
+    dev = p_b.device
     # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
     # position (attention is causal), so on average half the sources are computed
     order = torch.argsort(p_b * T + p_t, stable=True)
-    sb, st, sf = p_b[order], p_t[order], p_f_local[order]
-    src_sorted = torch.zeros(P, T, dtype=v.dtype, device=dev)  # [P, T]: DFA of each source, summed over heads
-    heads_sorted = torch.empty(P, H, dtype=v.dtype, device=dev)  # [P, H]: summed over sources
+    sb, st, sf = p_b[order], p_t[order], p_f[order]
+    if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
+        uf, sf = torch.unique(sf, return_inverse=True)
+        w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
+    dtype = v[0].dtype
+    src = torch.zeros(P, T, dtype=dtype, device=dev)  # [P, T]: DFA of each source, summed over heads
+    heads = torch.empty(P, H, dtype=dtype, device=dev)  # [P, H]: summed over sources
     rows, counts = torch.unique_consecutive(sb, return_counts=True)
     step = max(1, min(512, (1 << 22) // max(1, H * T)))  # examples per block ([H, n, T] of at most 16 MB)
     start = 0
@@ -357,21 +384,15 @@ def example_dfa(
             # every head's values against every chosen feature's encoder slice, weighted by the attention paid
             contrib = torch.bmm(w_feat[sf[lo:hi]].transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
             contrib.mul_(pattern[b].index_select(1, t_sel)[:, :, :width])  # zero for s > t
-            src_sorted[lo:hi, :width] = contrib.sum(0)
-            heads_sorted[lo:hi] = contrib.sum(2).T
+            src[lo:hi, :width] = contrib.sum(0)
+            heads[lo:hi] = contrib.sum(2).T
         start += n
-    # reduced in the sorted order, in slices (small temporaries), then put back in the callers' order
     s_idx = st.unsqueeze(1) + torch.arange(-context, 1, device=dev)
-    got = {"dfa_src": src_sorted.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0), "dfa_total": src_sorted.sum(1),
-           "dfa_heads": heads_sorted}
-    cut = 4096
-    parts = [source_facts(src_sorted[lo : lo + cut], tokens, st[lo : lo + cut], rows=sb[lo : lo + cut])
+    win = src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
+    total = src.sum(1)
+    got = {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": heads, "dfa_pre": total + bias[p_f[order]]}
+    cut = 4096  # source facts in slices: small temporaries
+    parts = [source_facts(src[lo : lo + cut], tokens, st[lo : lo + cut], rows=sb[lo : lo + cut])
              for lo in range(0, max(P, 1), cut)]
     got.update({k: torch.cat([x[k] for x in parts]) for k in parts[0]})
-    out = {}
-    for k, x in got.items():
-        out[k] = torch.empty_like(x)
-        out[k][order] = x
-    total = out.pop("dfa_total")
-    return {"dfa_src": out["dfa_src"], "dfa_earlier": total - out["dfa_src"].sum(1), "dfa_heads": out["dfa_heads"],
-            "dfa_pre": total + bias[p_f], **{k: out[k] for k in DFA_FIELDS[4:]}}
+    return order, got
