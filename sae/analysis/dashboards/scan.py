@@ -116,10 +116,14 @@ def _windows(flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor, row_l
     """Feature `f[c]`'s activations in a +-context window around position `n[c]` of `acts [N, d]` (given flat as
     `flat [N * d]`) -> `[C, W]`. Windows stay inside their row (positions outside are 0)."""
     offs = torch.arange(-context, context + 1, device=flat.device)
-    t = (n % row_len).unsqueeze(1) + offs
-    valid = (t >= 0) & (t < row_len)
-    lin = (n.unsqueeze(1) + offs).clamp_(0, flat.numel() // d - 1).mul_(d).add_(f.unsqueeze(1))
-    return flat.index_select(0, lin.view(-1)).view(lin.shape) * valid
+    lin = (n * d + f).unsqueeze(1) + offs * d
+    got = flat.index_select(0, lin.clamp_(0, flat.numel() - 1).view(-1)).view(lin.shape)
+    t = n % row_len
+    edge = ((t < context) | (t >= row_len - context)).nonzero().squeeze(1)  # windows that cross a row's end
+    if len(edge):
+        te = t[edge].unsqueeze(1) + offs
+        got[edge] = got[edge] * ((te >= 0) & (te < row_len))
+    return got
 
 
 class DashboardScan:
@@ -292,12 +296,12 @@ def source_facts(
     `n_distance_bins(T)`): the bins of the whole row when `per_src` holds only its first T sources. With `rows
     [P]`, tokens is `[B, T']` (T' >= T) and example p reads row `rows[p]`.
     """
-    P, T = per_src.shape
-    pos = torch.arange(T, device=per_src.device)
-    usable = (pos >= 1).unsqueeze(0) & (pos.unsqueeze(0) <= dest.unsqueeze(1))  # [P, T]
-    hist = distance_hist(per_src.clamp(min=0) * usable, dest, n_bins)
-    masked = torch.where(usable, per_src, torch.full((), -math.inf, dtype=per_src.dtype))
-    best_val, best = masked.max(1)
+    # the positive mass of each usable source: BOS out; sources after `dest` are zero already, and the distance
+    # bins never reach past `dest`
+    mass = per_src.clamp(min=0)
+    mass[:, 0] = 0
+    hist = distance_hist(mass, dest, n_bins)
+    best_val, best = mass.max(1)  # the first of equal maxima, as among the usable sources alone
     has = best_val > 0
     top = torch.where(has, best, torch.full_like(best, -1))
     def tok(at: torch.Tensor) -> torch.Tensor:
