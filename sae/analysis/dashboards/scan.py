@@ -112,6 +112,25 @@ def _firings(acts: torch.Tensor) -> torch.Tensor:
     return flat.nonzero().squeeze(1)
 
 
+def _uniform_cut(key: torch.Tensor, f: torch.Tensor, floor: torch.Tensor, K: int) -> torch.Tensor:
+    """Indices of the candidates that can still be among their feature's K largest keys, found without sorting.
+
+    key `[C]`, uniform on (floor[f], 1) (a sample key above its feature's current K-th), f `[C]`, floor `[d]`
+    (-inf: treated as 0). A feature with c candidates keeps those above the level that about 2K + 8 of them
+    exceed; when fewer than K do (or c is small), it keeps them all, so no candidate that would enter is lost."""
+    d = floor.shape[0]
+    count = torch.bincount(f, minlength=d)
+    if len(key) == 0 or int(count.max()) <= 2 * K + 8:
+        return torch.arange(len(key), device=key.device)
+    lo = floor.clamp(min=0)
+    level = 1 - (1 - lo) * ((2 * K + 8) / count.clamp(min=1)).clamp(max=1)  # [d]
+    keep = key >= level[f]
+    short = torch.bincount(f[keep], minlength=d) < torch.minimum(count, torch.tensor(K, device=count.device))
+    if bool(short.any()):  # unlucky draws: those features keep every candidate
+        keep |= short[f]
+    return keep.nonzero().squeeze(1)
+
+
 def _windows(flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
     """Feature `f[c]`'s activations in a +-context window around position `n[c]` of `acts [N, d]` (given flat as
     `flat [N * d]`) -> `[C, W]`. Windows stay inside their row (positions outside are 0)."""
@@ -247,7 +266,9 @@ class DashboardScan:
                         _put(getattr(self, name), slot, val_)
 
         keys = self._sample_keys(n, n_rows, row_len, key_rows or n_rows).to(acts.device)
-        cand = (keys > self.samp_key.min(dim=1).values[f]).nonzero().squeeze(1)
+        floor = self.samp_key.min(dim=1).values
+        cand = (keys > floor[f]).nonzero().squeeze(1)
+        cand = cand[_uniform_cut(keys[cand], f[cand], floor, spec.n_samples)]
         if len(cand):
             cn, cf = n[cand], f[cand]
             r, c, i = _merge_slots(self.samp_key, cf, keys[cand], self.samp_idx)
