@@ -160,6 +160,7 @@ def build_dashboards(
     batch_rows: int = 32,
     checkpoint_s: float = 20.0,
     force: bool = False,
+    fold_bytes: int = FOLD_BYTES,
 ) -> BuildResult:
     """Scan held-out rows once and write the dashboards of every feature of `sae` (see the module docstring).
 
@@ -169,7 +170,8 @@ def build_dashboards(
     """
     layer = sae.cfg.layer if layer is None else layer
     dirs = None if directory is None else {layer: Path(directory)}
-    return build_layers(model, {layer: sae}, spec, docs, dirs, on_progress, cancel, batch_rows, checkpoint_s, force)[layer]
+    return build_layers(model, {layer: sae}, spec, docs, dirs, on_progress, cancel, batch_rows, checkpoint_s, force,
+                        fold_bytes)[layer]
 
 
 def build_layers(
