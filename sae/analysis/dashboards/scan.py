@@ -112,6 +112,17 @@ def _firings(acts: torch.Tensor) -> torch.Tensor:
     return flat.nonzero().squeeze(1)
 
 
+def _put_windows(
+    state: torch.Tensor, slot: torch.Tensor, flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor,
+    row_len: int, context: int,
+) -> None:
+    """`_put(state, slot, _windows(...))`, reading the windows in position order: each one reads a column of `acts`
+    across 2 * context + 1 rows, so neighbours in position share those rows (pages, cache lines) where neighbours in
+    feature order would not."""
+    order = torch.argsort(n * d + f)
+    _put(state, slot[order], _windows(flat, d, n[order], f[order], row_len, context))
+
+
 def _uniform_cut(key: torch.Tensor, f: torch.Tensor, floor: torch.Tensor, K: int) -> torch.Tensor:
     """Indices of the candidates that can still be among their feature's K largest keys, found without sorting.
 
@@ -256,7 +267,7 @@ class DashboardScan:
                 cn, cf = cn[i], cf[i]
                 slot = r * spec.n_top + c  # payloads written by flat slot: one row copy each
                 _put(self.top_idx, slot, cn + offset)
-                _put(self.top_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
+                _put_windows(self.top_win, slot, flat, d, cn, cf, row_len, spec.context)
                 if dfa is not None:
                     order, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"],
                                                      dfa["bias"], cn // row_len, cn % row_len, cf, spec.context,
@@ -277,7 +288,7 @@ class DashboardScan:
                 slot = r * spec.n_samples + c
                 _put(self.samp_val, slot, val[cand[i]])
                 _put(self.samp_idx, slot, cn + offset)
-                _put(self.samp_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
+                _put_windows(self.samp_win, slot, flat, d, cn, cf, row_len, spec.context)
         self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
         self.rows_done += n_rows
 
