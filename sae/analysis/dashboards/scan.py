@@ -64,34 +64,47 @@ def _merge_slots(
     if f_new.numel() == 0:
         return empty, empty, empty
     K = keys.shape[1]
+    dev = keys.device
     # grouped by feature, best first; only each feature's K best new entries can enter
     order = _grouped_order(f_new, key_new)
-    touched, counts = torch.unique_consecutive(f_new[order], return_counts=True)
-    grp = torch.repeat_interleave(torch.arange(len(touched), device=keys.device), counts)
-    rank = torch.arange(len(order), device=keys.device) - (torch.cumsum(counts, 0) - counts)[grp]
-    best = rank < K
-    order, grp, rank = order[best], grp[best], rank[best]
-    ks = key_new[order].to(keys.dtype)
+    touched, counts = torch.unique_consecutive(f_new.index_select(0, order), return_counts=True)
+    grp = torch.repeat_interleave(torch.arange(len(touched), device=dev), counts)
+    rank = torch.arange(len(order), device=dev) - (torch.cumsum(counts, 0) - counts).index_select(0, grp)
+    best = _where(rank < K)
+    order, grp, rank = order.index_select(0, best), grp.index_select(0, best), rank.index_select(0, best)
+    ks = key_new.index_select(0, order).to(keys.dtype)
     # each touched feature's old entries weakest first (equal keys: the latest first; empty slots first): the
     # order in which they make way, and sorted keys to count, by binary search, the old entries >= a new one
-    old = keys[touched]  # [n_t, K]
+    old = keys.index_select(0, touched)  # [n_t, K]
     if pos is None:
         evict = old.argsort(dim=1, stable=True)
     else:
-        evict = torch.argsort(_key_bits(old) * (1 << 32) + ((1 << 31) - 1 - pos[touched]), dim=1, stable=True)
+        evict = torch.argsort(_key_bits(old) * (1 << 32) + ((1 << 31) - 1 - pos.index_select(0, touched)), dim=1,
+                              stable=True)
     old_sorted = old.gather(1, evict)
     width = int(rank.max()) + 1
-    pad = torch.full((len(touched), width), math.inf, dtype=keys.dtype, device=keys.device)
-    pad[grp, rank] = ks
-    n_below = torch.searchsorted(old_sorted, pad)[grp, rank]  # old entries < the new one
-    surv = rank + (K - n_below) < K  # its place among old and new; each feature's survivors: its first m
-    order, grp, rank, ks = order[surv], grp[surv], rank[surv], ks[surv]
-    if len(order) == 0:
+    at = grp * width + rank  # each new entry's cell of a [n_t, width] block
+    pad = torch.full((len(touched) * width,), math.inf, dtype=keys.dtype, device=dev)
+    pad.index_copy_(0, at, ks)
+    n_below = torch.searchsorted(old_sorted, pad.view(-1, width)).view(-1).index_select(0, at)  # old entries < it
+    surv = _where(rank + (K - n_below) < K)  # its place among old and new; each feature's survivors: its first m
+    if len(surv) == 0:
         return empty, empty, empty
-    slots = evict[grp, rank]  # the m weakest old entries make way
-    rows = touched[grp]
-    keys[rows, slots] = ks
+    order, grp, rank, ks = (x.index_select(0, surv) for x in (order, grp, rank, ks))
+    slots = evict.view(-1).index_select(0, grp * K + rank)  # the m weakest old entries make way
+    rows = touched.index_select(0, grp)
+    keys.view(-1).index_copy_(0, rows * K + slots, ks)
     return rows, slots, order
+
+
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D bool `mask`, ascending (numpy's scan on the CPU: several times faster
+    than `nonzero` there)."""
+    if mask.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
 
 
 def _put(state: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
@@ -120,7 +133,8 @@ def _put_windows(
     across 2 * context + 1 rows, so neighbours in position share those rows (pages, cache lines) where neighbours in
     feature order would not."""
     order = torch.argsort(n * d + f)
-    _put(state, slot[order], _windows(flat, d, n[order], f[order], row_len, context))
+    _put(state, slot.index_select(0, order),
+         _windows(flat, d, n.index_select(0, order), f.index_select(0, order), row_len, context))
 
 
 def _uniform_cut(key: torch.Tensor, f: torch.Tensor, floor: torch.Tensor, K: int) -> torch.Tensor:
@@ -135,11 +149,11 @@ def _uniform_cut(key: torch.Tensor, f: torch.Tensor, floor: torch.Tensor, K: int
         return torch.arange(len(key), device=key.device)
     lo = floor.clamp(min=0)
     level = 1 - (1 - lo) * ((2 * K + 8) / count.clamp(min=1)).clamp(max=1)  # [d]
-    keep = key >= level[f]
-    short = torch.bincount(f[keep], minlength=d) < torch.minimum(count, torch.tensor(K, device=count.device))
+    keep = key >= level.index_select(0, f)
+    short = torch.bincount(f.index_select(0, _where(keep)), minlength=d) < count.clamp(max=K)
     if bool(short.any()):  # unlucky draws: those features keep every candidate
-        keep |= short[f]
-    return keep.nonzero().squeeze(1)
+        keep |= short.index_select(0, f)
+    return _where(keep)
 
 
 def _windows(flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
@@ -149,10 +163,10 @@ def _windows(flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor, row_l
     lin = (n * d + f).unsqueeze(1) + offs * d
     got = flat.index_select(0, lin.clamp_(0, flat.numel() - 1).view(-1)).view(lin.shape)
     t = n % row_len
-    edge = ((t < context) | (t >= row_len - context)).nonzero().squeeze(1)  # windows that cross a row's end
+    edge = _where((t < context) | (t >= row_len - context))  # windows that cross a row's end
     if len(edge):
-        te = t[edge].unsqueeze(1) + offs
-        got[edge] = got[edge] * ((te >= 0) & (te < row_len))
+        te = t.index_select(0, edge).unsqueeze(1) + offs
+        got.index_copy_(0, edge, got.index_select(0, edge) * ((te >= 0) & (te < row_len)))
     return got
 
 
@@ -259,12 +273,12 @@ class DashboardScan:
         else:
             self.hist.view(-1).add_(torch.bincount(f * spec.hist_bins + b, minlength=self.hist.numel()))
 
-        cand = (val > self.top_val.min(dim=1).values[f]).nonzero().squeeze(1)
+        cand = _where(val > self.top_val.min(dim=1).values.index_select(0, f))
         if len(cand):
-            cn, cf = n[cand], f[cand]
-            r, c, i = _merge_slots(self.top_val, cf, val[cand], self.top_idx)
+            cn, cf = n.index_select(0, cand), f.index_select(0, cand)
+            r, c, i = _merge_slots(self.top_val, cf, val.index_select(0, cand), self.top_idx)
             if len(r):
-                cn, cf = cn[i], cf[i]
+                cn, cf = cn.index_select(0, i), cf.index_select(0, i)
                 slot = r * spec.n_top + c  # payloads written by flat slot: one row copy each
                 _put(self.top_idx, slot, cn + offset)
                 _put_windows(self.top_win, slot, flat, d, cn, cf, row_len, spec.context)
@@ -272,21 +286,22 @@ class DashboardScan:
                     order, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"],
                                                      dfa["bias"], cn // row_len, cn % row_len, cf, spec.context,
                                                      dfa.get("w_feat"))
-                    slot = slot[order]  # the fields come in (row, position) order
+                    slot = slot.index_select(0, order)  # the fields come in (row, position) order
                     for name, val_ in got.items():
                         _put(getattr(self, name), slot, val_)
 
         keys = self._sample_keys(n, n_rows, row_len, key_rows or n_rows).to(acts.device)
         floor = self.samp_key.min(dim=1).values
-        cand = (keys > floor[f]).nonzero().squeeze(1)
-        cand = cand[_uniform_cut(keys[cand], f[cand], floor, spec.n_samples)]
+        cand = _where(keys > floor.index_select(0, f))
+        cand = cand.index_select(0, _uniform_cut(keys.index_select(0, cand), f.index_select(0, cand), floor,
+                                                 spec.n_samples))
         if len(cand):
-            cn, cf = n[cand], f[cand]
-            r, c, i = _merge_slots(self.samp_key, cf, keys[cand], self.samp_idx)
+            cn, cf = n.index_select(0, cand), f.index_select(0, cand)
+            r, c, i = _merge_slots(self.samp_key, cf, keys.index_select(0, cand), self.samp_idx)
             if len(r):
-                cn, cf = cn[i], cf[i]
+                cn, cf = cn.index_select(0, i), cf.index_select(0, i)
                 slot = r * spec.n_samples + c
-                _put(self.samp_val, slot, val[cand[i]])
+                _put(self.samp_val, slot, val.index_select(0, cand.index_select(0, i)))
                 _put(self.samp_idx, slot, cn + offset)
                 _put_windows(self.samp_win, slot, flat, d, cn, cf, row_len, spec.context)
         self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
@@ -328,16 +343,24 @@ def source_facts(
     `n_distance_bins(T)`): the bins of the whole row when `per_src` holds only its first T sources. With `rows
     [P]`, tokens is `[B, T']` (T' >= T) and example p reads row `rows[p]`.
     """
+    P, T = per_src.shape
     # the positive mass of each usable source: BOS out; sources after `dest` are zero already, and the distance
     # bins never reach past `dest`
     mass = per_src.clamp(min=0)
     mass[:, 0] = 0
     hist = distance_hist(mass, dest, n_bins)
-    best_val, best = mass.max(1)  # the first of equal maxima, as among the usable sources alone
+    # the first of equal maxima, as among the usable sources alone (`amax` and a scan: `max` with indices is many
+    # times slower on the CPU)
+    best_val = mass.amax(1)
+    pos = torch.arange(T, device=mass.device)
+    best = torch.where(mass == best_val.unsqueeze(1), pos, T).amin(1)
     has = best_val > 0
     top = torch.where(has, best, torch.full_like(best, -1))
+    flat_tok = tokens.reshape(-1)
+    base = (torch.arange(P, device=mass.device) if rows is None else rows) * tokens.shape[1]
+
     def tok(at: torch.Tensor) -> torch.Tensor:
-        return tokens.gather(1, at.unsqueeze(1)).squeeze(1) if rows is None else tokens[rows, at]
+        return flat_tok.index_select(0, base + at)
 
     src_tok = torch.where(has, tok(best), torch.full_like(best, -1))
     prev = (best - 1).clamp(min=0)
@@ -401,7 +424,7 @@ def _example_dfa_sorted(
     # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
     # position (attention is causal), so on average half the sources are computed
     order = torch.argsort(p_b * T + p_t, stable=True)
-    sb, st, sf = p_b[order], p_t[order], p_f[order]
+    sb, st, sf = (x.index_select(0, order) for x in (p_b, p_t, p_f))
     if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
         uf, sf = torch.unique(sf, return_inverse=True)
         w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
@@ -418,7 +441,7 @@ def _example_dfa_sorted(
             t_sel = st[lo:hi]
             width = int(t_sel[-1]) + 1  # the block's last position: sources after it get no attention
             # every head's values against every chosen feature's encoder slice, weighted by the attention paid
-            contrib = torch.bmm(w_feat[sf[lo:hi]].transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
+            contrib = torch.bmm(w_feat.index_select(0, sf[lo:hi]).transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
             contrib.mul_(pattern[b].index_select(1, t_sel)[:, :, :width])  # zero for s > t
             src[lo:hi, :width] = contrib.sum(0)
             heads[lo:hi] = contrib.sum(2).T
@@ -426,7 +449,7 @@ def _example_dfa_sorted(
     s_idx = st.unsqueeze(1) + torch.arange(-context, 1, device=dev)
     win = src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
     total = src.sum(1)
-    got = {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": heads, "dfa_pre": total + bias[p_f[order]]}
+    got = {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": heads, "dfa_pre": total + bias.index_select(0, p_f.index_select(0, order))}
     cut = 4096  # source facts in slices: small temporaries
     parts = [source_facts(src[lo : lo + cut], tokens, st[lo : lo + cut], rows=sb[lo : lo + cut])
              for lo in range(0, max(P, 1), cut)]
