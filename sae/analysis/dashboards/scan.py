@@ -343,17 +343,13 @@ def source_facts(
     `n_distance_bins(T)`): the bins of the whole row when `per_src` holds only its first T sources. With `rows
     [P]`, tokens is `[B, T']` (T' >= T) and example p reads row `rows[p]`.
     """
-    P, T = per_src.shape
+    P = per_src.shape[0]
     # the positive mass of each usable source: BOS out; sources after `dest` are zero already, and the distance
     # bins never reach past `dest`
     mass = per_src.clamp(min=0)
     mass[:, 0] = 0
     hist = distance_hist(mass, dest, n_bins)
-    # the first of equal maxima, as among the usable sources alone (`amax` and a scan: `max` with indices is many
-    # times slower on the CPU)
-    best_val = mass.amax(1)
-    pos = torch.arange(T, device=mass.device)
-    best = torch.where(mass == best_val.unsqueeze(1), pos, T).amin(1)
+    best_val, best = mass.max(1)  # the first of equal maxima, as among the usable sources alone
     has = best_val > 0
     top = torch.where(has, best, torch.full_like(best, -1))
     flat_tok = tokens.reshape(-1)
