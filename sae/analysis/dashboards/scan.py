@@ -273,25 +273,27 @@ class DashboardScan:
         else:
             self.hist.view(-1).add_(torch.bincount(f * spec.hist_bins + b, minlength=self.hist.numel()))
 
-        cand = _where(val > self.top_val.min(dim=1).values.index_select(0, f))
+        cand = _where(val > self.top_val.amin(1).index_select(0, f))
         if len(cand):
             cn, cf = n.index_select(0, cand), f.index_select(0, cand)
             r, c, i = _merge_slots(self.top_val, cf, val.index_select(0, cand), self.top_idx)
             if len(r):
+                # the new entries in position order: windows read neighbouring rows, DFA goes row by row
+                o = torch.argsort(cn.index_select(0, i) * d + cf.index_select(0, i))
+                i = i.index_select(0, o)
                 cn, cf = cn.index_select(0, i), cf.index_select(0, i)
-                slot = r * spec.n_top + c  # payloads written by flat slot: one row copy each
+                slot = (r * spec.n_top + c).index_select(0, o)  # payloads written by flat slot: one row copy each
                 _put(self.top_idx, slot, cn + offset)
-                _put_windows(self.top_win, slot, flat, d, cn, cf, row_len, spec.context)
+                _put(self.top_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
                 if dfa is not None:
-                    order, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"],
-                                                     dfa["bias"], cn // row_len, cn % row_len, cf, spec.context,
-                                                     dfa.get("w_feat"))
-                    slot = slot.index_select(0, order)  # the fields come in (row, position) order
+                    _, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
+                                                 cn // row_len, cn % row_len, cf, spec.context, dfa.get("w_feat"),
+                                                 in_order=True)
                     for name, val_ in got.items():
                         _put(getattr(self, name), slot, val_)
 
         keys = self._sample_keys(n, n_rows, row_len, key_rows or n_rows).to(acts.device)
-        floor = self.samp_key.min(dim=1).values
+        floor = self.samp_key.amin(1)
         cand = _where(keys > floor.index_select(0, f))
         cand = cand.index_select(0, _uniform_cut(keys.index_select(0, cand), f.index_select(0, cand), floor,
                                                  spec.n_samples))
@@ -412,14 +414,16 @@ def example_dfa(
 def _example_dfa_sorted(
     pattern: torch.Tensor | Sequence[torch.Tensor], v: torch.Tensor | Sequence[torch.Tensor], tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
     p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int, w_feat: torch.Tensor | None = None,
+    in_order: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`example_dfa` in (row, position) order: returns (order `[P]`, the fields of examples `order[0], order[1],
-    ...`), so a caller that writes each example somewhere permutes its targets once instead of every field."""
+    ...`), so a caller that writes each example somewhere permutes its targets once instead of every field.
+    `in_order`: the examples already come in that order (order is then `arange(P)`)."""
     P, H, T = len(p_b), pattern[0].shape[0], pattern[0].shape[-1]
     dev = p_b.device
     # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
     # position (attention is causal), so on average half the sources are computed
-    order = torch.argsort(p_b * T + p_t, stable=True)
+    order = torch.arange(P, device=dev) if in_order else torch.argsort(p_b * T + p_t, stable=True)
     sb, st, sf = (x.index_select(0, order) for x in (p_b, p_t, p_f))
     if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
         uf, sf = torch.unique(sf, return_inverse=True)
