@@ -156,6 +156,21 @@ def _uniform_cut(key: torch.Tensor, f: torch.Tensor, floor: torch.Tensor, K: int
     return _where(keep)
 
 
+def _firing_cells(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_firings` of `acts [N, d]` with each one's row and column -> (flat index, n, f), each `[F]` on acts' device
+    (on the CPU numpy's divmod by a scalar, about 2.5x faster than torch's)."""
+    d = acts.shape[-1]
+    idx = _firings(acts)
+    if acts.device.type == "cpu":
+        import numpy as np
+
+        n, f = np.divmod(idx.numpy(), d)
+        return idx, torch.from_numpy(n), torch.from_numpy(f)
+    idx = idx.to(acts.device)
+    n = idx // d
+    return idx, n, idx - n * d
+
+
 def _windows(flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
     """Feature `f[c]`'s activations in a +-context window around position `n[c]` of `acts [N, d]` (given flat as
     `flat [N * d]`) -> `[C, W]`. Windows stay inside their row (positions outside are 0)."""
@@ -260,14 +275,12 @@ class DashboardScan:
             acts.view(n_rows, row_len, -1)[:, 0] = 0
         offset = self.rows_done * row_len
         flat = acts.reshape(-1)
-        idx = _firings(acts).to(acts.device)  # activations are >= 0, so non-zero means firing
+        idx, n, f = _firing_cells(acts)  # activations are >= 0, so non-zero means firing
         val = flat.index_select(0, idx)
-        n = idx // d
-        f = idx - n * d
         self.n_fire += torch.bincount(f, minlength=d)
         self.sum_act += torch.bincount(f, weights=val.double(), minlength=d)
         width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
-        b = ((torch.log10(val) - spec.hist_lo) / width).floor().clamp(0, spec.hist_bins - 1).long()
+        b = torch.log10(val).sub_(spec.hist_lo).div_(width).floor_().clamp_(0, spec.hist_bins - 1).long()
         if self.hist.device.type == "cpu":  # only the bins that got firings
             self.hist.view(-1).index_add_(0, f * spec.hist_bins + b, torch.ones_like(b))
         else:
