@@ -522,7 +522,7 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     build_mod.logit_effects = sampled_logits  # type: ignore[assignment]
     try:
         with _patched(build_mod, "capture_until_z", timer, calls), _patched(build_mod, "encode_acts", timer, calls), \
-                _patched(scan_mod.DashboardScan, "update", timer, calls):
+                _patched(scan_mod.DashboardScan, "update", timer, calls), _patched(build_mod, "finish_scans", timer, calls):
             t = time.perf_counter()
             res = build_mod.build_layers(model, saes, spec, docs=docs, batch_rows=shape.scan_batch_rows, force=True,
                                          checkpoint_s=1e9)
@@ -533,7 +533,7 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     scan_s = first.scan_seconds
     model_s = timer.get("capture_until_z", 0.0)
     enc_s = timer.get("encode_acts", 0.0)
-    book_s = timer.get("update", 0.0)
+    book_s = timer.get("update", 0.0) + timer.get("finish_scans", 0.0)  # finish: the last fold's DFA
     # the second half of the scan: each feature's top and sample slots are full by then, so few firings still
     # enter them (the first batches fill every slot: that cost does not grow with the corpus). Each layer's scan
     # folds in several model batches per update: the split is after the last update of the first half of the
@@ -542,10 +542,11 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     folds = len(ups) // len(saes)
     split = ups[(folds // 2) * len(saes) - 1][1] if folds >= 2 else -math.inf
     late = {k: sum(e - t for t, e in v if t >= split) for k, v in calls.items()}
-    late_total = late.get("capture_until_z", 0.0) + late.get("encode_acts", 0.0) + late.get("update", 0.0)
+    late_book = late.get("update", 0.0) + late.get("finish_scans", 0.0)
+    late_total = late.get("capture_until_z", 0.0) + late.get("encode_acts", 0.0) + late_book
     return {
         "tokens": first.n_tokens, "scan_s": scan_s, "batches": len(calls.get("capture_until_z", [])), "folds": folds,
-        "late_bookkeeping_share": late.get("update", 0.0) / late_total if late_total else None, "tokens_per_s": first.n_tokens / scan_s if scan_s else None,
+        "late_bookkeeping_share": late_book / late_total if late_total else None, "tokens_per_s": first.n_tokens / scan_s if scan_s else None,
         "model_s": model_s, "encode_s": enc_s, "bookkeeping_s": book_s,
         "bookkeeping_share": book_s / scan_s if scan_s else None,
         "outside_model_encode_share": (scan_s - model_s - enc_s) / scan_s if scan_s else None,

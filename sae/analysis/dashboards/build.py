@@ -95,6 +95,12 @@ def encode_acts(
     return acts
 
 
+def finish_scans(scans: Iterable[DashboardScan]) -> None:
+    """The last DFA each scan holds back (`DashboardScan.finish`): the end of the scan's bookkeeping."""
+    for sc in scans:
+        sc.finish()
+
+
 FOLD_BYTES = 256 << 20  # the most that a fold of several model batches holds (activations, patterns, values)
 
 
@@ -104,7 +110,7 @@ def fold_batches(model: LoadedModel, saes: dict[int, SAE], row_len: int, batch_r
     Folding b batches at once lets in only the entries that beat the others of those b batches: entries that the
     next batches would evict get no window, DFA or merge (over a scan of n batches about K (1 + ln n/b) entries
     per feature instead of K (1 + ln n)). It costs memory: the activations, attention patterns and values of b
-    batches."""
+    batches (and the previous fold's patterns and values, whose DFA waits one fold: `DashboardScan.update`)."""
     per_row = sum(row_len * (sae.cfg.d_sae * 4 + model.n_heads * row_len * 4 + model.n_heads * model.d_head * 4)
                   for sae in saes.values())
     return max(1, fold_bytes // max(1, per_row * batch_rows))
@@ -304,6 +310,7 @@ def build_layers(
                         save_all()
                         last_ckpt = time.perf_counter()
                 report("scanning")
+            finish_scans(scans.values())
     except Cancelled:  # asked between batches: every waiting batch is whole, so fold it in before saving
         with torch.inference_mode():
             fold()

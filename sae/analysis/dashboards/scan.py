@@ -222,9 +222,29 @@ class DashboardScan:
         self.hist = torch.zeros(d_sae, spec.hist_bins, dtype=torch.long, **dev)
         self.n_tokens = 0  # positions counted (BOS excluded)
         self.rows_done = 0
+        # the last update's new top entries, whose DFA waits for the next update (fewer of them are still there
+        # by then): (flat slots, rows in that update, positions, features, stream positions, that update's `dfa`)
+        self._pending: tuple[Any, ...] | None = None
+
+    def finish(self) -> None:
+        """The DFA of the top entries still waiting for it (`update` computes each entry's one update later, for
+        those not evicted by then). Reading the state (`tensors`, `sort_top`, `to`) finishes first."""
+        if self._pending is None:
+            return
+        slot, p_b, p_t, p_f, g, dfa = self._pending
+        self._pending = None
+        live = _where(self.top_idx.view(-1).index_select(0, slot) == g)  # the entries still in their slots
+        if len(live) == 0:
+            return
+        slot, p_b, p_t, p_f = (x.index_select(0, live) for x in (slot, p_b, p_t, p_f))
+        _, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"], p_b, p_t,
+                                     p_f, self.spec.context, dfa.get("w_feat"), in_order=True)
+        for name, val in got.items():
+            _put(getattr(self, name), slot, val)
 
     def to(self, device: torch.device | str) -> "DashboardScan":
         """Move the state to `device` (in place); returns self."""
+        self.finish()
         self.device = torch.device(device)
         for name in self._names():
             setattr(self, name, getattr(self, name).to(self.device))
@@ -233,6 +253,7 @@ class DashboardScan:
     def sort_top(self) -> None:
         """Order each feature's top entries strongest first, equal activations by position (the scan keeps them
         unordered; empty slots last)."""
+        self.finish()
         by_pos = self.top_idx.argsort(dim=1, stable=True)
         order = by_pos.gather(1, self.top_val.gather(1, by_pos).argsort(dim=1, descending=True, stable=True))
         for name in ("top_val", "top_idx", "top_win", *DFA_FIELDS):
@@ -247,9 +268,11 @@ class DashboardScan:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The state as CPU tensors (what a partial build saves)."""
+        self.finish()
         return {n: getattr(self, n).contiguous().cpu() for n in self._names()}
 
     def load(self, tensors: dict[str, torch.Tensor], n_tokens: int, rows_done: int) -> None:
+        self._pending = None
         for name, t in tensors.items():
             setattr(self, name, t.to(self.device, copy=True))
         self.n_tokens, self.rows_done = n_tokens, rows_done
@@ -299,11 +322,12 @@ class DashboardScan:
                 _put(self.top_idx, slot, cn + offset)
                 _put(self.top_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
                 if dfa is not None:
-                    _, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
-                                                 cn // row_len, cn % row_len, cf, spec.context, dfa.get("w_feat"),
-                                                 in_order=True)
-                    for name, val_ in got.items():
-                        _put(getattr(self, name), slot, val_)
+                    # the DFA waits for the next update, which evicts about half of a first update's entries
+                    # and fewer later: the last update's entries still here get theirs now, from their rows
+                    self.finish()
+                    self._pending = (slot, cn // row_len, cn % row_len, cf, cn + offset, dfa)
+        if dfa is not None and (self._pending is None or self._pending[-1] is not dfa):
+            self.finish()  # no new entries: the waiting ones still here get their DFA
 
         keys = self._sample_keys(n, n_rows, row_len, key_rows or n_rows).to(acts.device)
         floor = self.samp_key.amin(1)
