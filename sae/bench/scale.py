@@ -13,6 +13,7 @@ workload, and `workloads` in the JSON lists them.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -184,8 +185,11 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 @contextmanager
-def _patched(obj: Any, name: str, timer: dict[str, float], calls: dict[str, list[float]] | None = None) -> Iterator[None]:
-    """Wrap `obj.name` so that the seconds spent in it add up in `timer[name]` (and each call's in `calls[name]`)."""
+def _patched(
+    obj: Any, name: str, timer: dict[str, float], calls: dict[str, list[tuple[float, float]]] | None = None
+) -> Iterator[None]:
+    """Wrap `obj.name` so that the seconds spent in it add up in `timer[name]` (and each call's (start, end) goes
+    into `calls[name]`)."""
     orig = getattr(obj, name)
 
     def wrapper(*a: Any, **k: Any) -> Any:
@@ -193,10 +197,10 @@ def _patched(obj: Any, name: str, timer: dict[str, float], calls: dict[str, list
         try:
             return orig(*a, **k)
         finally:
-            dt = time.perf_counter() - t
-            timer[name] = timer.get(name, 0.0) + dt
+            end = time.perf_counter()
+            timer[name] = timer.get(name, 0.0) + end - t
             if calls is not None:
-                calls.setdefault(name, []).append(dt)
+                calls.setdefault(name, []).append((t, end))
 
     setattr(obj, name, wrapper)
     try:
@@ -339,8 +343,10 @@ def _run(shape: Shape, root: Path, say: Callable[[str], None], device: str = "cp
     # the dashboard scan of every layer in one pass (what the first launch builds)
     say("dashboard scan")
     T["scan"] = _scan(model, saes, docs, shape)
-    W["scan"] = (f"{T['scan']['tokens']:,} held-out tokens, {shape.scan_batch_rows} rows of {context} a batch, all "
-                 f"{model.n_layers} layers in one pass; logit effects timed on {shape.logit_sample} features per layer and scaled")
+    W["scan"] = (f"{T['scan']['tokens']:,} held-out tokens, {shape.scan_batch_rows} rows of {context} a batch "
+                 f"({T['scan']['batches']} batches folded into each layer's scan in {T['scan']['folds']} updates), "
+                 f"all {model.n_layers} layers in one pass; logit effects timed on {shape.logit_sample} features per "
+                 "layer and scaled")
 
     # head survey, roles, study: read the dashboards just built, with the induction test on the model
     from sae.analysis import cache
@@ -495,7 +501,7 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     from sae.analysis.dashboards import scan as scan_mod
 
     timer: dict[str, float] = {}
-    calls: dict[str, list[float]] = {}
+    calls: dict[str, list[tuple[float, float]]] = {}
     # the static part's logit effects: timed on `shape.logit_sample` features, the rest of the layer given zeros
     # (scaled up)
     orig_logits = build_mod.logit_effects
@@ -516,7 +522,7 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     build_mod.logit_effects = sampled_logits  # type: ignore[assignment]
     try:
         with _patched(build_mod, "capture_until_z", timer, calls), _patched(build_mod, "encode_acts", timer, calls), \
-                _patched(scan_mod.DashboardScan, "update", timer, calls):
+                _patched(scan_mod.DashboardScan, "update", timer, calls), _patched(build_mod, "finish_scans", timer, calls):
             t = time.perf_counter()
             res = build_mod.build_layers(model, saes, spec, docs=docs, batch_rows=shape.scan_batch_rows, force=True,
                                          checkpoint_s=1e9)
@@ -527,15 +533,20 @@ def _scan(model: Any, saes: dict[int, Any], docs: list[str], shape: Shape) -> di
     scan_s = first.scan_seconds
     model_s = timer.get("capture_until_z", 0.0)
     enc_s = timer.get("encode_acts", 0.0)
-    book_s = timer.get("update", 0.0)
-    # the second half of the batches: each feature's top and sample slots are full by then, so few firings still
-    # enter them (the first batches fill every slot: that cost does not grow with the corpus)
-    half = {k: v[len(v) // 2:] for k, v in calls.items()}
-    late = {k: sum(v) for k, v in half.items()}
-    late_total = late.get("capture_until_z", 0.0) + late.get("encode_acts", 0.0) + late.get("update", 0.0)
+    book_s = timer.get("update", 0.0) + timer.get("finish_scans", 0.0)  # finish: the last fold's DFA
+    # the second half of the scan: each feature's top and sample slots are full by then, so few firings still
+    # enter them (the first batches fill every slot: that cost does not grow with the corpus). Each layer's scan
+    # folds in several model batches per update: the split is after the last update of the first half of the
+    # folds, and the batches captured after it are the ones the later updates fold in
+    ups = calls.get("update", [])
+    folds = len(ups) // len(saes)
+    split = ups[(folds // 2) * len(saes) - 1][1] if folds >= 2 else -math.inf
+    late = {k: sum(e - t for t, e in v if t >= split) for k, v in calls.items()}
+    late_book = late.get("update", 0.0) + late.get("finish_scans", 0.0)
+    late_total = late.get("capture_until_z", 0.0) + late.get("encode_acts", 0.0) + late_book
     return {
-        "tokens": first.n_tokens, "scan_s": scan_s, "batches": len(calls.get("capture_until_z", [])),
-        "late_bookkeeping_share": late.get("update", 0.0) / late_total if late_total else None, "tokens_per_s": first.n_tokens / scan_s if scan_s else None,
+        "tokens": first.n_tokens, "scan_s": scan_s, "batches": len(calls.get("capture_until_z", [])), "folds": folds,
+        "late_bookkeeping_share": late_book / late_total if late_total else None, "tokens_per_s": first.n_tokens / scan_s if scan_s else None,
         "model_s": model_s, "encode_s": enc_s, "bookkeeping_s": book_s,
         "bookkeeping_share": book_s / scan_s if scan_s else None,
         "outside_model_encode_share": (scan_s - model_s - enc_s) / scan_s if scan_s else None,
@@ -596,7 +607,7 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
         ("  model forward / SAE encode / bookkeeping",
          f"{sc['model_s']:.1f} / {sc['encode_s']:.1f} / {sc['bookkeeping_s']:.1f} s"),
         ("  bookkeeping share; outside model + encode", f"{sc['bookkeeping_share']:.0%}; {sc['outside_model_encode_share']:.0%}"),
-        ("  bookkeeping share over the second half of the batches", f"{sc['late_bookkeeping_share']:.0%}"),
+        ("  bookkeeping share over the second half of the scan", f"{sc['late_bookkeeping_share']:.0%}"),
         ("  static part (files, head shares; logit effects scaled)", f"{sc['static_s']:.1f} s (logit effects {sc['logit_effects_full_s']:.1f} s)"),
     ]
     hs = T["head_survey"]

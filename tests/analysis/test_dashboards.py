@@ -97,6 +97,35 @@ def test_dfa_of_top_examples_is_exact(sae, built, brute):
     assert checked > 5
 
 
+def test_batch_by_batch_build_matches_the_folded_one_and_dfa_by_head_is_z_times_w_enc(tiny_model, sae, built, tmp_path):
+    """`built` folds all its model batches into one update (they fit in `fold_bytes`); a build with no room to
+    fold (one update per batch, as before folding) writes the same file, DFA to float rounding. Each top
+    example's DFA of head h is, by hand, z[row, pos, head h] . W_enc[head h rows, f] (z from a plain capture)."""
+    d = tmp_path / "one-by-one"
+    build_dashboards(tiny_model, sae, LAYER, _spec(), docs=DOCS, directory=d, batch_rows=3, fold_bytes=1)
+    a, b = load_file(str(d / dash.DATA)), load_file(str(built / dash.DATA))
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith("dfa_") and a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+    rows = heldout_rows(tiny_model, _spec().n_tokens, 32, DOCS)
+    z = tiny_model.capture_z(rows, [LAYER])[LAYER].float()  # [R, T, H * dh]
+    H, T = tiny_model.n_heads, rows.shape[1]
+    z_h = z.view(*z.shape[:2], H, -1)
+    w_h = sae.W_enc.detach().float().view(H, -1, sae.cfg.d_sae)  # head-major rows of W_enc
+    checked = 0
+    for f in range(sae.cfg.d_sae):
+        for j, g in enumerate(b["top_idx"][f].tolist()):
+            if g < 0:
+                continue
+            want = torch.einsum("hd,hd->h", z_h[g // T, g % T], w_h[:, :, f])
+            torch.testing.assert_close(b["dfa_heads"][f, j], want, atol=1e-4, rtol=1e-4)
+            checked += 1
+    assert checked > 20
+
+
 def test_logit_effects_by_hand(tiny_model, sae, built):
     f = 3
     board = read_dashboard(built, f)

@@ -257,3 +257,68 @@ def test_scan_on_cuda_matches_the_cpu():
             torch.testing.assert_close(cuda[k], cpu[k], atol=1e-5, rtol=1e-4, msg=k)
         else:
             assert torch.equal(cuda[k], cpu[k]), k
+
+
+def test_uniform_cut_never_drops_a_candidate_that_would_enter():
+    """Uniform keys, keys all equal, keys bunched just under the cut level and few candidates: every feature's K
+    first candidates by (key descending, position) are kept."""
+    from sae.analysis.dashboards.scan import _uniform_cut
+
+    g = torch.Generator().manual_seed(2)
+    d, K = 6, 4
+    floor = torch.tensor([-math.inf, 0.0, 0.5, -math.inf, 0.9, 0.2])
+    cases = []
+    f = torch.randint(0, d, (400,), generator=g)
+    lo = floor.clamp(min=0)[f]
+    cases.append((lo + (1 - lo) * torch.rand(400, generator=g), f))  # as the scan draws them
+    cases.append((torch.full((400,), 0.95), f))  # all equal
+    cases.append((lo + (1 - lo) * 0.999 * torch.rand(400, generator=g) ** 8, f))  # bunched low: the fallback
+    cases.append((torch.rand(10, generator=g), torch.randint(0, d, (10,), generator=g)))  # few: keep all
+    for key, ff in cases:
+        kept = set(_uniform_cut(key, ff, floor, K).tolist())
+        for fi in range(d):
+            idx = [i for i in range(len(ff)) if int(ff[i]) == fi]
+            best = sorted(idx, key=lambda i: (-float(key[i]), i))[:K]
+            assert set(best) <= kept, fi
+
+
+def _canonical(sc: DashboardScan) -> dict[str, torch.Tensor]:
+    """The state with each feature's slots in one order (the scan keeps them unordered): top by `sort_top`,
+    samples by position."""
+    sc.sort_top()
+    t = sc.tensors()
+    order = t["samp_idx"].argsort(dim=1)
+    for k in ("samp_key", "samp_val", "samp_idx", "samp_win"):
+        t[k] = t[k].gather(1, order.view(*order.shape, *([1] * (t[k].dim() - 2))).expand_as(t[k]))
+    return t
+
+
+def test_folding_batches_gives_the_batch_by_batch_state():
+    """Four model batches folded into one update (rows given as lists, keys drawn per batch of rows) leave the
+    same state as four updates: the same top examples, samples, windows and histograms; DFA to float rounding."""
+    g = torch.Generator().manual_seed(9)
+    B, H, T, dh, d = 3, 2, 12, 3, 7
+    spec = DashboardSpec(context=2, n_top=3, n_samples=4, context_size=T)
+    w = torch.randn(H, dh, d, generator=g)
+    batches = []
+    for _ in range(4):
+        pat = torch.rand(B, H, T, T, generator=g).tril()
+        batches.append(((torch.randn(B * T, d, generator=g) + 0.2).relu(),
+                        {"pattern": pat / pat.sum(-1, keepdim=True), "v": torch.randn(B, T, H, dh, generator=g),
+                         "tokens": torch.randint(0, 4, (B, T), generator=g), "w_enc": w, "bias": torch.zeros(d)}))
+    one = DashboardScan(d, spec, H, T)
+    for acts, dfa in batches:
+        one.update(acts.clone(), T, dfa=dfa)
+    folded = DashboardScan(d, spec, H, T)
+    dfa = {"pattern": [r for _, x in batches for r in x["pattern"].unbind(0)],
+           "v": [r for _, x in batches for r in x["v"].unbind(0)],
+           "tokens": torch.cat([x["tokens"] for _, x in batches]), "w_enc": w, "bias": torch.zeros(d)}
+    folded.update(torch.cat([a for a, _ in batches]).clone(), T, dfa=dfa, key_rows=B)
+    assert folded.rows_done == one.rows_done and folded.n_tokens == one.n_tokens
+    a, b = [_canonical(sc) for sc in (one, folded)]
+    assert int((a["samp_idx"] >= 0).sum()) == d * 4  # every sample slot filled: the cut had work to do
+    for k in a:
+        if k.startswith("dfa_") and a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
+        else:
+            assert torch.equal(b[k], a[k]), k

@@ -28,7 +28,7 @@ from sae.analysis.dashboards.store import (
 from sae.analysis.dfa import capture_until_z, decoder_by_head, encoder_by_head, head_shares, pattern_hook_name, v_hook_name
 from sae.engine.activations import rows_digest
 from sae.engine.autoencoder import SAE
-from sae.engine.jobs import CancelToken, Progress, ProgressFn, check_cancelled
+from sae.engine.jobs import Cancelled, CancelToken, Progress, ProgressFn, check_cancelled
 from sae.engine.models import LoadedModel, z_hook_name
 from sae.engine.safe_io import check_writable_dir
 
@@ -81,11 +81,39 @@ def logit_effects(model: LoadedModel, sae: SAE, layer: int, n: int = 10, chunk: 
     return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 
-def encode_acts(sae: SAE, z: torch.Tensor, w_enc: torch.Tensor, enc_bias: torch.Tensor) -> torch.Tensor:
+def encode_acts(
+    sae: SAE, z: torch.Tensor, w_enc: torch.Tensor, enc_bias: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The SAE's activations of z `[N, d_in]` -> `[N, d_sae]` (>= 0): `sae.encode_pre` as one fused addmm, then
-    the architecture's activation (`activation_`, which may reuse pre's memory; top-k by exact selection)."""
-    pre = torch.addmm(enc_bias, z, w_enc)  # == sae.encode_pre(z), one fused call
-    return sae.arch.activation_(pre, sae.cfg, sae.threshold)
+    the architecture's activation (`activation_`, which may reuse pre's memory; top-k by exact selection). `out`
+    `[N, d_sae]`, optional: where to put them (returned)."""
+    pre = torch.addmm(enc_bias, z, w_enc, out=out)  # == sae.encode_pre(z), one fused call
+    acts = sae.arch.activation_(pre, sae.cfg, sae.threshold)
+    if out is not None and acts.data_ptr() != out.data_ptr():
+        out.copy_(acts)
+        return out
+    return acts
+
+
+def finish_scans(scans: Iterable[DashboardScan]) -> None:
+    """The last DFA each scan holds back (`DashboardScan.finish`): the end of the scan's bookkeeping."""
+    for sc in scans:
+        sc.finish()
+
+
+FOLD_BYTES = 256 << 20  # the most that a fold of several model batches holds (activations, patterns, values)
+
+
+def fold_batches(model: LoadedModel, saes: dict[int, SAE], row_len: int, batch_rows: int, fold_bytes: int) -> int:
+    """How many model batches each layer's scan folds in at once: as many as `fold_bytes` holds (at least one).
+
+    Folding b batches at once lets in only the entries that beat the others of those b batches: entries that the
+    next batches would evict get no window, DFA or merge (over a scan of n batches about K (1 + ln n/b) entries
+    per feature instead of K (1 + ln n)). It costs memory: the activations, attention patterns and values of b
+    batches (and the previous fold's patterns and values, whose DFA waits one fold: `DashboardScan.update`)."""
+    per_row = sum(row_len * (sae.cfg.d_sae * 4 + model.n_heads * row_len * 4 + model.n_heads * model.d_head * 4)
+                  for sae in saes.values())
+    return max(1, fold_bytes // max(1, per_row * batch_rows))
 
 
 @dataclass
@@ -138,6 +166,7 @@ def build_dashboards(
     batch_rows: int = 32,
     checkpoint_s: float = 20.0,
     force: bool = False,
+    fold_bytes: int = FOLD_BYTES,
 ) -> BuildResult:
     """Scan held-out rows once and write the dashboards of every feature of `sae` (see the module docstring).
 
@@ -147,7 +176,8 @@ def build_dashboards(
     """
     layer = sae.cfg.layer if layer is None else layer
     dirs = None if directory is None else {layer: Path(directory)}
-    return build_layers(model, {layer: sae}, spec, docs, dirs, on_progress, cancel, batch_rows, checkpoint_s, force)[layer]
+    return build_layers(model, {layer: sae}, spec, docs, dirs, on_progress, cancel, batch_rows, checkpoint_s, force,
+                        fold_bytes)[layer]
 
 
 def build_layers(
@@ -161,9 +191,11 @@ def build_layers(
     batch_rows: int = 32,
     checkpoint_s: float = 20.0,
     force: bool = False,
+    fold_bytes: int = FOLD_BYTES,
 ) -> dict[int, BuildResult]:
     """`build_dashboards` for several layers from one scan: each model pass stops after the deepest layer's
-    attention and feeds every layer's SAE, so building all layers costs about one forward pass per row."""
+    attention and feeds every layer's SAE, so building all layers costs about one forward pass per row. Each
+    layer's scan folds in `fold_batches` model batches at a time (`fold_bytes`: the memory that may take)."""
     t_start = time.perf_counter()
     spec = replace(spec or DashboardSpec())
     spec.context_size = min(spec.context_size, model.n_ctx)
@@ -224,6 +256,19 @@ def build_layers(
             if sc.rows_done > 0:
                 save_partial(dirs[layer], sc, metas[layer])
 
+    # model batches wait for a fold: per layer, its activations (in one buffer) and the rows' patterns / values
+    n_fold = fold_batches(model, {layer: saes[layer] for layer in todo}, T, batch_rows, fold_bytes)
+    bufs: dict[int, torch.Tensor] = {}
+    pending: dict[int, dict[str, Any]] = {}
+
+    def fold() -> None:
+        for layer, p in pending.items():
+            dfa = {"pattern": p["pattern"], "v": p["v"], "tokens": torch.cat(p["tokens"]),
+                   "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1]}
+            acts = p["acts"] if "acts" in p else bufs[layer][: p["n"]]
+            scans[layer].update(acts.float(), T, dfa=dfa, key_rows=batch_rows)
+        pending.clear()
+
     try:
         with torch.inference_mode():
             while row < rows.shape[0]:
@@ -232,26 +277,46 @@ def build_layers(
                 stop = min([row + batch_rows] + [sc.rows_done for sc in scans.values() if sc.rows_done > row])
                 batch = rows[row:stop].to(model.device)
                 got = capture_until_z(model, batch, deepest, z_names)
+                # fold several batches at once only while every layer is at the same place (not while one that
+                # stopped earlier in an interrupted build catches up)
+                grouped = n_fold > 1 and all(sc.rows_done == scans[todo[0]].rows_done for sc in scans.values())
                 for layer in todo:
                     sc, sae = scans[layer], saes[layer]
                     if sc.rows_done > row:  # this layer got further before an interruption
                         continue
                     w_enc, enc_bias, b_v = enc[layer]
                     z = (got[z_hook_name(layer)] - b_v).reshape(-1, sae.cfg.d_in).to(w_enc.dtype)  # value bias out
-                    acts = encode_acts(sae, z, w_enc, enc_bias)
+                    p = pending.setdefault(layer, {"n": 0, "pattern": [], "v": [], "tokens": []})
+                    if grouped:
+                        if layer not in bufs:
+                            bufs[layer] = torch.empty(n_fold * batch_rows * T, sae.cfg.d_sae, dtype=w_enc.dtype,
+                                                      device=model.device)
+                        encode_acts(sae, z, w_enc, enc_bias, out=bufs[layer][p["n"] : p["n"] + z.shape[0]])
+                    else:
+                        p["acts"] = encode_acts(sae, z, w_enc, enc_bias)
+                    p["n"] += z.shape[0]
                     v = got[v_hook_name(layer)]
                     v = v - (b_v if v.shape[-2] == b_v.shape[0] else b_v[:: b_v.shape[0] // v.shape[-2]])
                     if v.shape[-2] != model.n_heads:  # grouped-query attention
                         v = v.repeat_interleave(model.n_heads // v.shape[-2], dim=-2)
-                    dfa = {"pattern": got[pattern_hook_name(layer)].float(), "v": v.float(),
-                           "tokens": batch, "w_enc": enc_heads[layer][0], "bias": enc_heads[layer][1]}
-                    sc.update(acts.float(), T, dfa=dfa)
+                    p["pattern"] += got[pattern_hook_name(layer)].float().unbind(0)  # rows, read in place
+                    p["v"] += v.float().unbind(0)
+                    p["tokens"].append(batch)
                 row += batch.shape[0]
-                if time.perf_counter() - last_ckpt > checkpoint_s:
-                    save_all()
-                    last_ckpt = time.perf_counter()
+                del got
+                if not grouped or len(pending[todo[-1]]["tokens"]) >= n_fold or row >= rows.shape[0]:
+                    fold()
+                    if time.perf_counter() - last_ckpt > checkpoint_s:
+                        save_all()
+                        last_ckpt = time.perf_counter()
                 report("scanning")
-    except BaseException:  # cancelled, interrupted or failed: keep what was scanned, so the next call resumes
+            finish_scans(scans.values())
+    except Cancelled:  # asked between batches: every waiting batch is whole, so fold it in before saving
+        with torch.inference_mode():
+            fold()
+        save_all()
+        raise
+    except BaseException:  # interrupted or failed: keep what was folded in, so the next call resumes from there
         save_all()
         raise
     scan_s = time.perf_counter() - t_scan

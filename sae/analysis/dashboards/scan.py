@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
@@ -63,34 +64,47 @@ def _merge_slots(
     if f_new.numel() == 0:
         return empty, empty, empty
     K = keys.shape[1]
+    dev = keys.device
     # grouped by feature, best first; only each feature's K best new entries can enter
     order = _grouped_order(f_new, key_new)
-    touched, counts = torch.unique_consecutive(f_new[order], return_counts=True)
-    grp = torch.repeat_interleave(torch.arange(len(touched), device=keys.device), counts)
-    rank = torch.arange(len(order), device=keys.device) - (torch.cumsum(counts, 0) - counts)[grp]
-    best = rank < K
-    order, grp, rank = order[best], grp[best], rank[best]
-    ks = key_new[order].to(keys.dtype)
+    touched, counts = torch.unique_consecutive(f_new.index_select(0, order), return_counts=True)
+    grp = torch.repeat_interleave(torch.arange(len(touched), device=dev), counts)
+    rank = torch.arange(len(order), device=dev) - (torch.cumsum(counts, 0) - counts).index_select(0, grp)
+    best = _where(rank < K)
+    order, grp, rank = order.index_select(0, best), grp.index_select(0, best), rank.index_select(0, best)
+    ks = key_new.index_select(0, order).to(keys.dtype)
     # each touched feature's old entries weakest first (equal keys: the latest first; empty slots first): the
     # order in which they make way, and sorted keys to count, by binary search, the old entries >= a new one
-    old = keys[touched]  # [n_t, K]
+    old = keys.index_select(0, touched)  # [n_t, K]
     if pos is None:
         evict = old.argsort(dim=1, stable=True)
     else:
-        evict = torch.argsort(_key_bits(old) * (1 << 32) + ((1 << 31) - 1 - pos[touched]), dim=1, stable=True)
+        evict = torch.argsort(_key_bits(old) * (1 << 32) + ((1 << 31) - 1 - pos.index_select(0, touched)), dim=1,
+                              stable=True)
     old_sorted = old.gather(1, evict)
     width = int(rank.max()) + 1
-    pad = torch.full((len(touched), width), math.inf, dtype=keys.dtype, device=keys.device)
-    pad[grp, rank] = ks
-    n_below = torch.searchsorted(old_sorted, pad)[grp, rank]  # old entries < the new one
-    surv = rank + (K - n_below) < K  # its place among old and new; each feature's survivors: its first m
-    order, grp, rank, ks = order[surv], grp[surv], rank[surv], ks[surv]
-    if len(order) == 0:
+    at = grp * width + rank  # each new entry's cell of a [n_t, width] block
+    pad = torch.full((len(touched) * width,), math.inf, dtype=keys.dtype, device=dev)
+    pad.index_copy_(0, at, ks)
+    n_below = torch.searchsorted(old_sorted, pad.view(-1, width)).view(-1).index_select(0, at)  # old entries < it
+    surv = _where(rank + (K - n_below) < K)  # its place among old and new; each feature's survivors: its first m
+    if len(surv) == 0:
         return empty, empty, empty
-    slots = evict[grp, rank]  # the m weakest old entries make way
-    rows = touched[grp]
-    keys[rows, slots] = ks
+    order, grp, rank, ks = (x.index_select(0, surv) for x in (order, grp, rank, ks))
+    slots = evict.view(-1).index_select(0, grp * K + rank)  # the m weakest old entries make way
+    rows = touched.index_select(0, grp)
+    keys.view(-1).index_copy_(0, rows * K + slots, ks)
     return rows, slots, order
+
+
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D bool `mask`, ascending (numpy's scan on the CPU: several times faster
+    than `nonzero` there)."""
+    if mask.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
 
 
 def _put(state: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
@@ -111,14 +125,64 @@ def _firings(acts: torch.Tensor) -> torch.Tensor:
     return flat.nonzero().squeeze(1)
 
 
+def _put_windows(
+    state: torch.Tensor, slot: torch.Tensor, flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor,
+    row_len: int, context: int,
+) -> None:
+    """`_put(state, slot, _windows(...))`, reading the windows in position order: each one reads a column of `acts`
+    across 2 * context + 1 rows, so neighbours in position share those rows (pages, cache lines) where neighbours in
+    feature order would not."""
+    order = torch.argsort(n * d + f)
+    _put(state, slot.index_select(0, order),
+         _windows(flat, d, n.index_select(0, order), f.index_select(0, order), row_len, context))
+
+
+def _uniform_cut(key: torch.Tensor, f: torch.Tensor, floor: torch.Tensor, K: int) -> torch.Tensor:
+    """Indices of the candidates that can still be among their feature's K largest keys, found without sorting.
+
+    key `[C]`, uniform on (floor[f], 1) (a sample key above its feature's current K-th), f `[C]`, floor `[d]`
+    (-inf: treated as 0). A feature with c candidates keeps those above the level that about 2K + 8 of them
+    exceed; when fewer than K do (or c is small), it keeps them all, so no candidate that would enter is lost."""
+    d = floor.shape[0]
+    count = torch.bincount(f, minlength=d)
+    if len(key) == 0 or int(count.max()) <= 2 * K + 8:
+        return torch.arange(len(key), device=key.device)
+    lo = floor.clamp(min=0)
+    level = 1 - (1 - lo) * ((2 * K + 8) / count.clamp(min=1)).clamp(max=1)  # [d]
+    keep = key >= level.index_select(0, f)
+    short = torch.bincount(f.index_select(0, _where(keep)), minlength=d) < count.clamp(max=K)
+    if bool(short.any()):  # unlucky draws: those features keep every candidate
+        keep |= short.index_select(0, f)
+    return _where(keep)
+
+
+def _firing_cells(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_firings` of `acts [N, d]` with each one's row and column -> (flat index, n, f), each `[F]` on acts' device
+    (on the CPU numpy's divmod by a scalar, about 2.5x faster than torch's)."""
+    d = acts.shape[-1]
+    idx = _firings(acts)
+    if acts.device.type == "cpu":
+        import numpy as np
+
+        n, f = np.divmod(idx.numpy(), d)
+        return idx, torch.from_numpy(n), torch.from_numpy(f)
+    idx = idx.to(acts.device)
+    n = idx // d
+    return idx, n, idx - n * d
+
+
 def _windows(flat: torch.Tensor, d: int, n: torch.Tensor, f: torch.Tensor, row_len: int, context: int) -> torch.Tensor:
     """Feature `f[c]`'s activations in a +-context window around position `n[c]` of `acts [N, d]` (given flat as
     `flat [N * d]`) -> `[C, W]`. Windows stay inside their row (positions outside are 0)."""
     offs = torch.arange(-context, context + 1, device=flat.device)
-    t = (n % row_len).unsqueeze(1) + offs
-    valid = (t >= 0) & (t < row_len)
-    lin = (n.unsqueeze(1) + offs).clamp_(0, flat.numel() // d - 1).mul_(d).add_(f.unsqueeze(1))
-    return flat.index_select(0, lin.view(-1)).view(lin.shape) * valid
+    lin = (n * d + f).unsqueeze(1) + offs * d
+    got = flat.index_select(0, lin.clamp_(0, flat.numel() - 1).view(-1)).view(lin.shape)
+    t = n % row_len
+    edge = _where((t < context) | (t >= row_len - context))  # windows that cross a row's end
+    if len(edge):
+        te = t.index_select(0, edge).unsqueeze(1) + offs
+        got.index_copy_(0, edge, got.index_select(0, edge) * ((te >= 0) & (te < row_len)))
+    return got
 
 
 class DashboardScan:
@@ -158,9 +222,29 @@ class DashboardScan:
         self.hist = torch.zeros(d_sae, spec.hist_bins, dtype=torch.long, **dev)
         self.n_tokens = 0  # positions counted (BOS excluded)
         self.rows_done = 0
+        # the last update's new top entries, whose DFA waits for the next update (fewer of them are still there
+        # by then): (flat slots, rows in that update, positions, features, stream positions, that update's `dfa`)
+        self._pending: tuple[Any, ...] | None = None
+
+    def finish(self) -> None:
+        """The DFA of the top entries still waiting for it (`update` computes each entry's one update later, for
+        those not evicted by then). Reading the state (`tensors`, `sort_top`, `to`) finishes first."""
+        if self._pending is None:
+            return
+        slot, p_b, p_t, p_f, g, dfa = self._pending
+        self._pending = None
+        live = _where(self.top_idx.view(-1).index_select(0, slot) == g)  # the entries still in their slots
+        if len(live) == 0:
+            return
+        slot, p_b, p_t, p_f = (x.index_select(0, live) for x in (slot, p_b, p_t, p_f))
+        _, got = _example_dfa_sorted(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"], p_b, p_t,
+                                     p_f, self.spec.context, dfa.get("w_feat"), in_order=True)
+        for name, val in got.items():
+            _put(getattr(self, name), slot, val)
 
     def to(self, device: torch.device | str) -> "DashboardScan":
         """Move the state to `device` (in place); returns self."""
+        self.finish()
         self.device = torch.device(device)
         for name in self._names():
             setattr(self, name, getattr(self, name).to(self.device))
@@ -169,6 +253,7 @@ class DashboardScan:
     def sort_top(self) -> None:
         """Order each feature's top entries strongest first, equal activations by position (the scan keeps them
         unordered; empty slots last)."""
+        self.finish()
         by_pos = self.top_idx.argsort(dim=1, stable=True)
         order = by_pos.gather(1, self.top_val.gather(1, by_pos).argsort(dim=1, descending=True, stable=True))
         for name in ("top_val", "top_idx", "top_win", *DFA_FIELDS):
@@ -183,16 +268,19 @@ class DashboardScan:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The state as CPU tensors (what a partial build saves)."""
+        self.finish()
         return {n: getattr(self, n).contiguous().cpu() for n in self._names()}
 
     def load(self, tensors: dict[str, torch.Tensor], n_tokens: int, rows_done: int) -> None:
+        self._pending = None
         for name, t in tensors.items():
             setattr(self, name, t.to(self.device, copy=True))
         self.n_tokens, self.rows_done = n_tokens, rows_done
 
     @torch.no_grad()
     def update(
-        self, acts: torch.Tensor, row_len: int, skip_first: bool = True, dfa: dict[str, torch.Tensor] | None = None
+        self, acts: torch.Tensor, row_len: int, skip_first: bool = True, dfa: dict[str, Any] | None = None,
+        key_rows: int | None = None,
     ) -> None:
         """acts: `[rows * row_len, d_sae]` (>= 0) for the next `rows` rows of the stream (row-major, float), on the
         scan's device.
@@ -200,7 +288,9 @@ class DashboardScan:
         With `skip_first`, the BOS position of every row is zeroed in place. `dfa` (pattern, v, tokens, w_enc, bias,
         optionally w_feat; see `example_dfa`) lets each new top example get its DFA by source now, while its row is
         in memory. Only the batch's firings are touched: the top examples and the samples take, per feature, only
-        the candidates that beat its current K-th entry, in one grouped merge each."""
+        the candidates that beat its current K-th entry, in one grouped merge each. `key_rows`: the sample keys are
+        drawn per run of that many rows (default: all of them), seeded by the run's first row, so folding several
+        model batches at once (fewer entries that a later batch evicts) draws the same keys as one call each."""
         spec = self.spec
         d = self.d_sae
         n_rows = acts.shape[0] // row_len
@@ -208,48 +298,62 @@ class DashboardScan:
             acts.view(n_rows, row_len, -1)[:, 0] = 0
         offset = self.rows_done * row_len
         flat = acts.reshape(-1)
-        idx = _firings(acts).to(acts.device)  # activations are >= 0, so non-zero means firing
+        idx, n, f = _firing_cells(acts)  # activations are >= 0, so non-zero means firing
         val = flat.index_select(0, idx)
-        n = idx // d
-        f = idx - n * d
         self.n_fire += torch.bincount(f, minlength=d)
         self.sum_act += torch.bincount(f, weights=val.double(), minlength=d)
         width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
-        b = ((torch.log10(val) - spec.hist_lo) / width).floor().clamp(0, spec.hist_bins - 1).long()
+        b = torch.log10(val).sub_(spec.hist_lo).div_(width).floor_().clamp_(0, spec.hist_bins - 1).long()
         if self.hist.device.type == "cpu":  # only the bins that got firings
             self.hist.view(-1).index_add_(0, f * spec.hist_bins + b, torch.ones_like(b))
         else:
             self.hist.view(-1).add_(torch.bincount(f * spec.hist_bins + b, minlength=self.hist.numel()))
 
-        cand = (val > self.top_val.min(dim=1).values[f]).nonzero().squeeze(1)
+        cand = _where(val > self.top_val.amin(1).index_select(0, f))
         if len(cand):
-            cn, cf = n[cand], f[cand]
-            r, c, i = _merge_slots(self.top_val, cf, val[cand], self.top_idx)
+            cn, cf = n.index_select(0, cand), f.index_select(0, cand)
+            r, c, i = _merge_slots(self.top_val, cf, val.index_select(0, cand), self.top_idx)
             if len(r):
-                cn, cf = cn[i], cf[i]
-                slot = r * spec.n_top + c  # payloads written by flat slot: one row copy each
+                # the new entries in position order: windows read neighbouring rows, DFA goes row by row
+                o = torch.argsort(cn.index_select(0, i) * d + cf.index_select(0, i))
+                i = i.index_select(0, o)
+                cn, cf = cn.index_select(0, i), cf.index_select(0, i)
+                slot = (r * spec.n_top + c).index_select(0, o)  # payloads written by flat slot: one row copy each
                 _put(self.top_idx, slot, cn + offset)
                 _put(self.top_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
                 if dfa is not None:
-                    got = example_dfa(dfa["pattern"], dfa["v"], dfa["tokens"], dfa["w_enc"], dfa["bias"],
-                                      cn // row_len, cn % row_len, cf, spec.context, dfa.get("w_feat"))
-                    for name, val_ in got.items():
-                        _put(getattr(self, name), slot, val_)
+                    # the DFA waits for the next update, which evicts about half of a first update's entries
+                    # and fewer later: the last update's entries still here get theirs now, from their rows
+                    self.finish()
+                    self._pending = (slot, cn // row_len, cn % row_len, cf, cn + offset, dfa)
+        if dfa is not None and (self._pending is None or self._pending[-1] is not dfa):
+            self.finish()  # no new entries: the waiting ones still here get their DFA
 
-        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + self.rows_done)
-        keys = torch.rand(len(val), generator=gen).to(acts.device)  # drawn on the CPU: the same on every device
-        cand = (keys > self.samp_key.min(dim=1).values[f]).nonzero().squeeze(1)
+        keys = self._sample_keys(n, n_rows, row_len, key_rows or n_rows).to(acts.device)
+        floor = self.samp_key.amin(1)
+        cand = _where(keys > floor.index_select(0, f))
+        cand = cand.index_select(0, _uniform_cut(keys.index_select(0, cand), f.index_select(0, cand), floor,
+                                                 spec.n_samples))
         if len(cand):
-            cn, cf = n[cand], f[cand]
-            r, c, i = _merge_slots(self.samp_key, cf, keys[cand], self.samp_idx)
+            cn, cf = n.index_select(0, cand), f.index_select(0, cand)
+            r, c, i = _merge_slots(self.samp_key, cf, keys.index_select(0, cand), self.samp_idx)
             if len(r):
-                cn, cf = cn[i], cf[i]
+                cn, cf = cn.index_select(0, i), cf.index_select(0, i)
                 slot = r * spec.n_samples + c
-                _put(self.samp_val, slot, val[cand[i]])
+                _put(self.samp_val, slot, val.index_select(0, cand.index_select(0, i)))
                 _put(self.samp_idx, slot, cn + offset)
-                _put(self.samp_win, slot, _windows(flat, d, cn, cf, row_len, spec.context))
+                _put_windows(self.samp_win, slot, flat, d, cn, cf, row_len, spec.context)
         self.n_tokens += n_rows * (row_len - 1 if skip_first else row_len)
         self.rows_done += n_rows
+
+    def _sample_keys(self, n: torch.Tensor, n_rows: int, row_len: int, key_rows: int) -> torch.Tensor:
+        """One uniform key per firing (`n [F]`: each firing's position in the batch, ascending), drawn on the CPU
+        (the same on every device) per run of `key_rows` rows, seeded by the run's first row of the stream."""
+        starts = list(range(0, n_rows, key_rows))
+        cuts = torch.searchsorted(n, torch.tensor(starts + [n_rows], device=n.device) * row_len).tolist()
+        keys = [torch.rand(hi - lo, generator=torch.Generator().manual_seed(
+                    self.spec.seed * 1_000_003 + self.rows_done + r)) for r, lo, hi in zip(starts, cuts, cuts[1:])]
+        return torch.cat(keys) if len(keys) > 1 else keys[0]
 
 
 def n_distance_bins(row_len: int) -> int:
@@ -278,16 +382,20 @@ def source_facts(
     `n_distance_bins(T)`): the bins of the whole row when `per_src` holds only its first T sources. With `rows
     [P]`, tokens is `[B, T']` (T' >= T) and example p reads row `rows[p]`.
     """
-    P, T = per_src.shape
-    pos = torch.arange(T, device=per_src.device)
-    usable = (pos >= 1).unsqueeze(0) & (pos.unsqueeze(0) <= dest.unsqueeze(1))  # [P, T]
-    hist = distance_hist(per_src.clamp(min=0) * usable, dest, n_bins)
-    masked = torch.where(usable, per_src, torch.full((), -math.inf, dtype=per_src.dtype))
-    best_val, best = masked.max(1)
+    P = per_src.shape[0]
+    # the positive mass of each usable source: BOS out; sources after `dest` are zero already, and the distance
+    # bins never reach past `dest`
+    mass = per_src.clamp(min=0)
+    mass[:, 0] = 0
+    hist = distance_hist(mass, dest, n_bins)
+    best_val, best = mass.max(1)  # the first of equal maxima, as among the usable sources alone
     has = best_val > 0
     top = torch.where(has, best, torch.full_like(best, -1))
+    flat_tok = tokens.reshape(-1)
+    base = (torch.arange(P, device=mass.device) if rows is None else rows) * tokens.shape[1]
+
     def tok(at: torch.Tensor) -> torch.Tensor:
-        return tokens.gather(1, at.unsqueeze(1)).squeeze(1) if rows is None else tokens[rows, at]
+        return flat_tok.index_select(0, base + at)
 
     src_tok = torch.where(has, tok(best), torch.full_like(best, -1))
     prev = (best - 1).clamp(min=0)
@@ -321,30 +429,45 @@ DFA_FIELDS = ("dfa_src", "dfa_earlier", "dfa_heads", "dfa_pre", "dfa_dist", "dfa
 
 @torch.no_grad()
 def example_dfa(
-    pattern: torch.Tensor, v: torch.Tensor, tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
+    pattern: torch.Tensor | Sequence[torch.Tensor], v: torch.Tensor | Sequence[torch.Tensor], tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
     p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int, w_feat: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """DFA by source of feature `p_f[p]` at position `p_t[p]` of batch row `p_b[p]`, for P examples.
 
-    pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
-    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`, contiguous (else
-    the columns of the features at hand are copied out of w_enc, once per call). Returns per example: dfa_src `[P, context + 1]` (sources t-context..t,
-    0 before the row start), dfa_earlier `[P]` (sources before the window), dfa_heads `[P, H]`, dfa_pre `[P]`
-    (= sum of all sources + bias), and the `source_facts` fields."""
-    P, H, T = len(p_b), pattern.shape[1], pattern.shape[-1]
-    dev = v.device
-    if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
-        uf, inv = torch.unique(p_f, return_inverse=True)
-        w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
-        p_f_local = inv
-    else:
-        p_f_local = p_f
+    pattern `[B, H, T, T]`, v `[B, T, H, dh]` (value bias removed; either may be a sequence of B rows, as several
+    model batches' rows are, read in place), tokens `[B, T]`, w_enc `[H, dh, d_sae]`,
+    bias `[d_sae]` (`encoder_bias_total`); w_feat, optional: the same encoder as `[d_sae, H, dh]`. Returns per
+    example: dfa_src `[P, context + 1]` (sources t-context..t, 0 before the row start), dfa_earlier `[P]` (sources
+    before the window), dfa_heads `[P, H]`, dfa_pre `[P]` (= sum of all sources + bias), and the `source_facts`
+    fields."""
+    order, got = _example_dfa_sorted(pattern, v, tokens, w_enc, bias, p_b, p_t, p_f, context, w_feat)
+    out = {}
+    for k, x in got.items():  # back in the callers' order
+        out[k] = torch.empty_like(x)
+        out[k][order] = x
+    return out
+
+
+def _example_dfa_sorted(
+    pattern: torch.Tensor | Sequence[torch.Tensor], v: torch.Tensor | Sequence[torch.Tensor], tokens: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor,
+    p_b: torch.Tensor, p_t: torch.Tensor, p_f: torch.Tensor, context: int, w_feat: torch.Tensor | None = None,
+    in_order: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`example_dfa` in (row, position) order: returns (order `[P]`, the fields of examples `order[0], order[1],
+    ...`), so a caller that writes each example somewhere permutes its targets once instead of every field.
+    `in_order`: the examples already come in that order (order is then `arange(P)`)."""
+    P, H, T = len(p_b), pattern[0].shape[0], pattern[0].shape[-1]
+    dev = p_b.device
     # examples in (row, position) order: a block of them shares a row and needs only the sources up to its last
     # position (attention is causal), so on average half the sources are computed
-    order = torch.argsort(p_b * T + p_t, stable=True)
-    sb, st, sf = p_b[order], p_t[order], p_f_local[order]
-    src_sorted = torch.zeros(P, T, dtype=v.dtype, device=dev)  # [P, T]: DFA of each source, summed over heads
-    heads_sorted = torch.empty(P, H, dtype=v.dtype, device=dev)  # [P, H]: summed over sources
+    order = torch.arange(P, device=dev) if in_order else torch.argsort(p_b * T + p_t, stable=True)
+    sb, st, sf = (x.index_select(0, order) for x in (p_b, p_t, p_f))
+    if w_feat is None:  # the encoder columns of the features at hand, feature-major (no lasting copy of W_enc)
+        uf, sf = torch.unique(sf, return_inverse=True)
+        w_feat = torch.index_select(w_enc.reshape(-1, w_enc.shape[-1]), 1, uf).T.contiguous().view(len(uf), H, -1)
+    dtype = v[0].dtype
+    src = torch.zeros(P, T, dtype=dtype, device=dev)  # [P, T]: DFA of each source, summed over heads
+    heads = torch.empty(P, H, dtype=dtype, device=dev)  # [P, H]: summed over sources
     rows, counts = torch.unique_consecutive(sb, return_counts=True)
     step = max(1, min(512, (1 << 22) // max(1, H * T)))  # examples per block ([H, n, T] of at most 16 MB)
     start = 0
@@ -355,23 +478,17 @@ def example_dfa(
             t_sel = st[lo:hi]
             width = int(t_sel[-1]) + 1  # the block's last position: sources after it get no attention
             # every head's values against every chosen feature's encoder slice, weighted by the attention paid
-            contrib = torch.bmm(w_feat[sf[lo:hi]].transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
+            contrib = torch.bmm(w_feat.index_select(0, sf[lo:hi]).transpose(0, 1), v_b[:, :, :width])  # [H, n, width]
             contrib.mul_(pattern[b].index_select(1, t_sel)[:, :, :width])  # zero for s > t
-            src_sorted[lo:hi, :width] = contrib.sum(0)
-            heads_sorted[lo:hi] = contrib.sum(2).T
+            src[lo:hi, :width] = contrib.sum(0)
+            heads[lo:hi] = contrib.sum(2).T
         start += n
-    # reduced in the sorted order, in slices (small temporaries), then put back in the callers' order
     s_idx = st.unsqueeze(1) + torch.arange(-context, 1, device=dev)
-    got = {"dfa_src": src_sorted.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0), "dfa_total": src_sorted.sum(1),
-           "dfa_heads": heads_sorted}
-    cut = 4096
-    parts = [source_facts(src_sorted[lo : lo + cut], tokens, st[lo : lo + cut], rows=sb[lo : lo + cut])
+    win = src.gather(1, s_idx.clamp(min=0)) * (s_idx >= 0)
+    total = src.sum(1)
+    got = {"dfa_src": win, "dfa_earlier": total - win.sum(1), "dfa_heads": heads, "dfa_pre": total + bias.index_select(0, p_f.index_select(0, order))}
+    cut = 4096  # source facts in slices: small temporaries
+    parts = [source_facts(src[lo : lo + cut], tokens, st[lo : lo + cut], rows=sb[lo : lo + cut])
              for lo in range(0, max(P, 1), cut)]
     got.update({k: torch.cat([x[k] for x in parts]) for k in parts[0]})
-    out = {}
-    for k, x in got.items():
-        out[k] = torch.empty_like(x)
-        out[k][order] = x
-    total = out.pop("dfa_total")
-    return {"dfa_src": out["dfa_src"], "dfa_earlier": total - out["dfa_src"].sum(1), "dfa_heads": out["dfa_heads"],
-            "dfa_pre": total + bias[p_f], **{k: out[k] for k in DFA_FIELDS[4:]}}
+    return order, got
