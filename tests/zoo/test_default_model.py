@@ -144,3 +144,25 @@ def test_shipped_saes_were_trained_with_the_zoo_recipe():
             assert saved["d_sae"] == train["d_sae"] == cfg.width(layer, saved["d_in"]), layer
             seen.append(layer)
     assert sorted(seen) == [0, 1, 2]
+
+
+def test_saes_stage_trains_one_run_per_recipe_group(tmp_path, monkeypatch):
+    """`zoo train-default --stage saes`: layers sharing a recipe train in one run under OUT/sae_runs/, a layer with
+    its own entry in its own run, and every layer's SAE lands in OUT/saes/ with its group's width and settings."""
+    import json
+    import shutil
+
+    from sae.zoo import build
+
+    monkeypatch.setattr(build, "SAE_RECIPE", {"architecture": "topk", "k": 4, "decoder_norm": "unit", "expansion": 1})
+    monkeypatch.setattr(build, "SAE_LAYER_RECIPES", {1: {"expansion": 2, "aux_k": 8, "dead_tokens": 1024}})
+    shutil.copytree(zoo.DEFAULT_MODEL_DIR, tmp_path / "model")
+    build.run(tmp_path, stage="saes", sae_tokens=2 * 4096, log=lambda s: None)
+    assert sorted(p.name for p in (tmp_path / "sae_runs").iterdir()) == ["layers-0-2", "layers-1"]
+    widths = {}
+    for layer in (0, 1, 2):
+        cfg = json.loads((tmp_path / "saes" / f"blocks.{layer}.attn.hook_z" / "cfg.json").read_text())
+        widths[layer] = (cfg["d_sae"], cfg["training"]["aux_k"])
+    assert widths == {0: (128, None), 1: (256, 8), 2: (128, None)}
+    runs = {p.name: json.loads((p / "train_config.json").read_text())["layers"] for p in (tmp_path / "sae_runs").iterdir()}
+    assert runs == {"layers-0-2": [0, 2], "layers-1": [1]}
