@@ -167,7 +167,7 @@ def sae_metrics_markdown(results: list[dict]) -> str:
         lines.append(
             f"| {r['hook']} | {r['d_sae']} | {r['l0']:.1f} | {r['explained_variance']:.3f} | "
             f"{r['ce_loss_recovered']:.3f} | {r['ce_clean']:.3f} / {r['ce_sae']:.3f} / {r['ce_zero_abl']:.3f} | "
-            f"{r['kl']:.4f} | {r['dead_fraction']:.3f} | {r['dense_fraction']:.3f} | {r['tokens']:,} |"
+            f"{r['kl']:.4f} | {r['dead_fraction']:.3f} | {100 * r['dense_fraction']:.2f}% | {r['tokens']:,} |"
         )
     tokens = {r.get("training_tokens") for r in results} - {None}
     lines += [
