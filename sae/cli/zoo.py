@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--stage", choices=["all", "lm", "saes", "card"], default="all")
     t.add_argument("--steps", type=positive_int, default=4000, help="LM phase-1 steps (32 x 128 tokens each)")
     t.add_argument("--phase2-steps", type=int, default=2500, help="LM phase-2 steps (previous-token rows added)")
-    t.add_argument("--sae-tokens", type=positive_int, default=4_000_000, help="SAE training tokens")
+    t.add_argument("--sae-tokens", type=positive_int, default=3_000_000,  # sae.zoo.build.SAE_TOKENS
+                   help="SAE training tokens (the shipped SAEs: 3M)")
     t.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
     t.add_argument("--install", action="store_true", help="copy the result into the package (developers)")
     t.set_defaults(func=cmd_train_default)

@@ -679,7 +679,10 @@ def make_run_evals() -> dict:
     with safe_open(str(wpath), framework="pt") as f:
         w = {k: f.get_tensor(k).float() for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
     tokens, token_recipe = eval_tokens(model.tokenizer, model.cfg.d_vocab)
-    k = 32  # the shipped SAE's k (its cfg.json says "k": 32); hard-coded so only tensors are read
+    # the k of the shipped SAE the committed fixture was made from (1024 wide, k 32, before issue 22.5's retraining;
+    # the shipped layer-1 SAE is now 8192 wide with k 28: use 28 when regenerating from it); hard-coded so only
+    # tensors are read
+    k = 32
     # keep the N_EVAL_LATENTS latents that fire most often (top-k of the full SAE) on TL's processed hook_z of
     # the eval tokens, in index order, so the small SAE still reconstructs well
     with torch.no_grad():

@@ -302,3 +302,30 @@ async def test_heatmap_runs_the_model_once_per_prompt_for_every_layer(tiny_model
         assert core.KEEP_LAST >= 1
     finally:
         eng.close()
+
+
+async def test_first_heatmap_of_the_default_starts_on_a_specific_feature():
+    """Issue 22: the first heatmap a new user sees (the example prompt, the first SAE layer, the shipped SAEs)
+    starts its cursor on a feature that means something: not dense in training (its saved density, read here from
+    the file) and firing on few of the prompt's positions: both " John", most on the one after the comma (the
+    shipped layer-0 start is a next-item-of-a-list feature)."""
+    from safetensors.torch import load_file
+
+    from sae import zoo
+    from workbench.engine import Engine
+    from workbench.launch import EXAMPLE_PROMPT
+
+    eng = Engine("default", "default", device="cpu")
+    try:
+        info = await eng.open()
+        layer = info.sae_layers[0]
+        view = await eng.features(EXAMPLE_PROMPT, layer)
+    finally:
+        eng.close()
+    feature, acts = view.columns[0], torch.from_numpy(view.values[:, 0])
+    density = load_file(zoo.DEFAULT_SAES_DIR / f"blocks.{layer}.attn.hook_z" / "sparsity.safetensors")["sparsity"]
+    assert 10 ** float(density[feature]) < 0.10  # not one of the dense latents
+    assert int((acts > 0).sum()) <= len(view.tokens) // 4
+    johns = [i for i, t in enumerate(view.tokens) if t == " John"]
+    assert len(johns) == 2 and all(acts[i] > 0 for i in johns)
+    assert int(acts.argmax()) == johns[1]  # "store, John"
