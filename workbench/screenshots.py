@@ -82,7 +82,9 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
         await pilot.pause(0.2)
         shot("trace")
         await pilot.press("3")
-        await _until(pilot, lambda: app.screen.query_one("#heads-status").message != "surveying heads ...", timeout)
+        # the survey runs as a job with progress lines: wait for its grid, not for the status line to change
+        await _until(pilot, lambda: getattr(app.screen, "survey", None) is not None and app.screen.job is None, timeout)
+        await pilot.pause(0.3)
         shot("heads")
         await pilot.press("4")  # the experiments run at their default N
         await pilot.press("r")

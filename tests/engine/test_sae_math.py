@@ -160,26 +160,27 @@ def test_buffer_refills_half_when_half_consumed_and_loses_nothing():
     assert set(range(counter["next"])) == set(seen) | still  # and none lost
 
 
-def test_zsource_matches_capture_z_and_stops_early(tiny_model):
-    rows = torch.randint(1, tiny_model.d_vocab, (6, 16))
-    src = ZSource(tiny_model, rows, [0, 1], rows_per_pass=3, seed=0)
+def test_zsource_matches_capture_z_and_stops_early(tiny_bridge):
+    """On the bridge (whose modules can be hooked): ZSource's pass never runs the last layer's MLP."""
+    rows = torch.randint(1, tiny_bridge.d_vocab, (6, 16))
+    src = ZSource(tiny_bridge, rows, [0, 1], rows_per_pass=3, seed=0)
     calls: list[str] = []
-    handle = tiny_model.bridge.blocks[1].mlp.register_forward_hook(lambda *a: calls.append("mlp1"))
+    handle = tiny_bridge.bridge.blocks[1].mlp.register_forward_hook(lambda *a: calls.append("mlp1"))
     try:
         chunk = src.next_chunk()
         assert calls == []  # layer 1's MLP never ran
         with torch.no_grad():
-            tiny_model.bridge(rows[:1])
+            tiny_bridge.bridge(rows[:1])
         assert calls == ["mlp1"]  # (the hook itself works)
     finally:
         handle.remove()
     order = src._epoch_order(0)[:3]
-    ref = tiny_model.capture_z(rows[order], [0, 1])
-    assert chunk.shape == (2, 3 * 15, tiny_model.d_z)  # the BOS position of each row is left out
-    torch.testing.assert_close(chunk[0], ref[0][:, 1:].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(chunk[1], ref[1][:, 1:].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
-    keep_all = ZSource(tiny_model, rows, [0], rows_per_pass=3, seed=0, skip_bos=False).next_chunk()
-    torch.testing.assert_close(keep_all[0], ref[0].reshape(-1, tiny_model.d_z), atol=1e-5, rtol=1e-5)
+    ref = tiny_bridge.capture_z(rows[order], [0, 1])
+    assert chunk.shape == (2, 3 * 15, tiny_bridge.d_z)  # the BOS position of each row is left out
+    torch.testing.assert_close(chunk[0], ref[0][:, 1:].reshape(-1, tiny_bridge.d_z), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunk[1], ref[1][:, 1:].reshape(-1, tiny_bridge.d_z), atol=1e-5, rtol=1e-5)
+    keep_all = ZSource(tiny_bridge, rows, [0], rows_per_pass=3, seed=0, skip_bos=False).next_chunk()
+    torch.testing.assert_close(keep_all[0], ref[0].reshape(-1, tiny_bridge.d_z), atol=1e-5, rtol=1e-5)
 
 
 def test_random_sae_helper_fits_training_forward(tiny_model):
