@@ -785,7 +785,9 @@ def test_model_fingerprint_is_not_keyed_on_a_reused_id(monkeypatch):
     other = model(1)
     assert dash.model_fingerprint(other) != fp0
     assert dash.model_fingerprint(model(0)) == fp0  # same weights, same fingerprint
-    assert len(dash._FINGERPRINTS) <= 2  # entries die with their models
+    gc.collect()
+    # entries die with their models (other tests' session models may hold entries of their own)
+    assert sum(isinstance(k, _FakeBridge) for k in list(dash._FINGERPRINTS.keys())) <= 2
 
 
 def test_offline_fallback_reaches_an_already_imported_hub(monkeypatch):
