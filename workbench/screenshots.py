@@ -63,7 +63,7 @@ async def capture(app: Any, out: Path, size: tuple[int, int], prompt: str, timeo
 
     async with app.run_test(size=size) as pilot:
         explore = await _run_prompt(pilot, prompt, timeout)
-        await pilot.press("down", "down", "down", "down", "right")
+        explore.query_one(Heatmap).move_to(4, 1)  # the first heatmap starts on the first feature's peak
         await _until(pilot, lambda: explore.detail is not None and explore.detail.pos == 4, timeout)
         n_tokens = len(explore.result.tokens)
         for pos in range(5, n_tokens):  # on to the first token below where the column's feature fires

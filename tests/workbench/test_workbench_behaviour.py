@@ -634,3 +634,25 @@ def test_workbench_whose_pty_goes_away_exits_instead_of_running_on(tmp_path):
     assert code == 129
     assert time.monotonic() - t1 < 30
     assert Session(tmp_path / "data").last_prompt() == "A pty prompt"
+
+
+async def test_first_heatmap_starts_on_the_first_features_peak_and_later_prompts_keep_the_cursor():
+    """The first heatmap of a session (the default, its example prompt, as a new user sees it) opens on the first
+    feature's strongest token, so the side panel shows what it picks out, not on BOS, where it is nearly silent; a
+    later prompt leaves the cursor where the user put it."""
+    from workbench.launch import EXAMPLE_PROMPT
+
+    app = WorkbenchApp(Engine("default", "default", device="cpu"), start_prompt=EXAMPLE_PROMPT)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, lambda: app.engine.info is not None, timeout=60)
+        explore = app.screen
+        await settle(pilot, lambda: explore.result is not None, timeout=60)
+        heat = explore.query_one(Heatmap)
+        column = np.asarray(explore.result.values)[:, 0]
+        peak = max(range(len(column)), key=lambda i: (column[i], -i))  # the largest, earliest on a tie
+        assert column[0] < column[peak] and peak > 0
+        assert (heat.cursor_row, heat.cursor_col) == (peak, 0)
+        await settle(pilot, lambda: explore.detail is not None and explore.detail.pos == peak)
+        heat.move_to(1, 1)
+        await type_prompt(pilot, app, "When Tom and Anna went to the park, Anna gave a ball to")
+        assert (heat.cursor_row, heat.cursor_col) == (1, 1)

@@ -219,6 +219,7 @@ class ExploreScreen(WorkbenchScreen):
             return
         if not res.columns:
             self.side_ready()  # no cell to select: the panel's own text says so below
+        first = self.result is None  # the first heatmap of the session
         self.result = res
         self.intervention = None
         if self.predictions is None or self.predictions.prompt != prompt:
@@ -231,6 +232,10 @@ class ExploreScreen(WorkbenchScreen):
             self._goto = None
             if feature in res.columns and pos < len(res.tokens):
                 self.query_one("#heatmap", Heatmap).move_to(pos, res.columns.index(feature))
+        elif first and values.size:
+            # the first heatmap starts on the first feature's strongest token, not on BOS: the side panel then
+            # opens on what that feature picks out here (its DFA by head and by source)
+            self.query_one("#heatmap", Heatmap).move_to(first_peak_row(values), 0)
         note = f"cut to the model's {self.engine.info.n_ctx}-token context" if res.truncated else ""
         if not res.columns:
             note = "no feature fires on this prompt"
@@ -624,3 +629,8 @@ def intervention_finding(v: InterventionView, info) -> Finding:
               "bars": {"title": f"next token after {v.at}: probability after the edit",
                        "labels": [t.token for t in v.top_after], "values": [t.prob for t in v.top_after]}},
     )
+
+
+def first_peak_row(values: np.ndarray) -> int:
+    """The row (token position) where the first column (feature) is largest: the earliest, on a tie."""
+    return int(np.argmax(values[:, 0]))
