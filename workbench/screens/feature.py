@@ -13,6 +13,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static, Tree
 
 from workbench.widgets.footer import WorkbenchFooter
+from workbench.widgets.jobbar import progress_counts
 from workbench.engine import (
     DashboardView, EngineInfo, ProxyView, TraceNodeView, TraceView, density_text, head_name,
 )
@@ -408,7 +409,7 @@ class FeatureScreen(WorkbenchScreen):
     def on_job_progress(self, m: JobProgress) -> None:
         if self._is_trace(m):
             p = m.progress
-            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            done = progress_counts(p)
             self.tracing = f"{p.stage or self.trace_job.label}{done} (ctrl+x cancels)"
             self.query_one("#feature-status", StatusLine).say(self.tracing)
         if m.kind == "dashboards" and self.job is not None and m.job_id == self.job.id:

@@ -10,6 +10,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
 from workbench.widgets.footer import WorkbenchFooter
+from workbench.widgets.jobbar import progress_counts
 from workbench.engine import HeadFeatureView, HeadsView, HeadView, JobHandle, head_name
 from workbench.findings import Finding, md_table
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
@@ -122,7 +123,7 @@ class HeadsScreen(WorkbenchScreen):
     def on_job_progress(self, m: JobProgress) -> None:
         if self._is_mine(m):
             p = m.progress
-            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            done = progress_counts(p)
             self.query_one(StatusLine).say(f"surveying heads: {p.stage}{done} (ctrl+x cancels)")
 
     def on_job_finished(self, m: JobFinished) -> None:

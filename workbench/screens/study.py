@@ -17,6 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
 from workbench.widgets.footer import WorkbenchFooter
+from workbench.widgets.jobbar import progress_counts
 from workbench.engine import JobHandle, StudyView, plain, visible
 from workbench.findings import write_export
 from workbench.messages import JobCancelled, JobFailed, JobFinished, JobMessage, JobProgress
@@ -137,7 +138,7 @@ class StudyScreen(WorkbenchScreen):
     def on_job_progress(self, m: JobProgress) -> None:
         if self._is_mine(m):
             p = m.progress
-            done = f" {p.done:.0f}/{p.total:.0f} {p.unit}" if p.total > 0 else ""
+            done = progress_counts(p)
             self.query_one("#study-status", StatusLine).say(f"drawing: {p.stage}{done} (ctrl+x cancels)")
 
     def on_job_finished(self, m: JobFinished) -> None:

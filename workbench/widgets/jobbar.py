@@ -3,6 +3,8 @@ cancel it. It reads the engine worker's job list (`Worker.jobs()`) a few times a
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -32,8 +34,14 @@ def job_line(h: JobHandle) -> str:
     if h.kind == "dashboards":
         text = f"dashboards of {text}" if text.startswith("layer") else f"{h.label}: {text}"
     if p.total > 0:
-        text += f" {short_count(p.done)}/{short_count(p.total)} {p.unit} · {p.fraction:.0%}"
+        text += f"{progress_counts(p)} · {p.fraction:.0%}"
     return text
+
+
+def progress_counts(p: Any) -> str:
+    """' 34k/60k tokens' for a job's progress report (`sae.engine.jobs.Progress`) with a known total, else '': the one
+    way the job line and the screens' status lines write counts."""
+    return f" {short_count(p.done)}/{short_count(p.total)} {p.unit}" if p.total > 0 else ""
 
 
 CANCEL_HINT = "  ctrl+x cancels"
